@@ -1,0 +1,93 @@
+using RepLKNet.Cli.Commands;
+using Spectre.Console;
+using Spectre.Console.Cli;
+
+namespace RepLKNet.Cli;
+
+/// <summary>Exit codes of the tool.</summary>
+public static class ExitCodes
+{
+    /// <summary>The command did what was asked.</summary>
+    public const int Success = 0;
+
+    /// <summary>The command ran and failed (bad data, a failed check, a library error).</summary>
+    public const int Failure = 1;
+
+    /// <summary>The command line was wrong: unknown command or option, missing or invalid argument.</summary>
+    public const int Usage = 2;
+}
+
+/// <summary>A command-line argument has a value the command cannot use; reported with exit code 2.</summary>
+public sealed class UsageException : Exception
+{
+    /// <summary>Creates the exception; the message should name the argument and what is wrong.</summary>
+    public UsageException(string message)
+        : base(message)
+    {
+    }
+
+    /// <summary>Creates the exception with its cause.</summary>
+    public UsageException(string message, Exception inner)
+        : base(message, inner)
+    {
+    }
+
+    /// <summary>Creates an empty exception (for serializers and analyzers).</summary>
+    public UsageException()
+    {
+    }
+}
+
+/// <summary>Builds the command tree and maps every outcome to an exit code and one clear line on stderr.</summary>
+public static class ReplknetApp
+{
+    /// <summary>Runs the tool with <paramref name="args"/>; output goes to <paramref name="console"/>, errors to <paramref name="error"/>.</summary>
+    public static int Run(string[] args, IAnsiConsole console, TextWriter error)
+    {
+        ArgumentNullException.ThrowIfNull(args);
+        ArgumentNullException.ThrowIfNull(error);
+        bool verbose = args.Contains("--verbose");
+        var app = new CommandApp();
+        app.Configure(config =>
+        {
+            config.SetApplicationName("replknet");
+            config.ConfigureConsole(console);
+            config.PropagateExceptions();
+            config.UseStrictParsing();
+            config.ValidateExamples();
+            config.AddCommand<InfoCommand>("info")
+                .WithDescription("Print the .NET, TorchSharp and libtorch versions, threads, CPU vector support, the GLIBCXX fix and CUDA devices.")
+                .WithExample("info")
+                .WithExample("info", "--device", "cuda");
+        });
+
+        try
+        {
+            return app.Run(args);
+        }
+        catch (Exception e) when (IsUsageError(e))
+        {
+            Report(error, "usage", e, verbose);
+            error.WriteLine("Run 'replknet --help' (or 'replknet <command> --help') for usage.");
+            return ExitCodes.Usage;
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            Report(error, "error", e, verbose);
+            return ExitCodes.Failure;
+        }
+    }
+
+    private static bool IsUsageError(Exception e) =>
+        e is CommandAppException or UsageException || e is ArgumentException && e.TargetSite?.DeclaringType?.Namespace?.StartsWith("Spectre", StringComparison.Ordinal) == true;
+
+    private static void Report(TextWriter error, string kind, Exception e, bool verbose)
+    {
+        string message = e.Message.ReplaceLineEndings(" ").Trim();
+        error.WriteLine($"replknet: {kind}: {message}");
+        if (verbose)
+        {
+            error.WriteLine(e.ToString());
+        }
+    }
+}

@@ -1,0 +1,356 @@
+using System.Globalization;
+using System.Text.RegularExpressions;
+using RepLKNet.Ops.Cuda;
+using TorchSharp;
+
+namespace RepLKNet.Runtime;
+
+/// <summary>Which device the user asked for: <c>auto</c> (CUDA when available), <c>cpu</c> or <c>cuda[:N]</c>.</summary>
+/// <param name="Kind">The kind of device requested.</param>
+/// <param name="Index">The CUDA device index (0 unless <c>cuda:N</c> was given).</param>
+public readonly record struct DeviceRequest(DeviceRequestKind Kind, int Index = 0)
+{
+    /// <summary><c>auto</c>: CUDA when available, else CPU.</summary>
+    public static DeviceRequest Auto => new(DeviceRequestKind.Auto);
+
+    /// <summary><c>cpu</c>.</summary>
+    public static DeviceRequest Cpu => new(DeviceRequestKind.Cpu);
+
+    /// <summary>Parses <c>auto</c>, <c>cpu</c>, <c>cuda</c> or <c>cuda:N</c> (case-insensitive).</summary>
+    /// <exception cref="FormatException">The text is none of those.</exception>
+    public static DeviceRequest Parse(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        string value = text.Trim().ToLowerInvariant();
+        switch (value)
+        {
+            case "auto":
+                return Auto;
+            case "cpu":
+                return Cpu;
+            case "cuda":
+                return new DeviceRequest(DeviceRequestKind.Cuda);
+        }
+
+        if (value.StartsWith("cuda:", StringComparison.Ordinal) &&
+            int.TryParse(value.AsSpan(5), NumberStyles.None, CultureInfo.InvariantCulture, out int index))
+        {
+            return new DeviceRequest(DeviceRequestKind.Cuda, index);
+        }
+
+        throw new FormatException($"'{text}' is not a device: use auto, cpu, cuda or cuda:N");
+    }
+
+    /// <inheritdoc />
+    public override string ToString() => Kind switch
+    {
+        DeviceRequestKind.Auto => "auto",
+        DeviceRequestKind.Cpu => "cpu",
+        _ => Index == 0 ? "cuda" : $"cuda:{Index}",
+    };
+}
+
+/// <summary>The kinds of <see cref="DeviceRequest"/>.</summary>
+public enum DeviceRequestKind
+{
+    /// <summary>CUDA when available, else CPU.</summary>
+    Auto,
+
+    /// <summary>The CPU.</summary>
+    Cpu,
+
+    /// <summary>A CUDA device; failing when there is none.</summary>
+    Cuda,
+}
+
+/// <summary>State of the GLIBCXX_3.4.32 work-around for TorchSharp's native library.</summary>
+public enum GlibcxxFixState
+{
+    /// <summary>The system libstdc++ provides GLIBCXX_3.4.32: no fix needed.</summary>
+    NotNeeded,
+
+    /// <summary>The requirement is marked weak in the library this process loads.</summary>
+    Applied,
+
+    /// <summary>The system lacks GLIBCXX_3.4.32 and the library still requires it: loading will fail.</summary>
+    Missing,
+}
+
+/// <summary>TorchSharp (or libtorch) could not be loaded or initialised; the message says what was tried and why it failed.</summary>
+public sealed class TorchLoadException : Exception
+{
+    /// <summary>Creates the exception.</summary>
+    public TorchLoadException(string message)
+        : base(message)
+    {
+    }
+
+    /// <summary>Creates the exception with the underlying cause.</summary>
+    public TorchLoadException(string message, Exception inner)
+        : base(message, inner)
+    {
+    }
+
+    /// <summary>Creates an empty exception (for serializers and analyzers).</summary>
+    public TorchLoadException()
+    {
+    }
+}
+
+/// <summary>What was loaded, from where, and which device is in use.</summary>
+/// <param name="NativeLibrary">Path of the libLibTorchSharp.so that was loaded.</param>
+/// <param name="GlibcxxFix">State of the GLIBCXX_3.4.32 work-around.</param>
+/// <param name="SystemLibStdCxx">Path of the system libstdc++ examined, if found.</param>
+/// <param name="LibTorchDirectory">Folder of the libtorch libraries actually mapped.</param>
+/// <param name="LibTorchVersion">libtorch's version (from PyTorch's version.py for an external libtorch, else the package's).</param>
+/// <param name="ExternalLibTorch">The <c>REPLKNET_LIBTORCH</c> folder, when set.</param>
+/// <param name="CudaAvailable">Whether libtorch's CUDA backend initialised and sees a device.</param>
+/// <param name="CudaUnavailableReason">Why CUDA is not available, when it is not.</param>
+/// <param name="Device">The device selected for this run.</param>
+public sealed record TorchRuntimeInfo(
+    string NativeLibrary,
+    GlibcxxFixState GlibcxxFix,
+    string? SystemLibStdCxx,
+    string LibTorchDirectory,
+    string LibTorchVersion,
+    string? ExternalLibTorch,
+    bool CudaAvailable,
+    string? CudaUnavailableReason,
+    torch.Device Device);
+
+/// <summary>
+/// Loads TorchSharp so that it works on Debian 12 / Ubuntu 22.04 and, with <c>REPLKNET_LIBTORCH</c>, on an existing CUDA
+/// libtorch (e.g. a PyTorch installation's <c>torch/lib</c>); selects the device. Every failure says what was tried and
+/// the dynamic loader's own message.
+/// </summary>
+public static class TorchRuntime
+{
+    /// <summary>Environment variable naming a folder with a CUDA build of libtorch (libtorch.so, libtorch_cuda.so, …).</summary>
+    public const string LibTorchEnvironmentVariable = "REPLKNET_LIBTORCH";
+
+    private const string NativeLibraryName = "libLibTorchSharp.so";
+    private static readonly Lock Gate = new();
+    private static LoadedState? _loaded;
+    private static (bool Available, string? Reason)? _cuda;
+
+    /// <summary>Loads TorchSharp (once per process) and selects the device for <paramref name="request"/>.</summary>
+    /// <exception cref="TorchLoadException">Loading failed, or CUDA was requested explicitly and is unavailable.</exception>
+    public static TorchRuntimeInfo Initialize(DeviceRequest request)
+    {
+        lock (Gate)
+        {
+            var loaded = _loaded ??= Load();
+            torch.Device device = torch.CPU;
+            bool cudaAvailable = false;
+            string? reason = "not requested (--device cpu)";
+            if (request.Kind != DeviceRequestKind.Cpu)
+            {
+                (cudaAvailable, reason) = _cuda ??= TryEnableCuda(loaded);
+                if (cudaAvailable)
+                {
+                    long count = torch.cuda.device_count();
+                    if (request.Index >= count)
+                    {
+                        throw new TorchLoadException(
+                            $"--device {request} asks for CUDA device {request.Index}, but libtorch sees {count} device(s)");
+                    }
+
+                    device = new torch.Device(DeviceType.CUDA, request.Index);
+                }
+                else if (request.Kind == DeviceRequestKind.Cuda)
+                {
+                    throw new TorchLoadException($"--device {request} was requested but CUDA is not available: {reason}");
+                }
+            }
+
+            return new TorchRuntimeInfo(loaded.NativeLibrary, loaded.GlibcxxFix, loaded.SystemLibStdCxx,
+                loaded.LibTorchDirectory, loaded.LibTorchVersion, loaded.ExternalLibTorch, cudaAvailable,
+                cudaAvailable ? null : reason, device);
+        }
+    }
+
+    /// <summary>Where libLibTorchSharp.so is looked for beside the running app.</summary>
+    public static IReadOnlyList<string> NativeLibraryCandidates(string appDirectory) =>
+    [
+        Path.Combine(appDirectory, "runtimes", "linux-x64", "native", NativeLibraryName),
+        Path.Combine(appDirectory, NativeLibraryName),
+    ];
+
+    /// <summary>Decides the GLIBCXX fix state of a library given the system libstdc++ (null: not found).</summary>
+    public static GlibcxxFixState DiagnoseGlibcxx(string library, string? systemLibStdCxx)
+    {
+        if (systemLibStdCxx is not null &&
+            ElfSymbolVersions.LibraryDefinesVersion(systemLibStdCxx, ElfSymbolVersions.TorchSharpGlibcxxVersion))
+        {
+            return GlibcxxFixState.NotNeeded;
+        }
+
+        var need = ElfSymbolVersions.ReadVersionNeeds(library)
+            .FirstOrDefault(n => n.Version == ElfSymbolVersions.TorchSharpGlibcxxVersion);
+        return need is null || need.IsWeak ? GlibcxxFixState.Applied : GlibcxxFixState.Missing;
+    }
+
+    /// <summary>
+    /// Loads a native library with the dynamic loader and, on failure, throws a <see cref="TorchLoadException"/> carrying
+    /// the loader's message and <paramref name="context"/>.
+    /// </summary>
+    public static void LoadOrExplain(string path, string what, string context)
+    {
+        if (NativeLibraries.TryLoadGlobal(path, out string? error) == IntPtr.Zero)
+        {
+            throw new TorchLoadException($"Could not load {what} '{path}': {error}.{context}");
+        }
+    }
+
+    private static LoadedState Load()
+    {
+        if (!OperatingSystem.IsLinux() || System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture !=
+            System.Runtime.InteropServices.Architecture.X64)
+        {
+            throw new TorchLoadException(
+                $"RepLKNet ships libtorch for linux-x64 only; this is {System.Runtime.InteropServices.RuntimeInformation.RuntimeIdentifier}");
+        }
+
+        string appDirectory = AppContext.BaseDirectory;
+        var candidates = NativeLibraryCandidates(appDirectory);
+        string? native = candidates.FirstOrDefault(File.Exists);
+        if (native is null)
+        {
+            throw new TorchLoadException(
+                $"TorchSharp's native library was not found; looked for {string.Join(" and ", candidates)}. " +
+                "Build or publish the app with the TorchSharp and libtorch-cpu-linux-x64 packages (./replknet does).");
+        }
+
+        string? libstdcxx = ElfSymbolVersions.FindSystemLibStdCxx();
+        GlibcxxFixState fix;
+        try
+        {
+            fix = DiagnoseGlibcxx(native, libstdcxx);
+        }
+        catch (ElfFormatException e)
+        {
+            throw new TorchLoadException($"TorchSharp's native library is damaged: {e.Message}", e);
+        }
+
+        string? external = Environment.GetEnvironmentVariable(LibTorchEnvironmentVariable);
+        if (string.IsNullOrWhiteSpace(external))
+        {
+            external = null;
+        }
+        else
+        {
+            PreloadExternalLibTorch(external);
+        }
+
+        string fixNote = fix switch
+        {
+            GlibcxxFixState.Missing =>
+                $" The system libstdc++ ({libstdcxx ?? "not found"}) lacks {ElfSymbolVersions.TorchSharpGlibcxxVersion} and this copy " +
+                "still requires it: the build step that marks it weak did not run on this copy. Rebuild with ./replknet or dotnet build.",
+            GlibcxxFixState.Applied => $" ({ElfSymbolVersions.TorchSharpGlibcxxVersion} is marked weak in this copy.)",
+            _ => string.Empty,
+        };
+        string libtorchNote = external is null
+            ? $" libtorch is taken from '{Path.GetDirectoryName(native)}'."
+            : $" libtorch is taken from {LibTorchEnvironmentVariable}='{external}'.";
+        LoadOrExplain(native, "TorchSharp's native library", fixNote + libtorchNote);
+
+        try
+        {
+            torch.InitializeDeviceType(DeviceType.CPU);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            throw new TorchLoadException(
+                $"libLibTorchSharp.so loaded from '{native}', but TorchSharp failed to initialise: {e.Message}.{libtorchNote}", e);
+        }
+
+        string libtorchDirectory = NativeLibraries.MappedLibraries("libtorch_cpu.so").Select(Path.GetDirectoryName)
+            .FirstOrDefault() ?? Path.GetDirectoryName(native)!;
+        return new LoadedState(native, fix, libstdcxx, libtorchDirectory, LibTorchVersion(libtorchDirectory), external);
+    }
+
+    private static void PreloadExternalLibTorch(string directory)
+    {
+        string where = $"{LibTorchEnvironmentVariable}='{directory}'";
+        if (!Directory.Exists(directory))
+        {
+            throw new TorchLoadException($"{where} is not a folder. Point it at a CUDA libtorch's lib folder, " +
+                "e.g. the output of: python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), \"lib\"))'");
+        }
+
+        // Loading the CUDA libtorch by full path first makes the loader reuse it (matched by soname) when TorchSharp's
+        // library asks for libtorch.so, instead of the CPU copy beside the app.
+        string[] libraries = ["libtorch_cuda.so", "libtorch.so"];
+        foreach (var name in libraries)
+        {
+            string path = Path.Combine(directory, name);
+            if (!File.Exists(path))
+            {
+                throw new TorchLoadException($"{where} has no {name}: it must be the lib folder of a CUDA build of libtorch " +
+                    "(for example a PyTorch installation's torch/lib).");
+            }
+
+            LoadOrExplain(path, "the external libtorch library", $" It was named by {where}.");
+        }
+    }
+
+    private static (bool Available, string? Reason) TryEnableCuda(LoadedState loaded)
+    {
+        if (loaded.ExternalLibTorch is null)
+        {
+            return (false, $"the bundled libtorch is CPU-only; set {LibTorchEnvironmentVariable} to a CUDA libtorch's lib folder");
+        }
+
+        try
+        {
+            torch.InitializeDeviceType(DeviceType.CUDA);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            return (false, $"libtorch's CUDA backend from '{loaded.ExternalLibTorch}' failed to initialise: {e.Message}");
+        }
+
+        if (!torch.cuda.is_available())
+        {
+            string driver = CudaDriver.UnavailableReason ?? "the driver sees no usable device";
+            return (false, $"libtorch from '{loaded.ExternalLibTorch}' reports no CUDA device ({driver})");
+        }
+
+        return (true, null);
+    }
+
+    private static string LibTorchVersion(string libtorchDirectory)
+    {
+        // A PyTorch installation keeps its version beside lib/: torch/version.py has __version__ = '2.11.0+cu130'.
+        string versionFile = Path.Combine(libtorchDirectory, "..", "version.py");
+        if (File.Exists(versionFile))
+        {
+            var match = Regex.Match(File.ReadAllText(versionFile), @"__version__\s*=\s*'([^']+)'");
+            if (match.Success)
+            {
+                return match.Groups[1].Value;
+            }
+        }
+
+        // The NuGet package: its version is recorded in the app's deps.json as "libtorch-cpu-linux-x64/2.10.0".
+        foreach (var deps in Directory.EnumerateFiles(AppContext.BaseDirectory, "*.deps.json"))
+        {
+            var match = Regex.Match(File.ReadAllText(deps), "\"libtorch-cpu-linux-x64/([0-9][^\"]*)\"");
+            if (match.Success)
+            {
+                return match.Groups[1].Value;
+            }
+        }
+
+        return torch.__version__;
+    }
+
+    private sealed record LoadedState(
+        string NativeLibrary,
+        GlibcxxFixState GlibcxxFix,
+        string? SystemLibStdCxx,
+        string LibTorchDirectory,
+        string LibTorchVersion,
+        string? ExternalLibTorch);
+}

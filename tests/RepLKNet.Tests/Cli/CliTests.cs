@@ -1,0 +1,114 @@
+using System.Text.Json;
+using RepLKNet.Tests.Support;
+
+namespace RepLKNet.Tests.Cli;
+
+public sealed class CliTests
+{
+    [Fact]
+    public void Info_prints_versions_threads_vectors_and_the_GLIBCXX_fix()
+    {
+        var result = CliRunner.Run("info", "--device", "cpu");
+
+        Assert.True(result.ExitCode == 0, result.StdErr);
+        string libtorch = Torch.EnsureLoaded().LibTorchVersion;
+        Assert.Matches($@"(?m)^libtorch\s+{System.Text.RegularExpressions.Regex.Escape(libtorch)}\s*$", result.StdOut);
+        Assert.Matches(@"(?m)^TorchSharp\s+0\.107\.0", result.StdOut);
+        Assert.Matches(@"(?m)^\.NET\s+\.NET 10\.", result.StdOut);
+        Assert.Matches($@"(?m)^threads\s+\d+ intra-op \(libtorch\), {Environment.ProcessorCount} logical CPUs", result.StdOut);
+        Assert.Matches(@"(?m)^CPU vectors\s+.*Vector256", result.StdOut);
+        Assert.Matches(@"(?m)^GLIBCXX fix\s+(applied|not needed)", result.StdOut);
+        Assert.Matches(@"(?m)^device\s+cpu", result.StdOut);
+        Assert.Empty(result.StdErr);
+    }
+
+    [Fact]
+    public void Info_json_is_one_parseable_object_with_the_same_facts()
+    {
+        var result = CliRunner.Run("info", "--json", "--device", "cpu");
+
+        Assert.True(result.ExitCode == 0, result.StdErr);
+        using var doc = JsonDocument.Parse(result.StdOut);
+        Assert.Equal(Torch.EnsureLoaded().LibTorchVersion, doc.RootElement.GetProperty("libtorch").GetString());
+        Assert.Equal("cpu", doc.RootElement.GetProperty("device").GetString());
+    }
+
+    [Fact]
+    public void Info_check_runs_a_convolution_on_the_device()
+    {
+        var result = CliRunner.Run("info", "--device", "cpu", "--check");
+
+        Assert.True(result.ExitCode == 0, result.StdErr);
+        Assert.Matches(@"(?m)^self-check\s+conv2d on cpu vs float64 CPU: forward \d\.\d+E-0\d\d", result.StdOut);
+    }
+
+    [Fact]
+    public void Unknown_command_exits_2_with_one_message_on_stderr()
+    {
+        var result = CliRunner.Run("frobnicate");
+
+        Assert.Equal(2, result.ExitCode);
+        Assert.Contains("Unknown command 'frobnicate'", result.StdErr, StringComparison.Ordinal);
+        Assert.StartsWith("replknet: usage:", result.StdErr, StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", result.StdErr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Unknown_option_exits_2_naming_the_option()
+    {
+        var result = CliRunner.Run("info", "--no-such-option");
+
+        Assert.Equal(2, result.ExitCode);
+        Assert.Contains("no-such-option", result.StdErr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Bad_device_value_exits_2_naming_the_option_and_value()
+    {
+        var result = CliRunner.Run("info", "--device", "tpu");
+
+        Assert.Equal(2, result.ExitCode);
+        Assert.Contains("--device", result.StdErr, StringComparison.Ordinal);
+        Assert.Contains("'tpu'", result.StdErr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Cuda_without_a_CUDA_libtorch_fails_with_exit_1_and_says_what_to_do()
+    {
+        var result = CliRunner.Run("info", "--device", "cuda");
+
+        Assert.Equal(1, result.ExitCode);
+        Assert.Contains("CUDA is not available", result.StdErr, StringComparison.Ordinal);
+        Assert.Contains("REPLKNET_LIBTORCH", result.StdErr, StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", result.StdErr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void A_bad_REPLKNET_LIBTORCH_is_named_in_the_error_and_verbose_adds_the_stack()
+    {
+        using var dir = new TempDirectory();
+        var env = new Dictionary<string, string?> { ["REPLKNET_LIBTORCH"] = dir.Path };
+
+        var plain = CliRunner.Run(env, "info");
+        var verbose = CliRunner.Run(env, "info", "--verbose");
+
+        Assert.Equal(1, plain.ExitCode);
+        Assert.Contains($"REPLKNET_LIBTORCH='{dir.Path}' has no libtorch_cuda.so", plain.StdErr, StringComparison.Ordinal);
+        Assert.Single(plain.StdErr.Trim().Split('\n'));
+        Assert.Equal(1, verbose.ExitCode);
+        Assert.Contains("   at ", verbose.StdErr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Every_command_has_help()
+    {
+        var top = CliRunner.Run("--help");
+        Assert.Equal(0, top.ExitCode);
+        Assert.Contains("info", top.StdOut, StringComparison.Ordinal);
+
+        var info = CliRunner.Run("info", "--help");
+        Assert.Equal(0, info.ExitCode);
+        Assert.Contains("--device", info.StdOut, StringComparison.Ordinal);
+        Assert.Contains("--json", info.StdOut, StringComparison.Ordinal);
+    }
+}
