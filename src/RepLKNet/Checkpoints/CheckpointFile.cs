@@ -1,0 +1,283 @@
+using System.Collections;
+using System.Collections.Specialized;
+using System.Globalization;
+using System.Text.Json;
+using RepLKNet.Models;
+using TorchSharp.PyBridge;
+using static TorchSharp.torch;
+
+namespace RepLKNet.Checkpoints;
+
+/// <summary>On-disk checkpoint formats.</summary>
+public enum CheckpointFormat
+{
+    /// <summary>PyTorch <c>torch.save</c> zip archive (raw state dict, training container or MMSeg/MMDet checkpoint).</summary>
+    PyTorch,
+
+    /// <summary>Plain safetensors.</summary>
+    Safetensors,
+
+    /// <summary>The project's format: safetensors with RepLKNet metadata (architecture, form, classes, training state).</summary>
+    RepLKNet,
+}
+
+/// <summary>What the project's format records beside the tensors.</summary>
+/// <param name="Arch">Variant name or configuration name.</param>
+/// <param name="Config">The architecture.</param>
+/// <param name="Form">Train, deploy or fused.</param>
+/// <param name="ClassNames">Names of the classifier's classes, if known.</param>
+/// <param name="TrainingState">Path of the training-state file (optimizer, schedule, epoch) this checkpoint belongs to, if any.</param>
+public sealed record CheckpointMetadata(string Arch, RepLKNetConfig Config, ModelForm Form, IReadOnlyList<string>? ClassNames = null,
+    string? TrainingState = null)
+{
+    /// <summary>The value of the <c>format</c> metadata key that marks the project's files.</summary>
+    public const string FormatTag = "replknet";
+
+    /// <summary>The safetensors <c>__metadata__</c> entries (all strings, as the format requires).</summary>
+    public Dictionary<string, string> ToDictionary()
+    {
+        var d = new Dictionary<string, string>
+        {
+            ["format"] = FormatTag,
+            ["format_version"] = "1",
+            ["arch"] = Arch,
+            ["config"] = Config.ToJson(),
+            ["form"] = Form.Name(),
+        };
+        if (ClassNames is not null)
+        {
+            d["class_names"] = JsonSerializer.Serialize(ClassNames);
+        }
+
+        if (TrainingState is not null)
+        {
+            d["training_state"] = TrainingState;
+        }
+
+        return d;
+    }
+
+    /// <summary>Reads the project's metadata, or null when the entries are not the project's.</summary>
+    public static CheckpointMetadata? FromDictionary(IReadOnlyDictionary<string, string> metadata, string path)
+    {
+        ArgumentNullException.ThrowIfNull(metadata);
+        if (!metadata.TryGetValue("format", out var tag) || tag != FormatTag)
+        {
+            return null;
+        }
+
+        try
+        {
+            var config = RepLKNetConfig.FromJson(metadata["config"], $"'{path}' (metadata 'config')");
+            var form = ModelForms.Parse(metadata["form"]);
+            var classes = metadata.TryGetValue("class_names", out var c) ? JsonSerializer.Deserialize<string[]>(c) : null;
+            return new CheckpointMetadata(metadata.GetValueOrDefault("arch", "custom"), config, form, classes,
+                metadata.GetValueOrDefault("training_state"));
+        }
+        catch (Exception e) when (e is KeyNotFoundException or JsonException or FormatException or ConfigException)
+        {
+            throw new CheckpointException($"'{path}' has damaged RepLKNet metadata: {e.Message}", e);
+        }
+    }
+}
+
+/// <summary>A state dict read from a file, with where it came from.</summary>
+/// <param name="Path">The file.</param>
+/// <param name="Format">Its format.</param>
+/// <param name="State">Tensors by key (CPU), in file order where the format has one.</param>
+/// <param name="Metadata">The project's metadata, when present.</param>
+/// <param name="Source">Which part of the file the state came from ("state dict", "'model'", "'model_ema'", "'state_dict' (backbone.)").</param>
+public sealed record Checkpoint(string Path, CheckpointFormat Format, Dictionary<string, Tensor> State, CheckpointMetadata? Metadata, string Source)
+    : IDisposable
+{
+    /// <summary>The form the keys belong to.</summary>
+    public ModelForm Form => Metadata?.Form ?? ModelForms.Detect(State.Keys);
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        foreach (var tensor in State.Values)
+        {
+            tensor.Dispose();
+        }
+    }
+}
+
+/// <summary>Reads and writes checkpoints in every supported format; all writes are atomic.</summary>
+public static class CheckpointFile
+{
+    /// <summary>
+    /// Reads the state dict in <paramref name="path"/>: PyTorch zip files (raw, <c>{'model', 'model_ema', …}</c> training
+    /// containers — <paramref name="ema"/> picks <c>model_ema</c> — or MMSeg/MMDet <c>{'state_dict'}</c> with the
+    /// <c>backbone.</c> prefix removed), safetensors, and the project's format.
+    /// </summary>
+    /// <exception cref="CheckpointException">The file is missing, empty, truncated, corrupt or not a checkpoint.</exception>
+    public static Checkpoint Read(string path, bool ema = false)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        if (!File.Exists(path))
+        {
+            throw new CheckpointException($"'{path}': no such checkpoint file");
+        }
+
+        long length = new FileInfo(path).Length;
+        if (length == 0)
+        {
+            throw new CheckpointException($"'{path}' is empty (0 bytes): not a checkpoint");
+        }
+
+        var head = new byte[16];
+        using (var probe = File.OpenRead(path))
+        {
+            _ = probe.ReadAtLeast(head, head.Length, throwOnEndOfStream: false);
+        }
+
+        if (head[0] == (byte)'P' && head[1] == (byte)'K')
+        {
+            return ReadPyTorch(path, ema);
+        }
+
+        if (SafetensorsFile.LooksLikeSafetensors(head, length))
+        {
+            if (ema)
+            {
+                throw new CheckpointException($"'{path}' is a safetensors file, which holds one state dict: --ema applies to PyTorch training checkpoints");
+            }
+
+            var (state, metadata) = SafetensorsFile.Read(path);
+            var ours = CheckpointMetadata.FromDictionary(metadata, path);
+            return new Checkpoint(path, ours is null ? CheckpointFormat.Safetensors : CheckpointFormat.RepLKNet, state, ours, "state dict");
+        }
+
+        if (head[0] == 0x80 && head[1] is >= 2 and <= 5)
+        {
+            throw new CheckpointException($"'{path}' is a legacy (pre-1.6, non-zip) torch.save file; re-save it with a current PyTorch " +
+                "(torch.save(torch.load(f), g)) or convert it to safetensors");
+        }
+
+        throw new CheckpointException($"'{path}' is not a checkpoint: it is neither a PyTorch zip archive nor a safetensors file " +
+            $"(first bytes {Convert.ToHexString(head, 0, (int)Math.Min(8, length))})");
+    }
+
+    /// <summary>Writes the project's format (safetensors + metadata) atomically.</summary>
+    public static void WriteRepLKNet(string path, IEnumerable<KeyValuePair<string, Tensor>> state, CheckpointMetadata metadata)
+    {
+        ArgumentNullException.ThrowIfNull(metadata);
+        SafetensorsFile.Write(path, state, metadata.ToDictionary());
+    }
+
+    /// <summary>Writes a PyTorch <c>.pth</c> state dict (loadable with <c>torch.load</c>) atomically.</summary>
+    public static void WritePyTorch(string path, IEnumerable<KeyValuePair<string, Tensor>> state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        var ordered = new OrderedDictionary();
+        var copies = new List<Tensor>();
+        foreach (var (key, tensor) in state)
+        {
+            var cpu = tensor.detach().cpu().contiguous();
+            copies.Add(cpu);
+            ordered[key] = cpu;
+        }
+
+        try
+        {
+            AtomicFile.Write(path, stream => PyTorchPickler.PickleStateDict(stream, ordered, leaveOpen: true));
+        }
+        finally
+        {
+            foreach (var t in copies)
+            {
+                t.Dispose();
+            }
+        }
+    }
+
+    /// <summary>Writes by extension: <c>.pth</c>/<c>.pt</c>/<c>.bin</c> as PyTorch, anything else in the project's format.</summary>
+    public static void Write(string path, IEnumerable<KeyValuePair<string, Tensor>> state, CheckpointMetadata metadata)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        string ext = Path.GetExtension(path).ToLowerInvariant();
+        if (ext is ".pth" or ".pt" or ".bin")
+        {
+            WritePyTorch(path, state);
+        }
+        else
+        {
+            WriteRepLKNet(path, state, metadata);
+        }
+    }
+
+    private static Checkpoint ReadPyTorch(string path, bool ema)
+    {
+        Hashtable root;
+        try
+        {
+            root = PyTorchUnpickler.UnpickleStateDict(path);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            throw new CheckpointException($"'{path}' is not a readable PyTorch checkpoint (truncated or corrupt?): {e.Message}", e);
+        }
+
+        var (table, source) = Unwrap(root, path, ema);
+        var state = new Dictionary<string, Tensor>();
+        string prefix = source.Contains("backbone.", StringComparison.Ordinal) ? "backbone." : string.Empty;
+        foreach (DictionaryEntry entry in table)
+        {
+            string key = Convert.ToString(entry.Key, CultureInfo.InvariantCulture) ?? string.Empty;
+            if (entry.Value is not Tensor tensor || !key.StartsWith(prefix, StringComparison.Ordinal))
+            {
+                continue;
+            }
+
+            state[key[prefix.Length..]] = tensor;
+        }
+
+        if (state.Count == 0)
+        {
+            throw new CheckpointException($"'{path}' holds no tensors in {source}");
+        }
+
+        // Data-parallel checkpoints prefix every key with "module.".
+        if (state.Keys.All(k => k.StartsWith("module.", StringComparison.Ordinal)))
+        {
+            state = state.ToDictionary(kv => kv.Key["module.".Length..], kv => kv.Value);
+        }
+
+        return new Checkpoint(path, CheckpointFormat.PyTorch, state, null, source);
+    }
+
+    private static (Hashtable Table, string Source) Unwrap(Hashtable root, string path, bool ema)
+    {
+        bool isStateDict = root.Count > 0 && root.Values.Cast<object?>().All(v => v is Tensor);
+        string keys = string.Join(", ", root.Keys.Cast<object>().Select(k => $"'{k}'").Take(12));
+        if (ema)
+        {
+            return root["model_ema"] is Hashtable emaTable
+                ? (emaTable, "'model_ema'")
+                : throw new CheckpointException($"'{path}' has no 'model_ema' entry for --ema (top-level keys: {keys})");
+        }
+
+        if (isStateDict)
+        {
+            return (root, "state dict");
+        }
+
+        foreach (var name in new[] { "model", "module" })
+        {
+            if (root[name] is Hashtable table)
+            {
+                return (table, $"'{name}'");
+            }
+        }
+
+        if (root["state_dict"] is Hashtable mm)
+        {
+            bool backbone = mm.Keys.Cast<object>().Any(k => k.ToString()!.StartsWith("backbone.", StringComparison.Ordinal));
+            return (mm, backbone ? "'state_dict' (backbone.)" : "'state_dict'");
+        }
+
+        throw new CheckpointException($"'{path}' is a PyTorch file but not a state dict or a known checkpoint container " +
+            $"(no 'model', 'module' or 'state_dict' entry; top-level keys: {keys})");
+    }
+}

@@ -1,0 +1,86 @@
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace RepLKNet.Layers;
+
+/// <summary>
+/// The official <c>conv_bn</c> / <c>conv_bn_relu</c>: children <c>conv</c> (no bias), <c>bn</c> and optionally
+/// <c>nonlinear</c> (ReLU, no keys). After <see cref="FuseBn"/> it is a single biased <c>conv</c> (keys <c>conv.weight</c>,
+/// <c>conv.bias</c>), as the official <c>deep_fuse_BN</c> leaves it.
+/// </summary>
+public sealed class ConvBn : Module<Tensor, Tensor>
+{
+    // Field names are the state_dict keys; they are reassigned when the BN is fused.
+    private Conv2d conv;
+    private BatchNorm2d? bn;
+    private readonly ReLU? nonlinear;
+
+    /// <summary>Creates conv(k×k, stride, padding, groups, no bias) → BN(out) [→ ReLU].</summary>
+    public ConvBn(long inChannels, long outChannels, long kernelSize, long stride, long padding, long groups, bool relu, Device? device = null)
+        : base(relu ? "conv_bn_relu" : "conv_bn")
+    {
+        conv = Conv2d(inChannels, outChannels, kernelSize, stride: stride, padding: padding, groups: groups, bias: false, device: device);
+        bn = BatchNorm2d(outChannels, device: device);
+        nonlinear = relu ? ReLU() : null;
+        RegisterComponents();
+    }
+
+    /// <summary>The convolution (biased once the BN has been fused).</summary>
+    public Conv2d Conv => conv;
+
+    /// <summary>The BatchNorm, or null once fused.</summary>
+    public BatchNorm2d? Bn => bn;
+
+    /// <summary>Whether the BN has been folded into the conv.</summary>
+    public bool IsFused => bn is null;
+
+    /// <inheritdoc />
+    public override Tensor forward(Tensor input)
+    {
+        var x = conv.call(input);
+        if (bn is not null)
+        {
+            x = bn.call(x);
+        }
+
+        return nonlinear is null ? x : nonlinear.call(x);
+    }
+
+    /// <summary>The (kernel, bias) of one conv equivalent to this conv + BN in eval mode.</summary>
+    public (Tensor Kernel, Tensor Bias) EquivalentKernelBias()
+    {
+        if (bn is null)
+        {
+            using var noGrad = no_grad();
+            return (conv.weight!.detach().clone(), conv.bias!.detach().clone());
+        }
+
+        return Reparam.BnFusion.Fuse(conv.weight!, bn);
+    }
+
+    /// <summary>Folds the BN into a new biased conv in place (the optional deep-fuse step). No-op when already fused.</summary>
+    public void FuseBn()
+    {
+        if (bn is null)
+        {
+            return;
+        }
+
+        var (kernel, bias) = EquivalentKernelBias();
+        var fused = Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size[0], stride: conv.stride[0],
+            padding: conv.padding![0], groups: conv.groups, bias: true, device: kernel.device);
+        using (no_grad())
+        {
+            fused.weight!.copy_(kernel);
+            fused.bias!.copy_(bias);
+        }
+
+        kernel.Dispose();
+        bias.Dispose();
+        conv = fused;
+        _internal_submodules["conv"] = fused;
+        _internal_submodules.Remove("bn");
+        bn = null;
+    }
+}

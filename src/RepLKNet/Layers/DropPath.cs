@@ -1,0 +1,45 @@
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace RepLKNet.Layers;
+
+/// <summary>
+/// Stochastic depth (timm's <c>DropPath</c>): in training, each sample's residual branch is zeroed with probability
+/// <see cref="Probability"/> and kept samples are scaled by 1/(1−p); in eval it is the identity. No parameters.
+/// </summary>
+public sealed class DropPath : Module<Tensor, Tensor>
+{
+    /// <summary>Creates the module for drop probability <paramref name="probability"/> in [0, 1).</summary>
+    public DropPath(double probability)
+        : base(nameof(DropPath))
+    {
+        if (probability is < 0 or >= 1 || double.IsNaN(probability))
+        {
+            throw new ArgumentOutOfRangeException(nameof(probability), probability, "drop path probability must be in [0, 1)");
+        }
+
+        Probability = probability;
+    }
+
+    /// <summary>The drop probability.</summary>
+    public double Probability { get; }
+
+    /// <summary>The official factory: Identity for p = 0, else DropPath(p).</summary>
+    public static Module<Tensor, Tensor> OrIdentity(double probability) =>
+        probability > 0 ? new DropPath(probability) : Identity();
+
+    /// <inheritdoc />
+    public override Tensor forward(Tensor input)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        if (!training || Probability == 0)
+        {
+            return input.alias();
+        }
+
+        double keep = 1 - Probability;
+        long[] shape = [input.shape[0], .. Enumerable.Repeat(1L, (int)input.dim() - 1)];
+        using var mask = empty(shape, dtype: input.dtype, device: input.device).bernoulli_(keep).div_(keep);
+        return input * mask;
+    }
+}

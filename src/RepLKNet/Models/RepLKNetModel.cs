@@ -1,0 +1,196 @@
+using RepLKNet.Layers;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace RepLKNet.Models;
+
+/// <summary>Channels and total stride of one stage's output (timm's <c>feature_info</c>).</summary>
+/// <param name="Stage">Stage index.</param>
+/// <param name="Channels">Output channels.</param>
+/// <param name="Reduction">Total stride relative to the input (4, 8, 16, 32).</param>
+/// <param name="Module">Name of the module that produces it.</param>
+public sealed record FeatureInfo(int Stage, int Channels, int Reduction, string Module);
+
+/// <summary>
+/// RepLKNet (Ding et al., CVPR 2022), module for module and key for key the official <c>RepLKNet</c>: <c>stem</c> (stride 4),
+/// <c>stages</c>, <c>transitions</c> (registered after all stages), then for a classifier <c>norm</c> → global average pool → <c>head</c>.
+/// In backbone mode (out_indices) it returns per-stage features through <see cref="forward_intermediates"/>.
+/// </summary>
+public sealed class RepLKNetModel : Module<Tensor, Tensor>
+{
+    private readonly ModuleList<ConvBn> stem;
+    private readonly ModuleList<RepLKNetStage> stages;
+    private readonly ModuleList<Sequential> transitions;
+    private readonly BatchNorm2d? norm;
+    private readonly AdaptiveAvgPool2d? avgpool;
+    private Linear? head;
+
+    /// <summary>Builds the model in the training form, or in the deploy form when <paramref name="deploy"/> (official <c>small_kernel_merged</c>).</summary>
+    public RepLKNetModel(RepLKNetConfig config, bool deploy = false, Device? device = null)
+        : base("RepLKNet")
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        Config = config.Validate();
+        long c0 = config.Channels[0];
+        stem = new ModuleList<ConvBn>(
+            new ConvBn(config.InChannels, c0, 3, 2, 1, 1, relu: true, device),
+            new ConvBn(c0, c0, 3, 1, 1, c0, relu: true, device),
+            new ConvBn(c0, c0, 1, 1, 0, 1, relu: true, device),
+            new ConvBn(c0, c0, 3, 2, 1, c0, relu: true, device));
+
+        var schedule = config.DropPathSchedule();
+        stages = new ModuleList<RepLKNetStage>();
+        transitions = new ModuleList<Sequential>();
+        var features = new List<FeatureInfo>();
+        int offset = 0;
+        for (int i = 0; i < config.NumStages; i++)
+        {
+            var rates = schedule.Skip(offset).Take(config.Layers[i]).ToArray();
+            offset += config.Layers[i];
+            stages.Add(new RepLKNetStage(config, i, rates, deploy, device));
+            features.Add(new FeatureInfo(i, config.Channels[i], 4 << i, $"stages.{i}"));
+            if (i < config.NumStages - 1)
+            {
+                long next = config.Channels[i + 1];
+                transitions.Add(Sequential(
+                    ("0", new ConvBn(config.Channels[i], next, 1, 1, 0, 1, relu: true, device)),
+                    ("1", new ConvBn(next, next, 3, 2, 1, next, relu: true, device))));
+            }
+        }
+
+        if (config.NumClasses is int classes)
+        {
+            norm = BatchNorm2d(config.Channels[^1], device: device);
+            avgpool = AdaptiveAvgPool2d(1);
+            head = Linear(config.Channels[^1], classes, device: device);
+        }
+
+        FeatureInfo = features;
+        RegisterComponents();
+    }
+
+    /// <summary>The configuration the model was built from (its num_classes follows <see cref="reset_classifier"/>).</summary>
+    public RepLKNetConfig Config { get; private set; }
+
+    /// <summary>Channels and stride of every stage output.</summary>
+    public IReadOnlyList<FeatureInfo> FeatureInfo { get; }
+
+    /// <summary>Whether every large-kernel module is in its deploy form.</summary>
+    public bool IsDeploy => modules().OfType<ReparamLargeKernelConv>().All(m => m.IsDeploy);
+
+    /// <summary>The stages, in order.</summary>
+    public IReadOnlyList<RepLKNetStage> Stages => [.. stages];
+
+    /// <summary>Stem, then every stage with its transition: the last stage's feature map (N, C_last, R/32, R/32), before <c>norm</c>.</summary>
+    public Tensor forward_features(Tensor input)
+    {
+        using var scope = NewDisposeScope();
+        var x = Stem(input);
+        for (int i = 0; i < stages.Count; i++)
+        {
+            x = stages[i].call(x);
+            if (i < transitions.Count)
+            {
+                x = transitions[i].call(x);
+            }
+        }
+
+        return x.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Per-stage features taken before each transition and passed through <c>stages[i].norm</c>: the official
+    /// out_indices outputs. <paramref name="indices"/> defaults to the configured out_indices, or every stage.
+    /// </summary>
+    public IReadOnlyList<Tensor> forward_intermediates(Tensor input, IReadOnlyList<int>? indices = null)
+    {
+        var wanted = indices ?? Config.OutIndices ?? Enumerable.Range(0, stages.Count).ToArray();
+        foreach (int i in wanted)
+        {
+            if (i < 0 || i >= stages.Count)
+            {
+                throw new ArgumentOutOfRangeException(nameof(indices), i, $"the model has {stages.Count} stages");
+            }
+        }
+
+        using var scope = NewDisposeScope();
+        var outputs = new List<Tensor>();
+        var x = Stem(input);
+        int last = wanted.Max();
+        for (int i = 0; i <= last; i++)
+        {
+            x = stages[i].call(x);
+            if (wanted.Contains(i))
+            {
+                outputs.Add(stages[i].Norm.call(x).MoveToOuterDisposeScope());
+            }
+
+            if (i < transitions.Count && i < last)
+            {
+                x = transitions[i].call(x);
+            }
+        }
+
+        return outputs;
+    }
+
+    /// <summary><c>norm</c> (BN) → global average pool → flatten → <c>head</c>; with <paramref name="preLogits"/> stops before the head.</summary>
+    public Tensor forward_head(Tensor features, bool preLogits = false)
+    {
+        if (norm is null || avgpool is null || head is null)
+        {
+            throw new InvalidOperationException("this RepLKNet is a backbone (num_classes is null): it has no classifier head");
+        }
+
+        using var scope = NewDisposeScope();
+        var x = avgpool.call(norm.call(features)).flatten(1);
+        return (preLogits ? x : head.call(x)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Classifier: logits (N, num_classes). Backbone: the last requested stage's feature (see <see cref="forward_intermediates"/>).</summary>
+    public override Tensor forward(Tensor input)
+    {
+        if (head is null)
+        {
+            var features = forward_intermediates(input);
+            var last = features[^1];
+            foreach (var f in features.Take(features.Count - 1))
+            {
+                f.Dispose();
+            }
+
+            return last;
+        }
+
+        using var scope = NewDisposeScope();
+        return forward_head(forward_features(input)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Replaces the classifier with a fresh Linear(C_last, <paramref name="numClasses"/>) (transfer learning).</summary>
+    public void reset_classifier(int numClasses)
+    {
+        if (head is null)
+        {
+            throw new InvalidOperationException("this RepLKNet is a backbone (num_classes is null): it has no classifier to reset");
+        }
+
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(numClasses);
+        var fresh = Linear(head.in_features, numClasses, device: head.weight!.device);
+        head.Dispose();
+        head = fresh;
+        _internal_submodules["head"] = fresh;
+        Config = Config.WithNumClasses(numClasses);
+    }
+
+    private Tensor Stem(Tensor input)
+    {
+        var x = input;
+        foreach (var layer in stem)
+        {
+            x = layer.call(x);
+        }
+
+        return x;
+    }
+}
