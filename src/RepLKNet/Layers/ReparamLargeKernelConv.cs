@@ -119,8 +119,13 @@ public sealed class ReparamLargeKernelConv : Module<Tensor, Tensor>, IReparamete
 
         kernel.Dispose();
         bias.Dispose();
-        _internal_submodules.Remove("lkb_origin");
-        _internal_submodules.Remove("small_conv");
+        foreach (var name in new[] { "lkb_origin", "small_conv" })
+        {
+            if (_internal_submodules.ContainsKey(name))
+            {
+                _internal_submodules.Remove(name);
+            }
+        }
         lkb_origin?.Dispose();
         small_conv?.Dispose();
         lkb_origin = null;

@@ -1,0 +1,30 @@
+using RepLKNet.Checkpoints;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace RepLKNet.Tests.Support;
+
+internal static class RandomModels
+{
+    /// <summary>Gives every BatchNorm non-trivial statistics and affine parameters, as the official oracle does.</summary>
+    public static void RandomizeBatchNorms(Module model, Generator generator)
+    {
+        using var noGrad = no_grad();
+        foreach (var bn in model.modules().OfType<BatchNorm2d>())
+        {
+            long n = bn.weight!.shape[0];
+            bn.weight!.copy_(rand(n, generator: generator) + 0.5);
+            bn.bias!.copy_(randn(n, generator: generator) * 0.2);
+            bn.running_mean!.copy_(randn(n, generator: generator) * 0.5);
+            bn.running_var!.copy_(rand(n, generator: generator) * 1.5 + 0.5);
+        }
+    }
+
+    /// <summary>Max |a − b| over two state dicts with the same keys.</summary>
+    public static double MaxStateDiff(Module a, Module b)
+    {
+        var sb = StateDicts.Ordered(b).ToDictionary();
+        return StateDicts.Ordered(a).Max(kv => (kv.Value.to(float64) - sb[kv.Key].to(float64)).abs().max().item<double>());
+    }
+}
