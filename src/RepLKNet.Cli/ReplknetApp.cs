@@ -55,6 +55,19 @@ public static class ReplknetApp
             config.PropagateExceptions();
             config.UseStrictParsing();
             config.ValidateExamples();
+            config.AddCommand<ModelsCommand>("models")
+                .WithDescription("List the model variants with parameters (train/deploy), MACs at the default resolution and kernel sizes.")
+                .WithExample("models")
+                .WithExample("models", "--json");
+            config.AddCommand<DescribeCommand>("describe")
+                .WithDescription("Print a model's state dict (keys, shapes, dtypes in order) and parameter count.")
+                .WithExample("describe", "--arch", "RepLKNet-31B", "--deploy", "--json");
+            config.AddCommand<ForwardCommand>("forward")
+                .WithDescription("Run a model in eval mode on a raw float32 NCHW tensor; write logits (and stage features) raw.")
+                .WithExample("forward", "--arch", "RepLKNet-31B", "--weights", "w.pth", "--input", "x.bin", "--input-shape", "2,3,224,224", "--output", "y.bin");
+            config.AddCommand<ReparamCommand>("reparam")
+                .WithDescription("Convert a training checkpoint to the deploy form (optionally fusing every conv+BN) and verify equivalence.")
+                .WithExample("reparam", "--arch", "RepLKNet-31B", "--weights", "train.pth", "--out", "deploy.safetensors");
             config.AddCommand<InfoCommand>("info")
                 .WithDescription("Print the .NET, TorchSharp and libtorch versions, threads, CPU vector support, the GLIBCXX fix and CUDA devices.")
                 .WithExample("info")
@@ -79,7 +92,7 @@ public static class ReplknetApp
     }
 
     private static bool IsUsageError(Exception e) =>
-        e is CommandAppException or UsageException || e is ArgumentException && e.TargetSite?.DeclaringType?.Namespace?.StartsWith("Spectre", StringComparison.Ordinal) == true;
+        e is CommandAppException or UsageException or RepLKNet.Models.ConfigException || e is ArgumentException && e.TargetSite?.DeclaringType?.Namespace?.StartsWith("Spectre", StringComparison.Ordinal) == true;
 
     private static void Report(TextWriter error, string kind, Exception e, bool verbose)
     {

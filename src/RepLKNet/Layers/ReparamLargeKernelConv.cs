@@ -121,10 +121,12 @@ public sealed class ReparamLargeKernelConv : Module<Tensor, Tensor>, IReparamete
         bias.Dispose();
         foreach (var name in new[] { "lkb_origin", "small_conv" })
         {
+#pragma warning disable CA1853 // TorchSharp's OrderedDict.Remove throws on a missing key, unlike Dictionary's.
             if (_internal_submodules.ContainsKey(name))
             {
                 _internal_submodules.Remove(name);
             }
+#pragma warning restore CA1853
         }
         lkb_origin?.Dispose();
         small_conv?.Dispose();

@@ -1,0 +1,115 @@
+using System.ComponentModel;
+using System.Globalization;
+using System.Text.Json.Nodes;
+using RepLKNet.Checkpoints;
+using RepLKNet.Models;
+using RepLKNet.Runtime;
+using Spectre.Console;
+using Spectre.Console.Cli;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace RepLKNet.Cli.Commands;
+
+/// <summary><c>replknet describe</c>: a model's state dict in order, with shapes and dtypes.</summary>
+public sealed class DescribeCommand(IAnsiConsole console) : Command<DescribeCommand.Settings>
+{
+    /// <summary>Options of <c>describe</c>.</summary>
+    public sealed class Settings : GlobalSettings
+    {
+        /// <summary>Variant name or JSON configuration.</summary>
+        [CommandOption("--arch <ARCH>")]
+        [Description("A variant name (RepLKNet-31B, -31L, -XL; case-insensitive) or a JSON file of the official constructor's arguments.")]
+        public string? Arch { get; init; }
+
+        /// <summary>Describe the deploy form.</summary>
+        [CommandOption("--deploy")]
+        [Description("Describe the deploy (re-parameterized) form.")]
+        public bool Deploy { get; init; }
+
+        /// <summary>Describe the fused form.</summary>
+        [CommandOption("--fused")]
+        [Description("Describe the deploy form with every conv+BN pair fused (reparam --fuse-bn).")]
+        public bool Fused { get; init; }
+
+        /// <summary>Classifier size override.</summary>
+        [CommandOption("--num-classes <N>")]
+        [Description("Classifier size (default: the architecture's).")]
+        public int? NumClasses { get; init; }
+
+        /// <summary>Print JSON.</summary>
+        [CommandOption("--json")]
+        [Description("Print {arch, form, params, state_dict: [{key, shape, dtype}]} as JSON.")]
+        public bool Json { get; init; }
+
+        /// <inheritdoc />
+        public override ValidationResult Validate()
+        {
+            if (string.IsNullOrWhiteSpace(Arch))
+            {
+                return ValidationResult.Error("--arch is required");
+            }
+
+            if (NumClasses is <= 0)
+            {
+                return ValidationResult.Error($"--num-classes {NumClasses} must be positive");
+            }
+
+            return base.Validate();
+        }
+    }
+
+    /// <inheritdoc />
+    public override int Execute(CommandContext context, Settings settings, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        TorchRuntime.Initialize(DeviceRequest.Cpu);
+        var (name, config) = ModelRegistry.Resolve(settings.Arch!);
+        if (settings.NumClasses is int n)
+        {
+            config = config.WithNumClasses(n);
+        }
+
+        var form = settings.Fused ? ModelForm.Fused : settings.Deploy ? ModelForm.Deploy : ModelForm.Train;
+        using var model = ModelForms.Create(config, form, new Device("meta"));
+        var entries = StateDicts.Ordered(model);
+        long parameters = model.parameters().Sum(p => p.numel());
+        if (settings.Json)
+        {
+            var json = new JsonObject
+            {
+                ["arch"] = name,
+                ["form"] = form.Name(),
+                ["params"] = parameters,
+                ["state_dict"] = new JsonArray([.. entries.Select(kv => (JsonNode)new JsonObject
+                {
+                    ["key"] = kv.Key,
+                    ["shape"] = new JsonArray([.. kv.Value.shape.Select(s => (JsonNode)s)]),
+                    ["dtype"] = DTypeName(kv.Value.dtype),
+                })]),
+            };
+            console.Profile.Out.Writer.WriteLine(json.ToJsonString(JsonOutput.Options));
+            return ExitCodes.Success;
+        }
+
+        foreach (var (key, tensor) in entries)
+        {
+            console.Profile.Out.Writer.WriteLine($"{key} [{string.Join(", ", tensor.shape)}] {DTypeName(tensor.dtype)}");
+        }
+
+        console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"{name}, {form.Name()} form: {entries.Count} state-dict entries, {parameters:N0} parameters"));
+        return ExitCodes.Success;
+    }
+
+    /// <summary>PyTorch's dtype names.</summary>
+    internal static string DTypeName(ScalarType type) => type switch
+    {
+        ScalarType.Float32 => "float32",
+        ScalarType.Int64 => "int64",
+        ScalarType.Float64 => "float64",
+        ScalarType.Float16 => "float16",
+        ScalarType.BFloat16 => "bfloat16",
+        _ => type.ToString().ToLowerInvariant(),
+    };
+}

@@ -1,0 +1,159 @@
+using System.ComponentModel;
+using System.Globalization;
+using RepLKNet.Checkpoints;
+using RepLKNet.IO;
+using RepLKNet.Models;
+using RepLKNet.Reparam;
+using RepLKNet.Runtime;
+using Spectre.Console;
+using Spectre.Console.Cli;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace RepLKNet.Cli.Commands;
+
+/// <summary>Options shared by commands that load a model from a checkpoint.</summary>
+public class WeightsSettings : GlobalSettings
+{
+    /// <summary>Variant name or JSON configuration.</summary>
+    [CommandOption("--arch <ARCH>")]
+    [Description("A variant name or a JSON configuration file. Optional when the checkpoint is in the project's format (it records its architecture).")]
+    public string? Arch { get; init; }
+
+    /// <summary>Checkpoint path.</summary>
+    [CommandOption("--weights <FILE>")]
+    [Description("Checkpoint: PyTorch .pth (raw, {'model','model_ema'} or MMSeg {'state_dict'} with backbone.), safetensors, or the project's format.")]
+    public string? Weights { get; init; }
+
+    /// <summary>Use the EMA weights of a training checkpoint.</summary>
+    [CommandOption("--ema")]
+    [Description("Load 'model_ema' from a PyTorch training checkpoint instead of 'model'.")]
+    public bool Ema { get; init; }
+
+    /// <summary>Strict key matching.</summary>
+    [CommandOption("--strict <BOOL>")]
+    [Description("Fail on any missing, unexpected or shape-mismatched key (default true); false loads what fits and reports the rest.")]
+    [DefaultValue(true)]
+    public bool Strict { get; init; } = true;
+
+    /// <summary>Classifier size override.</summary>
+    [CommandOption("--num-classes <N>")]
+    [Description("Classifier size (default: the checkpoint's head).")]
+    public int? NumClasses { get; init; }
+
+    /// <summary>The load options these settings describe.</summary>
+    public ModelLoadOptions LoadOptions => new() { Arch = Arch, Ema = Ema, Strict = Strict, NumClasses = NumClasses };
+
+    /// <inheritdoc />
+    public override ValidationResult Validate()
+    {
+        if (string.IsNullOrWhiteSpace(Weights))
+        {
+            return ValidationResult.Error("--weights is required");
+        }
+
+        return NumClasses is <= 0 ? ValidationResult.Error($"--num-classes {NumClasses} must be positive") : base.Validate();
+    }
+}
+
+/// <summary><c>replknet forward</c>: eval-mode outputs on a raw float32 tensor, for parity checks across frameworks.</summary>
+public sealed class ForwardCommand(IAnsiConsole console) : Command<ForwardCommand.Settings>
+{
+    /// <summary>Options of <c>forward</c>.</summary>
+    public sealed class Settings : WeightsSettings
+    {
+        /// <summary>Input tensor path.</summary>
+        [CommandOption("--input <FILE>")]
+        [Description("Raw little-endian float32 NCHW tensor.")]
+        public string? Input { get; init; }
+
+        /// <summary>Input shape.</summary>
+        [CommandOption("--input-shape <N,C,H,W>")]
+        [Description("Shape of --input, e.g. 2,3,224,224.")]
+        public string? InputShape { get; init; }
+
+        /// <summary>Logits output path.</summary>
+        [CommandOption("--output <FILE>")]
+        [Description("Write the logits (N, classes) as raw float32.")]
+        public string? Output { get; init; }
+
+        /// <summary>Stage features prefix.</summary>
+        [CommandOption("--features <PREFIX>")]
+        [Description("Also write each stage output (the out_indices features) as PREFIX0.bin, PREFIX1.bin, …")]
+        public string? Features { get; init; }
+
+        /// <summary>Re-parameterize before running.</summary>
+        [CommandOption("--reparam")]
+        [Description("Convert a training-form model to the deploy form before running.")]
+        public bool Reparam { get; init; }
+
+        /// <inheritdoc />
+        public override ValidationResult Validate()
+        {
+            if (string.IsNullOrWhiteSpace(Input))
+            {
+                return ValidationResult.Error("--input is required");
+            }
+
+            return string.IsNullOrWhiteSpace(InputShape) ? ValidationResult.Error("--input-shape is required") : base.Validate();
+        }
+    }
+
+    /// <inheritdoc />
+    public override int Execute(CommandContext context, Settings settings, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        long[] shape = CliParsing.Shape(settings.InputShape, "--input-shape");
+        var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
+        using var scope = NewDisposeScope();
+        var loaded = ModelLoader.Load(settings.Weights!, settings.LoadOptions);
+        var model = loaded.Model;
+        Console.Error.WriteLine($"loaded {loaded.Arch} ({loaded.Form.Name()} form) from '{settings.Weights}': {loaded.Report.Describe()}");
+        if (settings.Reparam)
+        {
+            int switched = Reparameterizer.Reparameterize(model);
+            Console.Error.WriteLine($"re-parameterized {switched} large-kernel module(s)");
+        }
+
+        if (shape[1] != model.Config.InChannels)
+        {
+            throw new UsageException($"--input-shape {settings.InputShape}: the model takes {model.Config.InChannels} input channels, not {shape[1]}");
+        }
+
+        model.to(runtime.Device);
+        var input = RawTensorFile.Read(settings.Input!, shape).to(runtime.Device);
+        using var noGrad = no_grad();
+        if (settings.Features is { } prefix)
+        {
+            var features = model.forward_intermediates(input);
+            var indices = model.Config.OutIndices ?? Enumerable.Range(0, model.Config.NumStages).ToArray();
+            for (int i = 0; i < features.Count; i++)
+            {
+                string path = $"{prefix}{indices[i]}.bin";
+                RawTensorFile.Write(path, features[i]);
+                Console.Error.WriteLine($"wrote stage {indices[i]} features [{string.Join(", ", features[i].shape)}] to '{path}'");
+            }
+        }
+
+        if (model.Config.NumClasses is null)
+        {
+            return ExitCodes.Success;
+        }
+
+        var logits = model.call(input).cpu();
+        if (settings.Output is { } output)
+        {
+            RawTensorFile.Write(output, logits);
+            Console.Error.WriteLine($"wrote logits [{string.Join(", ", logits.shape)}] to '{output}'");
+        }
+
+        var (values, classes) = logits.max(1);
+        for (int i = 0; i < logits.shape[0]; i++)
+        {
+            console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"sample {i}: top-1 class {classes[i].item<long>()} (logit {values[i].item<float>():F6})"));
+        }
+
+        return ExitCodes.Success;
+    }
+}

@@ -1,0 +1,88 @@
+using System.ComponentModel;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using RepLKNet.Models;
+using RepLKNet.Runtime;
+using Spectre.Console;
+using Spectre.Console.Cli;
+using static TorchSharp.torch;
+
+namespace RepLKNet.Cli.Commands;
+
+/// <summary><c>replknet models</c>: the registered variants and their sizes.</summary>
+public sealed class ModelsCommand(IAnsiConsole console) : Command<ModelsCommand.Settings>
+{
+    /// <summary>Options of <c>models</c>.</summary>
+    public sealed class Settings : GlobalSettings
+    {
+        /// <summary>Print JSON.</summary>
+        [CommandOption("--json")]
+        [Description("Print a JSON array instead of a table.")]
+        public bool Json { get; init; }
+    }
+
+    /// <inheritdoc />
+    public override int Execute(CommandContext context, Settings settings, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        TorchRuntime.Initialize(DeviceRequest.Cpu);
+        var rows = ModelRegistry.Variants.Select(Describe).ToList();
+        if (settings.Json)
+        {
+            var array = new JsonArray([.. rows.Select(r => (JsonNode)r)]);
+            console.Profile.Out.Writer.WriteLine(array.ToJsonString(JsonOutput.Options));
+            return ExitCodes.Success;
+        }
+
+        var table = new Table().AddColumns("model", "params (train)", "params (deploy)", "MACs (deploy)", "input", "large kernels", "small kernel", "channels");
+        foreach (var r in rows)
+        {
+            table.AddRow(
+                r["name"]!.ToString(),
+                ((long)r["params"]!).ToString("N0", CultureInfo.InvariantCulture),
+                ((long)r["deploy_params"]!).ToString("N0", CultureInfo.InvariantCulture),
+                $"{(long)r["macs"]! / 1e9:F3} G",
+                $"{r["resolution"]}×{r["resolution"]}",
+                string.Join("/", r["large_kernel_sizes"]!.AsArray().Select(n => n!.ToString())),
+                r["small_kernel"]?.ToString() ?? "none",
+                string.Join("/", r["channels"]!.AsArray().Select(n => n!.ToString())));
+        }
+
+        console.Write(table);
+        return ExitCodes.Success;
+    }
+
+    private static JsonObject Describe(ModelVariant v)
+    {
+        var meta = new Device("meta");
+        using var train = new RepLKNetModel(v.Config, deploy: false, device: meta);
+        using var deploy = new RepLKNetModel(v.Config, deploy: true, device: meta);
+        int res = v.Pretrained.InputSize.H;
+        return new JsonObject
+        {
+            ["name"] = v.Name,
+            ["params"] = train.parameters().Sum(p => p.numel()),
+            ["deploy_params"] = deploy.parameters().Sum(p => p.numel()),
+            ["resolution"] = res,
+            ["macs"] = Complexity.Macs(v.Config, res, res, ModelForm.Deploy),
+            ["macs_train"] = Complexity.Macs(v.Config, res, res, ModelForm.Train),
+            ["large_kernel_sizes"] = new JsonArray([.. v.Config.LargeKernelSizes.Select(k => (JsonNode)k)]),
+            ["small_kernel"] = v.Config.SmallKernel,
+            ["channels"] = new JsonArray([.. v.Config.Channels.Select(k => (JsonNode)k)]),
+            ["layers"] = new JsonArray([.. v.Config.Layers.Select(k => (JsonNode)k)]),
+            ["mean"] = new JsonArray(v.Pretrained.Mean.R, v.Pretrained.Mean.G, v.Pretrained.Mean.B),
+            ["std"] = new JsonArray(v.Pretrained.Std.R, v.Pretrained.Std.G, v.Pretrained.Std.B),
+        };
+    }
+}
+
+/// <summary>Shared JSON output settings of the commands.</summary>
+internal static class JsonOutput
+{
+    public static readonly JsonSerializerOptions Options = new()
+    {
+        WriteIndented = true,
+        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+    };
+}

@@ -1,0 +1,111 @@
+using System.ComponentModel;
+using System.Globalization;
+using RepLKNet.Checkpoints;
+using RepLKNet.Models;
+using RepLKNet.Reparam;
+using RepLKNet.Runtime;
+using Spectre.Console;
+using Spectre.Console.Cli;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace RepLKNet.Cli.Commands;
+
+/// <summary><c>replknet reparam</c>: training checkpoint → deploy (or fused) checkpoint, verified before it is written.</summary>
+public sealed class ReparamCommand(IAnsiConsole console) : Command<ReparamCommand.Settings>
+{
+    /// <summary>End-to-end tolerance relative to the largest logit.</summary>
+    public const double Tolerance = 1e-4;
+
+    /// <summary>Options of <c>reparam</c>.</summary>
+    public sealed class Settings : WeightsSettings
+    {
+        /// <summary>Output path.</summary>
+        [CommandOption("--out <FILE>")]
+        [Description("Output checkpoint: .pth/.pt for PyTorch, anything else (e.g. .safetensors) in the project's format with metadata.")]
+        public string? Out { get; init; }
+
+        /// <summary>Also fuse every conv+BN.</summary>
+        [CommandOption("--fuse-bn")]
+        [Description("Also fold every remaining conv+BN pair (not the pre-BNs) into biased convs: faster inference, its own key set.")]
+        public bool FuseBn { get; init; }
+
+        /// <summary>Verification input size.</summary>
+        [CommandOption("--input-size <SIZE>")]
+        [Description("Resolution of the random verification batch (default: the variant's, else 224).")]
+        public int? InputSize { get; init; }
+
+        /// <summary>Verification batch size.</summary>
+        [CommandOption("--batch <N>")]
+        [Description("Size of the random verification batch.")]
+        [DefaultValue(2)]
+        public int Batch { get; init; } = 2;
+
+        /// <summary>Seed of the verification batch.</summary>
+        [CommandOption("--seed <SEED>")]
+        [Description("Seed of the random verification batch.")]
+        [DefaultValue(0L)]
+        public long Seed { get; init; }
+
+        /// <inheritdoc />
+        public override ValidationResult Validate()
+        {
+            if (string.IsNullOrWhiteSpace(Out))
+            {
+                return ValidationResult.Error("--out is required");
+            }
+
+            if (InputSize is <= 0 || Batch <= 0)
+            {
+                return ValidationResult.Error("--input-size and --batch must be positive");
+            }
+
+            return base.Validate();
+        }
+    }
+
+    /// <inheritdoc />
+    public override int Execute(CommandContext context, Settings settings, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
+        using var scope = NewDisposeScope();
+        var loaded = ModelLoader.Load(settings.Weights!, settings.LoadOptions);
+        var target = settings.FuseBn ? ModelForm.Fused : ModelForm.Deploy;
+        if (loaded.Form == target || loaded.Form == ModelForm.Fused)
+        {
+            throw new UsageException($"'{settings.Weights}' is already in the {loaded.Form.Name()} form: nothing to convert");
+        }
+
+        var source = loaded.Model.to(runtime.Device);
+        var converted = Reparameterizer.ReparameterizedCopy(source, settings.FuseBn);
+        int resolution = settings.InputSize
+            ?? (settings.Arch is not null && ModelRegistry.Find(settings.Arch) is { } v ? v.Pretrained.InputSize.H : 224);
+        var generator = new Generator((ulong)settings.Seed, device: runtime.Device);
+        var input = randn([settings.Batch, source.Config.InChannels, resolution, resolution], generator: generator, device: runtime.Device);
+        var report = EquivalenceCheck.Compare(source, converted, input);
+
+        var table = new Table().AddColumns("module", "max |train − " + target.Name() + "|", "max |train|");
+        foreach (var step in report.Steps)
+        {
+            table.AddRow(step.Module, step.MaxAbsDiff.ToString("0.00e+00", CultureInfo.InvariantCulture),
+                step.MaxAbsReference.ToString("F4", CultureInfo.InvariantCulture));
+        }
+
+        console.Write(table);
+        string verdict = string.Create(CultureInfo.InvariantCulture,
+            $"end to end: max abs diff {report.EndToEnd.MaxAbsDiff:0.000e+00} = {report.RelativeEndToEnd:0.000e+00} of the largest output {report.EndToEnd.MaxAbsReference:F4} " +
+            $"(batch {settings.Batch} at {resolution}×{resolution}, tolerance {Tolerance:0e+00})");
+        console.Profile.Out.Writer.WriteLine(verdict);
+        if (!(report.RelativeEndToEnd <= Tolerance))
+        {
+            Console.Error.WriteLine($"replknet: error: the {target.Name()} form differs from the train form beyond {Tolerance:E0}; '{settings.Out}' was not written");
+            return ExitCodes.Failure;
+        }
+
+        var metadata = new CheckpointMetadata(loaded.Arch, converted.Config, target, loaded.Metadata?.ClassNames);
+        CheckpointFile.Write(settings.Out!, StateDicts.Ordered(converted), metadata);
+        console.Profile.Out.Writer.WriteLine($"wrote {target.Name()} checkpoint '{settings.Out}' ({StateDicts.Ordered(converted).Count} entries)");
+        return ExitCodes.Success;
+    }
+}

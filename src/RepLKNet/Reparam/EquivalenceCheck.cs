@@ -1,0 +1,85 @@
+using RepLKNet.Models;
+using static TorchSharp.torch;
+
+namespace RepLKNet.Reparam;
+
+/// <summary>Max |reference − candidate| after one part of the network, both fed their own previous outputs.</summary>
+/// <param name="Module">Module name (stem, stages.i.blocks.j, transitions.i, head).</param>
+/// <param name="MaxAbsDiff">Largest absolute difference of the outputs.</param>
+/// <param name="MaxAbsReference">Largest absolute reference output (for scale).</param>
+public sealed record StepDifference(string Module, double MaxAbsDiff, double MaxAbsReference);
+
+/// <summary>Result of comparing two forms of a model on one batch.</summary>
+/// <param name="Steps">Per-module differences, in network order.</param>
+/// <param name="EndToEnd">The final output's difference.</param>
+public sealed record EquivalenceReport(IReadOnlyList<StepDifference> Steps, StepDifference EndToEnd)
+{
+    /// <summary>End-to-end max abs difference relative to the largest reference output.</summary>
+    public double RelativeEndToEnd => EndToEnd.MaxAbsDiff / Math.Max(EndToEnd.MaxAbsReference, 1e-30);
+}
+
+/// <summary>Runs two forms of the same RepLKNet side by side (eval mode) and records where they drift apart.</summary>
+public static class EquivalenceCheck
+{
+    /// <summary>Compares <paramref name="candidate"/> with <paramref name="reference"/> on <paramref name="input"/>.</summary>
+    public static EquivalenceReport Compare(RepLKNetModel reference, RepLKNetModel candidate, Tensor input)
+    {
+        ArgumentNullException.ThrowIfNull(reference);
+        ArgumentNullException.ThrowIfNull(candidate);
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        reference.eval();
+        candidate.eval();
+        var steps = new List<StepDifference>();
+        var refChildren = Children(reference);
+        var candChildren = Children(candidate);
+        var a = input;
+        var b = input;
+        foreach (var (name, refModule) in refChildren)
+        {
+            a = refModule(a);
+            b = candChildren[name](b);
+            steps.Add(Difference(name, a, b));
+        }
+
+        var end = steps[^1];
+        return new EquivalenceReport(steps, end with { Module = "end to end" });
+    }
+
+    private static StepDifference Difference(string name, Tensor a, Tensor b) =>
+        new(name, (a - b).abs().max().to(float64).item<double>(), a.abs().max().to(float64).item<double>());
+
+    // The model unrolled into named steps: stem items, each stage's blocks, transitions, then the classifier head.
+    private static Dictionary<string, Func<Tensor, Tensor>> Children(RepLKNetModel model)
+    {
+        var steps = new Dictionary<string, Func<Tensor, Tensor>>();
+        var named = model.named_modules().ToDictionary(m => m.name, m => m.module);
+        for (int i = 0; i < 4; i++)
+        {
+            var m = (nn.Module<Tensor, Tensor>)named[$"stem.{i}"];
+            steps[$"stem.{i}"] = m.call;
+        }
+
+        for (int i = 0; i < model.Stages.Count; i++)
+        {
+            var blocks = model.Stages[i].Blocks;
+            for (int j = 0; j < blocks.Count; j++)
+            {
+                steps[$"stages.{i}.blocks.{j}"] = blocks[j].call;
+            }
+
+            if (i < model.Stages.Count - 1)
+            {
+                var t = (nn.Module<Tensor, Tensor>)named[$"transitions.{i}"];
+                steps[$"transitions.{i}"] = t.call;
+            }
+        }
+
+        if (model.Config.NumClasses is not null)
+        {
+            steps["head"] = x => model.forward_head(x);
+        }
+
+        return steps;
+    }
+}
