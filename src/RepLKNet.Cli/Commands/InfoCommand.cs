@@ -55,7 +55,7 @@ public sealed class InfoCommand(IAnsiConsole console) : Command<InfoCommand.Sett
         var devices = new List<CudaDeviceProperties>();
         if (runtime.CudaAvailable)
         {
-            rows.Add(("CUDA", $"libtorch sees {torch.cuda.device_count()} device(s); driver CUDA {CudaDriver.DriverVersion()}; cuDNN {(torch.cuda.is_cudnn_available() ? "available" : "not available")}"));
+            rows.Add(("CUDA", $"libtorch sees {torch.cuda.device_count()} device(s); driver CUDA {CudaDriver.DriverVersion()}; cuDNN {(torch.cuda.is_cudnn_available() ? "available" : "not available")}; TF32 {(torch.backends.cudnn.allow_tf32 ? "on" : $"off (set {TorchRuntime.Tf32EnvironmentVariable}=1 to allow)")}"));
             devices.AddRange(CudaDriver.Devices());
             foreach (var d in devices)
             {

@@ -81,8 +81,9 @@ public sealed class ReparamCommand(IAnsiConsole console) : Command<ReparamComman
         var converted = Reparameterizer.ReparameterizedCopy(source, settings.FuseBn);
         int resolution = settings.InputSize
             ?? (settings.Arch is not null && ModelRegistry.Find(settings.Arch) is { } v ? v.Pretrained.InputSize.H : 224);
-        var generator = new Generator((ulong)settings.Seed, device: runtime.Device);
-        var input = randn([settings.Batch, source.Config.InChannels, resolution, resolution], generator: generator, device: runtime.Device);
+        // Drawn on the CPU so the verification batch is the same whatever the device.
+        var generator = new Generator((ulong)settings.Seed);
+        var input = randn([settings.Batch, source.Config.InChannels, resolution, resolution], generator: generator).to(runtime.Device);
         var report = EquivalenceCheck.Compare(source, converted, input);
 
         var table = new Table().AddColumns("module", "max |train − " + target.Name() + "|", "max |train|");
