@@ -1,0 +1,201 @@
+using System.Runtime.InteropServices;
+using RepLKNet.Ops.Cpu;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace RepLKNet.Ops;
+
+/// <summary>Which implementation runs depthwise convolutions that fit the contract.</summary>
+public enum DepthwiseBackend
+{
+    /// <summary>Ours where the contract holds (CPU SIMD kernels), libtorch otherwise.</summary>
+    Ours,
+
+    /// <summary>Always libtorch's <c>conv2d</c> (for comparison).</summary>
+    Torch,
+}
+
+/// <summary>
+/// The project's one depthwise convolution: stride 1, padding K/2 ("same"), dilation 1, odd square K in [3, 63],
+/// float32, any N, C, H, W ≥ 1, optional bias. Inputs that fit run on our kernels with gradients for input, weight and
+/// bias through a TorchSharp autograd function; everything else goes to <c>torch.nn.functional.conv2d</c>.
+/// </summary>
+public static class DepthwiseConv2d
+{
+    /// <summary>Smallest kernel our kernels take.</summary>
+    public const int MinKernel = 3;
+
+    /// <summary>Largest kernel our kernels take.</summary>
+    public const int MaxKernel = 63;
+
+    /// <summary>Environment variable: <c>torch</c> makes libtorch's conv the default implementation.</summary>
+    public const string ImplEnvironmentVariable = "REPLKNET_DWCONV";
+
+    /// <summary>Environment variable forcing a CPU instruction set: <c>vector512</c>, <c>vector256</c> or <c>scalar</c>.</summary>
+    public const string IsaEnvironmentVariable = "REPLKNET_CPU_ISA";
+
+    private static readonly AsyncLocal<DepthwiseBackend?> ScopedBackend = new();
+
+    /// <summary>The process-wide default implementation (from <c>REPLKNET_DWCONV</c>, else ours).</summary>
+    public static DepthwiseBackend DefaultBackend { get; set; } =
+        string.Equals(Environment.GetEnvironmentVariable(ImplEnvironmentVariable), "torch", StringComparison.OrdinalIgnoreCase)
+            ? DepthwiseBackend.Torch
+            : DepthwiseBackend.Ours;
+
+    /// <summary>The CPU instruction set to use (from <c>REPLKNET_CPU_ISA</c>, else the widest available).</summary>
+    public static CpuIsa Isa { get; set; } =
+        Enum.TryParse<CpuIsa>(Environment.GetEnvironmentVariable(IsaEnvironmentVariable), ignoreCase: true, out var isa) ? isa : CpuIsa.Auto;
+
+    /// <summary>Worker threads for our CPU kernels; 0 means libtorch's <c>get_num_threads()</c>.</summary>
+    public static int Threads { get; set; }
+
+    /// <summary>The implementation in effect on this async flow.</summary>
+    public static DepthwiseBackend CurrentBackend => ScopedBackend.Value ?? DefaultBackend;
+
+    /// <summary>Uses <paramref name="impl"/> on this async flow until the returned scope is disposed (benchmarks, tests).</summary>
+    public static IDisposable Use(DepthwiseBackend impl)
+    {
+        var previous = ScopedBackend.Value;
+        ScopedBackend.Value = impl;
+        return new Restore(() => ScopedBackend.Value = previous);
+    }
+
+    /// <summary>Whether a convolution with these settings is a depthwise "same" convolution of this contract.</summary>
+    public static bool IsDepthwiseSame(long inChannels, long outChannels, long groups, long kernelH, long kernelW, long stride, long padding, long dilation) =>
+        inChannels == outChannels && groups == inChannels && kernelH == kernelW && kernelH % 2 == 1 &&
+        stride == 1 && dilation == 1 && padding == kernelH / 2;
+
+    /// <summary>Whether our kernels take this call (else it goes to libtorch).</summary>
+    public static bool Fits(Tensor input, Tensor weight, Tensor? bias)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        ArgumentNullException.ThrowIfNull(weight);
+        if (input.dim() != 4 || weight.dim() != 4 || input.dtype != ScalarType.Float32 || weight.dtype != ScalarType.Float32 ||
+            input.device_type != DeviceType.CPU || weight.device_type != DeviceType.CPU)
+        {
+            return false;
+        }
+
+        long c = input.shape[1], k = weight.shape[2];
+        return weight.shape[0] == c && weight.shape[1] == 1 && weight.shape[3] == k && k % 2 == 1 && k is >= MinKernel and <= MaxKernel &&
+               input.shape[0] > 0 && input.shape[2] > 0 && input.shape[3] > 0 && c > 0 &&
+               (bias is null || bias.dtype == ScalarType.Float32 && bias.device_type == DeviceType.CPU && bias.numel() == c) &&
+               input.numel() < int.MaxValue;
+    }
+
+    /// <summary>y = depthwise_conv(x, w) + b with stride 1 and padding K/2; ours when it fits and is enabled, libtorch otherwise.</summary>
+    public static Tensor Forward(Tensor input, Tensor weight, Tensor? bias = null)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        ArgumentNullException.ThrowIfNull(weight);
+        if (CurrentBackend == DepthwiseBackend.Ours && Fits(input, weight, bias))
+        {
+            return bias is null
+                ? DepthwiseConvFunction.apply(input, weight)
+                : DepthwiseConvFunction.apply(input, weight, bias);
+        }
+
+        long k = weight.shape[2];
+        return nn.functional.conv2d(input, weight, bias, padding: [k / 2, k / 2], groups: weight.shape[0]);
+    }
+
+    internal static int ThreadCount => Threads > 0 ? Threads : Math.Max(1, torch.get_num_threads());
+
+    /// <summary>Our forward on contiguous CPU tensors (no autograd).</summary>
+    internal static unsafe Tensor ForwardRaw(Tensor x, Tensor w, Tensor? b)
+    {
+        using var xc = x.contiguous();
+        using var wc = w.contiguous();
+        using var bc = b?.contiguous();
+        var (n, c, h, wd) = Dims(xc);
+        var y = empty(xc.shape, dtype: float32);
+        fixed (byte* px = xc.bytes, pw = wc.bytes, py = y.bytes)
+        {
+            float* pb = null;
+            if (bc is not null)
+            {
+                fixed (byte* pbb = bc.bytes)
+                {
+                    DepthwiseConvCpu.Forward((float*)px, (float*)pw, (float*)pbb, (float*)py, n, c, h, wd, (int)w.shape[2], Isa, ThreadCount);
+                    return y;
+                }
+            }
+
+            DepthwiseConvCpu.Forward((float*)px, (float*)pw, pb, (float*)py, n, c, h, wd, (int)w.shape[2], Isa, ThreadCount);
+        }
+
+        return y;
+    }
+
+    /// <summary>Our input gradient (no autograd).</summary>
+    internal static unsafe Tensor InputGradRaw(Tensor gradOutput, Tensor w)
+    {
+        using var gc = gradOutput.contiguous();
+        using var wc = w.contiguous();
+        var (n, c, h, wd) = Dims(gc);
+        var dx = empty(gc.shape, dtype: float32);
+        fixed (byte* pg = gc.bytes, pw = wc.bytes, pdx = dx.bytes)
+        {
+            DepthwiseConvCpu.InputGrad((float*)pg, (float*)pw, (float*)pdx, n, c, h, wd, (int)w.shape[2], Isa, ThreadCount);
+        }
+
+        return dx;
+    }
+
+    /// <summary>Our weight gradient (no autograd).</summary>
+    internal static unsafe Tensor WeightGradRaw(Tensor x, Tensor gradOutput, long k)
+    {
+        using var xc = x.contiguous();
+        using var gc = gradOutput.contiguous();
+        var (n, c, h, wd) = Dims(xc);
+        var dw = empty([c, 1, k, k], dtype: float32);
+        fixed (byte* px = xc.bytes, pg = gc.bytes, pdw = dw.bytes)
+        {
+            DepthwiseConvCpu.WeightGrad((float*)px, (float*)pg, (float*)pdw, n, c, h, wd, (int)k, Isa, ThreadCount);
+        }
+
+        return dw;
+    }
+
+    private static (int N, int C, int H, int W) Dims(Tensor t) => ((int)t.shape[0], (int)t.shape[1], (int)t.shape[2], (int)t.shape[3]);
+
+    private sealed class Restore(Action restore) : IDisposable
+    {
+        public void Dispose() => restore();
+    }
+}
+
+/// <summary>The autograd function behind <see cref="DepthwiseConv2d.Forward"/>: forward and both gradients on our kernels.</summary>
+internal sealed class DepthwiseConvFunction : torch.autograd.SingleTensorFunction<DepthwiseConvFunction>
+{
+    public override string Name => "ReplknetDepthwiseConv2d";
+
+    public override Tensor forward(torch.autograd.AutogradContext ctx, params object[] vars)
+    {
+        var x = (Tensor)vars[0];
+        var w = (Tensor)vars[1];
+        var b = vars.Length > 2 ? (Tensor)vars[2] : null;
+        ctx.save_for_backward([x, w]);
+        ctx.save_data("has_bias", b is not null);
+        using var noGrad = no_grad();
+        return DepthwiseConv2d.ForwardRaw(x, w, b);
+    }
+
+    public override List<Tensor> backward(torch.autograd.AutogradContext ctx, Tensor grad)
+    {
+        var saved = ctx.get_saved_variables();
+        var x = saved[0];
+        var w = saved[1];
+        bool hasBias = (bool)ctx.get_data("has_bias");
+        using var noGrad = no_grad();
+        var dx = x.requires_grad ? DepthwiseConv2d.InputGradRaw(grad, w) : null;
+        var dw = w.requires_grad ? DepthwiseConv2d.WeightGradRaw(x, grad, w.shape[2]) : null;
+        var result = new List<Tensor> { dx!, dw! };
+        if (hasBias)
+        {
+            result.Add(grad.sum([0, 2, 3]));
+        }
+
+        return result;
+    }
+}

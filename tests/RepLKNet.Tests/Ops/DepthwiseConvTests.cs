@@ -1,0 +1,156 @@
+using RepLKNet.Ops;
+using RepLKNet.Ops.Cpu;
+using RepLKNet.Tests.Support;
+using TorchSharp;
+using static TorchSharp.torch;
+using Xunit.Abstractions;
+
+namespace RepLKNet.Tests.Ops;
+
+/// <summary>Our CPU depthwise conv against libtorch's conv2d (float64 where the sums are long).</summary>
+public sealed class DepthwiseConvTests
+{
+    private readonly ITestOutputHelper _output;
+
+    public DepthwiseConvTests(ITestOutputHelper output)
+    {
+        _output = output;
+        Torch.EnsureLoaded();
+    }
+
+    public static TheoryData<string> Isas => [.. CpuIsas.Supported.Select(i => i.ToString())];
+
+    [Theory]
+    [MemberData(nameof(Isas))]
+    public void Forward_and_all_gradients_match_libtorch_over_a_random_sweep(string isaName)
+    {
+        var isa = Enum.Parse<CpuIsa>(isaName);
+        int seed = Environment.TickCount;
+        var rng = new Random(seed);
+        // Fixed corner cases first, then random shapes: 1×1 maps, K > H, H ≠ W, widths off the vector length, N = C = 1.
+        var cases = new List<(int N, int C, int H, int W, int K, bool Bias)>
+        {
+            (1, 1, 1, 1, 3, true), (1, 1, 1, 1, 31, false), (2, 3, 7, 7, 13, true), (1, 2, 5, 9, 27, true), (3, 1, 17, 8, 5, false),
+            (1, 4, 33, 31, 31, true), (2, 2, 16, 16, 3, false), (1, 1, 2, 40, 9, true), (2, 5, 14, 14, 63, false),
+        };
+        for (int i = 0; i < 8; i++)
+        {
+            int k = 2 * rng.Next(1, 18) + 1;
+            cases.Add((rng.Next(1, 4), rng.Next(1, 6), rng.Next(1, 40), rng.Next(1, 40), k, rng.Next(2) == 0));
+        }
+
+        var previous = DepthwiseConv2d.Isa;
+        DepthwiseConv2d.Isa = isa;
+        try
+        {
+            foreach (var (n, c, h, w, k, hasBias) in cases)
+            {
+                CheckCase(n, c, h, w, k, hasBias, seed, isa);
+            }
+        }
+        finally
+        {
+            DepthwiseConv2d.Isa = previous;
+        }
+    }
+
+    private void CheckCase(int n, int c, int h, int w, int k, bool hasBias, int seed, CpuIsa isa)
+    {
+        using var scope = NewDisposeScope();
+        string what = $"{isa} N={n} C={c} H={h} W={w} K={k} bias={hasBias} (seed {seed})";
+        var x = randn(n, c, h, w).requires_grad_(true);
+        var weight = randn(c, 1, k, k).requires_grad_(true);
+        var bias = hasBias ? randn(c).requires_grad_(true) : null;
+        var upstream = randn(n, c, h, w);
+        Assert.True(DepthwiseConv2d.Fits(x, weight, bias), what);
+
+        var y = DepthwiseConv2d.Forward(x, weight, bias);
+        y.backward([upstream]);
+
+        // Reference: libtorch's conv2d in float64 on the same values.
+        var x64 = x.detach().to(float64).requires_grad_(true);
+        var w64 = weight.detach().to(float64).requires_grad_(true);
+        var b64 = bias?.detach().to(float64).requires_grad_(true);
+        var y64 = nn.functional.conv2d(x64, w64, b64, padding: [k / 2, k / 2], groups: c);
+        y64.backward([upstream.to(float64)]);
+
+        AssertClose(y64, y, what + " forward");
+        AssertClose(x64.grad!, x.grad!, what + " input-grad");
+        AssertClose(w64.grad!, weight.grad!, what + " weight-grad");
+        if (hasBias)
+        {
+            AssertClose(b64!.grad!, bias!.grad!, what + " bias-grad");
+        }
+    }
+
+    [Fact]
+    public void Finite_differences_agree_with_the_analytic_gradients_in_float64_terms()
+    {
+        // Our kernels are float32: check d(loss)/dθ against central differences of our own forward, on a tiny case
+        // with a step large enough for float32 but small enough for the (linear) op: the conv is linear, so the only
+        // error is rounding.
+        using var scope = NewDisposeScope();
+        var rng = new Random(Environment.TickCount);
+        int n = 1, c = 2, h = 4, w = 5, k = 5;
+        var x = randn(n, c, h, w).requires_grad_(true);
+        var weight = randn(c, 1, k, k).requires_grad_(true);
+        var bias = randn(c).requires_grad_(true);
+        var g = randn(n, c, h, w);
+        float Loss() { using var s = NewDisposeScope(); using var ng = no_grad(); return (DepthwiseConv2d.Forward(x, weight, bias) * g).sum().item<float>(); }
+
+        DepthwiseConv2d.Forward(x, weight, bias).mul(g).sum().backward();
+        const float eps = 1e-2f;
+        foreach (var (param, name) in new[] { (x, "x"), (weight, "w"), (bias, "b") })
+        {
+            var flat = param.detach().view(-1);
+            var grad = param.grad!.view(-1);
+            for (int probe = 0; probe < 6; probe++)
+            {
+                long i = rng.Next((int)flat.numel());
+                float original = flat[i].item<float>();
+                using (no_grad())
+                {
+                    flat[i] = original + eps;
+                }
+
+                float plus = Loss();
+                using (no_grad())
+                {
+                    flat[i] = original - eps;
+                }
+
+                float minus = Loss();
+                using (no_grad())
+                {
+                    flat[i] = original;
+                }
+
+                double numeric = (plus - minus) / (2.0 * eps);
+                double analytic = grad[i].item<float>();
+                Assert.True(Math.Abs(numeric - analytic) <= 2e-3 * Math.Max(1, Math.Abs(analytic)), $"{name}[{i}]: numeric {numeric} vs analytic {analytic}");
+            }
+        }
+    }
+
+    [Fact]
+    public void Calls_outside_the_contract_fall_back_to_libtorch()
+    {
+        using var scope = NewDisposeScope();
+        var x = randn(2, 4, 9, 9, dtype: float64);
+        var w = randn(4, 1, 5, 5, dtype: float64);
+        Assert.False(DepthwiseConv2d.Fits(x, w, null));
+        var y = DepthwiseConv2d.Forward(x, w);
+        Assert.True(y.allclose(nn.functional.conv2d(x, w, padding: [2, 2], groups: 4)));
+        var even = randn(1, 3, 8, 8);
+        Assert.False(DepthwiseConv2d.Fits(even, randn(3, 1, 4, 4), null));
+        Assert.False(DepthwiseConv2d.Fits(even, randn(3, 1, 65, 65), null));
+    }
+
+    private static void AssertClose(Tensor expected, Tensor actual, string what)
+    {
+        var e = expected.to(float64);
+        double scale = Math.Max(e.abs().max().item<double>(), 1e-12);
+        double diff = (e - actual.to(float64)).abs().max().item<double>();
+        Assert.True(diff <= 1e-5 * scale, $"{what}: max abs diff {diff:E3}, scale {scale:E3}, relative {diff / scale:E2}");
+    }
+}
