@@ -68,6 +68,13 @@ public static class ReplknetApp
             config.AddCommand<ReparamCommand>("reparam")
                 .WithDescription("Convert a training checkpoint to the deploy form (optionally fusing every conv+BN) and verify equivalence.")
                 .WithExample("reparam", "--arch", "RepLKNet-31B", "--weights", "train.pth", "--out", "deploy.safetensors");
+            config.AddBranch("bench", bench =>
+            {
+                bench.SetDescription("Benchmarks: the paper's depthwise-conv latency table and whole-model speed.");
+                bench.AddCommand<Commands.Bench.BenchDwconvCommand>("dwconv")
+                    .WithDescription("Time a stack of depthwise layers per (R, K), ours vs libtorch (the paper's Table 1).")
+                    .WithExample("bench", "dwconv", "--device", "cpu", "--sizes", "32", "--kernels", "7,31", "--layers", "4");
+            });
             config.AddCommand<InfoCommand>("info")
                 .WithDescription("Print the .NET, TorchSharp and libtorch versions, threads, CPU vector support, the GLIBCXX fix and CUDA devices.")
                 .WithExample("info")

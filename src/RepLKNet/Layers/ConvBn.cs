@@ -1,3 +1,4 @@
+using RepLKNet.Ops;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
@@ -16,6 +17,9 @@ public sealed class ConvBn : Module<Tensor, Tensor>
     private BatchNorm2d? bn;
     private readonly ReLU? nonlinear;
 
+    // Depthwise stride-1 "same" convs run on the project's depthwise op (ours on CPU); the rest on libtorch's conv.
+    private readonly bool _depthwiseSame;
+
     /// <summary>Creates conv(k×k, stride, padding, groups, no bias) → BN(out) [→ ReLU].</summary>
     public ConvBn(long inChannels, long outChannels, long kernelSize, long stride, long padding, long groups, bool relu, Device? device = null)
         : base(relu ? "conv_bn_relu" : "conv_bn")
@@ -23,6 +27,7 @@ public sealed class ConvBn : Module<Tensor, Tensor>
         conv = Conv2d(inChannels, outChannels, kernelSize, stride: stride, padding: padding, groups: groups, bias: false, device: device);
         bn = BatchNorm2d(outChannels, device: device);
         nonlinear = relu ? ReLU() : null;
+        _depthwiseSame = DepthwiseConv2d.IsDepthwiseSame(inChannels, outChannels, groups, kernelSize, kernelSize, stride, padding, 1) && kernelSize > 1;
         RegisterComponents();
     }
 
@@ -38,7 +43,7 @@ public sealed class ConvBn : Module<Tensor, Tensor>
     /// <inheritdoc />
     public override Tensor forward(Tensor input)
     {
-        var x = conv.call(input);
+        var x = _depthwiseSame ? DepthwiseConv2d.Forward(input, conv.weight!, conv.bias) : conv.call(input);
         if (bn is not null)
         {
             x = bn.call(x);

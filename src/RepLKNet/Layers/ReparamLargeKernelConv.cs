@@ -1,3 +1,4 @@
+using RepLKNet.Ops;
 using RepLKNet.Reparam;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -66,7 +67,7 @@ public sealed class ReparamLargeKernelConv : Module<Tensor, Tensor>, IReparamete
     {
         if (lkb_reparam is not null)
         {
-            return lkb_reparam.call(input);
+            return DepthwiseConv2d.Forward(input, lkb_reparam.weight!, lkb_reparam.bias);
         }
 
         var output = lkb_origin!.call(input);

@@ -90,6 +90,13 @@ public static class DepthwiseConv2d
         ArgumentNullException.ThrowIfNull(weight);
         if (CurrentBackend == DepthwiseBackend.Ours && Fits(input, weight, bias))
         {
+            // Without gradients to track, skip the autograd function's bookkeeping.
+            bool tracked = is_grad_enabled() && (input.requires_grad || weight.requires_grad || bias?.requires_grad == true);
+            if (!tracked)
+            {
+                return ForwardRaw(input, weight, bias);
+            }
+
             return bias is null
                 ? DepthwiseConvFunction.apply(input, weight)
                 : DepthwiseConvFunction.apply(input, weight, bias);

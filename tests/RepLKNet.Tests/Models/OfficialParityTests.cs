@@ -1,5 +1,6 @@
 using RepLKNet.Checkpoints;
 using RepLKNet.Models;
+using RepLKNet.Ops;
 using RepLKNet.Reparam;
 using RepLKNet.Tests.Support;
 using TorchSharp;
@@ -14,10 +15,13 @@ public sealed class OfficialParityTests
 
     public OfficialParityTests() => Torch.EnsureLoaded();
 
-    [Fact]
-    public void Train_checkpoint_reproduces_the_official_logits_and_every_stage_feature()
+    [Theory]
+    [InlineData(DepthwiseBackend.Ours)]
+    [InlineData(DepthwiseBackend.Torch)]
+    public void Train_checkpoint_reproduces_the_official_logits_and_every_stage_feature(DepthwiseBackend backend)
     {
         using var scope = NewDisposeScope();
+        using var use = DepthwiseConv2d.Use(backend);
         using var checkpoint = CheckpointFile.Read(OfficialFixture.File("small-train.pth"));
         var model = new RepLKNetModel(OfficialFixture.Config);
         var report = StateDictLoader.Load(model, checkpoint.State, strict: true, skipHead: false, "small-train.pth");

@@ -139,64 +139,74 @@ public static unsafe class DepthwiseConvCpu
         where TV : struct
     {
         var g = new ConvGeometry(h, w, k, TOps.Count);
-        long planeSize = (long)h * w;
         int planes = n * c;
-        ParallelPlanes(planes, threads, g.InputFloats + g.OutputFloats + g.WeightFloats, (scratch, first, last) =>
+        ParallelPlanes(planes, threads, g.InputFloats + g.OutputFloats + g.WeightFloats,
+            (scratch, first, last) => ConvolveChunk<TOps, TV>(input, weight, bias, output, c, rotate, g, scratch, first, last));
+    }
+
+    // Tiering would run this per-plane loop unoptimized for its first calls; benchmarks and short runs must not pay that.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void ConvolveChunk<TOps, TV>(float* input, float* weight, float* bias, float* output, int c, bool rotate,
+        ConvGeometry g, float* scratch, int first, int last)
+        where TOps : struct, IVectorOps<TV>
+        where TV : struct
+    {
+        int h = g.H, w = g.W, k = g.K;
+        long planeSize = (long)h * w;
+        float* inS = scratch;
+        float* outS = inS + g.InputFloats;
+        float* wz = outS + g.OutputFloats;
+        NativeMemory.Clear(inS, (nuint)(g.InputFloats * sizeof(float)));
+        NativeMemory.Clear(wz, (nuint)(g.WeightFloats * sizeof(float)));
+        int loadedChannel = -1;
+        for (int plane = first; plane < last; plane++)
         {
-            float* inS = scratch;
-            float* outS = inS + g.InputFloats;
-            float* wz = outS + g.OutputFloats;
-            NativeMemory.Clear(inS, (nuint)(g.InputFloats * sizeof(float)));
-            NativeMemory.Clear(wz, (nuint)(g.WeightFloats * sizeof(float)));
-            int loadedChannel = -1;
-            for (int plane = first; plane < last; plane++)
+            int channel = plane % c;
+            if (channel != loadedChannel)
             {
-                int channel = plane % c;
-                if (channel != loadedChannel)
+                // Kernel rows sit between RowBlock−1 zero rows above and below (so edge output rows need no branch).
+                float* kernel = weight + (long)channel * k * k;
+                for (int ky = 0; ky < k; ky++)
                 {
-                    // Kernel rows sit between RowBlock−1 zero rows above and below (so edge output rows need no branch).
-                    float* kernel = weight + (long)channel * k * k;
-                    for (int ky = 0; ky < k; ky++)
+                    for (int kx = 0; kx < k; kx++)
                     {
-                        for (int kx = 0; kx < k; kx++)
-                        {
-                            wz[(ky + RowBlock - 1) * k + kx] = rotate ? kernel[(k - 1 - ky) * k + (k - 1 - kx)] : kernel[ky * k + kx];
-                        }
+                        wz[(ky + RowBlock - 1) * k + kx] = rotate ? kernel[(k - 1 - ky) * k + (k - 1 - kx)] : kernel[ky * k + kx];
                     }
-
-                    loadedChannel = channel;
                 }
 
-                float* src = input + plane * planeSize;
-                for (int y = 0; y < h; y++)
+                loadedChannel = channel;
+            }
+
+            float* src = input + plane * planeSize;
+            for (int y = 0; y < h; y++)
+            {
+                Buffer.MemoryCopy(src + (long)y * w, inS + (long)(y + g.Pad) * g.InStride + g.Pad, w * sizeof(float), w * sizeof(float));
+            }
+
+            ConvolvePlane<TOps, TV>(inS, wz, outS, g);
+
+            float b = bias == null ? 0f : bias[channel];
+            float* dst = output + plane * planeSize;
+            for (int y = 0; y < h; y++)
+            {
+                float* from = outS + (long)y * g.PaddedW;
+                float* to = dst + (long)y * w;
+                if (b == 0f)
                 {
-                    Buffer.MemoryCopy(src + (long)y * w, inS + (long)(y + g.Pad) * g.InStride + g.Pad, w * sizeof(float), w * sizeof(float));
+                    Buffer.MemoryCopy(from, to, w * sizeof(float), w * sizeof(float));
                 }
-
-                ConvolvePlane<TOps, TV>(inS, wz, outS, g);
-
-                float b = bias == null ? 0f : bias[channel];
-                float* dst = output + plane * planeSize;
-                for (int y = 0; y < h; y++)
+                else
                 {
-                    float* from = outS + (long)y * g.PaddedW;
-                    float* to = dst + (long)y * w;
-                    if (b == 0f)
+                    for (int x = 0; x < w; x++)
                     {
-                        Buffer.MemoryCopy(from, to, w * sizeof(float), w * sizeof(float));
-                    }
-                    else
-                    {
-                        for (int x = 0; x < w; x++)
-                        {
-                            to[x] = from[x] + b;
-                        }
+                        to[x] = from[x] + b;
                     }
                 }
             }
-        });
+        }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void ConvolvePlane<TOps, TV>(float* inS, float* wz, float* outS, in ConvGeometry g)
         where TOps : struct, IVectorOps<TV>
         where TV : struct
@@ -523,31 +533,26 @@ public static unsafe class DepthwiseConvCpu
             return;
         }
 
+        // Thread-pool workers (no thread creation per call); each takes contiguous chunks until none is left.
         int nextChunk = -1;
-        var tasks = new Task[workers];
-        for (int t = 0; t < workers; t++)
+        Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, _ =>
         {
-            tasks[t] = Task.Factory.StartNew(() =>
+            float* scratch = (float*)NativeMemory.AlignedAlloc(bytes, 64);
+            try
             {
-                float* scratch = (float*)NativeMemory.AlignedAlloc(bytes, 64);
-                try
+                int chunk;
+                while ((chunk = Interlocked.Increment(ref nextChunk)) < chunks)
                 {
-                    int chunk;
-                    while ((chunk = Interlocked.Increment(ref nextChunk)) < chunks)
-                    {
-                        int first = (int)((long)count * chunk / chunks);
-                        int last = (int)((long)count * (chunk + 1) / chunks);
-                        body(scratch, first, last);
-                    }
+                    int first = (int)((long)count * chunk / chunks);
+                    int last = (int)((long)count * (chunk + 1) / chunks);
+                    body(scratch, first, last);
                 }
-                finally
-                {
-                    NativeMemory.AlignedFree(scratch);
-                }
-            }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
-        }
-
-        Task.WaitAll(tasks);
+            }
+            finally
+            {
+                NativeMemory.AlignedFree(scratch);
+            }
+        });
     }
 
     private static int RoundUp(int value, int multiple) => (value + multiple - 1) / multiple * multiple;

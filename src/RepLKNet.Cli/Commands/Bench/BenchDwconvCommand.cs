@@ -1,0 +1,238 @@
+using System.ComponentModel;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Text.Json.Nodes;
+using RepLKNet.Benchmarks;
+using RepLKNet.Checkpoints;
+using RepLKNet.Ops;
+using RepLKNet.Ops.Cpu;
+using RepLKNet.Runtime;
+using Spectre.Console;
+using Spectre.Console.Cli;
+using TorchSharp;
+
+namespace RepLKNet.Cli.Commands.Bench;
+
+/// <summary><c>replknet bench dwconv</c>: the paper's Table 1 — a stack of depthwise layers per (R, K), ours vs libtorch.</summary>
+public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwconvCommand.Settings>
+{
+    /// <summary>Options of <c>bench dwconv</c>.</summary>
+    public sealed class Settings : GlobalSettings
+    {
+        /// <summary>Batch.</summary>
+        [CommandOption("--batch <N>")]
+        [Description("Batch size.")]
+        [DefaultValue(8)]
+        public int Batch { get; init; } = 8;
+
+        /// <summary>Channels.</summary>
+        [CommandOption("--channels <C>")]
+        [Description("Channels.")]
+        [DefaultValue(384)]
+        public int Channels { get; init; } = 384;
+
+        /// <summary>Resolutions.</summary>
+        [CommandOption("--sizes <LIST>")]
+        [Description("Resolutions R (input R×R), comma-separated.")]
+        [DefaultValue("16,32,64")]
+        public string Sizes { get; init; } = "16,32,64";
+
+        /// <summary>Kernels.</summary>
+        [CommandOption("--kernels <LIST>")]
+        [Description("Odd kernel sizes, comma-separated.")]
+        [DefaultValue("3,5,7,9,13,17,21,27,29,31")]
+        public string Kernels { get; init; } = "3,5,7,9,13,17,21,27,29,31";
+
+        /// <summary>Layers.</summary>
+        [CommandOption("--layers <L>")]
+        [Description("Depthwise layers in the stack.")]
+        [DefaultValue(24)]
+        public int Layers { get; init; } = 24;
+
+        /// <summary>Pass.</summary>
+        [CommandOption("--pass <PASS>")]
+        [Description("fwd, bwd (input-grad, weight-grad, and both together) or all.")]
+        [DefaultValue("fwd")]
+        public string Pass { get; init; } = "fwd";
+
+        /// <summary>Implementations.</summary>
+        [CommandOption("--impl <LIST>")]
+        [Description("Implementations to compare: ours, torch.")]
+        [DefaultValue("ours,torch")]
+        public string Impl { get; init; } = "ours,torch";
+
+        /// <summary>Threads.</summary>
+        [CommandOption("--threads <T>")]
+        [Description("CPU threads for both implementations (default: libtorch's get_num_threads()).")]
+        public int? Threads { get; init; }
+
+        /// <summary>Repetitions.</summary>
+        [CommandOption("--reps <N>")]
+        [Description("Timed repetitions per cell (median); a cell stops repeating after 20 s.")]
+        [DefaultValue(3)]
+        public int Reps { get; init; } = 3;
+
+        /// <summary>JSON output.</summary>
+        [CommandOption("--json <FILE>")]
+        [Description("Also write {machine, results} as JSON.")]
+        public string? Json { get; init; }
+    }
+
+    /// <inheritdoc />
+    public override int Execute(CommandContext context, Settings settings, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
+        int[] sizes = ParseList(settings.Sizes, "--sizes");
+        int[] kernels = ParseList(settings.Kernels, "--kernels");
+        if (kernels.Any(k => k % 2 == 0))
+        {
+            throw new UsageException($"--kernels {settings.Kernels}: kernel sizes must be odd");
+        }
+
+        string[] passes = settings.Pass.ToLowerInvariant() switch
+        {
+            "fwd" => [BenchPasses.Forward],
+            "bwd" => [BenchPasses.InputGrad, BenchPasses.WeightGrad, BenchPasses.Backward],
+            "all" => [BenchPasses.Forward, BenchPasses.InputGrad, BenchPasses.WeightGrad, BenchPasses.Backward],
+            _ => throw new UsageException($"--pass '{settings.Pass}': use fwd, bwd or all"),
+        };
+        var impls = settings.Impl.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(s => s.ToLowerInvariant() switch
+        {
+            "ours" => DepthwiseBackend.Ours,
+            "torch" => DepthwiseBackend.Torch,
+            _ => throw new UsageException($"--impl '{s}': use ours and/or torch"),
+        }).Distinct().ToArray();
+        if (settings.Batch <= 0 || settings.Channels <= 0 || settings.Layers <= 0 || settings.Reps <= 0 || settings.Threads is <= 0)
+        {
+            throw new UsageException("--batch, --channels, --layers, --reps and --threads must be positive");
+        }
+
+        if (settings.Threads is int threads)
+        {
+            torch.set_num_threads(threads);
+            DepthwiseConv2d.Threads = threads;
+        }
+
+        int threadCount = torch.get_num_threads();
+        bool cuda = runtime.Device.type == DeviceType.CUDA;
+        string machineName = cuda ? Ops.Cuda.CudaDriver.Devices()[runtime.Device.index < 0 ? 0 : runtime.Device.index].Name : CpuName();
+        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]Depthwise conv stack[/]: {0} layers of ({1}, {2}, R, R), fp32, NCHW, stride 1, pad K/2 on {3} ({4} threads)",
+            settings.Layers, settings.Batch, settings.Channels, Markup.Escape(machineName), threadCount);
+        double peak = cuda ? double.NaN : FmaPeak.MeasureGflops(threadCount);
+        if (!cuda)
+        {
+            console.MarkupLine(CultureInfo.InvariantCulture, "Measured FMA peak: [bold]{0:F0} GFLOP/s[/] ({1}, {2} threads)", peak, CpuIsas.Resolve(DepthwiseConv2d.Isa), threadCount);
+        }
+
+        var options = new DepthwiseBenchOptions
+        {
+            Batch = settings.Batch, Channels = settings.Channels, Sizes = sizes, Kernels = kernels, Layers = settings.Layers,
+            Passes = passes, Implementations = impls, Reps = settings.Reps, Device = runtime.Device,
+        };
+        int cells = sizes.Length * kernels.Length * passes.Length * impls.Length;
+        var results = new List<DepthwiseBenchResult>();
+        console.Progress().AutoClear(true).Start(ctx =>
+        {
+            var task = ctx.AddTask("timing", maxValue: cells);
+            results = DepthwiseBenchmark.Run(options, r =>
+            {
+                task.Increment(1);
+                task.Description = $"R={r.R} K={r.K} {r.Pass} {r.Implementation}";
+                if (Console.IsOutputRedirected)
+                {
+                    console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"  {r.Implementation,-5} {r.Pass,-5} R={r.R,-3} K={r.K,-3} {r.Ms,10:F1} ms {r.Gflops,8:F1} GFLOP/s"));
+                }
+            });
+        });
+
+        foreach (string pass in passes)
+        {
+            RenderTable(pass, results.Where(r => r.Pass == pass).ToList(), sizes, kernels, impls, peak);
+        }
+
+        if (settings.Json is { } json)
+        {
+            var root = new JsonObject
+            {
+                ["machine"] = new JsonObject
+                {
+                    ["device"] = cuda ? "cuda" : "cpu",
+                    ["name"] = machineName,
+                    ["threads"] = threadCount,
+                    ["isa"] = cuda ? null : CpuIsas.Resolve(DepthwiseConv2d.Isa).ToString(),
+                    ["peak_gflops"] = cuda ? null : Math.Round(peak, 1),
+                    ["libtorch"] = runtime.LibTorchVersion,
+                    ["date"] = DateTime.UtcNow.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture),
+                },
+                ["results"] = new JsonArray([.. results.Select(r => (JsonNode)new JsonObject
+                {
+                    ["impl"] = r.Implementation, ["pass"] = r.Pass, ["N"] = r.N, ["C"] = r.C, ["R"] = r.R, ["K"] = r.K,
+                    ["layers"] = r.Layers, ["ms"] = Math.Round(r.Ms, 3), ["gflops"] = Math.Round(r.Gflops, 2), ["reps"] = r.Reps,
+                })]),
+            };
+            AtomicFile.Write(json, s => s.Write(System.Text.Encoding.UTF8.GetBytes(root.ToJsonString(JsonOutput.Options) + "\n")));
+            console.MarkupLine($"wrote [bold]{Markup.Escape(json)}[/]");
+        }
+
+        return ExitCodes.Success;
+    }
+
+    private void RenderTable(string pass, List<DepthwiseBenchResult> results, int[] sizes, int[] kernels, DepthwiseBackend[] impls, double peak)
+    {
+        var table = new Table().Title($"{pass}: ms for the whole stack (GFLOP/s{(double.IsNaN(peak) ? string.Empty : ", % of FMA peak")})");
+        table.AddColumn("R");
+        table.AddColumn("impl");
+        foreach (int k in kernels)
+        {
+            table.AddColumn(new TableColumn($"K={k}").RightAligned());
+        }
+
+        foreach (int r in sizes)
+        {
+            foreach (var impl in impls)
+            {
+                string name = impl == DepthwiseBackend.Ours ? "ours" : "torch";
+                var cells = kernels.Select(k => results.FirstOrDefault(x => x.R == r && x.K == k && x.Implementation == name) is { } c
+                    ? string.Create(CultureInfo.InvariantCulture, $"{c.Ms:F1} ({c.Gflops:F0}{(double.IsNaN(peak) ? string.Empty : $", {100 * c.Gflops / peak:F0}%")})")
+                    : "-");
+                table.AddRow([r.ToString(CultureInfo.InvariantCulture), name, .. cells]);
+            }
+
+            if (impls.Length == 2)
+            {
+                var ratios = kernels.Select(k =>
+                {
+                    var ours = results.FirstOrDefault(x => x.R == r && x.K == k && x.Implementation == "ours");
+                    var theirs = results.FirstOrDefault(x => x.R == r && x.K == k && x.Implementation == "torch");
+                    return ours is null || theirs is null ? "-" : string.Create(CultureInfo.InvariantCulture, $"{theirs.Ms / ours.Ms:F1}×");
+                });
+                table.AddRow([r.ToString(CultureInfo.InvariantCulture), "[bold]speed-up[/]", .. ratios.Select(x => $"[bold]{x}[/]")]);
+            }
+        }
+
+        console.Write(table);
+    }
+
+    private static int[] ParseList(string text, string option)
+    {
+        var values = text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
+            .Select(s => int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out int v) && v > 0 ? v : throw new UsageException($"{option} '{text}': '{s}' is not a positive integer"))
+            .ToArray();
+        return values.Length > 0 ? values : throw new UsageException($"{option} is empty");
+    }
+
+    private static string CpuName()
+    {
+        try
+        {
+            var line = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal));
+            return line is null ? RuntimeInformation.ProcessArchitecture.ToString() : line[(line.IndexOf(':', StringComparison.Ordinal) + 1)..].Trim();
+        }
+        catch (IOException)
+        {
+            return RuntimeInformation.ProcessArchitecture.ToString();
+        }
+    }
+}
