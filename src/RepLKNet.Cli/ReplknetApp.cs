@@ -74,6 +74,9 @@ public static class ReplknetApp
                 bench.AddCommand<Commands.Bench.BenchDwconvCommand>("dwconv")
                     .WithDescription("Time a stack of depthwise layers per (R, K), ours vs libtorch (the paper's Table 1).")
                     .WithExample("bench", "dwconv", "--device", "cpu", "--sizes", "32", "--kernels", "7,31", "--layers", "4");
+                bench.AddCommand<Commands.Bench.BenchModelCommand>("model")
+                    .WithDescription("Time a whole model (inference or a training step), ours vs libtorch's depthwise conv.")
+                    .WithExample("bench", "model", "--arch", "RepLKNet-31B", "--batch", "8", "--mode", "infer");
             });
             config.AddCommand<InfoCommand>("info")
                 .WithDescription("Print the .NET, TorchSharp and libtorch versions, threads, CPU vector support, the GLIBCXX fix and CUDA devices.")

@@ -59,7 +59,7 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
         [CommandOption("--impl <LIST>")]
         [Description("Implementations to compare: ours, torch.")]
         [DefaultValue("ours,torch")]
-        public string Impl { get; init; } = "ours,torch";
+        public string Implementations { get; init; } = "ours,torch";
 
         /// <summary>Threads.</summary>
         [CommandOption("--threads <T>")]
@@ -97,7 +97,7 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
             "all" => [BenchPasses.Forward, BenchPasses.InputGrad, BenchPasses.WeightGrad, BenchPasses.Backward],
             _ => throw new UsageException($"--pass '{settings.Pass}': use fwd, bwd or all"),
         };
-        var impls = settings.Impl.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(s => s.ToLowerInvariant() switch
+        var impls = settings.Implementations.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(s => s.ToLowerInvariant() switch
         {
             "ours" => DepthwiseBackend.Ours,
             "torch" => DepthwiseBackend.Torch,

@@ -1,0 +1,122 @@
+using System.ComponentModel;
+using System.Globalization;
+using System.Text.Json.Nodes;
+using RepLKNet.Benchmarks;
+using RepLKNet.Checkpoints;
+using RepLKNet.Models;
+using RepLKNet.Ops;
+using RepLKNet.Runtime;
+using Spectre.Console;
+using Spectre.Console.Cli;
+using TorchSharp;
+
+namespace RepLKNet.Cli.Commands.Bench;
+
+/// <summary><c>replknet bench model</c>: whole-model inference or training-step speed, ours vs libtorch's depthwise conv.</summary>
+public sealed class BenchModelCommand(IAnsiConsole console) : Command<BenchModelCommand.Settings>
+{
+    /// <summary>Options of <c>bench model</c>.</summary>
+    public sealed class Settings : GlobalSettings
+    {
+        /// <summary>Architecture.</summary>
+        [CommandOption("--arch <ARCH>")]
+        [Description("A variant name or JSON configuration.")]
+        [DefaultValue("RepLKNet-31B")]
+        public string Arch { get; init; } = "RepLKNet-31B";
+
+        /// <summary>Batch.</summary>
+        [CommandOption("--batch <N>")]
+        [Description("Batch size.")]
+        [DefaultValue(8)]
+        public int Batch { get; init; } = 8;
+
+        /// <summary>Resolution.</summary>
+        [CommandOption("--resolution <R>")]
+        [Description("Input resolution (default: the variant's, else 224).")]
+        public int? Resolution { get; init; }
+
+        /// <summary>Mode.</summary>
+        [CommandOption("--mode <MODE>")]
+        [Description("infer (eval, no grad) or train (forward, loss, backward, SGD step).")]
+        [DefaultValue("infer")]
+        public string Mode { get; init; } = "infer";
+
+        /// <summary>Implementations.</summary>
+        [CommandOption("--impl <LIST>")]
+        [Description("ours, torch or both.")]
+        [DefaultValue("ours,torch")]
+        public string Implementations { get; init; } = "ours,torch";
+
+        /// <summary>Threads.</summary>
+        [CommandOption("--threads <T>")]
+        [Description("CPU threads.")]
+        public int? Threads { get; init; }
+
+        /// <summary>Repetitions.</summary>
+        [CommandOption("--reps <N>")]
+        [Description("Timed repetitions (median); stops repeating after 60 s.")]
+        [DefaultValue(3)]
+        public int Reps { get; init; } = 3;
+
+        /// <summary>JSON output.</summary>
+        [CommandOption("--json <FILE>")]
+        [Description("Also write the results as JSON.")]
+        public string? Json { get; init; }
+    }
+
+    /// <inheritdoc />
+    public override int Execute(CommandContext context, Settings settings, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
+        var (name, config) = ModelRegistry.Resolve(settings.Arch);
+        string mode = settings.Mode.ToLowerInvariant() is "infer" or "train" ? settings.Mode.ToLowerInvariant() : throw new UsageException($"--mode '{settings.Mode}': use infer or train");
+        var impls = settings.Implementations.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(s => s.ToLowerInvariant() switch
+        {
+            "ours" => DepthwiseBackend.Ours,
+            "torch" => DepthwiseBackend.Torch,
+            _ => throw new UsageException($"--impl '{s}': use ours and/or torch"),
+        }).Distinct().ToArray();
+        if (settings.Batch <= 0 || settings.Reps <= 0 || settings.Threads is <= 0 || settings.Resolution is <= 0)
+        {
+            throw new UsageException("--batch, --reps, --threads and --resolution must be positive");
+        }
+
+        if (settings.Threads is int threads)
+        {
+            torch.set_num_threads(threads);
+            DepthwiseConv2d.Threads = threads;
+        }
+
+        int resolution = settings.Resolution ?? ModelRegistry.Find(settings.Arch)?.Pretrained.InputSize.H ?? 224;
+        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]{0}[/] {1}, batch {2} at {3}×{3}, {4}, {5} threads",
+            Markup.Escape(name), mode, settings.Batch, resolution, runtime.Device, torch.get_num_threads());
+        var results = ModelBenchmark.Run(config, settings.Batch, resolution, mode, impls, runtime.Device, settings.Reps, 60, r =>
+            console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"  {r.Implementation,-5} {r.Mode}: {r.Ms,10:F0} ms/batch  {r.ImagesPerSecond,8:F2} images/s  peak RSS {(r.PeakMemoryBytes is long b ? $"{b / 1048576.0:F0} MiB" : "n/a")}  ({r.Reps} reps)")));
+        var ours = results.FirstOrDefault(r => r.Implementation == "ours");
+        var theirs = results.FirstOrDefault(r => r.Implementation == "torch");
+        if (ours is not null && theirs is not null)
+        {
+            console.MarkupLine(CultureInfo.InvariantCulture, "[bold]speed-up ours/torch: {0:F2}×[/]", theirs.Ms / ours.Ms);
+        }
+
+        if (settings.Json is { } json)
+        {
+            var root = new JsonObject
+            {
+                ["arch"] = name,
+                ["device"] = runtime.Device.ToString(),
+                ["threads"] = torch.get_num_threads(),
+                ["results"] = new JsonArray([.. results.Select(r => (JsonNode)new JsonObject
+                {
+                    ["impl"] = r.Implementation, ["mode"] = r.Mode, ["batch"] = r.Batch, ["resolution"] = r.Resolution,
+                    ["ms"] = Math.Round(r.Ms, 1), ["images_per_s"] = Math.Round(r.ImagesPerSecond, 3), ["peak_rss_bytes"] = r.PeakMemoryBytes, ["reps"] = r.Reps,
+                })]),
+            };
+            AtomicFile.Write(json, s => s.Write(System.Text.Encoding.UTF8.GetBytes(root.ToJsonString(JsonOutput.Options) + "\n")));
+        }
+
+        return ExitCodes.Success;
+    }
+}

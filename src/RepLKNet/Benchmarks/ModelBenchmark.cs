@@ -1,0 +1,130 @@
+using System.Diagnostics;
+using System.Globalization;
+using RepLKNet.Models;
+using RepLKNet.Ops;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace RepLKNet.Benchmarks;
+
+/// <summary>Whole-model timing of one implementation.</summary>
+/// <param name="Implementation">"ours" or "torch".</param>
+/// <param name="Mode">"infer" (eval, no grad) or "train" (forward, cross-entropy, backward, SGD step).</param>
+/// <param name="Batch">Batch size.</param>
+/// <param name="Resolution">Input resolution.</param>
+/// <param name="Ms">Median milliseconds per batch.</param>
+/// <param name="ImagesPerSecond">Throughput.</param>
+/// <param name="PeakMemoryBytes">Peak resident memory of the process during the timed runs (CPU), or null.</param>
+/// <param name="Reps">Timed repetitions.</param>
+public sealed record ModelBenchResult(string Implementation, string Mode, int Batch, int Resolution, double Ms, double ImagesPerSecond, long? PeakMemoryBytes, int Reps);
+
+/// <summary>Times a whole RepLKNet with each depthwise implementation in the same process.</summary>
+public static class ModelBenchmark
+{
+    /// <summary>Times <paramref name="config"/> for each implementation.</summary>
+    public static List<ModelBenchResult> Run(RepLKNetConfig config, int batch, int resolution, string mode, IReadOnlyList<DepthwiseBackend> impls,
+        Device device, int reps, double maxSeconds, Action<ModelBenchResult>? onResult = null)
+    {
+        ArgumentNullException.ThrowIfNull(impls);
+        var results = new List<ModelBenchResult>();
+        using var model = new RepLKNetModel(config with { DropPathRate = 0 });
+        model.to(device);
+        var generator = new Generator(0);
+        var x = randn([batch, config.InChannels, resolution, resolution], generator: generator).to(device);
+        var labels = randint(0, config.NumClasses ?? 1, [batch], generator: generator).to(device);
+        var optimizer = optim.SGD(model.parameters(), 1e-6);
+        foreach (var impl in impls)
+        {
+            using var use = DepthwiseConv2d.Use(impl);
+            double Once()
+            {
+                using var scope = NewDisposeScope();
+                if (device.type == DeviceType.CUDA)
+                {
+                    torch.cuda.synchronize();
+                }
+
+                var sw = Stopwatch.StartNew();
+                if (mode == "infer")
+                {
+                    model.eval();
+                    using var noGrad = no_grad();
+                    model.call(x);
+                }
+                else
+                {
+                    model.train();
+                    optimizer.zero_grad();
+                    var loss = nn.functional.cross_entropy(model.call(x), labels);
+                    loss.backward();
+                    optimizer.step();
+                }
+
+                if (device.type == DeviceType.CUDA)
+                {
+                    torch.cuda.synchronize();
+                }
+
+                return sw.Elapsed.TotalMilliseconds;
+            }
+
+            Once(); // warm-up
+            ResetPeakMemory();
+            var times = new List<double>();
+            var budget = Stopwatch.StartNew();
+            for (int rep = 0; rep < reps; rep++)
+            {
+                times.Add(Once());
+                if (budget.Elapsed.TotalSeconds > maxSeconds)
+                {
+                    break;
+                }
+            }
+
+            times.Sort();
+            double ms = times[times.Count / 2];
+            var result = new ModelBenchResult(impl == DepthwiseBackend.Ours ? "ours" : "torch", mode, batch, resolution, ms, batch / (ms / 1e3),
+                device.type == DeviceType.CPU ? PeakResidentBytes() : null, times.Count);
+            results.Add(result);
+            onResult?.Invoke(result);
+        }
+
+        return results;
+    }
+
+    /// <summary>Resets the kernel's peak-RSS counter for this process (Linux: write 5 to /proc/self/clear_refs).</summary>
+    private static void ResetPeakMemory()
+    {
+        try
+        {
+            File.WriteAllText("/proc/self/clear_refs", "5");
+        }
+        catch (IOException)
+        {
+            // Not available: the peak then covers the whole process so far.
+        }
+        catch (UnauthorizedAccessException)
+        {
+            // Same.
+        }
+    }
+
+    private static long? PeakResidentBytes()
+    {
+        try
+        {
+            var line = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
+            if (line is null)
+            {
+                return null;
+            }
+
+            var kb = line["VmHWM:".Length..].Trim().Split(' ')[0];
+            return long.Parse(kb, CultureInfo.InvariantCulture) * 1024;
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+    }
+}
