@@ -76,6 +76,11 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
         [CommandOption("--json <FILE>")]
         [Description("Also write {machine, results} as JSON.")]
         public string? Json { get; init; }
+
+        /// <summary>PNG output.</summary>
+        [CommandOption("--plot <FILE>")]
+        [Description("Also draw latency against kernel size (log scale, one line per implementation and R) for the first pass as a PNG.")]
+        public string? Plot { get; init; }
     }
 
     /// <inheritdoc />
@@ -174,6 +179,14 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
             };
             AtomicFile.Write(json, s => s.Write(System.Text.Encoding.UTF8.GetBytes(root.ToJsonString(JsonOutput.Options) + "\n")));
             console.MarkupLine($"wrote [bold]{Markup.Escape(json)}[/]");
+        }
+
+        if (settings.Plot is { } png)
+        {
+            string title = string.Create(CultureInfo.InvariantCulture,
+                $"{passes[0]}: {settings.Layers} depthwise layers of ({settings.Batch}, {settings.Channels}, R, R), fp32 — {machineName}");
+            BenchPlots.LatencyVsKernel(results, passes[0], title, png);
+            console.MarkupLine($"wrote [bold]{Markup.Escape(png)}[/]");
         }
 
         return ExitCodes.Success;

@@ -23,6 +23,9 @@ public static unsafe class DepthwiseConvCpu
 {
     private const int RowBlock = 4;
 
+    /// <summary>Largest kernel for which the direct tap loop beats the row band (measured: docs/perf-notes.md).</summary>
+    internal static int DirectMaxKernel { get; set; } = 5;
+
     /// <summary>Forward: <paramref name="output"/>[n,c] = bias[c] + Σ w[c,ky,kx]·x[n,c,y+ky−p,x+kx−p].</summary>
     /// <param name="input">N·C planes of H×W.</param>
     /// <param name="weight">C kernels of K×K.</param>
@@ -180,7 +183,7 @@ public static unsafe class DepthwiseConvCpu
             float* src = input + plane * planeSize;
             for (int y = 0; y < h; y++)
             {
-                Buffer.MemoryCopy(src + (long)y * w, inS + (long)(y + g.Pad) * g.InStride + g.Pad, w * sizeof(float), w * sizeof(float));
+                CopyRow(src + (long)y * w, inS + (long)(y + g.Pad) * g.InStride + g.Pad, w);
             }
 
             ConvolvePlane<TOps, TV>(inS, wz, outS, g);
@@ -191,17 +194,7 @@ public static unsafe class DepthwiseConvCpu
             {
                 float* from = outS + (long)y * g.PaddedW;
                 float* to = dst + (long)y * w;
-                if (b == 0f)
-                {
-                    Buffer.MemoryCopy(from, to, w * sizeof(float), w * sizeof(float));
-                }
-                else
-                {
-                    for (int x = 0; x < w; x++)
-                    {
-                        to[x] = from[x] + b;
-                    }
-                }
+                CopyRowAdd(from, to, w, b);
             }
         }
     }
@@ -223,7 +216,14 @@ public static unsafe class DepthwiseConvCpu
                 int kxLo = Math.Max(0, p - x0 - tile + 1);
                 int kxHi = Math.Min(k - 1, p + g.W - 1 - x0);
                 float* o = outS + (long)y0 * g.PaddedW + x0;
-                if (g.VectorsPerTile == 2)
+                if (g.VectorsPerTile == 2 && k <= DirectMaxKernel)
+                {
+                    // Small kernels: iterate (ky, kx) exactly — no band rows wasted on zero weights.
+                    int kyLo = Math.Max(0, p - y0 - (RowBlock - 1));
+                    int kyHi = Math.Min(k - 1, p + g.H - 1 - y0);
+                    Tile4x2Direct<TOps, TV>(inS, wz, o, g, y0, x0, kyLo, kyHi, kxLo, kxHi);
+                }
+                else if (g.VectorsPerTile == 2)
                 {
                     Tile4x2<TOps, TV>(inS, wz, o, g, y0, x0, rowLo, rowHi, kxLo, kxHi);
                 }
@@ -280,6 +280,48 @@ public static unsafe class DepthwiseConvCpu
         TOps.Store(o + 3 * s + vl, a31);
     }
 
+    /// <summary>
+    /// 4 output rows × 2 vectors, iterating kernel taps directly: per tap one broadcast and 8 loads feed 8 FMAs.
+    /// Cheaper than the row band when K is small, where the band's K+3 rows would waste up to half the FMAs.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile4x2Direct<TOps, TV>(float* inS, float* wz, float* o, in ConvGeometry g, int y0, int x0, int kyLo, int kyHi, int kxLo, int kxHi)
+        where TOps : struct, IVectorOps<TV>
+        where TV : struct
+    {
+        int k = g.K, vl = TOps.Count, s = g.InStride;
+        TV a00 = TOps.Zero, a01 = TOps.Zero, a10 = TOps.Zero, a11 = TOps.Zero;
+        TV a20 = TOps.Zero, a21 = TOps.Zero, a30 = TOps.Zero, a31 = TOps.Zero;
+        for (int ky = kyLo; ky <= kyHi; ky++)
+        {
+            float* row = inS + (long)(y0 + ky) * s + x0;
+            float* wr = wz + (ky + RowBlock - 1) * k;
+            for (int kx = kxLo; kx <= kxHi; kx++)
+            {
+                TV b = TOps.Broadcast(wr[kx]);
+                float* c = row + kx;
+                a00 = TOps.Fma(b, TOps.Load(c), a00);
+                a01 = TOps.Fma(b, TOps.Load(c + vl), a01);
+                a10 = TOps.Fma(b, TOps.Load(c + s), a10);
+                a11 = TOps.Fma(b, TOps.Load(c + s + vl), a11);
+                a20 = TOps.Fma(b, TOps.Load(c + 2 * s), a20);
+                a21 = TOps.Fma(b, TOps.Load(c + 2 * s + vl), a21);
+                a30 = TOps.Fma(b, TOps.Load(c + 3 * s), a30);
+                a31 = TOps.Fma(b, TOps.Load(c + 3 * s + vl), a31);
+            }
+        }
+
+        int os = g.PaddedW;
+        TOps.Store(o, a00);
+        TOps.Store(o + vl, a01);
+        TOps.Store(o + os, a10);
+        TOps.Store(o + os + vl, a11);
+        TOps.Store(o + 2 * os, a20);
+        TOps.Store(o + 2 * os + vl, a21);
+        TOps.Store(o + 3 * os, a30);
+        TOps.Store(o + 3 * os + vl, a31);
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Tile4x1<TOps, TV>(float* inS, float* wz, float* o, in ConvGeometry g, int y0, int x0, int rowLo, int rowHi, int kxLo, int kxHi)
         where TOps : struct, IVectorOps<TV>
@@ -322,10 +364,13 @@ public static unsafe class DepthwiseConvCpu
             W = w;
             K = k;
             Pad = k / 2;
-            KRows = RoundUp(k, 2);
-            KCols = RoundUp(k, 4);
-            GradStride = RoundUp(w, vectorLength);
-            InStride = GradStride + KCols - 1;
+            VectorLength = vectorLength;
+            KxVectors = (k + vectorLength - 1) / vectorLength;
+            // Register block: 8 kernel rows × 1 vector for kernels one vector wide, 6 × 2 for two, else 3 × 4.
+            (KyBlock, KxBlock) = KxVectors switch { 1 => (8, 1), 2 => (6, 2), _ => (3, 4) };
+            KxBlocks = (KxVectors + KxBlock - 1) / KxBlock;
+            KRows = RoundUp(k, KyBlock);
+            InStride = w + KxBlocks * KxBlock * vectorLength;
             InRows = h + KRows - 1;
         }
 
@@ -337,11 +382,22 @@ public static unsafe class DepthwiseConvCpu
 
         public int Pad { get; }
 
+        public int VectorLength { get; }
+
+        /// <summary>Vectors needed to cover one kernel row (kx = 0..K−1).</summary>
+        public int KxVectors { get; }
+
+        /// <summary>Kernel rows per register block.</summary>
+        public int KyBlock { get; }
+
+        /// <summary>Vectors along kx per register block.</summary>
+        public int KxBlock { get; }
+
+        /// <summary>Register blocks along kx.</summary>
+        public int KxBlocks { get; }
+
+        /// <summary>K rounded up to the ky block.</summary>
         public int KRows { get; }
-
-        public int KCols { get; }
-
-        public int GradStride { get; }
 
         public int InStride { get; }
 
@@ -349,7 +405,8 @@ public static unsafe class DepthwiseConvCpu
 
         public long InputFloats => (long)InRows * InStride;
 
-        public long GradFloats => (long)H * GradStride;
+        /// <summary>The plane's output gradient is read in place; this holds one block's accumulators for the epilogue.</summary>
+        public long BlockFloats => (long)KyBlock * KxBlock * VectorLength;
     }
 
     private static void WeightGradAll<TOps, TV>(float* input, float* gradOutput, float* gradWeight, int n, int c, int h, int w, int k, int threads)
@@ -357,29 +414,13 @@ public static unsafe class DepthwiseConvCpu
         where TV : struct
     {
         var g = new GradGeometry(h, w, k, TOps.Count);
-        long planeSize = (long)h * w;
         long kk = (long)k * k;
-        long scratchFloats = g.InputFloats + g.GradFloats;
+        long scratchFloats = g.InputFloats + g.BlockFloats;
         if (c >= 2 * threads || n == 1)
         {
             // Each worker owns whole channels: no reduction across threads.
             ParallelPlanes(c, threads, scratchFloats, (scratch, first, last) =>
-            {
-                float* xS = scratch;
-                float* gS = xS + g.InputFloats;
-                NativeMemory.Clear(scratch, (nuint)(scratchFloats * sizeof(float)));
-                for (int channel = first; channel < last; channel++)
-                {
-                    float* dw = gradWeight + channel * kk;
-                    NativeMemory.Clear(dw, (nuint)(kk * sizeof(float)));
-                    for (int b = 0; b < n; b++)
-                    {
-                        long plane = (long)b * c + channel;
-                        LoadGradPlanes(input + plane * planeSize, gradOutput + plane * planeSize, xS, gS, g);
-                        WeightGradPlane<TOps, TV>(xS, gS, dw, g);
-                    }
-                }
-            });
+                WeightGradChannels<TOps, TV>(input, gradOutput, gradWeight, n, c, g, scratch, first, last));
             return;
         }
 
@@ -395,17 +436,8 @@ public static unsafe class DepthwiseConvCpu
 
             int next = -1;
             ParallelPlanes(n * c, threads, scratchFloats, (scratch, first, last) =>
-            {
-                float* partial = partials[Interlocked.Increment(ref next) % workers];
-                float* xS = scratch;
-                float* gS = xS + g.InputFloats;
-                NativeMemory.Clear(scratch, (nuint)(scratchFloats * sizeof(float)));
-                for (int plane = first; plane < last; plane++)
-                {
-                    LoadGradPlanes(input + plane * planeSize, gradOutput + plane * planeSize, xS, gS, g);
-                    WeightGradPlane<TOps, TV>(xS, gS, partial + (plane % c) * kk, g);
-                }
-            }, maxChunks: workers);
+                WeightGradPlanes<TOps, TV>(input, gradOutput, partials[Interlocked.Increment(ref next) % workers], c, g, scratch, first, last),
+                maxChunks: workers);
 
             for (long i = 0; i < c * kk; i++)
             {
@@ -427,81 +459,229 @@ public static unsafe class DepthwiseConvCpu
         }
     }
 
-    private static void LoadGradPlanes(float* x, float* dy, float* xS, float* gS, in GradGeometry g)
-    {
-        for (int y = 0; y < g.H; y++)
-        {
-            Buffer.MemoryCopy(x + (long)y * g.W, xS + (long)(y + g.Pad) * g.InStride + g.Pad, g.W * sizeof(float), g.W * sizeof(float));
-            Buffer.MemoryCopy(dy + (long)y * g.W, gS + (long)y * g.GradStride, g.W * sizeof(float), g.W * sizeof(float));
-        }
-    }
-
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void WeightGradPlane<TOps, TV>(float* xS, float* gS, float* dw, in GradGeometry g)
+    private static void WeightGradChannels<TOps, TV>(float* input, float* gradOutput, float* gradWeight, int n, int c, GradGeometry g,
+        float* scratch, int first, int last)
         where TOps : struct, IVectorOps<TV>
         where TV : struct
     {
-        int k = g.K, p = g.Pad, vl = TOps.Count;
-        for (int ky0 = 0; ky0 < g.KRows; ky0 += 2)
+        long planeSize = (long)g.H * g.W;
+        long kk = (long)g.K * g.K;
+        NativeMemory.Clear(scratch, (nuint)(g.InputFloats * sizeof(float)));
+        for (int channel = first; channel < last; channel++)
         {
-            // Output-gradient rows whose input rows (y+ky0, y+ky0+1) hold data.
-            int yLo = Math.Max(0, p - ky0 - 1);
-            int yHi = Math.Min(g.H - 1, p + g.H - 1 - ky0);
-            for (int kx0 = 0; kx0 < g.KCols; kx0 += 4)
+            float* dw = gradWeight + channel * kk;
+            NativeMemory.Clear(dw, (nuint)(kk * sizeof(float)));
+            for (int b = 0; b < n; b++)
             {
-                // Vectors whose input columns [x+kx0, x+kx0+3+vl) miss the data columns contribute nothing.
-                int xLo = Math.Max(0, p - kx0 - 3 - vl + 1) / vl * vl;
-                int xHi = Math.Min(g.GradStride - vl, p + g.W - 1 - kx0);
-                TV a00 = TOps.Zero, a01 = TOps.Zero, a02 = TOps.Zero, a03 = TOps.Zero;
-                TV a10 = TOps.Zero, a11 = TOps.Zero, a12 = TOps.Zero, a13 = TOps.Zero;
-                for (int y = yLo; y <= yHi; y++)
-                {
-                    float* gRow = gS + (long)y * g.GradStride;
-                    float* x0Row = xS + (long)(y + ky0) * g.InStride + kx0;
-                    float* x1Row = x0Row + g.InStride;
-                    for (int x = xLo; x <= xHi; x += vl)
-                    {
-                        TV d = TOps.Load(gRow + x);
-                        a00 = TOps.Fma(d, TOps.Load(x0Row + x), a00);
-                        a01 = TOps.Fma(d, TOps.Load(x0Row + x + 1), a01);
-                        a02 = TOps.Fma(d, TOps.Load(x0Row + x + 2), a02);
-                        a03 = TOps.Fma(d, TOps.Load(x0Row + x + 3), a03);
-                        a10 = TOps.Fma(d, TOps.Load(x1Row + x), a10);
-                        a11 = TOps.Fma(d, TOps.Load(x1Row + x + 1), a11);
-                        a12 = TOps.Fma(d, TOps.Load(x1Row + x + 2), a12);
-                        a13 = TOps.Fma(d, TOps.Load(x1Row + x + 3), a13);
-                    }
-                }
-
-                Accumulate(dw, k, ky0, kx0, TOps.Sum(a00), TOps.Sum(a01), TOps.Sum(a02), TOps.Sum(a03));
-                Accumulate(dw, k, ky0 + 1, kx0, TOps.Sum(a10), TOps.Sum(a11), TOps.Sum(a12), TOps.Sum(a13));
+                long plane = (long)b * c + channel;
+                LoadGradInput(input + plane * planeSize, scratch, g);
+                WeightGradPlane<TOps, TV>(scratch, gradOutput + plane * planeSize, dw, scratch + g.InputFloats, g);
             }
         }
     }
 
-    private static void Accumulate(float* dw, int k, int ky, int kx0, float s0, float s1, float s2, float s3)
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void WeightGradPlanes<TOps, TV>(float* input, float* gradOutput, float* partial, int c, GradGeometry g,
+        float* scratch, int first, int last)
+        where TOps : struct, IVectorOps<TV>
+        where TV : struct
     {
-        if (ky >= k)
+        long planeSize = (long)g.H * g.W;
+        long kk = (long)g.K * g.K;
+        NativeMemory.Clear(scratch, (nuint)(g.InputFloats * sizeof(float)));
+        for (int plane = first; plane < last; plane++)
         {
-            return;
+            LoadGradInput(input + plane * planeSize, scratch, g);
+            WeightGradPlane<TOps, TV>(scratch, gradOutput + plane * planeSize, partial + (plane % c) * kk, scratch + g.InputFloats, g);
+        }
+    }
+
+    private static void LoadGradInput(float* x, float* xS, in GradGeometry g)
+    {
+        for (int y = 0; y < g.H; y++)
+        {
+            CopyRow(x + (long)y * g.W, xS + (long)(y + g.Pad) * g.InStride + g.Pad, g.W);
+        }
+    }
+
+    /// <summary>
+    /// dw[ky, kx..kx+VL) += Σ_y Σ_x dy[y, x] · xpad[y+ky, x+kx..x+kx+VL): vectors run along kx, so each output-gradient
+    /// value is broadcast once and multiplied with whole rows of the padded input; the accumulators are 3 kernel rows ×
+    /// 4 vectors of kernel columns, written out once per block (no horizontal sums).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void WeightGradPlane<TOps, TV>(float* xS, float* dy, float* dw, float* block, in GradGeometry g)
+        where TOps : struct, IVectorOps<TV>
+        where TV : struct
+    {
+        int k = g.K, p = g.Pad, vl = TOps.Count;
+        for (int ky0 = 0; ky0 < g.KRows; ky0 += g.KyBlock)
+        {
+            // Output-gradient rows whose input rows y+ky0 … y+ky0+KyBlock−1 hold data.
+            int yLo = Math.Max(0, p - ky0 - (g.KyBlock - 1));
+            int yHi = Math.Min(g.H - 1, p + g.H - 1 - ky0);
+            for (int kb = 0; kb < g.KxBlocks; kb++)
+            {
+                int kx0 = kb * g.KxBlock * vl;
+                float* origin = xS + (long)ky0 * g.InStride + kx0;
+                switch (g.KxBlock)
+                {
+                    case 1:
+                        GradBlock8x1<TOps, TV>(origin, dy, block, g, yLo, yHi);
+                        break;
+                    case 2:
+                        GradBlock6x2<TOps, TV>(origin, dy, block, g, yLo, yHi);
+                        break;
+                    default:
+                        GradBlock3x4<TOps, TV>(origin, dy, block, g, yLo, yHi);
+                        break;
+                }
+
+                // Add the block (KyBlock rows × KxBlock·VL columns) into the kernel gradient, clipped to K×K.
+                int rowLength = g.KxBlock * vl;
+                int kxEnd = Math.Min(k, kx0 + rowLength);
+                for (int i = 0; i < g.KyBlock && ky0 + i < k; i++)
+                {
+                    float* dst = dw + (ky0 + i) * k;
+                    float* src = block + i * rowLength - kx0;
+                    for (int kx = kx0; kx < kxEnd; kx++)
+                    {
+                        dst[kx] += src[kx];
+                    }
+                }
+            }
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void GradBlock3x4<TOps, TV>(float* origin, float* dy, float* block, in GradGeometry g, int yLo, int yHi)
+        where TOps : struct, IVectorOps<TV>
+        where TV : struct
+    {
+        int vl = TOps.Count, s = g.InStride;
+        TV a00 = TOps.Zero, a01 = TOps.Zero, a02 = TOps.Zero, a03 = TOps.Zero;
+        TV a10 = TOps.Zero, a11 = TOps.Zero, a12 = TOps.Zero, a13 = TOps.Zero;
+        TV a20 = TOps.Zero, a21 = TOps.Zero, a22 = TOps.Zero, a23 = TOps.Zero;
+        for (int y = yLo; y <= yHi; y++)
+        {
+            float* dyRow = dy + (long)y * g.W;
+            float* r0 = origin + (long)y * s;
+            float* r1 = r0 + s;
+            float* r2 = r1 + s;
+            for (int x = 0; x < g.W; x++)
+            {
+                TV d = TOps.Broadcast(dyRow[x]);
+                a00 = TOps.Fma(d, TOps.Load(r0 + x), a00);
+                a01 = TOps.Fma(d, TOps.Load(r0 + x + vl), a01);
+                a02 = TOps.Fma(d, TOps.Load(r0 + x + 2 * vl), a02);
+                a03 = TOps.Fma(d, TOps.Load(r0 + x + 3 * vl), a03);
+                a10 = TOps.Fma(d, TOps.Load(r1 + x), a10);
+                a11 = TOps.Fma(d, TOps.Load(r1 + x + vl), a11);
+                a12 = TOps.Fma(d, TOps.Load(r1 + x + 2 * vl), a12);
+                a13 = TOps.Fma(d, TOps.Load(r1 + x + 3 * vl), a13);
+                a20 = TOps.Fma(d, TOps.Load(r2 + x), a20);
+                a21 = TOps.Fma(d, TOps.Load(r2 + x + vl), a21);
+                a22 = TOps.Fma(d, TOps.Load(r2 + x + 2 * vl), a22);
+                a23 = TOps.Fma(d, TOps.Load(r2 + x + 3 * vl), a23);
+            }
         }
 
-        float* row = dw + ky * k;
-        row[kx0] += s0;
-        if (kx0 + 1 < k)
+        int rl = 4 * vl;
+        TOps.Store(block, a00);
+        TOps.Store(block + vl, a01);
+        TOps.Store(block + 2 * vl, a02);
+        TOps.Store(block + 3 * vl, a03);
+        TOps.Store(block + rl, a10);
+        TOps.Store(block + rl + vl, a11);
+        TOps.Store(block + rl + 2 * vl, a12);
+        TOps.Store(block + rl + 3 * vl, a13);
+        TOps.Store(block + 2 * rl, a20);
+        TOps.Store(block + 2 * rl + vl, a21);
+        TOps.Store(block + 2 * rl + 2 * vl, a22);
+        TOps.Store(block + 2 * rl + 3 * vl, a23);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void GradBlock6x2<TOps, TV>(float* origin, float* dy, float* block, in GradGeometry g, int yLo, int yHi)
+        where TOps : struct, IVectorOps<TV>
+        where TV : struct
+    {
+        int vl = TOps.Count, s = g.InStride;
+        TV a00 = TOps.Zero, a01 = TOps.Zero, a10 = TOps.Zero, a11 = TOps.Zero, a20 = TOps.Zero, a21 = TOps.Zero;
+        TV a30 = TOps.Zero, a31 = TOps.Zero, a40 = TOps.Zero, a41 = TOps.Zero, a50 = TOps.Zero, a51 = TOps.Zero;
+        for (int y = yLo; y <= yHi; y++)
         {
-            row[kx0 + 1] += s1;
+            float* dyRow = dy + (long)y * g.W;
+            float* r = origin + (long)y * s;
+            for (int x = 0; x < g.W; x++)
+            {
+                TV d = TOps.Broadcast(dyRow[x]);
+                float* c = r + x;
+                a00 = TOps.Fma(d, TOps.Load(c), a00);
+                a01 = TOps.Fma(d, TOps.Load(c + vl), a01);
+                a10 = TOps.Fma(d, TOps.Load(c + s), a10);
+                a11 = TOps.Fma(d, TOps.Load(c + s + vl), a11);
+                a20 = TOps.Fma(d, TOps.Load(c + 2 * s), a20);
+                a21 = TOps.Fma(d, TOps.Load(c + 2 * s + vl), a21);
+                a30 = TOps.Fma(d, TOps.Load(c + 3 * s), a30);
+                a31 = TOps.Fma(d, TOps.Load(c + 3 * s + vl), a31);
+                a40 = TOps.Fma(d, TOps.Load(c + 4 * s), a40);
+                a41 = TOps.Fma(d, TOps.Load(c + 4 * s + vl), a41);
+                a50 = TOps.Fma(d, TOps.Load(c + 5 * s), a50);
+                a51 = TOps.Fma(d, TOps.Load(c + 5 * s + vl), a51);
+            }
         }
 
-        if (kx0 + 2 < k)
+        int rl = 2 * vl;
+        TOps.Store(block, a00);
+        TOps.Store(block + vl, a01);
+        TOps.Store(block + rl, a10);
+        TOps.Store(block + rl + vl, a11);
+        TOps.Store(block + 2 * rl, a20);
+        TOps.Store(block + 2 * rl + vl, a21);
+        TOps.Store(block + 3 * rl, a30);
+        TOps.Store(block + 3 * rl + vl, a31);
+        TOps.Store(block + 4 * rl, a40);
+        TOps.Store(block + 4 * rl + vl, a41);
+        TOps.Store(block + 5 * rl, a50);
+        TOps.Store(block + 5 * rl + vl, a51);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void GradBlock8x1<TOps, TV>(float* origin, float* dy, float* block, in GradGeometry g, int yLo, int yHi)
+        where TOps : struct, IVectorOps<TV>
+        where TV : struct
+    {
+        int vl = TOps.Count, s = g.InStride;
+        TV a0 = TOps.Zero, a1 = TOps.Zero, a2 = TOps.Zero, a3 = TOps.Zero, a4 = TOps.Zero, a5 = TOps.Zero, a6 = TOps.Zero, a7 = TOps.Zero;
+        for (int y = yLo; y <= yHi; y++)
         {
-            row[kx0 + 2] += s2;
+            float* dyRow = dy + (long)y * g.W;
+            float* r = origin + (long)y * s;
+            for (int x = 0; x < g.W; x++)
+            {
+                TV d = TOps.Broadcast(dyRow[x]);
+                float* c = r + x;
+                a0 = TOps.Fma(d, TOps.Load(c), a0);
+                a1 = TOps.Fma(d, TOps.Load(c + s), a1);
+                a2 = TOps.Fma(d, TOps.Load(c + 2 * s), a2);
+                a3 = TOps.Fma(d, TOps.Load(c + 3 * s), a3);
+                a4 = TOps.Fma(d, TOps.Load(c + 4 * s), a4);
+                a5 = TOps.Fma(d, TOps.Load(c + 5 * s), a5);
+                a6 = TOps.Fma(d, TOps.Load(c + 6 * s), a6);
+                a7 = TOps.Fma(d, TOps.Load(c + 7 * s), a7);
+            }
         }
 
-        if (kx0 + 3 < k)
-        {
-            row[kx0 + 3] += s3;
-        }
+        TOps.Store(block, a0);
+        TOps.Store(block + vl, a1);
+        TOps.Store(block + 2 * vl, a2);
+        TOps.Store(block + 3 * vl, a3);
+        TOps.Store(block + 4 * vl, a4);
+        TOps.Store(block + 5 * vl, a5);
+        TOps.Store(block + 6 * vl, a6);
+        TOps.Store(block + 7 * vl, a7);
     }
 
     // ---------------------------------------------------------------------------------------------------------------
@@ -553,6 +733,44 @@ public static unsafe class DepthwiseConvCpu
                 NativeMemory.AlignedFree(scratch);
             }
         });
+    }
+
+    // Rows are short (often 7–64 floats): an inlined vector loop beats a memmove call per row.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void CopyRow(float* from, float* to, int count)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; i + 8 <= count; i += 8)
+            {
+                Vector256.Store(Vector256.Load(from + i), to + i);
+            }
+        }
+
+        for (; i < count; i++)
+        {
+            to[i] = from[i];
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void CopyRowAdd(float* from, float* to, int count, float add)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var v = Vector256.Create(add);
+            for (; i + 8 <= count; i += 8)
+            {
+                Vector256.Store(Vector256.Load(from + i) + v, to + i);
+            }
+        }
+
+        for (; i < count; i++)
+        {
+            to[i] = from[i] + add;
+        }
     }
 
     private static int RoundUp(int value, int multiple) => (value + multiple - 1) / multiple * multiple;
