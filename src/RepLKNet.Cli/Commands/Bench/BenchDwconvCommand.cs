@@ -77,6 +77,11 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
         [Description("Also write {machine, results} as JSON.")]
         public string? Json { get; init; }
 
+        /// <summary>Verify first.</summary>
+        [CommandOption("--check")]
+        [Description("First check our kernels on every instruction set this CPU runs against libtorch in float64; exit 1 on a mismatch.")]
+        public bool Check { get; init; }
+
         /// <summary>PNG output.</summary>
         [CommandOption("--plot <FILE>")]
         [Description("Also draw latency against kernel size (log scale, one line per implementation and R) for the first pass as a PNG.")]
@@ -121,9 +126,32 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
 
         int threadCount = torch.get_num_threads();
         bool cuda = runtime.Device.type == DeviceType.CUDA;
+        if (cuda && impls.Contains(DepthwiseBackend.Ours))
+        {
+            // On CUDA tensors the op currently falls back to libtorch: timing that as "ours" would mislead.
+            throw new UsageException("--impl ours on --device cuda: the project's CUDA kernels are not in this build yet; use --impl torch");
+        }
+
         string machineName = cuda ? Ops.Cuda.CudaDriver.Devices()[runtime.Device.index < 0 ? 0 : runtime.Device.index].Name : CpuName();
         console.MarkupLine(CultureInfo.InvariantCulture, "[bold]Depthwise conv stack[/]: {0} layers of ({1}, {2}, R, R), fp32, NCHW, stride 1, pad K/2 on {3} ({4} threads)",
             settings.Layers, settings.Batch, settings.Channels, Markup.Escape(machineName), threadCount);
+        if (settings.Check)
+        {
+            var checks = DepthwiseSelfCheck.Run(Environment.TickCount64);
+            var table = new Table().Title("our kernels vs libtorch float64 (max error / max |reference|)").AddColumns("ISA", "shape", "forward", "input-grad", "weight-grad");
+            foreach (var c in checks)
+            {
+                table.AddRow(c.Isa.ToString(), c.Shape, Format(c.Forward), Format(c.InputGrad), Format(c.WeightGrad));
+            }
+
+            console.Write(table);
+            if (checks.Any(c => !(c.Max <= DepthwiseSelfCheck.Tolerance)))
+            {
+                Console.Error.WriteLine($"replknet: error: our depthwise kernels disagree with libtorch beyond {DepthwiseSelfCheck.Tolerance:0e+00}");
+                return ExitCodes.Failure;
+            }
+        }
+
         double peak = cuda ? double.NaN : FmaPeak.MeasureGflops(threadCount);
         if (!cuda)
         {
@@ -227,6 +255,8 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
 
         console.Write(table);
     }
+
+    private static string Format(double value) => value.ToString("0.00e+00", CultureInfo.InvariantCulture);
 
     private static int[] ParseList(string text, string option)
     {

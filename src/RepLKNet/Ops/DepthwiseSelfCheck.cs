@@ -1,0 +1,73 @@
+using RepLKNet.Ops.Cpu;
+using static TorchSharp.torch;
+
+namespace RepLKNet.Ops;
+
+/// <summary>Relative max errors of our kernels against libtorch's float64 conv2d for one shape and instruction set.</summary>
+/// <param name="Isa">Instruction set checked.</param>
+/// <param name="Shape">"N×C×H×W, K".</param>
+/// <param name="Forward">Forward error relative to the largest reference output.</param>
+/// <param name="InputGrad">Input-gradient error, likewise.</param>
+/// <param name="WeightGrad">Weight-gradient error, likewise.</param>
+public sealed record DepthwiseCheckResult(CpuIsa Isa, string Shape, double Forward, double InputGrad, double WeightGrad)
+{
+    /// <summary>The largest of the three.</summary>
+    public double Max => Math.Max(Forward, Math.Max(InputGrad, WeightGrad));
+}
+
+/// <summary>
+/// Checks every instruction set this machine can run against libtorch in float64 on a few awkward shapes
+/// (1×1 maps, K larger than the map, widths off the vector length). Used by <c>bench dwconv --check</c> so that a
+/// machine with other vector units (e.g. AVX-512) verifies its own path before timing it.
+/// </summary>
+public static class DepthwiseSelfCheck
+{
+    /// <summary>Tolerance on the relative errors.</summary>
+    public const double Tolerance = 1e-5;
+
+    /// <summary>Runs the check with data from <paramref name="seed"/>.</summary>
+    public static List<DepthwiseCheckResult> Run(long seed)
+    {
+        (int N, int C, int H, int W, int K)[] shapes = [(2, 5, 13, 11, 7), (1, 3, 9, 17, 31), (2, 4, 33, 40, 13), (1, 2, 1, 1, 3), (3, 6, 20, 37, 5)];
+        var results = new List<DepthwiseCheckResult>();
+        var previous = DepthwiseConv2d.Isa;
+        try
+        {
+            foreach (var isa in CpuIsas.Supported)
+            {
+                DepthwiseConv2d.Isa = isa;
+                var generator = new Generator((ulong)seed);
+                foreach (var (n, c, h, w, k) in shapes)
+                {
+                    using var scope = NewDisposeScope();
+                    var x = randn([n, c, h, w], generator: generator);
+                    var weight = randn([c, 1, k, k], generator: generator);
+                    var bias = randn([c], generator: generator);
+                    var upstream = randn([n, c, h, w], generator: generator);
+                    var y = DepthwiseConv2d.ForwardRaw(x, weight, bias);
+                    var dx = DepthwiseConv2d.InputGradRaw(upstream, weight);
+                    var dw = DepthwiseConv2d.WeightGradRaw(x, upstream, k);
+
+                    var x64 = x.to(float64).requires_grad_(true);
+                    var w64 = weight.to(float64).requires_grad_(true);
+                    var y64 = nn.functional.conv2d(x64, w64, bias.to(float64), padding: [k / 2, k / 2], groups: c);
+                    y64.backward([upstream.to(float64)]);
+                    results.Add(new DepthwiseCheckResult(isa, $"{n}×{c}×{h}×{w}, K={k}",
+                        Relative(y, y64), Relative(dx, x64.grad!), Relative(dw, w64.grad!)));
+                }
+            }
+        }
+        finally
+        {
+            DepthwiseConv2d.Isa = previous;
+        }
+
+        return results;
+    }
+
+    private static double Relative(Tensor actual, Tensor reference)
+    {
+        double scale = Math.Max(reference.abs().max().item<double>(), 1e-30);
+        return (actual.to(float64) - reference.detach()).abs().max().item<double>() / scale;
+    }
+}

@@ -1,0 +1,69 @@
+using System.Text.Json;
+using RepLKNet.Tests.Support;
+
+namespace RepLKNet.Tests.Cli;
+
+public sealed class BenchCommandsTests
+{
+    [Fact]
+    public void Bench_dwconv_checks_times_both_implementations_and_writes_the_documented_json()
+    {
+        using var dir = new TempDirectory();
+        string json = dir.File("dw.json");
+        string png = dir.File("dw.png");
+        var result = CliRunner.Run("bench", "dwconv", "--device", "cpu", "--batch", "2", "--channels", "4", "--sizes", "8,11",
+            "--kernels", "3,9", "--layers", "2", "--reps", "1", "--pass", "all", "--check", "--json", json, "--plot", png);
+
+        Assert.True(result.ExitCode == 0, result.StdErr);
+        Assert.Contains("Measured FMA peak", result.StdOut, StringComparison.Ordinal);
+        Assert.Contains("speed-up", result.StdOut, StringComparison.Ordinal);
+        using var doc = JsonDocument.Parse(File.ReadAllText(json));
+        var machine = doc.RootElement.GetProperty("machine");
+        Assert.Equal("cpu", machine.GetProperty("device").GetString());
+        Assert.True(machine.GetProperty("peak_gflops").GetDouble() > 0);
+        var rows = doc.RootElement.GetProperty("results").EnumerateArray().ToList();
+        // 2 sizes × 2 kernels × 4 passes × 2 implementations.
+        Assert.Equal(32, rows.Count);
+        Assert.Equal(["bwd", "dgrad", "fwd", "wgrad"], rows.Select(r => r.GetProperty("pass").GetString()!).Distinct().Order());
+        Assert.All(rows, r =>
+        {
+            Assert.Contains(r.GetProperty("impl").GetString(), new[] { "ours", "torch" });
+            Assert.Equal(2, r.GetProperty("N").GetInt32());
+            Assert.Equal(4, r.GetProperty("C").GetInt32());
+            Assert.Equal(2, r.GetProperty("layers").GetInt32());
+            Assert.True(r.GetProperty("ms").GetDouble() > 0);
+            Assert.True(r.GetProperty("gflops").GetDouble() > 0);
+        });
+        Assert.True(new FileInfo(png).Length > 1000);
+        Assert.Equal([0x89, (byte)'P', (byte)'N', (byte)'G'], File.ReadAllBytes(png)[..4]);
+    }
+
+    [Fact]
+    public void Bench_model_times_a_training_step_both_ways()
+    {
+        using var dir = new TempDirectory();
+        string config = dir.File("tiny.json");
+        File.WriteAllText(config, """{"large_kernel_sizes":[7,5],"layers":[1,1],"channels":[8,16],"small_kernel":3,"num_classes":5}""");
+        string json = dir.File("model.json");
+        var result = CliRunner.Run("bench", "model", "--arch", config, "--batch", "2", "--resolution", "32", "--mode", "train", "--reps", "1", "--json", json);
+
+        Assert.True(result.ExitCode == 0, result.StdErr);
+        Assert.Contains("speed-up ours/torch", result.StdOut, StringComparison.Ordinal);
+        using var doc = JsonDocument.Parse(File.ReadAllText(json));
+        var rows = doc.RootElement.GetProperty("results").EnumerateArray().ToList();
+        Assert.Equal(["ours", "torch"], rows.Select(r => r.GetProperty("impl").GetString()));
+        Assert.All(rows, r => Assert.True(r.GetProperty("images_per_s").GetDouble() > 0));
+    }
+
+    [Theory]
+    [InlineData("--kernels", "4")]
+    [InlineData("--pass", "sideways")]
+    [InlineData("--impl", "cudnn")]
+    [InlineData("--sizes", "0")]
+    public void Bench_dwconv_rejects_bad_options_with_exit_2(string option, string value)
+    {
+        var result = CliRunner.Run("bench", "dwconv", "--device", "cpu", option, value);
+        Assert.Equal(2, result.ExitCode);
+        Assert.Contains(option, result.StdErr, StringComparison.Ordinal);
+    }
+}
