@@ -15,13 +15,8 @@ namespace RepLKNet.Cli.Commands;
 public sealed class DescribeCommand(IAnsiConsole console) : Command<DescribeCommand.Settings>
 {
     /// <summary>Options of <c>describe</c>.</summary>
-    public sealed class Settings : GlobalSettings
+    public sealed class Settings : ArchSettings
     {
-        /// <summary>Variant name or JSON configuration.</summary>
-        [CommandOption("--arch <ARCH>")]
-        [Description("A variant name (RepLKNet-31B, -31L, -XL; case-insensitive) or a JSON file of the official constructor's arguments.")]
-        public string? Arch { get; init; }
-
         /// <summary>Describe the deploy form.</summary>
         [CommandOption("--deploy")]
         [Description("Describe the deploy (re-parameterized) form.")]
@@ -32,11 +27,6 @@ public sealed class DescribeCommand(IAnsiConsole console) : Command<DescribeComm
         [Description("Describe the deploy form with every conv+BN pair fused (reparam --fuse-bn).")]
         public bool Fused { get; init; }
 
-        /// <summary>Classifier size override.</summary>
-        [CommandOption("--num-classes <N>")]
-        [Description("Classifier size (default: the architecture's).")]
-        public int? NumClasses { get; init; }
-
         /// <summary>Print JSON.</summary>
         [CommandOption("--json")]
         [Description("Print {arch, form, params, state_dict: [{key, shape, dtype}]} as JSON.")]
@@ -45,17 +35,7 @@ public sealed class DescribeCommand(IAnsiConsole console) : Command<DescribeComm
         /// <inheritdoc />
         public override ValidationResult Validate()
         {
-            if (string.IsNullOrWhiteSpace(Arch))
-            {
-                return ValidationResult.Error("--arch is required");
-            }
-
-            if (NumClasses is <= 0)
-            {
-                return ValidationResult.Error($"--num-classes {NumClasses} must be positive");
-            }
-
-            return base.Validate();
+            return string.IsNullOrWhiteSpace(Arch) ? ValidationResult.Error("--arch is required") : base.Validate();
         }
     }
 

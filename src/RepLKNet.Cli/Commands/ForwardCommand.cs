@@ -13,13 +13,8 @@ using static TorchSharp.torch;
 namespace RepLKNet.Cli.Commands;
 
 /// <summary>Options shared by commands that load a model from a checkpoint.</summary>
-public class WeightsSettings : GlobalSettings
+public class WeightsSettings : ArchSettings
 {
-    /// <summary>Variant name or JSON configuration.</summary>
-    [CommandOption("--arch <ARCH>")]
-    [Description("A variant name or a JSON configuration file. Optional when the checkpoint is in the project's format (it records its architecture).")]
-    public string? Arch { get; init; }
-
     /// <summary>Checkpoint path.</summary>
     [CommandOption("--weights <FILE>")]
     [Description("Checkpoint: PyTorch .pth (raw, {'model','model_ema'} or MMSeg {'state_dict'} with backbone.), safetensors, or the project's format.")]
@@ -36,11 +31,6 @@ public class WeightsSettings : GlobalSettings
     [DefaultValue(true)]
     public bool Strict { get; init; } = true;
 
-    /// <summary>Classifier size override.</summary>
-    [CommandOption("--num-classes <N>")]
-    [Description("Classifier size (default: the checkpoint's head).")]
-    public int? NumClasses { get; init; }
-
     /// <summary>The load options these settings describe.</summary>
     public ModelLoadOptions LoadOptions => new() { Arch = Arch, Ema = Ema, Strict = Strict, NumClasses = NumClasses };
 
@@ -52,7 +42,7 @@ public class WeightsSettings : GlobalSettings
             return ValidationResult.Error("--weights is required");
         }
 
-        return NumClasses is <= 0 ? ValidationResult.Error($"--num-classes {NumClasses} must be positive") : base.Validate();
+        return base.Validate();
     }
 }
 

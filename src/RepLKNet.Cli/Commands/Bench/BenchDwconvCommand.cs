@@ -107,12 +107,7 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
             "all" => [BenchPasses.Forward, BenchPasses.InputGrad, BenchPasses.WeightGrad, BenchPasses.Backward],
             _ => throw new UsageException($"--pass '{settings.Pass}': use fwd, bwd or all"),
         };
-        var impls = settings.Implementations.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(s => s.ToLowerInvariant() switch
-        {
-            "ours" => DepthwiseBackend.Ours,
-            "torch" => DepthwiseBackend.Torch,
-            _ => throw new UsageException($"--impl '{s}': use ours and/or torch"),
-        }).Distinct().ToArray();
+        var impls = BackendList.Parse(settings.Implementations);
         if (settings.Batch <= 0 || settings.Channels <= 0 || settings.Layers <= 0 || settings.Reps <= 0 || settings.Threads is <= 0)
         {
             throw new UsageException("--batch, --channels, --layers, --reps and --threads must be positive");
@@ -234,7 +229,7 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
         {
             foreach (var impl in impls)
             {
-                string name = impl == DepthwiseBackend.Ours ? "ours" : "torch";
+                string name = BackendList.Name(impl);
                 var cells = kernels.Select(k => results.FirstOrDefault(x => x.R == r && x.K == k && x.Implementation == name) is { } c
                     ? string.Create(CultureInfo.InvariantCulture, $"{c.Ms:F1} ({c.Gflops:F0}{(double.IsNaN(peak) ? string.Empty : $", {100 * c.Gflops / peak:F0}%")})")
                     : "-");

@@ -71,12 +71,7 @@ public sealed class BenchModelCommand(IAnsiConsole console) : Command<BenchModel
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
         var (name, config) = ModelRegistry.Resolve(settings.Arch);
         string mode = settings.Mode.ToLowerInvariant() is "infer" or "train" ? settings.Mode.ToLowerInvariant() : throw new UsageException($"--mode '{settings.Mode}': use infer or train");
-        var impls = settings.Implementations.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(s => s.ToLowerInvariant() switch
-        {
-            "ours" => DepthwiseBackend.Ours,
-            "torch" => DepthwiseBackend.Torch,
-            _ => throw new UsageException($"--impl '{s}': use ours and/or torch"),
-        }).Distinct().ToArray();
+        var impls = BackendList.Parse(settings.Implementations);
         if (settings.Batch <= 0 || settings.Reps <= 0 || settings.Threads is <= 0 || settings.Resolution is <= 0)
         {
             throw new UsageException("--batch, --reps, --threads and --resolution must be positive");

@@ -38,35 +38,25 @@ public static unsafe class DepthwiseConvCpu
     /// <param name="k">Kernel size (odd).</param>
     /// <param name="isa">Instruction set.</param>
     /// <param name="threads">Worker threads.</param>
-    public static void Forward(float* input, float* weight, float* bias, float* output, int n, int c, int h, int w, int k, CpuIsa isa, int threads)
-    {
-        switch (CpuIsas.Resolve(isa))
-        {
-            case CpuIsa.Vector512:
-                Convolve<Ops512, Vector512<float>>(input, weight, bias, output, n, c, h, w, k, rotate: false, threads);
-                break;
-            case CpuIsa.Vector256:
-                Convolve<Ops256, Vector256<float>>(input, weight, bias, output, n, c, h, w, k, rotate: false, threads);
-                break;
-            default:
-                Convolve<OpsScalar, float>(input, weight, bias, output, n, c, h, w, k, rotate: false, threads);
-                break;
-        }
-    }
+    public static void Forward(float* input, float* weight, float* bias, float* output, int n, int c, int h, int w, int k, CpuIsa isa, int threads) =>
+        ConvolveOn(CpuIsas.Resolve(isa), input, weight, bias, output, n, c, h, w, k, rotate: false, threads);
 
     /// <summary>Input gradient: the forward convolution of <paramref name="gradOutput"/> with each kernel rotated 180°.</summary>
-    public static void InputGrad(float* gradOutput, float* weight, float* gradInput, int n, int c, int h, int w, int k, CpuIsa isa, int threads)
+    public static void InputGrad(float* gradOutput, float* weight, float* gradInput, int n, int c, int h, int w, int k, CpuIsa isa, int threads) =>
+        ConvolveOn(CpuIsas.Resolve(isa), gradOutput, weight, null, gradInput, n, c, h, w, k, rotate: true, threads);
+
+    private static void ConvolveOn(CpuIsa isa, float* input, float* weight, float* bias, float* output, int n, int c, int h, int w, int k, bool rotate, int threads)
     {
-        switch (CpuIsas.Resolve(isa))
+        switch (isa)
         {
             case CpuIsa.Vector512:
-                Convolve<Ops512, Vector512<float>>(gradOutput, weight, null, gradInput, n, c, h, w, k, rotate: true, threads);
+                Convolve<Ops512, Vector512<float>>(input, weight, bias, output, n, c, h, w, k, rotate, threads);
                 break;
             case CpuIsa.Vector256:
-                Convolve<Ops256, Vector256<float>>(gradOutput, weight, null, gradInput, n, c, h, w, k, rotate: true, threads);
+                Convolve<Ops256, Vector256<float>>(input, weight, bias, output, n, c, h, w, k, rotate, threads);
                 break;
             default:
-                Convolve<OpsScalar, float>(gradOutput, weight, null, gradInput, n, c, h, w, k, rotate: true, threads);
+                Convolve<OpsScalar, float>(input, weight, bias, output, n, c, h, w, k, rotate, threads);
                 break;
         }
     }

@@ -1,0 +1,40 @@
+using System.ComponentModel;
+using RepLKNet.Ops;
+using Spectre.Console;
+using Spectre.Console.Cli;
+
+namespace RepLKNet.Cli;
+
+/// <summary>Options of commands that build a model: <c>--arch</c> and <c>--num-classes</c>.</summary>
+public class ArchSettings : GlobalSettings
+{
+    /// <summary>Variant name or JSON configuration.</summary>
+    [CommandOption("--arch <ARCH>")]
+    [Description("A variant name (RepLKNet-31B, -31L, -XL; case-insensitive) or a JSON file of the official constructor's arguments.")]
+    public string? Arch { get; init; }
+
+    /// <summary>Classifier size override.</summary>
+    [CommandOption("--num-classes <N>")]
+    [Description("Classifier size (default: the architecture's, or the checkpoint's head).")]
+    public int? NumClasses { get; init; }
+
+    /// <inheritdoc />
+    public override ValidationResult Validate() =>
+        NumClasses is <= 0 ? ValidationResult.Error($"--num-classes {NumClasses} must be positive") : base.Validate();
+}
+
+/// <summary>Parsing of the <c>--impl</c> list shared by the benchmarks.</summary>
+internal static class BackendList
+{
+    /// <summary>Parses "ours,torch" (any order, case-insensitive) into distinct backends.</summary>
+    public static DepthwiseBackend[] Parse(string text) =>
+        [.. text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(s => s.ToLowerInvariant() switch
+        {
+            "ours" => DepthwiseBackend.Ours,
+            "torch" => DepthwiseBackend.Torch,
+            _ => throw new UsageException($"--impl '{s}': use ours and/or torch"),
+        }).Distinct()];
+
+    /// <summary>The name used in tables and JSON.</summary>
+    public static string Name(DepthwiseBackend backend) => backend == DepthwiseBackend.Ours ? "ours" : "torch";
+}
