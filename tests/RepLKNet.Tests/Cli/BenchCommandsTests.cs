@@ -5,6 +5,8 @@ namespace RepLKNet.Tests.Cli;
 
 public sealed class BenchCommandsTests
 {
+    private static readonly string[] Implementations = ["ours", "torch"];
+
     [Fact]
     public void Bench_dwconv_checks_times_both_implementations_and_writes_the_documented_json()
     {
@@ -27,7 +29,7 @@ public sealed class BenchCommandsTests
         Assert.Equal(["bwd", "dgrad", "fwd", "wgrad"], rows.Select(r => r.GetProperty("pass").GetString()!).Distinct().Order());
         Assert.All(rows, r =>
         {
-            Assert.Contains(r.GetProperty("impl").GetString(), new[] { "ours", "torch" });
+            Assert.Contains(r.GetProperty("impl").GetString(), Implementations);
             Assert.Equal(2, r.GetProperty("N").GetInt32());
             Assert.Equal(4, r.GetProperty("C").GetInt32());
             Assert.Equal(2, r.GetProperty("layers").GetInt32());

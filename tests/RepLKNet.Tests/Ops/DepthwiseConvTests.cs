@@ -3,20 +3,13 @@ using RepLKNet.Ops.Cpu;
 using RepLKNet.Tests.Support;
 using TorchSharp;
 using static TorchSharp.torch;
-using Xunit.Abstractions;
 
 namespace RepLKNet.Tests.Ops;
 
 /// <summary>Our CPU depthwise conv against libtorch's conv2d (float64 where the sums are long).</summary>
 public sealed class DepthwiseConvTests
 {
-    private readonly ITestOutputHelper _output;
-
-    public DepthwiseConvTests(ITestOutputHelper output)
-    {
-        _output = output;
-        Torch.EnsureLoaded();
-    }
+    public DepthwiseConvTests() => Torch.EnsureLoaded();
 
     public static TheoryData<string> Isas => [.. CpuIsas.Supported.Select(i => i.ToString())];
 
@@ -54,7 +47,7 @@ public sealed class DepthwiseConvTests
         }
     }
 
-    private void CheckCase(int n, int c, int h, int w, int k, bool hasBias, int seed, CpuIsa isa)
+    private static void CheckCase(int n, int c, int h, int w, int k, bool hasBias, int seed, CpuIsa isa)
     {
         using var scope = NewDisposeScope();
         string what = $"{isa} N={n} C={c} H={h} W={w} K={k} bias={hasBias} (seed {seed})";
