@@ -197,7 +197,7 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
                 ["results"] = new JsonArray([.. results.Select(r => (JsonNode)new JsonObject
                 {
                     ["impl"] = r.Implementation, ["pass"] = r.Pass, ["N"] = r.N, ["C"] = r.C, ["R"] = r.R, ["K"] = r.K,
-                    ["layers"] = r.Layers, ["ms"] = Math.Round(r.Ms, 3), ["gflops"] = Math.Round(r.Gflops, 2), ["reps"] = r.Reps,
+                    ["layers"] = r.Layers, ["ms"] = Math.Round(r.Ms, 3), ["gflops"] = r.Gflops, ["reps"] = r.Reps,
                 })]),
             };
             AtomicFile.Write(json, s => s.Write(System.Text.Encoding.UTF8.GetBytes(root.ToJsonString(JsonOutput.Options) + "\n")));
