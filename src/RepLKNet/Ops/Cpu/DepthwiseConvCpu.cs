@@ -553,7 +553,67 @@ public static unsafe class DepthwiseConvCpu
         TV a00 = TOps.Zero, a01 = TOps.Zero, a02 = TOps.Zero, a03 = TOps.Zero;
         TV a10 = TOps.Zero, a11 = TOps.Zero, a12 = TOps.Zero, a13 = TOps.Zero;
         TV a20 = TOps.Zero, a21 = TOps.Zero, a22 = TOps.Zero, a23 = TOps.Zero;
-        for (int y = yLo; y <= yHi; y++)
+        int y = yLo;
+
+        // Two output-gradient rows at a time: their four input rows serve both, so each loaded input vector feeds up to
+        // two accumulators (6 FMAs per 4 loads instead of 3 per 3).
+        for (; y + 1 <= yHi; y += 2)
+        {
+            float* dyRow0 = dy + (long)y * g.W;
+            float* dyRow1 = dyRow0 + g.W;
+            float* r0 = origin + (long)y * s;
+            for (int x = 0; x < g.W; x++)
+            {
+                TV d0 = TOps.Broadcast(dyRow0[x]);
+                TV d1 = TOps.Broadcast(dyRow1[x]);
+                float* c = r0 + x;
+                TV l = TOps.Load(c);
+                a00 = TOps.Fma(d0, l, a00);
+                l = TOps.Load(c + s);
+                a00 = TOps.Fma(d1, l, a00);
+                a10 = TOps.Fma(d0, l, a10);
+                l = TOps.Load(c + 2 * s);
+                a10 = TOps.Fma(d1, l, a10);
+                a20 = TOps.Fma(d0, l, a20);
+                l = TOps.Load(c + 3 * s);
+                a20 = TOps.Fma(d1, l, a20);
+                c += vl;
+                l = TOps.Load(c);
+                a01 = TOps.Fma(d0, l, a01);
+                l = TOps.Load(c + s);
+                a01 = TOps.Fma(d1, l, a01);
+                a11 = TOps.Fma(d0, l, a11);
+                l = TOps.Load(c + 2 * s);
+                a11 = TOps.Fma(d1, l, a11);
+                a21 = TOps.Fma(d0, l, a21);
+                l = TOps.Load(c + 3 * s);
+                a21 = TOps.Fma(d1, l, a21);
+                c += vl;
+                l = TOps.Load(c);
+                a02 = TOps.Fma(d0, l, a02);
+                l = TOps.Load(c + s);
+                a02 = TOps.Fma(d1, l, a02);
+                a12 = TOps.Fma(d0, l, a12);
+                l = TOps.Load(c + 2 * s);
+                a12 = TOps.Fma(d1, l, a12);
+                a22 = TOps.Fma(d0, l, a22);
+                l = TOps.Load(c + 3 * s);
+                a22 = TOps.Fma(d1, l, a22);
+                c += vl;
+                l = TOps.Load(c);
+                a03 = TOps.Fma(d0, l, a03);
+                l = TOps.Load(c + s);
+                a03 = TOps.Fma(d1, l, a03);
+                a13 = TOps.Fma(d0, l, a13);
+                l = TOps.Load(c + 2 * s);
+                a13 = TOps.Fma(d1, l, a13);
+                a23 = TOps.Fma(d0, l, a23);
+                l = TOps.Load(c + 3 * s);
+                a23 = TOps.Fma(d1, l, a23);
+            }
+        }
+
+        for (; y <= yHi; y++)
         {
             float* dyRow = dy + (long)y * g.W;
             float* r0 = origin + (long)y * s;
