@@ -660,7 +660,63 @@ public static unsafe class DepthwiseConvCpu
         int vl = TOps.Count, s = g.InStride;
         TV a00 = TOps.Zero, a01 = TOps.Zero, a10 = TOps.Zero, a11 = TOps.Zero, a20 = TOps.Zero, a21 = TOps.Zero;
         TV a30 = TOps.Zero, a31 = TOps.Zero, a40 = TOps.Zero, a41 = TOps.Zero, a50 = TOps.Zero, a51 = TOps.Zero;
-        for (int y = yLo; y <= yHi; y++)
+        int y = yLo;
+
+        // Two output-gradient rows share 7 input rows: per vector column 7 loads feed 12 FMAs.
+        for (; y + 1 <= yHi; y += 2)
+        {
+            float* dyRow0 = dy + (long)y * g.W;
+            float* dyRow1 = dyRow0 + g.W;
+            float* r = origin + (long)y * s;
+            for (int x = 0; x < g.W; x++)
+            {
+                TV d0 = TOps.Broadcast(dyRow0[x]);
+                TV d1 = TOps.Broadcast(dyRow1[x]);
+                float* c = r + x;
+                TV l;
+                l = TOps.Load(c);
+                a00 = TOps.Fma(d0, l, a00);
+                l = TOps.Load(c + s);
+                a00 = TOps.Fma(d1, l, a00);
+                a10 = TOps.Fma(d0, l, a10);
+                l = TOps.Load(c + 2 * s);
+                a10 = TOps.Fma(d1, l, a10);
+                a20 = TOps.Fma(d0, l, a20);
+                l = TOps.Load(c + 3 * s);
+                a20 = TOps.Fma(d1, l, a20);
+                a30 = TOps.Fma(d0, l, a30);
+                l = TOps.Load(c + 4 * s);
+                a30 = TOps.Fma(d1, l, a30);
+                a40 = TOps.Fma(d0, l, a40);
+                l = TOps.Load(c + 5 * s);
+                a40 = TOps.Fma(d1, l, a40);
+                a50 = TOps.Fma(d0, l, a50);
+                l = TOps.Load(c + 6 * s);
+                a50 = TOps.Fma(d1, l, a50);
+                c += vl;
+                l = TOps.Load(c);
+                a01 = TOps.Fma(d0, l, a01);
+                l = TOps.Load(c + s);
+                a01 = TOps.Fma(d1, l, a01);
+                a11 = TOps.Fma(d0, l, a11);
+                l = TOps.Load(c + 2 * s);
+                a11 = TOps.Fma(d1, l, a11);
+                a21 = TOps.Fma(d0, l, a21);
+                l = TOps.Load(c + 3 * s);
+                a21 = TOps.Fma(d1, l, a21);
+                a31 = TOps.Fma(d0, l, a31);
+                l = TOps.Load(c + 4 * s);
+                a31 = TOps.Fma(d1, l, a31);
+                a41 = TOps.Fma(d0, l, a41);
+                l = TOps.Load(c + 5 * s);
+                a41 = TOps.Fma(d1, l, a41);
+                a51 = TOps.Fma(d0, l, a51);
+                l = TOps.Load(c + 6 * s);
+                a51 = TOps.Fma(d1, l, a51);
+            }
+        }
+
+        for (; y <= yHi; y++)
         {
             float* dyRow = dy + (long)y * g.W;
             float* r = origin + (long)y * s;
@@ -705,7 +761,48 @@ public static unsafe class DepthwiseConvCpu
     {
         int vl = TOps.Count, s = g.InStride;
         TV a0 = TOps.Zero, a1 = TOps.Zero, a2 = TOps.Zero, a3 = TOps.Zero, a4 = TOps.Zero, a5 = TOps.Zero, a6 = TOps.Zero, a7 = TOps.Zero;
-        for (int y = yLo; y <= yHi; y++)
+        int y = yLo;
+
+        // Two output-gradient rows share 9 input rows: 9 loads feed 16 FMAs.
+        for (; y + 1 <= yHi; y += 2)
+        {
+            float* dyRow0 = dy + (long)y * g.W;
+            float* dyRow1 = dyRow0 + g.W;
+            float* r = origin + (long)y * s;
+            for (int x = 0; x < g.W; x++)
+            {
+                TV d0 = TOps.Broadcast(dyRow0[x]);
+                TV d1 = TOps.Broadcast(dyRow1[x]);
+                float* c = r + x;
+                TV l = TOps.Load(c);
+                a0 = TOps.Fma(d0, l, a0);
+                l = TOps.Load(c + s);
+                a0 = TOps.Fma(d1, l, a0);
+                a1 = TOps.Fma(d0, l, a1);
+                l = TOps.Load(c + 2 * s);
+                a1 = TOps.Fma(d1, l, a1);
+                a2 = TOps.Fma(d0, l, a2);
+                l = TOps.Load(c + 3 * s);
+                a2 = TOps.Fma(d1, l, a2);
+                a3 = TOps.Fma(d0, l, a3);
+                l = TOps.Load(c + 4 * s);
+                a3 = TOps.Fma(d1, l, a3);
+                a4 = TOps.Fma(d0, l, a4);
+                l = TOps.Load(c + 5 * s);
+                a4 = TOps.Fma(d1, l, a4);
+                a5 = TOps.Fma(d0, l, a5);
+                l = TOps.Load(c + 6 * s);
+                a5 = TOps.Fma(d1, l, a5);
+                a6 = TOps.Fma(d0, l, a6);
+                l = TOps.Load(c + 7 * s);
+                a6 = TOps.Fma(d1, l, a6);
+                a7 = TOps.Fma(d0, l, a7);
+                l = TOps.Load(c + 8 * s);
+                a7 = TOps.Fma(d1, l, a7);
+            }
+        }
+
+        for (; y <= yHi; y++)
         {
             float* dyRow = dy + (long)y * g.W;
             float* r = origin + (long)y * s;
