@@ -1,0 +1,63 @@
+namespace RepLKNet.Training;
+
+/// <summary>
+/// The official per-iteration schedule (ConvNeXt/RepLKNet <c>cosine_scheduler</c>): a linear warm-up from
+/// <c>start</c> to <c>base</c> over the warm-up iterations (numpy <c>linspace</c>, both ends included), then a cosine from
+/// <c>base</c> down towards <c>final</c> over the remaining iterations: final + ½(base − final)(1 + cos(π·i / n)).
+/// Used for the learning rate (final = min_lr) and the weight decay (final = wd_end, by default = wd: constant).
+/// </summary>
+public sealed class CosineSchedule
+{
+    /// <summary>Creates the schedule over <paramref name="epochs"/> × <paramref name="iterationsPerEpoch"/> iterations.</summary>
+    public CosineSchedule(double baseValue, double finalValue, int epochs, int iterationsPerEpoch, int warmupEpochs = 0,
+        double startWarmupValue = 0, int warmupSteps = -1)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(epochs);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(iterationsPerEpoch);
+        ArgumentOutOfRangeException.ThrowIfNegative(warmupEpochs);
+        BaseValue = baseValue;
+        FinalValue = finalValue;
+        StartWarmupValue = startWarmupValue;
+        TotalIterations = (long)epochs * iterationsPerEpoch;
+        WarmupIterations = warmupSteps > 0 ? warmupSteps : (long)warmupEpochs * iterationsPerEpoch;
+        if (WarmupIterations > TotalIterations)
+        {
+            throw new ArgumentException($"warm-up ({WarmupIterations} iterations) is longer than training ({TotalIterations})");
+        }
+    }
+
+    /// <summary>Peak value (reached at the end of warm-up).</summary>
+    public double BaseValue { get; }
+
+    /// <summary>Value the cosine decays towards.</summary>
+    public double FinalValue { get; }
+
+    /// <summary>Value at iteration 0 of the warm-up.</summary>
+    public double StartWarmupValue { get; }
+
+    /// <summary>Iterations in the whole schedule.</summary>
+    public long TotalIterations { get; }
+
+    /// <summary>Warm-up iterations.</summary>
+    public long WarmupIterations { get; }
+
+    /// <summary>The value at iteration <paramref name="iteration"/> (0-based); past the end, the last value.</summary>
+    public double this[long iteration]
+    {
+        get
+        {
+            ArgumentOutOfRangeException.ThrowIfNegative(iteration);
+            iteration = Math.Min(iteration, TotalIterations - 1);
+            if (iteration < WarmupIterations)
+            {
+                return WarmupIterations == 1
+                    ? StartWarmupValue
+                    : StartWarmupValue + (BaseValue - StartWarmupValue) * iteration / (WarmupIterations - 1);
+            }
+
+            long cosineLength = TotalIterations - WarmupIterations;
+            long i = iteration - WarmupIterations;
+            return FinalValue + 0.5 * (BaseValue - FinalValue) * (1 + Math.Cos(Math.PI * i / cosineLength));
+        }
+    }
+}

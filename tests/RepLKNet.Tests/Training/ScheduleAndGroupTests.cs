@@ -1,0 +1,63 @@
+using RepLKNet.Models;
+using RepLKNet.Reparam;
+using RepLKNet.Tests.Support;
+using RepLKNet.Training;
+
+namespace RepLKNet.Tests.Training;
+
+public sealed class ScheduleAndGroupTests
+{
+    [Fact]
+    public void Cosine_schedule_equals_the_official_numpy_formula_at_every_step()
+    {
+        // Official: warmup = np.linspace(start, base, warmup_iters);
+        //           rest[i] = final + 0.5 * (base - final) * (1 + cos(pi * i / len(rest))), i = 0 .. len(rest) - 1.
+        const double baseLr = 4e-3, minLr = 1e-6;
+        int epochs = 5, perEpoch = 7, warmupEpochs = 2;
+        var schedule = new CosineSchedule(baseLr, minLr, epochs, perEpoch, warmupEpochs);
+        int warmup = warmupEpochs * perEpoch, total = epochs * perEpoch, rest = total - warmup;
+        var expected = new List<double>();
+        for (int i = 0; i < warmup; i++)
+        {
+            expected.Add(0 + (baseLr - 0) * i / (warmup - 1));
+        }
+
+        for (int i = 0; i < rest; i++)
+        {
+            expected.Add(minLr + 0.5 * (baseLr - minLr) * (1 + Math.Cos(Math.PI * i / rest)));
+        }
+
+        for (int step = 0; step < total; step++)
+        {
+            Assert.Equal(expected[step], schedule[step], 15);
+        }
+
+        Assert.Equal(0, schedule[0]);
+        Assert.Equal(baseLr, schedule[warmup - 1], 15);
+        Assert.Equal(baseLr, schedule[warmup], 15);
+        Assert.True(schedule[total - 1] > minLr && schedule[total - 1] < 1e-4);
+        Assert.Equal(schedule[total - 1], schedule[total + 100]);
+        Assert.Equal(0.05, new CosineSchedule(0.05, 0.05, 3, 4)[7], 15); // wd_end = wd: constant
+    }
+
+    [Fact]
+    public void No_decay_group_holds_every_bias_and_batchnorm_parameter()
+    {
+        Torch.EnsureLoaded();
+        var config = new RepLKNetConfig { LargeKernelSizes = [7, 5], Layers = [1, 1], Channels = [8, 16], SmallKernel = 3, NumClasses = 4 };
+        using var model = new RepLKNetModel(config);
+        var (decay, noDecay) = ParameterGroups.Split(model);
+
+        Assert.All(decay, p => Assert.True(p.Name.EndsWith(".weight", StringComparison.Ordinal) && p.Parameter.dim() > 1, p.Name));
+        Assert.Contains(decay, p => p.Name == "head.weight");
+        Assert.Contains(decay, p => p.Name == "stages.0.blocks.0.large_kernel.lkb_origin.conv.weight");
+        Assert.Contains(noDecay, p => p.Name == "head.bias");
+        Assert.Contains(noDecay, p => p.Name == "stages.0.blocks.0.prelkb_bn.weight");
+        Assert.All(noDecay, p => Assert.True(p.Parameter.dim() == 1, p.Name));
+        Assert.Equal(model.parameters().Count(), decay.Count + noDecay.Count);
+
+        Reparameterizer.Reparameterize(model);
+        var (_, deployNoDecay) = ParameterGroups.Split(model);
+        Assert.Contains(deployNoDecay, p => p.Name == "stages.0.blocks.0.large_kernel.lkb_reparam.bias");
+    }
+}
