@@ -1,0 +1,96 @@
+using RepLKNet.Checkpoints;
+using RepLKNet.Data;
+using RepLKNet.Models;
+using RepLKNet.Tests.Support;
+using RepLKNet.Training;
+using static TorchSharp.torch;
+
+namespace RepLKNet.Tests.Training;
+
+public sealed class TrainerTests
+{
+    private static readonly RepLKNetConfig Tiny = new()
+    {
+        LargeKernelSizes = [7, 5], Layers = [1, 1], Channels = [8, 16], SmallKernel = 3, InChannels = 1, NumClasses = 2,
+        DropPathRate = 0.1,
+    };
+
+    public TrainerTests() => Torch.EnsureLoaded();
+
+    /// <summary>Two classes a small conv net separates easily: bright upper half vs bright lower half, plus noise.</summary>
+    private static ImageTensorDataset Synthetic(int count, int seed)
+    {
+        var g = new Generator((ulong)seed);
+        var labels = randint(0, 2, [count], generator: g, dtype: int64);
+        var images = rand([count, 1, 16, 16], generator: g) * 80;
+        var rows = arange(16).view(1, 1, 16, 1);
+        var upper = rows.lt(8).to(float32) * 150;
+        var lower = rows.ge(8).to(float32) * 150;
+        var pattern = where(labels.view(-1, 1, 1, 1).eq(0), upper, lower);
+        return new ImageTensorDataset((images + pattern).clamp(0, 255).to(ScalarType.Byte), labels, ["up", "down"]);
+    }
+
+    private static TrainOptions Options(string outDir, long? maxSteps = null, bool resume = false) => new()
+    {
+        Arch = "tiny", Config = Tiny, OutDir = outDir, Epochs = 3, BatchSize = 16, LearningRate = 2e-3, WarmupEpochs = 1,
+        Seed = 7, Normalization = (0.5, 0.3), MaxSteps = maxSteps, Resume = resume, EmaDecay = 0.9,
+    };
+
+    [Fact]
+    public void A_few_epochs_drive_the_loss_down_and_write_checkpoints_and_metrics()
+    {
+        using var dir = new TempDirectory();
+        using var train = Synthetic(192, 1);
+        using var test = Synthetic(64, 2);
+        var trainer = new Trainer(Options(dir.Path), train, test);
+
+        var history = trainer.Run();
+
+        Assert.Equal(3, history.Count);
+        Assert.True(history[^1].TrainLoss < history[0].TrainLoss * 0.8, $"loss {history[0].TrainLoss:F3} → {history[^1].TrainLoss:F3}");
+        Assert.True(history[^1].Top1 > 0.85, $"top-1 {history[^1].Top1:P1}");
+        Assert.Equal(36, history[^1].Step);
+        foreach (var file in new[] { "last.safetensors", "last-ema.safetensors", "best.safetensors", "state.json", "metrics.csv", "metrics.json" })
+        {
+            Assert.True(File.Exists(Path.Combine(dir.Path, file)), file);
+        }
+
+        Assert.Equal(4, File.ReadAllLines(Path.Combine(dir.Path, "metrics.csv")).Length);
+        using var best = CheckpointFile.Read(trainer.BestCheckpoint);
+        Assert.Equal(["up", "down"], best.Metadata!.ClassNames);
+    }
+
+    [Fact]
+    public void A_run_stopped_mid_epoch_and_resumed_ends_with_the_same_weights_as_an_uninterrupted_run()
+    {
+        using var straightDir = new TempDirectory();
+        using var resumedDir = new TempDirectory();
+        using var train = Synthetic(160, 3);
+        using var test = Synthetic(32, 4);
+
+        new Trainer(Options(straightDir.Path), train, test).Run();
+        new Trainer(Options(resumedDir.Path, maxSteps: 13), train, test).Run(); // stops inside epoch 2 (10 steps per epoch)
+        new Trainer(Options(resumedDir.Path, resume: true), train, test).Run();
+
+        using var a = CheckpointFile.Read(Path.Combine(straightDir.Path, "last.safetensors"));
+        using var b = CheckpointFile.Read(Path.Combine(resumedDir.Path, "last.safetensors"));
+        using var aEma = CheckpointFile.Read(Path.Combine(straightDir.Path, "last-ema.safetensors"));
+        using var bEma = CheckpointFile.Read(Path.Combine(resumedDir.Path, "last-ema.safetensors"));
+        foreach (var (key, tensor) in a.State)
+        {
+            Assert.True(tensor.equal(b.State[key]).all().item<bool>(), $"model {key} differs after resume");
+            Assert.True(aEma.State[key].equal(bEma.State[key]).all().item<bool>(), $"EMA {key} differs after resume");
+        }
+    }
+
+    [Fact]
+    public void A_non_finite_loss_stops_with_the_step_named()
+    {
+        using var dir = new TempDirectory();
+        using var train = Synthetic(64, 5);
+        using var test = Synthetic(16, 6);
+        var options = Options(dir.Path) with { LearningRate = 1e30, WarmupEpochs = 0 };
+        var e = Assert.Throws<NonFiniteLossException>(() => new Trainer(options, train, test).Run());
+        Assert.Matches(@"at step \d+ \(epoch \d+\)", e.Message);
+    }
+}
