@@ -55,6 +55,10 @@ public static class ReplknetApp
             config.PropagateExceptions();
             config.UseStrictParsing();
             config.ValidateExamples();
+            config.AddCommand<TrainCommand>("train")
+                .WithDescription("Train a RepLKNet (default: RepLKNet-FMNIST on Fashion-MNIST): AdamW, warm-up + cosine, EMA, checkpoints, resume, re-parameterized result.")
+                .WithExample("train")
+                .WithExample("train", "--epochs", "1", "--max-steps", "50", "--out", "runs/smoke");
             config.AddCommand<ModelsCommand>("models")
                 .WithDescription("List the model variants with parameters (train/deploy), MACs at the default resolution and kernel sizes.")
                 .WithExample("models")

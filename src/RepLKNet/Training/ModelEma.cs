@@ -7,14 +7,16 @@ namespace RepLKNet.Training;
 /// <summary>
 /// Exponential moving average of a model's weights (timm's <c>ModelEma</c>, as the official recipe uses with decay 0.9999):
 /// after every optimizer step, ema = decay·ema + (1 − decay)·current for floating-point entries; integer buffers
-/// (<c>num_batches_tracked</c>) are copied. The average lives in a second model of the same topology.
+/// (<c>num_batches_tracked</c>) are copied. The average lives in a second model of the same topology. With
+/// <c>warmup</c>, the decay used at update u is min(decay, (1 + u) / (10 + u)), so short runs are not dominated by the
+/// random initialization.
 /// </summary>
 public sealed class ModelEma
 {
     private readonly Module _average;
 
     /// <summary>Starts the average at <paramref name="model"/>'s current weights, kept in <paramref name="average"/>.</summary>
-    public ModelEma(Module model, Module average, double decay)
+    public ModelEma(Module model, Module average, double decay, bool warmup = false)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(average);
@@ -25,6 +27,7 @@ public sealed class ModelEma
 
         _average = average;
         Decay = decay;
+        Warmup = warmup;
         _average.eval();
         using var noGrad = no_grad();
         var source = StateDicts.Ordered(model).ToDictionary();
@@ -42,6 +45,12 @@ public sealed class ModelEma
     /// <summary>The decay.</summary>
     public double Decay { get; }
 
+    /// <summary>Whether the decay ramps up over the first updates.</summary>
+    public bool Warmup { get; }
+
+    /// <summary>Updates applied so far (restored on resume through <see cref="Updates"/>).</summary>
+    public long Updates { get; set; }
+
     /// <summary>The averaged model (eval mode).</summary>
     public Module Average => _average;
 
@@ -50,13 +59,15 @@ public sealed class ModelEma
     {
         ArgumentNullException.ThrowIfNull(model);
         using var noGrad = no_grad();
+        double decay = Warmup ? Math.Min(Decay, (1.0 + Updates) / (10.0 + Updates)) : Decay;
+        Updates++;
         var current = StateDicts.Ordered(model).ToDictionary();
         foreach (var (key, tensor) in StateDicts.Ordered(_average))
         {
             var value = current[key];
             if (tensor.is_floating_point())
             {
-                tensor.mul_(Decay).add_(value.detach(), alpha: 1 - Decay);
+                tensor.mul_(decay).add_(value.detach(), alpha: 1 - decay);
             }
             else
             {

@@ -151,7 +151,7 @@ public sealed class Trainer
         torch.manual_seed(_o.Seed);
         using var model = new RepLKNetModel(_o.Config).to(_o.Device);
         using var emaModel = new RepLKNetModel(_o.Config).to(_o.Device);
-        var ema = _o.EmaDecay > 0 ? new ModelEma(model, emaModel, _o.EmaDecay) : null;
+        var ema = _o.EmaDecay > 0 ? new ModelEma(model, emaModel, _o.EmaDecay, warmup: true) : null;
         var (decay, noDecay) = ParameterGroups.Split(model);
         var optimizer = optim.AdamW(
             [
@@ -167,6 +167,10 @@ public sealed class Trainer
         if (_o.Resume && File.Exists(StateFile))
         {
             (step, best, history) = Restore(model, ema, optimizer);
+            if (ema is not null)
+            {
+                ema.Updates = step;
+            }
         }
 
         var metadata = new CheckpointMetadata(_o.Arch, _o.Config, ModelForm.Train, _train.ClassNames);

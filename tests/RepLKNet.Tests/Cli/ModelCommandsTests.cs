@@ -20,7 +20,7 @@ public sealed class ModelCommandsTests
         Assert.True(result.ExitCode == 0, result.StdErr);
         using var doc = JsonDocument.Parse(result.StdOut);
         var rows = doc.RootElement.EnumerateArray().ToDictionary(r => r.GetProperty("name").GetString()!);
-        Assert.Equal(["RepLKNet-31B", "RepLKNet-31L", "RepLKNet-XL"], rows.Keys);
+        Assert.Equal(["RepLKNet-31B", "RepLKNet-31L", "RepLKNet-XL", "RepLKNet-FMNIST"], rows.Keys);
         Assert.Equal(79_864_168, rows["RepLKNet-31B"].GetProperty("params").GetInt64());
         Assert.Equal(172_165_672, rows["RepLKNet-31L"].GetProperty("deploy_params").GetInt64());
         // The README's "FLOPs" are deploy-form conv+FC MACs (spec §6): 15.3G, 96.0G, 128.7G.

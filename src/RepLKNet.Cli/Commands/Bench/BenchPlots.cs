@@ -41,7 +41,7 @@ internal static class BenchPlots
     }
 
     // Skia's self-contained native build has no fontconfig: register a system TrueType font by file, or text is blank.
-    private static void UseSystemFont(ScottPlot.Plot plot)
+    internal static void UseSystemFont(ScottPlot.Plot plot)
     {
         string[] candidates =
         [

@@ -1,0 +1,69 @@
+using RepLKNet.Checkpoints;
+using RepLKNet.Data;
+using RepLKNet.Models;
+using RepLKNet.Tests.Support;
+
+namespace RepLKNet.Tests.Cli;
+
+public sealed class TrainCommandTests
+{
+    /// <summary>A tiny Fashion-MNIST-shaped dataset: class k is a bright horizontal bar at row 2k+3, plus noise.</summary>
+    private static void WriteFakeFashionMnist(string dir, int train, int test)
+    {
+        var rng = new Random(11);
+        foreach (var (prefix, count) in new[] { ("train", train), ("t10k", test) })
+        {
+            var images = new byte[count * 28 * 28];
+            var labels = new byte[count];
+            for (int i = 0; i < count; i++)
+            {
+                labels[i] = (byte)(i % 10);
+                for (int p = 0; p < 784; p++)
+                {
+                    images[i * 784 + p] = (byte)rng.Next(0, 60);
+                }
+
+                int row = 2 * labels[i] + 3;
+                for (int x = 4; x < 24; x++)
+                {
+                    images[i * 784 + row * 28 + x] = 250;
+                }
+            }
+
+            IdxFile.WriteBytes(Path.Combine(dir, $"{prefix}-images-idx3-ubyte.gz"), [count, 28, 28], images, gzip: true);
+            IdxFile.WriteBytes(Path.Combine(dir, $"{prefix}-labels-idx1-ubyte.gz"), [count], labels, gzip: true);
+        }
+    }
+
+    [Fact]
+    public void Train_runs_end_to_end_and_writes_train_and_verified_deploy_checkpoints()
+    {
+        using var dir = new TempDirectory();
+        string data = dir.File("data");
+        Directory.CreateDirectory(data);
+        WriteFakeFashionMnist(data, train: 320, test: 80);
+        string run = dir.File("run");
+
+        var result = CliRunner.Run("train", "--data", data, "--epochs", "2", "--batch-size", "32", "--out", run, "--device", "cpu");
+
+        Assert.True(result.ExitCode == 0, result.StdErr + result.StdOut);
+        Assert.Matches(@"epoch\s+2/2: loss \d\.\d{4}", result.StdOut);
+        Assert.Contains("deploy form verified", result.StdOut, StringComparison.Ordinal);
+        using var deploy = CheckpointFile.Read(Path.Combine(run, "best-deploy.safetensors"));
+        Assert.Equal(ModelForm.Deploy, deploy.Form);
+        Assert.Equal("RepLKNet-FMNIST", deploy.Metadata!.Arch);
+        Assert.Equal("Ankle boot", deploy.Metadata.ClassNames![9]);
+        Assert.True(new FileInfo(Path.Combine(run, "curves.png")).Length > 1000);
+        Assert.Equal(3, File.ReadAllLines(Path.Combine(run, "metrics.csv")).Length);
+    }
+
+    [Fact]
+    public void Train_without_data_says_where_it_looked()
+    {
+        using var dir = new TempDirectory();
+        var result = CliRunner.Run(new Dictionary<string, string?> { ["REPLKNET_DATA"] = null }, "train", "--dataset", "cifar10", "--data", dir.Path, "--out", dir.File("run"));
+        Assert.Equal(1, result.ExitCode);
+        Assert.Contains($"'{dir.Path}'", result.StdErr, StringComparison.Ordinal);
+        Assert.Contains("cifar-10-binary", result.StdErr, StringComparison.Ordinal);
+    }
+}
