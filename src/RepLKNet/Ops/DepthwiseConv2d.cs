@@ -42,9 +42,22 @@ public static class DepthwiseConv2d
             ? DepthwiseBackend.Torch
             : DepthwiseBackend.Ours;
 
-    /// <summary>The CPU instruction set to use (from <c>REPLKNET_CPU_ISA</c>, else the widest available).</summary>
-    public static CpuIsa Isa { get; set; } =
+    private static readonly AsyncLocal<CpuIsa?> ScopedIsa = new();
+
+    /// <summary>The process-wide CPU instruction set (from <c>REPLKNET_CPU_ISA</c>, else the widest available).</summary>
+    public static CpuIsa DefaultIsa { get; set; } =
         Enum.TryParse<CpuIsa>(Environment.GetEnvironmentVariable(IsaEnvironmentVariable), ignoreCase: true, out var isa) ? isa : CpuIsa.Auto;
+
+    /// <summary>The CPU instruction set in effect on this async flow.</summary>
+    public static CpuIsa Isa => ScopedIsa.Value ?? DefaultIsa;
+
+    /// <summary>Uses <paramref name="isa"/> on this async flow until the returned scope is disposed (tests, self-checks).</summary>
+    public static IDisposable UseIsa(CpuIsa isa)
+    {
+        var previous = ScopedIsa.Value;
+        ScopedIsa.Value = isa;
+        return new Restore(() => ScopedIsa.Value = previous);
+    }
 
     /// <summary>Worker threads for our CPU kernels; 0 means libtorch's <c>get_num_threads()</c>.</summary>
     public static int Threads { get; set; }

@@ -30,12 +30,10 @@ public static class DepthwiseSelfCheck
     {
         (int N, int C, int H, int W, int K)[] shapes = [(2, 5, 13, 11, 7), (1, 3, 9, 17, 31), (2, 4, 33, 40, 13), (1, 2, 1, 1, 3), (3, 6, 20, 37, 5)];
         var results = new List<DepthwiseCheckResult>();
-        var previous = DepthwiseConv2d.Isa;
-        try
         {
             foreach (var isa in CpuIsas.Supported)
             {
-                DepthwiseConv2d.Isa = isa;
+                using var scopedIsa = DepthwiseConv2d.UseIsa(isa);
                 var generator = new Generator((ulong)seed);
                 foreach (var (n, c, h, w, k) in shapes)
                 {
@@ -56,10 +54,6 @@ public static class DepthwiseSelfCheck
                         Relative(y, y64), Relative(dx, x64.grad!), Relative(dw, w64.grad!)));
                 }
             }
-        }
-        finally
-        {
-            DepthwiseConv2d.Isa = previous;
         }
 
         return results;

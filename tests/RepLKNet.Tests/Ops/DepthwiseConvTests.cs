@@ -32,18 +32,10 @@ public sealed class DepthwiseConvTests
             cases.Add((rng.Next(1, 4), rng.Next(1, 6), rng.Next(1, 40), rng.Next(1, 40), k, rng.Next(2) == 0));
         }
 
-        var previous = DepthwiseConv2d.Isa;
-        DepthwiseConv2d.Isa = isa;
-        try
+        using var scopedIsa = DepthwiseConv2d.UseIsa(isa);
+        foreach (var (n, c, h, w, k, hasBias) in cases)
         {
-            foreach (var (n, c, h, w, k, hasBias) in cases)
-            {
-                CheckCase(n, c, h, w, k, hasBias, seed, isa);
-            }
-        }
-        finally
-        {
-            DepthwiseConv2d.Isa = previous;
+            CheckCase(n, c, h, w, k, hasBias, seed, isa);
         }
     }
 

@@ -7,6 +7,8 @@ using static TorchSharp.torch;
 
 namespace RepLKNet.Tests.Training;
 
+/// <summary>Runs alone: training draws drop-path masks from libtorch's global generator, which parallel tests also use.</summary>
+[Collection(SerialTests.Name)]
 public sealed class TrainerTests
 {
     private static readonly RepLKNetConfig Tiny = new()
