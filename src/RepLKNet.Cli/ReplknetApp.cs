@@ -59,6 +59,9 @@ public static class ReplknetApp
                 .WithDescription("Train a RepLKNet (default: RepLKNet-FMNIST on Fashion-MNIST): AdamW, warm-up + cosine, EMA, checkpoints, resume, re-parameterized result.")
                 .WithExample("train")
                 .WithExample("train", "--epochs", "1", "--max-steps", "50", "--out", "runs/smoke");
+            config.AddCommand<EvalCommand>("eval")
+                .WithDescription("Evaluate a checkpoint on a test set: top-1/top-5, loss, per-class accuracy, confusion matrix (table and PNG).")
+                .WithExample("eval", "--weights", "runs/fmnist/best.safetensors");
             config.AddCommand<ModelsCommand>("models")
                 .WithDescription("List the model variants with parameters (train/deploy), MACs at the default resolution and kernel sizes.")
                 .WithExample("models")

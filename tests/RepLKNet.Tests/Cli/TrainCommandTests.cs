@@ -55,6 +55,15 @@ public sealed class TrainCommandTests
         Assert.Equal("Ankle boot", deploy.Metadata.ClassNames![9]);
         Assert.True(new FileInfo(Path.Combine(run, "curves.png")).Length > 1000);
         Assert.Equal(3, File.ReadAllLines(Path.Combine(run, "metrics.csv")).Length);
+
+        // eval of the deploy checkpoint reproduces the best top-1 the training reported (re-param is exact on real data).
+        string best = System.Text.RegularExpressions.Regex.Match(result.StdOut, @"best test top-1 (\d+\.\d+) %").Groups[1].Value;
+        string png = dir.File("confusion.png");
+        var eval = CliRunner.Run("eval", "--weights", Path.Combine(run, "best-deploy.safetensors"), "--data", data, "--plot", png);
+        Assert.True(eval.ExitCode == 0, eval.StdErr);
+        Assert.Contains($"top-1 {best} %", eval.StdOut, StringComparison.Ordinal);
+        Assert.Matches(@"9 Ankle boot\s+│", eval.StdOut);
+        Assert.True(new FileInfo(png).Length > 1000);
     }
 
     [Fact]

@@ -1,0 +1,112 @@
+using System.ComponentModel;
+using System.Globalization;
+using RepLKNet.Checkpoints;
+using RepLKNet.Data;
+using RepLKNet.Runtime;
+using RepLKNet.Training;
+using Spectre.Console;
+using Spectre.Console.Cli;
+using TorchSharp;
+
+namespace RepLKNet.Cli.Commands;
+
+/// <summary><c>replknet eval</c>: top-1/top-5, loss, per-class accuracy and the confusion matrix of a checkpoint.</summary>
+public sealed class EvalCommand(IAnsiConsole console) : Command<EvalCommand.Settings>
+{
+    /// <summary>Options of <c>eval</c>.</summary>
+    public sealed class Settings : WeightsSettings
+    {
+        /// <summary>Dataset.</summary>
+        [CommandOption("--dataset <NAME>")]
+        [Description("fashion-mnist or cifar10 (its test split).")]
+        [DefaultValue("fashion-mnist")]
+        public string Dataset { get; init; } = "fashion-mnist";
+
+        /// <summary>Data folder.</summary>
+        [CommandOption("--data <DIR>")]
+        [Description("Folder with the dataset files.")]
+        public string? Data { get; init; }
+
+        /// <summary>Batch size.</summary>
+        [CommandOption("--batch-size <B>")]
+        [DefaultValue(256)]
+        [Description("Batch size.")]
+        public int BatchSize { get; init; } = 256;
+
+        /// <summary>Confusion-matrix PNG.</summary>
+        [CommandOption("--plot <FILE>")]
+        [Description("Also draw the confusion matrix as a PNG.")]
+        public string? Plot { get; init; }
+    }
+
+    /// <inheritdoc />
+    public override int Execute(CommandContext context, Settings settings, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        if (settings.BatchSize <= 0)
+        {
+            throw new UsageException("--batch-size must be positive");
+        }
+
+        var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
+        var loaded = ModelLoader.Load(settings.Weights!, settings.LoadOptions);
+        using var model = loaded.Model;
+        model.to(runtime.Device);
+        var (data, normalization) = settings.Dataset.ToLowerInvariant() switch
+        {
+            "fashion-mnist" or "fmnist" => (FashionMnist.Load(settings.Data, "test"), FashionMnist.Normalization),
+            "cifar10" or "cifar-10" => (Cifar10.Load(settings.Data).Test, Cifar10.Normalization),
+            _ => throw new UsageException($"--dataset '{settings.Dataset}': use fashion-mnist or cifar10"),
+        };
+        using (data)
+        {
+            var r = Evaluation.Run(model, data, normalization, settings.BatchSize, runtime.Device);
+            var names = loaded.Metadata?.ClassNames ?? data.ClassNames;
+            console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{loaded.Arch} ({loaded.Form.ToString().ToLowerInvariant()} form) on {r.Count:N0} {settings.Dataset} test images: top-1 {r.Top1:P2}  top-5 {r.Top5:P2}  loss {r.Loss:F4}"));
+            var table = new Table().AddColumn("true \\ predicted");
+            for (int j = 0; j < names.Count; j++)
+            {
+                table.AddColumn(new TableColumn(j.ToString(CultureInfo.InvariantCulture)).RightAligned());
+            }
+
+            table.AddColumn(new TableColumn("accuracy").RightAligned());
+            for (int i = 0; i < names.Count; i++)
+            {
+                var row = new List<string> { $"{i} {Markup.Escape(names[i])}" };
+                for (int j = 0; j < names.Count; j++)
+                {
+                    row.Add(r.Confusion[i, j].ToString(CultureInfo.InvariantCulture));
+                }
+
+                row.Add(double.IsNaN(r.PerClass[i]) ? "-" : r.PerClass[i].ToString("P1", CultureInfo.InvariantCulture));
+                table.AddRow([.. row]);
+            }
+
+            console.Write(table);
+            if (settings.Plot is { } png)
+            {
+                var plot = new ScottPlot.Plot();
+                Bench.BenchPlots.UseSystemFont(plot);
+                var counts = new double[names.Count, names.Count];
+                for (int i = 0; i < names.Count; i++)
+                {
+                    for (int j = 0; j < names.Count; j++)
+                    {
+                        counts[names.Count - 1 - i, j] = r.Confusion[i, j];
+                    }
+                }
+
+                var heatmap = plot.Add.Heatmap(counts);
+                plot.Add.ColorBar(heatmap);
+                plot.Title(string.Create(CultureInfo.InvariantCulture, $"{loaded.Arch}: confusion matrix (top-1 {r.Top1:P2})"));
+                plot.Axes.Bottom.Label.Text = "predicted class";
+                plot.Axes.Left.Label.Text = "true class (top = 0)";
+                plot.SavePng(png, 800, 700);
+                console.MarkupLine($"wrote [bold]{Markup.Escape(png)}[/]");
+            }
+        }
+
+        return ExitCodes.Success;
+    }
+}
