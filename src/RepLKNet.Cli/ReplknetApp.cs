@@ -62,6 +62,9 @@ public static class ReplknetApp
             config.AddCommand<EvalCommand>("eval")
                 .WithDescription("Evaluate a checkpoint on a test set: top-1/top-5, loss, per-class accuracy, confusion matrix (table and PNG).")
                 .WithExample("eval", "--weights", "runs/fmnist/best.safetensors");
+            config.AddCommand<PredictCommand>("predict")
+                .WithDescription("Top-5 classes with probabilities for images (files or folders), using the checkpoint's class names and preprocessing.")
+                .WithExample("predict", "--weights", "runs/fmnist/best-deploy.safetensors", "shirt.png");
             config.AddCommand<ModelsCommand>("models")
                 .WithDescription("List the model variants with parameters (train/deploy), MACs at the default resolution and kernel sizes.")
                 .WithExample("models")

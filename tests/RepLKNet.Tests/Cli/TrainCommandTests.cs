@@ -64,6 +64,40 @@ public sealed class TrainCommandTests
         Assert.Contains($"top-1 {best} %", eval.StdOut, StringComparison.Ordinal);
         Assert.Matches(@"9 Ankle boot\s+│", eval.StdOut);
         Assert.True(new FileInfo(png).Length > 1000);
+
+        // predict on a PNG written here; its top-1 must be what the same checkpoint computes in-process on the same pixels.
+        string image = dir.File("bar.png");
+        using (var bitmap = new SkiaSharp.SKBitmap(28, 28, SkiaSharp.SKColorType.Gray8, SkiaSharp.SKAlphaType.Opaque))
+        {
+            for (int y = 0; y < 28; y++)
+            {
+                for (int x = 0; x < 28; x++)
+                {
+                    byte v = y == 17 && x is >= 4 and < 24 ? (byte)250 : (byte)30;
+                    bitmap.SetPixel(x, y, new SkiaSharp.SKColor(v, v, v));
+                }
+            }
+
+            using var encoded = bitmap.Encode(SkiaSharp.SKEncodedImageFormat.Png, 100);
+            File.WriteAllBytes(image, encoded.ToArray());
+        }
+
+        var predict = CliRunner.Run("predict", "--weights", Path.Combine(run, "best-deploy.safetensors"), image);
+        Assert.True(predict.ExitCode == 0, predict.StdErr);
+        var lines = predict.StdOut.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(image, lines[0].Trim());
+        Assert.Equal(6, lines.Length);
+        using var loaded = ModelLoader.Load(Path.Combine(run, "best-deploy.safetensors"), new ModelLoadOptions()).Model;
+        using var pixels = ImageDecoder.Load(image, 1, 28, 28);
+        Assert.Equal(30, pixels[0, 0, 0].item<byte>());
+        Assert.Equal(250, pixels[0, 17, 10].item<byte>());
+        var (mean, std) = FashionMnist.Normalization;
+        using var noGrad = TorchSharp.torch.no_grad();
+        long expected = loaded.call(((pixels.to(TorchSharp.torch.float32) / 255.0 - mean) / std).unsqueeze(0)).argmax(1).item<long>();
+        Assert.Matches($@"^\s+1\. {System.Text.RegularExpressions.Regex.Escape(FashionMnist.ClassNames[(int)expected])}\s+\d+\.\d+ %", lines[1]);
+        var missing = CliRunner.Run("predict", "--weights", Path.Combine(run, "best-deploy.safetensors"), dir.File("nope.png"));
+        Assert.Equal(1, missing.ExitCode);
+        Assert.Contains("no such image", missing.StdErr, StringComparison.Ordinal);
     }
 
     [Fact]
