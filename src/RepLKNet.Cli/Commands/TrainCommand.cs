@@ -134,8 +134,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
         if (settings.Threads is int threads)
         {
-            torch.set_num_threads(threads);
-            DepthwiseConv2d.Threads = threads;
+            TorchRuntime.SetThreads(threads);
         }
 
         var (name, config) = ModelRegistry.Resolve(settings.Arch ?? "RepLKNet-FMNIST");

@@ -11,6 +11,14 @@ public sealed record ImageTensorDataset(Tensor Images, Tensor Labels, IReadOnlyL
     /// <summary>Number of images.</summary>
     public long Count => Labels.shape[0];
 
+    /// <summary>The images at <paramref name="index"/> as float32 (x/255 − mean)/std on <paramref name="device"/>, with their labels.</summary>
+    public (Tensor Images, Tensor Labels) Batch(Tensor index, (double Mean, double Std) normalization, Device device)
+    {
+        ArgumentNullException.ThrowIfNull(index);
+        var x = Images.index_select(0, index).to(float32).div_(255.0).sub_(normalization.Mean).div_(normalization.Std).to(device);
+        return (x, Labels.index_select(0, index).to(device));
+    }
+
     /// <inheritdoc />
     public void Dispose()
     {

@@ -175,6 +175,14 @@ public static class TorchRuntime
     /// <summary>Whether TF32 is allowed on CUDA (<c>REPLKNET_TF32=1</c>); off by default for float32 parity.</summary>
     public static bool AllowTf32 => Environment.GetEnvironmentVariable(Tf32EnvironmentVariable) == "1";
 
+    /// <summary>Uses <paramref name="threads"/> CPU threads for libtorch and for the project's own CPU kernels alike.</summary>
+    public static void SetThreads(int threads)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(threads);
+        torch.set_num_threads(threads);
+        Ops.DepthwiseConv2d.Threads = threads;
+    }
+
     /// <summary>Where libLibTorchSharp.so is looked for beside the running app.</summary>
     public static IReadOnlyList<string> NativeLibraryCandidates(string appDirectory) =>
     [

@@ -37,8 +37,7 @@ public static class Evaluation
         {
             using var scope = NewDisposeScope();
             long n = Math.Min(batchSize, data.Count - start);
-            var x = data.Images.narrow(0, start, n).to(float32).div_(255.0).sub_(normalization.Mean).div_(normalization.Std).to(device);
-            var y = data.Labels.narrow(0, start, n).to(device);
+            var (x, y) = data.Batch(arange(start, start + n, dtype: int64), normalization, device);
             var logits = model.call(x);
             lossSum += nn.functional.cross_entropy(logits, y, reduction: nn.Reduction.Sum).item<float>();
             var predicted = logits.argmax(1).cpu();

@@ -194,7 +194,7 @@ public sealed class Trainer
                 }
 
                 var index = order.narrow(0, b * _o.BatchSize, _o.BatchSize);
-                var (x, y) = Batch(_train, index);
+                var (x, y) = _train.Batch(index, _o.Normalization, _o.Device);
                 optimizer.zero_grad();
                 var loss = nn.functional.cross_entropy(model.call(x), y, label_smoothing: _o.LabelSmoothing);
                 double value = loss.item<float>();
@@ -248,36 +248,13 @@ public sealed class Trainer
     }
 
     /// <summary>Top-1 accuracy of <paramref name="model"/> on the test set (eval mode, no gradients).</summary>
-    public double Evaluate(RepLKNetModel model)
-    {
-        ArgumentNullException.ThrowIfNull(model);
-        model.eval();
-        using var noGrad = no_grad();
-        long correct = 0;
-        for (long start = 0; start < _test.Count; start += _o.BatchSize)
-        {
-            using var scope = NewDisposeScope();
-            long n = Math.Min(_o.BatchSize, _test.Count - start);
-            var (x, y) = Batch(_test, arange(start, start + n, dtype: int64));
-            correct += model.call(x).argmax(1).eq(y).sum().item<long>();
-        }
-
-        return (double)correct / _test.Count;
-    }
+    public double Evaluate(RepLKNetModel model) => Evaluation.Run(model, _test, _o.Normalization, _o.BatchSize, _o.Device).Top1;
 
     /// <summary>The permutation of training indices for <paramref name="epoch"/>: a function of (seed, epoch) only.</summary>
     public Tensor EpochOrder(int epoch)
     {
         var generator = new Generator((ulong)(_o.Seed * 1_000_003 + epoch));
         return randperm(_train.Count, generator: generator);
-    }
-
-    private (Tensor X, Tensor Y) Batch(ImageTensorDataset data, Tensor index)
-    {
-        var (mean, std) = _o.Normalization;
-        var x = data.Images.index_select(0, index).to(float32).div_(255.0).sub_(mean).div_(std).to(_o.Device);
-        var y = data.Labels.index_select(0, index).to(_o.Device);
-        return (x, y);
     }
 
     private void Save(RepLKNetModel model, ModelEma? ema, OptimizerHelper optimizer, CheckpointMetadata metadata, long step, double best, List<EpochMetrics> history)

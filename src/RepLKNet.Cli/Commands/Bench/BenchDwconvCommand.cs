@@ -115,8 +115,7 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
 
         if (settings.Threads is int threads)
         {
-            torch.set_num_threads(threads);
-            DepthwiseConv2d.Threads = threads;
+            TorchRuntime.SetThreads(threads);
         }
 
         int threadCount = torch.get_num_threads();

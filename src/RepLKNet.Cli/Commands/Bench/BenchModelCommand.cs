@@ -79,8 +79,7 @@ public sealed class BenchModelCommand(IAnsiConsole console) : Command<BenchModel
 
         if (settings.Threads is int threads)
         {
-            torch.set_num_threads(threads);
-            DepthwiseConv2d.Threads = threads;
+            TorchRuntime.SetThreads(threads);
         }
 
         int resolution = settings.Resolution ?? ModelRegistry.Find(settings.Arch)?.Pretrained.InputSize.H ?? 224;
