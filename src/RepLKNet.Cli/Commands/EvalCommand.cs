@@ -18,7 +18,7 @@ public sealed class EvalCommand(IAnsiConsole console) : Command<EvalCommand.Sett
     {
         /// <summary>Dataset.</summary>
         [CommandOption("--dataset <NAME>")]
-        [Description("fashion-mnist or cifar10 (its test split).")]
+        [Description("fashion-mnist or cifar10 (their test split), or folder (its val/ folder, or the held-out part of --val-split).")]
         [DefaultValue("fashion-mnist")]
         public string Dataset { get; init; } = "fashion-mnist";
 
@@ -26,6 +26,23 @@ public sealed class EvalCommand(IAnsiConsole console) : Command<EvalCommand.Sett
         [CommandOption("--data <DIR>")]
         [Description("Folder with the dataset files.")]
         public string? Data { get; init; }
+
+        /// <summary>Held-out fraction.</summary>
+        [CommandOption("--val-split <FRACTION>")]
+        [DefaultValue(0.1)]
+        [Description("folder without train/ and val/: the held-out fraction (use the training run's value and --seed).")]
+        public double ValSplit { get; init; } = 0.1;
+
+        /// <summary>Split seed.</summary>
+        [CommandOption("--seed <SEED>")]
+        [DefaultValue(0L)]
+        [Description("folder without train/ and val/: the seed of the split (the training run's).")]
+        public long Seed { get; init; }
+
+        /// <summary>Input size.</summary>
+        [CommandOption("--input-size <PX>")]
+        [Description("Input size (default: the checkpoint's recorded preprocessing, else the dataset's size or 224).")]
+        public int? InputSize { get; init; }
 
         /// <summary>Batch size.</summary>
         [CommandOption("--batch-size <B>")]
@@ -52,18 +69,33 @@ public sealed class EvalCommand(IAnsiConsole console) : Command<EvalCommand.Sett
         var loaded = ModelLoader.Load(settings.Weights!, settings.LoadOptions);
         using var model = loaded.Model;
         model.to(runtime.Device);
-        var (data, normalization) = settings.Dataset.ToLowerInvariant() switch
+        DatasetSplits splits;
+        try
         {
-            "fashion-mnist" or "fmnist" => (FashionMnist.Load(settings.Data, "test"), FashionMnist.Normalization),
-            "cifar10" or "cifar-10" => (Cifar10.Load(settings.Data).Test, Cifar10.Normalization),
-            _ => throw new UsageException($"--dataset '{settings.Dataset}': use fashion-mnist or cifar10"),
-        };
-        using (data)
+            splits = Datasets.Open(settings.Dataset, settings.Data, settings.ValSplit, model.Config.InChannels, settings.Seed);
+        }
+        catch (DatasetException e) when (e.Message.StartsWith("--dataset", StringComparison.Ordinal))
         {
-            var r = Evaluation.Run(model, data, normalization, settings.BatchSize, runtime.Device);
+            throw new UsageException(e.Message);
+        }
+
+        using (splits)
+        {
+            var data = splits.Test;
+            var pre = loaded.Metadata?.Preprocessing;
+            var normalization = pre is not null ? new Normalization(pre.Mean, pre.Std) : splits.Normalization;
+            int size = settings.InputSize ?? pre?.InputSize ?? data.FixedSize?.Height ?? splits.Defaults.InputSize ?? 224;
+            var pipeline = new Data.Transforms.SamplePipeline(new Data.Transforms.AugmentOptions { CropPct = pre?.CropPct ?? splits.Defaults.CropPct },
+                normalization, data.Channels, size);
+            var r = Evaluation.Run(model, data, pipeline, settings.BatchSize, runtime.Device);
+            if (r.Skipped.Count > 0)
+            {
+                Console.Error.WriteLine($"skipped {r.Skipped.Count} unreadable image(s), e.g. {r.Skipped[0].Source}: {r.Skipped[0].Reason}");
+            }
+
             var names = loaded.Metadata?.ClassNames ?? data.ClassNames;
             console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"{loaded.Arch} ({loaded.Form.ToString().ToLowerInvariant()} form) on {r.Count:N0} {settings.Dataset} test images: top-1 {r.Top1:P2}  top-5 {r.Top5:P2}  loss {r.Loss:F4}"));
+                $"{loaded.Arch} ({loaded.Form.ToString().ToLowerInvariant()} form) on {r.Count:N0} {splits.Name} {(splits.Name == "folder" ? "validation" : "test")} images: top-1 {r.Top1:P2}  top-5 {r.Top5:P2}  loss {r.Loss:F4}"));
             var table = new Table().AddColumn("true \\ predicted");
             for (int j = 0; j < names.Count; j++)
             {

@@ -2,6 +2,7 @@ using System.ComponentModel;
 using System.Globalization;
 using RepLKNet.Checkpoints;
 using RepLKNet.Data;
+using RepLKNet.Data.Transforms;
 using RepLKNet.Models;
 using RepLKNet.Runtime;
 using Spectre.Console;
@@ -38,10 +39,21 @@ public sealed class PredictCommand(IAnsiConsole console) : Command<PredictComman
         model.to(runtime.Device);
         var variant = ModelRegistry.Find(loaded.Arch);
         var pretrained = variant?.Pretrained;
-        int size = settings.InputSize ?? pretrained?.InputSize.H ?? 224;
-        (double R, double G, double B) mean = pretrained?.Mean ?? (0.485, 0.456, 0.406);
-        (double R, double G, double B) std = pretrained?.Std ?? (0.229, 0.224, 0.225);
+        var pre = loaded.Metadata?.Preprocessing;
+        int size = settings.InputSize ?? pre?.InputSize ?? pretrained?.InputSize.H ?? 224;
         int channels = model.Config.InChannels;
+        Normalization normalization = pre is not null
+            ? new Normalization(pre.Mean, pre.Std)
+            : pretrained is { } p
+                ? new Normalization([p.Mean.R, p.Mean.G, p.Mean.B], [p.Std.R, p.Std.G, p.Std.B])
+                : Normalization.ImageNet;
+        if (normalization.Mean.Count == 3 && channels == 1)
+        {
+            normalization = new Normalization([normalization.Mean.Average()], [normalization.Std.Average()]);
+        }
+
+        // The checkpoint's eval transform: short side to size / crop_pct (bicubic), centre crop; same-size images as they are.
+        var pipeline = new SamplePipeline(new AugmentOptions { CropPct = pre?.CropPct ?? 0.875 }, normalization, channels, size);
         var names = loaded.Metadata?.ClassNames;
         var files = ImageDecoder.Expand(settings.Images);
         if (files.Count == 0)
@@ -49,13 +61,18 @@ public sealed class PredictCommand(IAnsiConsole console) : Command<PredictComman
             throw new UsageException("no images: give image files or folders holding some");
         }
 
-        var meanT = tensor(new[] { mean.R, mean.G, mean.B }.Take(channels).ToArray(), dtype: float32).view(channels, 1, 1);
-        var stdT = tensor(new[] { std.R, std.G, std.B }.Take(channels).ToArray(), dtype: float32).view(channels, 1, 1);
         using var noGrad = no_grad();
         foreach (var file in files)
         {
             using var scope = NewDisposeScope();
-            var x = ((ImageDecoder.Load(file, channels, size, size).to(float32) / 255.0 - meanT) / stdT).unsqueeze(0).to(runtime.Device);
+            if (!File.Exists(file))
+            {
+                throw new DatasetException($"'{file}': no such image");
+            }
+
+            var sample = new float[pipeline.SampleLength];
+            pipeline.Eval(ImageDecoder.Decode(file, channels), sample);
+            var x = tensor(sample, [1, channels, size, size]).to(runtime.Device);
             var probabilities = nn.functional.softmax(model.call(x), 1).squeeze(0).cpu();
             int k = (int)Math.Min(5, probabilities.shape[0]);
             var (values, indexes) = probabilities.topk(k);

@@ -2,6 +2,7 @@ using System.ComponentModel;
 using System.Globalization;
 using RepLKNet.Checkpoints;
 using RepLKNet.Data;
+using RepLKNet.Data.Transforms;
 using RepLKNet.Models;
 using RepLKNet.Ops;
 using RepLKNet.Reparam;
@@ -22,7 +23,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
     {
         /// <summary>Dataset.</summary>
         [CommandOption("--dataset <NAME>")]
-        [Description("fashion-mnist or cifar10.")]
+        [Description("fashion-mnist, cifar10, or folder (one sub-folder of images per class; --data DIR).")]
         [DefaultValue("fashion-mnist")]
         public string Dataset { get; init; } = "fashion-mnist";
 
@@ -30,6 +31,100 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         [CommandOption("--data <DIR>")]
         [Description("Folder with the dataset files (default: $REPLKNET_DATA, then the Debian package folder).")]
         public string? Data { get; init; }
+
+        /// <summary>Held-out fraction of a folder without train/ and val/.</summary>
+        [CommandOption("--val-split <FRACTION>")]
+        [DefaultValue(0.1)]
+        [Description("folder: fraction of each class held out for validation when there are no train/ and val/ folders.")]
+        public double ValSplit { get; init; } = 0.1;
+
+        /// <summary>Channels of folder images.</summary>
+        [CommandOption("--channels <C>")]
+        [DefaultValue(3)]
+        [Description("folder: decode images as 3 (RGB) or 1 (grey) channels.")]
+        public int Channels { get; init; } = 3;
+
+        /// <summary>Input size.</summary>
+        [CommandOption("--input-size <PX>")]
+        [Description("Square network input (default: 28 Fashion-MNIST, 32 CIFAR-10, 224 folder).")]
+        public int? InputSize { get; init; }
+
+        /// <summary>Augmentation preset.</summary>
+        [CommandOption("--aug <PRESET>")]
+        [Description("default (per dataset), none, or official (RandomResizedCrop, flip, RandAugment, RandomErasing, Mixup/CutMix); the options below override it.")]
+        [DefaultValue("default")]
+        public string Aug { get; init; } = "default";
+
+        /// <summary>RandomResizedCrop scale.</summary>
+        [CommandOption("--crop-scale <MIN,MAX>")]
+        [Description("RandomResizedCrop area range, e.g. 0.08,1 (bicubic); 'none' turns random crops off.")]
+        public string? CropScale { get; init; }
+
+        /// <summary>Flip probability.</summary>
+        [CommandOption("--hflip <P>")]
+        [Description("Horizontal flip probability.")]
+        public double? HFlip { get; init; }
+
+        /// <summary>RandAugment.</summary>
+        [CommandOption("--randaug <SPEC>")]
+        [Description("RandAugment string (timm's), e.g. rand-m9-mstd0.5-inc1; 'none' turns it off.")]
+        public string? RandAug { get; init; }
+
+        /// <summary>RandomErasing.</summary>
+        [CommandOption("--reprob <P>")]
+        [Description("RandomErasing probability (pixel mode).")]
+        public double? ReProb { get; init; }
+
+        /// <summary>Mixup α.</summary>
+        [CommandOption("--mixup <ALPHA>")]
+        [Description("Mixup α (0 off; official 0.8).")]
+        public double? Mixup { get; init; }
+
+        /// <summary>CutMix α.</summary>
+        [CommandOption("--cutmix <ALPHA>")]
+        [Description("CutMix α (0 off; official 1.0).")]
+        public double? CutMix { get; init; }
+
+        /// <summary>Label smoothing.</summary>
+        [CommandOption("--smoothing <S>")]
+        [Description("Label smoothing (default 0.1).")]
+        public double? Smoothing { get; init; }
+
+        /// <summary>Eval crop.</summary>
+        [CommandOption("--crop-pct <F>")]
+        [Description("Eval: resize the short side to size / F, centre crop (default 0.875).")]
+        public double? CropPct { get; init; }
+
+        /// <summary>Drop path.</summary>
+        [CommandOption("--drop-path <RATE>")]
+        [Description("Stochastic depth rate (default: the architecture's).")]
+        public double? DropPath { get; init; }
+
+        /// <summary>Gradient accumulation.</summary>
+        [CommandOption("--accum-steps <N>")]
+        [DefaultValue(1)]
+        [Description("Micro-batches per optimizer step (official update_freq); effective batch = batch size × N.")]
+        public int AccumSteps { get; init; } = 1;
+
+        /// <summary>Gradient clipping.</summary>
+        [CommandOption("--clip-grad <NORM>")]
+        [Description("Clip the global gradient norm (off by default, as in the official recipe).")]
+        public double? ClipGrad { get; init; }
+
+        /// <summary>Layer-wise lr decay.</summary>
+        [CommandOption("--layer-decay <D>")]
+        [Description("Layer-wise learning-rate decay for fine-tuning (official: 0.7).")]
+        public double? LayerDecay { get; init; }
+
+        /// <summary>Fine-tuning weights.</summary>
+        [CommandOption("--weights <FILE>")]
+        [Description("Start from these weights (any checkpoint format, train form); a classifier of another size is skipped.")]
+        public string? Weights { get; init; }
+
+        /// <summary>Loader threads.</summary>
+        [CommandOption("--workers <N>")]
+        [Description("Background threads preparing batches (default: cores, at most 4).")]
+        public int? Workers { get; init; }
 
         /// <summary>Epochs.</summary>
         [CommandOption("--epochs <E>")]
@@ -118,9 +213,24 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
                 return ValidationResult.Error("--epochs, --batch-size and --lr must be positive; --min-lr, --warmup-epochs, --weight-decay ≥ 0; --ema-decay in [0, 1)");
             }
 
-            if (MaxSteps is <= 0 || TrainSubset is <= 0 || SaveEvery is <= 0 || Threads is <= 0)
+            if (MaxSteps is <= 0 || TrainSubset is <= 0 || SaveEvery is <= 0 || Threads is <= 0 || Workers is <= 0 || AccumSteps <= 0 || InputSize is <= 0)
             {
-                return ValidationResult.Error("--max-steps, --train-subset, --save-every and --threads must be positive");
+                return ValidationResult.Error("--max-steps, --train-subset, --save-every, --threads, --workers, --accum-steps and --input-size must be positive");
+            }
+
+            if (ClipGrad is <= 0 || LayerDecay is <= 0 or > 1 || DropPath is < 0 or >= 1 || ValSplit is <= 0 or >= 1)
+            {
+                return ValidationResult.Error("--clip-grad must be positive, --layer-decay in (0, 1], --drop-path in [0, 1), --val-split in (0, 1)");
+            }
+
+            if (Aug is not ("default" or "none" or "official"))
+            {
+                return ValidationResult.Error($"--aug '{Aug}': use default, none or official");
+            }
+
+            if (!Datasets.Names.Contains(Dataset.ToLowerInvariant()) && Dataset.ToLowerInvariant() is not ("fmnist" or "cifar-10" or "imagefolder"))
+            {
+                return ValidationResult.Error($"--dataset '{Dataset}': use {string.Join(", ", Datasets.Names)}");
             }
 
             return base.Validate();
@@ -138,84 +248,174 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         }
 
         var (name, config) = ModelRegistry.Resolve(settings.Arch ?? "RepLKNet-FMNIST");
-        var (train, test, normalization) = LoadData(settings);
-        using (train)
-        using (test)
+        using var data = Datasets.Open(settings.Dataset, settings.Data, settings.ValSplit, settings.Channels, settings.Seed);
+        var train = settings.TrainSubset is int subset ? Subset(data.Train, subset) : data.Train;
+        using var trainSubset = !ReferenceEquals(train, data.Train) ? train as IDisposable : null;
+        config = config with { NumClasses = train.ClassNames.Count, OutIndices = null, InChannels = train.Channels };
+        if (settings.DropPath is double dropPath)
         {
-            config = config with { NumClasses = train.ClassNames.Count, OutIndices = null, InChannels = (int)train.Images.shape[1] };
-            if (settings.NumClasses is int n && n != train.ClassNames.Count)
-            {
-                throw new UsageException($"--num-classes {n} does not match the dataset's {train.ClassNames.Count} classes");
-            }
+            config = config with { DropPathRate = dropPath };
+        }
 
-            var options = new TrainOptions
+        if (settings.NumClasses is int n && n != train.ClassNames.Count)
+        {
+            throw new UsageException($"--num-classes {n} does not match the dataset's {train.ClassNames.Count} classes");
+        }
+
+        var augment = Augmentation(settings, data);
+        var options = new TrainOptions
+        {
+            Arch = name, Config = config, OutDir = settings.Out, Epochs = settings.Epochs, BatchSize = settings.BatchSize,
+            LearningRate = settings.Lr, MinLearningRate = settings.MinLr, WarmupEpochs = Math.Min(settings.WarmupEpochs, settings.Epochs),
+            WeightDecay = settings.WeightDecay, EmaDecay = settings.EmaDecay, Seed = settings.Seed, MaxSteps = settings.MaxSteps,
+            SaveEvery = settings.SaveEvery, Resume = settings.Resume, Normalization = data.Normalization, Device = runtime.Device,
+            Augment = augment, AccumulationSteps = settings.AccumSteps, ClipGradNorm = settings.ClipGrad, LayerDecay = settings.LayerDecay,
+            InitialWeights = settings.Weights, Workers = settings.Workers ?? LoaderPlan.DefaultWorkers,
+        };
+        Trainer trainer;
+        try
+        {
+            trainer = new Trainer(options, train, data.Test);
+        }
+        catch (ArgumentException e)
+        {
+            throw new UsageException(e.Message);
+        }
+
+        var output = console.Profile.Out.Writer;
+        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]train[/] {0} on {1}: {2:N0} training / {3:N0} test images, {4} epochs × {5} steps, batch {6}{7}, {8}, {9} threads, {10} loader workers → {11}",
+            Markup.Escape(name), Markup.Escape(data.Name), train.Count, data.Test.Count, settings.Epochs, trainer.StepsPerEpoch, settings.BatchSize,
+            settings.AccumSteps > 1 ? $" × {settings.AccumSteps} accumulated" : "", runtime.Device, torch.get_num_threads(), options.Workers, Markup.Escape(settings.Out));
+        console.MarkupLine($"  data: {Markup.Escape(augment.Describe(trainer.Pipeline.Size))}; {Markup.Escape(data.Normalization.ToString())}");
+        var history = new List<EpochMetrics>();
+        var started = DateTime.UtcNow;
+        void EpochLine(EpochMetrics m) => output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"epoch {m.Epoch,3}/{settings.Epochs}: loss {m.TrainLoss:F4}  lr {m.LearningRate:0.00e+00}  test top-1 {m.Top1:P2}  EMA {m.EmaTop1:P2}  {m.ImagesPerSecond:F0} images/s  {m.Seconds:F0} s{(m.Skipped > 0 ? $"  ({m.Skipped} unreadable skipped)" : "")}"));
+        void Notice(string text) => output.WriteLine(text);
+        if (Console.IsOutputRedirected || !console.Profile.Capabilities.Interactive)
+        {
+            // Logs and pipes get plain lines: one every 100 steps and one per epoch.
+            history = trainer.Run(EpochLine, p =>
             {
-                Arch = name, Config = config, OutDir = settings.Out, Epochs = settings.Epochs, BatchSize = settings.BatchSize,
-                LearningRate = settings.Lr, MinLearningRate = settings.MinLr, WarmupEpochs = Math.Min(settings.WarmupEpochs, settings.Epochs),
-                WeightDecay = settings.WeightDecay, EmaDecay = settings.EmaDecay, Seed = settings.Seed, MaxSteps = settings.MaxSteps,
-                SaveEvery = settings.SaveEvery, Resume = settings.Resume, Normalization = normalization, Device = runtime.Device,
-            };
-            var trainer = new Trainer(options, train, test);
-            console.MarkupLine(CultureInfo.InvariantCulture, "[bold]train[/] {0} on {1}: {2:N0} training / {3:N0} test images, {4} epochs × {5} steps, batch {6}, {7}, {8} threads → {9}",
-                Markup.Escape(name), Markup.Escape(settings.Dataset), train.Count, test.Count, settings.Epochs, trainer.StepsPerEpoch, settings.BatchSize,
-                runtime.Device, torch.get_num_threads(), Markup.Escape(settings.Out));
-            var history = new List<EpochMetrics>();
-            var started = DateTime.UtcNow;
-            void EpochLine(EpochMetrics m) => console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"epoch {m.Epoch,3}/{settings.Epochs}: loss {m.TrainLoss:F4}  lr {m.LearningRate:0.00e+00}  test top-1 {m.Top1:P2}  EMA {m.EmaTop1:P2}  {m.ImagesPerSecond:F0} images/s  {m.Seconds:F0} s"));
-            if (Console.IsOutputRedirected || !console.Profile.Capabilities.Interactive)
-            {
-                // Logs and pipes get plain lines: one every 100 steps and one per epoch.
-                history = trainer.Run(EpochLine, (step, loss, lr) =>
+                if (p.Step % 100 == 0)
                 {
-                    if (step % 100 == 0)
-                    {
-                        console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                            $"  step {step}: loss {loss:F4}  lr {lr:0.00e+00}"));
-                    }
-                }, cancellationToken);
-            }
-            else
-            {
-                console.Progress().AutoClear(true).Start(ctx =>
+                    output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"  step {p.Step}/{p.TotalSteps}: loss {p.Loss:F4}  lr {p.LearningRate:0.00e+00}  {p.ImagesPerSecond:F0} images/s  ETA {Eta(p.Remaining)}"));
+                }
+            }, Notice, cancellationToken);
+        }
+        else
+        {
+            console.Progress().AutoClear(true).Columns(
+                new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn(), new SpinnerColumn())
+                .Start(ctx =>
                 {
-                    var task = ctx.AddTask("epoch 1", maxValue: trainer.StepsPerEpoch);
+                    var epochTask = ctx.AddTask("epoch", maxValue: trainer.StepsPerEpoch);
+                    var runTask = ctx.AddTask("run", maxValue: trainer.TotalSteps);
                     history = trainer.Run(
                         m =>
                         {
                             EpochLine(m);
-                            task.Value = 0;
-                            task.Description = $"epoch {m.Epoch + 1}";
+                            epochTask.Value = 0;
                         },
-                        (step, loss, lr) =>
+                        p =>
                         {
-                            task.Value = (step - 1) % trainer.StepsPerEpoch + 1;
-                            task.Description = string.Create(CultureInfo.InvariantCulture, $"epoch {(step - 1) / trainer.StepsPerEpoch + 1} loss {loss:F3} lr {lr:0.0e+00}");
+                            epochTask.Value = p.StepInEpoch;
+                            epochTask.Description = string.Create(CultureInfo.InvariantCulture,
+                                $"epoch {p.Epoch}/{settings.Epochs}  loss {p.Loss:F3}  lr {p.LearningRate:0.0e+00}  {p.ImagesPerSecond:F0} img/s");
+                            runTask.Value = p.Step;
+                            runTask.Description = $"run (ETA {Eta(p.Remaining)})";
                         },
+                        Notice,
                         cancellationToken);
                 });
-            }
+        }
 
-            if (history.Count > 0)
-            {
-                TrainPlots.Curves(history, Path.Combine(settings.Out, "curves.png"), name);
-                Finish(trainer, history, config, name, settings, started, (int)test.Images.shape[2], (int)test.Images.shape[3]);
-            }
-            else
-            {
-                console.MarkupLine($"stopped inside the first epoch; resume with [bold]--resume --out {Markup.Escape(settings.Out)}[/]");
-            }
+        if (history.Count > 0)
+        {
+            TrainPlots.Curves(history, Path.Combine(settings.Out, "curves.png"), name);
+            Finish(trainer, history, config, name, settings, started);
+        }
+        else
+        {
+            console.MarkupLine($"stopped inside the first epoch; resume with [bold]--resume --out {Markup.Escape(settings.Out)}[/]");
         }
 
         return ExitCodes.Success;
     }
 
-    private void Finish(Trainer trainer, List<EpochMetrics> history, RepLKNetConfig config, string name, Settings settings, DateTime started, int height, int width)
+    private static string Eta(TimeSpan t) => t.TotalHours >= 1 ? $"{(int)t.TotalHours}h{t.Minutes:D2}m" : $"{t.Minutes}m{t.Seconds:D2}s";
+
+    /// <summary>The dataset's defaults (or a preset), with every option the user gave applied on top.</summary>
+    private static AugmentOptions Augmentation(Settings settings, DatasetSplits data)
+    {
+        var a = settings.Aug switch
+        {
+            "none" => new AugmentOptions { LabelSmoothing = 0.1 },
+            "official" => AugmentOptions.Official(data.Defaults.InputSize ?? data.Train.FixedSize?.Height ?? 224),
+            _ => data.Defaults,
+        };
+        if (settings.Aug == "official" && data.Train.FixedSize is { } native)
+        {
+            a = a with { InputSize = native.Height };
+        }
+
+        if (settings.InputSize is int size)
+        {
+            a = a with { InputSize = size };
+        }
+
+        if (settings.CropScale is { } crop)
+        {
+            a = a with { CropScale = crop.Equals("none", StringComparison.OrdinalIgnoreCase) ? null : ParsePair("--crop-scale", crop) };
+        }
+
+        if (settings.HFlip is double flip)
+        {
+            a = a with { HorizontalFlip = flip };
+        }
+
+        if (settings.RandAug is { } ra)
+        {
+            a = a with { RandAugment = ra.Equals("none", StringComparison.OrdinalIgnoreCase) ? null : ra };
+        }
+
+        a = a with
+        {
+            EraseProbability = settings.ReProb ?? a.EraseProbability, Mixup = settings.Mixup ?? a.Mixup, CutMix = settings.CutMix ?? a.CutMix,
+            LabelSmoothing = settings.Smoothing ?? a.LabelSmoothing, CropPct = settings.CropPct ?? a.CropPct,
+        };
+        try
+        {
+            a.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            throw new UsageException(e.Message);
+        }
+
+        return a;
+    }
+
+    private static (double, double) ParsePair(string option, string text)
+    {
+        var parts = text.Split(',');
+        if (parts.Length == 2 && double.TryParse(parts[0], NumberStyles.Float, CultureInfo.InvariantCulture, out double lo) &&
+            double.TryParse(parts[1], NumberStyles.Float, CultureInfo.InvariantCulture, out double hi))
+        {
+            return (lo, hi);
+        }
+
+        throw new UsageException($"{option} '{text}': expected MIN,MAX (e.g. 0.08,1) or none");
+    }
+
+    private void Finish(Trainer trainer, List<EpochMetrics> history, RepLKNetConfig config, string name, Settings settings, DateTime started)
     {
         // Re-parameterize the best model, verify it, and save the deploy checkpoint beside the training one.
         using var best = ModelLoader.Load(trainer.BestCheckpoint, new ModelLoadOptions()).Model;
         using var deploy = Reparameterizer.ReparameterizedCopy(best);
-        var probe = randn([4, config.InChannels, height, width], generator: new Generator(1));
+        int size = trainer.Pipeline.Size;
+        var probe = randn([4, config.InChannels, size, size], generator: new Generator(1));
         var report = EquivalenceCheck.Compare(best, deploy, probe);
         string deployPath = Path.Combine(settings.Out, "best-deploy.safetensors");
         if (report.RelativeEndToEnd > ReparamCommand.Tolerance)
@@ -239,31 +439,28 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         }
     }
 
-    private static (ImageTensorDataset Train, ImageTensorDataset Test, (double Mean, double Std) Normalization) LoadData(Settings settings)
+    private static IImageDataset Subset(IImageDataset data, int count) => data switch
     {
-        switch (settings.Dataset.ToLowerInvariant())
-        {
-            case "fashion-mnist" or "fmnist":
-                var train = FashionMnist.Load(settings.Data, "train");
-                var test = FashionMnist.Load(settings.Data, "test");
-                return (Subset(train, settings.TrainSubset), test, FashionMnist.Normalization);
-            case "cifar10" or "cifar-10":
-                var (ctrain, ctest) = Cifar10.Load(settings.Data);
-                return (Subset(ctrain, settings.TrainSubset), ctest, Cifar10.Normalization);
-            default:
-                throw new UsageException($"--dataset '{settings.Dataset}': use fashion-mnist or cifar10");
-        }
-    }
+        _ when count >= data.Count => data,
+        ImageTensorDataset t => t.Take(count),
+        _ => new SubsetDataset(data, count),
+    };
 
-    private static ImageTensorDataset Subset(ImageTensorDataset data, int? count)
+    /// <summary>The first N images of a dataset.</summary>
+    private sealed class SubsetDataset(IImageDataset inner, long count) : IImageDataset
     {
-        if (count is not int n || n >= data.Count)
-        {
-            return data;
-        }
+        public long Count => count;
 
-        var subset = new ImageTensorDataset(data.Images.narrow(0, 0, n).clone(), data.Labels.narrow(0, 0, n).clone(), data.ClassNames);
-        data.Dispose();
-        return subset;
+        public IReadOnlyList<string> ClassNames => inner.ClassNames;
+
+        public int Channels => inner.Channels;
+
+        public (int Height, int Width)? FixedSize => inner.FixedSize;
+
+        public long Label(long index) => inner.Label(index);
+
+        public string Describe(long index) => inner.Describe(index);
+
+        public ImageU8 Read(long index) => inner.Read(index);
     }
 }

@@ -32,6 +32,30 @@ public static class AtomicFile
         }
     }
 
+    /// <summary>Forces every file in <paramref name="directory"/> to disk (before the folder is renamed into place).</summary>
+    public static void FlushDirectory(string directory)
+    {
+        foreach (var file in Directory.EnumerateFiles(directory))
+        {
+            using var stream = new FileStream(file, FileMode.Open, FileAccess.ReadWrite, FileShare.Read);
+            stream.Flush(flushToDisk: true);
+        }
+    }
+
+    /// <summary>Removes temporary files that an interrupted <see cref="Write"/> left in <paramref name="directory"/>.</summary>
+    public static void RemoveLeftovers(string directory)
+    {
+        if (!Directory.Exists(directory))
+        {
+            return;
+        }
+
+        foreach (var file in Directory.EnumerateFiles(directory, ".*.tmp"))
+        {
+            TryDelete(file);
+        }
+    }
+
     private static void TryDelete(string path)
     {
         try

@@ -27,8 +27,9 @@ public enum CheckpointFormat
 /// <param name="Form">Train, deploy or fused.</param>
 /// <param name="ClassNames">Names of the classifier's classes, if known.</param>
 /// <param name="TrainingState">Path of the training-state file (optimizer, schedule, epoch) this checkpoint belongs to, if any.</param>
+/// <param name="Preprocessing">How inputs were prepared in training (what predict/eval must do), if known.</param>
 public sealed record CheckpointMetadata(string Arch, RepLKNetConfig Config, ModelForm Form, IReadOnlyList<string>? ClassNames = null,
-    string? TrainingState = null)
+    string? TrainingState = null, Preprocessing? Preprocessing = null)
 {
     /// <summary>The value of the <c>format</c> metadata key that marks the project's files.</summary>
     public const string FormatTag = "replknet";
@@ -54,6 +55,11 @@ public sealed record CheckpointMetadata(string Arch, RepLKNetConfig Config, Mode
             d["training_state"] = TrainingState;
         }
 
+        if (Preprocessing is not null)
+        {
+            d["preprocessing"] = JsonSerializer.Serialize(Preprocessing, Preprocessing.JsonOptions);
+        }
+
         return d;
     }
 
@@ -71,14 +77,25 @@ public sealed record CheckpointMetadata(string Arch, RepLKNetConfig Config, Mode
             var config = RepLKNetConfig.FromJson(metadata["config"], $"'{path}' (metadata 'config')");
             var form = ModelForms.Parse(metadata["form"]);
             var classes = metadata.TryGetValue("class_names", out var c) ? JsonSerializer.Deserialize<string[]>(c) : null;
+            var preprocessing = metadata.TryGetValue("preprocessing", out var pre) ? JsonSerializer.Deserialize<Preprocessing>(pre, Preprocessing.JsonOptions) : null;
             return new CheckpointMetadata(metadata.GetValueOrDefault("arch", "custom"), config, form, classes,
-                metadata.GetValueOrDefault("training_state"));
+                metadata.GetValueOrDefault("training_state"), preprocessing);
         }
         catch (Exception e) when (e is KeyNotFoundException or JsonException or FormatException or ConfigException)
         {
             throw new CheckpointException($"'{path}' has damaged RepLKNet metadata: {e.Message}", e);
         }
     }
+}
+
+/// <summary>The eval-time input preparation a checkpoint was trained with.</summary>
+/// <param name="InputSize">Square input side.</param>
+/// <param name="Mean">Per-channel mean on [0, 1].</param>
+/// <param name="Std">Per-channel std on [0, 1].</param>
+/// <param name="CropPct">Centre-crop fraction of the eval transform.</param>
+public sealed record Preprocessing(int InputSize, double[] Mean, double[] Std, double CropPct)
+{
+    internal static readonly JsonSerializerOptions JsonOptions = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
 }
 
 /// <summary>A state dict read from a file, with where it came from.</summary>

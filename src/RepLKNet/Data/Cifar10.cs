@@ -5,8 +5,8 @@ namespace RepLKNet.Data;
 /// <summary>CIFAR-10 from its binary batches (<c>data_batch_1..5.bin</c>, <c>test_batch.bin</c>), as the official site ships them.</summary>
 public static class Cifar10
 {
-    /// <summary>Channel mean and std of the training images on [0, 1] (one value for all channels in this loader).</summary>
-    public static (double Mean, double Std) Normalization => (0.4734, 0.2516);
+    /// <summary>Per-channel mean and std of the training images on [0, 1].</summary>
+    public static Normalization Normalization { get; } = new([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]);
 
     /// <summary>Loads both splits from <paramref name="folder"/> (or <c>$REPLKNET_DATA/cifar-10-batches-bin</c>).</summary>
     public static (ImageTensorDataset Train, ImageTensorDataset Test) Load(string? folder)
@@ -60,6 +60,7 @@ public static class Cifar10
         return new ImageTensorDataset(
             tensor(pixels.ToArray(), [labels.Count, 3, 32, 32], dtype: ScalarType.Byte),
             tensor(labels.Select(b => (long)b).ToArray(), [labels.Count], dtype: int64),
-            Cifar10File.ClassNames);
+            Cifar10File.ClassNames,
+            "cifar10");
     }
 }

@@ -2,31 +2,6 @@ using static TorchSharp.torch;
 
 namespace RepLKNet.Data;
 
-/// <summary>One split of an in-memory image classification dataset: uint8 images (N, C, H, W) and int64 labels.</summary>
-/// <param name="Images">Images as uint8, NCHW.</param>
-/// <param name="Labels">Labels as int64, (N).</param>
-/// <param name="ClassNames">Class names in label order.</param>
-public sealed record ImageTensorDataset(Tensor Images, Tensor Labels, IReadOnlyList<string> ClassNames) : IDisposable
-{
-    /// <summary>Number of images.</summary>
-    public long Count => Labels.shape[0];
-
-    /// <summary>The images at <paramref name="index"/> as float32 (x/255 − mean)/std on <paramref name="device"/>, with their labels.</summary>
-    public (Tensor Images, Tensor Labels) Batch(Tensor index, (double Mean, double Std) normalization, Device device)
-    {
-        ArgumentNullException.ThrowIfNull(index);
-        var x = Images.index_select(0, index).to(float32).div_(255.0).sub_(normalization.Mean).div_(normalization.Std).to(device);
-        return (x, Labels.index_select(0, index).to(device));
-    }
-
-    /// <inheritdoc />
-    public void Dispose()
-    {
-        Images.Dispose();
-        Labels.Dispose();
-    }
-}
-
 /// <summary>
 /// Fashion-MNIST (Xiao et al., 2017): 60,000 training and 10,000 test 28×28 grey images of 10 clothing classes, in IDX
 /// files (gzip or not). Looked for in an explicit folder, then <c>$REPLKNET_DATA/fashion-mnist</c> and
@@ -45,7 +20,7 @@ public static class FashionMnist
         ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
     /// <summary>Per-channel mean and std of the training images on [0, 1].</summary>
-    public static (double Mean, double Std) Normalization => (0.2860, 0.3530);
+    public static Normalization Normalization { get; } = new([0.2860], [0.3530]);
 
     /// <summary>The folders searched, in order, for an optional explicit <paramref name="folder"/>.</summary>
     public static IReadOnlyList<string> SearchPath(string? folder)
@@ -96,7 +71,7 @@ public static class FashionMnist
 
             var imageTensor = tensor(pixels, [imageDims[0], 1, imageDims[1], imageDims[2]], dtype: ScalarType.Byte);
             var labelTensor = tensor(classes.Select(c => (long)c).ToArray(), [labelDims[0]], dtype: int64);
-            return new ImageTensorDataset(imageTensor, labelTensor, ClassNames);
+            return new ImageTensorDataset(imageTensor, labelTensor, ClassNames, $"fashion-mnist {prefix}");
         }
 
         throw new DatasetException(

@@ -50,6 +50,74 @@ public static class ImageDecoder
         return tensor(planes, [channels, height, width], dtype: ScalarType.Byte);
     }
 
+    /// <summary>
+    /// Decodes <paramref name="path"/> at its own size into a planar image of <paramref name="channels"/> channels
+    /// (3: RGB; 1: luminance 0.299 R + 0.587 G + 0.114 B). Transparent pixels are composited on black, as PIL's convert does.
+    /// </summary>
+    /// <exception cref="DatasetException">The file is missing, empty, truncated or not a decodable image.</exception>
+    public static ImageU8 Decode(string path, int channels)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        if (channels is not (1 or 3))
+        {
+            throw new ArgumentOutOfRangeException(nameof(channels), channels, "1 or 3 channels");
+        }
+
+        SKBitmap? decoded;
+        try
+        {
+            using var codec = SKCodec.Create(path) ?? throw new DatasetException($"'{path}' is not a readable image (PNG, JPEG, WebP, BMP or GIF)");
+            var info = new SKImageInfo(codec.Info.Width, codec.Info.Height, SKColorType.Rgba8888, SKAlphaType.Unpremul);
+            if (info.Width <= 0 || info.Height <= 0)
+            {
+                throw new DatasetException($"'{path}' has no pixels");
+            }
+
+            decoded = new SKBitmap(info);
+            var result = codec.GetPixels(info, decoded.GetPixels());
+            if (result is not SKCodecResult.Success)
+            {
+                // A truncated JPEG/PNG decodes partly (IncompleteInput): that is a damaged file, not an image to train on.
+                decoded.Dispose();
+                throw new DatasetException($"'{path}' could not be decoded ({result})");
+            }
+        }
+        catch (IOException e)
+        {
+            throw new DatasetException($"'{path}' could not be read: {e.Message}", e);
+        }
+        catch (UnauthorizedAccessException e)
+        {
+            throw new DatasetException($"'{path}' could not be read: {e.Message}", e);
+        }
+
+        using (decoded)
+        {
+            int h = decoded.Height, w = decoded.Width, plane = h * w;
+            var bytes = decoded.GetPixelSpan();
+            var image = new ImageU8(channels, h, w);
+            var p = image.Pixels;
+            for (int i = 0; i < plane; i++)
+            {
+                int a = bytes[4 * i + 3];
+                int r = bytes[4 * i] * a / 255, g = bytes[4 * i + 1] * a / 255, b = bytes[4 * i + 2] * a / 255;
+                if (channels == 1)
+                {
+                    // PIL's "L" conversion: (R·299 + G·587 + B·114) / 1000, rounded.
+                    p[i] = (byte)((r * 299 + g * 587 + b * 114 + 500) / 1000);
+                }
+                else
+                {
+                    p[i] = (byte)r;
+                    p[plane + i] = (byte)g;
+                    p[2 * plane + i] = (byte)b;
+                }
+            }
+
+            return image;
+        }
+    }
+
     /// <summary>Expands folders into their image files (sorted); files are kept as given.</summary>
     public static List<string> Expand(IEnumerable<string> paths)
     {

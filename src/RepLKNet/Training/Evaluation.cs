@@ -1,4 +1,5 @@
 using RepLKNet.Data;
+using RepLKNet.Data.Transforms;
 using RepLKNet.Models;
 using static TorchSharp.torch;
 
@@ -11,14 +12,16 @@ namespace RepLKNet.Training;
 /// <param name="Loss">Mean cross-entropy.</param>
 /// <param name="PerClass">Accuracy of each class (NaN for a class without images).</param>
 /// <param name="Confusion">Confusion matrix [true class, predicted class] of counts.</param>
-public sealed record EvaluationResult(long Count, double Top1, double Top5, double Loss, double[] PerClass, long[,] Confusion);
+/// <param name="Skipped">Images that could not be read (not counted).</param>
+public sealed record EvaluationResult(long Count, double Top1, double Top5, double Loss, double[] PerClass, long[,] Confusion, IReadOnlyList<SkippedImage> Skipped);
 
-/// <summary>Evaluates a classifier on an <see cref="ImageTensorDataset"/>.</summary>
+/// <summary>Evaluates a classifier on a labelled dataset through the eval pipeline (batches prepared in the background).</summary>
 public static class Evaluation
 {
     /// <summary>Runs <paramref name="model"/> (eval mode, no gradients) over <paramref name="data"/> in batches.</summary>
-    public static EvaluationResult Run(RepLKNetModel model, ImageTensorDataset data, (double Mean, double Std) normalization, int batchSize, Device device)
+    public static EvaluationResult Run(RepLKNetModel model, IImageDataset data, SamplePipeline pipeline, int batchSize, Device device, int? workers = null)
     {
+        ArgumentNullException.ThrowIfNull(pipeline);
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(data);
         int classes = model.Config.NumClasses ?? throw new InvalidOperationException("a backbone has no classifier to evaluate");
@@ -33,24 +36,45 @@ public static class Evaluation
         double lossSum = 0;
         var confusion = new long[classes, classes];
         int k = Math.Min(5, classes);
-        for (long start = 0; start < data.Count; start += batchSize)
+        var plan = new LoaderPlan
         {
-            using var scope = NewDisposeScope();
-            long n = Math.Min(batchSize, data.Count - start);
-            var (x, y) = data.Batch(arange(start, start + n, dtype: int64), normalization, device);
-            var logits = model.call(x);
-            lossSum += nn.functional.cross_entropy(logits, y, reduction: nn.Reduction.Sum).item<float>();
-            var predicted = logits.argmax(1).cpu();
-            var topk = logits.topk(k, 1).indexes;
-            top5 += topk.eq(y.unsqueeze(1)).any(1).sum().item<long>();
-            var truth = y.cpu();
-            top1 += predicted.eq(truth).sum().item<long>();
-            var p = predicted.data<long>().ToArray();
-            var t = truth.data<long>().ToArray();
-            for (int i = 0; i < p.Length; i++)
+            Order = [.. Enumerable.Range(0, checked((int)data.Count)).Select(i => (long)i)], BatchSize = batchSize,
+            Workers = workers ?? LoaderPlan.DefaultWorkers,
+        };
+        var skipped = new List<SkippedImage>();
+        long count = 0;
+        using (var loader = new BatchLoader(data, pipeline, new AugmentOptions(), plan))
+        {
+            foreach (var batch in loader.Batches())
             {
-                confusion[t[i], p[i]]++;
+                skipped.AddRange(batch.Skipped);
+                if (batch.Count == 0)
+                {
+                    continue;
+                }
+
+                using var scope = NewDisposeScope();
+                var x = tensor(batch.Images, [batch.Count, batch.Channels, batch.Size, batch.Size]).to(device);
+                var y = tensor(batch.Labels).to(device);
+                var logits = model.call(x);
+                lossSum += nn.functional.cross_entropy(logits, y, reduction: nn.Reduction.Sum).item<float>();
+                var predicted = logits.argmax(1).cpu();
+                var topk = logits.topk(k, 1).indexes;
+                top5 += topk.eq(y.unsqueeze(1)).any(1).sum().item<long>();
+                top1 += predicted.eq(y.cpu()).sum().item<long>();
+                var p = predicted.data<long>().ToArray();
+                for (int i = 0; i < p.Length; i++)
+                {
+                    confusion[batch.Labels[i], p[i]]++;
+                }
+
+                count += batch.Count;
             }
+        }
+
+        if (count == 0)
+        {
+            throw new DatasetException($"none of the {data.Count} evaluation images could be read (first: {skipped.FirstOrDefault()?.Reason})");
         }
 
         var perClass = new double[classes];
@@ -65,6 +89,6 @@ public static class Evaluation
             perClass[c] = total == 0 ? double.NaN : (double)confusion[c, c] / total;
         }
 
-        return new EvaluationResult(data.Count, (double)top1 / data.Count, (double)top5 / data.Count, lossSum / data.Count, perClass, confusion);
+        return new EvaluationResult(count, (double)top1 / count, (double)top5 / count, lossSum / count, perClass, confusion, skipped);
     }
 }

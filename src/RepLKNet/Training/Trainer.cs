@@ -4,6 +4,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using RepLKNet.Checkpoints;
 using RepLKNet.Data;
+using RepLKNet.Data.Transforms;
 using RepLKNet.Models;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -41,9 +42,6 @@ public sealed record TrainOptions
     /// <summary>AdamW weight decay (not applied to biases and 1-D parameters).</summary>
     public double WeightDecay { get; init; } = 0.05;
 
-    /// <summary>Label smoothing of the cross-entropy.</summary>
-    public double LabelSmoothing { get; init; } = 0.1;
-
     /// <summary>EMA decay; 0 disables the EMA.</summary>
     public double EmaDecay { get; init; } = 0.999;
 
@@ -60,7 +58,25 @@ public sealed record TrainOptions
     public bool Resume { get; init; }
 
     /// <summary>Per-channel normalization of [0, 1] inputs.</summary>
-    public required (double Mean, double Std) Normalization { get; init; }
+    public required Normalization Normalization { get; init; }
+
+    /// <summary>Train/eval pipelines and Mixup/CutMix (label smoothing lives here too).</summary>
+    public AugmentOptions Augment { get; init; } = new();
+
+    /// <summary>Micro-batches per optimizer step (the official <c>update_freq</c>); the loss is divided by it.</summary>
+    public int AccumulationSteps { get; init; } = 1;
+
+    /// <summary>Clip the global gradient norm to this value; null: no clipping (the official default).</summary>
+    public double? ClipGradNorm { get; init; }
+
+    /// <summary>Layer-wise learning-rate decay (fine-tuning; e.g. 0.7); null or 1: off.</summary>
+    public double? LayerDecay { get; init; }
+
+    /// <summary>Initial weights for fine-tuning (any readable checkpoint; a head of another size is skipped).</summary>
+    public string? InitialWeights { get; init; }
+
+    /// <summary>Background threads preparing batches.</summary>
+    public int Workers { get; init; } = LoaderPlan.DefaultWorkers;
 
     /// <summary>Device.</summary>
     public Device Device { get; init; } = CPU;
@@ -75,7 +91,23 @@ public sealed record TrainOptions
 /// <param name="EmaTop1">Test top-1 accuracy of the EMA model (NaN without EMA).</param>
 /// <param name="ImagesPerSecond">Training throughput.</param>
 /// <param name="Seconds">Wall time of the epoch.</param>
-public sealed record EpochMetrics(int Epoch, long Step, double TrainLoss, double LearningRate, double Top1, double EmaTop1, double ImagesPerSecond, double Seconds);
+/// <param name="Skipped">Unreadable training images skipped in the epoch.</param>
+/// <param name="DataWaitSeconds">Time the training loop waited for batches.</param>
+public sealed record EpochMetrics(int Epoch, long Step, double TrainLoss, double LearningRate, double Top1, double EmaTop1, double ImagesPerSecond, double Seconds,
+    long Skipped = 0, double DataWaitSeconds = 0);
+
+/// <summary>Progress of one optimizer step.</summary>
+/// <param name="Step">Optimizer steps done (1-based).</param>
+/// <param name="TotalSteps">Steps the run will take.</param>
+/// <param name="StepInEpoch">Steps done in this epoch.</param>
+/// <param name="StepsPerEpoch">Steps per epoch.</param>
+/// <param name="Epoch">Epoch (1-based).</param>
+/// <param name="Loss">Loss of the step.</param>
+/// <param name="LearningRate">Base learning rate of the step.</param>
+/// <param name="ImagesPerSecond">Throughput since the run (or resume) started.</param>
+/// <param name="Remaining">Estimated time to the end of training (evaluation included at the measured rate).</param>
+public sealed record StepProgress(long Step, long TotalSteps, long StepInEpoch, long StepsPerEpoch, int Epoch, double Loss, double LearningRate,
+    double ImagesPerSecond, TimeSpan Remaining);
 
 /// <summary>The training loss became NaN or infinite; the last good checkpoint is intact.</summary>
 public sealed class NonFiniteLossException : Exception
@@ -99,10 +131,12 @@ public sealed class NonFiniteLossException : Exception
 }
 
 /// <summary>
-/// Supervised training with the official recipe's core: AdamW with the no-decay groups, per-iteration warm-up + cosine
-/// learning rate, label-smoothed cross-entropy, drop path, weight EMA, evaluation each epoch, atomic checkpoints
-/// (model, EMA, optimizer, position) and exact resumption: the data order is a function of (seed, epoch), so a resumed
-/// run skips the batches it has already seen.
+/// Supervised training with the official recipe: AdamW with the no-decay groups (and optional layer-wise lr decay),
+/// per-iteration warm-up + cosine learning rate, label-smoothed or soft-target (Mixup/CutMix) cross-entropy, gradient
+/// accumulation and clipping, drop path, weight EMA, evaluation each epoch, and atomic checkpoints. Resumption is exact:
+/// the data order and every augmentation draw are functions of (seed, epoch, position), libtorch's generator (drop path) is
+/// saved, and each checkpoint's resume files live in one folder that <c>state.json</c> points at, so a process killed at any
+/// moment leaves a consistent state behind.
 /// </summary>
 public sealed class Trainer
 {
@@ -112,11 +146,13 @@ public sealed class Trainer
         NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals,
     };
     private readonly TrainOptions _o;
-    private readonly ImageTensorDataset _train;
-    private readonly ImageTensorDataset _test;
+    private readonly IImageDataset _train;
+    private readonly IImageDataset _test;
+    private readonly SamplePipeline _pipeline;
 
-    /// <summary>Creates a trainer over <paramref name="train"/> and <paramref name="test"/> (uint8 NCHW images).</summary>
-    public Trainer(TrainOptions options, ImageTensorDataset train, ImageTensorDataset test)
+    /// <summary>Creates a trainer over <paramref name="train"/> and <paramref name="test"/>.</summary>
+    /// <exception cref="DatasetException">A set is empty, or the sets disagree on classes or channels.</exception>
+    public Trainer(TrainOptions options, IImageDataset train, IImageDataset test)
     {
         _o = options ?? throw new ArgumentNullException(nameof(options));
         _train = train ?? throw new ArgumentNullException(nameof(train));
@@ -125,7 +161,35 @@ public sealed class Trainer
         {
             throw new DatasetException("the training or test set holds no images");
         }
+
+        if (!_train.ClassNames.SequenceEqual(_test.ClassNames) || _train.Channels != _test.Channels)
+        {
+            throw new DatasetException("the training and test sets have different classes or channels");
+        }
+
+        if (_o.AccumulationSteps < 1)
+        {
+            throw new ArgumentException("AccumulationSteps must be ≥ 1");
+        }
+
+        _o.Augment.Validate();
+        int size = _o.Augment.InputSize ?? _train.FixedSize?.Height
+            ?? throw new DatasetException("images of varying sizes need an input size (--input-size)");
+        _pipeline = new SamplePipeline(_o.Augment, _o.Normalization, _train.Channels, size);
+        if (_o.Augment.Mixes && _o.BatchSize % 2 != 0)
+        {
+            throw new ArgumentException($"Mixup/CutMix pair each image with the batch reversed: --batch-size must be even, got {_o.BatchSize}");
+        }
     }
+
+    /// <summary>The sample pipeline (size, channels) both splits go through.</summary>
+    public SamplePipeline Pipeline => _pipeline;
+
+    /// <summary>What predict/eval must do to inputs of a checkpoint from this run.</summary>
+    public Preprocessing Preprocessing => new(_pipeline.Size,
+        [.. Enumerable.Range(0, _pipeline.Channels).Select(c => _o.Normalization.At(c, _pipeline.Channels).Mean)],
+        [.. Enumerable.Range(0, _pipeline.Channels).Select(c => _o.Normalization.At(c, _pipeline.Channels).Std)],
+        _o.Augment.CropPct);
 
     /// <summary>Path of the last checkpoint (project format).</summary>
     public string LastCheckpoint => Path.Combine(_o.OutDir, "last.safetensors");
@@ -133,97 +197,172 @@ public sealed class Trainer
     /// <summary>Path of the best checkpoint (by test top-1, EMA or not, whichever is higher).</summary>
     public string BestCheckpoint => Path.Combine(_o.OutDir, "best.safetensors");
 
-    private string EmaCheckpoint => Path.Combine(_o.OutDir, "last-ema.safetensors");
-
-    private string OptimizerState => Path.Combine(_o.OutDir, "last-optimizer.bin");
+    /// <summary>Path of the EMA weights of the last checkpoint.</summary>
+    public string EmaCheckpoint => Path.Combine(_o.OutDir, "last-ema.safetensors");
 
     private string StateFile => Path.Combine(_o.OutDir, "state.json");
 
-    private string RngState => Path.Combine(_o.OutDir, "last-rng.bin");
+    private string ResumeRoot => Path.Combine(_o.OutDir, "resume");
 
-    /// <summary>Steps per epoch (the last partial batch is dropped, as the official loader does).</summary>
-    public long StepsPerEpoch => Math.Max(1, _train.Count / _o.BatchSize);
+    /// <summary>Optimizer steps per epoch (the last partial batch is dropped, as the official loader does).</summary>
+    public long StepsPerEpoch => Math.Max(1, _train.Count / ((long)_o.BatchSize * _o.AccumulationSteps));
+
+    /// <summary>Steps the whole run takes.</summary>
+    public long TotalSteps => Math.Min(_o.Epochs * StepsPerEpoch, _o.MaxSteps ?? long.MaxValue);
 
     /// <summary>Trains; <paramref name="onEpoch"/> and <paramref name="onStep"/> report progress.</summary>
-    public List<EpochMetrics> Run(Action<EpochMetrics>? onEpoch = null, Action<long, double, double>? onStep = null, CancellationToken cancel = default)
+    public List<EpochMetrics> Run(Action<EpochMetrics>? onEpoch = null, Action<StepProgress>? onStep = null, Action<string>? onNotice = null,
+        CancellationToken cancel = default)
     {
         Directory.CreateDirectory(_o.OutDir);
+        AtomicFile.RemoveLeftovers(_o.OutDir);
         torch.manual_seed(_o.Seed);
         using var model = new RepLKNetModel(_o.Config).to(_o.Device);
         using var emaModel = new RepLKNetModel(_o.Config).to(_o.Device);
+        bool resuming = _o.Resume && File.Exists(StateFile);
+        if (_o.InitialWeights is { } weights && !resuming)
+        {
+            onNotice?.Invoke(LoadInitialWeights(model, weights));
+        }
+
         var ema = _o.EmaDecay > 0 ? new ModelEma(model, emaModel, _o.EmaDecay, warmup: true) : null;
-        var (decay, noDecay) = ParameterGroups.Split(model);
-        var optimizer = optim.AdamW(
-            [
-                new AdamW.ParamGroup(decay.Select(p => p.Parameter), new AdamW.Options { LearningRate = _o.LearningRate, weight_decay = _o.WeightDecay }),
-                new AdamW.ParamGroup(noDecay.Select(p => p.Parameter), new AdamW.Options { LearningRate = _o.LearningRate, weight_decay = 0 }),
-            ],
-            _o.LearningRate, 0.9, 0.999, 1e-8, _o.WeightDecay);
+        var (optimizer, scales) = CreateOptimizer(model);
         var schedule = new CosineSchedule(_o.LearningRate, _o.MinLearningRate, _o.Epochs, (int)StepsPerEpoch, _o.WarmupEpochs);
 
         var history = new List<EpochMetrics>();
         long step = 0;
         double best = double.NegativeInfinity;
-        if (_o.Resume && File.Exists(StateFile))
+        if (resuming)
         {
             (step, best, history) = Restore(model, ema, optimizer);
             if (ema is not null)
             {
                 ema.Updates = step;
             }
+
+            onNotice?.Invoke($"resumed from '{StateFile}' at step {step} (epoch {step / StepsPerEpoch + 1}, {step % StepsPerEpoch} of {StepsPerEpoch} steps done)");
         }
 
-        var metadata = new CheckpointMetadata(_o.Arch, _o.Config, ModelForm.Train, _train.ClassNames);
-        long totalSteps = Math.Min(schedule.TotalIterations, _o.MaxSteps ?? long.MaxValue);
+        var metadata = new CheckpointMetadata(_o.Arch, _o.Config, ModelForm.Train, _train.ClassNames, Preprocessing: Preprocessing);
+        long totalSteps = TotalSteps;
+        long startStep = step;
+        var runClock = Stopwatch.StartNew();
+        double evalSeconds = double.NaN;
+        long imagesThisRun = 0;
         while (step < totalSteps && !cancel.IsCancellationRequested)
         {
             int epoch = (int)(step / StepsPerEpoch);
             long first = step % StepsPerEpoch;
-            var order = EpochOrder(epoch);
             model.train();
             var sw = Stopwatch.StartNew();
             double lossSum = 0;
-            long seen = 0;
-            for (long b = first; b < StepsPerEpoch && step < totalSteps && !cancel.IsCancellationRequested; b++)
+            long seen = 0, images = 0;
+            var skipped = new List<SkippedImage>();
+            var plan = new LoaderPlan
             {
-                using var scope = NewDisposeScope();
-                double lr = schedule[step];
-                foreach (var group in optimizer.ParamGroups)
+                Order = EpochOrder(epoch), BatchSize = _o.BatchSize, FirstBatch = first * _o.AccumulationSteps,
+                BatchCount = StepsPerEpoch * _o.AccumulationSteps, Train = true, Key = (_o.Seed, epoch), Workers = _o.Workers,
+            };
+            TimeSpan waited;
+            using (var loader = new BatchLoader(_train, _pipeline, _o.Augment, plan))
+            {
+                using var batches = loader.Batches().GetEnumerator();
+                for (long b = first; b < StepsPerEpoch && step < totalSteps && !cancel.IsCancellationRequested; b++)
                 {
-                    group.LearningRate = lr;
+                    double lr = schedule[step];
+                    var groups = optimizer.ParamGroups.ToList();
+                    for (int g = 0; g < groups.Count; g++)
+                    {
+                        groups[g].LearningRate = lr * scales[g];
+                    }
+
+                    optimizer.zero_grad();
+                    double value = 0;
+                    for (int micro = 0; micro < _o.AccumulationSteps; micro++)
+                    {
+                        if (!batches.MoveNext())
+                        {
+                            throw new InvalidOperationException($"the loader ran out of batches at step {step + 1}");
+                        }
+
+                        var batch = batches.Current;
+                        skipped.AddRange(batch.Skipped);
+                        if (batch.Count == 0)
+                        {
+                            continue;
+                        }
+
+                        using var scope = NewDisposeScope();
+                        var x = tensor(batch.Images, [batch.Count, batch.Channels, batch.Size, batch.Size]).to(_o.Device);
+                        var logits = model.call(x);
+                        Tensor loss;
+                        if (batch.Targets is { } soft)
+                        {
+                            var targets = tensor(soft, [batch.Count, soft.Length / batch.Count]).to(_o.Device);
+                            loss = (-targets * nn.functional.log_softmax(logits, 1)).sum(1).mean();
+                        }
+                        else
+                        {
+                            loss = nn.functional.cross_entropy(logits, tensor(batch.Labels).to(_o.Device), label_smoothing: _o.Augment.LabelSmoothing);
+                        }
+
+                        double microValue = loss.item<float>();
+                        if (!double.IsFinite(microValue))
+                        {
+                            throw new NonFiniteLossException(string.Create(CultureInfo.InvariantCulture,
+                                $"the training loss became {microValue} at step {step + 1} (epoch {epoch + 1}); the last good checkpoint '{LastCheckpoint}' is intact. Try a lower --lr."));
+                        }
+
+                        (_o.AccumulationSteps == 1 ? loss : loss / _o.AccumulationSteps).backward();
+                        value += microValue / _o.AccumulationSteps;
+                        images += batch.Count;
+                    }
+
+                    if (_o.ClipGradNorm is double clip)
+                    {
+                        nn.utils.clip_grad_norm_(model.parameters(), clip);
+                    }
+
+                    optimizer.step();
+                    ema?.Update(model);
+                    step++;
+                    lossSum += value;
+                    seen++;
+                    if (onStep is not null)
+                    {
+                        double elapsed = runClock.Elapsed.TotalSeconds;
+                        long done = step - startStep;
+                        double perStep = elapsed / Math.Max(done, 1);
+                        long epochsLeft = (totalSteps - 1) / StepsPerEpoch - (step - 1) / StepsPerEpoch + (step % StepsPerEpoch == 0 ? 1 : 0);
+                        double evalGuess = double.IsNaN(evalSeconds) ? 0 : evalSeconds * epochsLeft;
+                        onStep(new StepProgress(step, totalSteps, (step - 1) % StepsPerEpoch + 1, StepsPerEpoch, epoch + 1, value, lr,
+                            (imagesThisRun + images) / Math.Max(elapsed, 1e-9), TimeSpan.FromSeconds(perStep * (totalSteps - step) + evalGuess)));
+                    }
+
+                    if (_o.SaveEvery is long every && step % every == 0 && step % StepsPerEpoch != 0)
+                    {
+                        Save(model, ema, optimizer, metadata, step, best, history);
+                    }
                 }
 
-                var index = order.narrow(0, b * _o.BatchSize, _o.BatchSize);
-                var (x, y) = _train.Batch(index, _o.Normalization, _o.Device);
-                optimizer.zero_grad();
-                var loss = nn.functional.cross_entropy(model.call(x), y, label_smoothing: _o.LabelSmoothing);
-                double value = loss.item<float>();
-                if (!double.IsFinite(value))
-                {
-                    throw new NonFiniteLossException(string.Create(CultureInfo.InvariantCulture,
-                        $"the training loss became {value} at step {step + 1} (epoch {epoch + 1}); the last good checkpoint '{LastCheckpoint}' is intact. Try a lower --lr."));
-                }
-
-                loss.backward();
-                optimizer.step();
-                ema?.Update(model);
-                step++;
-                lossSum += value;
-                seen++;
-                onStep?.Invoke(step, value, lr);
-                if (_o.SaveEvery is long every && step % every == 0 && step % StepsPerEpoch != 0)
-                {
-                    Save(model, ema, optimizer, metadata, step, best, history);
-                }
+                waited = loader.WaitTime;
             }
 
+            imagesThisRun += images;
             double seconds = sw.Elapsed.TotalSeconds;
+            if (skipped.Count > 0)
+            {
+                onNotice?.Invoke($"epoch {epoch + 1}: skipped {skipped.Count} unreadable image(s), e.g. {skipped[0].Source}: {skipped[0].Reason}");
+            }
+
             if (step % StepsPerEpoch == 0)
             {
+                var evalClock = Stopwatch.StartNew();
                 double top1 = Evaluate(model);
                 double emaTop1 = ema is null ? double.NaN : Evaluate(emaModel);
+                evalSeconds = evalClock.Elapsed.TotalSeconds;
                 var metrics = new EpochMetrics(epoch + 1, step, seen == 0 ? double.NaN : lossSum / seen, schedule[step - 1], top1, emaTop1,
-                    seen * _o.BatchSize / Math.Max(seconds, 1e-9), seconds);
+                    images / Math.Max(seconds, 1e-9), seconds, skipped.Count, waited.TotalSeconds);
                 history.Add(metrics);
                 double score = Math.Max(top1, double.IsNaN(emaTop1) ? double.NegativeInfinity : emaTop1);
                 if (score > best)
@@ -248,70 +387,165 @@ public sealed class Trainer
     }
 
     /// <summary>Top-1 accuracy of <paramref name="model"/> on the test set (eval mode, no gradients).</summary>
-    public double Evaluate(RepLKNetModel model) => Evaluation.Run(model, _test, _o.Normalization, _o.BatchSize, _o.Device).Top1;
+    public double Evaluate(RepLKNetModel model) =>
+        Evaluation.Run(model, _test, _pipeline, Math.Max(1, _o.BatchSize * 3 / 2), _o.Device, _o.Workers).Top1;
 
     /// <summary>The permutation of training indices for <paramref name="epoch"/>: a function of (seed, epoch) only.</summary>
-    public Tensor EpochOrder(int epoch)
+    public long[] EpochOrder(int epoch)
     {
-        var generator = new Generator((ulong)(_o.Seed * 1_000_003 + epoch));
-        return randperm(_train.Count, generator: generator);
+        var order = new long[_train.Count];
+        for (long i = 0; i < order.LongLength; i++)
+        {
+            order[i] = i;
+        }
+
+        var rng = new SampleRandom((ulong)_o.Seed, (ulong)epoch, 0x0DE5);
+        for (long i = order.LongLength - 1; i > 0; i--)
+        {
+            long j = (long)(rng.NextUInt64() % (ulong)(i + 1));
+            (order[i], order[j]) = (order[j], order[i]);
+        }
+
+        return order;
+    }
+
+    private static string LoadInitialWeights(RepLKNetModel model, string weights)
+    {
+        using var checkpoint = CheckpointFile.Read(weights);
+        if (checkpoint.Form != ModelForm.Train)
+        {
+            throw new CheckpointException($"--weights '{weights}' is a {checkpoint.Form.Name()}-form checkpoint; fine-tuning needs the train form (before re-parameterization)");
+        }
+
+        var report = StateDictLoader.Load(model, checkpoint.State, strict: true, skipHead: true, $"--weights '{weights}'");
+        return report.SkippedHead.Count > 0
+            ? $"initialized from '{weights}' ({report.Loaded.Count} tensors); its classifier ({string.Join(", ", report.SkippedHead)}) has another size and was left at random"
+            : $"initialized from '{weights}' ({report.Loaded.Count} tensors)";
+    }
+
+    private (OptimizerHelper Optimizer, double[] Scales) CreateOptimizer(RepLKNetModel model)
+    {
+        var groups = new List<(List<Parameter> Params, double Decay, double Scale)>();
+        bool layered = _o.LayerDecay is double d && d != 1;
+        foreach (var (name, parameter) in model.named_parameters())
+        {
+            if (!parameter.requires_grad)
+            {
+                continue;
+            }
+
+            double decay = ParameterGroups.IsNoDecay(name, parameter) ? 0 : _o.WeightDecay;
+            double scale = layered ? LayerDecay.Scale(name, _o.Config.Layers, _o.LayerDecay!.Value) : 1.0;
+            int g = groups.FindIndex(x => x.Decay == decay && x.Scale == scale);
+            if (g < 0)
+            {
+                groups.Add(([], decay, scale));
+                g = groups.Count - 1;
+            }
+
+            groups[g].Params.Add(parameter);
+        }
+
+        // Decayed group first, as before (the optimizer state file's group order depends on it).
+        groups = [.. groups.OrderBy(x => x.Decay == 0).ThenBy(x => x.Scale)];
+        var optimizer = optim.AdamW(
+            [.. groups.Select(x => new AdamW.ParamGroup(x.Params, new AdamW.Options { LearningRate = _o.LearningRate * x.Scale, weight_decay = x.Decay }))],
+            _o.LearningRate, 0.9, 0.999, 1e-8, _o.WeightDecay);
+        return (optimizer, [.. groups.Select(x => x.Scale)]);
     }
 
     private void Save(RepLKNetModel model, ModelEma? ema, OptimizerHelper optimizer, CheckpointMetadata metadata, long step, double best, List<EpochMetrics> history)
     {
+        // The user-facing copies (atomic each).
         CheckpointFile.WriteRepLKNet(LastCheckpoint, StateDicts.Ordered(model), metadata with { TrainingState = Path.GetFileName(StateFile) });
         if (ema is not null)
         {
             CheckpointFile.WriteRepLKNet(EmaCheckpoint, StateDicts.Ordered(ema.Average), metadata);
         }
 
-        string temp = OptimizerState + ".tmp";
-        optimizer.save_state_dict(temp);
-        File.Move(temp, OptimizerState, overwrite: true);
+        // The resume set: written into a fresh folder, renamed into place, then pointed at by state.json (written last).
+        string name = string.Create(CultureInfo.InvariantCulture, $"step-{step:D9}");
+        string folder = Path.Combine(ResumeRoot, name);
+        string staging = folder + ".partial";
+        if (Directory.Exists(staging))
+        {
+            Directory.Delete(staging, recursive: true);
+        }
+
+        Directory.CreateDirectory(staging);
+        CheckpointFile.WriteRepLKNet(Path.Combine(staging, "model.safetensors"), StateDicts.Ordered(model), metadata);
+        if (ema is not null)
+        {
+            CheckpointFile.WriteRepLKNet(Path.Combine(staging, "ema.safetensors"), StateDicts.Ordered(ema.Average), metadata);
+        }
+
+        optimizer.save_state_dict(Path.Combine(staging, "optimizer.bin"));
         // The global CPU generator drives drop path: saving it makes a resumed run draw the same masks.
         using (var rng = torch.get_rng_state())
         {
-            byte[] bytes = rng.bytes.ToArray();
-            AtomicFile.Write(RngState, s => s.Write(bytes));
+            File.WriteAllBytes(Path.Combine(staging, "rng.bin"), rng.bytes.ToArray());
         }
 
+        AtomicFile.FlushDirectory(staging);
+        if (Directory.Exists(folder))
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+
+        Directory.Move(staging, folder);
         var state = new JsonObject
         {
             ["step"] = step,
             ["steps_per_epoch"] = StepsPerEpoch,
             ["seed"] = _o.Seed,
+            ["batch_size"] = _o.BatchSize,
+            ["accumulation_steps"] = _o.AccumulationSteps,
+            ["resume"] = Path.Combine("resume", name),
             ["best_top1"] = double.IsFinite(best) ? best : null,
             ["history"] = JsonSerializer.SerializeToNode(history, JsonOptions),
         };
-        // Written last: a state file always points at complete weights and optimizer state.
         AtomicFile.Write(StateFile, s => s.Write(System.Text.Encoding.UTF8.GetBytes(state.ToJsonString(JsonOptions))));
+        foreach (var old in Directory.EnumerateDirectories(ResumeRoot).Where(d => Path.GetFileName(d) != name))
+        {
+            Directory.Delete(old, recursive: true);
+        }
     }
 
     private (long Step, double Best, List<EpochMetrics> History) Restore(RepLKNetModel model, ModelEma? ema, OptimizerHelper optimizer)
     {
-        var state = JsonNode.Parse(File.ReadAllText(StateFile))!.AsObject();
+        JsonObject state;
+        try
+        {
+            state = JsonNode.Parse(File.ReadAllText(StateFile))!.AsObject();
+        }
+        catch (JsonException e)
+        {
+            throw new CheckpointException($"'{StateFile}' is damaged: {e.Message}", e);
+        }
+
         long steps = (long)state["steps_per_epoch"]!;
         if (steps != StepsPerEpoch || (long)state["seed"]! != _o.Seed)
         {
-            throw new CheckpointException($"'{StateFile}' was written with another batch size, dataset size or seed; resume with the same settings");
+            throw new CheckpointException($"'{StateFile}' was written with another batch size, accumulation, dataset size or seed ({steps} steps per epoch, seed {(long)state["seed"]!}; now {StepsPerEpoch}, seed {_o.Seed}); resume with the same settings");
         }
 
-        using (var last = CheckpointFile.Read(LastCheckpoint))
+        string folder = Path.Combine(_o.OutDir, (string?)state["resume"] ?? throw new CheckpointException($"'{StateFile}' names no resume folder"));
+        using (var last = CheckpointFile.Read(Path.Combine(folder, "model.safetensors")))
         {
-            StateDictLoader.Load(model, last.State, strict: true, skipHead: false, $"'{LastCheckpoint}'");
+            StateDictLoader.Load(model, last.State, strict: true, skipHead: false, $"'{folder}/model.safetensors'");
         }
 
-        if (ema is not null && File.Exists(EmaCheckpoint))
+        string emaFile = Path.Combine(folder, "ema.safetensors");
+        if (ema is not null && File.Exists(emaFile))
         {
-            using var averaged = CheckpointFile.Read(EmaCheckpoint);
-            StateDictLoader.Load(ema.Average, averaged.State, strict: true, skipHead: false, $"'{EmaCheckpoint}'");
+            using var averaged = CheckpointFile.Read(emaFile);
+            StateDictLoader.Load(ema.Average, averaged.State, strict: true, skipHead: false, $"'{emaFile}'");
         }
 
-        optimizer.load_state_dict(OptimizerState);
-        if (File.Exists(RngState))
+        optimizer.load_state_dict(Path.Combine(folder, "optimizer.bin"));
+        byte[] bytes = File.ReadAllBytes(Path.Combine(folder, "rng.bin"));
+        using (var rng = tensor(bytes, dtype: ScalarType.Byte))
         {
-            byte[] bytes = File.ReadAllBytes(RngState);
-            using var rng = tensor(bytes, dtype: ScalarType.Byte);
             torch.set_rng_state(rng);
         }
 
@@ -322,11 +556,11 @@ public sealed class Trainer
 
     private void WriteMetrics(List<EpochMetrics> history)
     {
-        var csv = new System.Text.StringBuilder("epoch,step,train_loss,lr,top1,ema_top1,images_per_s,seconds\n");
+        var csv = new System.Text.StringBuilder("epoch,step,train_loss,lr,top1,ema_top1,images_per_s,seconds,skipped,data_wait_s\n");
         foreach (var m in history)
         {
             csv.AppendLine(string.Create(CultureInfo.InvariantCulture,
-                $"{m.Epoch},{m.Step},{m.TrainLoss:R},{m.LearningRate:R},{m.Top1:R},{m.EmaTop1:R},{m.ImagesPerSecond:F1},{m.Seconds:F1}"));
+                $"{m.Epoch},{m.Step},{m.TrainLoss:R},{m.LearningRate:R},{m.Top1:R},{m.EmaTop1:R},{m.ImagesPerSecond:F1},{m.Seconds:F1},{m.Skipped},{m.DataWaitSeconds:F2}"));
         }
 
         AtomicFile.Write(Path.Combine(_o.OutDir, "metrics.csv"), s => s.Write(System.Text.Encoding.UTF8.GetBytes(csv.ToString())));

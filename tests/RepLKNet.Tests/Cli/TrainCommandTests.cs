@@ -91,7 +91,7 @@ public sealed class TrainCommandTests
         using var pixels = ImageDecoder.Load(image, 1, 28, 28);
         Assert.Equal(30, pixels[0, 0, 0].item<byte>());
         Assert.Equal(250, pixels[0, 17, 10].item<byte>());
-        var (mean, std) = FashionMnist.Normalization;
+        var (mean, std) = FashionMnist.Normalization.At(0, 1);
         using var noGrad = TorchSharp.torch.no_grad();
         long expected = loaded.call(((pixels.to(TorchSharp.torch.float32) / 255.0 - mean) / std).unsqueeze(0)).argmax(1).item<long>();
         Assert.Matches($@"^\s+1\. {System.Text.RegularExpressions.Regex.Escape(FashionMnist.ClassNames[(int)expected])}\s+\d+\.\d+ %", lines[1]);

@@ -35,7 +35,7 @@ public sealed class TrainerTests
     private static TrainOptions Options(string outDir, long? maxSteps = null, bool resume = false) => new()
     {
         Arch = "tiny", Config = Tiny, OutDir = outDir, Epochs = 3, BatchSize = 16, LearningRate = 2e-3, WarmupEpochs = 1,
-        Seed = 7, Normalization = (0.5, 0.3), MaxSteps = maxSteps, Resume = resume, EmaDecay = 0.9,
+        Seed = 7, Normalization = new Normalization([0.5], [0.3]), MaxSteps = maxSteps, Resume = resume, EmaDecay = 0.9,
     };
 
     [Fact]
@@ -44,20 +44,20 @@ public sealed class TrainerTests
         using var dir = new TempDirectory();
         using var train = Synthetic(192, 1);
         using var test = Synthetic(64, 2);
-        var trainer = new Trainer(Options(dir.Path), train, test);
+        var trainer = new Trainer(Options(dir.Path) with { Epochs = 4 }, train, test);
 
         var history = trainer.Run();
 
-        Assert.Equal(3, history.Count);
+        Assert.Equal(4, history.Count);
         Assert.True(history[^1].TrainLoss < history[0].TrainLoss * 0.8, $"loss {history[0].TrainLoss:F3} → {history[^1].TrainLoss:F3}");
         Assert.True(history[^1].Top1 > 0.85, $"top-1 {history[^1].Top1:P1}");
-        Assert.Equal(36, history[^1].Step);
+        Assert.Equal(48, history[^1].Step);
         foreach (var file in new[] { "last.safetensors", "last-ema.safetensors", "best.safetensors", "state.json", "metrics.csv", "metrics.json" })
         {
             Assert.True(File.Exists(Path.Combine(dir.Path, file)), file);
         }
 
-        Assert.Equal(4, File.ReadAllLines(Path.Combine(dir.Path, "metrics.csv")).Length);
+        Assert.Equal(5, File.ReadAllLines(Path.Combine(dir.Path, "metrics.csv")).Length);
         using var best = CheckpointFile.Read(trainer.BestCheckpoint);
         Assert.Equal(["up", "down"], best.Metadata!.ClassNames);
     }

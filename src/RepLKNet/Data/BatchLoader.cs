@@ -1,0 +1,342 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using RepLKNet.Data.Transforms;
+
+namespace RepLKNet.Data;
+
+/// <summary>An image the loader could not read; the batch went on without it.</summary>
+/// <param name="Index">Dataset index.</param>
+/// <param name="Source">File path (or in-memory name).</param>
+/// <param name="Reason">Why it failed.</param>
+public sealed record SkippedImage(long Index, string Source, string Reason);
+
+/// <summary>A prepared batch: normalized float images (N, C, S, S), labels, soft targets when mixing.</summary>
+/// <param name="Number">Position of the batch in its epoch (0-based).</param>
+/// <param name="Images">N·C·S·S floats.</param>
+/// <param name="Labels">N labels (of the unmixed images).</param>
+/// <param name="Targets">N·classes soft targets when the batch was mixed (or smoothed for mixing); otherwise null.</param>
+/// <param name="Count">N, after skipping unreadable images.</param>
+/// <param name="Channels">C.</param>
+/// <param name="Size">S.</param>
+/// <param name="Skipped">Images of this batch that could not be read.</param>
+public sealed record LoadedBatch(long Number, float[] Images, long[] Labels, float[]? Targets, int Count, int Channels, int Size, IReadOnlyList<SkippedImage> Skipped);
+
+/// <summary>What the loader reads and how.</summary>
+public sealed record LoaderPlan
+{
+    /// <summary>Dataset indices in reading order.</summary>
+    public required long[] Order { get; init; }
+
+    /// <summary>Images per batch.</summary>
+    public required int BatchSize { get; init; }
+
+    /// <summary>First batch to produce (resuming inside an epoch).</summary>
+    public long FirstBatch { get; init; }
+
+    /// <summary>Batches to produce; null: through the end of <see cref="Order"/> (a last partial batch included).</summary>
+    public long? BatchCount { get; init; }
+
+    /// <summary>Training view (augmented, mixed) or evaluation view.</summary>
+    public bool Train { get; init; }
+
+    /// <summary>Seed and epoch that key every random draw.</summary>
+    public (long Seed, long Epoch) Key { get; init; }
+
+    /// <summary>Background threads preparing samples.</summary>
+    public int Workers { get; init; } = DefaultWorkers;
+
+    /// <summary>Default worker count: the cores, at most 4.</summary>
+    public static int DefaultWorkers => Math.Max(1, Math.Min(4, Environment.ProcessorCount));
+
+    /// <summary>Ready batches kept ahead of the consumer.</summary>
+    public int Prefetch { get; init; } = 4;
+}
+
+/// <summary>
+/// Prepares batches on background threads and hands them out in order through a bounded queue, so the model does not wait
+/// for decoding and augmentation. Every random draw is keyed by (seed, epoch, position), so the batches are the same
+/// whatever the number of workers, and a run resumed inside an epoch sees the batches it would have seen.
+/// Unreadable images are skipped and reported with their batch.
+/// </summary>
+public sealed class BatchLoader : IDisposable
+{
+    private readonly IImageDataset _data;
+    private readonly SamplePipeline _pipeline;
+    private readonly AugmentOptions _options;
+    private readonly LoaderPlan _plan;
+    private readonly int _classes;
+    private readonly BlockingCollection<LoadedBatch> _queue;
+    private readonly CancellationTokenSource _cancel = new();
+    private readonly Task _producer;
+    private readonly Stopwatch _waiting = new();
+    private Exception? _failure;
+
+    /// <summary>Starts preparing batches.</summary>
+    public BatchLoader(IImageDataset data, SamplePipeline pipeline, AugmentOptions options, LoaderPlan plan)
+    {
+        _data = data ?? throw new ArgumentNullException(nameof(data));
+        _pipeline = pipeline ?? throw new ArgumentNullException(nameof(pipeline));
+        _options = options ?? throw new ArgumentNullException(nameof(options));
+        _plan = plan ?? throw new ArgumentNullException(nameof(plan));
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(plan.BatchSize);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(plan.Workers);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(plan.Prefetch);
+        if (pipeline.Channels != data.Channels)
+        {
+            throw new ArgumentException($"the pipeline makes {pipeline.Channels}-channel samples but the dataset has {data.Channels} channels");
+        }
+
+        _classes = data.ClassNames.Count;
+        long available = (plan.Order.LongLength + plan.BatchSize - 1) / plan.BatchSize;
+        BatchCount = Math.Min(plan.BatchCount ?? available, available) - plan.FirstBatch;
+        _queue = new BlockingCollection<LoadedBatch>(plan.Prefetch);
+        _producer = Task.Factory.StartNew(Produce, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+    }
+
+    /// <summary>Batches this loader hands out.</summary>
+    public long BatchCount { get; }
+
+    /// <summary>Time the consumer spent waiting for a batch (ideally close to zero).</summary>
+    public TimeSpan WaitTime => _waiting.Elapsed;
+
+    /// <summary>The batches, in order; rethrows a failure of the background work.</summary>
+    public IEnumerable<LoadedBatch> Batches()
+    {
+        while (true)
+        {
+            LoadedBatch? batch;
+            _waiting.Start();
+            try
+            {
+                if (!_queue.TryTake(out batch, Timeout.Infinite, _cancel.Token))
+                {
+                    batch = null;
+                }
+            }
+            catch (OperationCanceledException)
+            {
+                batch = null;
+            }
+            finally
+            {
+                _waiting.Stop();
+            }
+
+            if (batch is null)
+            {
+                if (_failure is not null)
+                {
+                    System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(_failure).Throw();
+                }
+
+                yield break;
+            }
+
+            yield return batch;
+        }
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        _cancel.Cancel();
+        try
+        {
+            _producer.Wait();
+        }
+        catch (AggregateException)
+        {
+            // Cancellation or a failure already reported through Batches().
+        }
+
+        _queue.Dispose();
+        _cancel.Dispose();
+    }
+
+    /// <summary>Prepares batch <paramref name="number"/> of the plan on the calling thread (what the workers run).</summary>
+    public static LoadedBatch Prepare(IImageDataset data, SamplePipeline pipeline, AugmentOptions options, LoaderPlan plan, long number, int workers = 1, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        ArgumentNullException.ThrowIfNull(pipeline);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(plan);
+        long start = number * plan.BatchSize;
+        int n = (int)Math.Min(plan.BatchSize, plan.Order.LongLength - start);
+        int length = pipeline.SampleLength;
+        var images = new float[(long)n * length];
+        var labels = new long[n];
+        var ok = new bool[n];
+        var skipped = new ConcurrentBag<SkippedImage>();
+        Parallel.For(0, n, new ParallelOptions { MaxDegreeOfParallelism = workers, CancellationToken = cancel }, i =>
+        {
+            long index = plan.Order[start + i];
+            ImageU8 image;
+            try
+            {
+                image = data.Read(index);
+            }
+            catch (DatasetException e)
+            {
+                skipped.Add(new SkippedImage(index, data.Describe(index), e.Message));
+                return;
+            }
+
+            var destination = images.AsSpan(i * length, length);
+            if (plan.Train)
+            {
+                var rng = new SampleRandom((ulong)plan.Key.Seed, (ulong)plan.Key.Epoch, (ulong)(start + i), 0xA06);
+                pipeline.Train(image, ref rng, destination);
+            }
+            else
+            {
+                pipeline.Eval(image, destination);
+            }
+
+            labels[i] = data.Label(index);
+            ok[i] = true;
+        });
+
+        int count = ok.Count(b => b);
+        if (count < n)
+        {
+            // Close the gaps left by unreadable images, keeping the order of the rest.
+            int w = 0;
+            for (int i = 0; i < n; i++)
+            {
+                if (!ok[i])
+                {
+                    continue;
+                }
+
+                if (w != i)
+                {
+                    Array.Copy(images, (long)i * length, images, (long)w * length, length);
+                    labels[w] = labels[i];
+                }
+
+                w++;
+            }
+
+            Array.Resize(ref images, count * length);
+            Array.Resize(ref labels, count);
+        }
+
+        float[]? targets = null;
+        if (plan.Train && options.Mixes && count > 0)
+        {
+            var rng = new SampleRandom((ulong)plan.Key.Seed, (ulong)plan.Key.Epoch, (ulong)number, 0x3117);
+            targets = Mixing.Apply(images, labels, count, pipeline.Channels, pipeline.Size, data.ClassNames.Count, options, ref rng);
+        }
+
+        return new LoadedBatch(number, images, labels, targets, count, pipeline.Channels, pipeline.Size,
+            [.. skipped.OrderBy(s => s.Index)]);
+    }
+
+    private void Produce()
+    {
+        try
+        {
+            for (long b = _plan.FirstBatch; b < _plan.FirstBatch + BatchCount; b++)
+            {
+                var batch = Prepare(_data, _pipeline, _options, _plan, b, _plan.Workers, _cancel.Token);
+                _queue.Add(batch, _cancel.Token);
+            }
+        }
+        catch (OperationCanceledException) when (_cancel.IsCancellationRequested)
+        {
+            // Disposed early (the consumer stopped).
+        }
+        catch (Exception e)
+        {
+            _failure = e is AggregateException { InnerExceptions.Count: 1 } a ? a.InnerExceptions[0] : e;
+        }
+        finally
+        {
+            _queue.CompleteAdding();
+        }
+    }
+}
+
+/// <summary>timm's Mixup/CutMix in "batch" mode (one λ per batch, partner = the batch reversed) with smoothed soft targets.</summary>
+public static class Mixing
+{
+    /// <summary>Mixes <paramref name="images"/> in place and returns the soft targets (count × classes).</summary>
+    public static float[] Apply(float[] images, long[] labels, int count, int channels, int size, int classes, AugmentOptions options, ref SampleRandom rng)
+    {
+        ArgumentNullException.ThrowIfNull(images);
+        ArgumentNullException.ThrowIfNull(labels);
+        ArgumentNullException.ThrowIfNull(options);
+        double lambda = 1;
+        bool cutmix = false;
+        if (rng.NextDouble() < options.MixProbability)
+        {
+            if (options.Mixup > 0 && options.CutMix > 0)
+            {
+                cutmix = rng.NextDouble() < options.MixSwitchProbability;
+                lambda = cutmix ? rng.Beta(options.CutMix, options.CutMix) : rng.Beta(options.Mixup, options.Mixup);
+            }
+            else if (options.Mixup > 0)
+            {
+                lambda = rng.Beta(options.Mixup, options.Mixup);
+            }
+            else
+            {
+                cutmix = true;
+                lambda = rng.Beta(options.CutMix, options.CutMix);
+            }
+        }
+
+        int length = channels * size * size;
+        if (lambda < 1)
+        {
+            var original = (float[])images.Clone();
+            if (cutmix)
+            {
+                double ratio = Math.Sqrt(1 - lambda);
+                int cutH = (int)(size * ratio), cutW = (int)(size * ratio);
+                int cy = rng.NextInt(size), cx = rng.NextInt(size);
+                int yl = Math.Clamp(cy - cutH / 2, 0, size), yh = Math.Clamp(cy + cutH / 2, 0, size);
+                int xl = Math.Clamp(cx - cutW / 2, 0, size), xh = Math.Clamp(cx + cutW / 2, 0, size);
+                for (int i = 0; i < count; i++)
+                {
+                    int partner = count - 1 - i;
+                    for (int c = 0; c < channels; c++)
+                    {
+                        for (int y = yl; y < yh; y++)
+                        {
+                            int row = c * size * size + y * size;
+                            Array.Copy(original, (long)partner * length + row + xl, images, (long)i * length + row + xl, xh - xl);
+                        }
+                    }
+                }
+
+                lambda = 1 - (double)(yh - yl) * (xh - xl) / (size * size);
+            }
+            else
+            {
+                float a = (float)lambda, b = (float)(1 - lambda);
+                for (int i = 0; i < count; i++)
+                {
+                    int partner = count - 1 - i;
+                    for (int k = 0; k < length; k++)
+                    {
+                        images[(long)i * length + k] = original[(long)i * length + k] * a + original[(long)partner * length + k] * b;
+                    }
+                }
+            }
+        }
+
+        double off = options.LabelSmoothing / classes, on = 1 - options.LabelSmoothing + off;
+        var targets = new float[count * classes];
+        for (int i = 0; i < count; i++)
+        {
+            for (int k = 0; k < classes; k++)
+            {
+                double mine = labels[i] == k ? on : off, theirs = labels[count - 1 - i] == k ? on : off;
+                targets[i * classes + k] = (float)(lambda * mine + (1 - lambda) * theirs);
+            }
+        }
+
+        return targets;
+    }
+}

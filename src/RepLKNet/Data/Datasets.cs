@@ -1,0 +1,77 @@
+using RepLKNet.Data.Transforms;
+
+namespace RepLKNet.Data;
+
+/// <summary>A dataset's training and held-out splits with the recipe defaults that suit it.</summary>
+/// <param name="Name">Dataset name (fashion-mnist, cifar10, folder).</param>
+/// <param name="Train">Training split.</param>
+/// <param name="Test">Evaluation split (the test set, or the folder's validation part).</param>
+/// <param name="Normalization">Per-channel normalization.</param>
+/// <param name="Defaults">Augmentation defaults for this dataset.</param>
+public sealed record DatasetSplits(string Name, IImageDataset Train, IImageDataset Test, Normalization Normalization, AugmentOptions Defaults) : IDisposable
+{
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        (Train as IDisposable)?.Dispose();
+        (Test as IDisposable)?.Dispose();
+    }
+}
+
+/// <summary>Opens the supported datasets by name.</summary>
+public static class Datasets
+{
+    /// <summary>Names accepted by <see cref="Open"/>.</summary>
+    public static IReadOnlyList<string> Names { get; } = ["fashion-mnist", "cifar10", "folder"];
+
+    /// <summary>
+    /// Opens <paramref name="name"/>: Fashion-MNIST and CIFAR-10 from their files (see their loaders for the search path),
+    /// or an image folder at <paramref name="data"/> (see <see cref="ImageFolderDataset"/>).
+    /// Defaults: Fashion-MNIST trains without augmentation (28×28 grey garments: no crops or flips unless asked); CIFAR-10
+    /// with crops (scale 0.35–1), flips, RandAugment and random erasing at 32×32; a folder with the official ImageNet recipe
+    /// at 224 (Mixup/CutMix included).
+    /// </summary>
+    /// <exception cref="DatasetException">The data is missing or unusable (the message says where it looked and what to do).</exception>
+    public static DatasetSplits Open(string name, string? data, double valSplit = 0.1, int channels = 3, long seed = 0)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        switch (name.ToLowerInvariant())
+        {
+            case "fashion-mnist" or "fmnist":
+            {
+                var train = FashionMnist.Load(data, "train");
+                return new DatasetSplits("fashion-mnist", train, FashionMnist.Load(data, "test"), FashionMnist.Normalization,
+                    new AugmentOptions { LabelSmoothing = 0.1 });
+            }
+
+            case "cifar10" or "cifar-10":
+            {
+                var (train, test) = Cifar10.Load(data);
+                return new DatasetSplits("cifar10", train, test, Cifar10.Normalization, new AugmentOptions
+                {
+                    CropScale = (0.35, 1.0), HorizontalFlip = 0.5, RandAugment = "rand-m9-mstd0.5-inc1", EraseProbability = 0.25, LabelSmoothing = 0.1,
+                });
+            }
+
+            case "folder" or "imagefolder":
+            {
+                if (string.IsNullOrWhiteSpace(data))
+                {
+                    throw new DatasetException("--dataset folder needs --data DIR: a folder with one sub-folder of images per class (or train/ and val/ folders holding them)");
+                }
+
+                if (channels is not (1 or 3))
+                {
+                    throw new DatasetException($"--channels must be 1 or 3, got {channels}");
+                }
+
+                var (train, val) = ImageFolderDataset.Open(data, channels, valSplit, seed);
+                var normalization = channels == 3 ? Normalization.ImageNet : new Normalization([0.449], [0.226]);
+                return new DatasetSplits("folder", train, val, normalization, AugmentOptions.Official(224));
+            }
+
+            default:
+                throw new DatasetException($"--dataset '{name}': use {string.Join(", ", Names)}");
+        }
+    }
+}
