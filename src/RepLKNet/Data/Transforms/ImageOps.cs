@@ -133,8 +133,8 @@ public static class ImageOps
         ArgumentNullException.ThrowIfNull(image);
         double t = degrees * Math.PI / 180, cos = Math.Cos(t), sin = Math.Sin(t);
         double cx = image.Width / 2.0, cy = image.Height / 2.0;
-        // Inverse map: input = R(−θ in image coordinates, y down)·(output − centre) + centre.
-        return Affine(image, cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy, fill);
+        // Inverse map (y down): input = centre + (cos·dx − sin·dy, sin·dx + cos·dy), which turns the picture counter-clockwise.
+        return Affine(image, cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, fill);
     }
 
     /// <summary>Applies a 256-entry table to every channel.</summary>
@@ -181,8 +181,7 @@ public static class ImageOps
                 return i;
             }
 
-            double scale = 255.0 / (hi[c] - lo[c]);
-            return (int)(i * scale - lo[c] * scale);
+            return (i - lo[c]) * 255 / (hi[c] - lo[c]);
         });
     }
 
