@@ -232,9 +232,10 @@ public sealed class Trainer
         var history = new List<EpochMetrics>();
         long step = 0;
         double best = double.NegativeInfinity;
+        (double LossSum, long Steps) partial = (0, 0);
         if (resuming)
         {
-            (step, best, history) = Restore(model, ema, optimizer);
+            (step, best, history, partial) = Restore(model, ema, optimizer);
             if (ema is not null)
             {
                 ema.Updates = step;
@@ -255,8 +256,9 @@ public sealed class Trainer
             long first = step % StepsPerEpoch;
             model.train();
             var sw = Stopwatch.StartNew();
-            double lossSum = 0;
-            long seen = 0, images = 0;
+            // A resumed epoch continues the loss average of the steps done before the interruption.
+            double lossSum = first > 0 ? partial.LossSum : 0;
+            long seen = first > 0 ? partial.Steps : 0, images = 0;
             var skipped = new List<SkippedImage>();
             var plan = new LoaderPlan
             {
@@ -341,7 +343,7 @@ public sealed class Trainer
 
                     if (_o.SaveEvery is long every && step % every == 0 && step % StepsPerEpoch != 0)
                     {
-                        Save(model, ema, optimizer, metadata, step, best, history);
+                        Save(model, ema, optimizer, metadata, step, best, history, (lossSum, seen));
                     }
                 }
 
@@ -358,7 +360,7 @@ public sealed class Trainer
             if (step % StepsPerEpoch == 0)
             {
                 var evalClock = Stopwatch.StartNew();
-                double top1 = Evaluate(model);
+                double top1 = Evaluate(model, onNotice);
                 double emaTop1 = ema is null ? double.NaN : Evaluate(emaModel);
                 evalSeconds = evalClock.Elapsed.TotalSeconds;
                 var metrics = new EpochMetrics(epoch + 1, step, seen == 0 ? double.NaN : lossSum / seen, schedule[step - 1], top1, emaTop1,
@@ -379,7 +381,7 @@ public sealed class Trainer
             else
             {
                 // Stopped inside an epoch (--max-steps or cancellation): keep the position so --resume continues here.
-                Save(model, ema, optimizer, metadata, step, best, history);
+                Save(model, ema, optimizer, metadata, step, best, history, (lossSum, seen));
             }
         }
 
@@ -387,8 +389,16 @@ public sealed class Trainer
     }
 
     /// <summary>Top-1 accuracy of <paramref name="model"/> on the test set (eval mode, no gradients).</summary>
-    public double Evaluate(RepLKNetModel model) =>
-        Evaluation.Run(model, _test, _pipeline, Math.Max(1, _o.BatchSize * 3 / 2), _o.Device, _o.Workers).Top1;
+    public double Evaluate(RepLKNetModel model, Action<string>? onNotice = null)
+    {
+        var result = Evaluation.Run(model, _test, _pipeline, Math.Max(1, _o.BatchSize * 3 / 2), _o.Device, _o.Workers);
+        if (result.Skipped.Count > 0)
+        {
+            onNotice?.Invoke($"evaluation skipped {result.Skipped.Count} unreadable image(s), e.g. {result.Skipped[0].Source}: {result.Skipped[0].Reason}");
+        }
+
+        return result.Top1;
+    }
 
     /// <summary>The permutation of training indices for <paramref name="epoch"/>: a function of (seed, epoch) only.</summary>
     public long[] EpochOrder(int epoch)
@@ -454,7 +464,8 @@ public sealed class Trainer
         return (optimizer, [.. groups.Select(x => x.Scale)]);
     }
 
-    private void Save(RepLKNetModel model, ModelEma? ema, OptimizerHelper optimizer, CheckpointMetadata metadata, long step, double best, List<EpochMetrics> history)
+    private void Save(RepLKNetModel model, ModelEma? ema, OptimizerHelper optimizer, CheckpointMetadata metadata, long step, double best, List<EpochMetrics> history,
+        (double LossSum, long Steps) epochSoFar = default)
     {
         // The user-facing copies (atomic each).
         CheckpointFile.WriteRepLKNet(LastCheckpoint, StateDicts.Ordered(model), metadata with { TrainingState = Path.GetFileName(StateFile) });
@@ -502,6 +513,8 @@ public sealed class Trainer
             ["accumulation_steps"] = _o.AccumulationSteps,
             ["resume"] = Path.Combine("resume", name),
             ["best_top1"] = double.IsFinite(best) ? best : null,
+            ["epoch_loss_sum"] = epochSoFar.LossSum,
+            ["epoch_steps"] = epochSoFar.Steps,
             ["history"] = JsonSerializer.SerializeToNode(history, JsonOptions),
         };
         AtomicFile.Write(StateFile, s => s.Write(System.Text.Encoding.UTF8.GetBytes(state.ToJsonString(JsonOptions))));
@@ -511,7 +524,7 @@ public sealed class Trainer
         }
     }
 
-    private (long Step, double Best, List<EpochMetrics> History) Restore(RepLKNetModel model, ModelEma? ema, OptimizerHelper optimizer)
+    private (long Step, double Best, List<EpochMetrics> History, (double LossSum, long Steps) Partial) Restore(RepLKNetModel model, ModelEma? ema, OptimizerHelper optimizer)
     {
         JsonObject state;
         try
@@ -551,7 +564,8 @@ public sealed class Trainer
 
         var history = state["history"]!.Deserialize<List<EpochMetrics>>(JsonOptions) ?? [];
         double best = state["best_top1"] is JsonNode b ? (double)b : double.NegativeInfinity;
-        return ((long)state["step"]!, best, history);
+        var partial = ((double?)state["epoch_loss_sum"] ?? 0, (long?)state["epoch_steps"] ?? 0);
+        return ((long)state["step"]!, best, history, partial);
     }
 
     private void WriteMetrics(List<EpochMetrics> history)

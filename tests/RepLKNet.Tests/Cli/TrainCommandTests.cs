@@ -109,4 +109,122 @@ public sealed class TrainCommandTests
         Assert.Contains($"'{dir.Path}'", result.StdErr, StringComparison.Ordinal);
         Assert.Contains("cifar-10-binary", result.StdErr, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public void A_run_killed_with_SIGKILL_mid_epoch_and_resumed_ends_bit_identical_to_an_uninterrupted_run()
+    {
+        using var dir = new TempDirectory();
+        string data = dir.File("data");
+        Directory.CreateDirectory(data);
+        WriteFakeFashionMnist(data, train: 1600, test: 100);
+        string arch = dir.File("tiny.json");
+        File.WriteAllText(arch, """{"large_kernel_sizes": [7, 5], "layers": [1, 1], "channels": [8, 16], "small_kernel": 3, "ffn_ratio": 2, "drop_path_rate": 0.1}""");
+        // Every random part of the recipe is on: crops, flips, RandAugment, erasing, Mixup/CutMix, drop path, EMA.
+        string[] common =
+        [
+            "train", "--data", data, "--arch", arch, "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--threads", "1", "--workers", "2",
+            "--crop-scale", "0.5,1", "--hflip", "0.5", "--randaug", "rand-m9-mstd0.5-inc1", "--reprob", "0.25", "--mixup", "0.8", "--cutmix", "1.0",
+            "--save-every", "7",
+        ];
+        string straight = dir.File("straight");
+        var full = CliRunner.Run([.. common, "--out", straight]);
+        Assert.True(full.ExitCode == 0, full.StdErr + full.StdOut);
+
+        string killed = dir.File("killed");
+        string state = Path.Combine(killed, "state.json");
+        long stepsPerEpoch = 100, killedAt;
+        using (var process = CliRunner.Start([.. common, "--out", killed]))
+        {
+            // Kill as soon as a mid-epoch save of the first epoch exists: the process is somewhere inside step 8..14.
+            var deadline = DateTime.UtcNow.AddMinutes(2);
+            while (true)
+            {
+                Assert.True(DateTime.UtcNow < deadline, "the run never saved a mid-epoch checkpoint");
+                Assert.False(process.HasExited, "the run finished before it could be killed");
+                if (File.Exists(state) && System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(state))!["step"]!.GetValue<long>() is > 0 and var s)
+                {
+                    killedAt = s;
+                    break;
+                }
+
+                Thread.Sleep(5);
+            }
+
+            process.Kill(); // SIGKILL: no handler runs, whatever was being written stays half-written
+            process.WaitForExit();
+        }
+
+        Assert.InRange(killedAt, 1, stepsPerEpoch - 1);
+        var resumed = CliRunner.Run([.. common, "--out", killed, "--resume"]);
+        Assert.True(resumed.ExitCode == 0, resumed.StdErr + resumed.StdOut);
+        Assert.Contains("resumed from", resumed.StdOut, StringComparison.Ordinal);
+
+        foreach (var file in new[] { "last.safetensors", "last-ema.safetensors" })
+        {
+            using var a = CheckpointFile.Read(Path.Combine(straight, file));
+            using var b = CheckpointFile.Read(Path.Combine(killed, file));
+            Assert.Equal(a.State.Keys, b.State.Keys);
+            foreach (var (key, tensor) in a.State)
+            {
+                Assert.True(tensor.equal(b.State[key]).all().item<bool>(), $"{file}: {key} differs after kill and resume");
+            }
+        }
+
+        Assert.Equal(File.ReadAllLines(Path.Combine(straight, "metrics.csv")).Select(l => string.Join(',', l.Split(',')[..6])),
+            File.ReadAllLines(Path.Combine(killed, "metrics.csv")).Select(l => string.Join(',', l.Split(',')[..6])));
+    }
+
+    [Fact]
+    public void Train_on_an_image_folder_reports_unreadable_files_and_eval_and_predict_use_the_recorded_preprocessing()
+    {
+        using var dir = new TempDirectory();
+        string data = dir.File("shapes");
+        var rng = new Random(3);
+        foreach (var (cls, colour) in new[] { ("red", new SkiaSharp.SKColor(220, 30, 30)), ("blue", new SkiaSharp.SKColor(30, 30, 220)) })
+        {
+            Directory.CreateDirectory(Path.Combine(data, cls));
+            for (int i = 0; i < (cls == "red" ? 23 : 24); i++)
+            {
+                using var bitmap = new SkiaSharp.SKBitmap(30 + rng.Next(20), 30 + rng.Next(20));
+                bitmap.Erase(new SkiaSharp.SKColor((byte)rng.Next(256), (byte)rng.Next(256), (byte)rng.Next(256)));
+                using (var canvas = new SkiaSharp.SKCanvas(bitmap))
+                using (var paint = new SkiaSharp.SKPaint { Color = colour })
+                {
+                    canvas.DrawCircle(bitmap.Width / 2f, bitmap.Height / 2f, 12, paint);
+                }
+
+                using var png = bitmap.Encode(SkiaSharp.SKEncodedImageFormat.Png, 100);
+                File.WriteAllBytes(Path.Combine(data, cls, $"{i:D2}.png"), png.ToArray());
+            }
+        }
+
+        File.WriteAllText(Path.Combine(data, "red", "broken.png"), "this is not a PNG");
+        string run = dir.File("run");
+        var result = CliRunner.Run("train", "--dataset", "folder", "--data", data, "--val-split", "0.25", "--input-size", "24", "--epochs", "1",
+            "--batch-size", "6", "--out", run, "--device", "cpu");
+        Assert.True(result.ExitCode == 0, result.StdErr + result.StdOut);
+        Assert.Contains("random-resized-crop 0.08–1 bicubic, hflip 0.5, rand-m9-mstd0.5-inc1, random-erasing 0.25, mixup 0.8 / cutmix 1", result.StdOut, StringComparison.Ordinal);
+        // 36 training images in batches of 6 (none dropped): the broken file is reported by training or by evaluation.
+        Assert.Matches(@"skipped 1 unreadable image\(s\), e\.g\. .*broken\.png", result.StdOut);
+        using (var best = CheckpointFile.Read(Path.Combine(run, "best-deploy.safetensors")))
+        {
+            Assert.Equal(24, best.Metadata!.Preprocessing!.InputSize);
+            Assert.Equal([0.485, 0.456, 0.406], best.Metadata.Preprocessing.Mean);
+            Assert.Equal(["blue", "red"], best.Metadata.ClassNames);
+        }
+
+        var eval = CliRunner.Run("eval", "--weights", Path.Combine(run, "best-deploy.safetensors"), "--dataset", "folder", "--data", data, "--val-split", "0.25");
+        Assert.True(eval.ExitCode == 0, eval.StdErr);
+        Assert.Contains("on 12 folder validation images", eval.StdOut, StringComparison.Ordinal);
+
+        var predict = CliRunner.Run("predict", "--weights", Path.Combine(run, "best-deploy.safetensors"), Path.Combine(data, "blue"));
+        Assert.True(predict.ExitCode == 0, predict.StdErr);
+        Assert.Equal(24 * 3, predict.StdOut.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length); // 24 images: a name + 2 classes each
+
+        var empty = dir.File("empty");
+        Directory.CreateDirectory(Path.Combine(empty, "a"));
+        var failed = CliRunner.Run("train", "--dataset", "folder", "--data", empty, "--out", dir.File("run2"));
+        Assert.Equal(1, failed.ExitCode);
+        Assert.Contains("holds no images", failed.StdErr, StringComparison.Ordinal);
+    }
 }

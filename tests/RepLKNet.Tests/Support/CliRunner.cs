@@ -9,7 +9,34 @@ internal static class CliRunner
 
     public static Result Run(params string[] args) => Run(new Dictionary<string, string?>(), args);
 
+    /// <summary>Starts the CLI without waiting (output drained and discarded), for tests that stop it themselves.</summary>
+    public static Process Start(params string[] args)
+    {
+        var process = Process.Start(StartInfo(new Dictionary<string, string?>(), args)) ?? throw new InvalidOperationException("could not start the CLI");
+        process.OutputDataReceived += (_, _) => { };
+        process.ErrorDataReceived += (_, _) => { };
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        return process;
+    }
+
     public static Result Run(IReadOnlyDictionary<string, string?> environment, params string[] args)
+    {
+        var start = StartInfo(environment, args);
+        string dotnet = start.FileName;
+        using var process = Process.Start(start) ?? throw new InvalidOperationException($"could not start {dotnet}");
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        if (!process.WaitForExit(TimeSpan.FromMinutes(3)))
+        {
+            process.Kill(entireProcessTree: true);
+            throw new TimeoutException($"replknet {string.Join(' ', args)} did not finish in 3 minutes");
+        }
+
+        return new Result(process.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    private static ProcessStartInfo StartInfo(IReadOnlyDictionary<string, string?> environment, string[] args)
     {
         string dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host ? host : "dotnet";
         var start = new ProcessStartInfo(dotnet)
@@ -38,15 +65,6 @@ internal static class CliRunner
             }
         }
 
-        using var process = Process.Start(start) ?? throw new InvalidOperationException($"could not start {dotnet}");
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        if (!process.WaitForExit(TimeSpan.FromMinutes(3)))
-        {
-            process.Kill(entireProcessTree: true);
-            throw new TimeoutException($"replknet {string.Join(' ', args)} did not finish in 3 minutes");
-        }
-
-        return new Result(process.ExitCode, stdout.Result, stderr.Result);
+        return start;
     }
 }

@@ -60,4 +60,41 @@ public sealed class ScheduleAndGroupTests
         var (_, deployNoDecay) = ParameterGroups.Split(model);
         Assert.Contains(deployNoDecay, p => p.Name == "stages.0.blocks.0.large_kernel.lkb_reparam.bias");
     }
+
+    [Theory]
+    [InlineData("stem.0.conv.weight", 0)]
+    [InlineData("stem.3.bn.running_mean", 0)]
+    [InlineData("stages.0.blocks.3.pw1.conv.weight", 1)]
+    [InlineData("transitions.0.1.conv.weight", 1)]
+    [InlineData("stages.1.blocks.0.large_kernel.lkb_origin.conv.weight", 2)]
+    [InlineData("transitions.1.0.bn.bias", 2)]
+    [InlineData("stages.2.blocks.0.prelkb_bn.weight", 3)]
+    [InlineData("stages.2.blocks.3.pw2.conv.weight", 3)]
+    [InlineData("stages.2.blocks.4.pw1.conv.weight", 4)]
+    [InlineData("stages.2.blocks.17.preffn_bn.bias", 7)]
+    [InlineData("stages.2.blocks.35.pw2.bn.weight", 11)]
+    [InlineData("transitions.2.0.conv.weight", 11)]
+    [InlineData("stages.3.blocks.1.pw1.conv.weight", 12)]
+    [InlineData("norm.weight", 13)]
+    [InlineData("head.bias", 13)]
+    public void Layer_ids_follow_the_official_fourteen_group_mapping_for_31B(string name, int expected)
+    {
+        // The official optim_factory table for layers [2, 2, 18, 2]: stem 0; stage/transition 0 → 1, 1 → 2; stage 2 block
+        // module k → 3 + k // 4; transition 2 → 11; stage 3 → 12; the rest → 13. Scale = decay^(13 − id).
+        int[] layers = [2, 2, 18, 2];
+        Assert.Equal(14, LayerDecay.LayerCount(layers));
+        Assert.Equal(expected, LayerDecay.LayerId(name, layers));
+        Assert.Equal(Math.Pow(0.7, 13 - expected), LayerDecay.Scale(name, layers, 0.7), 12);
+    }
+
+    [Fact]
+    public void Layer_ids_of_other_depths_give_one_group_per_stage()
+    {
+        int[] three = [1, 1, 1];
+        Assert.Equal(5, LayerDecay.LayerCount(three));
+        Assert.Equal([0, 1, 1, 3, 4], new[] { "stem.0.conv.weight", "stages.0.blocks.1.pw1.conv.weight", "transitions.0.0.conv.weight", "stages.2.blocks.0.pw1.conv.weight", "head.weight" }
+            .Select(n => LayerDecay.LayerId(n, three)));
+        Assert.Equal(1.0, LayerDecay.Scale("head.weight", three, 0.5));
+        Assert.Equal(0.0625, LayerDecay.Scale("stem.0.conv.weight", three, 0.5));
+    }
 }

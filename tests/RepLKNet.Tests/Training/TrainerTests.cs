@@ -95,4 +95,64 @@ public sealed class TrainerTests
         var e = Assert.Throws<NonFiniteLossException>(() => new Trainer(options, train, test).Run());
         Assert.Matches(@"at step \d+ \(epoch \d+\)", e.Message);
     }
+
+    [Fact]
+    public void Fine_tuning_starts_from_the_given_weights_and_skips_a_head_of_another_size()
+    {
+        using var dir = new TempDirectory();
+        using var train = Synthetic(64, 7);
+        using var test = Synthetic(16, 8);
+        string source = dir.File("pretrained.safetensors");
+        manual_seed(99);
+        using (var pretrained = new RepLKNetModel(Tiny with { NumClasses = 5 }))
+        {
+            CheckpointFile.WriteRepLKNet(source, StateDicts.Ordered(pretrained), new CheckpointMetadata("tiny", Tiny with { NumClasses = 5 }, ModelForm.Train));
+        }
+
+        var options = Options(dir.File("run")) with { InitialWeights = source, LearningRate = 1e-12, WarmupEpochs = 0, MaxSteps = 1, EmaDecay = 0 };
+        var notices = new List<string>();
+        new Trainer(options, train, test).Run(onNotice: notices.Add);
+
+        Assert.Contains(notices, n => n.Contains("head.weight", StringComparison.Ordinal) && n.Contains("left at random", StringComparison.Ordinal));
+        using var before = CheckpointFile.Read(source);
+        using var after = CheckpointFile.Read(Path.Combine(options.OutDir, "last.safetensors"));
+        foreach (var (key, value) in before.State.Where(kv => kv.Key.EndsWith("conv.weight", StringComparison.Ordinal)))
+        {
+            Assert.True(value.allclose(after.State[key], 1e-6, 1e-7), $"{key} was not loaded");
+        }
+
+        Assert.Equal([2L, 16L], after.State["head.weight"].shape);
+    }
+
+    [Fact]
+    public void Gradient_clipping_shrinks_the_step_and_accumulation_with_mixing_trains()
+    {
+        using var train = Synthetic(192, 9);
+        using var test = Synthetic(32, 10);
+        double Moved(double? clip)
+        {
+            using var dir = new TempDirectory();
+            var options = Options(dir.Path) with { ClipGradNorm = clip, MaxSteps = 1, WarmupEpochs = 0, EmaDecay = 0, LearningRate = 1e-3 };
+            new Trainer(options, train, test).Run();
+            using var after = CheckpointFile.Read(Path.Combine(dir.Path, "last.safetensors"));
+            manual_seed(options.Seed);
+            using var initial = new RepLKNetModel(Tiny);
+            var start = StateDicts.Ordered(initial).ToDictionary();
+            return after.State.Where(kv => kv.Key.EndsWith("conv.weight", StringComparison.Ordinal))
+                .Sum(kv => (kv.Value - start[kv.Key]).abs().sum().item<float>());
+        }
+
+        // Adam normalizes the gradient's scale, except against eps = 1e-8: a 1e-12 clip makes the step tiny.
+        double free = Moved(null), clipped = Moved(1e-12);
+        Assert.True(clipped < free * 0.05, $"clipped step moved {clipped:E2}, unclipped {free:E2}");
+
+        using var run = new TempDirectory();
+        var augment = new RepLKNet.Data.Transforms.AugmentOptions { Mixup = 0.8, CutMix = 1.0, HorizontalFlip = 0.5, LabelSmoothing = 0.1 };
+        var trainer = new Trainer(Options(run.Path) with { AccumulationSteps = 2, ClipGradNorm = 5, Augment = augment, Epochs = 4 }, train, test);
+        Assert.Equal(6, trainer.StepsPerEpoch); // 192 images / (16 × 2)
+        var history = trainer.Run();
+        Assert.Equal(24, history[^1].Step);
+        Assert.All(history, h => Assert.True(double.IsFinite(h.TrainLoss)));
+        Assert.True(history[^1].Top1 > 0.7, $"top-1 {history[^1].Top1:P1} after mixing training");
+    }
 }
