@@ -162,7 +162,8 @@ public sealed class TransformTests
         var sample = new float[plain.SampleLength];
         plain.Eval(image, sample);
         // The eval view of a 16×16 image at size 16 is the image itself, normalized per channel.
-        var expected = ((AsTensor(image) / 255.0 - tensor(new[] { 0.5f, 0.4f, 0.3f }).view(1, 3, 1, 1)) / tensor(new[] { 0.2f, 0.25f, 0.3f }).view(1, 3, 1, 1)).flatten();
+        float[] mean = [0.5f, 0.4f, 0.3f], std = [0.2f, 0.25f, 0.3f];
+        var expected = ((AsTensor(image) / 255.0 - tensor(mean).view(1, 3, 1, 1)) / tensor(std).view(1, 3, 1, 1)).flatten();
         Assert.True(tensor(sample).allclose(expected, 1e-5, 1e-5));
 
         var options = new AugmentOptions { InputSize = 16, CropScale = (0.08, 1), HorizontalFlip = 0.5, RandAugment = "rand-m9-mstd0.5-inc1", EraseProbability = 1 };

@@ -92,8 +92,8 @@ public sealed class ScheduleAndGroupTests
     {
         int[] three = [1, 1, 1];
         Assert.Equal(5, LayerDecay.LayerCount(three));
-        Assert.Equal([0, 1, 1, 3, 4], new[] { "stem.0.conv.weight", "stages.0.blocks.1.pw1.conv.weight", "transitions.0.0.conv.weight", "stages.2.blocks.0.pw1.conv.weight", "head.weight" }
-            .Select(n => LayerDecay.LayerId(n, three)));
+        string[] names = ["stem.0.conv.weight", "stages.0.blocks.1.pw1.conv.weight", "transitions.0.0.conv.weight", "stages.2.blocks.0.pw1.conv.weight", "head.weight"];
+        Assert.Equal([0, 1, 1, 3, 4], names.Select(n => LayerDecay.LayerId(n, three)));
         Assert.Equal(1.0, LayerDecay.Scale("head.weight", three, 0.5));
         Assert.Equal(0.0625, LayerDecay.Scale("stem.0.conv.weight", three, 0.5));
     }
