@@ -7,6 +7,8 @@ namespace RepLKNet.Data.Transforms;
 /// (default 2) drawn with replacement from the 15 transforms, each applied with probability <c>p</c> (0.5) at magnitude
 /// <c>m</c> (out of <c>mmax</c> = 10) plus Gaussian noise of std <c>mstd</c> (clipped to [0, mmax]); <c>inc1</c> picks the
 /// variants whose strength increases with the magnitude. Geometric operations fill with the dataset mean colour.
+/// Differences from timm + PIL, all within augmentation noise: geometric operations always sample bilinearly (timm picks
+/// bilinear or bicubic at random) and enhance blends round where PIL truncates.
 /// </summary>
 public sealed class RandAugment
 {
