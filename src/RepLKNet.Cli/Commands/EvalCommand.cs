@@ -69,21 +69,16 @@ public sealed class EvalCommand(IAnsiConsole console) : Command<EvalCommand.Sett
         var loaded = ModelLoader.Load(settings.Weights!, settings.LoadOptions);
         using var model = loaded.Model;
         model.to(runtime.Device);
-        DatasetSplits splits;
-        try
+        if (Datasets.Canonical(settings.Dataset) is null)
         {
-            splits = Datasets.Open(settings.Dataset, settings.Data, settings.ValSplit, model.Config.InChannels, settings.Seed);
-        }
-        catch (DatasetException e) when (e.Message.StartsWith("--dataset", StringComparison.Ordinal))
-        {
-            throw new UsageException(e.Message);
+            throw new UsageException($"--dataset '{settings.Dataset}': use {string.Join(", ", Datasets.Names)}");
         }
 
-        using (splits)
+        using (var splits = Datasets.Open(settings.Dataset, settings.Data, settings.ValSplit, model.Config.InChannels, settings.Seed))
         {
             var data = splits.Test;
             var pre = loaded.Metadata?.Preprocessing;
-            var normalization = pre is not null ? new Normalization(pre.Mean, pre.Std) : splits.Normalization;
+            var normalization = pre?.Normalization ?? splits.Normalization;
             int size = settings.InputSize ?? pre?.InputSize ?? data.FixedSize?.Height ?? splits.Defaults.InputSize ?? 224;
             var pipeline = new Data.Transforms.SamplePipeline(new Data.Transforms.AugmentOptions { CropPct = pre?.CropPct ?? splits.Defaults.CropPct },
                 normalization, data.Channels, size);

@@ -43,7 +43,7 @@ public sealed class PredictCommand(IAnsiConsole console) : Command<PredictComman
         int size = settings.InputSize ?? pre?.InputSize ?? pretrained?.InputSize.H ?? 224;
         int channels = model.Config.InChannels;
         Normalization normalization = pre is not null
-            ? new Normalization(pre.Mean, pre.Std)
+            ? pre.Normalization
             : pretrained is { } p
                 ? new Normalization([p.Mean.R, p.Mean.G, p.Mean.B], [p.Std.R, p.Std.G, p.Std.B])
                 : Normalization.ImageNet;
@@ -65,11 +65,6 @@ public sealed class PredictCommand(IAnsiConsole console) : Command<PredictComman
         foreach (var file in files)
         {
             using var scope = NewDisposeScope();
-            if (!File.Exists(file))
-            {
-                throw new DatasetException($"'{file}': no such image");
-            }
-
             var sample = new float[pipeline.SampleLength];
             pipeline.Eval(ImageDecoder.Decode(file, channels), sample);
             var x = tensor(sample, [1, channels, size, size]).to(runtime.Device);

@@ -228,7 +228,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
                 return ValidationResult.Error($"--aug '{Aug}': use default, none or official");
             }
 
-            if (!Datasets.Names.Contains(Dataset.ToLowerInvariant()) && Dataset.ToLowerInvariant() is not ("fmnist" or "cifar-10" or "imagefolder"))
+            if (Datasets.Canonical(Dataset) is null)
             {
                 return ValidationResult.Error($"--dataset '{Dataset}': use {string.Join(", ", Datasets.Names)}");
             }
@@ -352,13 +352,9 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         var a = settings.Aug switch
         {
             "none" => new AugmentOptions { LabelSmoothing = 0.1 },
-            "official" => AugmentOptions.Official(data.Defaults.InputSize ?? data.Train.FixedSize?.Height ?? 224),
+            "official" => AugmentOptions.Official(data.Train.FixedSize?.Height ?? data.Defaults.InputSize ?? 224),
             _ => data.Defaults,
         };
-        if (settings.Aug == "official" && data.Train.FixedSize is { } native)
-        {
-            a = a with { InputSize = native.Height };
-        }
 
         if (settings.InputSize is int size)
         {

@@ -96,6 +96,10 @@ public sealed record CheckpointMetadata(string Arch, RepLKNetConfig Config, Mode
 public sealed record Preprocessing(int InputSize, double[] Mean, double[] Std, double CropPct)
 {
     internal static readonly JsonSerializerOptions JsonOptions = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
+
+    /// <summary>The recorded mean and std as a normalization.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public Data.Normalization Normalization => new(Mean, Std);
 }
 
 /// <summary>A state dict read from a file, with where it came from.</summary>

@@ -24,6 +24,19 @@ public static class Datasets
     /// <summary>Names accepted by <see cref="Open"/>.</summary>
     public static IReadOnlyList<string> Names { get; } = ["fashion-mnist", "cifar10", "folder"];
 
+    /// <summary>The canonical name of <paramref name="name"/> (case-insensitive; fmnist, cifar-10 and imagefolder are aliases), or null.</summary>
+    public static string? Canonical(string name)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        return name.ToLowerInvariant() switch
+        {
+            "fashion-mnist" or "fmnist" => "fashion-mnist",
+            "cifar10" or "cifar-10" => "cifar10",
+            "folder" or "imagefolder" => "folder",
+            _ => null,
+        };
+    }
+
     /// <summary>
     /// Opens <paramref name="name"/>: Fashion-MNIST and CIFAR-10 from their files (see their loaders for the search path),
     /// or an image folder at <paramref name="data"/> (see <see cref="ImageFolderDataset"/>).
@@ -35,16 +48,16 @@ public static class Datasets
     public static DatasetSplits Open(string name, string? data, double valSplit = 0.1, int channels = 3, long seed = 0)
     {
         ArgumentNullException.ThrowIfNull(name);
-        switch (name.ToLowerInvariant())
+        switch (Canonical(name))
         {
-            case "fashion-mnist" or "fmnist":
+            case "fashion-mnist":
             {
                 var train = FashionMnist.Load(data, "train");
                 return new DatasetSplits("fashion-mnist", train, FashionMnist.Load(data, "test"), FashionMnist.Normalization,
                     new AugmentOptions { LabelSmoothing = 0.1 });
             }
 
-            case "cifar10" or "cifar-10":
+            case "cifar10":
             {
                 var (train, test) = Cifar10.Load(data);
                 return new DatasetSplits("cifar10", train, test, Cifar10.Normalization, new AugmentOptions
@@ -53,7 +66,7 @@ public static class Datasets
                 });
             }
 
-            case "folder" or "imagefolder":
+            case "folder":
             {
                 if (string.IsNullOrWhiteSpace(data))
                 {

@@ -1,54 +1,12 @@
 using SkiaSharp;
-using static TorchSharp.torch;
 
 namespace RepLKNet.Data;
 
-/// <summary>Decodes PNG/JPEG/WebP/BMP/GIF files (SkiaSharp) into uint8 CHW tensors of a given size and channel count.</summary>
+/// <summary>Decodes PNG/JPEG/WebP/BMP/GIF files (SkiaSharp) into planar 8-bit images of a given channel count.</summary>
 public static class ImageDecoder
 {
     /// <summary>File extensions treated as images when a folder is given.</summary>
     public static IReadOnlyList<string> Extensions { get; } = [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"];
-
-    /// <summary>
-    /// Decodes <paramref name="path"/>, resizes it to <paramref name="width"/>×<paramref name="height"/> (cubic) and returns
-    /// (channels, height, width) uint8: 3 channels RGB, or 1 channel luminance (0.299 R + 0.587 G + 0.114 B).
-    /// </summary>
-    /// <exception cref="DatasetException">The file is missing or not a decodable image.</exception>
-    public static Tensor Load(string path, int channels, int height, int width)
-    {
-        ArgumentNullException.ThrowIfNull(path);
-        if (!File.Exists(path))
-        {
-            throw new DatasetException($"'{path}': no such image");
-        }
-
-        using var decoded = SKBitmap.Decode(path) ?? throw new DatasetException($"'{path}' is not a readable image (PNG, JPEG, WebP, BMP or GIF)");
-        using var rgba = new SKBitmap(new SKImageInfo(width, height, SKColorType.Rgba8888, SKAlphaType.Unpremul));
-        if (!decoded.ScalePixels(rgba, new SKSamplingOptions(SKCubicResampler.CatmullRom)))
-        {
-            throw new DatasetException($"'{path}' could not be resized to {width}×{height}");
-        }
-
-        var bytes = rgba.GetPixelSpan();
-        var planes = new byte[channels * height * width];
-        int plane = height * width;
-        for (int i = 0; i < plane; i++)
-        {
-            byte r = bytes[4 * i], g = bytes[4 * i + 1], b = bytes[4 * i + 2];
-            if (channels == 1)
-            {
-                planes[i] = (byte)Math.Clamp(Math.Round(0.299 * r + 0.587 * g + 0.114 * b), 0, 255);
-            }
-            else
-            {
-                planes[i] = r;
-                planes[plane + i] = g;
-                planes[2 * plane + i] = b;
-            }
-        }
-
-        return tensor(planes, [channels, height, width], dtype: ScalarType.Byte);
-    }
 
     /// <summary>
     /// Decodes <paramref name="path"/> at its own size into a planar image of <paramref name="channels"/> channels
@@ -61,6 +19,11 @@ public static class ImageDecoder
         if (channels is not (1 or 3))
         {
             throw new ArgumentOutOfRangeException(nameof(channels), channels, "1 or 3 channels");
+        }
+
+        if (!File.Exists(path))
+        {
+            throw new DatasetException($"'{path}': no such image");
         }
 
         SKBitmap? decoded;
@@ -82,11 +45,7 @@ public static class ImageDecoder
                 throw new DatasetException($"'{path}' could not be decoded ({result})");
             }
         }
-        catch (IOException e)
-        {
-            throw new DatasetException($"'{path}' could not be read: {e.Message}", e);
-        }
-        catch (UnauthorizedAccessException e)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new DatasetException($"'{path}' could not be read: {e.Message}", e);
         }

@@ -9,6 +9,7 @@ namespace RepLKNet.Data;
 public sealed class ImageTensorDataset : IImageDataset, IDisposable
 {
     private readonly Lazy<(byte[] Pixels, long[] Labels)> _mirror;
+    private readonly int _channels, _height, _width;
 
     /// <summary>Creates the dataset; it owns both tensors.</summary>
     public ImageTensorDataset(Tensor images, Tensor labels, IReadOnlyList<string> classNames, string name = "images")
@@ -25,6 +26,7 @@ public sealed class ImageTensorDataset : IImageDataset, IDisposable
         Labels = labels;
         ClassNames = classNames;
         Name = name;
+        (_channels, _height, _width) = ((int)images.shape[1], (int)images.shape[2], (int)images.shape[3]);
         _mirror = new Lazy<(byte[], long[])>(() => (Images.contiguous().data<byte>().ToArray(), Labels.to(int64).data<long>().ToArray()));
     }
 
@@ -44,10 +46,10 @@ public sealed class ImageTensorDataset : IImageDataset, IDisposable
     public long Count => Labels.shape[0];
 
     /// <inheritdoc />
-    public int Channels => (int)Images.shape[1];
+    public int Channels => _channels;
 
     /// <inheritdoc />
-    public (int Height, int Width)? FixedSize => ((int)Images.shape[2], (int)Images.shape[3]);
+    public (int Height, int Width)? FixedSize => (_height, _width);
 
     /// <inheritdoc />
     public long Label(long index) => _mirror.Value.Labels[index];
@@ -60,11 +62,10 @@ public sealed class ImageTensorDataset : IImageDataset, IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfNegative(index);
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(index, Count);
-        int c = Channels, h = (int)Images.shape[2], w = (int)Images.shape[3];
-        int size = c * h * w;
+        int size = _channels * _height * _width;
         var pixels = new byte[size];
         Array.Copy(_mirror.Value.Pixels, index * size, pixels, 0, size);
-        return new ImageU8(pixels, c, h, w);
+        return new ImageU8(pixels, _channels, _height, _width);
     }
 
     /// <summary>The first <paramref name="count"/> images (a copy), or this set when it is not larger.</summary>

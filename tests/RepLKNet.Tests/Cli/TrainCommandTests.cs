@@ -88,7 +88,9 @@ public sealed class TrainCommandTests
         Assert.Equal(image, lines[0].Trim());
         Assert.Equal(6, lines.Length);
         using var loaded = ModelLoader.Load(Path.Combine(run, "best-deploy.safetensors"), new ModelLoadOptions()).Model;
-        using var pixels = ImageDecoder.Load(image, 1, 28, 28);
+        var decoded = ImageDecoder.Decode(image, 1);
+        Assert.Equal((28, 28), (decoded.Height, decoded.Width));
+        using var pixels = TorchSharp.torch.tensor(decoded.Pixels, [1, 28, 28], dtype: TorchSharp.torch.ScalarType.Byte);
         Assert.Equal(30, pixels[0, 0, 0].item<byte>());
         Assert.Equal(250, pixels[0, 17, 10].item<byte>());
         var (mean, std) = FashionMnist.Normalization.At(0, 1);
