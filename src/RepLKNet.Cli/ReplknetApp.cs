@@ -88,6 +88,21 @@ public static class ReplknetApp
                     .WithDescription("Time a whole model (inference or a training step), ours vs libtorch's depthwise conv.")
                     .WithExample("bench", "model", "--arch", "RepLKNet-31B", "--batch", "8", "--mode", "infer");
             });
+            config.AddCommand<ErfCommand>("erf")
+                .WithDescription("Effective receptive field (the paper's method): heatmap PNG with colour bar and high-contribution area ratios; --compare draws several models side by side.")
+                .WithExample("erf", "--arch", "RepLKNet-31B", "--num-images", "2", "--out", "erf-31b.png")
+                .WithExample("erf", "--compare", "resnet18@resnet18.safetensors", "--compare", "@runs/fmnist/best.safetensors", "--size", "224", "--out", "erf.png");
+            config.AddBranch("experiment", experiment =>
+            {
+                experiment.SetDescription("The paper's guideline experiments on MobileNetV2, and one-recipe training of other classifiers.");
+                experiment.AddCommand<ExperimentKernelSizeCommand>("kernel-size")
+                    .WithDescription("Train the paper's MobileNetV2 kernel-size variants with one recipe and print the table (shortcut, reparam or last-stage).")
+                    .WithExample("experiment", "kernel-size", "--table", "reparam")
+                    .WithExample("experiment", "kernel-size", "--table", "shortcut", "--budget", "5m", "--seeds", "0,1");
+                experiment.AddCommand<ExperimentTrainCommand>("train")
+                    .WithDescription("Train one comparison model (resnet18/50/101 or mobilenetv2[-kN]) with the experiments' recipe; e.g. a ResNet for 'replknet erf --compare'.")
+                    .WithExample("experiment", "train", "--model", "resnet18", "--budget", "2", "--out", "runs/resnet18-fmnist.safetensors");
+            });
             config.AddCommand<InfoCommand>("info")
                 .WithDescription("Print the .NET, TorchSharp and libtorch versions, threads, CPU vector support, the GLIBCXX fix and CUDA devices.")
                 .WithExample("info")

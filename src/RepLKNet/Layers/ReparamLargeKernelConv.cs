@@ -17,13 +17,15 @@ public sealed class ReparamLargeKernelConv : Module<Tensor, Tensor>, IReparamete
     private ConvBn? small_conv;
     private Conv2d? lkb_reparam;
 
-    /// <summary>Creates the module (depthwise: in = out = groups = <paramref name="channels"/>, stride 1).</summary>
+    /// <summary>Creates the module (depthwise: in = out = groups = <paramref name="channels"/>).</summary>
     /// <param name="channels">Channels D.</param>
     /// <param name="kernelSize">Large kernel K (odd).</param>
     /// <param name="smallKernel">Small kernel s (odd, ≤ K), or null for none.</param>
     /// <param name="deploy">Build the deploy form directly (the official <c>small_kernel_merged=True</c>).</param>
     /// <param name="device">Where to allocate.</param>
-    public ReparamLargeKernelConv(long channels, int kernelSize, int? smallKernel, bool deploy, Device? device = null)
+    /// <param name="stride">Stride of both branches (1 in RepLKNet; MobileNetV2's down-sampling blocks use 2). Both pad by
+    /// half their kernel, so the small kernel stays centred in the large one and the merge holds at any stride.</param>
+    public ReparamLargeKernelConv(long channels, int kernelSize, int? smallKernel, bool deploy, Device? device = null, int stride = 1)
         : base(nameof(ReparamLargeKernelConv))
     {
         if (kernelSize % 2 == 0 || smallKernel is int s && (s > kernelSize || s % 2 == 0))
@@ -31,19 +33,26 @@ public sealed class ReparamLargeKernelConv : Module<Tensor, Tensor>, IReparamete
             throw new ArgumentException($"kernel {kernelSize} and small kernel {smallKernel} must be odd with small ≤ large");
         }
 
+        if (stride < 1)
+        {
+            throw new ArgumentException($"stride must be ≥ 1, got {stride}");
+        }
+
+        Stride = stride;
+
         Channels = channels;
         KernelSize = kernelSize;
         SmallKernel = smallKernel;
         if (deploy)
         {
-            lkb_reparam = DeployConv(channels, kernelSize, device);
+            lkb_reparam = DeployConv(channels, kernelSize, stride, device);
         }
         else
         {
-            lkb_origin = new ConvBn(channels, channels, kernelSize, 1, kernelSize / 2, channels, relu: false, device);
+            lkb_origin = new ConvBn(channels, channels, kernelSize, stride, kernelSize / 2, channels, relu: false, device);
             if (smallKernel is int small)
             {
-                small_conv = new ConvBn(channels, channels, small, 1, small / 2, channels, relu: false, device);
+                small_conv = new ConvBn(channels, channels, small, stride, small / 2, channels, relu: false, device);
             }
         }
 
@@ -56,6 +65,9 @@ public sealed class ReparamLargeKernelConv : Module<Tensor, Tensor>, IReparamete
     /// <summary>Large kernel size K.</summary>
     public int KernelSize { get; }
 
+    /// <summary>Stride.</summary>
+    public int Stride { get; }
+
     /// <summary>Small kernel size, or null.</summary>
     public int? SmallKernel { get; }
 
@@ -67,7 +79,7 @@ public sealed class ReparamLargeKernelConv : Module<Tensor, Tensor>, IReparamete
     {
         if (lkb_reparam is not null)
         {
-            return DepthwiseConv2d.Forward(input, lkb_reparam.weight!, lkb_reparam.bias);
+            return Stride == 1 ? DepthwiseConv2d.Forward(input, lkb_reparam.weight!, lkb_reparam.bias) : lkb_reparam.call(input);
         }
 
         var output = lkb_origin!.call(input);
@@ -111,7 +123,7 @@ public sealed class ReparamLargeKernelConv : Module<Tensor, Tensor>, IReparamete
         }
 
         var (kernel, bias) = EquivalentKernelBias();
-        var merged = DeployConv(Channels, KernelSize, kernel.device);
+        var merged = DeployConv(Channels, KernelSize, Stride, kernel.device);
         using (no_grad())
         {
             merged.weight!.copy_(kernel);
@@ -138,6 +150,6 @@ public sealed class ReparamLargeKernelConv : Module<Tensor, Tensor>, IReparamete
     }
 
     // Padding is set explicitly to K//2 (the official merge_kernel loses it when the CUTLASS conv is active, issue #48).
-    private static Conv2d DeployConv(long channels, int kernelSize, Device? device) =>
-        Conv2d(channels, channels, kernelSize, stride: 1, padding: kernelSize / 2, groups: channels, bias: true, device: device);
+    private static Conv2d DeployConv(long channels, int kernelSize, int stride, Device? device) =>
+        Conv2d(channels, channels, kernelSize, stride: stride, padding: kernelSize / 2, groups: channels, bias: true, device: device);
 }

@@ -17,7 +17,7 @@ public sealed record FeatureInfo(int Stage, int Channels, int Reduction, string 
 /// <c>stages</c>, <c>transitions</c> (registered after all stages), then for a classifier <c>norm</c> → global average pool → <c>head</c>.
 /// In backbone mode (out_indices) it returns per-stage features through <see cref="forward_intermediates"/>.
 /// </summary>
-public sealed class RepLKNetModel : Module<Tensor, Tensor>
+public sealed class RepLKNetModel : Module<Tensor, Tensor>, IFeatureModel
 {
     private readonly ModuleList<ConvBn> stem;
     private readonly ModuleList<RepLKNetStage> stages;

@@ -218,6 +218,7 @@ public static class TorchRuntime
 
     private static LoadedState Load()
     {
+        HeapTuning.Apply();
         if (!OperatingSystem.IsLinux() || System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture !=
             System.Runtime.InteropServices.Architecture.X64)
         {

@@ -2,6 +2,7 @@ using RepLKNet.Data;
 using RepLKNet.Data.Transforms;
 using RepLKNet.Models;
 using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
 
 namespace RepLKNet.Training;
 
@@ -21,10 +22,17 @@ public static class Evaluation
     /// <summary>Runs <paramref name="model"/> (eval mode, no gradients) over <paramref name="data"/> in batches.</summary>
     public static EvaluationResult Run(RepLKNetModel model, IImageDataset data, SamplePipeline pipeline, int batchSize, Device device, int? workers = null)
     {
+        ArgumentNullException.ThrowIfNull(model);
+        int classes = model.Config.NumClasses ?? throw new InvalidOperationException("a backbone has no classifier to evaluate");
+        return Run(model, classes, data, pipeline, batchSize, device, workers);
+    }
+
+    /// <summary>Runs any classifier <paramref name="model"/> with <paramref name="classes"/> outputs (eval mode, no gradients) over <paramref name="data"/>.</summary>
+    public static EvaluationResult Run(Module<Tensor, Tensor> model, int classes, IImageDataset data, SamplePipeline pipeline, int batchSize, Device device, int? workers = null)
+    {
         ArgumentNullException.ThrowIfNull(pipeline);
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(data);
-        int classes = model.Config.NumClasses ?? throw new InvalidOperationException("a backbone has no classifier to evaluate");
         if (classes != data.ClassNames.Count)
         {
             throw new DatasetException($"the model has {classes} classes but the dataset has {data.ClassNames.Count}");

@@ -7,41 +7,13 @@ namespace RepLKNet.Tests.Cli;
 
 public sealed class TrainCommandTests
 {
-    /// <summary>A tiny Fashion-MNIST-shaped dataset: class k is a bright horizontal bar at row 2k+3, plus noise.</summary>
-    private static void WriteFakeFashionMnist(string dir, int train, int test)
-    {
-        var rng = new Random(11);
-        foreach (var (prefix, count) in new[] { ("train", train), ("t10k", test) })
-        {
-            var images = new byte[count * 28 * 28];
-            var labels = new byte[count];
-            for (int i = 0; i < count; i++)
-            {
-                labels[i] = (byte)(i % 10);
-                for (int p = 0; p < 784; p++)
-                {
-                    images[i * 784 + p] = (byte)rng.Next(0, 60);
-                }
-
-                int row = 2 * labels[i] + 3;
-                for (int x = 4; x < 24; x++)
-                {
-                    images[i * 784 + row * 28 + x] = 250;
-                }
-            }
-
-            IdxFile.WriteBytes(Path.Combine(dir, $"{prefix}-images-idx3-ubyte.gz"), [count, 28, 28], images, gzip: true);
-            IdxFile.WriteBytes(Path.Combine(dir, $"{prefix}-labels-idx1-ubyte.gz"), [count], labels, gzip: true);
-        }
-    }
-
     [Fact]
     public void Train_runs_end_to_end_and_writes_train_and_verified_deploy_checkpoints()
     {
         using var dir = new TempDirectory();
         string data = dir.File("data");
         Directory.CreateDirectory(data);
-        WriteFakeFashionMnist(data, train: 320, test: 80);
+        FakeFashionMnist.Write(data, train: 320, test: 80);
         string run = dir.File("run");
 
         var result = CliRunner.Run("train", "--data", data, "--epochs", "2", "--batch-size", "32", "--out", run, "--device", "cpu");
@@ -118,7 +90,7 @@ public sealed class TrainCommandTests
         using var dir = new TempDirectory();
         string data = dir.File("data");
         Directory.CreateDirectory(data);
-        WriteFakeFashionMnist(data, train: 1600, test: 100);
+        FakeFashionMnist.Write(data, train: 1600, test: 100);
         string arch = dir.File("tiny.json");
         File.WriteAllText(arch, """{"large_kernel_sizes": [7, 5], "layers": [1, 1], "channels": [8, 16], "small_kernel": 3, "ffn_ratio": 2, "drop_path_rate": 0.1}""");
         // Every random part of the recipe is on: crops, flips, RandAugment, erasing, Mixup/CutMix, drop path, EMA.

@@ -1,0 +1,113 @@
+using System.ComponentModel;
+using System.Globalization;
+using RepLKNet.Checkpoints;
+using RepLKNet.Models;
+using RepLKNet.Runtime;
+using RepLKNet.Training;
+using Spectre.Console;
+using Spectre.Console.Cli;
+using TorchSharp;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace RepLKNet.Cli.Commands;
+
+/// <summary><c>replknet experiment train</c>: one comparison model (ResNet or MobileNetV2) trained with the experiments' recipe.</summary>
+public sealed class ExperimentTrainCommand(IAnsiConsole console) : Command<ExperimentTrainCommand.Settings>
+{
+    /// <summary>Options of <c>experiment train</c>.</summary>
+    public sealed class Settings : ExperimentSettings
+    {
+        /// <summary>Model.</summary>
+        [CommandOption("--model <NAME>")]
+        [Description("resnet18, resnet50, resnet101 (TorchVision layout and keys), or mobilenetv2[-kN] (the small-image layout, kernel N in every stage).")]
+        public string? Model { get; init; }
+
+        /// <summary>Budget.</summary>
+        [CommandOption("--budget <BUDGET>")]
+        [Description("Epochs (2, 0.5e) or time (90s, 5m); the schedule spans it.")]
+        [DefaultValue("1")]
+        public override string Budget { get; init; } = "1";
+
+        /// <summary>Seed.</summary>
+        [CommandOption("--seed <SEED>")]
+        [DefaultValue(0L)]
+        [Description("Seed of initialization, data order and augmentation.")]
+        public long Seed { get; init; }
+
+        /// <summary>Output.</summary>
+        [CommandOption("--out <FILE>")]
+        [Description("Weights file (safetensors): torchvision keys for ResNet, the project's MobileNetV2 format otherwise.")]
+        public string? Out { get; init; }
+    }
+
+    /// <inheritdoc />
+    public override int Execute(CommandContext context, Settings settings, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        string model = settings.Model ?? throw new UsageException("--model is required: resnet18, resnet50, resnet101 or mobilenetv2[-kN]");
+        string output = settings.Out ?? throw new UsageException("--out FILE.safetensors is required");
+        var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
+        using var data = settings.OpenData(3);
+        var recipe = settings.Recipe(data, runtime.Device) with { Seed = settings.Seed };
+        int classes = data.Train.ClassNames.Count;
+        manual_seed(settings.Seed);
+        Module<Tensor, Tensor> net;
+        if (TorchVisionResNet.ParseName(model) is int depth)
+        {
+            net = new TorchVisionResNet(depth, classes);
+        }
+        else if (model.StartsWith("mobilenetv2", StringComparison.OrdinalIgnoreCase))
+        {
+            var config = MobileNetV2Config.SmallImages(data.Train.Channels, classes);
+            string rest = model["mobilenetv2".Length..].TrimStart('-');
+            if (rest.Length > 0)
+            {
+                if (!rest.StartsWith('k') || !int.TryParse(rest[1..], NumberStyles.None, CultureInfo.InvariantCulture, out int k) || k % 2 == 0)
+                {
+                    throw new UsageException($"--model '{model}': use mobilenetv2 or mobilenetv2-kN with an odd N");
+                }
+
+                config = config.WithKernel(k);
+            }
+
+            net = new MobileNetV2(config);
+        }
+        else
+        {
+            throw new UsageException($"--model '{model}': use resnet18, resnet50, resnet101 or mobilenetv2[-kN] (RepLKNets train with 'replknet train')");
+        }
+
+        using var _ = net;
+        net.to(runtime.Device);
+        long parameters = net.parameters().Sum(p => p.numel());
+        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]experiment train[/] {0} ({1:N0} parameters) on {2}: {3}, batch {4}, lr {5}, {6} → {7}",
+            Markup.Escape(model), parameters, Markup.Escape(data.Name), recipe.Budget, recipe.BatchSize, recipe.LearningRate, runtime.Device, Markup.Escape(output));
+        var writer = console.Profile.Out.Writer;
+        var result = ClassifierTraining.Run(net, classes, data.Train, data.Test, recipe, p =>
+        {
+            if (p.Step % 100 == 0)
+            {
+                writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"  step {p.Step}: {p.Fraction:P0} of the budget, loss {p.Loss:F4}, lr {p.LearningRate:0.00e+00}, {p.ImagesPerSecond:F0} images/s"));
+            }
+        }, cancellationToken);
+        if (net is MobileNetV2 mobile)
+        {
+            MobileNetV2Checkpoint.Write(output, mobile, data.Train.ClassNames);
+        }
+        else
+        {
+            SafetensorsFile.Write(output, StateDicts.Ordered(net), new Dictionary<string, string>
+            {
+                ["replknet.model"] = model.ToLowerInvariant(),
+                ["replknet.classes"] = System.Text.Json.JsonSerializer.Serialize(data.Train.ClassNames),
+                ["replknet.dataset"] = data.Name,
+            });
+        }
+
+        writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"{model}: test top-1 {100 * result.Top1:F2} % after {result.Steps} steps ({result.Epochs:F2} epochs) in {result.Seconds / 60:F1} min, {result.ImagesPerSecond:F0} images/s; weights: {output}"));
+        return ExitCodes.Success;
+    }
+}

@@ -1,0 +1,350 @@
+using System.Diagnostics;
+using System.Globalization;
+using RepLKNet.Data;
+using RepLKNet.Data.Transforms;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace RepLKNet.Training;
+
+/// <summary>How long to train: a number of epochs, or a wall-clock time.</summary>
+/// <param name="Epochs">Epochs (may be fractional, e.g. 0.5), or null.</param>
+/// <param name="Time">Wall-clock training time, or null.</param>
+public sealed record TrainingBudget(double? Epochs, TimeSpan? Time)
+{
+    /// <summary>
+    /// Parses "3" or "3e" (epochs; fractions allowed), "90s", "5m", "1.5h" (time). The learning-rate schedule runs over the
+    /// budget either way: by steps for epochs, by elapsed time for a time budget.
+    /// </summary>
+    /// <exception cref="ArgumentException">The text is not a positive budget; the message quotes it.</exception>
+    public static TrainingBudget Parse(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        string t = text.Trim().ToLowerInvariant();
+        char unit = t.Length > 0 && char.IsLetter(t[^1]) ? t[^1] : 'e';
+        string number = char.IsLetter(t.Length > 0 ? t[^1] : '0') ? t[..^1] : t;
+        if (!double.TryParse(number, NumberStyles.Float, CultureInfo.InvariantCulture, out double value) || !(value > 0) || double.IsInfinity(value))
+        {
+            throw new ArgumentException($"budget '{text}' is not a positive number of epochs (3, 0.5e) or a time (90s, 5m, 1h)");
+        }
+
+        return unit switch
+        {
+            'e' => new TrainingBudget(value, null),
+            's' => new TrainingBudget(null, TimeSpan.FromSeconds(value)),
+            'm' => new TrainingBudget(null, TimeSpan.FromMinutes(value)),
+            'h' => new TrainingBudget(null, TimeSpan.FromHours(value)),
+            _ => throw new ArgumentException($"budget '{text}': unknown unit '{unit}' (use e for epochs, s, m or h for time)"),
+        };
+    }
+
+    /// <inheritdoc />
+    public override string ToString() => Epochs is double e
+        ? string.Create(CultureInfo.InvariantCulture, $"{e:0.##} epoch{(e == 1 ? "" : "s")}")
+        : string.Create(CultureInfo.InvariantCulture, $"{Time!.Value.TotalMinutes:0.##} min");
+}
+
+/// <summary>One recipe for any classifier (the kernel-size experiments and <c>experiment train</c>).</summary>
+public sealed record ClassifierTrainingOptions
+{
+    /// <summary>How long to train.</summary>
+    public required TrainingBudget Budget { get; init; }
+
+    /// <summary>Per-channel normalization.</summary>
+    public required Normalization Normalization { get; init; }
+
+    /// <summary>Augmentation (the dataset's defaults; label smoothing lives here too).</summary>
+    public AugmentOptions Augment { get; init; } = new();
+
+    /// <summary>Batch size.</summary>
+    public int BatchSize { get; init; } = 128;
+
+    /// <summary>Peak AdamW learning rate.</summary>
+    public double LearningRate { get; init; } = 3e-3;
+
+    /// <summary>AdamW weight decay (not on biases and 1-D parameters).</summary>
+    public double WeightDecay { get; init; } = 0.05;
+
+    /// <summary>Fraction of the budget spent in linear warm-up.</summary>
+    public double WarmupFraction { get; init; } = 0.05;
+
+    /// <summary>Seed of initialization, data order and augmentation.</summary>
+    public long Seed { get; init; }
+
+    /// <summary>Use only this many training images (a seeded random subset); null: all.</summary>
+    public long? TrainSubset { get; init; }
+
+    /// <summary>Stop after this many steps whatever the budget (smoke runs).</summary>
+    public long? MaxSteps { get; init; }
+
+    /// <summary>Background threads preparing batches.</summary>
+    public int Workers { get; init; } = LoaderPlan.DefaultWorkers;
+
+    /// <summary>
+    /// Training images (eval view) over which the BatchNorm statistics are recomputed after training ("precise BN"); 0 keeps
+    /// the running averages. Short budgets need it: the running averages lag the last steps' weights, and a network that
+    /// is still moving can lose most of its accuracy in eval mode (a 48-step run measured 25 % → 100 %).
+    /// </summary>
+    public int PreciseBnImages { get; init; } = 2048;
+
+    /// <summary>Device.</summary>
+    public Device Device { get; init; } = CPU;
+}
+
+/// <summary>What a training run gave.</summary>
+/// <param name="Top1">Test top-1 of the final model.</param>
+/// <param name="Steps">Optimizer steps taken.</param>
+/// <param name="Epochs">Epochs seen (fractional).</param>
+/// <param name="Seconds">Training wall time (evaluation excluded).</param>
+/// <param name="ImagesPerSecond">Training throughput.</param>
+/// <param name="FinalLoss">Mean training loss over the last 10 % of steps.</param>
+public sealed record ClassifierTrainingResult(double Top1, long Steps, double Epochs, double Seconds, double ImagesPerSecond, double FinalLoss);
+
+/// <summary>Progress of one step: fraction of the budget done, loss, learning rate.</summary>
+public sealed record ClassifierTrainingProgress(long Step, double Fraction, double Loss, double LearningRate, double ImagesPerSecond);
+
+/// <summary>
+/// A compact supervised loop for any classifier module: AdamW with the no-decay groups, linear warm-up then cosine to zero
+/// over the budget, label-smoothed (or Mixup/CutMix soft-target) cross-entropy, the project's loader and augmentation, then a
+/// test-set evaluation. Unlike <see cref="Trainer"/> it keeps no checkpoints or EMA: experiment cells are short and
+/// restart from scratch.
+/// </summary>
+public static class ClassifierTraining
+{
+    /// <summary>Trains <paramref name="model"/> (already on the device) and evaluates it; <paramref name="classes"/> is its output size.</summary>
+    /// <exception cref="DatasetException">The sets are empty or disagree.</exception>
+    /// <exception cref="NonFiniteLossException">The loss diverged.</exception>
+    public static ClassifierTrainingResult Run(Module<Tensor, Tensor> model, int classes, IImageDataset train, IImageDataset test, ClassifierTrainingOptions options,
+        Action<ClassifierTrainingProgress>? onStep = null, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(train);
+        ArgumentNullException.ThrowIfNull(test);
+        ArgumentNullException.ThrowIfNull(options);
+        if (train.Count == 0 || test.Count == 0)
+        {
+            throw new DatasetException("the training or test set holds no images");
+        }
+
+        if (train.ClassNames.Count != classes || test.ClassNames.Count != classes)
+        {
+            throw new DatasetException($"the model has {classes} outputs but the data has {train.ClassNames.Count} classes");
+        }
+
+        options.Augment.Validate();
+        int size = options.Augment.InputSize ?? train.FixedSize?.Height ?? throw new DatasetException("images of varying sizes need an input size");
+        var pipeline = new SamplePipeline(options.Augment, options.Normalization, train.Channels, size);
+        long[] pool = Subset(train.Count, options.TrainSubset, options.Seed);
+        int batch = (int)Math.Min(options.BatchSize, pool.LongLength);
+        if (options.Augment.Mixes && batch % 2 != 0)
+        {
+            batch--;
+        }
+
+        long stepsPerEpoch = Math.Max(1, pool.LongLength / batch);
+        long? totalSteps = options.Budget.Epochs is double e ? Math.Max(1, (long)Math.Round(e * stepsPerEpoch)) : null;
+        if (options.MaxSteps is long max)
+        {
+            totalSteps = Math.Min(totalSteps ?? long.MaxValue, max);
+        }
+
+        var (decay, noDecay) = ParameterGroups.Split(model);
+        var optimizer = torch.optim.AdamW(
+            [
+                new AdamW.ParamGroup(decay.Select(p => p.Parameter), new AdamW.Options { LearningRate = options.LearningRate, weight_decay = options.WeightDecay }),
+                new AdamW.ParamGroup(noDecay.Select(p => p.Parameter), new AdamW.Options { LearningRate = options.LearningRate, weight_decay = 0 }),
+            ],
+            options.LearningRate, 0.9, 0.999, 1e-8, options.WeightDecay);
+
+        var clock = Stopwatch.StartNew();
+        long step = 0, images = 0;
+        var recent = new Queue<double>();
+        double Fraction() => totalSteps is long total && options.Budget.Time is null
+            ? (double)step / total
+            : Math.Max(clock.Elapsed.TotalSeconds / options.Budget.Time!.Value.TotalSeconds, totalSteps is long t ? (double)step / t : 0);
+
+        model.train();
+        for (int epoch = 0; !cancel.IsCancellationRequested && Fraction() < 1; epoch++)
+        {
+            var plan = new LoaderPlan
+            {
+                Order = EpochOrder(pool, options.Seed, epoch), BatchSize = batch, BatchCount = stepsPerEpoch, Train = true,
+                Key = (options.Seed, epoch), Workers = options.Workers,
+            };
+            using var loader = new BatchLoader(train, pipeline, options.Augment, plan);
+            foreach (var b in loader.Batches())
+            {
+                double fraction = Fraction();
+                if (fraction >= 1 || cancel.IsCancellationRequested)
+                {
+                    break;
+                }
+
+                if (b.Count == 0)
+                {
+                    continue;
+                }
+
+                double lr = LearningRate(options, fraction);
+                foreach (var group in optimizer.ParamGroups)
+                {
+                    group.LearningRate = lr;
+                }
+
+                optimizer.zero_grad();
+                double value;
+                using (var scope = NewDisposeScope())
+                {
+                    var x = tensor(b.Images, [b.Count, b.Channels, b.Size, b.Size]).to(options.Device);
+                    var logits = model.call(x);
+                    var loss = b.Targets is { } soft
+                        ? (-tensor(soft, [b.Count, soft.Length / b.Count]).to(options.Device) * nn.functional.log_softmax(logits, 1)).sum(1).mean()
+                        : nn.functional.cross_entropy(logits, tensor(b.Labels).to(options.Device), label_smoothing: options.Augment.LabelSmoothing);
+                    value = loss.item<float>();
+                    if (!double.IsFinite(value))
+                    {
+                        throw new NonFiniteLossException(string.Create(CultureInfo.InvariantCulture, $"the training loss became {value} at step {step + 1}; try a lower learning rate"));
+                    }
+
+                    loss.backward();
+                }
+
+                optimizer.step();
+                step++;
+                images += b.Count;
+                recent.Enqueue(value);
+                if (totalSteps is long ts && recent.Count > Math.Max(1, ts / 10))
+                {
+                    recent.Dequeue();
+                }
+                else if (totalSteps is null && recent.Count > 50)
+                {
+                    recent.Dequeue();
+                }
+
+                onStep?.Invoke(new ClassifierTrainingProgress(step, Math.Min(1, Fraction()), value, lr, images / Math.Max(clock.Elapsed.TotalSeconds, 1e-9)));
+            }
+        }
+
+        double seconds = clock.Elapsed.TotalSeconds;
+        if (options.PreciseBnImages > 0)
+        {
+            RecalibrateBatchNorm(model, train, pipeline, EpochOrder(pool, options.Seed, -1), options.PreciseBnImages, batch, options.Device, options.Workers);
+        }
+
+        var result = Evaluation.Run(model, classes, test, pipeline, Math.Max(1, options.BatchSize * 2), options.Device, options.Workers);
+        return new ClassifierTrainingResult(result.Top1, step, (double)step / stepsPerEpoch, seconds, images / Math.Max(seconds, 1e-9),
+            recent.Count == 0 ? double.NaN : recent.Average());
+    }
+
+    /// <summary>
+    /// Recomputes every BatchNorm's running mean and variance as the plain average over up to <paramref name="images"/>
+    /// images of <paramref name="order"/> (eval view, train mode, no gradients): batch k gets momentum 1/(k+1). Leaves the
+    /// model in eval mode.
+    /// </summary>
+    public static void RecalibrateBatchNorm(Module<Tensor, Tensor> model, IImageDataset data, SamplePipeline pipeline, long[] order, int images, int batchSize, Device device, int workers = 1)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(order);
+        var norms = model.modules().OfType<BatchNorm2d>().ToList();
+        if (norms.Count == 0 || images <= 0 || order.Length == 0)
+        {
+            model.eval();
+            return;
+        }
+
+        var momenta = norms.Select(n => n.momentum).ToList();
+        foreach (var n in norms)
+        {
+            n.reset_running_stats();
+        }
+
+        model.train();
+        var plan = new LoaderPlan { Order = order[..Math.Min(images, order.Length)], BatchSize = batchSize, Workers = workers };
+        try
+        {
+            using var noGrad = no_grad();
+            using var loader = new BatchLoader(data, pipeline, new AugmentOptions(), plan);
+            int k = 0;
+            foreach (var b in loader.Batches())
+            {
+                if (b.Count < 2)
+                {
+                    continue;
+                }
+
+                foreach (var n in norms)
+                {
+                    n.momentum = 1.0 / (k + 1);
+                }
+
+                using var scope = NewDisposeScope();
+                model.call(tensor(b.Images, [b.Count, b.Channels, b.Size, b.Size]).to(device));
+                k++;
+            }
+        }
+        finally
+        {
+            for (int i = 0; i < norms.Count; i++)
+            {
+                norms[i].momentum = momenta[i];
+            }
+
+            model.eval();
+        }
+    }
+
+    /// <summary>Learning rate at <paramref name="fraction"/> of the budget: linear warm-up from 0, then cosine to 0.</summary>
+    public static double LearningRate(ClassifierTrainingOptions options, double fraction)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        double w = options.WarmupFraction;
+        if (fraction < w)
+        {
+            return options.LearningRate * fraction / w;
+        }
+
+        double p = Math.Clamp((fraction - w) / Math.Max(1e-12, 1 - w), 0, 1);
+        return options.LearningRate * 0.5 * (1 + Math.Cos(Math.PI * p));
+    }
+
+    private static long[] Subset(long count, long? subset, long seed)
+    {
+        var all = new long[count];
+        for (long i = 0; i < count; i++)
+        {
+            all[i] = i;
+        }
+
+        if (subset is not long n || n >= count)
+        {
+            return all;
+        }
+
+        if (n < 1)
+        {
+            throw new ArgumentException($"the training subset must hold at least one image, got {n}");
+        }
+
+        Shuffle(all, new SampleRandom((ulong)seed, 0x5B5E7, 0));
+        return all[..(int)n];
+    }
+
+    private static long[] EpochOrder(long[] pool, long seed, int epoch)
+    {
+        var order = (long[])pool.Clone();
+        Shuffle(order, new SampleRandom((ulong)seed, (ulong)epoch, 0x0DE5));
+        return order;
+    }
+
+    private static void Shuffle(long[] items, SampleRandom rng)
+    {
+        for (long i = items.LongLength - 1; i > 0; i--)
+        {
+            long j = (long)(rng.NextUInt64() % (ulong)(i + 1));
+            (items[i], items[j]) = (items[j], items[i]);
+        }
+    }
+}

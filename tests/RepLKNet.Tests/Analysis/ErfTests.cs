@@ -1,0 +1,143 @@
+using RepLKNet.Analysis;
+using RepLKNet.Tests.Support;
+using static TorchSharp.torch;
+
+namespace RepLKNet.Tests.Analysis;
+
+public sealed class ErfTests
+{
+    public ErfTests() => Torch.EnsureLoaded();
+
+    [Theory]
+    [InlineData(1, 33)]
+    [InlineData(3, 33)]
+    [InlineData(6, 41)]
+    public void The_map_of_a_positive_3x3_stack_is_non_zero_exactly_inside_its_theoretical_field(int depth, int size)
+    {
+        long seed = Environment.TickCount64;
+        var generator = new Generator((ulong)seed);
+        using var scope = NewDisposeScope();
+        // depth 3×3 convs (stride 1, padding 1) with positive weights and ReLU: the centre output sees (2·depth+1)² input pixels.
+        var weights = Enumerable.Range(0, depth).Select(i => rand([4, i == 0 ? 3 : 4, 3, 3], generator: generator) + 0.05).ToList();
+        Tensor Features(Tensor x)
+        {
+            foreach (var w in weights)
+            {
+                x = nn.functional.relu(nn.functional.conv2d(x, w, padding: [1, 1]));
+            }
+
+            return x;
+        }
+
+        var image = rand([1, 3, size, size], generator: generator) + 0.1;
+        var map = Erf.ImageMap(Features, image)!;
+        int c = size / 2;
+        for (int r = 0; r < size; r++)
+        {
+            for (int col = 0; col < size; col++)
+            {
+                bool inside = Math.Abs(r - c) <= depth && Math.Abs(col - c) <= depth;
+                double v = map[r * size + col];
+                Assert.True(inside ? v > 0 : v == 0, $"({r}, {col}) = {v}, inside = {inside} (depth {depth}, seed {seed})");
+            }
+        }
+    }
+
+    [Fact]
+    public void The_map_of_one_linear_conv_is_its_kernel_summed_over_channels_at_the_centre()
+    {
+        long seed = Environment.TickCount64;
+        var generator = new Generator((ulong)seed);
+        using var scope = NewDisposeScope();
+        var w = rand([5, 2, 7, 7], generator: generator, dtype: float64) - 0.3;   // mixed signs: ReLU(g) keeps the positive part
+        var image = randn([1, 2, 20, 20], generator: generator, dtype: float64);
+        var map = Erf.ImageMap(x => nn.functional.conv2d(x, w), image)!;         // output 14×14, centre (7, 7) ↔ input rows 7…13
+        var o = nn.functional.conv2d(image, w);
+        var active = o[0, .., 7, 7].gt(0).to(float64);                          // only channels whose centre is positive count
+        // Independent reference: ∂S/∂x[ci, 7+u, 7+v] = Σ_c active_c · w[c, ci, u, v]; ReLU; sum over ci.
+        var expected = nn.functional.relu((active.view(5, 1, 1, 1) * w).sum([0])).sum([0]);
+        for (int r = 0; r < 20; r++)
+        {
+            for (int col = 0; col < 20; col++)
+            {
+                double want = r is >= 7 and < 14 && col is >= 7 and < 14 ? expected[r - 7, col - 7].item<double>() : 0;
+                Assert.True(Math.Abs(map[r * 20 + col] - want) < 1e-12, $"({r}, {col}): {map[r * 20 + col]} vs {want} (seed {seed})");
+            }
+        }
+    }
+
+    [Fact]
+    public void Maps_with_NaN_are_skipped_and_the_rest_averaged()
+    {
+        using var scope = NewDisposeScope();
+        var images = new List<Tensor> { ones(1, 1, 9, 9), full(1, 1, 9, 9, double.NaN), ones(1, 1, 9, 9) * 3 };
+        var map = Erf.Accumulate(x => x * x, images, count: 5);
+        Assert.Equal((2, 1), (map.Images, map.SkippedNaN));
+        // d(x²)/dx at the centre only = 2x: (2 + 6) / 2 = 4 at the centre, 0 elsewhere.
+        Assert.Equal(4, map.Mean[4 * 9 + 4], 6);
+        Assert.Equal(0, map.Mean.Where((_, i) => i != 40).Max());
+    }
+
+    [Fact]
+    public void Area_ratio_follows_the_official_growth_rule()
+    {
+        // All the mass in the centre pixel: the square starts at 3×3, so every threshold answers 3.
+        var point = new double[21 * 21];
+        point[10 * 21 + 10] = 1;
+        foreach (double t in Erf.Thresholds)
+        {
+            var a = Erf.Area(point, 21, 21, t)!;
+            Assert.Equal(3, a.Side);
+            Assert.Equal(9.0 / 441, a.Ratio, 12);
+        }
+
+        // Uniform 21×21: side s holds s²/441. t = 0.2 → first s with s² > 88.2 is 11; t = 0.5 → 17 (289 > 220.5).
+        var uniform = Enumerable.Repeat(1.0, 21 * 21).ToArray();
+        Assert.Equal(11, Erf.Area(uniform, 21, 21, 0.2)!.Side);
+        Assert.Equal(121.0 / 441, Erf.Area(uniform, 21, 21, 0.2)!.Ratio, 12);
+        Assert.Equal(15, Erf.Area(uniform, 21, 21, 0.5)!.Side);
+        // The share must exceed t strictly: 3×3 holds exactly 9/441, so t = 9/441 needs 5×5.
+        Assert.Equal(5, Erf.Area(uniform, 21, 21, 9.0 / 441)!.Side);
+        // i stops at h//2 − 1 = 9 (19×19 = 82 %): 99 % is never reached, as the official function returns None.
+        Assert.Null(Erf.Area(uniform, 21, 21, 0.99));
+        Assert.Equal(19, Erf.Area(uniform, 21, 21, 0.8)!.Side);
+    }
+
+    [Fact]
+    public void Normalization_is_log10_plus_one_over_its_maximum()
+    {
+        var a = Erf.Normalize([0, 9, 99, 999]);
+        double[] expected = [0, 1 / 3.0, 2 / 3.0, 1];
+        Assert.All(a.Zip(expected), p => Assert.Equal(p.Second, p.First, 12));
+        Assert.Equal([0.0, 0.0], Erf.Normalize([0, 0]));
+    }
+
+    [Fact]
+    public void Npy_files_round_trip_with_an_aligned_version_1_header()
+    {
+        using var dir = new TempDirectory();
+        var values = Enumerable.Range(0, 6 * 5).Select(i => i * 0.5).ToArray();
+        string path = dir.File("m.npy");
+        NpyFile.Write(path, values, 6, 5);
+        byte[] bytes = File.ReadAllBytes(path);
+        Assert.Equal(0x93, bytes[0]);
+        Assert.Equal("NUMPY", System.Text.Encoding.ASCII.GetString(bytes, 1, 5));
+        int headerEnd = 10 + BitConverter.ToUInt16(bytes, 8);
+        Assert.Equal(0, headerEnd % 64);
+        Assert.Equal('\n', (char)bytes[headerEnd - 1]);
+        Assert.Equal(headerEnd + 4 * 30, bytes.Length);
+        var (read, h, w) = NpyFile.Read(path);
+        Assert.Equal((6, 5), (h, w));
+        Assert.Equal(values, read);
+        File.WriteAllBytes(dir.File("bad.npy"), [1, 2, 3, 4, 5, 6, 7, 8]);
+        Assert.Contains("bad.npy", Assert.Throws<InvalidDataException>(() => NpyFile.Read(dir.File("bad.npy"))).Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void The_colour_map_runs_from_light_yellow_to_dark_green_as_seaborn_centre_0_draws_it()
+    {
+        Assert.Equal(new SkiaSharp.SKColor(0xff, 0xff, 0xbf), ErfFigure.Colour(0));
+        Assert.Equal(new SkiaSharp.SKColor(0x00, 0x68, 0x37), ErfFigure.Colour(1));
+        Assert.Equal(new SkiaSharp.SKColor(0xa6, 0xd9, 0x6a), ErfFigure.Colour(0.4));   // RdYlGn(0.7) is a control point
+    }
+}
