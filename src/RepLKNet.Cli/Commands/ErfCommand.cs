@@ -76,6 +76,8 @@ public sealed class ErfCommand(IAnsiConsole console) : Command<ErfCommand.Settin
         public string? Title { get; init; }
     }
 
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+
     private sealed record Spec(string? Model, string? Weights, string? Npy, string? Label);
 
     private sealed record Outcome(string Label, string Weights, bool Trained, ErfMap Map, IReadOnlyList<AreaRatio?> Areas, string Normalization, double Seconds);
@@ -194,7 +196,7 @@ public sealed class ErfCommand(IAnsiConsole console) : Command<ErfCommand.Settin
                     areas = o.Areas.Select((a, i) => new { threshold = Erf.Thresholds[i], side = a?.Side, ratio = a?.Ratio }),
                 }),
             };
-            AtomicFile.Write(settings.Json, s => JsonSerializer.Serialize(s, doc, new JsonSerializerOptions { WriteIndented = true }));
+            AtomicFile.Write(settings.Json, s => JsonSerializer.Serialize(s, doc, Indented));
             console.WriteLine($"ratios: {settings.Json}");
         }
 

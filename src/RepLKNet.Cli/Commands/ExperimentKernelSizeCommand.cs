@@ -144,6 +144,12 @@ public sealed class ExperimentKernelSizeCommand(IAnsiConsole console) : Command<
         [Description("MobileNetV2 width multiplier.")]
         public double Width { get; init; } = 0.5;
 
+        /// <summary>Layout.</summary>
+        [CommandOption("--layout <LAYOUT>")]
+        [DefaultValue("small")]
+        [Description("small (overall stride 4: 28×28 → 7×7 in the last stage) or imagenet (the paper's stride 32: 224×224 → 7×7).")]
+        public string Layout { get; init; } = "small";
+
         /// <summary>Output folder.</summary>
         [CommandOption("--out <DIR>")]
         [Description("Folder for <table>.json, <table>.md and each cell's deploy weights (default runs/kernel-size).")]
@@ -185,11 +191,21 @@ public sealed class ExperimentKernelSizeCommand(IAnsiConsole console) : Command<
             throw new UsageException("--width must be positive");
         }
 
+        if (settings.Layout.ToLowerInvariant() is not ("small" or "imagenet"))
+        {
+            throw new UsageException($"--layout '{settings.Layout}': use small or imagenet");
+        }
+
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
         using var data = settings.OpenData(3);
         var recipe = settings.Recipe(data, runtime.Device);
         int size = recipe.Augment.InputSize ?? data.Train.FixedSize?.Height ?? throw new UsageException("images of varying sizes need --input-size");
-        var baseConfig = MobileNetV2Config.SmallImages(data.Train.Channels, data.Train.ClassNames.Count, settings.Width);
+        var baseConfig = settings.Layout.ToLowerInvariant() switch
+        {
+            "small" => MobileNetV2Config.SmallImages(data.Train.Channels, data.Train.ClassNames.Count, settings.Width),
+            "imagenet" => MobileNetV2Config.ImageNet(data.Train.ClassNames.Count) with { InChannels = data.Train.Channels, Width = settings.Width },
+            _ => throw new UsageException($"--layout '{settings.Layout}': use small or imagenet"),
+        };
         var options = new KernelSizeExperimentOptions { Table = table, Training = recipe, Seeds = seeds, Base = baseConfig, OutDir = settings.Out };
         var cells = KernelSizeExperiment.Cells(table, baseConfig);
         console.MarkupLine(CultureInfo.InvariantCulture,

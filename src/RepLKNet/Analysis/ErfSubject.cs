@@ -147,6 +147,23 @@ public sealed class ErfSubject : IDisposable
 
     private static bool IsMobileNetV2(string weights)
     {
+        // Only the project's safetensors can hold one: look at the header before reading a (possibly huge) .pth twice.
+        if (!File.Exists(weights))
+        {
+            throw new CheckpointException($"'{weights}': no such checkpoint file");
+        }
+
+        var head = new byte[16];
+        using (var probe = File.OpenRead(weights))
+        {
+            _ = probe.ReadAtLeast(head, head.Length, throwOnEndOfStream: false);
+        }
+
+        if (!SafetensorsFile.LooksLikeSafetensors(head, new FileInfo(weights).Length))
+        {
+            return false;
+        }
+
         using var checkpoint = CheckpointFile.Read(weights);
         return MobileNetV2Checkpoint.Holds(checkpoint);
     }

@@ -59,6 +59,7 @@ public sealed class AnalysisCommandsTests
     [InlineData(2, "'widest'", "experiment", "kernel-size", "--table", "widest")]
     [InlineData(2, "--budget", "experiment", "kernel-size", "--table", "reparam", "--budget", "soon")]
     [InlineData(2, "--seeds", "experiment", "kernel-size", "--table", "reparam", "--seeds", "1,x")]
+    [InlineData(2, "--layout 'huge'", "experiment", "kernel-size", "--table", "reparam", "--layout", "huge")]
     [InlineData(2, "'vgg16'", "experiment", "train", "--model", "vgg16", "--out", "x.safetensors")]
     public void Analysis_commands_reject_bad_input_with_a_named_reason(int exitCode, string expected, params string[] args)
     {
