@@ -57,20 +57,8 @@ public sealed class ExperimentTrainCommand(IAnsiConsole console) : Command<Exper
         {
             net = new TorchVisionResNet(depth, classes);
         }
-        else if (model.StartsWith("mobilenetv2", StringComparison.OrdinalIgnoreCase))
+        else if (MobileNetV2Config.SmallImages(data.Train.Channels, classes).FromName(model) is { } config)
         {
-            var config = MobileNetV2Config.SmallImages(data.Train.Channels, classes);
-            string rest = model["mobilenetv2".Length..].TrimStart('-');
-            if (rest.Length > 0)
-            {
-                if (!rest.StartsWith('k') || !int.TryParse(rest[1..], NumberStyles.None, CultureInfo.InvariantCulture, out int k) || k % 2 == 0)
-                {
-                    throw new UsageException($"--model '{model}': use mobilenetv2 or mobilenetv2-kN with an odd N");
-                }
-
-                config = config.WithKernel(k);
-            }
-
             net = new MobileNetV2(config);
         }
         else

@@ -140,16 +140,21 @@ public static class ErfFigure
 /// <summary>Finds a sans-serif TrueType font on the system (DejaVu or Liberation on Debian), else Skia's default.</summary>
 public static class Fonts
 {
-    /// <summary>A sans-serif typeface; Skia's (possibly empty) default when no font file is found.</summary>
-    public static SKTypeface Sans()
+    /// <summary>
+    /// A sans-serif TrueType file (DejaVu Sans, Liberation Sans, else any .ttf under /usr/share/fonts), or null. Skia's
+    /// self-contained native build has no fontconfig, so text needs a font registered by file.
+    /// </summary>
+    public static string? SansFile()
     {
         string[] candidates =
         [
             "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf",
             "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
         ];
-        string? file = candidates.FirstOrDefault(File.Exists)
+        return candidates.FirstOrDefault(File.Exists)
             ?? (Directory.Exists("/usr/share/fonts") ? Directory.EnumerateFiles("/usr/share/fonts", "*.ttf", SearchOption.AllDirectories).FirstOrDefault() : null);
-        return (file is null ? null : SKTypeface.FromFile(file)) ?? SKTypeface.Default;
     }
+
+    /// <summary>A sans-serif typeface; Skia's (possibly empty) default when no font file is found.</summary>
+    public static SKTypeface Sans() => (SansFile() is { } file ? SKTypeface.FromFile(file) : null) ?? SKTypeface.Default;
 }

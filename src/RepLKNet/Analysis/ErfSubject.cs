@@ -97,27 +97,14 @@ public sealed class ErfSubject : IDisposable
             label = $"ResNet-{depth}";
             channels = 3;
         }
-        else if (model is not null && model.StartsWith("mobilenetv2", StringComparison.OrdinalIgnoreCase) && weights is null)
+        else if (model is not null && weights is null && MobileNetV2Config.ImageNet().FromName(model) is { } mobile)
         {
-            var config = MobileNetV2Config.ImageNet();
-            string rest = model["mobilenetv2".Length..].TrimStart('-', '_');
-            if (rest.Length > 0)
-            {
-                if (!rest.StartsWith('k') || !int.TryParse(rest[1..], out int k) || k < 1 || k % 2 == 0)
-                {
-                    throw new ArgumentException($"--model '{model}': MobileNetV2 is named mobilenetv2 or mobilenetv2-kN with an odd kernel N");
-                }
-
-                config = config.WithKernel(k);
-            }
-
-            module = new MobileNetV2(config);
-            label = $"MobileNetV2 ({config.KernelSizes.Max()}×{config.KernelSizes.Max()})";
-            channels = config.InChannels;
+            module = new MobileNetV2(mobile);
+            label = $"MobileNetV2 ({mobile.KernelSizes.Max()}×{mobile.KernelSizes.Max()})";
+            channels = mobile.InChannels;
         }
-        else if (weights is not null && IsMobileNetV2(weights))
+        else if (weights is not null && IsSafetensors(weights) && MobileNetV2Checkpoint.TryRead(weights) is { } net)
         {
-            var net = MobileNetV2Checkpoint.Read(weights);
             module = net;
             label = $"MobileNetV2 ({net.Config.KernelSizes.Max()}×{net.Config.KernelSizes.Max()}{(net.Config.Shortcuts ? "" : ", no shortcut")})";
             channels = net.Config.InChannels;
@@ -145,9 +132,9 @@ public sealed class ErfSubject : IDisposable
     /// <inheritdoc />
     public void Dispose() => _module.Dispose();
 
-    private static bool IsMobileNetV2(string weights)
+    // Only safetensors can hold a MobileNetV2 checkpoint: look at the header before reading a (possibly huge) .pth.
+    private static bool IsSafetensors(string weights)
     {
-        // Only the project's safetensors can hold one: look at the header before reading a (possibly huge) .pth twice.
         if (!File.Exists(weights))
         {
             throw new CheckpointException($"'{weights}': no such checkpoint file");
@@ -159,13 +146,7 @@ public sealed class ErfSubject : IDisposable
             _ = probe.ReadAtLeast(head, head.Length, throwOnEndOfStream: false);
         }
 
-        if (!SafetensorsFile.LooksLikeSafetensors(head, new FileInfo(weights).Length))
-        {
-            return false;
-        }
-
-        using var checkpoint = CheckpointFile.Read(weights);
-        return MobileNetV2Checkpoint.Holds(checkpoint);
+        return SafetensorsFile.LooksLikeSafetensors(head, new FileInfo(weights).Length);
     }
 }
 

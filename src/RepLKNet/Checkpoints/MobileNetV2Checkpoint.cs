@@ -29,56 +29,17 @@ public static class MobileNetV2Checkpoint
         SafetensorsFile.Write(path, StateDicts.Ordered(model), metadata);
     }
 
-    /// <summary>Whether <paramref name="checkpoint"/> holds a MobileNetV2 written by <see cref="Write"/>.</summary>
-    public static bool Holds(Checkpoint checkpoint)
-    {
-        ArgumentNullException.ThrowIfNull(checkpoint);
-        return checkpoint.Format == CheckpointFormat.Safetensors && checkpoint.Source == "state dict" &&
-            SafetensorsMetadata(checkpoint.Path).TryGetValue(ModelKey, out var m) && m == "mobilenetv2";
-    }
-
     /// <summary>Reads the model in <paramref name="path"/> (in the form it was saved, eval mode).</summary>
     /// <exception cref="CheckpointException">The file is not a MobileNetV2 checkpoint or does not fit its recorded configuration.</exception>
-    public static MobileNetV2 Read(string path)
-    {
-        var metadata = SafetensorsMetadata(path);
-        if (!metadata.TryGetValue(ModelKey, out var kind) || kind != "mobilenetv2" || !metadata.TryGetValue(ConfigKey, out var json))
-        {
-            throw new CheckpointException($"'{path}' is not a MobileNetV2 checkpoint written by replknet (no '{ConfigKey}' metadata)");
-        }
+    public static MobileNetV2 Read(string path) =>
+        TryRead(path) ?? throw new CheckpointException($"'{path}' is not a MobileNetV2 checkpoint written by replknet (no '{ConfigKey}' metadata)");
 
-        MobileNetV2Config config;
-        try
-        {
-            config = MobileNetV2Config.FromJson(json);
-        }
-        catch (ConfigException e)
-        {
-            throw new CheckpointException($"'{path}': its recorded MobileNetV2 configuration is invalid: {e.Message}", e);
-        }
-
-        var model = new MobileNetV2(config);
-        try
-        {
-            if (metadata.GetValueOrDefault(FormKey) == "deploy")
-            {
-                model.SwitchToDeploy();
-            }
-
-            using var checkpoint = CheckpointFile.Read(path);
-            StateDictLoader.Load(model, checkpoint.State, strict: true, skipHead: false, $"'{path}'");
-        }
-        catch
-        {
-            model.Dispose();
-            throw;
-        }
-
-        model.eval();
-        return model;
-    }
-
-    private static Dictionary<string, string> SafetensorsMetadata(string path)
+    /// <summary>
+    /// Reads <paramref name="path"/> once: the model when the file is a MobileNetV2 checkpoint written by <see cref="Write"/>,
+    /// else null (any other safetensors file).
+    /// </summary>
+    /// <exception cref="CheckpointException">The file is missing or unreadable, or does not fit its recorded configuration.</exception>
+    public static MobileNetV2? TryRead(string path)
     {
         if (!File.Exists(path))
         {
@@ -86,11 +47,48 @@ public static class MobileNetV2Checkpoint
         }
 
         var (state, metadata) = SafetensorsFile.Read(path);
-        foreach (var t in state.Values)
+        try
         {
-            t.Dispose();
-        }
+            if (!metadata.TryGetValue(ModelKey, out var kind) || kind != "mobilenetv2" || !metadata.TryGetValue(ConfigKey, out var json))
+            {
+                return null;
+            }
 
-        return metadata;
+            MobileNetV2Config config;
+            try
+            {
+                config = MobileNetV2Config.FromJson(json);
+            }
+            catch (ConfigException e)
+            {
+                throw new CheckpointException($"'{path}': its recorded MobileNetV2 configuration is invalid: {e.Message}", e);
+            }
+
+            var model = new MobileNetV2(config);
+            try
+            {
+                if (metadata.GetValueOrDefault(FormKey) == "deploy")
+                {
+                    model.SwitchToDeploy();
+                }
+
+                StateDictLoader.Load(model, state, strict: true, skipHead: false, $"'{path}'");
+            }
+            catch
+            {
+                model.Dispose();
+                throw;
+            }
+
+            model.eval();
+            return model;
+        }
+        finally
+        {
+            foreach (var t in state.Values)
+            {
+                t.Dispose();
+            }
+        }
     }
 }

@@ -56,6 +56,16 @@ public struct SampleRandom
     /// <summary>Uniform integer on [<paramref name="low"/>, <paramref name="high"/>] (both included).</summary>
     public int NextInt(int low, int high) => low + NextInt(high - low + 1);
 
+    /// <summary>Fisher–Yates shuffle of <paramref name="items"/> in place (from the last position down).</summary>
+    public void Shuffle(Span<long> items)
+    {
+        for (int i = items.Length - 1; i > 0; i--)
+        {
+            int j = (int)(NextUInt64() % (ulong)(i + 1));
+            (items[i], items[j]) = (items[j], items[i]);
+        }
+    }
+
     /// <summary>True with probability <paramref name="p"/>.</summary>
     public bool Chance(double p) => p > 0 && NextDouble() < p;
 

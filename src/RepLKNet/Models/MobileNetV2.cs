@@ -89,6 +89,33 @@ public sealed record MobileNetV2Config
     public MobileNetV2Config WithKernel(int kernel, IReadOnlyList<int>? stages = null) =>
         this with { KernelSizes = [.. Enumerable.Range(0, Settings.Count).Select(i => stages is null || stages.Contains(i) ? kernel : 3)] };
 
+    /// <summary>
+    /// Applies a model name to this layout: "mobilenetv2" keeps it, "mobilenetv2-kN" puts kernel N (odd) in every stage.
+    /// Returns null when <paramref name="name"/> is not a MobileNetV2 name.
+    /// </summary>
+    /// <exception cref="ConfigException">The name starts with mobilenetv2 but its kernel part is not -kN with an odd N.</exception>
+    public MobileNetV2Config? FromName(string name)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        if (!name.StartsWith("mobilenetv2", StringComparison.OrdinalIgnoreCase))
+        {
+            return null;
+        }
+
+        string rest = name["mobilenetv2".Length..].TrimStart('-', '_');
+        if (rest.Length == 0)
+        {
+            return this;
+        }
+
+        if (!rest.StartsWith('k') || !int.TryParse(rest[1..], NumberStyles.None, CultureInfo.InvariantCulture, out int k) || k < 1 || k % 2 == 0)
+        {
+            throw new ConfigException($"'{name}': MobileNetV2 is named mobilenetv2 or mobilenetv2-kN with an odd kernel N");
+        }
+
+        return WithKernel(k);
+    }
+
     /// <summary>Throws <see cref="ConfigException"/> naming the first invalid field.</summary>
     public void Validate()
     {

@@ -328,23 +328,14 @@ public static class ClassifierTraining
             throw new ArgumentException($"the training subset must hold at least one image, got {n}");
         }
 
-        Shuffle(all, new SampleRandom((ulong)seed, 0x5B5E7, 0));
+        new SampleRandom((ulong)seed, 0x5B5E7, 0).Shuffle(all);
         return all[..(int)n];
     }
 
     private static long[] EpochOrder(long[] pool, long seed, int epoch)
     {
         var order = (long[])pool.Clone();
-        Shuffle(order, new SampleRandom((ulong)seed, (ulong)epoch, 0x0DE5));
+        new SampleRandom((ulong)seed, (ulong)epoch, 0x0DE5).Shuffle(order);
         return order;
-    }
-
-    private static void Shuffle(long[] items, SampleRandom rng)
-    {
-        for (long i = items.LongLength - 1; i > 0; i--)
-        {
-            long j = (long)(rng.NextUInt64() % (ulong)(i + 1));
-            (items[i], items[j]) = (items[j], items[i]);
-        }
     }
 }

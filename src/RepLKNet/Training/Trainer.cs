@@ -409,13 +409,7 @@ public sealed class Trainer
             order[i] = i;
         }
 
-        var rng = new SampleRandom((ulong)_o.Seed, (ulong)epoch, 0x0DE5);
-        for (long i = order.LongLength - 1; i > 0; i--)
-        {
-            long j = (long)(rng.NextUInt64() % (ulong)(i + 1));
-            (order[i], order[j]) = (order[j], order[i]);
-        }
-
+        new SampleRandom((ulong)_o.Seed, (ulong)epoch, 0x0DE5).Shuffle(order);
         return order;
     }
 

@@ -43,13 +43,7 @@ internal static class BenchPlots
     // Skia's self-contained native build has no fontconfig: register a system TrueType font by file, or text is blank.
     internal static void UseSystemFont(ScottPlot.Plot plot)
     {
-        string[] candidates =
-        [
-            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-            "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-        ];
-        string? file = candidates.FirstOrDefault(File.Exists)
-            ?? (Directory.Exists("/usr/share/fonts") ? Directory.EnumerateFiles("/usr/share/fonts", "*.ttf", SearchOption.AllDirectories).FirstOrDefault() : null);
+        string? file = RepLKNet.Analysis.Fonts.SansFile();
         if (file is null)
         {
             return;
