@@ -34,4 +34,13 @@ internal static class CliParsing
     /// <summary>Fails with a usage error when a required option is missing.</summary>
     public static string Required(string? value, string option) =>
         string.IsNullOrWhiteSpace(value) ? throw new UsageException($"{option} is required") : value;
+
+    /// <summary>Parses a comma-separated list of positive integers for <paramref name="option"/>.</summary>
+    public static int[] IntList(string text, string option)
+    {
+        var values = text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
+            .Select(s => int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out int v) && v > 0 ? v : throw new UsageException($"{option} '{text}': '{s}' is not a positive integer"))
+            .ToArray();
+        return values.Length > 0 ? values : throw new UsageException($"{option} is empty");
+    }
 }

@@ -103,6 +103,22 @@ public static class ReplknetApp
                     .WithDescription("Train one comparison model (resnet18/50/101 or mobilenetv2[-kN]) with the experiments' recipe; e.g. a ResNet for 'replknet erf --compare'.")
                     .WithExample("experiment", "train", "--model", "resnet18", "--budget", "2", "--out", "runs/resnet18-fmnist.safetensors");
             });
+            config.AddBranch("cuda", cuda =>
+            {
+                cuda.SetDescription("Our CUDA kernels: driver and NVRTC status, compile check, correctness check, tile tuning.");
+                cuda.AddCommand<Commands.Cuda.CudaInfoCommand>("info")
+                    .WithDescription("CUDA driver, devices, NVRTC version and architectures, cubin cache folder.");
+                cuda.AddCommand<Commands.Cuda.CudaCompileCommand>("compile")
+                    .WithDescription("Compile every kernel variant with NVRTC (no GPU needed); report registers and spills; exit 1 on errors or spills.")
+                    .WithExample("cuda", "compile", "--arch", "sm_90", "--kernels", "13,31");
+                cuda.AddCommand<Commands.Cuda.CudaCheckCommand>("check")
+                    .WithDescription("Check the CUDA forward kernel against float64, cuDNN and our CPU kernel over awkward shapes (outputs poisoned first).")
+                    .WithExample("cuda", "check", "--device", "cuda")
+                    .WithExample("cuda", "check", "--raw");
+                cuda.AddCommand<Commands.Cuda.CudaTuneCommand>("tune")
+                    .WithDescription("Time every candidate tile per (R, K) and report the fastest; --out writes a tuning table.")
+                    .WithExample("cuda", "tune", "--device", "cuda", "--sizes", "32,64", "--kernels", "13,31");
+            });
             config.AddCommand<InfoCommand>("info")
                 .WithDescription("Print the .NET, TorchSharp and libtorch versions, threads, CPU vector support, the GLIBCXX fix and CUDA devices.")
                 .WithExample("info")

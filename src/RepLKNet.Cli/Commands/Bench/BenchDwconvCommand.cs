@@ -93,8 +93,8 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
     {
         ArgumentNullException.ThrowIfNull(settings);
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
-        int[] sizes = ParseList(settings.Sizes, "--sizes");
-        int[] kernels = ParseList(settings.Kernels, "--kernels");
+        int[] sizes = CliParsing.IntList(settings.Sizes, "--sizes");
+        int[] kernels = CliParsing.IntList(settings.Kernels, "--kernels");
         if (kernels.Any(k => k % 2 == 0))
         {
             throw new UsageException($"--kernels {settings.Kernels}: kernel sizes must be odd");
@@ -251,14 +251,6 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
     }
 
     private static string Format(double value) => value.ToString("0.00e+00", CultureInfo.InvariantCulture);
-
-    private static int[] ParseList(string text, string option)
-    {
-        var values = text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
-            .Select(s => int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out int v) && v > 0 ? v : throw new UsageException($"{option} '{text}': '{s}' is not a positive integer"))
-            .ToArray();
-        return values.Length > 0 ? values : throw new UsageException($"{option} is empty");
-    }
 
     private static string CpuName()
     {

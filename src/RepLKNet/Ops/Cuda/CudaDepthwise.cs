@@ -1,0 +1,218 @@
+using System.Globalization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace RepLKNet.Ops.Cuda;
+
+/// <summary>
+/// A tile shape of the forward kernel: each thread computes <see cref="RowsPerThread"/> output rows × 4 columns; a block
+/// is <see cref="ThreadsX"/> × <see cref="ThreadsY"/> threads per plane over <see cref="Planes"/> planes.
+/// </summary>
+/// <param name="RowsPerThread">RY: output rows per thread.</param>
+/// <param name="ThreadsX">BX: threads along x (tile width 4·BX).</param>
+/// <param name="ThreadsY">BY: threads along y (tile height RY·BY).</param>
+/// <param name="Planes">PL: (n, c) planes per block.</param>
+public sealed record DepthwiseTile(int RowsPerThread, int ThreadsX, int ThreadsY, int Planes)
+{
+    /// <summary>Output tile width.</summary>
+    public int TileWidth => 4 * ThreadsX;
+
+    /// <summary>Output tile height.</summary>
+    public int TileHeight => RowsPerThread * ThreadsY;
+
+    /// <summary>Threads per block.</summary>
+    public int Threads => ThreadsX * ThreadsY * Planes;
+
+    /// <summary>Input rows one block stages for an H-row map (image rows only: padded rows are never stored).</summary>
+    public int RowsStored(int height, int k) => Math.Min(height, TileHeight + k - 1);
+
+    /// <summary>Dynamic shared memory in bytes for a K×K filter over an H-row map.</summary>
+    public int SharedBytes(int height, int k)
+    {
+        int kp = (k + 3) / 4 * 4;
+        int inW = (TileWidth + k - 1 + 3) / 4 * 4;
+        return 4 * Planes * (k * kp + RowsStored(height, k) * inW);
+    }
+
+    /// <summary>The compile-time specification for kernel size <paramref name="k"/>.</summary>
+    public CudaKernelSpec Spec(int k) => new("dwconv_fwd.cu", "dwconv_fwd",
+        [("KS", k), ("RY", RowsPerThread), ("BX", ThreadsX), ("BY", ThreadsY), ("PL", Planes)]);
+
+    /// <inheritdoc />
+    public override string ToString() => string.Create(CultureInfo.InvariantCulture, $"RY={RowsPerThread} BX={ThreadsX} BY={ThreadsY} PL={Planes}");
+}
+
+/// <summary>
+/// The CUDA forward kernel of the project's depthwise convolution (<c>Kernels/dwconv_fwd.cu</c>), launched through the
+/// driver API on libtorch's memory and default stream. Contract: contiguous-able NCHW fp32 CUDA tensors, odd square
+/// K in [3, 63], stride 1, padding K/2.
+/// </summary>
+public static class CudaDepthwise
+{
+    /// <summary>Target threads per block the default tile aims at.</summary>
+    public const int DefaultThreads = 128;
+
+    private static readonly Dictionary<int, int> SharedLimits = [];
+
+    /// <summary>Whether CUDA kernels can run here: the driver loads and NVRTC is present.</summary>
+    public static bool IsAvailable => CudaDriver.IsAvailable && Nvrtc.IsAvailable;
+
+    /// <summary>Why they cannot, or null.</summary>
+    public static string? UnavailableReason => CudaDriver.UnavailableReason ?? Nvrtc.UnavailableReason;
+
+    /// <summary>
+    /// The tile for an N·C-plane map of H×W with a K×K filter: the narrowest tile width that covers W (up to 64), rows per
+    /// thread RY (8, or 4 for maps up to 8 rows), as many thread rows as cover H (at most 256 threads per plane) and enough
+    /// planes per block for about <paramref name="threads"/> threads, within <paramref name="maxSharedBytes"/>.
+    /// </summary>
+    public static DepthwiseTile SelectTile(long planes, int height, int width, int k, int maxSharedBytes, int? rowsPerThread = null, int threads = DefaultThreads)
+    {
+        int bx = width <= 8 ? 2 : width <= 16 ? 4 : width <= 32 ? 8 : 16;
+        int ry = rowsPerThread ?? (height <= 8 ? 4 : 8);
+        int by = Math.Clamp((height + ry - 1) / ry, 1, Math.Max(1, 256 / bx));
+        int pl = (int)Math.Clamp(threads / (bx * by), 1, Math.Max(1, planes));
+        var tile = new DepthwiseTile(ry, bx, by, pl);
+        while (tile.SharedBytes(height, k) > maxSharedBytes && tile.Planes > 1)
+        {
+            tile = tile with { Planes = tile.Planes / 2 };
+        }
+
+        while (tile.SharedBytes(height, k) > maxSharedBytes && tile.ThreadsY > 1)
+        {
+            tile = tile with { ThreadsY = tile.ThreadsY / 2 };
+        }
+
+        return tile.SharedBytes(height, k) <= maxSharedBytes
+            ? tile
+            : throw new CudaException($"depthwise K={k} on {height}×{width}: no tile fits {maxSharedBytes} bytes of shared memory");
+    }
+
+    /// <summary>Map sizes the project meets (RepLKNet stages at 224 and 1024, the paper's table, ERF inputs).</summary>
+    public static readonly int[] CommonSizes = [7, 14, 16, 28, 32, 56, 64, 112, 256];
+
+    /// <summary>The tiles <see cref="SelectTile"/> returns for K on <see cref="CommonSizes"/> (the compile check's list).</summary>
+    public static IEnumerable<DepthwiseTile> CommonTiles(int k) =>
+        CommonSizes.Select(size => SelectTile(64 * 384, size, size, k, 227 * 1024)).Distinct();
+
+    /// <summary>Whether our CUDA kernel takes this call.</summary>
+    public static bool Fits(Tensor input, Tensor weight, Tensor? bias)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        ArgumentNullException.ThrowIfNull(weight);
+        if (input.dim() != 4 || weight.dim() != 4 || input.dtype != ScalarType.Float32 || weight.dtype != ScalarType.Float32 ||
+            input.device_type != DeviceType.CUDA || weight.device_type != DeviceType.CUDA || input.device_index != weight.device_index)
+        {
+            return false;
+        }
+
+        long c = input.shape[1], k = weight.shape[2];
+        return weight.shape[0] == c && weight.shape[1] == 1 && weight.shape[3] == k && k % 2 == 1 &&
+               k is >= DepthwiseConv2d.MinKernel and <= DepthwiseConv2d.MaxKernel &&
+               input.shape[0] > 0 && c > 0 && input.shape[2] > 0 && input.shape[3] > 0 && input.numel() < int.MaxValue &&
+               (bias is null || bias.dtype == ScalarType.Float32 && bias.device_type == DeviceType.CUDA && bias.device_index == input.device_index && bias.numel() == c) &&
+               IsAvailable;
+    }
+
+    /// <summary>y = depthwise_conv(x, w) + b on our CUDA kernel (no autograd).</summary>
+    public static Tensor Forward(Tensor x, Tensor w, Tensor? b, DepthwiseTile? tile = null)
+    {
+        ArgumentNullException.ThrowIfNull(x);
+        var y = empty(x.shape, dtype: float32, device: x.device);
+        ForwardInto(x, w, b, y, tile);
+        return y;
+    }
+
+    /// <summary>Writes depthwise_conv(x, w) + b into the contiguous tensor <paramref name="y"/> (which the checks poison first).</summary>
+    public static void ForwardInto(Tensor x, Tensor w, Tensor? b, Tensor y, DepthwiseTile? tile = null)
+    {
+        ArgumentNullException.ThrowIfNull(x);
+        ArgumentNullException.ThrowIfNull(w);
+        ArgumentNullException.ThrowIfNull(y);
+        if (!y.is_contiguous() || y.device_type != DeviceType.CUDA || !y.shape.SequenceEqual(x.shape) || y.dtype != ScalarType.Float32)
+        {
+            throw new ArgumentException("the output must be a contiguous float32 CUDA tensor of the input's shape", nameof(y));
+        }
+
+        using var xc = x.contiguous();
+        using var wc = w.contiguous();
+        using var bc = b?.contiguous();
+        int device = x.device_index < 0 ? 0 : x.device_index;
+        Launch(device, DevicePtr(xc), DevicePtr(wc), bc is null ? IntPtr.Zero : DevicePtr(bc), DevicePtr(y),
+            (int)x.shape[0], (int)x.shape[1], (int)x.shape[2], (int)x.shape[3], (int)w.shape[2], tile);
+    }
+
+    /// <summary>Launches the forward kernel on raw device pointers (NCHW, contiguous) on the legacy default stream.</summary>
+    public static unsafe DepthwiseTile Launch(int device, IntPtr x, IntPtr w, IntPtr bias, IntPtr y, int n, int c, int h, int width, int k, DepthwiseTile? tile = null)
+    {
+        if (k % 2 == 0 || k < DepthwiseConv2d.MinKernel || k > DepthwiseConv2d.MaxKernel)
+        {
+            throw new ArgumentOutOfRangeException(nameof(k), k, "the kernel size must be odd and within [3, 63]");
+        }
+
+        CudaDriver.UsePrimaryContext(device);
+        int maxShared = SharedLimit(device);
+        int planes = checked(n * c);
+        tile ??= DepthwiseTuning.Lookup(CudaDriver.Device(device).Name, h, width, k) ?? SelectTile(planes, h, width, k, maxShared);
+        int shared = tile.SharedBytes(h, k);
+        if (shared > maxShared)
+        {
+            throw new CudaException($"tile {tile} needs {shared} bytes of shared memory for K={k} on {h}×{width}; the device allows {maxShared}");
+        }
+
+        var kernel = CudaModules.Get(tile.Spec(k), device);
+        if (shared > 48 * 1024)
+        {
+            CudaDriver.SetMaxDynamicSharedMemory(kernel.Function, shared);
+        }
+
+        int tilesX = (width + tile.TileWidth - 1) / tile.TileWidth;
+        int tilesY = (h + tile.TileHeight - 1) / tile.TileHeight;
+        int rowsStored = tile.RowsStored(h, k);
+        int vectorStore = width % 4 == 0 && (y.ToInt64() & 15) == 0 ? 1 : 0;
+        IntPtr px = x, pw = w, pb = bias, py = y;
+        var args = stackalloc IntPtr[11];
+        args[0] = (IntPtr)(&px);
+        args[1] = (IntPtr)(&pw);
+        args[2] = (IntPtr)(&pb);
+        args[3] = (IntPtr)(&py);
+        args[4] = (IntPtr)(&planes);
+        args[5] = (IntPtr)(&c);
+        args[6] = (IntPtr)(&h);
+        args[7] = (IntPtr)(&width);
+        args[8] = (IntPtr)(&tilesX);
+        args[9] = (IntPtr)(&rowsStored);
+        args[10] = (IntPtr)(&vectorStore);
+        int blocksY = (planes + tile.Planes - 1) / tile.Planes;
+        if (blocksY > 65535)
+        {
+            throw new CudaException($"{planes} planes need {blocksY} blocks along y (limit 65535); split the batch");
+        }
+
+        CudaDriver.Launch(kernel.Function, ((uint)(tilesX * tilesY), (uint)blocksY, 1), ((uint)tile.ThreadsX, (uint)tile.ThreadsY, (uint)tile.Planes),
+            (uint)shared, args, tile.Spec(k).Label);
+        return tile;
+    }
+
+    /// <summary>The device address of a contiguous tensor's first element.</summary>
+    public static IntPtr DevicePtr(Tensor t)
+    {
+        ArgumentNullException.ThrowIfNull(t);
+        using var storage = t.storage<float>();
+        return storage.data_ptr() + checked((nint)(t.storage_offset() * sizeof(float)));
+    }
+
+    /// <summary>The dynamic shared memory a block may use on <paramref name="device"/>.</summary>
+    public static int SharedLimit(int device)
+    {
+        lock (SharedLimits)
+        {
+            if (!SharedLimits.TryGetValue(device, out int bytes))
+            {
+                bytes = CudaDriver.MaxSharedMemoryPerBlockOptin(device);
+                SharedLimits[device] = bytes;
+            }
+
+            return bytes;
+        }
+    }
+}
