@@ -32,7 +32,8 @@ public static class BenchPasses
 /// <param name="Ms">Median milliseconds for the whole stack.</param>
 /// <param name="Gflops">Nominal GFLOP/s: 2·N·C·R²·K² per layer and pass (padded taps counted, as the paper does).</param>
 /// <param name="Reps">Timed repetitions behind the median.</param>
-public sealed record DepthwiseBenchResult(string Implementation, string Pass, int N, int C, int R, int K, int Layers, double Ms, double Gflops, int Reps);
+/// <param name="CheckError">For "ours": max |ours − libtorch| / max |libtorch| on the first layer of the timed stack (NaN when not checked).</param>
+public sealed record DepthwiseBenchResult(string Implementation, string Pass, int N, int C, int R, int K, int Layers, double Ms, double Gflops, int Reps, double CheckError = double.NaN);
 
 /// <summary>What to time.</summary>
 public sealed record DepthwiseBenchOptions
@@ -66,6 +67,9 @@ public sealed record DepthwiseBenchOptions
 
     /// <summary>Device.</summary>
     public Device Device { get; init; } = CPU;
+
+    /// <summary>Compare our first layer's output with libtorch's in every cell (cheap on a GPU; a sanity check of the timed code path).</summary>
+    public bool CheckCells { get; init; }
 }
 
 /// <summary>Times stacks of depthwise convolutions for each implementation side by side (the paper's Table 1).</summary>
@@ -114,7 +118,18 @@ public static class DepthwiseBenchmark
             return pass == BenchPasses.Forward ? ForwardStack(x, weights, device) : BackwardStack(x, weights, upstream, pass, device);
         }
 
-        Once(); // warm-up: JIT, allocator, caches
+        Once(); // warm-up: JIT, NVRTC or the cubin cache, allocator, caches
+        Once();
+        double check = double.NaN;
+        if (o.CheckCells && impl == DepthwiseBackend.Ours)
+        {
+            using var inner = NewDisposeScope();
+            using var noGrad = no_grad();
+            var ours = DepthwiseConv2d.Forward(x, weights[0]);
+            var reference = nn.functional.conv2d(x, weights[0], padding: [k / 2, k / 2], groups: o.Channels);
+            check = (ours - reference).abs().max().item<float>() / Math.Max(reference.abs().max().item<float>(), 1e-30);
+        }
+
         var times = new List<double>();
         var budget = Stopwatch.StartNew();
         for (int rep = 0; rep < o.Reps; rep++)
@@ -129,14 +144,13 @@ public static class DepthwiseBenchmark
         times.Sort();
         double ms = times[times.Count / 2];
         double gflops = LayerFlops(o.Batch, o.Channels, r, k) * o.Layers / (ms / 1e3) / 1e9;
-        return new DepthwiseBenchResult(impl == DepthwiseBackend.Ours ? "ours" : "torch", pass, o.Batch, o.Channels, r, k, o.Layers, ms, gflops, times.Count);
+        return new DepthwiseBenchResult(impl == DepthwiseBackend.Ours ? "ours" : "torch", pass, o.Batch, o.Channels, r, k, o.Layers, ms, gflops, times.Count, check);
     }
 
     private static double ForwardStack(Tensor x, Tensor[] weights, Device device)
     {
         using var noGrad = no_grad();
-        Synchronize(device);
-        var sw = Stopwatch.StartNew();
+        using var timer = StackTimer.Start(device);
         var y = x;
         foreach (var w in weights)
         {
@@ -149,8 +163,7 @@ public static class DepthwiseBenchmark
             y = next;
         }
 
-        Synchronize(device);
-        return sw.Elapsed.TotalMilliseconds;
+        return timer.Stop();
     }
 
     // Each layer is its own one-conv graph so dgrad, wgrad and bwd each time exactly the gradients they name.
@@ -165,21 +178,37 @@ public static class DepthwiseBenchmark
             var xi = x.detach().requires_grad_(inputGrad);
             var wi = w.detach().requires_grad_(weightGrad);
             var y = DepthwiseConv2d.Forward(xi, wi);
-            Synchronize(device);
-            var sw = Stopwatch.StartNew();
+            using var timer = StackTimer.Start(device);
             y.backward([upstream]);
-            Synchronize(device);
-            total += sw.Elapsed.TotalMilliseconds;
+            total += timer.Stop();
         }
 
         return total;
     }
 
-    private static void Synchronize(Device device)
+    /// <summary>CUDA events on the default stream for CUDA devices (after a synchronize), a stopwatch on the CPU.</summary>
+    private sealed class StackTimer : IDisposable
     {
-        if (device.type == DeviceType.CUDA)
+        private readonly Ops.Cuda.CudaEventTimer? events;
+        private readonly Stopwatch clock;
+
+        private StackTimer(Device device)
         {
-            torch.cuda.synchronize();
+            if (device.type == DeviceType.CUDA)
+            {
+                torch.cuda.synchronize();
+                Ops.Cuda.CudaDriver.UsePrimaryContext(device.index < 0 ? 0 : device.index);
+                events = new Ops.Cuda.CudaEventTimer();
+                events.Start();
+            }
+
+            clock = Stopwatch.StartNew();
         }
+
+        public static StackTimer Start(Device device) => new(device);
+
+        public double Stop() => events?.Stop() ?? clock.Elapsed.TotalMilliseconds;
+
+        public void Dispose() => events?.Dispose();
     }
 }

@@ -23,11 +23,22 @@ public static class ModelBenchmark
 {
     /// <summary>Times <paramref name="config"/> for each implementation.</summary>
     public static List<ModelBenchResult> Run(RepLKNetConfig config, int batch, int resolution, string mode, IReadOnlyList<DepthwiseBackend> impls,
-        Device device, int reps, double maxSeconds, Action<ModelBenchResult>? onResult = null)
+        Device device, int reps, double maxSeconds, Action<ModelBenchResult>? onResult = null, bool deploy = false)
     {
         ArgumentNullException.ThrowIfNull(impls);
+        if (deploy && mode != "infer")
+        {
+            throw new ArgumentException("the deploy form is for inference only", nameof(deploy));
+        }
+
         var results = new List<ModelBenchResult>();
         using var model = new RepLKNetModel(config with { DropPathRate = 0 });
+        if (deploy)
+        {
+            model.eval();
+            Reparam.Reparameterizer.Reparameterize(model);
+        }
+
         model.to(device);
         var generator = new Generator(0);
         var x = randn([batch, config.InChannels, resolution, resolution], generator: generator).to(device);

@@ -17,8 +17,9 @@ public enum DepthwiseBackend
 
 /// <summary>
 /// The project's one depthwise convolution: stride 1, padding K/2 ("same"), dilation 1, odd square K in [3, 63],
-/// float32, any N, C, H, W ≥ 1, optional bias. Inputs that fit run on our kernels with gradients for input, weight and
-/// bias through a TorchSharp autograd function; everything else goes to <c>torch.nn.functional.conv2d</c>.
+/// float32, any N, C, H, W ≥ 1, optional bias. It dispatches by device: CPU inputs that fit run on our SIMD kernels with
+/// gradients for input, weight and bias through a TorchSharp autograd function; CUDA inputs that fit run on our NVRTC
+/// forward kernel when no gradient is tracked; everything else goes to <c>torch.nn.functional.conv2d</c>.
 /// </summary>
 public static class DepthwiseConv2d
 {
@@ -101,7 +102,16 @@ public static class DepthwiseConv2d
     {
         ArgumentNullException.ThrowIfNull(input);
         ArgumentNullException.ThrowIfNull(weight);
-        if (CurrentBackend == DepthwiseBackend.Ours && Fits(input, weight, bias))
+        if (CurrentBackend == DepthwiseBackend.Ours && input.device_type == DeviceType.CUDA)
+        {
+            // CUDA: our forward kernel for inference; with gradients to track, libtorch (our CUDA backward kernels are issue 7).
+            bool trackedOnCuda = is_grad_enabled() && (input.requires_grad || weight.requires_grad || bias?.requires_grad == true);
+            if (!trackedOnCuda && Cuda.CudaDepthwise.Fits(input, weight, bias))
+            {
+                return Cuda.CudaDepthwise.Forward(input, weight, bias);
+            }
+        }
+        else if (CurrentBackend == DepthwiseBackend.Ours && Fits(input, weight, bias))
         {
             // Without gradients to track, skip the autograd function's bookkeeping.
             bool tracked = is_grad_enabled() && (input.requires_grad || weight.requires_grad || bias?.requires_grad == true);

@@ -21,9 +21,8 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
     {
         /// <summary>Batch.</summary>
         [CommandOption("--batch <N>")]
-        [Description("Batch size.")]
-        [DefaultValue(8)]
-        public int Batch { get; init; } = 8;
+        [Description("Batch size (default 8 on the CPU, 64 — the paper's — on CUDA).")]
+        public int? Batch { get; init; }
 
         /// <summary>Channels.</summary>
         [CommandOption("--channels <C>")]
@@ -68,9 +67,8 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
 
         /// <summary>Repetitions.</summary>
         [CommandOption("--reps <N>")]
-        [Description("Timed repetitions per cell (median); a cell stops repeating after 20 s.")]
-        [DefaultValue(3)]
-        public int Reps { get; init; } = 3;
+        [Description("Timed repetitions per cell (median; default 3 on the CPU, 7 on CUDA); a cell stops repeating after 20 s.")]
+        public int? Reps { get; init; }
 
         /// <summary>JSON output.</summary>
         [CommandOption("--json <FILE>")]
@@ -79,7 +77,7 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
 
         /// <summary>Verify first.</summary>
         [CommandOption("--check")]
-        [Description("First check our kernels on every instruction set this CPU runs against libtorch in float64; exit 1 on a mismatch.")]
+        [Description("First check our kernels against libtorch in float64 (CPU: every instruction set this CPU runs; CUDA: the shape sweep of 'cuda check') and our first layer against libtorch in every cell; exit 1 on a mismatch.")]
         public bool Check { get; init; }
 
         /// <summary>PNG output.</summary>
@@ -108,7 +106,7 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
             _ => throw new UsageException($"--pass '{settings.Pass}': use fwd, bwd or all"),
         };
         var impls = BackendList.Parse(settings.Implementations);
-        if (settings.Batch <= 0 || settings.Channels <= 0 || settings.Layers <= 0 || settings.Reps <= 0 || settings.Threads is <= 0)
+        if (settings.Batch is <= 0 || settings.Channels <= 0 || settings.Layers <= 0 || settings.Reps is <= 0 || settings.Threads is <= 0)
         {
             throw new UsageException("--batch, --channels, --layers, --reps and --threads must be positive");
         }
@@ -120,16 +118,38 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
 
         int threadCount = torch.get_num_threads();
         bool cuda = runtime.Device.type == DeviceType.CUDA;
+        int cudaDevice = runtime.Device.index < 0 ? 0 : runtime.Device.index;
         if (cuda && impls.Contains(DepthwiseBackend.Ours))
         {
-            // On CUDA tensors the op currently falls back to libtorch: timing that as "ours" would mislead.
-            throw new UsageException("--impl ours on --device cuda: the project's CUDA kernels are not in this build yet; use --impl torch");
+            if (!Ops.Cuda.CudaDepthwise.IsAvailable)
+            {
+                throw new UsageException($"--impl ours on --device cuda: {Ops.Cuda.CudaDepthwise.UnavailableReason}");
+            }
+
+            if (passes.Any(p => p != BenchPasses.Forward))
+            {
+                // With gradients tracked, CUDA calls go to libtorch: timing that as "ours" would mislead.
+                throw new UsageException($"--pass {settings.Pass} with --impl ours on --device cuda: this build has the CUDA forward kernel only; use --pass fwd or --impl torch");
+            }
         }
 
-        string machineName = cuda ? Ops.Cuda.CudaDriver.Devices()[runtime.Device.index < 0 ? 0 : runtime.Device.index].Name : CpuName();
-        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]Depthwise conv stack[/]: {0} layers of ({1}, {2}, R, R), fp32, NCHW, stride 1, pad K/2 on {3} ({4} threads)",
-            settings.Layers, settings.Batch, settings.Channels, Markup.Escape(machineName), threadCount);
-        if (settings.Check)
+        int batch = settings.Batch ?? (cuda ? 64 : 8);
+        int reps = settings.Reps ?? (cuda ? 7 : 3);
+        string machineName = cuda ? Ops.Cuda.CudaDriver.Device(cudaDevice).Name : CpuName();
+        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]Depthwise conv stack[/]: {0} layers of ({1}, {2}, R, R), fp32, NCHW, stride 1, pad K/2 on {3}{4}",
+            settings.Layers, batch, settings.Channels, Markup.Escape(machineName), cuda ? ", CUDA events" : $" ({threadCount} threads)");
+        if (settings.Check && cuda)
+        {
+            var checks = Ops.Cuda.CudaDepthwiseCheck.RunOnTensors(Environment.TickCount64, cudaDevice);
+            int bad = checks.Count(c => !c.Passed);
+            console.MarkupLine(CultureInfo.InvariantCulture, "CUDA check: {0} cases, {1} failed; worst vs float64 {2}", checks.Count, bad, Format(checks.Max(c => c.VsFloat64)));
+            if (bad > 0)
+            {
+                Console.Error.WriteLine($"replknet: error: our CUDA kernel disagrees with libtorch beyond {Ops.Cuda.CudaDepthwiseCheck.Tolerance:0e+00} (run 'replknet cuda check' for the table)");
+                return ExitCodes.Failure;
+            }
+        }
+        else if (settings.Check)
         {
             var checks = DepthwiseSelfCheck.Run(Environment.TickCount64);
             var table = new Table().Title("our kernels vs libtorch float64 (max error / max |reference|)").AddColumns("ISA", "shape", "forward", "input-grad", "weight-grad");
@@ -146,16 +166,20 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
             }
         }
 
-        double peak = cuda ? double.NaN : FmaPeak.MeasureGflops(threadCount);
-        if (!cuda)
+        double peak = cuda ? 1e3 * Ops.Cuda.CudaPeak.MeasureTflops(cudaDevice) : FmaPeak.MeasureGflops(threadCount);
+        if (cuda)
+        {
+            console.MarkupLine(CultureInfo.InvariantCulture, "Measured fp32 FFMA ceiling: [bold]{0:F1} TFLOP/s[/] (our microkernel, {1} SMs)", peak / 1e3, Ops.Cuda.CudaDriver.Device(cudaDevice).Multiprocessors);
+        }
+        else
         {
             console.MarkupLine(CultureInfo.InvariantCulture, "Measured FMA peak: [bold]{0:F0} GFLOP/s[/] ({1}, {2} threads)", peak, CpuIsas.Resolve(DepthwiseConv2d.Isa), threadCount);
         }
 
         var options = new DepthwiseBenchOptions
         {
-            Batch = settings.Batch, Channels = settings.Channels, Sizes = sizes, Kernels = kernels, Layers = settings.Layers,
-            Passes = passes, Implementations = impls, Reps = settings.Reps, Device = runtime.Device,
+            Batch = batch, Channels = settings.Channels, Sizes = sizes, Kernels = kernels, Layers = settings.Layers,
+            Passes = passes, Implementations = impls, Reps = reps, Device = runtime.Device, CheckCells = settings.Check,
         };
         int cells = sizes.Length * kernels.Length * passes.Length * impls.Length;
         var results = new List<DepthwiseBenchResult>();
@@ -169,7 +193,7 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
                 if (Console.IsOutputRedirected)
                 {
                     console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"  {r.Implementation,-5} {r.Pass,-5} R={r.R,-3} K={r.K,-3} {r.Ms,10:F1} ms {r.Gflops,8:F1} GFLOP/s"));
+                        $"  {r.Implementation,-5} {r.Pass,-5} R={r.R,-3} K={r.K,-3} {r.Ms,10:F1} ms {r.Gflops,8:F1} GFLOP/s{(double.IsNaN(r.CheckError) ? string.Empty : $"  check {r.CheckError:0.0e+00}")}"));
                 }
             });
         });
@@ -189,7 +213,8 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
                     ["name"] = machineName,
                     ["threads"] = threadCount,
                     ["isa"] = cuda ? null : CpuIsas.Resolve(DepthwiseConv2d.Isa).ToString(),
-                    ["peak_gflops"] = cuda ? null : Math.Round(peak, 1),
+                    ["peak_gflops"] = Math.Round(peak, 1),
+                    ["peak_kind"] = cuda ? "fp32 FFMA microkernel (ffma_peak.cu)" : "FMA microkernel",
                     ["libtorch"] = runtime.LibTorchVersion,
                     ["date"] = DateTime.UtcNow.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture),
                 },
@@ -197,6 +222,7 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
                 {
                     ["impl"] = r.Implementation, ["pass"] = r.Pass, ["N"] = r.N, ["C"] = r.C, ["R"] = r.R, ["K"] = r.K,
                     ["layers"] = r.Layers, ["ms"] = Math.Round(r.Ms, 3), ["gflops"] = r.Gflops, ["reps"] = r.Reps,
+                    ["check_error"] = double.IsNaN(r.CheckError) ? null : r.CheckError,
                 })]),
             };
             AtomicFile.Write(json, s => s.Write(System.Text.Encoding.UTF8.GetBytes(root.ToJsonString(JsonOutput.Options) + "\n")));
@@ -206,13 +232,22 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
         if (settings.Plot is { } png)
         {
             string title = string.Create(CultureInfo.InvariantCulture,
-                $"{passes[0]}: {settings.Layers} depthwise layers of ({settings.Batch}, {settings.Channels}, R, R), fp32 — {machineName}");
+                $"{passes[0]}: {settings.Layers} depthwise layers of ({batch}, {settings.Channels}, R, R), fp32 — {machineName}");
             BenchPlots.LatencyVsKernel(results, passes[0], title, png);
             console.MarkupLine($"wrote [bold]{Markup.Escape(png)}[/]");
         }
 
+        if (results.Any(r => r.CheckError > CellTolerance))
+        {
+            Console.Error.WriteLine($"replknet: error: a timed cell's first layer differs from libtorch by more than {CellTolerance:0e+00} (see check_error)");
+            return ExitCodes.Failure;
+        }
+
         return ExitCodes.Success;
     }
+
+    // fp32 against fp32: both sums round differently; 1e-4 of the largest output is far below any real bug.
+    private const double CellTolerance = 1e-4;
 
     private void RenderTable(string pass, List<DepthwiseBenchResult> results, int[] sizes, int[] kernels, DepthwiseBackend[] impls, double peak)
     {

@@ -58,6 +58,11 @@ public sealed class BenchModelCommand(IAnsiConsole console) : Command<BenchModel
         [DefaultValue(3)]
         public int Reps { get; init; } = 3;
 
+        /// <summary>Deploy form.</summary>
+        [CommandOption("--deploy")]
+        [Description("Re-parameterize first (infer only): the small-kernel branches and their BNs merged into the large kernels.")]
+        public bool Deploy { get; init; }
+
         /// <summary>JSON output.</summary>
         [CommandOption("--json <FILE>")]
         [Description("Also write the results as JSON.")]
@@ -82,12 +87,17 @@ public sealed class BenchModelCommand(IAnsiConsole console) : Command<BenchModel
             TorchRuntime.SetThreads(threads);
         }
 
+        if (settings.Deploy && mode != "infer")
+        {
+            throw new UsageException("--deploy times inference only; drop it or use --mode infer");
+        }
+
         int resolution = settings.Resolution ?? ModelRegistry.Find(settings.Arch)?.Pretrained.InputSize.H ?? 224;
-        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]{0}[/] {1}, batch {2} at {3}×{3}, {4}, {5} threads",
-            Markup.Escape(name), mode, settings.Batch, resolution, runtime.Device, torch.get_num_threads());
+        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]{0}[/] {1}{6}, batch {2} at {3}×{3}, {4}, {5} threads",
+            Markup.Escape(name), mode, settings.Batch, resolution, runtime.Device, torch.get_num_threads(), settings.Deploy ? " (deploy form)" : string.Empty);
         var results = ModelBenchmark.Run(config, settings.Batch, resolution, mode, impls, runtime.Device, settings.Reps, 60, r =>
             console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"  {r.Implementation,-5} {r.Mode}: {r.Ms,10:F0} ms/batch  {r.ImagesPerSecond,8:F2} images/s  peak RSS {(r.PeakMemoryBytes is long b ? $"{b / 1048576.0:F0} MiB" : "n/a")}  ({r.Reps} reps)")));
+                $"  {r.Implementation,-5} {r.Mode}: {r.Ms,10:F1} ms/batch  {r.ImagesPerSecond,8:F2} images/s  peak RSS {(r.PeakMemoryBytes is long b ? $"{b / 1048576.0:F0} MiB" : "n/a")}  ({r.Reps} reps)")), settings.Deploy);
         var ours = results.FirstOrDefault(r => r.Implementation == "ours");
         var theirs = results.FirstOrDefault(r => r.Implementation == "torch");
         if (ours is not null && theirs is not null)
@@ -100,6 +110,7 @@ public sealed class BenchModelCommand(IAnsiConsole console) : Command<BenchModel
             var root = new JsonObject
             {
                 ["arch"] = name,
+                ["form"] = settings.Deploy ? "deploy" : "train",
                 ["device"] = runtime.Device.ToString(),
                 ["threads"] = torch.get_num_threads(),
                 ["results"] = new JsonArray([.. results.Select(r => (JsonNode)new JsonObject

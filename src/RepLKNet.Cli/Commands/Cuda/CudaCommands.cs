@@ -76,7 +76,7 @@ public sealed class CudaCompileCommand(IAnsiConsole console) : Command<CudaCompi
             : CliParsing.IntList(settings.Kernels, "--kernels");
         var results = CudaKernelCatalog.CompileAll(archs, kernels);
         var table = new Table().AddColumns("kernel", "arch", "registers", "spill st/ld bytes", "stack", "ms");
-        foreach (var r in results.Where(r => r.Error is not null || r.Report?.Spills == true || r.Spec.Function != "dwconv_fwd" || r.Spec.Defines[0].Value is 3 or 13 or 31 or 63))
+        foreach (var r in results.Where(r => r.Error is not null || r.Report?.Spills == true || r.Spec.Function == "ffma_peak" || r.Spec.Defines[0].Value is 3 or 13 or 31 or 63))
         {
             table.AddRow(Markup.Escape(r.Spec.Label), r.Architecture, r.Report?.Registers.ToString(CultureInfo.InvariantCulture) ?? "-",
                 r.Report is null ? "-" : $"{r.Report.SpillStoreBytes}/{r.Report.SpillLoadBytes}", r.Report?.StackBytes.ToString(CultureInfo.InvariantCulture) ?? "-",
@@ -212,15 +212,19 @@ public sealed class CudaTuneCommand(IAnsiConsole console) : Command<CudaTuneSett
         var table = new Table().Title($"one ({settings.Batch}, {settings.Channels}, R, R) layer on {Markup.Escape(card)}: ms, median of 7")
             .AddColumns("R", "K", "default tile", "default ms", "best tile", "best ms", "gain");
         var clock = Stopwatch.StartNew();
-        foreach (int r in CliParsing.IntList(settings.Sizes, "--sizes"))
+        int[] sizes = CliParsing.IntList(settings.Sizes, "--sizes"), kernels = CliParsing.IntList(settings.Kernels, "--kernels");
+        long planes = (long)settings.Batch * settings.Channels;
+        CudaModules.Prepare(sizes.SelectMany(r => kernels.SelectMany(k => DepthwiseTuning.Candidates(planes, r, r, k, maxShared).Select(t => t.Spec(k, r)))), device);
+        console.MarkupLine(CultureInfo.InvariantCulture, "compiled {0} candidate kernels in {1:F0} s", CudaModules.Compilations, clock.Elapsed.TotalSeconds);
+        foreach (int r in sizes)
         {
-            foreach (int k in CliParsing.IntList(settings.Kernels, "--kernels"))
+            foreach (int k in kernels)
             {
                 using var scope = NewDisposeScope();
                 var x = randn([settings.Batch, settings.Channels, r, r], device: runtime.Device);
                 var w = randn([settings.Channels, 1, k, k], device: runtime.Device) / k;
                 var y = empty_like(x);
-                var candidates = DepthwiseTuning.Candidates((long)settings.Batch * settings.Channels, r, r, k, maxShared);
+                var candidates = DepthwiseTuning.Candidates(planes, r, r, k, maxShared);
                 var times = candidates.Select(t => Time(x, w, y, t)).ToList();
                 int best = times.IndexOf(times.Min());
                 entries.Add(new DepthwiseTuningEntry(card, r, r, k, candidates[best], times[best], times[0]));
@@ -233,8 +237,9 @@ public sealed class CudaTuneCommand(IAnsiConsole console) : Command<CudaTuneSett
         console.MarkupLine(CultureInfo.InvariantCulture, "tuned {0} shapes in {1:F0} s ({2} kernels compiled)", entries.Count, clock.Elapsed.TotalSeconds, CudaModules.Compilations);
         if (settings.Out is { } path)
         {
-            string json = DepthwiseTuning.Serialize(entries.Where(e => e.Tile != CudaDepthwise.SelectTile((long)settings.Batch * settings.Channels, e.Height, e.Width, e.K, maxShared)),
-                $"replknet cuda tune on {card}, {DateTime.UtcNow:yyyy-MM-dd}, one ({settings.Batch}, {settings.Channels}, R, R) layer; only shapes where another tile beat the default rule");
+            // Only clear wins go into the table (3 %: above run-to-run noise of a median of 7 on an idle card).
+            string json = DepthwiseTuning.Serialize(entries.Where(e => e.Tile != CudaDepthwise.SelectTile(planes, e.Height, e.Width, e.K, maxShared) && e.DefaultMs / e.Ms >= 1.03),
+                $"replknet cuda tune on {card}, {DateTime.UtcNow:yyyy-MM-dd}, one ({settings.Batch}, {settings.Channels}, R, R) layer; only shapes where another tile beat the default rule by 3 % or more");
             AtomicFile.Write(path, s => s.Write(System.Text.Encoding.UTF8.GetBytes(json)));
             console.MarkupLine($"wrote [bold]{Markup.Escape(path)}[/]");
         }

@@ -193,8 +193,9 @@ public static class CudaDepthwiseCheck
 
     private static double Relative(Tensor actual, Tensor reference)
     {
-        double scale = Math.Max(reference.abs().max().item<double>(), 1e-30);
-        double error = (actual.to(float64) - reference.to(float64)).abs().max().item<double>();
+        using var reference64 = reference.to(float64);
+        double scale = Math.Max(reference64.abs().max().item<double>(), 1e-30);
+        double error = (actual.to(float64) - reference64).abs().max().item<double>();
         return double.IsNaN(error) ? double.PositiveInfinity : error / scale;
     }
 }

@@ -5,14 +5,17 @@ using static TorchSharp.torch;
 namespace RepLKNet.Ops.Cuda;
 
 /// <summary>
-/// A tile shape of the forward kernel: each thread computes <see cref="RowsPerThread"/> output rows × 4 columns; a block
+/// A tile shape of the forward kernels: each thread computes <see cref="RowsPerThread"/> output rows × 4 columns; a block
 /// is <see cref="ThreadsX"/> × <see cref="ThreadsY"/> threads per plane over <see cref="Planes"/> planes.
+/// <see cref="SmallMap"/> selects <c>dwconv_fwd_small.cu</c> (one tile spans the width; slides over image columns, so
+/// padded columns cost nothing) instead of <c>dwconv_fwd.cu</c> (slides over filter columns).
 /// </summary>
 /// <param name="RowsPerThread">RY: output rows per thread.</param>
 /// <param name="ThreadsX">BX: threads along x (tile width 4·BX).</param>
 /// <param name="ThreadsY">BY: threads along y (tile height RY·BY).</param>
-/// <param name="Planes">PL: (n, c) planes per block.</param>
-public sealed record DepthwiseTile(int RowsPerThread, int ThreadsX, int ThreadsY, int Planes)
+/// <param name="Planes">PL: (n, c) planes per block (at most 64, the block's z limit).</param>
+/// <param name="SmallMap">Use the small-map kernel (needs 4·BX ≥ W).</param>
+public sealed record DepthwiseTile(int RowsPerThread, int ThreadsX, int ThreadsY, int Planes, bool SmallMap = false)
 {
     /// <summary>Output tile width.</summary>
     public int TileWidth => 4 * ThreadsX;
@@ -26,20 +29,33 @@ public sealed record DepthwiseTile(int RowsPerThread, int ThreadsX, int ThreadsY
     /// <summary>Input rows one block stages for an H-row map (image rows only: padded rows are never stored).</summary>
     public int RowsStored(int height, int k) => Math.Min(height, TileHeight + k - 1);
 
-    /// <summary>Dynamic shared memory in bytes for a K×K filter over an H-row map.</summary>
-    public int SharedBytes(int height, int k)
+    /// <summary>Dynamic shared memory in bytes for a K×K filter over an H×W map (mirrors the kernels' layouts).</summary>
+    public int SharedBytes(int height, int width, int k)
     {
+        if (SmallMap)
+        {
+            int pad = k / 2, ml0 = Math.Max(0, TileWidth - 1 - pad);
+            int ml = ml0 + ((((3 - pad) % 4 + 4) % 4) - ml0 % 4 + 4) % 4;
+            int wr = (ml + pad + width + 3) / 4 * 4, sw = (width + 6 + 3) / 4 * 4;
+            return 4 * Planes * (k * wr + RowsStored(height, k) * sw);
+        }
+
         int kp = (k + 3) / 4 * 4;
         int inW = (TileWidth + k - 1 + 3) / 4 * 4;
         return 4 * Planes * (k * kp + RowsStored(height, k) * inW);
     }
 
-    /// <summary>The compile-time specification for kernel size <paramref name="k"/>.</summary>
-    public CudaKernelSpec Spec(int k) => new("dwconv_fwd.cu", "dwconv_fwd",
-        [("KS", k), ("RY", RowsPerThread), ("BX", ThreadsX), ("BY", ThreadsY), ("PL", Planes)]);
+    /// <summary>Whether this tile can run an H×W map: the small-map kernel needs the whole width in one tile.</summary>
+    public bool Accepts(int width) => !SmallMap || TileWidth >= width;
+
+    /// <summary>The compile-time specification for kernel size <paramref name="k"/> on maps <paramref name="width"/> wide.</summary>
+    public CudaKernelSpec Spec(int k, int width) => SmallMap
+        ? new("dwconv_fwd_small.cu", "dwconv_fwd_small", [("KS", k), ("WI", width), ("RY", RowsPerThread), ("BX", ThreadsX), ("BY", ThreadsY), ("PL", Planes)])
+        : new("dwconv_fwd.cu", "dwconv_fwd", [("KS", k), ("RY", RowsPerThread), ("BX", ThreadsX), ("BY", ThreadsY), ("PL", Planes)]);
 
     /// <inheritdoc />
-    public override string ToString() => string.Create(CultureInfo.InvariantCulture, $"RY={RowsPerThread} BX={ThreadsX} BY={ThreadsY} PL={Planes}");
+    public override string ToString() =>
+        string.Create(CultureInfo.InvariantCulture, $"{(SmallMap ? "small " : string.Empty)}RY={RowsPerThread} BX={ThreadsX} BY={ThreadsY} PL={Planes}");
 }
 
 /// <summary>
@@ -53,6 +69,7 @@ public static class CudaDepthwise
     public const int DefaultThreads = 128;
 
     private static readonly Dictionary<int, int> SharedLimits = [];
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<IntPtr, int> SharedAllowed = new();
 
     /// <summary>Whether CUDA kernels can run here: the driver loads and NVRTC is present.</summary>
     public static bool IsAvailable => CudaDriver.IsAvailable && Nvrtc.IsAvailable;
@@ -61,28 +78,37 @@ public static class CudaDepthwise
     public static string? UnavailableReason => CudaDriver.UnavailableReason ?? Nvrtc.UnavailableReason;
 
     /// <summary>
-    /// The tile for an N·C-plane map of H×W with a K×K filter: the narrowest tile width that covers W (up to 64), rows per
-    /// thread RY (8, or 4 for maps up to 8 rows), as many thread rows as cover H (at most 256 threads per plane) and enough
-    /// planes per block for about <paramref name="threads"/> threads, within <paramref name="maxSharedBytes"/>.
+    /// The tile for an N·C-plane map of H×W with a K×K filter. The small-map kernel when W ≤ 32 and K &gt; W (padded
+    /// columns dominate); else the direct kernel. Tile width: the narrowest that covers W (up to 64). Rows per thread
+    /// RY: 7 when H is a multiple of 7 but not of 8 (RepLKNet's 56/28/14/7 maps), 4 for maps up to 8 rows, else 8; as many
+    /// thread rows as cover H (at most 256 threads per plane) and enough planes per block for about
+    /// <paramref name="threads"/> threads (at most 64), within <paramref name="maxSharedBytes"/>.
     /// </summary>
-    public static DepthwiseTile SelectTile(long planes, int height, int width, int k, int maxSharedBytes, int? rowsPerThread = null, int threads = DefaultThreads)
+    public static DepthwiseTile SelectTile(long planes, int height, int width, int k, int maxSharedBytes, int? rowsPerThread = null,
+        int threads = DefaultThreads, bool? smallMap = null)
     {
+        bool small = smallMap ?? (width <= 32 && k > width);
+        if (small && width > 32)
+        {
+            throw new CudaException($"the small-map kernel takes maps up to 32 wide, not {width}");
+        }
+
         int bx = width <= 8 ? 2 : width <= 16 ? 4 : width <= 32 ? 8 : 16;
-        int ry = rowsPerThread ?? (height <= 8 ? 4 : 8);
+        int ry = rowsPerThread ?? (height % 7 == 0 && height % 8 != 0 ? 7 : height <= 8 ? 4 : 8);
         int by = Math.Clamp((height + ry - 1) / ry, 1, Math.Max(1, 256 / bx));
-        int pl = (int)Math.Clamp(threads / (bx * by), 1, Math.Max(1, planes));
-        var tile = new DepthwiseTile(ry, bx, by, pl);
-        while (tile.SharedBytes(height, k) > maxSharedBytes && tile.Planes > 1)
+        int pl = (int)Math.Clamp(threads / (bx * by), 1, Math.Min(64, Math.Max(1, planes)));
+        var tile = new DepthwiseTile(ry, bx, by, pl, small);
+        while (tile.SharedBytes(height, width, k) > maxSharedBytes && tile.Planes > 1)
         {
             tile = tile with { Planes = tile.Planes / 2 };
         }
 
-        while (tile.SharedBytes(height, k) > maxSharedBytes && tile.ThreadsY > 1)
+        while (tile.SharedBytes(height, width, k) > maxSharedBytes && tile.ThreadsY > 1)
         {
             tile = tile with { ThreadsY = tile.ThreadsY / 2 };
         }
 
-        return tile.SharedBytes(height, k) <= maxSharedBytes
+        return tile.SharedBytes(height, width, k) <= maxSharedBytes
             ? tile
             : throw new CudaException($"depthwise K={k} on {height}×{width}: no tile fits {maxSharedBytes} bytes of shared memory");
     }
@@ -91,8 +117,9 @@ public static class CudaDepthwise
     public static readonly int[] CommonSizes = [7, 14, 16, 28, 32, 56, 64, 112, 256];
 
     /// <summary>The tiles <see cref="SelectTile"/> returns for K on <see cref="CommonSizes"/> (the compile check's list).</summary>
-    public static IEnumerable<DepthwiseTile> CommonTiles(int k) =>
-        CommonSizes.Select(size => SelectTile(64 * 384, size, size, k, 227 * 1024)).Distinct();
+    public static IEnumerable<(DepthwiseTile Tile, int Width)> CommonTiles(int k) =>
+        CommonSizes.Select(size => (SelectTile(64 * 384, size, size, k, 227 * 1024), size))
+            .DistinctBy(t => t.Item1.Spec(k, t.size).Label);
 
     /// <summary>Whether our CUDA kernel takes this call.</summary>
     public static bool Fits(Tensor input, Tensor weight, Tensor? bias)
@@ -153,19 +180,22 @@ public static class CudaDepthwise
         int maxShared = SharedLimit(device);
         int planes = checked(n * c);
         tile ??= DepthwiseTuning.Lookup(CudaDriver.Device(device).Name, h, width, k) ?? SelectTile(planes, h, width, k, maxShared);
-        int shared = tile.SharedBytes(h, k);
+        if (!tile.Accepts(width))
+        {
+            throw new ArgumentException($"tile {tile} cannot run a map {width} wide", nameof(tile));
+        }
+
+        int shared = tile.SharedBytes(h, width, k);
         if (shared > maxShared)
         {
             throw new CudaException($"tile {tile} needs {shared} bytes of shared memory for K={k} on {h}×{width}; the device allows {maxShared}");
         }
 
-        var kernel = CudaModules.Get(tile.Spec(k), device);
-        if (shared > 48 * 1024)
-        {
-            CudaDriver.SetMaxDynamicSharedMemory(kernel.Function, shared);
-        }
+        var spec = tile.Spec(k, width);
+        var kernel = CudaModules.Get(spec, device);
+        AllowSharedMemory(kernel.Function, shared);
 
-        int tilesX = (width + tile.TileWidth - 1) / tile.TileWidth;
+        int tilesX = tile.SmallMap ? 1 : (width + tile.TileWidth - 1) / tile.TileWidth;
         int tilesY = (h + tile.TileHeight - 1) / tile.TileHeight;
         int rowsStored = tile.RowsStored(h, k);
         int vectorStore = width % 4 == 0 && (y.ToInt64() & 15) == 0 ? 1 : 0;
@@ -182,15 +212,22 @@ public static class CudaDepthwise
         args[8] = (IntPtr)(&tilesX);
         args[9] = (IntPtr)(&rowsStored);
         args[10] = (IntPtr)(&vectorStore);
-        int blocksY = (planes + tile.Planes - 1) / tile.Planes;
-        if (blocksY > 65535)
-        {
-            throw new CudaException($"{planes} planes need {blocksY} blocks along y (limit 65535); split the batch");
-        }
-
-        CudaDriver.Launch(kernel.Function, ((uint)(tilesX * tilesY), (uint)blocksY, 1), ((uint)tile.ThreadsX, (uint)tile.ThreadsY, (uint)tile.Planes),
-            (uint)shared, args, tile.Spec(k).Label);
+        int planeBlocks = (planes + tile.Planes - 1) / tile.Planes;
+        int blocksY = Math.Min(planeBlocks, 65535), blocksZ = (planeBlocks + blocksY - 1) / blocksY;
+        CudaDriver.Launch(kernel.Function, ((uint)(tilesX * tilesY), (uint)blocksY, (uint)blocksZ), ((uint)tile.ThreadsX, (uint)tile.ThreadsY, (uint)tile.Planes),
+            (uint)shared, args, spec.Label);
         return tile;
+    }
+
+    // Raises a kernel's dynamic shared-memory limit once to what the launch needs (the default cap is 48 KB and the
+    // driver rejects a launch at the cap on some parts, so every kernel that uses shared memory gets it set explicitly).
+    private static void AllowSharedMemory(IntPtr function, int bytes)
+    {
+        if (bytes > 0 && SharedAllowed.GetValueOrDefault(function) < bytes)
+        {
+            CudaDriver.SetMaxDynamicSharedMemory(function, bytes);
+            SharedAllowed.AddOrUpdate(function, bytes, (_, old) => Math.Max(old, bytes));
+        }
     }
 
     /// <summary>The device address of a contiguous tensor's first element.</summary>

@@ -25,10 +25,10 @@ public static class CudaKernelCatalog
         var seen = new HashSet<string>();
         foreach (int k in kernels)
         {
-            var tiles = CudaDepthwise.CommonTiles(k).Concat(DepthwiseTuning.Entries.Where(e => e.K == k).Select(e => e.Tile));
-            foreach (var tile in tiles)
+            var tiles = CudaDepthwise.CommonTiles(k).Concat(DepthwiseTuning.Entries.Where(e => e.K == k).Select(e => (e.Tile, e.Width)));
+            foreach (var (tile, width) in tiles)
             {
-                var spec = tile.Spec(k);
+                var spec = tile.Spec(k, width);
                 if (seen.Add(spec.Label))
                 {
                     specs.Add(spec);

@@ -74,7 +74,9 @@ public static class CudaModules
     private static readonly object CompileLock = new();
 
     /// <summary>Counts compilations (a cache hit does not count), for tests and the benchmark's report.</summary>
-    public static int Compilations { get; private set; }
+    public static int Compilations => Volatile.Read(ref compilations);
+
+    private static int compilations;
 
     /// <summary>The cubin cache folder.</summary>
     public static string CacheDirectory
@@ -100,6 +102,27 @@ public static class CudaModules
         return (output, PtxasReport.Parse(output.Log));
     }
 
+    /// <summary>Compiles (or reads from the cache) every spec in parallel and loads them on <paramref name="device"/>; later <see cref="Get"/> calls are lookups.</summary>
+    public static void Prepare(IEnumerable<CudaKernelSpec> specs, int device)
+    {
+        ArgumentNullException.ThrowIfNull(specs);
+        string architecture = CudaDriver.Device(device).Architecture;
+        var missing = specs.DistinctBy(s => s.Label).Where(s => !Loaded.ContainsKey((device, s.Label))).ToList();
+        var cubins = new (byte[] Cubin, string? Log)[missing.Count];
+        Parallel.For(0, missing.Count, i => cubins[i] = CubinFor(missing[i], architecture));
+        lock (CompileLock)
+        {
+            CudaDriver.UsePrimaryContext(device);
+            for (int i = 0; i < missing.Count; i++)
+            {
+                if (!Loaded.ContainsKey((device, missing[i].Label)))
+                {
+                    Loaded[(device, missing[i].Label)] = LoadInto(missing[i], cubins[i]);
+                }
+            }
+        }
+    }
+
     /// <summary>The kernel <paramref name="spec"/> loaded on device <paramref name="device"/> (compiled or read from cache on first use).</summary>
     public static LoadedKernel Get(CudaKernelSpec spec, int device)
     {
@@ -118,14 +141,19 @@ public static class CudaModules
             }
 
             string architecture = CudaDriver.Device(device).Architecture;
-            var (cubin, log) = CubinFor(spec, architecture);
+            var compiled = CubinFor(spec, architecture);
             CudaDriver.UsePrimaryContext(device);
-            IntPtr module = CudaDriver.LoadModule(cubin, spec.Label);
-            IntPtr function = CudaDriver.GetFunction(module, spec.Function);
-            var loaded = new LoadedKernel(function, spec, log is null ? null : PtxasReport.Parse(log));
+            var loaded = LoadInto(spec, compiled);
             Loaded[(device, key)] = loaded;
             return loaded;
         }
+    }
+
+    private static LoadedKernel LoadInto(CudaKernelSpec spec, (byte[] Cubin, string? Log) compiled)
+    {
+        IntPtr module = CudaDriver.LoadModule(compiled.Cubin, spec.Label);
+        IntPtr function = CudaDriver.GetFunction(module, spec.Function);
+        return new LoadedKernel(function, spec, compiled.Log is null ? null : PtxasReport.Parse(compiled.Log));
     }
 
     private static (byte[] Cubin, string? Log) CubinFor(CudaKernelSpec spec, string architecture)
@@ -158,7 +186,7 @@ public static class CudaModules
         }
 
         var output = Nvrtc.Compile(source, $"{spec.Label}.cu", options);
-        Compilations++;
+        Interlocked.Increment(ref compilations);
         try
         {
             Directory.CreateDirectory(directory);

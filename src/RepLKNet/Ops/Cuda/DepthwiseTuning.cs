@@ -24,7 +24,10 @@ public static class DepthwiseTuning
     /// <summary>The embedded table's resource file name.</summary>
     public const string FileName = "dwconv_fwd_tuning.json";
 
-    private static readonly Lazy<IReadOnlyList<DepthwiseTuningEntry>> Table = new(() => Parse(Nvrtc.EmbeddedSource(FileName)));
+    /// <summary>Environment variable naming a tuning table to use instead of the committed one (e.g. fresh from <c>cuda tune --out</c>).</summary>
+    public const string EnvironmentVariable = "REPLKNET_CUDA_TUNING";
+
+    private static readonly Lazy<IReadOnlyList<DepthwiseTuningEntry>> Table = new(Load);
 
     /// <summary>The committed entries.</summary>
     public static IReadOnlyList<DepthwiseTuningEntry> Entries => Table.Value;
@@ -32,6 +35,23 @@ public static class DepthwiseTuning
     /// <summary>The tuned tile for this card and shape, or null.</summary>
     public static DepthwiseTile? Lookup(string card, int height, int width, int k) =>
         Table.Value.FirstOrDefault(e => e.Card == card && e.Height == height && e.Width == width && e.K == k)?.Tile;
+
+    private static IReadOnlyList<DepthwiseTuningEntry> Load()
+    {
+        if (Environment.GetEnvironmentVariable(EnvironmentVariable) is { Length: > 0 } path)
+        {
+            try
+            {
+                return Parse(File.ReadAllText(path));
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or JsonException or InvalidOperationException)
+            {
+                throw new CudaException($"{EnvironmentVariable}={path}: cannot read the tuning table: {e.Message}", e);
+            }
+        }
+
+        return Parse(Nvrtc.EmbeddedSource(FileName));
+    }
 
     /// <summary>Parses a table.</summary>
     public static IReadOnlyList<DepthwiseTuningEntry> Parse(string json)
@@ -43,7 +63,7 @@ public static class DepthwiseTuning
             var e = node as JsonObject ?? throw new FormatException($"{FileName}: entries must be objects");
             var t = e["tile"] as JsonObject ?? throw new FormatException($"{FileName}: entry without a tile");
             list.Add(new DepthwiseTuningEntry((string)e["card"]!, (int)e["H"]!, (int)e["W"]!, (int)e["K"]!,
-                new DepthwiseTile((int)t["RY"]!, (int)t["BX"]!, (int)t["BY"]!, (int)t["PL"]!), (double)e["ms"]!, (double)e["default_ms"]!));
+                new DepthwiseTile((int)t["RY"]!, (int)t["BX"]!, (int)t["BY"]!, (int)t["PL"]!, (bool?)t["small"] ?? false), (double)e["ms"]!, (double)e["default_ms"]!));
         }
 
         return list;
@@ -58,7 +78,7 @@ public static class DepthwiseTuning
             array.Add(new JsonObject
             {
                 ["card"] = e.Card, ["H"] = e.Height, ["W"] = e.Width, ["K"] = e.K,
-                ["tile"] = new JsonObject { ["RY"] = e.Tile.RowsPerThread, ["BX"] = e.Tile.ThreadsX, ["BY"] = e.Tile.ThreadsY, ["PL"] = e.Tile.Planes },
+                ["tile"] = new JsonObject { ["RY"] = e.Tile.RowsPerThread, ["BX"] = e.Tile.ThreadsX, ["BY"] = e.Tile.ThreadsY, ["PL"] = e.Tile.Planes, ["small"] = e.Tile.SmallMap },
                 ["ms"] = Math.Round(e.Ms, 4), ["default_ms"] = Math.Round(e.DefaultMs, 4),
             });
         }
@@ -70,23 +90,27 @@ public static class DepthwiseTuning
     public static List<DepthwiseTile> Candidates(long planes, int height, int width, int k, int maxShared)
     {
         var list = new List<DepthwiseTile> { CudaDepthwise.SelectTile(planes, height, width, k, maxShared) };
-        foreach (int ry in (int[])[2, 4, 8, 16])
+        bool[] kernels = width <= 32 ? [false, true] : [false];
+        foreach (bool small in kernels)
         {
-            foreach (int threads in (int[])[64, 128, 256])
+            foreach (int ry in (int[])[2, 4, 7, 8, 16])
             {
-                DepthwiseTile tile;
-                try
+                foreach (int threads in (int[])[64, 128, 256])
                 {
-                    tile = CudaDepthwise.SelectTile(planes, height, width, k, maxShared, ry, threads);
-                }
-                catch (CudaException)
-                {
-                    continue;
-                }
+                    DepthwiseTile tile;
+                    try
+                    {
+                        tile = CudaDepthwise.SelectTile(planes, height, width, k, maxShared, ry, threads, small);
+                    }
+                    catch (CudaException)
+                    {
+                        continue;
+                    }
 
-                if (!list.Contains(tile))
-                {
-                    list.Add(tile);
+                    if (!list.Contains(tile))
+                    {
+                        list.Add(tile);
+                    }
                 }
             }
         }

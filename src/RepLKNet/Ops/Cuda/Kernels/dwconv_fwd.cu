@@ -35,6 +35,22 @@
 #define IN_W ((TW + KS - 1 + 3) / 4 * 4) // staged row width (tile + halo, multiple of 4)
 #define THREADS (BX * BY * PL)
 
+// acc[r][0..3] += filter row (g - ys - r + PAD) applied to the row segment v (4 outputs, K taps each).
+#define ROW_STEP(r)                                                                                 \
+    do {                                                                                            \
+        const float4* wr = reinterpret_cast<const float4*>(wp + (g - (ys + (r)) + PAD) * KP);       \
+        _Pragma("unroll") for (int q = 0; q < KP / 4; ++q) {                                        \
+            const float4 t = wr[q];                                                                 \
+            _Pragma("unroll") for (int e = 0; e < 4; ++e) {                                         \
+                if (4 * q + e < KS) {                                                               \
+                    const float we = e == 0 ? t.x : e == 1 ? t.y : e == 2 ? t.z : t.w;              \
+                    _Pragma("unroll") for (int j = 0; j < 4; ++j)                                   \
+                        acc[r][j] = fmaf(we, v[4 * q + e + j], acc[r][j]);                          \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+    } while (0)
+
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
 dwconv_fwd(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
            float* __restrict__ y, int planes, int channels, int height, int width, int tilesX, int rowsStored, int vectorStore)
@@ -47,7 +63,7 @@ dwconv_fwd(const float* __restrict__ x, const float* __restrict__ w, const float
     const int tid = tx + BX * (ty + BY * tp);
     const int tileX0 = (blockIdx.x % tilesX) * TW;
     const int tileY0 = (blockIdx.x / tilesX) * TH;
-    const int plane0 = blockIdx.y * PL;
+    const int plane0 = (blockIdx.z * gridDim.y + blockIdx.y) * PL;  // planes beyond 65535 blocks continue along z
     const int rowLo = max(0, tileY0 - PAD);
     const int rows = min(height, tileY0 + TH + PAD) - rowLo;
 
@@ -99,23 +115,16 @@ dwconv_fwd(const float* __restrict__ x, const float* __restrict__ w, const float
             const float4 t = row[q];
             v[4 * q] = t.x; v[4 * q + 1] = t.y; v[4 * q + 2] = t.z; v[4 * q + 3] = t.w;
         }
+        // Rows in the middle of the strip's reach feed every output row: no per-row test there, so the compiler can
+        // interleave the RY independent accumulator groups; near the ends each output row checks its filter row.
+        if (g - ys - (RY - 1) + PAD >= 0 && g - ys + PAD < KS) {
 #pragma unroll
-        for (int r = 0; r < RY; ++r) {
-            const int ky = g - (ys + r) + PAD;
-            if (ky >= 0 && ky < KS) {
-                const float4* wr = reinterpret_cast<const float4*>(wp + ky * KP);
+            for (int r = 0; r < RY; ++r) ROW_STEP(r);
+        } else {
 #pragma unroll
-                for (int q = 0; q < KP / 4; ++q) {
-                    const float4 t = wr[q];
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        if (4 * q + e < KS) {
-                            const float we = e == 0 ? t.x : e == 1 ? t.y : e == 2 ? t.z : t.w;
-#pragma unroll
-                            for (int j = 0; j < 4; ++j) acc[r][j] = fmaf(we, v[4 * q + e + j], acc[r][j]);
-                        }
-                    }
-                }
+            for (int r = 0; r < RY; ++r) {
+                const int ky = g - (ys + r) + PAD;
+                if (ky >= 0 && ky < KS) ROW_STEP(r);
             }
         }
     }
