@@ -26,7 +26,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit,t
 step info 60 "${app[@]}" cuda info --device cuda
 [ "${COMPILE:-1}" = 1 ] && step compile 120 "${app[@]}" cuda compile --arch sm_90 --kernels 3,13,31,63
 step check 150 "${app[@]}" cuda check --device cuda
-step sanitizer 150 compute-sanitizer --tool memcheck --error-exitcode 9 "${app[@]}" cuda check --raw
+[ "${SANITIZER:-1}" = 1 ] && step sanitizer 150 compute-sanitizer --tool memcheck --error-exitcode 9 "${app[@]}" cuda check --raw
 step tune 200 "${app[@]}" cuda tune --device cuda --sizes 7,14,16,28,32,56,64 --out "$OUT/dwconv_fwd_tuning.json"
 [ -s "$OUT/dwconv_fwd_tuning.json" ] && export REPLKNET_CUDA_TUNING="$OUT/dwconv_fwd_tuning.json"
 step bench 240 "${app[@]}" bench dwconv --device cuda --check --json "$OUT/dwconv-cuda.json" --plot "$OUT/dwconv-cuda.png"

@@ -156,14 +156,16 @@ public static class CudaModules
         return new LoadedKernel(function, spec, compiled.Log is null ? null : PtxasReport.Parse(compiled.Log));
     }
 
-    private static (byte[] Cubin, string? Log) CubinFor(CudaKernelSpec spec, string architecture)
+    private static (byte[] Cubin, string? Log) CubinFor(CudaKernelSpec spec, string architecture) => CubinFor(spec, architecture, CacheDirectory);
+
+    /// <summary>The cubin of <paramref name="spec"/> for <paramref name="architecture"/>, from the cache in <paramref name="directory"/> or compiled and cached there.</summary>
+    internal static (byte[] Cubin, string? Log) CubinFor(CudaKernelSpec spec, string architecture, string directory)
     {
         string source = Source(spec.SourceFile);
         var options = spec.Options(architecture);
         string version = Nvrtc.Version();
         string hash = Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(
             string.Join('\n', [source, .. options, version, Nvrtc.LibraryName ?? string.Empty]))))[..20].ToLowerInvariant();
-        string directory = CacheDirectory;
         string stem = Path.Combine(directory, $"{spec.Function}-{architecture}-{hash}");
         try
         {
