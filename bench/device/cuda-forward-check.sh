@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark of the CUDA depthwise kernel in one call, for the scarce GPU machine
 # (../shared/device/README.md). Run from the repository root with .device carried:
-#   bash scripts/gpu-check.sh            (writes logs, JSON and PNGs to $OUT, prints a summary and the table last)
+#   bash bench/device/cuda-forward-check.sh            (writes logs, JSON and PNGs to $OUT, prints a summary and the table last)
 # Steps: driver/NVRTC info, compile report (NVRTC of the machine), correctness sweep vs float64/cuDNN/our CPU kernel,
 # compute-sanitizer memcheck on exact-size buffers, tile tuning (table written to $OUT and used by the benchmarks),
 # the paper's Table 1 ours vs libtorch, RepLKNet-31B inference both ways, and PyTorch's own Table 1 for reference.
@@ -36,7 +36,7 @@ step stage2 60 "${app[@]}" bench dwconv --device cuda --channels 256 --sizes 28 
 step stage3 60 "${app[@]}" bench dwconv --device cuda --channels 512 --sizes 14 --kernels 27,5 --layers 18 --check
 step model 150 "${app[@]}" bench model --arch RepLKNet-31B --device cuda --mode infer --batch 64 --reps 10 --json "$OUT/model-infer-31b.json"
 step deploy 150 "${app[@]}" bench model --arch RepLKNet-31B --device cuda --mode infer --deploy --batch 64 --reps 10 --json "$OUT/model-infer-31b-deploy.json"
-[ "${PYTORCH_TABLE:-1}" = 1 ] && step pytorch 150 python3 scripts/torch_dwconv_table.py --out "$OUT/pytorch-dwconv.json"
+[ "${PYTORCH_TABLE:-1}" = 1 ] && step pytorch 150 python3 bench/device/torch_dwconv_table.py --out "$OUT/pytorch-dwconv.json"
 
 for f in info compile check sanitizer tune; do echo "---- $f"; tail -n 12 "$OUT/$f.log"; done
 for f in stage1 stage2 stage3; do echo "---- $f"; grep -A3 "^│ R\|speed-up\|ours  \|torch " "$OUT/$f.log" | tail -n 6; done
