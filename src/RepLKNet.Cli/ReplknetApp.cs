@@ -78,12 +78,23 @@ public static class ReplknetApp
             config.AddCommand<ReparamCommand>("reparam")
                 .WithDescription("Convert a training checkpoint to the deploy form (optionally fusing every conv+BN) and verify equivalence.")
                 .WithExample("reparam", "--arch", "RepLKNet-31B", "--weights", "train.pth", "--out", "deploy.safetensors");
+            config.AddBranch("export", export =>
+            {
+                export.SetDescription("Export models for deployment.");
+                export.AddCommand<ExportOnnxCommand>("onnx")
+                    .WithDescription("Re-parameterize and write an ONNX graph (metadata: input size, normalization, class names); verified with ONNX Runtime before it is kept.")
+                    .WithExample("export", "onnx", "--weights", "runs/fmnist/best.safetensors", "--out", "fmnist.onnx", "--dynamic-batch")
+                    .WithExample("export", "onnx", "--arch", "RepLKNet-31B", "--weights", "w.pth", "--out", "31b.onnx", "--fuse-bn");
+            });
             config.AddBranch("bench", bench =>
             {
                 bench.SetDescription("Benchmarks: the paper's depthwise-conv latency table and whole-model speed.");
                 bench.AddCommand<Commands.Bench.BenchDwconvCommand>("dwconv")
                     .WithDescription("Time a stack of depthwise layers per (R, K), ours vs libtorch (the paper's Table 1).")
                     .WithExample("bench", "dwconv", "--device", "cpu", "--sizes", "32", "--kernels", "7,31", "--layers", "4");
+                bench.AddCommand<Commands.Bench.BenchOnnxCommand>("onnx")
+                    .WithDescription("Images/s of an ONNX export on ONNX Runtime against the TorchSharp deploy model of the same architecture.")
+                    .WithExample("bench", "onnx", "--onnx", "fmnist.onnx", "--batch", "32");
                 bench.AddCommand<Commands.Bench.BenchModelCommand>("model")
                     .WithDescription("Time a whole model (inference or a training step), ours vs libtorch's depthwise conv.")
                     .WithExample("bench", "model", "--arch", "RepLKNet-31B", "--batch", "8", "--mode", "infer");

@@ -23,6 +23,33 @@ public sealed class PredictCommand(IAnsiConsole console) : Command<PredictComman
         [Description("Image files (PNG, JPEG, WebP, BMP, GIF) or folders of them.")]
         public string[] Images { get; init; } = [];
 
+        /// <summary>ONNX export to run instead of a checkpoint.</summary>
+        [CommandOption("--onnx <FILE>")]
+        [Description("Run an ONNX export (replknet export onnx) with ONNX Runtime instead of a checkpoint.")]
+        public string? Onnx { get; init; }
+
+        /// <summary>Images per ONNX Runtime run.</summary>
+        [CommandOption("--batch-size <N>")]
+        [Description("Images per ONNX Runtime run (with --onnx; graphs with a fixed batch use theirs).")]
+        [DefaultValue(8)]
+        public int BatchSize { get; init; } = 8;
+
+        /// <inheritdoc />
+        public override ValidationResult Validate()
+        {
+            if (Onnx is not null)
+            {
+                if (Weights is not null)
+                {
+                    return ValidationResult.Error("give --weights or --onnx, not both");
+                }
+
+                return BatchSize > 0 ? ValidationResult.Success() : ValidationResult.Error("--batch-size must be positive");
+            }
+
+            return base.Validate();
+        }
+
         /// <summary>Input size.</summary>
         [CommandOption("--input-size <SIZE>")]
         [Description("Resize to SIZE×SIZE (default: the variant's input size, else 224).")]
@@ -33,27 +60,19 @@ public sealed class PredictCommand(IAnsiConsole console) : Command<PredictComman
     public override int Execute(CommandContext context, Settings settings, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(settings);
+        if (settings.Onnx is { } onnx)
+        {
+            return PredictOnnx(onnx, settings);
+        }
+
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
         var loaded = ModelLoader.Load(settings.Weights!, settings.LoadOptions);
         using var model = loaded.Model;
         model.to(runtime.Device);
-        var variant = ModelRegistry.Find(loaded.Arch);
-        var pretrained = variant?.Pretrained;
-        var pre = loaded.Metadata?.Preprocessing;
-        int size = settings.InputSize ?? pre?.InputSize ?? pretrained?.InputSize.H ?? 224;
-        int channels = model.Config.InChannels;
-        Normalization normalization = pre is not null
-            ? pre.Normalization
-            : pretrained is { } p
-                ? new Normalization([p.Mean.R, p.Mean.G, p.Mean.B], [p.Std.R, p.Std.G, p.Std.B])
-                : Normalization.ImageNet;
-        if (normalization.Mean.Count == 3 && channels == 1)
-        {
-            normalization = new Normalization([normalization.Mean.Average()], [normalization.Std.Average()]);
-        }
-
+        var eval = EvalPreprocessing.From(loaded, settings.InputSize);
+        int size = eval.InputSize, channels = eval.Channels;
         // The checkpoint's eval transform: short side to size / crop_pct (bicubic), centre crop; same-size images as they are.
-        var pipeline = new SamplePipeline(new AugmentOptions { CropPct = pre?.CropPct ?? 0.875 }, normalization, channels, size);
+        var pipeline = new SamplePipeline(new AugmentOptions { CropPct = eval.CropPct }, eval.Normalization, channels, size);
         var names = loaded.Metadata?.ClassNames;
         var files = ImageDecoder.Expand(settings.Images);
         if (files.Count == 0)
@@ -77,6 +96,33 @@ public sealed class PredictCommand(IAnsiConsole console) : Command<PredictComman
                 long c = indexes[i].item<long>();
                 string label = names is not null && c < names.Count ? names[(int)c] : $"class {c}";
                 console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {i + 1}. {label,-24} {values[i].item<float>():P2}"));
+            }
+        }
+
+        return ExitCodes.Success;
+    }
+
+    private int PredictOnnx(string path, Settings settings)
+    {
+        if (settings.InputSize is not null)
+        {
+            throw new UsageException("--input-size does not apply to --onnx: the graph's input size is fixed at export");
+        }
+
+        var files = ImageDecoder.Expand(settings.Images);
+        if (files.Count == 0)
+        {
+            throw new UsageException("no images: give image files or folders holding some");
+        }
+
+        using var classifier = new Export.OnnxClassifier(path);
+        foreach (var prediction in classifier.Predict(files, 5, settings.BatchSize))
+        {
+            console.Profile.Out.Writer.WriteLine(prediction.Source);
+            for (int i = 0; i < prediction.Top.Count; i++)
+            {
+                var c = prediction.Top[i];
+                console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {i + 1}. {c.Label,-24} {c.Probability:P2}"));
             }
         }
 

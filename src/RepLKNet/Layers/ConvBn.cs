@@ -40,6 +40,9 @@ public sealed class ConvBn : Module<Tensor, Tensor>
     /// <summary>Whether the BN has been folded into the conv.</summary>
     public bool IsFused => bn is null;
 
+    /// <summary>Whether a ReLU follows (conv_bn_relu).</summary>
+    public bool HasRelu => nonlinear is not null;
+
     /// <inheritdoc />
     public override Tensor forward(Tensor input)
     {

@@ -1,0 +1,97 @@
+using System.ComponentModel;
+using System.Globalization;
+using RepLKNet.Checkpoints;
+using RepLKNet.Export;
+using RepLKNet.Runtime;
+using Spectre.Console;
+using Spectre.Console.Cli;
+
+namespace RepLKNet.Cli.Commands;
+
+/// <summary><c>replknet export onnx</c>: the re-parameterized model as an ONNX graph, verified with ONNX Runtime.</summary>
+public sealed class ExportOnnxCommand(IAnsiConsole console) : Command<ExportOnnxCommand.Settings>
+{
+    /// <summary>Options of <c>export onnx</c>.</summary>
+    public sealed class Settings : WeightsSettings
+    {
+        /// <summary>Output.</summary>
+        [CommandOption("--out <FILE>")]
+        [Description("The ONNX file to write (written only after ONNX Runtime reproduced the model).")]
+        public string? Out { get; init; }
+
+        /// <summary>Opset.</summary>
+        [CommandOption("--opset <N>")]
+        [Description("ONNX opset, 13 to 21 (exact GELU: Gelu from 20, Erf-based below).")]
+        [DefaultValue(17)]
+        public int Opset { get; init; } = 17;
+
+        /// <summary>Dynamic batch.</summary>
+        [CommandOption("--dynamic-batch")]
+        [Description("Leave the batch dimension symbolic.")]
+        public bool DynamicBatch { get; init; }
+
+        /// <summary>Fixed batch.</summary>
+        [CommandOption("--batch <N>")]
+        [Description("Batch size of the graph when it is not dynamic.")]
+        [DefaultValue(1)]
+        public int Batch { get; init; } = 1;
+
+        /// <summary>Fuse BN.</summary>
+        [CommandOption("--fuse-bn")]
+        [Description("Also fold every conv+BN pair into the conv (the pre-BNs stay BatchNormalization).")]
+        public bool FuseBn { get; init; }
+
+        /// <summary>Features.</summary>
+        [CommandOption("--features")]
+        [Description("Export the backbone's out_indices features (features.0 …) instead of logits.")]
+        public bool Features { get; init; }
+
+        /// <summary>Input size.</summary>
+        [CommandOption("--input-size <SIZE>")]
+        [Description("Square input size of the graph (default: the checkpoint's preprocessing, else the variant's, else 224).")]
+        public int? InputSize { get; init; }
+
+        /// <inheritdoc />
+        public override ValidationResult Validate()
+        {
+            if (string.IsNullOrWhiteSpace(Out))
+            {
+                return ValidationResult.Error("--out is required");
+            }
+
+            if (Batch <= 0 || InputSize is <= 0)
+            {
+                return ValidationResult.Error("--batch and --input-size must be positive");
+            }
+
+            return base.Validate();
+        }
+    }
+
+    /// <inheritdoc />
+    public override int Execute(CommandContext context, Settings settings, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        TorchRuntime.Initialize(DeviceRequest.Parse("cpu"));
+        if (settings.Opset is < 13 or > 21)
+        {
+            throw new UsageException($"--opset {settings.Opset}: use 13 to 21");
+        }
+
+        var loaded = ModelLoader.Load(settings.Weights!, settings.LoadOptions);
+        using var model = loaded.Model;
+        var eval = EvalPreprocessing.From(loaded, settings.InputSize);
+        var info = new OnnxModelInfo(loaded.Arch, model.Config.ToJson(), eval.InputSize, eval.Channels, eval.Normalization.Mean, eval.Normalization.Std,
+            eval.CropPct, loaded.Metadata?.ClassNames, settings.FuseBn ? "fused" : "deploy");
+        var options = new OnnxExportOptions { Opset = settings.Opset, DynamicBatch = settings.DynamicBatch, Batch = settings.Batch, Features = settings.Features };
+        var report = OnnxExport.Run(model, info, options, settings.FuseBn, settings.Out!, Environment.TickCount64);
+        console.MarkupLine(CultureInfo.InvariantCulture,
+            "wrote [bold]{0}[/] ({1:F1} MB{2}): {3} nodes, {4} initializers, opset {5}, input {6}×{7}×{8}×{8}{9}",
+            Markup.Escape(report.Path), report.Bytes / 1e6, report.DataPath is null ? string.Empty : $", data in {Markup.Escape(Path.GetFileName(report.DataPath))}",
+            report.Nodes, report.Initializers, settings.Opset, settings.DynamicBatch ? "batch" : settings.Batch.ToString(CultureInfo.InvariantCulture), eval.Channels, eval.InputSize,
+            report.Switched > 0 ? $"; re-parameterized {report.Switched} modules" : string.Empty);
+        console.MarkupLine(CultureInfo.InvariantCulture, "ONNX Runtime vs TorchSharp on random input (batch {0}): max |diff| {1:0.00e+00} = {2:0.00e+00} of the largest output (limit {3:0e+00})",
+            string.Join(", ", report.CheckBatches), report.MaxAbsDiff, report.Relative, OnnxExport.Tolerance);
+        return ExitCodes.Success;
+    }
+}

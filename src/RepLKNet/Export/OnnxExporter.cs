@@ -1,0 +1,515 @@
+using System.Globalization;
+using System.Text.Json;
+using Google.Protobuf;
+using Onnx;
+using RepLKNet.Layers;
+using RepLKNet.Models;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace RepLKNet.Export;
+
+/// <summary>The model cannot be written as ONNX (an unsupported module, a bad option); the message says what and where.</summary>
+public sealed class OnnxExportException : Exception
+{
+    /// <summary>Creates the exception.</summary>
+    public OnnxExportException(string message)
+        : base(message)
+    {
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public OnnxExportException(string message, Exception inner)
+        : base(message, inner)
+    {
+    }
+
+    /// <summary>Creates an empty exception (for serializers and analyzers).</summary>
+    public OnnxExportException()
+    {
+    }
+}
+
+/// <summary>What the exported file records for inference (ONNX <c>metadata_props</c>, keys prefixed <c>replknet.</c>).</summary>
+/// <param name="Arch">Variant name or "custom".</param>
+/// <param name="Config">The architecture as the official constructor's JSON.</param>
+/// <param name="InputSize">Square input size the graph takes.</param>
+/// <param name="Channels">Input channels.</param>
+/// <param name="Mean">Per-channel normalization mean (0–1 scale).</param>
+/// <param name="Std">Per-channel normalization std.</param>
+/// <param name="CropPct">Eval transform: resize the short side to size / crop_pct, centre crop.</param>
+/// <param name="ClassNames">Class names, when known.</param>
+/// <param name="Form">"deploy" (re-parameterized) or "fused" (and every conv+BN folded).</param>
+public sealed record OnnxModelInfo(string Arch, string Config, int InputSize, int Channels, IReadOnlyList<double> Mean, IReadOnlyList<double> Std,
+    double CropPct, IReadOnlyList<string>? ClassNames, string Form)
+{
+    /// <summary>The metadata key prefix.</summary>
+    public const string Prefix = "replknet.";
+
+    /// <summary>The entries for <c>metadata_props</c>.</summary>
+    public IEnumerable<KeyValuePair<string, string>> ToMetadata()
+    {
+        yield return new(Prefix + "arch", Arch);
+        yield return new(Prefix + "config", Config);
+        yield return new(Prefix + "form", Form);
+        yield return new(Prefix + "input_size", InputSize.ToString(CultureInfo.InvariantCulture));
+        yield return new(Prefix + "channels", Channels.ToString(CultureInfo.InvariantCulture));
+        yield return new(Prefix + "mean", JsonSerializer.Serialize(Mean));
+        yield return new(Prefix + "std", JsonSerializer.Serialize(Std));
+        yield return new(Prefix + "crop_pct", CropPct.ToString("R", CultureInfo.InvariantCulture));
+        if (ClassNames is not null)
+        {
+            yield return new(Prefix + "class_names", JsonSerializer.Serialize(ClassNames));
+        }
+    }
+
+    /// <summary>Reads the entries back (from ONNX Runtime's custom metadata map); null when the file has none of ours.</summary>
+    public static OnnxModelInfo? FromMetadata(IReadOnlyDictionary<string, string> map, string source)
+    {
+        ArgumentNullException.ThrowIfNull(map);
+        if (!map.ContainsKey(Prefix + "input_size"))
+        {
+            return null;
+        }
+
+        string Get(string key) => map.TryGetValue(Prefix + key, out var v) ? v : throw new FormatException($"{source}: metadata '{Prefix}{key}' is missing");
+        try
+        {
+            return new OnnxModelInfo(Get("arch"), Get("config"), int.Parse(Get("input_size"), CultureInfo.InvariantCulture),
+                int.Parse(Get("channels"), CultureInfo.InvariantCulture), JsonSerializer.Deserialize<double[]>(Get("mean"))!,
+                JsonSerializer.Deserialize<double[]>(Get("std"))!, double.Parse(Get("crop_pct"), CultureInfo.InvariantCulture),
+                map.TryGetValue(Prefix + "class_names", out var names) ? JsonSerializer.Deserialize<string[]>(names) : null, Get("form"));
+        }
+        catch (Exception e) when (e is JsonException or OverflowException or FormatException && e.Message.IndexOf(source, StringComparison.Ordinal) < 0)
+        {
+            throw new FormatException($"{source}: unreadable replknet metadata: {e.Message}", e);
+        }
+    }
+}
+
+/// <summary>How to export.</summary>
+public sealed record OnnxExportOptions
+{
+    /// <summary>ONNX opset (13–21). Exact GELU is the Gelu operator from opset 20, else Erf-based.</summary>
+    public int Opset { get; init; } = 17;
+
+    /// <summary>Leave the batch dimension symbolic ("batch").</summary>
+    public bool DynamicBatch { get; init; }
+
+    /// <summary>Batch size of the graph when it is not dynamic.</summary>
+    public int Batch { get; init; } = 1;
+
+    /// <summary>Export the backbone's out_indices features instead of logits.</summary>
+    public bool Features { get; init; }
+
+    /// <summary>Initializers above this many bytes in all go to an external data file (protobuf's 2 GB limit).</summary>
+    public long ExternalDataThreshold { get; init; } = 2_000_000_000;
+}
+
+/// <summary>
+/// Writes a deploy-form RepLKNet (already re-parameterized; optionally with every conv+BN folded) as an ONNX graph:
+/// Conv (group = channels for depthwise), BatchNormalization where not fused, Relu, exact GELU, Add, and for classifiers
+/// BatchNormalization → GlobalAveragePool → Flatten → Gemm. Weights are raw float32 initializers named like the
+/// state_dict keys.
+/// </summary>
+public static class OnnxExporter
+{
+    /// <summary>The input's name.</summary>
+    public const string InputName = "input";
+
+    /// <summary>The classifier output's name.</summary>
+    public const string LogitsName = "logits";
+
+    /// <summary>Names of the feature outputs for the given stage indices.</summary>
+    public static IReadOnlyList<string> FeatureNames(IEnumerable<int> indices) => [.. indices.Select(i => $"features.{i}")];
+
+    /// <summary>Builds the ONNX model of <paramref name="model"/> (eval, deploy form).</summary>
+    public static ModelProto Build(Module model, OnnxModelInfo info, OnnxExportOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(info);
+        ArgumentNullException.ThrowIfNull(options);
+        if (model is not RepLKNetModel replknet)
+        {
+            throw new OnnxExportException($"ONNX export supports RepLKNet models; {model.GetType().Name} is not supported");
+        }
+
+        if (options.Opset is < 13 or > 21)
+        {
+            throw new OnnxExportException($"opset {options.Opset} is not supported: use 13 to 21");
+        }
+
+        if (!replknet.IsDeploy)
+        {
+            throw new OnnxExportException("the model is in its training form: re-parameterize it first (the exporter writes the deploy graph)");
+        }
+
+        var g = new GraphWriter(options.Opset);
+        var config = replknet.Config;
+        using var noGrad = no_grad();
+        var children = Children(replknet, "model");
+        string x = InputName;
+        foreach (var (name, layer) in Children(Child<Module>(children, "stem", "model"), "stem"))
+        {
+            x = g.ConvBn(As<ConvBn>(layer, $"stem.{name}"), x, $"stem.{name}");
+        }
+
+        var stages = Children(Child<Module>(children, "stages", "model"), "stages");
+        var transitions = Children(Child<Module>(children, "transitions", "model"), "transitions");
+        var wanted = options.Features ? (config.OutIndices ?? [.. Enumerable.Range(0, stages.Count)]) : [];
+        int last = options.Features ? wanted.Max() : stages.Count - 1;
+        var outputs = new List<(string Name, long[] Shape)>();
+        // Output shapes from one forward pass of the model itself (any input size the convolutions accept).
+        var shapes = OutputShapes(replknet, info, options.Features);
+        for (int i = 0; i <= last; i++)
+        {
+            string stage = $"stages.{i}";
+            var stageChildren = Children(stages[i].Module, stage);
+            foreach (var (name, block) in Children(Child<Module>(stageChildren, "blocks", stage), $"{stage}.blocks"))
+            {
+                string path = $"{stage}.blocks.{name}";
+                x = block switch
+                {
+                    RepLKBlock b => g.RepLKBlock(b, x, path),
+                    ConvFFN f => g.ConvFfn(f, x, path),
+                    _ => throw Unsupported(block, path),
+                };
+            }
+
+            if (wanted.Contains(i))
+            {
+                var norm = Child<Module>(stageChildren, "norm", stage);
+                string feature = FeatureNames([i])[0];
+                string y = norm switch
+                {
+                    BatchNorm2d bn => g.BatchNorm(bn, x, $"{stage}.norm"),
+                    TorchSharp.Modules.Identity => x,
+                    _ => throw Unsupported(norm, $"{stage}.norm"),
+                };
+                g.Rename(y, feature, x == y);
+                outputs.Add((feature, shapes[outputs.Count]));
+            }
+
+            if (i < transitions.Count && i < last)
+            {
+                foreach (var (name, layer) in Children(transitions[i].Module, $"transitions.{i}"))
+                {
+                    x = g.ConvBn(As<ConvBn>(layer, $"transitions.{i}.{name}"), x, $"transitions.{i}.{name}");
+                }
+            }
+        }
+
+        if (!options.Features)
+        {
+            if (config.NumClasses is not int classes)
+            {
+                throw new OnnxExportException("this RepLKNet is a backbone (num_classes is null): export it with --features");
+            }
+
+            x = g.BatchNorm(Child<BatchNorm2d>(children, "norm", "model"), x, "norm");
+            _ = Child<AdaptiveAvgPool2d>(children, "avgpool", "model");
+            x = g.Node("GlobalAveragePool", [x], "avgpool");
+            x = g.Node("Flatten", [x], "flatten", ("axis", 1L));
+            var head = Child<Linear>(children, "head", "model");
+            string w = g.Initializer("head.weight", head.weight!);
+            string b = g.Initializer("head.bias", head.bias!);
+            x = g.Node("Gemm", [x, w, b], "head", ("transB", 1L));
+            g.Rename(x, LogitsName, false);
+            outputs.Add((LogitsName, shapes[0]));
+        }
+
+        var batch = options.DynamicBatch ? Dim("batch") : Dim(options.Batch);
+        g.Graph.Input.Add(Value(InputName, [batch, Dim(info.Channels), Dim(info.InputSize), Dim(info.InputSize)]));
+        foreach (var (name, shape) in outputs)
+        {
+            g.Graph.Output.Add(Value(name, [batch, .. shape.Select(Dim)]));
+        }
+
+        g.Graph.Name = $"RepLKNet ({info.Arch}, {info.Form})";
+        var modelProto = new ModelProto
+        {
+            IrVersion = 8,
+            ProducerName = "replknet-dotnet",
+            ProducerVersion = typeof(OnnxExporter).Assembly.GetName().Version?.ToString() ?? "0",
+            DocString = "RepLKNet (Ding et al., CVPR 2022), deploy form, written by the .NET RepLKNet toolkit",
+            Graph = g.Graph,
+        };
+        modelProto.OpsetImport.Add(new OperatorSetIdProto { Domain = string.Empty, Version = options.Opset });
+        foreach (var (key, value) in info.ToMetadata())
+        {
+            modelProto.MetadataProps.Add(new StringStringEntryProto { Key = key, Value = value });
+        }
+
+        return modelProto;
+    }
+
+    private static List<long[]> OutputShapes(RepLKNetModel model, OnnxModelInfo info, bool features)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var x = zeros([1, info.Channels, info.InputSize, info.InputSize]);
+        var outputs = features ? model.forward_intermediates(x).ToList() : [model.call(x)];
+        return [.. outputs.Select(o => o.shape[1..])];
+    }
+
+    /// <summary>Bytes of all initializers.</summary>
+    public static long InitializerBytes(ModelProto model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        return model.Graph.Initializer.Sum(t => (long)t.RawData.Length);
+    }
+
+    /// <summary>
+    /// Writes <paramref name="model"/> to <paramref name="path"/> (initializers to <c>PATH.data</c> when they exceed the
+    /// threshold). Returns the data file's path, or null.
+    /// </summary>
+    public static string? Write(ModelProto model, string path, long externalDataThreshold)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        string? dataPath = null;
+        if (InitializerBytes(model) > externalDataThreshold)
+        {
+            dataPath = path + ".data";
+            string location = Path.GetFileName(dataPath);
+            using var data = File.Create(dataPath);
+            foreach (var t in model.Graph.Initializer)
+            {
+                long offset = data.Position;
+                t.RawData.WriteTo(data);
+                long length = data.Position - offset;
+                t.RawData = ByteString.Empty;
+                t.DataLocation = TensorProto.Types.DataLocation.External;
+                t.ExternalData.Add(new StringStringEntryProto { Key = "location", Value = location });
+                t.ExternalData.Add(new StringStringEntryProto { Key = "offset", Value = offset.ToString(CultureInfo.InvariantCulture) });
+                t.ExternalData.Add(new StringStringEntryProto { Key = "length", Value = length.ToString(CultureInfo.InvariantCulture) });
+                // Keep each tensor 64-byte aligned in the file, as ONNX's own writer may.
+                long pad = (64 - data.Position % 64) % 64;
+                data.Write(new byte[pad]);
+            }
+        }
+
+        using (var stream = File.Create(path))
+        {
+            model.WriteTo(stream);
+        }
+
+        return dataPath;
+    }
+
+    private static TensorShapeProto.Types.Dimension Dim(long value) => new() { DimValue = value };
+
+    private static TensorShapeProto.Types.Dimension Dim(string name) => new() { DimParam = name };
+
+    private static ValueInfoProto Value(string name, IEnumerable<TensorShapeProto.Types.Dimension> dims)
+    {
+        var shape = new TensorShapeProto();
+        shape.Dim.AddRange(dims);
+        return new ValueInfoProto
+        {
+            Name = name,
+            Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)TensorProto.Types.DataType.Float, Shape = shape } },
+        };
+    }
+
+    internal static List<(string Name, Module Module)> Children(Module module, string path)
+    {
+        ArgumentNullException.ThrowIfNull(module);
+        return [.. module.named_children().Select(c => (c.name, (Module)c.module))];
+    }
+
+    private static T Child<T>(List<(string Name, Module Module)> children, string name, string path)
+        where T : Module
+    {
+        var match = children.FirstOrDefault(c => c.Name == name);
+        return match.Module is null
+            ? throw new OnnxExportException($"{path}: expected a child module '{name}', found [{string.Join(", ", children.Select(c => c.Name))}]")
+            : As<T>(match.Module, $"{path}.{name}");
+    }
+
+    internal static T As<T>(Module module, string path)
+        where T : Module => module as T ?? throw Unsupported(module, path, typeof(T).Name);
+
+    internal static OnnxExportException Unsupported(Module module, string path, string? expected = null) =>
+        new($"{path}: module {module.GetType().Name} is not supported by the ONNX exporter{(expected is null ? string.Empty : $" (expected {expected})")}");
+
+    /// <summary>Accumulates nodes and initializers with unique names.</summary>
+    private sealed class GraphWriter(int opset)
+    {
+        private static readonly long[] UnitDilations = [1, 1];
+        private int counter;
+
+        public GraphProto Graph { get; } = new();
+
+        public string Initializer(string name, Tensor value)
+        {
+            using var contiguous = value.detach().to(float32).cpu().contiguous();
+            var t = new TensorProto { Name = name, DataType = (int)TensorProto.Types.DataType.Float, RawData = ByteString.CopyFrom(contiguous.bytes) };
+            t.Dims.AddRange(contiguous.shape);
+            Graph.Initializer.Add(t);
+            return name;
+        }
+
+        public string Scalar(string name, float value)
+        {
+            if (Graph.Initializer.All(t => t.Name != name))
+            {
+                var t = new TensorProto { Name = name, DataType = (int)TensorProto.Types.DataType.Float, RawData = ByteString.CopyFrom(BitConverter.GetBytes(value)) };
+                Graph.Initializer.Add(t);
+            }
+
+            return name;
+        }
+
+        public string Node(string op, IReadOnlyList<string> inputs, string name, params (string Name, object Value)[] attributes)
+        {
+            string output = $"{name}:{op}:{counter++}";
+            var node = new NodeProto { OpType = op, Name = output };
+            node.Input.AddRange(inputs);
+            node.Output.Add(output);
+            foreach (var (key, value) in attributes)
+            {
+                var a = new AttributeProto { Name = key };
+                switch (value)
+                {
+                    case long l:
+                        a.Type = AttributeProto.Types.AttributeType.Int;
+                        a.I = l;
+                        break;
+                    case float f:
+                        a.Type = AttributeProto.Types.AttributeType.Float;
+                        a.F = f;
+                        break;
+                    case string s:
+                        a.Type = AttributeProto.Types.AttributeType.String;
+                        a.S = ByteString.CopyFromUtf8(s);
+                        break;
+                    case long[] ls:
+                        a.Type = AttributeProto.Types.AttributeType.Ints;
+                        a.Ints.AddRange(ls);
+                        break;
+                    default:
+                        throw new ArgumentException($"attribute {key}: unsupported value {value}", nameof(attributes));
+                }
+
+                node.Attribute.Add(a);
+            }
+
+            Graph.Node.Add(node);
+            return output;
+        }
+
+        // Renames the producer's output (or inserts an Identity when the value is also an internal edge or the input).
+        public void Rename(string value, string name, bool alsoUsedInside)
+        {
+            var producer = Graph.Node.LastOrDefault(n => n.Output.Contains(value));
+            if (alsoUsedInside || producer is null)
+            {
+                var node = new NodeProto { OpType = "Identity", Name = $"{name}/Identity" };
+                node.Input.Add(value);
+                node.Output.Add(name);
+                Graph.Node.Add(node);
+                return;
+            }
+
+            producer.Output[producer.Output.IndexOf(value)] = name;
+            foreach (var n in Graph.Node)
+            {
+                for (int i = 0; i < n.Input.Count; i++)
+                {
+                    if (n.Input[i] == value)
+                    {
+                        n.Input[i] = name;
+                    }
+                }
+            }
+        }
+
+        public string Conv(Conv2d conv, string x, string path)
+        {
+            long k = conv.kernel_size[0], s = conv.stride[0], p = conv.padding![0];
+            if (conv.kernel_size[1] != k || conv.stride[1] != s || conv.padding[1] != p || conv.dilation[0] != 1 || conv.dilation[1] != 1)
+            {
+                throw new OnnxExportException($"{path}: only square kernels, strides and paddings without dilation are exported");
+            }
+
+            var inputs = new List<string> { x, Initializer($"{path}.weight", conv.weight!) };
+            if (conv.bias is { } bias)
+            {
+                inputs.Add(Initializer($"{path}.bias", bias));
+            }
+
+            return Node("Conv", inputs, path, ("kernel_shape", new[] { k, k }), ("strides", new[] { s, s }), ("pads", new[] { p, p, p, p }),
+                ("dilations", UnitDilations), ("group", conv.groups));
+        }
+
+        public string BatchNorm(BatchNorm2d bn, string x, string path) =>
+            Node("BatchNormalization", [x, Initializer($"{path}.weight", bn.weight!), Initializer($"{path}.bias", bn.bias!),
+                Initializer($"{path}.running_mean", bn.running_mean!), Initializer($"{path}.running_var", bn.running_var!)], path, ("epsilon", (float)bn.eps));
+
+        public string ConvBn(ConvBn layer, string x, string path)
+        {
+            var y = Conv(layer.Conv, x, $"{path}.conv");
+            if (layer.Bn is { } bn)
+            {
+                y = BatchNorm(bn, y, $"{path}.bn");
+            }
+
+            return layer.HasRelu ? Node("Relu", [y], $"{path}.nonlinear") : y;
+        }
+
+        public string RepLKBlock(RepLKBlock block, string x, string path)
+        {
+            var c = Children(block, path);
+            var y = BatchNorm(Child<BatchNorm2d>(c, "prelkb_bn", path), x, $"{path}.prelkb_bn");
+            y = ConvBn(Child<ConvBn>(c, "pw1", path), y, $"{path}.pw1");
+            var lk = Child<ReparamLargeKernelConv>(c, "large_kernel", path);
+            var reparam = Children(lk, $"{path}.large_kernel").FirstOrDefault(m => m.Name == "lkb_reparam").Module as Conv2d
+                ?? throw new OnnxExportException($"{path}.large_kernel: not re-parameterized (no lkb_reparam)");
+            y = Conv(reparam, y, $"{path}.large_kernel.lkb_reparam");
+            _ = Child<ReLU>(c, "lk_nonlinear", path);
+            y = Node("Relu", [y], $"{path}.lk_nonlinear");
+            y = ConvBn(Child<ConvBn>(c, "pw2", path), y, $"{path}.pw2");
+            CheckIdentity(c, path);
+            return Node("Add", [x, y], path);
+        }
+
+        public string ConvFfn(ConvFFN ffn, string x, string path)
+        {
+            var c = Children(ffn, path);
+            var y = BatchNorm(Child<BatchNorm2d>(c, "preffn_bn", path), x, $"{path}.preffn_bn");
+            y = ConvBn(Child<ConvBn>(c, "pw1", path), y, $"{path}.pw1");
+            _ = Child<GELU>(c, "nonlinear", path);
+            y = Gelu(y, $"{path}.nonlinear");
+            y = ConvBn(Child<ConvBn>(c, "pw2", path), y, $"{path}.pw2");
+            CheckIdentity(c, path);
+            return Node("Add", [x, y], path);
+        }
+
+        // Exact GELU: the Gelu operator from opset 20; below, 0.5·x·(1 + erf(x/√2)) as PyTorch's exporter writes it.
+        private string Gelu(string x, string path)
+        {
+            if (opset >= 20)
+            {
+                return Node("Gelu", [x], path, ("approximate", "none"));
+            }
+
+            var scaled = Node("Div", [x, Scalar("gelu.sqrt2", MathF.Sqrt(2f))], path);
+            var erf = Node("Erf", [scaled], path);
+            var onePlus = Node("Add", [erf, Scalar("gelu.one", 1f)], path);
+            var product = Node("Mul", [x, onePlus], path);
+            return Node("Mul", [product, Scalar("gelu.half", 0.5f)], path);
+        }
+
+        // Drop path is the identity in eval mode (what an exported model runs).
+        private static void CheckIdentity(List<(string Name, Module Module)> children, string path)
+        {
+            var dropPath = children.FirstOrDefault(m => m.Name == "drop_path").Module;
+            if (dropPath is not null and not TorchSharp.Modules.Identity and not DropPath)
+            {
+                throw Unsupported(dropPath, $"{path}.drop_path");
+            }
+        }
+    }
+}
