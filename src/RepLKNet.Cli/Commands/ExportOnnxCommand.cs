@@ -82,7 +82,7 @@ public sealed class ExportOnnxCommand(IAnsiConsole console) : Command<ExportOnnx
         using var model = loaded.Model;
         var eval = EvalPreprocessing.From(loaded, settings.InputSize);
         var info = new OnnxModelInfo(loaded.Arch, model.Config.ToJson(), eval.InputSize, eval.Channels, eval.Normalization.Mean, eval.Normalization.Std,
-            eval.CropPct, loaded.Metadata?.ClassNames, settings.FuseBn ? "fused" : "deploy");
+            eval.CropPct, loaded.Metadata?.ClassNames, settings.FuseBn || loaded.Form == Models.ModelForm.Fused ? "fused" : "deploy");
         var options = new OnnxExportOptions { Opset = settings.Opset, DynamicBatch = settings.DynamicBatch, Batch = settings.Batch, Features = settings.Features };
         var report = OnnxExport.Run(model, info, options, settings.FuseBn, settings.Out!, Environment.TickCount64);
         console.MarkupLine(CultureInfo.InvariantCulture,
