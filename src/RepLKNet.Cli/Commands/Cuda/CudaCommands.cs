@@ -38,6 +38,22 @@ public sealed class CudaInfoCommand(IAnsiConsole console) : Command<GlobalSettin
     }
 }
 
+/// <summary>What the CUDA commands share.</summary>
+internal static class CudaCli
+{
+    /// <summary>Initializes libtorch on the requested CUDA device and checks our kernels can run; usage error otherwise.</summary>
+    public static (TorchRuntimeInfo Runtime, int Index) RequireDevice(GlobalSettings settings, string command)
+    {
+        var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
+        if (runtime.Device.type != DeviceType.CUDA || !CudaDepthwise.IsAvailable)
+        {
+            throw new UsageException($"{command} needs a CUDA device: {runtime.CudaUnavailableReason ?? CudaDepthwise.UnavailableReason ?? "--device cpu was given"}");
+        }
+
+        return (runtime, runtime.Device.index < 0 ? 0 : runtime.Device.index);
+    }
+}
+
 /// <summary>Options of <c>cuda compile</c>.</summary>
 public sealed class CudaCompileSettings : GlobalSettings
 {
@@ -133,13 +149,7 @@ public sealed class CudaCheckCommand(IAnsiConsole console) : Command<CudaCheckSe
         }
         else
         {
-            var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
-            if (runtime.Device.type != DeviceType.CUDA || !CudaDepthwise.IsAvailable)
-            {
-                throw new UsageException($"cuda check needs a CUDA device: {runtime.CudaUnavailableReason ?? CudaDepthwise.UnavailableReason ?? "--device cpu was given"}");
-            }
-
-            results = CudaDepthwiseCheck.RunOnTensors(seed, runtime.Device.index < 0 ? 0 : runtime.Device.index);
+            results = CudaDepthwiseCheck.RunOnTensors(seed, CudaCli.RequireDevice(settings, "cuda check").Index);
         }
 
         var table = new Table().Title($"CUDA forward vs references (max error / max |reference|), seed {seed}")
@@ -199,13 +209,7 @@ public sealed class CudaTuneCommand(IAnsiConsole console) : Command<CudaTuneSett
     public override int Execute(CommandContext context, CudaTuneSettings settings, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(settings);
-        var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
-        if (runtime.Device.type != DeviceType.CUDA || !CudaDepthwise.IsAvailable)
-        {
-            throw new UsageException($"cuda tune needs a CUDA device: {runtime.CudaUnavailableReason ?? CudaDepthwise.UnavailableReason ?? "--device cpu was given"}");
-        }
-
-        int device = runtime.Device.index < 0 ? 0 : runtime.Device.index;
+        var (runtime, device) = CudaCli.RequireDevice(settings, "cuda tune");
         string card = CudaDriver.Device(device).Name;
         int maxShared = CudaDepthwise.SharedLimit(device);
         var entries = new List<DepthwiseTuningEntry>();
