@@ -104,11 +104,20 @@ public static class DepthwiseConv2d
         ArgumentNullException.ThrowIfNull(weight);
         if (CurrentBackend == DepthwiseBackend.Ours && input.device_type == DeviceType.CUDA)
         {
-            // CUDA: our forward kernel for inference; with gradients to track, libtorch (our CUDA backward kernels are issue 7).
+            // CUDA: our forward kernel; with gradients to track, our backward kernels only when opted in
+            // (REPLKNET_CUDA_BACKWARD=1: they are verified by compile checks and CPU emulation, not yet on a GPU), else libtorch.
             bool trackedOnCuda = is_grad_enabled() && (input.requires_grad || weight.requires_grad || bias?.requires_grad == true);
-            if (!trackedOnCuda && Cuda.CudaDepthwise.Fits(input, weight, bias))
+            if (Cuda.CudaDepthwise.Fits(input, weight, bias))
             {
-                return Cuda.CudaDepthwise.Forward(input, weight, bias);
+                if (!trackedOnCuda)
+                {
+                    return Cuda.CudaDepthwise.Forward(input, weight, bias);
+                }
+
+                if (Cuda.CudaDepthwise.BackwardEnabled && Cuda.CudaDepthwise.WeightGradFits(input, (int)weight.shape[2]))
+                {
+                    return bias is null ? DepthwiseConvFunction.apply(input, weight) : DepthwiseConvFunction.apply(input, weight, bias);
+                }
             }
         }
         else if (CurrentBackend == DepthwiseBackend.Ours && Fits(input, weight, bias))
@@ -208,7 +217,7 @@ internal sealed class DepthwiseConvFunction : torch.autograd.SingleTensorFunctio
         ctx.save_for_backward([x, w]);
         ctx.save_data("has_bias", b is not null);
         using var noGrad = no_grad();
-        return DepthwiseConv2d.ForwardRaw(x, w, b);
+        return x.device_type == DeviceType.CUDA ? Cuda.CudaDepthwise.Forward(x, w, b) : DepthwiseConv2d.ForwardRaw(x, w, b);
     }
 
     public override List<Tensor> backward(torch.autograd.AutogradContext ctx, Tensor grad)
@@ -218,8 +227,21 @@ internal sealed class DepthwiseConvFunction : torch.autograd.SingleTensorFunctio
         var w = saved[1];
         bool hasBias = (bool)ctx.get_data("has_bias");
         using var noGrad = no_grad();
-        var dx = x.requires_grad ? DepthwiseConv2d.InputGradRaw(grad, w) : null;
-        var dw = w.requires_grad ? DepthwiseConv2d.WeightGradRaw(x, grad, w.shape[2]) : null;
+        Tensor? dx, dw;
+        if (x.device_type == DeviceType.CUDA)
+        {
+            int k = (int)w.shape[2];
+            dx = x.requires_grad ? Cuda.CudaDepthwise.InputGrad(grad, w) : null;
+            dw = w.requires_grad
+                ? Cuda.CudaDepthwise.WeightGrad(x, grad, k) ?? throw new InvalidOperationException($"no weight-gradient tile fits a {x.shape[2]}×{x.shape[3]} map with K={k}")
+                : null;
+        }
+        else
+        {
+            dx = x.requires_grad ? DepthwiseConv2d.InputGradRaw(grad, w) : null;
+            dw = w.requires_grad ? DepthwiseConv2d.WeightGradRaw(x, grad, w.shape[2]) : null;
+        }
+
         var result = new List<Tensor> { dx!, dw! };
         if (hasBias)
         {

@@ -46,6 +46,7 @@ public sealed class CudaTests(ITestOutputHelper output)
         Assert.Contains(results, r => r.Spec.Function == "dwconv_fwd_small");
         Assert.Contains(results, r => r.Spec.Function == "dwconv_fwd");
         Assert.Contains(results, r => r.Spec.Function == "ffma_peak");
+        Assert.Contains(results, r => r.Spec.Function == "dwconv_wgrad");
         foreach (var r in results.Where(r => r.Spec.Function == "ffma_peak" || r.Spec.Defines[0].Value is 3 or 31 or 63))
         {
             output.WriteLine($"{r.Spec.Label} {r.Architecture}: {r.Report?.Registers} registers, spills {r.Report?.SpillStoreBytes}/{r.Report?.SpillLoadBytes} B");
@@ -213,6 +214,39 @@ public sealed class CudaTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>The weight-gradient kernel and its reduction, emulated: exact against float64 and bit-identical twice.</summary>
+    [Fact]
+    public void Weight_gradient_kernel_source_is_exact_and_deterministic_when_emulated()
+    {
+        string? gxx = CompilerCandidates.FirstOrDefault(File.Exists);
+        if (gxx is null)
+        {
+            output.WriteLine("g++ not found: emulation skipped (CI installs it)");
+            Assert.Null(Environment.GetEnvironmentVariable("CI"));
+            return;
+        }
+
+        using var dir = new TempDirectory();
+        string source = Path.Combine(AppContext.BaseDirectory, "Ops", "CudaEmulation");
+        File.WriteAllText(dir.File("dwconv_wgrad.cu"), Nvrtc.EmbeddedSource("dwconv_wgrad.cu"));
+        var rng = new Random(Environment.TickCount);
+        // (N, C, H, W, K): K > H, H ≠ W, widths off 4, more splits than some channels have work, K = 63.
+        (int N, int C, int H, int W, int K)[] cases = [(2, 3, 10, 14, 31), (1, 2, 7, 7, 13), (2, 3, 33, 17, 5), (1, 1, 20, 20, 63), (3, 2, 5, 9, 3)];
+        foreach (var (n, c, h, w, k) in cases)
+        {
+            int rows = CudaDepthwise.WeightGradRows(h, w, k, 227 * 1024);
+            int splits = CudaDepthwise.WeightGradSplits(n, c, h, rows, 132);
+            var spec = CudaDepthwise.WeightGradSpec(k, Math.Min(rows, rng.Next(1, 12)));
+            string exe = dir.File($"w{Guid.NewGuid():N}");
+            var args = new List<string> { "-std=c++20", "-O1", "-pthread", $"-I{source}", "-o", exe, Path.Combine(source, "emulate_wgrad.cpp"),
+                $"-DKERNEL_FILE=\"{dir.File(spec.SourceFile)}\"" };
+            args.AddRange(spec.Defines.Select(d => string.Create(CultureInfo.InvariantCulture, $"-D{d.Name}={d.Value}")));
+            Run(gxx, args);
+            string result = Run(exe, [.. new[] { n, c, h, w, Math.Min(splits, 5), rng.Next() }.Select(v => v.ToString(CultureInfo.InvariantCulture))]);
+            output.WriteLine($"{n}×{c}×{h}×{w} K={k} {spec.Label}: {result.Trim()}");
+        }
+    }
+
     [NvrtcFact]
     public void Cli_compile_reports_and_cuda_check_explains_a_missing_gpu()
     {
@@ -228,6 +262,14 @@ public sealed class CudaTests(ITestOutputHelper output)
             Assert.Equal(2, check.ExitCode);
             Assert.Contains("libcuda.so.1", check.StdErr, StringComparison.Ordinal);
         }
+    }
+
+    [GpuFact]
+    public void Gpu_backward_matches_float64_autograd_and_is_deterministic()
+    {
+        var runtime = RepLKNet.Runtime.TorchRuntime.Initialize(RepLKNet.Runtime.DeviceRequest.Parse("cuda"));
+        var results = CudaDepthwiseCheck.RunBackwardOnTensors(Environment.TickCount64, runtime.Device.index < 0 ? 0 : runtime.Device.index);
+        Assert.All(results, r => Assert.True(r.Passed, $"{r.Shape}: {r.InputGrad} {r.WeightGrad} deterministic={r.Deterministic}"));
     }
 
     [GpuFact]

@@ -126,10 +126,10 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
                 throw new UsageException($"--impl ours on --device cuda: {Ops.Cuda.CudaDepthwise.UnavailableReason}");
             }
 
-            if (passes.Any(p => p != BenchPasses.Forward))
+            if (passes.Any(p => p != BenchPasses.Forward) && !Ops.Cuda.CudaDepthwise.BackwardEnabled)
             {
                 // With gradients tracked, CUDA calls go to libtorch: timing that as "ours" would mislead.
-                throw new UsageException($"--pass {settings.Pass} with --impl ours on --device cuda: this build has the CUDA forward kernel only; use --pass fwd or --impl torch");
+                throw new UsageException($"--pass {settings.Pass} with --impl ours on --device cuda: our CUDA backward kernels are opt-in until measured on a GPU (set {Ops.Cuda.CudaDepthwise.BackwardEnvironmentVariable}=1), else use --pass fwd or --impl torch");
             }
         }
 

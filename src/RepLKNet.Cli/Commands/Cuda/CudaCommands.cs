@@ -121,6 +121,11 @@ public sealed class CudaCheckSettings : GlobalSettings
     [Description("Run small cases on exact-size driver allocations without libtorch's CUDA (for compute-sanitizer).")]
     public bool Raw { get; init; }
 
+    /// <summary>Backward too.</summary>
+    [CommandOption("--backward")]
+    [Description("Also check the backward kernels (input and weight gradient, determinism) against float64 autograd.")]
+    public bool Backward { get; init; }
+
     /// <summary>Seed.</summary>
     [CommandOption("--seed <N>")]
     [Description("Random seed (default: from the clock, so each run draws fresh data).")]
@@ -149,7 +154,24 @@ public sealed class CudaCheckCommand(IAnsiConsole console) : Command<CudaCheckSe
         }
         else
         {
-            results = CudaDepthwiseCheck.RunOnTensors(seed, CudaCli.RequireDevice(settings, "cuda check").Index);
+            int index = CudaCli.RequireDevice(settings, "cuda check").Index;
+            results = CudaDepthwiseCheck.RunOnTensors(seed, index);
+            if (settings.Backward)
+            {
+                var backward = CudaDepthwiseCheck.RunBackwardOnTensors(seed, index);
+                var bt = new Table().Title("CUDA backward vs float64 autograd (max error / max |reference|)").AddColumns("shape", "input-grad", "weight-grad", "deterministic", "ok");
+                foreach (var b in backward)
+                {
+                    bt.AddRow(b.Shape, F(b.InputGrad), F(b.WeightGrad), b.Deterministic ? "yes" : "[red]NO[/]", b.Passed ? "ok" : "[red]FAIL[/]");
+                }
+
+                console.Write(bt);
+                if (backward.Any(b => !b.Passed))
+                {
+                    console.MarkupLine("[red]backward check failed[/]");
+                    return ExitCodes.Failure;
+                }
+            }
         }
 
         var table = new Table().Title($"CUDA forward vs references (max error / max |reference|), seed {seed}")

@@ -84,6 +84,17 @@ public sealed record CudaCheckResult(string Shape, string Tile, double VsFloat64
                           (double.IsNaN(VsCudnn) || VsCudnn <= CudaDepthwiseCheck.Tolerance) && (double.IsNaN(VsCpu) || VsCpu <= CudaDepthwiseCheck.Tolerance);
 }
 
+/// <summary>One correctness result of the CUDA backward kernels.</summary>
+/// <param name="Shape">"N×C×H×W, K".</param>
+/// <param name="InputGrad">Input-gradient error relative to the float64 reference's largest value.</param>
+/// <param name="WeightGrad">Weight-gradient error, likewise.</param>
+/// <param name="Deterministic">Whether two weight-gradient runs were bit-identical.</param>
+public sealed record CudaBackwardCheckResult(string Shape, double InputGrad, double WeightGrad, bool Deterministic)
+{
+    /// <summary>Within 1e-5 (input gradient) and 1e-4 (weight gradient, long reductions), and deterministic.</summary>
+    public bool Passed => InputGrad <= 1e-5 && WeightGrad <= 1e-4 && Deterministic;
+}
+
 /// <summary>Correctness sweeps of the CUDA forward kernel over awkward shapes, fresh random data per run.</summary>
 public static class CudaDepthwiseCheck
 {
@@ -178,6 +189,33 @@ public static class CudaDepthwiseCheck
                 results.Add(new CudaCheckResult($"{n}×{c}×{h}×{w}, K={k}", tile.ToString(), Relative(ours, reference), double.NaN, double.NaN,
                     !ours.isnan().any().item<bool>()));
             }
+        }
+
+        return results;
+    }
+
+    /// <summary>
+    /// Checks the CUDA backward (input gradient = forward with the rotated filter; weight gradient = the split
+    /// reduction) against libtorch's float64 autograd, with a second weight-gradient run that must be bit-identical.
+    /// </summary>
+    public static List<CudaBackwardCheckResult> RunBackwardOnTensors(long seed, int device)
+    {
+        var results = new List<CudaBackwardCheckResult>();
+        var generator = new Generator((ulong)seed);
+        var cuda = new Device(DeviceType.CUDA, device);
+        foreach (var (n, c, h, w, k) in Shapes)
+        {
+            using var scope = NewDisposeScope();
+            var x = randn([n, c, h, w], generator: generator);
+            var weight = randn([c, 1, k, k], generator: generator);
+            var upstream = randn([n, c, h, w], generator: generator);
+            var x64 = x.to(float64).requires_grad_(true);
+            var w64 = weight.to(float64).requires_grad_(true);
+            nn.functional.conv2d(x64, w64, padding: [k / 2, k / 2], groups: c).backward([upstream.to(float64)]);
+            var dx = CudaDepthwise.InputGrad(upstream.to(cuda), weight.to(cuda)).cpu();
+            var dw = CudaDepthwise.WeightGrad(x.to(cuda), upstream.to(cuda), k)!.cpu();
+            var again = CudaDepthwise.WeightGrad(x.to(cuda), upstream.to(cuda), k)!.cpu();
+            results.Add(new CudaBackwardCheckResult($"{n}×{c}×{h}×{w}, K={k}", Relative(dx, x64.grad!), Relative(dw, w64.grad!), dw.equal(again).item<bool>()));
         }
 
         return results;

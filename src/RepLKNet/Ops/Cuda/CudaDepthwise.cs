@@ -230,6 +230,101 @@ public static class CudaDepthwise
         }
     }
 
+    /// <summary>Threads per block of the weight-gradient kernel.</summary>
+    public const int WeightGradThreads = 256;
+
+    /// <summary>Environment variable: <c>1</c> lets tracked CUDA calls use our backward kernels (opt-in until they are measured on a GPU).</summary>
+    public const string BackwardEnvironmentVariable = "REPLKNET_CUDA_BACKWARD";
+
+    /// <summary>Whether tracked CUDA calls run our kernels forward and backward (<c>REPLKNET_CUDA_BACKWARD=1</c>).</summary>
+    public static bool BackwardEnabled { get; set; } = Environment.GetEnvironmentVariable(BackwardEnvironmentVariable) == "1";
+
+    /// <summary>Rows per work item of the weight-gradient kernel for this shape (≤ 32, within the shared memory), or 0 when none fits.</summary>
+    public static int WeightGradRows(int height, int width, int k, int maxSharedBytes)
+    {
+        int wp = (width + 3) / 4 * 4, kp = (k + 3) / 4 * 4;
+        for (int th = Math.Min(height, 32); th >= 1; th--)
+        {
+            if (4L * (th * wp + (th + k - 1) * (wp + kp)) <= maxSharedBytes)
+            {
+                return th;
+            }
+        }
+
+        return 0;
+    }
+
+    /// <summary>Whether the weight-gradient kernel has a tile for this input's map.</summary>
+    public static bool WeightGradFits(Tensor input, int k)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        return WeightGradRows((int)input.shape[2], (int)input.shape[3], k, SharedLimit(input.device_index < 0 ? 0 : input.device_index)) > 0;
+    }
+
+    /// <summary>The weight-gradient kernel's specification.</summary>
+    public static CudaKernelSpec WeightGradSpec(int k, int rows) =>
+        new("dwconv_wgrad.cu", "dwconv_wgrad", [("KS", k), ("TH", rows), ("THREADS", WeightGradThreads)]);
+
+    /// <summary>Splits of the deterministic reduction: about 8 blocks per SM over all channels, at most one per work item.</summary>
+    public static int WeightGradSplits(int n, int c, int h, int rows, int multiprocessors) =>
+        Math.Clamp((8 * multiprocessors + c - 1) / c, 1, n * ((h + rows - 1) / rows));
+
+    /// <summary>Input gradient on CUDA: the forward kernel with the filter rotated by 180°.</summary>
+    public static Tensor InputGrad(Tensor gradOutput, Tensor w)
+    {
+        ArgumentNullException.ThrowIfNull(w);
+        using var flipped = w.flip(2, 3);
+        return Forward(gradOutput, flipped, null);
+    }
+
+    /// <summary>Weight gradient [C, 1, K, K] on CUDA (deterministic split reduction), or null when no tile fits the shape.</summary>
+    public static unsafe Tensor? WeightGrad(Tensor x, Tensor gradOutput, int k)
+    {
+        ArgumentNullException.ThrowIfNull(x);
+        ArgumentNullException.ThrowIfNull(gradOutput);
+        int device = x.device_index < 0 ? 0 : x.device_index;
+        CudaDriver.UsePrimaryContext(device);
+        int n = (int)x.shape[0], c = (int)x.shape[1], h = (int)x.shape[2], width = (int)x.shape[3];
+        int maxShared = SharedLimit(device);
+        int rows = WeightGradRows(h, width, k, maxShared);
+        if (rows == 0)
+        {
+            return null;
+        }
+
+        using var xc = x.contiguous();
+        using var gc = gradOutput.contiguous();
+        int splits = WeightGradSplits(n, c, h, rows, CudaDriver.Device(device).Multiprocessors);
+        int wp = (width + 3) / 4 * 4, kp = (k + 3) / 4 * 4;
+        int shared = 4 * (rows * wp + (rows + k - 1) * (wp + kp));
+        var spec = WeightGradSpec(k, rows);
+        var kernel = CudaModules.Get(spec, device);
+        AllowSharedMemory(kernel.Function, shared);
+        IntPtr reduce = CudaModules.Function(kernel, "dwconv_wgrad_reduce");
+        using var partial = empty([splits, c, k, k], dtype: float32, device: x.device);
+        var dw = empty([c, 1, k, k], dtype: float32, device: x.device);
+        IntPtr px = DevicePtr(xc), pg = DevicePtr(gc), pp = DevicePtr(partial), pw = DevicePtr(dw);
+        var args = stackalloc IntPtr[9];
+        args[0] = (IntPtr)(&px);
+        args[1] = (IntPtr)(&pg);
+        args[2] = (IntPtr)(&pp);
+        args[3] = (IntPtr)(&n);
+        args[4] = (IntPtr)(&c);
+        args[5] = (IntPtr)(&h);
+        args[6] = (IntPtr)(&width);
+        args[7] = (IntPtr)(&wp);
+        args[8] = (IntPtr)(&splits);
+        CudaDriver.Launch(kernel.Function, ((uint)c, (uint)splits, 1), (WeightGradThreads, 1, 1), (uint)shared, args, spec.Label);
+        int count = c * k * k;
+        var reduceArgs = stackalloc IntPtr[4];
+        reduceArgs[0] = (IntPtr)(&pp);
+        reduceArgs[1] = (IntPtr)(&pw);
+        reduceArgs[2] = (IntPtr)(&count);
+        reduceArgs[3] = (IntPtr)(&splits);
+        CudaDriver.Launch(reduce, ((uint)((count + 127) / 128), 1, 1), (128, 1, 1), 0, reduceArgs, "dwconv_wgrad_reduce");
+        return dw;
+    }
+
     /// <summary>The device address of a contiguous tensor's first element.</summary>
     public static IntPtr DevicePtr(Tensor t)
     {

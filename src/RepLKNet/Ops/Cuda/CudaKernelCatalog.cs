@@ -15,8 +15,8 @@ public sealed record CompileResult(CudaKernelSpec Spec, string Architecture, Ptx
 public static class CudaKernelCatalog
 {
     /// <summary>
-    /// The variants: the FFMA microkernel, and for each kernel size every tile <see cref="CudaDepthwise.SelectTile"/> picks
-    /// for the project's map sizes (and every tuned tile in the committed table).
+    /// The variants: the FFMA microkernel, and for each kernel size every forward tile <see cref="CudaDepthwise.SelectTile"/>
+    /// picks for the project's map sizes (and every tuned tile in the committed table) and the weight-gradient kernel's.
     /// </summary>
     public static List<CudaKernelSpec> Variants(IEnumerable<int> kernels)
     {
@@ -29,6 +29,15 @@ public static class CudaKernelCatalog
             foreach (var (tile, width) in tiles)
             {
                 var spec = tile.Spec(k, width);
+                if (seen.Add(spec.Label))
+                {
+                    specs.Add(spec);
+                }
+            }
+
+            foreach (int size in CudaDepthwise.CommonSizes)
+            {
+                var spec = CudaDepthwise.WeightGradSpec(k, CudaDepthwise.WeightGradRows(size, size, k, 227 * 1024));
                 if (seen.Add(spec.Label))
                 {
                     specs.Add(spec);

@@ -36,19 +36,22 @@ public sealed record PtxasReport(int Registers, int SpillStoreBytes, int SpillLo
     /// <summary>Whether anything spilled to local memory.</summary>
     public bool Spills => SpillStoreBytes > 0 || SpillLoadBytes > 0;
 
-    /// <summary>Reads ptxas' <c>-v</c> lines out of an NVRTC log; null when the log has none.</summary>
+    /// <summary>
+    /// Reads ptxas' <c>-v</c> lines out of an NVRTC log (over every function of the module: the most registers and the
+    /// largest stack and spills); null when the log has none.
+    /// </summary>
     public static PtxasReport? Parse(string log)
     {
         ArgumentNullException.ThrowIfNull(log);
-        var registers = RegistersPattern.Match(log);
-        if (!registers.Success)
+        var registers = RegistersPattern.Matches(log);
+        if (registers.Count == 0)
         {
             return null;
         }
 
-        var spill = SpillPattern.Match(log);
-        int Group(Match m, int i) => m.Success ? int.Parse(m.Groups[i].Value, CultureInfo.InvariantCulture) : 0;
-        return new PtxasReport(int.Parse(registers.Groups[1].Value, CultureInfo.InvariantCulture), Group(spill, 2), Group(spill, 3), Group(spill, 1));
+        var spills = SpillPattern.Matches(log);
+        int Max(MatchCollection matches, int group) => matches.Count == 0 ? 0 : matches.Max(m => int.Parse(m.Groups[group].Value, CultureInfo.InvariantCulture));
+        return new PtxasReport(Max(registers, 1), Max(spills, 2), Max(spills, 3), Max(spills, 1));
     }
 }
 
@@ -56,7 +59,8 @@ public sealed record PtxasReport(int Registers, int SpillStoreBytes, int SpillLo
 /// <param name="Function">The <c>CUfunction</c>.</param>
 /// <param name="Spec">What was compiled.</param>
 /// <param name="Report">ptxas' resource report (null when the cubin came from a cache without its log).</param>
-public sealed record LoadedKernel(IntPtr Function, CudaKernelSpec Spec, PtxasReport? Report);
+/// <param name="Module">The <c>CUmodule</c> (for the module's other kernels).</param>
+public sealed record LoadedKernel(IntPtr Function, CudaKernelSpec Spec, PtxasReport? Report, IntPtr Module);
 
 /// <summary>
 /// Compiles kernels with NVRTC for a device's architecture, caches the cubins on disk (keyed by source hash,
@@ -71,6 +75,7 @@ public static class CudaModules
 
     private static readonly ConcurrentDictionary<(int Device, string Key), LoadedKernel> Loaded = new();
     private static readonly ConcurrentDictionary<string, string> Sources = new();
+    private static readonly ConcurrentDictionary<(IntPtr Module, string Name), IntPtr> OtherFunctions = new();
     private static readonly object CompileLock = new();
 
     /// <summary>Counts compilations (a cache hit does not count), for tests and the benchmark's report.</summary>
@@ -149,11 +154,18 @@ public static class CudaModules
         }
     }
 
+    /// <summary>Another kernel of the module <paramref name="kernel"/> was loaded from (cached per module).</summary>
+    public static IntPtr Function(LoadedKernel kernel, string name)
+    {
+        ArgumentNullException.ThrowIfNull(kernel);
+        return OtherFunctions.GetOrAdd((kernel.Module, name), key => CudaDriver.GetFunction(key.Module, key.Name));
+    }
+
     private static LoadedKernel LoadInto(CudaKernelSpec spec, (byte[] Cubin, string? Log) compiled)
     {
         IntPtr module = CudaDriver.LoadModule(compiled.Cubin, spec.Label);
         IntPtr function = CudaDriver.GetFunction(module, spec.Function);
-        return new LoadedKernel(function, spec, compiled.Log is null ? null : PtxasReport.Parse(compiled.Log));
+        return new LoadedKernel(function, spec, compiled.Log is null ? null : PtxasReport.Parse(compiled.Log), module);
     }
 
     private static (byte[] Cubin, string? Log) CubinFor(CudaKernelSpec spec, string architecture) => CubinFor(spec, architecture, CacheDirectory);

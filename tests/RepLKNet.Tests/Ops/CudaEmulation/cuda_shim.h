@@ -16,7 +16,7 @@ struct dim3 { unsigned x = 1, y = 1, z = 1; };
 struct float4 { float x, y, z, w; };
 inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
 thread_local dim3 threadIdx;
-dim3 blockIdx, gridDim;
+dim3 blockIdx, gridDim, blockDim;
 std::barrier<>* g_barrier;
 #define __global__
 #define __launch_bounds__(...)
