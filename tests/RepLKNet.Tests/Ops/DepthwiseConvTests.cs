@@ -11,6 +11,33 @@ public sealed class DepthwiseConvTests
 {
     public DepthwiseConvTests() => Torch.EnsureLoaded();
 
+    [Fact]
+    public void Tiny_maps_take_libtorchs_forward_and_input_grad_but_keep_our_weight_grad()
+    {
+        var generator = new Generator((ulong)Environment.TickCount);
+        foreach (var (h, w, k) in new[] { (7, 7, 13), (4, 4, 9), (2, 3, 5), (8, 8, 3) })
+        {
+            using var scope = NewDisposeScope();
+            Assert.True(DepthwiseConv2d.TinyMapForLibtorch(h, w, k));
+            var x = randn([3, 5, h, w], generator: generator).requires_grad_(true);
+            var weight = randn([5, 1, k, k], generator: generator).requires_grad_(true);
+            var upstream = randn([3, 5, h, w], generator: generator);
+            var y = DepthwiseConv2d.Forward(x, weight);
+            y.backward([upstream]);
+            var xt = x.detach().requires_grad_(true);
+            var wt = weight.detach().requires_grad_(true);
+            var yt = nn.functional.conv2d(xt, wt, padding: [k / 2, k / 2], groups: 5);
+            yt.backward([upstream]);
+            Assert.True(y.eq(yt).all().item<bool>(), $"{h}×{w} K={k}: forward is libtorch's");
+            Assert.True((x.grad! - xt.grad!).abs().max().item<float>() <= 1e-5f * xt.grad!.abs().max().item<float>(), $"{h}×{w} K={k}: input grad");
+            using var ours = DepthwiseConv2d.WeightGradRaw(x.detach(), upstream, k);
+            Assert.True(weight.grad!.eq(ours).all().item<bool>(), $"{h}×{w} K={k}: weight grad is ours");
+        }
+
+        Assert.False(DepthwiseConv2d.TinyMapForLibtorch(9, 8, 13));
+        Assert.False(DepthwiseConv2d.TinyMapForLibtorch(7, 7, 15));
+    }
+
     public static TheoryData<string> Isas => [.. CpuIsas.Supported.Select(i => i.ToString())];
 
     [Theory]

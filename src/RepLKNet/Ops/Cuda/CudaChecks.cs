@@ -215,7 +215,7 @@ public static class CudaDepthwiseCheck
             var dx = CudaDepthwise.InputGrad(upstream.to(cuda), weight.to(cuda)).cpu();
             var dw = CudaDepthwise.WeightGrad(x.to(cuda), upstream.to(cuda), k)!.cpu();
             var again = CudaDepthwise.WeightGrad(x.to(cuda), upstream.to(cuda), k)!.cpu();
-            results.Add(new CudaBackwardCheckResult($"{n}×{c}×{h}×{w}, K={k}", Relative(dx, x64.grad!), Relative(dw, w64.grad!), dw.equal(again).item<bool>()));
+            results.Add(new CudaBackwardCheckResult($"{n}×{c}×{h}×{w}, K={k}", Relative(dx, x64.grad!), Relative(dw, w64.grad!), dw.eq(again).all().item<bool>()));
         }
 
         return results;
