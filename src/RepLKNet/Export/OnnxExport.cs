@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Microsoft.ML.OnnxRuntime;
 using Onnx;
 using RepLKNet.Models;
@@ -160,13 +159,5 @@ public static class OnnxSession
         {
             options.Dispose();
         }
-    }
-
-    /// <summary>Wall-clock milliseconds of <paramref name="action"/>.</summary>
-    internal static double Time(Action action)
-    {
-        var sw = Stopwatch.StartNew();
-        action();
-        return sw.Elapsed.TotalMilliseconds;
     }
 }
