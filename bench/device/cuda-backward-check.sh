@@ -1,22 +1,12 @@
 #!/usr/bin/env bash
 # Issue 7 on the GPU machine in one call (prepared without a GPU; not run yet): the backward kernels' correctness
 # (input grad = forward with the rotated filter, weight grad = deterministic split reduction) against float64 autograd,
-# compute-sanitizer on the forward raw cases, Table 1 backward ours vs libtorch, RepLKNet-31B training step both ways,
+# Table 1 backward ours vs libtorch, RepLKNet-31B training step both ways,
 # and a short CUDA training run with resume. Run from the repository root with .device carried:
 #   bash bench/device/cuda-backward-check.sh      (logs packed into $OUT/logs.tgz, summary and tables printed)
 set -uo pipefail
-OUT=${OUT:-/tmp/gpu-check}
-mkdir -p "$OUT"
-export REPLKNET_CUDA_CACHE=/tmp/replknet-cubins REPLKNET_CUDA_BACKWARD=1
-app=(bash .device/run.sh .device/app/replknet.dll)
-summary="$OUT/summary.txt"
-: > "$summary"
-step() {
-  local name=$1 limit=$2; shift 2
-  local t0=$SECONDS
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  printf '%-10s rc=%-3s %4ss\n' "$name" "$?" "$((SECONDS - t0))" | tee -a "$summary"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
+export REPLKNET_CUDA_BACKWARD=1
 
 step check 150 "${app[@]}" cuda check --device cuda --backward
 step bwd 300 "${app[@]}" bench dwconv --device cuda --pass bwd --kernels 3,7,13,31 --json "$OUT/dwconv-cuda-bwd.json"
@@ -42,4 +32,4 @@ step resume 200 "${app[@]}" train --device cuda --data "$OUT/fmnist" --epochs 1 
 for f in check train31b train resume; do echo "---- $f"; tail -n 14 "$OUT/$f.log"; done
 echo "---- summary"; cat "$summary"
 echo "---- bwd"; tail -n 30 "$OUT/bwd.log"
-tar czf "$OUT/logs.tgz" -C "$OUT" $(cd "$OUT" && ls *.log summary.txt) && (cd "$OUT" && rm -f *.log summary.txt)
+pack_logs

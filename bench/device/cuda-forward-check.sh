@@ -6,21 +6,7 @@
 # compute-sanitizer memcheck on exact-size buffers, tile tuning (table written to $OUT and used by the benchmarks),
 # the paper's Table 1 ours vs libtorch, RepLKNet-31B inference both ways, and PyTorch's own Table 1 for reference.
 set -uo pipefail
-OUT=${OUT:-/tmp/gpu-check}
-mkdir -p "$OUT"
-export REPLKNET_CUDA_CACHE=/tmp/replknet-cubins
-app=(bash .device/run.sh .device/app/replknet.dll)
-summary="$OUT/summary.txt"
-: > "$summary"
-
-step() {
-  local name=$1 limit=$2; shift 2
-  local t0=$SECONDS
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  local rc=$?
-  printf '%-10s rc=%-3s %4ss\n' "$name" "$rc" "$((SECONDS - t0))" | tee -a "$summary"
-  return 0
-}
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit,temperature.gpu --format=csv > "$OUT/nvidia-smi.csv" 2>&1
 step info 60 "${app[@]}" cuda info --device cuda
@@ -44,5 +30,4 @@ for f in model deploy; do echo "---- $f"; tail -n 4 "$OUT/$f.log"; done
 [ -f "$OUT/pytorch.log" ] && { echo "---- pytorch"; tail -n 31 "$OUT/pytorch.log"; }
 echo "---- summary"; cat "$summary"
 echo "---- bench"; tail -n 45 "$OUT/bench.log"
-# Few files come back from the GPU machine: pack the logs into one archive.
-tar czf "$OUT/logs.tgz" -C "$OUT" $(cd "$OUT" && ls *.log summary.txt nvidia-smi.csv 2>/dev/null) && (cd "$OUT" && rm -f *.log summary.txt nvidia-smi.csv)
+pack_logs

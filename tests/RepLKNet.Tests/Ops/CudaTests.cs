@@ -170,21 +170,12 @@ public sealed class CudaTests(ITestOutputHelper output)
     [Fact]
     public void Kernel_sources_compute_the_convolution_when_emulated_on_the_cpu()
     {
-        string? gxx = CompilerCandidates.FirstOrDefault(File.Exists);
-        if (gxx is null)
+        if (Compiler() is not { } gxx)
         {
-            output.WriteLine("g++ not found: emulation skipped (CI installs it)");
-            Assert.Null(Environment.GetEnvironmentVariable("CI"));
             return;
         }
 
         using var dir = new TempDirectory();
-        string source = Path.Combine(AppContext.BaseDirectory, "Ops", "CudaEmulation");
-        foreach (string f in (string[])["dwconv_fwd.cu", "dwconv_fwd_small.cu"])
-        {
-            File.WriteAllText(dir.File(f), Nvrtc.EmbeddedSource(f));
-        }
-
         var rng = new Random(Environment.TickCount);
         var cases = new List<(int N, int C, int H, int W, int K, DepthwiseTile Tile)>
         {
@@ -203,11 +194,7 @@ public sealed class CudaTests(ITestOutputHelper output)
         foreach (var (n, c, height, width, ks, tile) in cases)
         {
             var spec = tile.Spec(ks, width);
-            string exe = dir.File($"k{Guid.NewGuid():N}");
-            var args = new List<string> { "-std=c++20", "-O1", "-pthread", $"-I{source}", "-o", exe, Path.Combine(source, "emulate.cpp"),
-                $"-DKERNEL_FILE=\"{dir.File(spec.SourceFile)}\"", $"-DKFUNC={spec.Function}" };
-            args.AddRange(spec.Defines.Select(d => string.Create(CultureInfo.InvariantCulture, $"-D{d.Name}={d.Value}")));
-            Run(gxx, args);
+            string exe = BuildEmulator(gxx, dir, "emulate.cpp", spec, $"-DKFUNC={spec.Function}");
             string result = Run(exe, [n.ToString(CultureInfo.InvariantCulture), c.ToString(CultureInfo.InvariantCulture),
                 height.ToString(CultureInfo.InvariantCulture), width.ToString(CultureInfo.InvariantCulture), rng.Next().ToString(CultureInfo.InvariantCulture)]);
             output.WriteLine($"{n}×{c}×{height}×{width} K={ks} {tile}: max rel, NaNs = {result.Trim()}");
@@ -218,17 +205,12 @@ public sealed class CudaTests(ITestOutputHelper output)
     [Fact]
     public void Weight_gradient_kernel_source_is_exact_and_deterministic_when_emulated()
     {
-        string? gxx = CompilerCandidates.FirstOrDefault(File.Exists);
-        if (gxx is null)
+        if (Compiler() is not { } gxx)
         {
-            output.WriteLine("g++ not found: emulation skipped (CI installs it)");
-            Assert.Null(Environment.GetEnvironmentVariable("CI"));
             return;
         }
 
         using var dir = new TempDirectory();
-        string source = Path.Combine(AppContext.BaseDirectory, "Ops", "CudaEmulation");
-        File.WriteAllText(dir.File("dwconv_wgrad.cu"), Nvrtc.EmbeddedSource("dwconv_wgrad.cu"));
         var rng = new Random(Environment.TickCount);
         // (N, C, H, W, K): K > H, H ≠ W, widths off 4, more splits than some channels have work, K = 63.
         (int N, int C, int H, int W, int K)[] cases = [(2, 3, 10, 14, 31), (1, 2, 7, 7, 13), (2, 3, 33, 17, 5), (1, 1, 20, 20, 63), (3, 2, 5, 9, 3)];
@@ -237,11 +219,7 @@ public sealed class CudaTests(ITestOutputHelper output)
             int rows = CudaDepthwise.WeightGradRows(h, w, k, 227 * 1024);
             int splits = CudaDepthwise.WeightGradSplits(n, c, h, rows, 132);
             var spec = CudaDepthwise.WeightGradSpec(k, Math.Min(rows, rng.Next(1, 12)));
-            string exe = dir.File($"w{Guid.NewGuid():N}");
-            var args = new List<string> { "-std=c++20", "-O1", "-pthread", $"-I{source}", "-o", exe, Path.Combine(source, "emulate_wgrad.cpp"),
-                $"-DKERNEL_FILE=\"{dir.File(spec.SourceFile)}\"" };
-            args.AddRange(spec.Defines.Select(d => string.Create(CultureInfo.InvariantCulture, $"-D{d.Name}={d.Value}")));
-            Run(gxx, args);
+            string exe = BuildEmulator(gxx, dir, "emulate_wgrad.cpp", spec);
             string result = Run(exe, [.. new[] { n, c, h, w, Math.Min(splits, 5), rng.Next() }.Select(v => v.ToString(CultureInfo.InvariantCulture))]);
             output.WriteLine($"{n}×{c}×{h}×{w} K={k} {spec.Label}: {result.Trim()}");
         }
@@ -286,6 +264,33 @@ public sealed class CudaTests(ITestOutputHelper output)
         Assert.Equal(compiled, CudaModules.Compilations);
         using var reference = nn.functional.conv2d(x, w, padding: [13, 13], groups: 8);
         Assert.True((ours - reference).abs().max().item<float>() <= 1e-5f * reference.abs().max().item<float>());
+    }
+
+    // g++ for the CPU emulation of the kernel sources; null (and a note) when missing, which CI must not be.
+    private string? Compiler()
+    {
+        string? gxx = CompilerCandidates.FirstOrDefault(File.Exists);
+        if (gxx is null)
+        {
+            output.WriteLine("g++ not found: emulation skipped (CI installs it)");
+            Assert.Null(Environment.GetEnvironmentVariable("CI"));
+        }
+
+        return gxx;
+    }
+
+    // Compiles a harness of Ops/CudaEmulation with the kernel source of spec and its -D constants, as NVRTC would get them.
+    private static string BuildEmulator(string gxx, TempDirectory dir, string harness, CudaKernelSpec spec, params string[] extra)
+    {
+        string source = Path.Combine(AppContext.BaseDirectory, "Ops", "CudaEmulation");
+        File.WriteAllText(dir.File(spec.SourceFile), Nvrtc.EmbeddedSource(spec.SourceFile));
+        string exe = dir.File($"e{Guid.NewGuid():N}");
+        var args = new List<string> { "-std=c++20", "-O1", "-pthread", $"-I{source}", "-o", exe, Path.Combine(source, harness),
+            $"-DKERNEL_FILE=\"{dir.File(spec.SourceFile)}\"" };
+        args.AddRange(extra);
+        args.AddRange(spec.Defines.Select(d => string.Create(CultureInfo.InvariantCulture, $"-D{d.Name}={d.Value}")));
+        Run(gxx, args);
+        return exe;
     }
 
     private static string Run(string file, IEnumerable<string> args)
