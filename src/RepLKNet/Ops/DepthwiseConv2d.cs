@@ -102,40 +102,41 @@ public static class DepthwiseConv2d
     {
         ArgumentNullException.ThrowIfNull(input);
         ArgumentNullException.ThrowIfNull(weight);
+        // With gradients to track, calls go through the autograd function; without, its bookkeeping is skipped.
+        bool tracked = is_grad_enabled() && (input.requires_grad || weight.requires_grad || bias?.requires_grad == true);
         if (CurrentBackend == DepthwiseBackend.Ours && input.device_type == DeviceType.CUDA)
         {
             // CUDA: our forward kernel; with gradients to track, our backward kernels only when opted in
             // (REPLKNET_CUDA_BACKWARD=1: they are verified by compile checks and CPU emulation, not yet on a GPU), else libtorch.
-            bool trackedOnCuda = is_grad_enabled() && (input.requires_grad || weight.requires_grad || bias?.requires_grad == true);
             if (Cuda.CudaDepthwise.Fits(input, weight, bias))
             {
-                if (!trackedOnCuda)
+                if (!tracked)
                 {
                     return Cuda.CudaDepthwise.Forward(input, weight, bias);
                 }
 
                 if (Cuda.CudaDepthwise.BackwardEnabled && Cuda.CudaDepthwise.WeightGradFits(input, (int)weight.shape[2]))
                 {
-                    return bias is null ? DepthwiseConvFunction.apply(input, weight) : DepthwiseConvFunction.apply(input, weight, bias);
+                    return Apply(input, weight, bias);
                 }
             }
         }
         else if (CurrentBackend == DepthwiseBackend.Ours && Fits(input, weight, bias))
         {
-            // Without gradients to track, skip the autograd function's bookkeeping.
-            bool tracked = is_grad_enabled() && (input.requires_grad || weight.requires_grad || bias?.requires_grad == true);
-            if (!tracked)
-            {
-                return ForwardRaw(input, weight, bias);
-            }
-
-            return bias is null
-                ? DepthwiseConvFunction.apply(input, weight)
-                : DepthwiseConvFunction.apply(input, weight, bias);
+            return tracked ? Apply(input, weight, bias) : CpuForward(input, weight, bias);
         }
 
-        long k = weight.shape[2];
-        return nn.functional.conv2d(input, weight, bias, padding: [k / 2, k / 2], groups: weight.shape[0]);
+        return Libtorch(input, weight, bias);
+    }
+
+    private static Tensor Apply(Tensor input, Tensor weight, Tensor? bias) =>
+        bias is null ? DepthwiseConvFunction.apply(input, weight) : DepthwiseConvFunction.apply(input, weight, bias);
+
+    /// <summary>libtorch's depthwise "same" convolution.</summary>
+    internal static Tensor Libtorch(Tensor x, Tensor w, Tensor? b)
+    {
+        long k = w.shape[2];
+        return nn.functional.conv2d(x, w, b, padding: [k / 2, k / 2], groups: w.shape[0]);
     }
 
     internal static int ThreadCount => Threads > 0 ? Threads : Math.Max(1, torch.get_num_threads());
@@ -144,18 +145,31 @@ public static class DepthwiseConv2d
     /// Maps of at most 8×8 with K ≤ 13 (pad ≤ 6: oneDNN's direct depthwise path): libtorch's forward and input gradient
     /// are 3–10× faster than ours there (measured at batch 128 on 7×7/K=13, 4×4/K=9, 2×2/K=5 — RepLKNet-FMNIST's stages:
     /// our kernels pay per-plane setup and padded taps that dominate such maps), while our weight gradient stays 4–9×
-    /// faster than libtorch's. So those two passes use libtorch for such maps, inside the same autograd function.
+    /// faster than libtorch's. So those two passes use libtorch for such maps, inside the same autograd function; the
+    /// raw kernels below stay ours on every map (the instruction-set checks call them directly).
     /// </summary>
     internal static bool TinyMapForLibtorch(long h, long w, long k) => h <= 8 && w <= 8 && k <= 13;
+
+    /// <summary>The CPU forward the dispatch uses: libtorch's on tiny maps, ours otherwise.</summary>
+    internal static Tensor CpuForward(Tensor x, Tensor w, Tensor? b) =>
+        TinyMapForLibtorch(x.shape[2], x.shape[3], w.shape[2]) ? Libtorch(x, w, b) : ForwardRaw(x, w, b);
+
+    /// <summary>The CPU input gradient the dispatch uses: libtorch's on tiny maps, ours otherwise.</summary>
+    internal static Tensor CpuInputGrad(Tensor gradOutput, Tensor w)
+    {
+        if (!TinyMapForLibtorch(gradOutput.shape[2], gradOutput.shape[3], w.shape[2]))
+        {
+            return InputGradRaw(gradOutput, w);
+        }
+
+        // The transpose of a "same" depthwise convolution is the same convolution with the filter rotated by 180°.
+        using var flipped = w.flip(2, 3);
+        return Libtorch(gradOutput, flipped, null);
+    }
 
     /// <summary>Our forward on contiguous CPU tensors (no autograd).</summary>
     internal static unsafe Tensor ForwardRaw(Tensor x, Tensor w, Tensor? b)
     {
-        if (TinyMapForLibtorch(x.shape[2], x.shape[3], w.shape[2]))
-        {
-            return nn.functional.conv2d(x, w, b, padding: [w.shape[2] / 2, w.shape[2] / 2], groups: w.shape[0]);
-        }
-
         using var xc = x.contiguous();
         using var wc = w.contiguous();
         using var bc = b?.contiguous();
@@ -182,13 +196,6 @@ public static class DepthwiseConv2d
     /// <summary>Our input gradient (no autograd).</summary>
     internal static unsafe Tensor InputGradRaw(Tensor gradOutput, Tensor w)
     {
-        if (TinyMapForLibtorch(gradOutput.shape[2], gradOutput.shape[3], w.shape[2]))
-        {
-            // The transpose of a "same" depthwise convolution is the same convolution with the filter rotated by 180°.
-            using var flipped = w.flip(2, 3);
-            return nn.functional.conv2d(gradOutput, flipped, padding: [w.shape[2] / 2, w.shape[2] / 2], groups: w.shape[0]);
-        }
-
         using var gc = gradOutput.contiguous();
         using var wc = w.contiguous();
         var (n, c, h, wd) = Dims(gc);
@@ -237,7 +244,7 @@ internal sealed class DepthwiseConvFunction : torch.autograd.SingleTensorFunctio
         ctx.save_for_backward([x, w]);
         ctx.save_data("has_bias", b is not null);
         using var noGrad = no_grad();
-        return x.device_type == DeviceType.CUDA ? Cuda.CudaDepthwise.Forward(x, w, b) : DepthwiseConv2d.ForwardRaw(x, w, b);
+        return x.device_type == DeviceType.CUDA ? Cuda.CudaDepthwise.Forward(x, w, b) : DepthwiseConv2d.CpuForward(x, w, b);
     }
 
     public override List<Tensor> backward(torch.autograd.AutogradContext ctx, Tensor grad)
@@ -258,7 +265,7 @@ internal sealed class DepthwiseConvFunction : torch.autograd.SingleTensorFunctio
         }
         else
         {
-            dx = x.requires_grad ? DepthwiseConv2d.InputGradRaw(grad, w) : null;
+            dx = x.requires_grad ? DepthwiseConv2d.CpuInputGrad(grad, w) : null;
             dw = w.requires_grad ? DepthwiseConv2d.WeightGradRaw(x, grad, w.shape[2]) : null;
         }
 
