@@ -79,22 +79,27 @@ public static class DepthwiseConv2d
         inChannels == outChannels && groups == inChannels && kernelH == kernelW && kernelH % 2 == 1 &&
         stride == 1 && dilation == 1 && padding == kernelH / 2;
 
-    /// <summary>Whether our kernels take this call (else it goes to libtorch).</summary>
-    public static bool Fits(Tensor input, Tensor weight, Tensor? bias)
+    /// <summary>Whether our CPU kernels take this call (else it goes to libtorch).</summary>
+    public static bool Fits(Tensor input, Tensor weight, Tensor? bias) => FitsOn(input, weight, bias, DeviceType.CPU);
+
+    /// <summary>
+    /// The contract on one device type: 4-D float32 input (N, C, H, W ≥ 1, fewer than 2³¹ elements), a (C, 1, K, K)
+    /// float32 filter with odd K in [3, 63], an optional float32 bias of C values, all on the same device of that type.
+    /// </summary>
+    internal static bool FitsOn(Tensor input, Tensor weight, Tensor? bias, DeviceType device)
     {
         ArgumentNullException.ThrowIfNull(input);
         ArgumentNullException.ThrowIfNull(weight);
         if (input.dim() != 4 || weight.dim() != 4 || input.dtype != ScalarType.Float32 || weight.dtype != ScalarType.Float32 ||
-            input.device_type != DeviceType.CPU || weight.device_type != DeviceType.CPU)
+            input.device_type != device || weight.device_type != device || input.device_index != weight.device_index)
         {
             return false;
         }
 
         long c = input.shape[1], k = weight.shape[2];
         return weight.shape[0] == c && weight.shape[1] == 1 && weight.shape[3] == k && k % 2 == 1 && k is >= MinKernel and <= MaxKernel &&
-               input.shape[0] > 0 && input.shape[2] > 0 && input.shape[3] > 0 && c > 0 &&
-               (bias is null || bias.dtype == ScalarType.Float32 && bias.device_type == DeviceType.CPU && bias.numel() == c) &&
-               input.numel() < int.MaxValue;
+               input.shape[0] > 0 && input.shape[2] > 0 && input.shape[3] > 0 && c > 0 && input.numel() < int.MaxValue &&
+               (bias is null || bias.dtype == ScalarType.Float32 && bias.device_type == device && bias.device_index == input.device_index && bias.numel() == c);
     }
 
     /// <summary>y = depthwise_conv(x, w) + b with stride 1 and padding K/2; ours when it fits and is enabled, libtorch otherwise.</summary>

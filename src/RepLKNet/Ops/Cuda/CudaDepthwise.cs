@@ -122,23 +122,8 @@ public static class CudaDepthwise
             .DistinctBy(t => t.Item1.Spec(k, t.size).Label);
 
     /// <summary>Whether our CUDA kernel takes this call.</summary>
-    public static bool Fits(Tensor input, Tensor weight, Tensor? bias)
-    {
-        ArgumentNullException.ThrowIfNull(input);
-        ArgumentNullException.ThrowIfNull(weight);
-        if (input.dim() != 4 || weight.dim() != 4 || input.dtype != ScalarType.Float32 || weight.dtype != ScalarType.Float32 ||
-            input.device_type != DeviceType.CUDA || weight.device_type != DeviceType.CUDA || input.device_index != weight.device_index)
-        {
-            return false;
-        }
-
-        long c = input.shape[1], k = weight.shape[2];
-        return weight.shape[0] == c && weight.shape[1] == 1 && weight.shape[3] == k && k % 2 == 1 &&
-               k is >= DepthwiseConv2d.MinKernel and <= DepthwiseConv2d.MaxKernel &&
-               input.shape[0] > 0 && c > 0 && input.shape[2] > 0 && input.shape[3] > 0 && input.numel() < int.MaxValue &&
-               (bias is null || bias.dtype == ScalarType.Float32 && bias.device_type == DeviceType.CUDA && bias.device_index == input.device_index && bias.numel() == c) &&
-               IsAvailable;
-    }
+    public static bool Fits(Tensor input, Tensor weight, Tensor? bias) =>
+        DepthwiseConv2d.FitsOn(input, weight, bias, DeviceType.CUDA) && IsAvailable;
 
     /// <summary>y = depthwise_conv(x, w) + b on our CUDA kernel (no autograd).</summary>
     public static Tensor Forward(Tensor x, Tensor w, Tensor? b, DepthwiseTile? tile = null)
