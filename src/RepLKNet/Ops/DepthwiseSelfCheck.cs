@@ -51,17 +51,11 @@ public static class DepthwiseSelfCheck
                     var y64 = nn.functional.conv2d(x64, w64, bias.to(float64), padding: [k / 2, k / 2], groups: c);
                     y64.backward([upstream.to(float64)]);
                     results.Add(new DepthwiseCheckResult(isa, $"{n}×{c}×{h}×{w}, K={k}",
-                        Relative(y, y64), Relative(dx, x64.grad!), Relative(dw, w64.grad!)));
+                        TensorErrors.Relative(y, y64), TensorErrors.Relative(dx, x64.grad!), TensorErrors.Relative(dw, w64.grad!)));
                 }
             }
         }
 
         return results;
-    }
-
-    private static double Relative(Tensor actual, Tensor reference)
-    {
-        double scale = Math.Max(reference.abs().max().item<double>(), 1e-30);
-        return (actual.to(float64) - reference.detach()).abs().max().item<double>() / scale;
     }
 }

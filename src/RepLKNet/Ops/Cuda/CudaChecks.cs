@@ -140,7 +140,7 @@ public static class CudaDepthwiseCheck
                 bool written = !ours.isnan().any().item<bool>();
                 var chosen = tile ?? DepthwiseTuning.Lookup(CudaDriver.Device(device).Name, h, w, k) ?? CudaDepthwise.SelectTile((long)n * c, h, w, k, maxShared);
                 results.Add(new CudaCheckResult($"{n}×{c}×{h}×{w}, K={k}", chosen.ToString(),
-                    Relative(ours, reference), Relative(ours, cudnn), Relative(ours, cpu), written));
+                    TensorErrors.Relative(ours, reference), TensorErrors.Relative(ours, cudnn), TensorErrors.Relative(ours, cpu), written));
             }
         }
 
@@ -186,7 +186,7 @@ public static class CudaDepthwiseCheck
                 }
 
                 var ours = tensor(output, [n, c, h, w]);
-                results.Add(new CudaCheckResult($"{n}×{c}×{h}×{w}, K={k}", tile.ToString(), Relative(ours, reference), double.NaN, double.NaN,
+                results.Add(new CudaCheckResult($"{n}×{c}×{h}×{w}, K={k}", tile.ToString(), TensorErrors.Relative(ours, reference), double.NaN, double.NaN,
                     !ours.isnan().any().item<bool>()));
             }
         }
@@ -215,7 +215,7 @@ public static class CudaDepthwiseCheck
             var dx = CudaDepthwise.InputGrad(upstream.to(cuda), weight.to(cuda)).cpu();
             var dw = CudaDepthwise.WeightGrad(x.to(cuda), upstream.to(cuda), k)!.cpu();
             var again = CudaDepthwise.WeightGrad(x.to(cuda), upstream.to(cuda), k)!.cpu();
-            results.Add(new CudaBackwardCheckResult($"{n}×{c}×{h}×{w}, K={k}", Relative(dx, x64.grad!), Relative(dw, w64.grad!), dw.eq(again).all().item<bool>()));
+            results.Add(new CudaBackwardCheckResult($"{n}×{c}×{h}×{w}, K={k}", TensorErrors.Relative(dx, x64.grad!), TensorErrors.Relative(dw, w64.grad!), dw.eq(again).all().item<bool>()));
         }
 
         return results;
@@ -227,13 +227,5 @@ public static class CudaDepthwiseCheck
         IntPtr p = CudaDriver.Allocate(values.Length * sizeof(float));
         CudaDriver.CopyToDevice(p, values);
         return p;
-    }
-
-    private static double Relative(Tensor actual, Tensor reference)
-    {
-        using var reference64 = reference.to(float64);
-        double scale = Math.Max(reference64.abs().max().item<double>(), 1e-30);
-        double error = (actual.to(float64) - reference64).abs().max().item<double>();
-        return double.IsNaN(error) ? double.PositiveInfinity : error / scale;
     }
 }
