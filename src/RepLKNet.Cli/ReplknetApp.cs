@@ -15,6 +15,12 @@ public static class ExitCodes
 
     /// <summary>The command line was wrong: unknown command or option, missing or invalid argument.</summary>
     public const int Usage = 2;
+
+    /// <summary>Stopped by SIGINT (Ctrl-C) after saving what lets it resume (128 + 2, the shell's convention).</summary>
+    public const int Interrupted = 130;
+
+    /// <summary>Stopped by SIGTERM after saving what lets it resume (128 + 15).</summary>
+    public const int Terminated = 143;
 }
 
 /// <summary>A command-line argument has a value the command cannot use; reported with exit code 2.</summary>

@@ -98,7 +98,7 @@ public sealed class InfoCommand(IAnsiConsole console) : Command<InfoCommand.Sett
         _ => "missing",
     };
 
-    private static string CpuVectors()
+    internal static string CpuVectors()
     {
         var parts = new List<string>();
         if (Avx2.IsSupported)

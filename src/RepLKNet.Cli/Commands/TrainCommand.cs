@@ -200,6 +200,11 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         [Description("Also checkpoint every N steps (always at each epoch end).")]
         public long? SaveEvery { get; init; }
 
+        /// <summary>Soak mode.</summary>
+        [CommandOption("--gc-stress")]
+        [Description("Soak mode: force garbage collections and finalizer runs continuously during the run (finds objects freed while libtorch uses them; slower, same results).")]
+        public bool GcStress { get; init; }
+
         /// <summary>Threads.</summary>
         [CommandOption("--threads <T>")]
         [Description("CPU threads.")]
@@ -270,7 +275,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
             WeightDecay = settings.WeightDecay, EmaDecay = settings.EmaDecay, Seed = settings.Seed, MaxSteps = settings.MaxSteps,
             SaveEvery = settings.SaveEvery, Resume = settings.Resume, Normalization = data.Normalization, Device = runtime.Device,
             Augment = augment, AccumulationSteps = settings.AccumSteps, ClipGradNorm = settings.ClipGrad, LayerDecay = settings.LayerDecay,
-            InitialWeights = settings.Weights, Workers = settings.Workers ?? LoaderPlan.DefaultWorkers,
+            InitialWeights = settings.Weights, Workers = settings.Workers ?? LoaderPlan.DefaultWorkers, GcStress = settings.GcStress,
         };
         Trainer trainer;
         try
@@ -283,6 +288,8 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         }
 
         var output = console.Profile.Out.Writer;
+        using var signals = new StopSignals(Console.Error, cancellationToken);
+        string resumeCommand = ResumeCommand(context.Arguments);
         console.MarkupLine(CultureInfo.InvariantCulture, "[bold]train[/] {0} on {1}: {2:N0} training / {3:N0} test images, {4} epochs × {5} steps, batch {6}{7}, {8}, {9} threads, {10} loader workers → {11}",
             Markup.Escape(name), Markup.Escape(data.Name), train.Count, data.Test.Count, settings.Epochs, trainer.StepsPerEpoch, settings.BatchSize,
             settings.AccumSteps > 1 ? $" × {settings.AccumSteps} accumulated" : "", runtime.Device, torch.get_num_threads(), options.Workers, Markup.Escape(settings.Out));
@@ -292,43 +299,58 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         void EpochLine(EpochMetrics m) => output.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"epoch {m.Epoch,3}/{settings.Epochs}: loss {m.TrainLoss:F4}  lr {m.LearningRate:0.00e+00}  test top-1 {m.Top1:P2}  EMA {m.EmaTop1:P2}  {m.ImagesPerSecond:F0} images/s  {m.Seconds:F0} s{(m.Skipped > 0 ? $"  ({m.Skipped} unreadable skipped)" : "")}"));
         void Notice(string text) => output.WriteLine(text);
-        if (Console.IsOutputRedirected || !console.Profile.Capabilities.Interactive)
+        try
         {
-            // Logs and pipes get plain lines: one every 100 steps and one per epoch.
-            history = trainer.Run(EpochLine, p =>
+            if (Console.IsOutputRedirected || !console.Profile.Capabilities.Interactive)
             {
-                if (p.Step % 100 == 0)
+                // Logs and pipes get plain lines: one every 100 steps and one per epoch.
+                history = trainer.Run(EpochLine, p =>
                 {
-                    output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"  step {p.Step}/{p.TotalSteps}: loss {p.Loss:F4}  lr {p.LearningRate:0.00e+00}  {p.ImagesPerSecond:F0} images/s  ETA {Eta(p.Remaining)}"));
-                }
-            }, Notice, cancellationToken);
+                    if (p.Step % 100 == 0)
+                    {
+                        output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                            $"  step {p.Step}/{p.TotalSteps}: loss {p.Loss:F4}  lr {p.LearningRate:0.00e+00}  {p.ImagesPerSecond:F0} images/s  ETA {Eta(p.Remaining)}"));
+                    }
+                }, Notice, signals.Token);
+            }
+            else
+            {
+                console.Progress().AutoClear(true).Columns(
+                    new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn(), new SpinnerColumn())
+                    .Start(ctx =>
+                    {
+                        var epochTask = ctx.AddTask("epoch", maxValue: trainer.StepsPerEpoch);
+                        var runTask = ctx.AddTask("run", maxValue: trainer.TotalSteps);
+                        history = trainer.Run(
+                            m =>
+                            {
+                                EpochLine(m);
+                                epochTask.Value = 0;
+                            },
+                            p =>
+                            {
+                                epochTask.Value = p.StepInEpoch;
+                                epochTask.Description = string.Create(CultureInfo.InvariantCulture,
+                                    $"epoch {p.Epoch}/{settings.Epochs}  loss {p.Loss:F3}  lr {p.LearningRate:0.0e+00}  {p.ImagesPerSecond:F0} img/s");
+                                runTask.Value = p.Step;
+                                runTask.Description = $"run (ETA {Eta(p.Remaining)})";
+                            },
+                            Notice,
+                            signals.Token);
+                    });
+            }
         }
-        else
+        catch (TrainingFailedException e)
         {
-            console.Progress().AutoClear(true).Columns(
-                new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn(), new SpinnerColumn())
-                .Start(ctx =>
-                {
-                    var epochTask = ctx.AddTask("epoch", maxValue: trainer.StepsPerEpoch);
-                    var runTask = ctx.AddTask("run", maxValue: trainer.TotalSteps);
-                    history = trainer.Run(
-                        m =>
-                        {
-                            EpochLine(m);
-                            epochTask.Value = 0;
-                        },
-                        p =>
-                        {
-                            epochTask.Value = p.StepInEpoch;
-                            epochTask.Description = string.Create(CultureInfo.InvariantCulture,
-                                $"epoch {p.Epoch}/{settings.Epochs}  loss {p.Loss:F3}  lr {p.LearningRate:0.0e+00}  {p.ImagesPerSecond:F0} img/s");
-                            runTask.Value = p.Step;
-                            runTask.Description = $"run (ETA {Eta(p.Remaining)})";
-                        },
-                        Notice,
-                        cancellationToken);
-                });
+            string? log = CrashReport.Write(settings.Out, e, resumeCommand.Replace(" --resume", "", StringComparison.Ordinal), options, runtime, InfoCommand.CpuVectors());
+            string state = e.LastSavedStep is long saved ? $"the resume state of step {saved} is intact; continue with: {resumeCommand}" : "no resume state was written yet; start again";
+            throw new InvalidOperationException($"{e.Message}; {state}{(log is null ? "" : $"; details: {log}")}", e);
+        }
+
+        if (signals.Received is { } signal)
+        {
+            console.WriteLine($"stopped by {(signal == System.Runtime.InteropServices.PosixSignal.SIGTERM ? "SIGTERM" : "SIGINT")} after step {trainer.StepsDone}; the resume state is saved in {settings.Out}. Continue with: {resumeCommand}");
+            return StopSignals.ExitCode(signal);
         }
 
         if (history.Count > 0)
@@ -343,6 +365,26 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
 
         return ExitCodes.Success;
     }
+
+    /// <summary>The command that continues this run: the same arguments with --resume (shell-quoted where needed).</summary>
+    internal static string ResumeCommand(IEnumerable<string> arguments)
+    {
+        var args = arguments.ToList();
+        if (args.Count == 0 || args[0] != "train")
+        {
+            args.Insert(0, "train");
+        }
+
+        if (!args.Contains("--resume"))
+        {
+            args.Add("--resume");
+        }
+
+        return "./replknet " + string.Join(" ", args.Select(Quote));
+    }
+
+    private static string Quote(string arg) =>
+        arg.Length > 0 && arg.All(c => char.IsAsciiLetterOrDigit(c) || "_./:=,+-@%".Contains(c)) ? arg : "'" + arg.Replace("'", "'\\''", StringComparison.Ordinal) + "'";
 
     private static string Eta(TimeSpan t) => t.TotalHours >= 1 ? $"{(int)t.TotalHours}h{t.Minutes:D2}m" : $"{t.Minutes}m{t.Seconds:D2}s";
 

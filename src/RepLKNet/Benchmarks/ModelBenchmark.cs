@@ -43,7 +43,7 @@ public static class ModelBenchmark
         var generator = new Generator(0);
         var x = randn([batch, config.InChannels, resolution, resolution], generator: generator).to(device);
         var labels = randint(0, config.NumClasses ?? 1, [batch], generator: generator).to(device);
-        var optimizer = optim.SGD(model.parameters(), 1e-6);
+        var optimizer = optim.AdamW(model.parameters(), 1e-6);
         foreach (var impl in impls)
         {
             using var use = DepthwiseConv2d.Use(impl);
@@ -68,7 +68,7 @@ public static class ModelBenchmark
                     optimizer.zero_grad();
                     var loss = nn.functional.cross_entropy(model.call(x), labels);
                     loss.backward();
-                    optimizer.step();
+                    Training.AdamWStep.Apply(optimizer);
                 }
 
                 if (device.type == DeviceType.CUDA)

@@ -7,6 +7,7 @@ using RepLKNet.Models;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using BatchNorm2d = RepLKNet.Layers.BatchNorm2d;
 using static TorchSharp.torch.nn;
 
 namespace RepLKNet.Export;

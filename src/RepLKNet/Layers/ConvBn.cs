@@ -25,7 +25,7 @@ public sealed class ConvBn : Module<Tensor, Tensor>
         : base(relu ? "conv_bn_relu" : "conv_bn")
     {
         conv = Conv2d(inChannels, outChannels, kernelSize, stride: stride, padding: padding, groups: groups, bias: false, device: device);
-        bn = BatchNorm2d(outChannels, device: device);
+        bn = new BatchNorm2d(outChannels, device: device);
         nonlinear = relu ? ReLU() : null;
         _depthwiseSame = DepthwiseConv2d.IsDepthwiseSame(inChannels, outChannels, groups, kernelSize, kernelSize, stride, padding, 1) && kernelSize > 1;
         RegisterComponents();

@@ -1,5 +1,6 @@
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Layers;
 
@@ -39,7 +40,7 @@ public sealed class DropPath : Module<Tensor, Tensor>
 
         double keep = 1 - Probability;
         long[] shape = [input.shape[0], .. Enumerable.Repeat(1L, (int)input.dim() - 1)];
-        using var mask = empty(shape, dtype: input.dtype, device: input.device).bernoulli_(keep).div_(keep);
+        using var mask = Scalars.DivInPlace(empty(shape, dtype: input.dtype, device: input.device).bernoulli_(keep), keep);
         return input * mask;
     }
 }

@@ -3,6 +3,7 @@ using RepLKNet.Reparam;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Layers;
 
@@ -83,7 +84,7 @@ public sealed class ReparamLargeKernelConv : Module<Tensor, Tensor>, IReparamete
         }
 
         var output = lkb_origin!.call(input);
-        return small_conv is null ? output : output.add_(small_conv.call(input));
+        return small_conv is null ? output : Scalars.AddInPlace(output, small_conv.call(input));
     }
 
     /// <summary>
@@ -107,8 +108,8 @@ public sealed class ReparamLargeKernelConv : Module<Tensor, Tensor>, IReparamete
         using var scope = NewDisposeScope();
         var (smallKernel, smallBias) = small_conv.EquivalentKernelBias();
         long pad = (KernelSize - SmallKernel!.Value) / 2;
-        var total = kernel + nn.functional.pad(smallKernel, [pad, pad, pad, pad]);
-        var totalBias = bias + smallBias;
+        var total = Scalars.Add(kernel, nn.functional.pad(smallKernel, [pad, pad, pad, pad]));
+        var totalBias = Scalars.Add(bias, smallBias);
         kernel.Dispose();
         bias.Dispose();
         return (total.MoveToOuterDisposeScope(), totalBias.MoveToOuterDisposeScope());

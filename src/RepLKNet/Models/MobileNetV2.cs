@@ -5,7 +5,9 @@ using RepLKNet.Layers;
 using RepLKNet.Reparam;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using BatchNorm2d = RepLKNet.Layers.BatchNorm2d;
 using static TorchSharp.torch.nn;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Models;
 
@@ -250,7 +252,7 @@ public sealed class InvertedResidual : Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         var x = expand is null ? input : functional.relu6(expand.call(input));
         x = project.call(functional.relu6(dw.call(x)));
-        return (HasShortcut ? x.add_(input) : x).MoveToOuterDisposeScope();
+        return (HasShortcut ? Scalars.AddInPlace(x, input) : x).MoveToOuterDisposeScope();
     }
 }
 

@@ -1,7 +1,9 @@
 using RepLKNet.Layers;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using BatchNorm2d = RepLKNet.Layers.BatchNorm2d;
 using static TorchSharp.torch.nn;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Models;
 
@@ -27,7 +29,7 @@ public sealed class RepLKBlock : Module<Tensor, Tensor>
         pw2 = new ConvBn(dwChannels, channels, 1, 1, 0, 1, relu: false, device);
         large_kernel = new ReparamLargeKernelConv(dwChannels, kernelSize, smallKernel, deploy, device);
         lk_nonlinear = ReLU();
-        prelkb_bn = BatchNorm2d(channels, device: device);
+        prelkb_bn = new BatchNorm2d(channels, device: device);
         drop_path = DropPath.OrIdentity(dropPath);
         RegisterComponents();
     }
@@ -44,7 +46,7 @@ public sealed class RepLKBlock : Module<Tensor, Tensor>
         y = large_kernel.call(y);
         y = lk_nonlinear.call(y);
         y = pw2.call(y);
-        return (input + drop_path.call(y)).MoveToOuterDisposeScope();
+        return Scalars.Add(input, drop_path.call(y)).MoveToOuterDisposeScope();
     }
 }
 
@@ -62,7 +64,7 @@ public sealed class ConvFFN : Module<Tensor, Tensor>
         : base(nameof(ConvFFN))
     {
         drop_path = DropPath.OrIdentity(dropPath);
-        preffn_bn = BatchNorm2d(channels, device: device);
+        preffn_bn = new BatchNorm2d(channels, device: device);
         pw1 = new ConvBn(channels, internalChannels, 1, 1, 0, 1, relu: false, device);
         pw2 = new ConvBn(internalChannels, channels, 1, 1, 0, 1, relu: false, device);
         nonlinear = GELU();
@@ -77,7 +79,7 @@ public sealed class ConvFFN : Module<Tensor, Tensor>
         y = pw1.call(y);
         y = nonlinear.call(y);
         y = pw2.call(y);
-        return (input + drop_path.call(y)).MoveToOuterDisposeScope();
+        return Scalars.Add(input, drop_path.call(y)).MoveToOuterDisposeScope();
     }
 }
 
@@ -104,7 +106,7 @@ public sealed class RepLKNetStage : Module<Tensor, Tensor>
             blocks.Add(new ConvFFN(c, config.FfnChannels(index), dropPaths[j], device));
         }
 
-        norm = config.NormIntermediateFeatures ? BatchNorm2d(c, device: device) : Identity();
+        norm = config.NormIntermediateFeatures ? new BatchNorm2d(c, device: device) : Identity();
         RegisterComponents();
     }
 

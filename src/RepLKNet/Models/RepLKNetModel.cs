@@ -1,6 +1,7 @@
 using RepLKNet.Layers;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using BatchNorm2d = RepLKNet.Layers.BatchNorm2d;
 using static TorchSharp.torch.nn;
 
 namespace RepLKNet.Models;
@@ -61,7 +62,7 @@ public sealed class RepLKNetModel : Module<Tensor, Tensor>, IFeatureModel
 
         if (config.NumClasses is int classes)
         {
-            norm = BatchNorm2d(config.Channels[^1], device: device);
+            norm = new BatchNorm2d(config.Channels[^1], device: device);
             avgpool = AdaptiveAvgPool2d(1);
             head = Linear(config.Channels[^1], classes, device: device);
         }

@@ -1,5 +1,7 @@
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using BatchNorm2d = RepLKNet.Layers.BatchNorm2d;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Reparam;
 
@@ -21,7 +23,7 @@ public static class BnFusion
         var mean = bn.running_mean!;
         var variance = bn.running_var!;
         // Compute in float64 so the fused values are the exactly-rounded float32 of the true product.
-        var t = gamma.to(float64) / (variance.to(float64) + bn.eps).sqrt();
+        var t = gamma.to(float64) / Scalars.Add(variance.to(float64), bn.eps).sqrt();
         var fusedKernel = (kernel.to(float64) * t.reshape(-1, 1, 1, 1)).to(kernel.dtype);
         var fusedBias = (beta.to(float64) - mean.to(float64) * t).to(kernel.dtype);
         return (fusedKernel.MoveToOuterDisposeScope(), fusedBias.MoveToOuterDisposeScope());

@@ -27,8 +27,8 @@ public static class DeviceSelfCheck
         using var scope = NewDisposeScope();
         var generator = new Generator((ulong)seed);
         var x = randn([2, 16, 20, 20], dtype: float64, generator: generator);
-        var wDense = randn([16, 16, 3, 3], dtype: float64, generator: generator) * 0.2;
-        var wDepthwise = randn([16, 1, 13, 13], dtype: float64, generator: generator) * 0.1;
+        var wDense = Scalars.MulInPlace(randn([16, 16, 3, 3], dtype: float64, generator: generator), 0.2);
+        var wDepthwise = Scalars.MulInPlace(randn([16, 1, 13, 13], dtype: float64, generator: generator), 0.1);
         var upstream = randn([2, 16, 20, 20], dtype: float64, generator: generator);
 
         var reference = Evaluate(x, wDense, wDepthwise, upstream);

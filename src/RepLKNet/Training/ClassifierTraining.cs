@@ -211,7 +211,7 @@ public static class ClassifierTraining
                     loss.backward();
                 }
 
-                optimizer.step();
+                AdamWStep.Apply(optimizer);
                 step++;
                 images += b.Count;
                 recent.Enqueue(value);
@@ -248,7 +248,7 @@ public static class ClassifierTraining
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(order);
-        var norms = model.modules().OfType<BatchNorm2d>().ToList();
+        var norms = model.modules().OfType<BatchNorm>().ToList();
         if (norms.Count == 0 || images <= 0 || order.Length == 0)
         {
             model.eval();

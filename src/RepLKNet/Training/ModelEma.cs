@@ -1,4 +1,5 @@
 using RepLKNet.Checkpoints;
+using RepLKNet.Runtime;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
 
@@ -59,6 +60,8 @@ public sealed class ModelEma
     {
         ArgumentNullException.ThrowIfNull(model);
         using var noGrad = no_grad();
+        // Every wrapper made here (state-dict views) belongs to this scope, and each number is a held Scalar (GC safety).
+        using var scope = NewDisposeScope();
         double decay = Warmup ? Math.Min(Decay, (1.0 + Updates) / (10.0 + Updates)) : Decay;
         Updates++;
         var current = StateDicts.Ordered(model).ToDictionary();
@@ -67,7 +70,7 @@ public sealed class ModelEma
             var value = current[key];
             if (tensor.is_floating_point())
             {
-                tensor.mul_(decay).add_(value.detach(), alpha: 1 - decay);
+                Scalars.AddInPlace(Scalars.MulInPlace(tensor, decay), value.detach(), 1 - decay);
             }
             else
             {

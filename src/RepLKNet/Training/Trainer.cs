@@ -9,6 +9,7 @@ using RepLKNet.Models;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Training;
 
@@ -80,6 +81,93 @@ public sealed record TrainOptions
 
     /// <summary>Device.</summary>
     public Device Device { get; init; } = CPU;
+
+    /// <summary>
+    /// Soak mode: a background thread forces full garbage collections and runs finalizers without pause for the whole run,
+    /// and the training thread forces one between steps, so a TorchSharp object the GC could free while libtorch uses it
+    /// shows up within minutes instead of once in hours (docs/training.md, "Dependable runs"). Results are unchanged; slower.
+    /// </summary>
+    public bool GcStress { get; init; }
+}
+
+/// <summary>What a training step was doing when it failed.</summary>
+public enum TrainingPhase
+{
+    /// <summary>Waiting for or receiving a batch from the loader.</summary>
+    Data,
+
+    /// <summary>The model's forward pass and the loss.</summary>
+    Forward,
+
+    /// <summary>Back-propagation.</summary>
+    Backward,
+
+    /// <summary>Gradient clipping and the optimizer update.</summary>
+    Optimizer,
+
+    /// <summary>The weight EMA update.</summary>
+    Ema,
+
+    /// <summary>Evaluating on the test set.</summary>
+    Evaluation,
+
+    /// <summary>Writing checkpoints and the resume state.</summary>
+    Checkpoint,
+}
+
+/// <summary>
+/// An unexpected error inside <see cref="Trainer.Run"/>: where it happened (step, epoch, phase) and the last resumable
+/// state on disk, which the failure did not touch. <see cref="Exception.InnerException"/> is the original error.
+/// </summary>
+public sealed class TrainingFailedException : Exception
+{
+    /// <summary>Creates the exception.</summary>
+    public TrainingFailedException(long step, int epoch, TrainingPhase phase, long? lastSavedStep, Exception inner)
+        : base(string.Create(CultureInfo.InvariantCulture,
+            $"training failed at step {step} (epoch {epoch}) in the {phase.ToString().ToLowerInvariant()} phase: {Short(inner)}"), inner)
+    {
+        Step = step;
+        Epoch = epoch;
+        Phase = phase;
+        LastSavedStep = lastSavedStep;
+    }
+
+    /// <summary>Creates an empty exception (for serializers and analyzers).</summary>
+    public TrainingFailedException()
+    {
+    }
+
+    /// <summary>Creates the exception with a message.</summary>
+    public TrainingFailedException(string message)
+        : base(message)
+    {
+    }
+
+    /// <summary>Creates the exception with a message and its cause.</summary>
+    public TrainingFailedException(string message, Exception inner)
+        : base(message, inner)
+    {
+    }
+
+    /// <summary>The error's message on one line, without the C++ stack libtorch appends (that stays in the crash report).</summary>
+    private static string Short(Exception? e)
+    {
+        string message = e?.Message.ReplaceLineEndings(" ").Trim() ?? "";
+        int native = message.IndexOf("Exception raised from ", StringComparison.Ordinal);
+        return native > 0 ? message[..native].TrimEnd() : message;
+    }
+
+    /// <summary>The optimizer step (1-based) that failed.</summary>
+    public long Step { get; }
+
+    /// <summary>The epoch (1-based) of that step.</summary>
+    public int Epoch { get; }
+
+    /// <summary>What the step was doing.</summary>
+    public TrainingPhase Phase { get; }
+
+    /// <summary>The step of the resume state on disk (<c>state.json</c>), or null when none was written yet.</summary>
+    public long? LastSavedStep { get; }
 }
 
 /// <summary>One epoch's (or final) metrics.</summary>
@@ -250,142 +338,219 @@ public sealed class Trainer
         var runClock = Stopwatch.StartNew();
         double evalSeconds = double.NaN;
         long imagesThisRun = 0;
-        while (step < totalSteps && !cancel.IsCancellationRequested)
+        long? lastSaved = resuming ? step : null;
+        StepsDone = step;
+        var phase = TrainingPhase.Data;
+        int currentEpoch = (int)(step / StepsPerEpoch) + 1;
+        using var stress = _o.GcStress ? new GcStressThread() : null;
+        try
         {
-            int epoch = (int)(step / StepsPerEpoch);
-            long first = step % StepsPerEpoch;
-            model.train();
-            var sw = Stopwatch.StartNew();
-            // A resumed epoch continues the loss average of the steps done before the interruption.
-            double lossSum = first > 0 ? partial.LossSum : 0;
-            long seen = first > 0 ? partial.Steps : 0, images = 0;
-            var skipped = new List<SkippedImage>();
-            var plan = new LoaderPlan
+            while (step < totalSteps && !cancel.IsCancellationRequested)
             {
-                Order = EpochOrder(epoch), BatchSize = _o.BatchSize, FirstBatch = first * _o.AccumulationSteps,
-                BatchCount = StepsPerEpoch * _o.AccumulationSteps, Train = true, Key = (_o.Seed, epoch), Workers = _o.Workers,
-            };
-            TimeSpan waited;
-            using (var loader = new BatchLoader(_train, _pipeline, _o.Augment, plan))
-            {
-                using var batches = loader.Batches().GetEnumerator();
-                for (long b = first; b < StepsPerEpoch && step < totalSteps && !cancel.IsCancellationRequested; b++)
+                int epoch = (int)(step / StepsPerEpoch);
+                currentEpoch = epoch + 1;
+                long first = step % StepsPerEpoch;
+                model.train();
+                var sw = Stopwatch.StartNew();
+                // A resumed epoch continues the loss average of the steps done before the interruption.
+                double lossSum = first > 0 ? partial.LossSum : 0;
+                long seen = first > 0 ? partial.Steps : 0, images = 0;
+                var skipped = new List<SkippedImage>();
+                var plan = new LoaderPlan
                 {
-                    double lr = schedule[step];
-                    var groups = optimizer.ParamGroups.ToList();
-                    for (int g = 0; g < groups.Count; g++)
+                    Order = EpochOrder(epoch), BatchSize = _o.BatchSize, FirstBatch = first * _o.AccumulationSteps,
+                    BatchCount = StepsPerEpoch * _o.AccumulationSteps, Train = true, Key = (_o.Seed, epoch), Workers = _o.Workers,
+                };
+                TimeSpan waited;
+                using (var loader = new BatchLoader(_train, _pipeline, _o.Augment, plan))
+                {
+                    using var batches = loader.Batches().GetEnumerator();
+                    for (long b = first; b < StepsPerEpoch && step < totalSteps && !cancel.IsCancellationRequested; b++)
                     {
-                        groups[g].LearningRate = lr * scales[g];
-                    }
-
-                    optimizer.zero_grad();
-                    double value = 0;
-                    for (int micro = 0; micro < _o.AccumulationSteps; micro++)
-                    {
-                        if (!batches.MoveNext())
+                        // Every TorchSharp object made during the step (gradients, optimizer and EMA temporaries) belongs to this
+                        // scope: reachable until the step ends, then freed here on this thread, never by the GC's finalizer
+                        // while libtorch uses it (docs/runtime.md, "Object lifetimes").
+                        using var stepScope = NewDisposeScope();
+                        long unscopedBefore = DisposeScopeManager.Statistics.CreatedOutsideScopeCount;
+                        double lr = schedule[step];
+                        var groups = optimizer.ParamGroups.ToList();
+                        for (int g = 0; g < groups.Count; g++)
                         {
-                            throw new InvalidOperationException($"the loader ran out of batches at step {step + 1}");
+                            groups[g].LearningRate = lr * scales[g];
                         }
 
-                        var batch = batches.Current;
-                        skipped.AddRange(batch.Skipped);
-                        if (batch.Count == 0)
+                        optimizer.zero_grad();
+                        double value = 0;
+                        for (int micro = 0; micro < _o.AccumulationSteps; micro++)
                         {
-                            continue;
+                            phase = TrainingPhase.Data;
+                            if (!batches.MoveNext())
+                            {
+                                throw new InvalidOperationException($"the loader ran out of batches at step {step + 1}");
+                            }
+
+                            var batch = batches.Current;
+                            skipped.AddRange(batch.Skipped);
+                            if (batch.Count == 0)
+                            {
+                                continue;
+                            }
+
+                            using var scope = NewDisposeScope();
+                            phase = TrainingPhase.Forward;
+                            var x = tensor(batch.Images, [batch.Count, batch.Channels, batch.Size, batch.Size]).to(_o.Device);
+                            var logits = model.call(x);
+                            Tensor loss;
+                            if (batch.Targets is { } soft)
+                            {
+                                var targets = tensor(soft, [batch.Count, soft.Length / batch.Count]).to(_o.Device);
+                                loss = (-targets * nn.functional.log_softmax(logits, 1)).sum(1).mean();
+                            }
+                            else
+                            {
+                                loss = nn.functional.cross_entropy(logits, tensor(batch.Labels).to(_o.Device), label_smoothing: _o.Augment.LabelSmoothing);
+                            }
+
+                            double microValue = loss.item<float>();
+                            if (!double.IsFinite(microValue))
+                            {
+                                throw new NonFiniteLossException(string.Create(CultureInfo.InvariantCulture,
+                                    $"the training loss became {microValue} at step {step + 1} (epoch {epoch + 1}); the last good checkpoint '{LastCheckpoint}' is intact. Try a lower --lr."));
+                            }
+
+                            phase = TrainingPhase.Backward;
+                            (_o.AccumulationSteps == 1 ? loss : Scalars.Div(loss, _o.AccumulationSteps)).backward();
+                            value += microValue / _o.AccumulationSteps;
+                            images += batch.Count;
                         }
 
-                        using var scope = NewDisposeScope();
-                        var x = tensor(batch.Images, [batch.Count, batch.Channels, batch.Size, batch.Size]).to(_o.Device);
-                        var logits = model.call(x);
-                        Tensor loss;
-                        if (batch.Targets is { } soft)
+                        phase = TrainingPhase.Optimizer;
+                        if (_o.ClipGradNorm is double clip)
                         {
-                            var targets = tensor(soft, [batch.Count, soft.Length / batch.Count]).to(_o.Device);
-                            loss = (-targets * nn.functional.log_softmax(logits, 1)).sum(1).mean();
-                        }
-                        else
-                        {
-                            loss = nn.functional.cross_entropy(logits, tensor(batch.Labels).to(_o.Device), label_smoothing: _o.Augment.LabelSmoothing);
+                            nn.utils.clip_grad_norm_(model.parameters(), clip);
                         }
 
-                        double microValue = loss.item<float>();
-                        if (!double.IsFinite(microValue))
+                        AdamWStep.Apply(optimizer);
+                        phase = TrainingPhase.Ema;
+                        ema?.Update(model);
+                        UnscopedTensors += DisposeScopeManager.Statistics.CreatedOutsideScopeCount - unscopedBefore;
+                        step++;
+                        StepsDone = step;
+                        lossSum += value;
+                        seen++;
+                        if (onStep is not null)
                         {
-                            throw new NonFiniteLossException(string.Create(CultureInfo.InvariantCulture,
-                                $"the training loss became {microValue} at step {step + 1} (epoch {epoch + 1}); the last good checkpoint '{LastCheckpoint}' is intact. Try a lower --lr."));
+                            double elapsed = runClock.Elapsed.TotalSeconds;
+                            long done = step - startStep;
+                            double perStep = elapsed / Math.Max(done, 1);
+                            long epochsLeft = (totalSteps - 1) / StepsPerEpoch - (step - 1) / StepsPerEpoch + (step % StepsPerEpoch == 0 ? 1 : 0);
+                            double evalGuess = double.IsNaN(evalSeconds) ? 0 : evalSeconds * epochsLeft;
+                            onStep(new StepProgress(step, totalSteps, (step - 1) % StepsPerEpoch + 1, StepsPerEpoch, epoch + 1, value, lr,
+                                (imagesThisRun + images) / Math.Max(elapsed, 1e-9), TimeSpan.FromSeconds(perStep * (totalSteps - step) + evalGuess)));
                         }
 
-                        (_o.AccumulationSteps == 1 ? loss : loss / _o.AccumulationSteps).backward();
-                        value += microValue / _o.AccumulationSteps;
-                        images += batch.Count;
+                        if (_o.SaveEvery is long every && step % every == 0 && step % StepsPerEpoch != 0)
+                        {
+                            phase = TrainingPhase.Checkpoint;
+                            Save(model, ema, optimizer, metadata, step, best, history, (lossSum, seen));
+                            lastSaved = step;
+                        }
+
+                        if (_o.GcStress)
+                        {
+                            GC.Collect();
+                            GC.WaitForPendingFinalizers();
+                        }
                     }
 
-                    if (_o.ClipGradNorm is double clip)
-                    {
-                        nn.utils.clip_grad_norm_(model.parameters(), clip);
-                    }
-
-                    optimizer.step();
-                    ema?.Update(model);
-                    step++;
-                    lossSum += value;
-                    seen++;
-                    if (onStep is not null)
-                    {
-                        double elapsed = runClock.Elapsed.TotalSeconds;
-                        long done = step - startStep;
-                        double perStep = elapsed / Math.Max(done, 1);
-                        long epochsLeft = (totalSteps - 1) / StepsPerEpoch - (step - 1) / StepsPerEpoch + (step % StepsPerEpoch == 0 ? 1 : 0);
-                        double evalGuess = double.IsNaN(evalSeconds) ? 0 : evalSeconds * epochsLeft;
-                        onStep(new StepProgress(step, totalSteps, (step - 1) % StepsPerEpoch + 1, StepsPerEpoch, epoch + 1, value, lr,
-                            (imagesThisRun + images) / Math.Max(elapsed, 1e-9), TimeSpan.FromSeconds(perStep * (totalSteps - step) + evalGuess)));
-                    }
-
-                    if (_o.SaveEvery is long every && step % every == 0 && step % StepsPerEpoch != 0)
-                    {
-                        Save(model, ema, optimizer, metadata, step, best, history, (lossSum, seen));
-                    }
+                    waited = loader.WaitTime;
                 }
 
-                waited = loader.WaitTime;
-            }
-
-            imagesThisRun += images;
-            double seconds = sw.Elapsed.TotalSeconds;
-            if (skipped.Count > 0)
-            {
-                onNotice?.Invoke($"epoch {epoch + 1}: skipped {skipped.Count} unreadable image(s), e.g. {skipped[0].Source}: {skipped[0].Reason}");
-            }
-
-            if (step % StepsPerEpoch == 0)
-            {
-                var evalClock = Stopwatch.StartNew();
-                double top1 = Evaluate(model, onNotice);
-                double emaTop1 = ema is null ? double.NaN : Evaluate(emaModel);
-                evalSeconds = evalClock.Elapsed.TotalSeconds;
-                var metrics = new EpochMetrics(epoch + 1, step, seen == 0 ? double.NaN : lossSum / seen, schedule[step - 1], top1, emaTop1,
-                    images / Math.Max(seconds, 1e-9), seconds, skipped.Count, waited.TotalSeconds);
-                history.Add(metrics);
-                double score = Math.Max(top1, double.IsNaN(emaTop1) ? double.NegativeInfinity : emaTop1);
-                if (score > best)
+                imagesThisRun += images;
+                double seconds = sw.Elapsed.TotalSeconds;
+                if (skipped.Count > 0)
                 {
-                    best = score;
-                    var winner = ema is not null && emaTop1 >= top1 ? emaModel : model;
-                    CheckpointFile.WriteRepLKNet(BestCheckpoint, StateDicts.Ordered(winner), metadata);
+                    onNotice?.Invoke($"epoch {epoch + 1}: skipped {skipped.Count} unreadable image(s), e.g. {skipped[0].Source}: {skipped[0].Reason}");
                 }
 
-                Save(model, ema, optimizer, metadata, step, best, history);
-                WriteMetrics(history);
-                onEpoch?.Invoke(metrics);
+                if (step % StepsPerEpoch == 0)
+                {
+                    phase = TrainingPhase.Evaluation;
+                    var evalClock = Stopwatch.StartNew();
+                    double top1 = Evaluate(model, onNotice);
+                    double emaTop1 = ema is null ? double.NaN : Evaluate(emaModel);
+                    evalSeconds = evalClock.Elapsed.TotalSeconds;
+                    var metrics = new EpochMetrics(epoch + 1, step, seen == 0 ? double.NaN : lossSum / seen, schedule[step - 1], top1, emaTop1,
+                        images / Math.Max(seconds, 1e-9), seconds, skipped.Count, waited.TotalSeconds);
+                    history.Add(metrics);
+                    double score = Math.Max(top1, double.IsNaN(emaTop1) ? double.NegativeInfinity : emaTop1);
+                    if (score > best)
+                    {
+                        best = score;
+                        var winner = ema is not null && emaTop1 >= top1 ? emaModel : model;
+                        phase = TrainingPhase.Checkpoint;
+                        CheckpointFile.WriteRepLKNet(BestCheckpoint, StateDicts.Ordered(winner), metadata);
+                    }
+
+                    phase = TrainingPhase.Checkpoint;
+                    Save(model, ema, optimizer, metadata, step, best, history);
+                    lastSaved = step;
+                    WriteMetrics(history);
+                    onEpoch?.Invoke(metrics);
+                }
+                else
+                {
+                    // Stopped inside an epoch (--max-steps or cancellation): keep the position so --resume continues here.
+                    phase = TrainingPhase.Checkpoint;
+                    Save(model, ema, optimizer, metadata, step, best, history, (lossSum, seen));
+                    lastSaved = step;
+                }
             }
-            else
-            {
-                // Stopped inside an epoch (--max-steps or cancellation): keep the position so --resume continues here.
-                Save(model, ema, optimizer, metadata, step, best, history, (lossSum, seen));
-            }
+        }
+        catch (Exception e) when (e is not (NonFiniteLossException or OperationCanceledException or OutOfMemoryException))
+        {
+            // Where it failed; the resume state on disk is the last complete one (each save is atomic and written last).
+            throw new TrainingFailedException(phase is TrainingPhase.Evaluation or TrainingPhase.Checkpoint ? step : step + 1, currentEpoch, phase, lastSaved, e);
         }
 
         return history;
+    }
+
+    /// <summary>
+    /// Tensors the training thread created outside any dispose scope during the optimizer steps of <see cref="Run"/> (from
+    /// TorchSharp's per-thread statistics). Such a tensor is freed by the GC's finalizer thread at a time nobody chooses,
+    /// and while a native call still reads it if it was a temporary argument; the step keeps this at 0.
+    /// </summary>
+    public long UnscopedTensors { get; private set; }
+
+    /// <summary>Optimizer steps done so far (of the whole run, a resumed part included).</summary>
+    public long StepsDone { get; private set; }
+
+    /// <summary>Forces full collections and finalizer runs back to back on a background thread (soak mode).</summary>
+    private sealed class GcStressThread : IDisposable
+    {
+        private readonly Thread _thread;
+        private volatile bool _stop;
+
+        public GcStressThread()
+        {
+            _thread = new Thread(() =>
+            {
+                while (!_stop)
+                {
+                    GC.Collect();
+                    GC.WaitForPendingFinalizers();
+                }
+            })
+            { IsBackground = true, Name = "replknet gc-stress" };
+            _thread.Start();
+        }
+
+        public void Dispose()
+        {
+            _stop = true;
+            _thread.Join();
+        }
     }
 
     /// <summary>Top-1 accuracy of <paramref name="model"/> on the test set (eval mode, no gradients).</summary>
@@ -427,7 +592,7 @@ public sealed class Trainer
             : $"initialized from '{weights}' ({report.Loaded.Count} tensors)";
     }
 
-    private (OptimizerHelper Optimizer, double[] Scales) CreateOptimizer(RepLKNetModel model)
+    private (AdamW Optimizer, double[] Scales) CreateOptimizer(RepLKNetModel model)
     {
         var groups = new List<(List<Parameter> Params, double Decay, double Scale)>();
         bool layered = _o.LayerDecay is double d && d != 1;
@@ -458,17 +623,11 @@ public sealed class Trainer
         return (optimizer, [.. groups.Select(x => x.Scale)]);
     }
 
-    private void Save(RepLKNetModel model, ModelEma? ema, OptimizerHelper optimizer, CheckpointMetadata metadata, long step, double best, List<EpochMetrics> history,
+    private void Save(RepLKNetModel model, ModelEma? ema, AdamW optimizer, CheckpointMetadata metadata, long step, double best, List<EpochMetrics> history,
         (double LossSum, long Steps) epochSoFar = default)
     {
-        // The user-facing copies (atomic each).
-        CheckpointFile.WriteRepLKNet(LastCheckpoint, StateDicts.Ordered(model), metadata with { TrainingState = Path.GetFileName(StateFile) });
-        if (ema is not null)
-        {
-            CheckpointFile.WriteRepLKNet(EmaCheckpoint, StateDicts.Ordered(ema.Average), metadata);
-        }
-
-        // The resume set: written into a fresh folder, renamed into place, then pointed at by state.json (written last).
+        // The resume set first: written into a fresh folder, renamed into place, then pointed at by state.json. A failure
+        // anywhere (disk full, read-only folder) leaves state.json pointing at the previous complete set.
         string name = string.Create(CultureInfo.InvariantCulture, $"step-{step:D9}");
         string folder = Path.Combine(ResumeRoot, name);
         string staging = folder + ".partial";
@@ -477,21 +636,30 @@ public sealed class Trainer
             Directory.Delete(staging, recursive: true);
         }
 
-        Directory.CreateDirectory(staging);
-        CheckpointFile.WriteRepLKNet(Path.Combine(staging, "model.safetensors"), StateDicts.Ordered(model), metadata);
-        if (ema is not null)
+        try
         {
-            CheckpointFile.WriteRepLKNet(Path.Combine(staging, "ema.safetensors"), StateDicts.Ordered(ema.Average), metadata);
+            Directory.CreateDirectory(staging);
+            CheckpointFile.WriteRepLKNet(Path.Combine(staging, "model.safetensors"), StateDicts.Ordered(model), metadata);
+            if (ema is not null)
+            {
+                CheckpointFile.WriteRepLKNet(Path.Combine(staging, "ema.safetensors"), StateDicts.Ordered(ema.Average), metadata);
+            }
+
+            optimizer.save_state_dict(Path.Combine(staging, "optimizer.bin"));
+            // The global CPU generator drives drop path: saving it makes a resumed run draw the same masks.
+            using (var rng = torch.get_rng_state())
+            {
+                File.WriteAllBytes(Path.Combine(staging, "rng.bin"), rng.bytes.ToArray());
+            }
+
+            AtomicFile.FlushDirectory(staging);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            TryDelete(staging);
+            throw new IOException($"cannot write the resume state into '{staging}': {e.Message}; the previous state ('{StateFile}') is intact", e);
         }
 
-        optimizer.save_state_dict(Path.Combine(staging, "optimizer.bin"));
-        // The global CPU generator drives drop path: saving it makes a resumed run draw the same masks.
-        using (var rng = torch.get_rng_state())
-        {
-            File.WriteAllBytes(Path.Combine(staging, "rng.bin"), rng.bytes.ToArray());
-        }
-
-        AtomicFile.FlushDirectory(staging);
         if (Directory.Exists(folder))
         {
             Directory.Delete(folder, recursive: true);
@@ -516,9 +684,31 @@ public sealed class Trainer
         {
             Directory.Delete(old, recursive: true);
         }
+
+        // The user-facing copies (atomic each), after the resume state they describe.
+        CheckpointFile.WriteRepLKNet(LastCheckpoint, StateDicts.Ordered(model), metadata with { TrainingState = Path.GetFileName(StateFile) });
+        if (ema is not null)
+        {
+            CheckpointFile.WriteRepLKNet(EmaCheckpoint, StateDicts.Ordered(ema.Average), metadata);
+        }
     }
 
-    private (long Step, double Best, List<EpochMetrics> History, (double LossSum, long Steps) Partial) Restore(RepLKNetModel model, ModelEma? ema, OptimizerHelper optimizer)
+    private static void TryDelete(string folder)
+    {
+        try
+        {
+            if (Directory.Exists(folder))
+            {
+                Directory.Delete(folder, recursive: true);
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // Best effort: a leftover staging folder is removed by the next save or ignored by resume.
+        }
+    }
+
+    private (long Step, double Best, List<EpochMetrics> History, (double LossSum, long Steps) Partial) Restore(RepLKNetModel model, ModelEma? ema, AdamW optimizer)
     {
         JsonObject state;
         try

@@ -248,7 +248,7 @@ public sealed class CudaTuneCommand(IAnsiConsole console) : Command<CudaTuneSett
             {
                 using var scope = NewDisposeScope();
                 var x = randn([settings.Batch, settings.Channels, r, r], device: runtime.Device);
-                var w = randn([settings.Channels, 1, k, k], device: runtime.Device) / k;
+                var w = Scalars.Div(randn([settings.Channels, 1, k, k], device: runtime.Device), k);
                 var y = empty_like(x);
                 var candidates = DepthwiseTuning.Candidates(planes, r, r, k, maxShared);
                 var times = candidates.Select(t => Time(x, w, y, t)).ToList();

@@ -1,6 +1,7 @@
 using System.Runtime.InteropServices;
 using TorchSharp;
 using static TorchSharp.torch;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Ops.Cuda;
 
@@ -134,7 +135,7 @@ public static class CudaDepthwiseCheck
                 : [null];
             foreach (var tile in tiles)
             {
-                var y = full([n, c, h, w], float.NaN, dtype: float32, device: cuda);
+                var y = empty([n, c, h, w], dtype: float32, device: cuda).fill_(Scalars.NaN);
                 CudaDepthwise.ForwardInto(x.to(cuda), weight.to(cuda), bias.to(cuda), y, tile);
                 var ours = y.cpu();
                 bool written = !ours.isnan().any().item<bool>();

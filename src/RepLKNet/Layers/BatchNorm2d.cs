@@ -1,0 +1,49 @@
+using RepLKNet.Runtime;
+using static TorchSharp.torch;
+
+namespace RepLKNet.Layers;
+
+/// <summary>
+/// <c>torch.nn.BatchNorm2d</c>: the same parameters and buffers in the same order as PyTorch's and TorchSharp's
+/// (<c>weight</c>, <c>bias</c>, <c>running_mean</c>, <c>running_var</c>, <c>num_batches_tracked</c>), the same forward
+/// (<c>F.batch_norm</c> with batch statistics in training and the running ones in eval, <c>num_batches_tracked</c> counted
+/// in training), but safe against the GC: TorchSharp's own <c>BatchNorm.forward</c> increments the counter with
+/// <c>add_(1)</c>, which creates two temporary Scalars the finalizer thread may free while libtorch reads them
+/// (<see cref="Scalars"/>). Input (N, C, H, W); throws <see cref="ArgumentException"/> for another rank.
+/// </summary>
+public sealed class BatchNorm2d : TorchSharp.Modules.BatchNorm
+{
+    /// <summary>Creates the layer (PyTorch's defaults: eps 1e-5, momentum 0.1, affine, tracking running statistics).</summary>
+    public BatchNorm2d(long numFeatures, double eps = 1e-5, double momentum = 0.1, bool affine = true, bool trackRunningStats = true, Device? device = null)
+        : base(numFeatures, eps, momentum, affine, trackRunningStats, device, null, "BatchNorm2d")
+    {
+    }
+
+    /// <inheritdoc />
+    public override Tensor forward(Tensor input)
+    {
+        ValidateInputDimensions(input);
+        double factor = momentum ?? 0.0;
+        if (training && track_running_stats && num_batches_tracked is not null)
+        {
+            num_batches_tracked.add_(Scalars.One, Scalars.One);
+            // momentum None: a cumulative moving average, as PyTorch's _BatchNorm.forward does.
+            factor = momentum ?? 1.0 / num_batches_tracked.item<long>();
+        }
+
+        bool useBatchStatistics = training || (running_mean is null && running_var is null);
+        bool passRunning = !training || track_running_stats;
+        return nn.functional.batch_norm(input, passRunning ? running_mean : null, passRunning ? running_var : null, weight, bias,
+            useBatchStatistics, factor, eps);
+    }
+
+    /// <inheritdoc />
+    protected override void ValidateInputDimensions(Tensor input)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        if (input.ndim != 4)
+        {
+            throw new ArgumentException($"BatchNorm2d expects a 4-D (N, C, H, W) input, got {input.ndim}-D");
+        }
+    }
+}
