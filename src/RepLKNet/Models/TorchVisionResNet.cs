@@ -1,6 +1,8 @@
 using TorchSharp;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
+using BatchNorm2d = RepLKNet.Layers.BatchNorm2d;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Models;
 
@@ -21,19 +23,66 @@ public sealed class TorchVisionResNet : Module<Tensor, Tensor>, IFeatureModel
         : base($"ResNet{depth}")
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(numClasses);
-        Module<Tensor, Tensor> net = depth switch
+        // torchvision.models.resnet (v1.5: stride on the 3×3 conv of a bottleneck), built here rather than taken from
+        // TorchSharp's TorchVision package, whose blocks add the shortcut with add_(Tensor) — a temporary Scalar the GC can
+        // free while libtorch reads it (Runtime/Scalars.cs) — and use TorchSharp's BatchNorm2d, which does the same.
+        int[] blocks = depth switch
         {
-            18 => torchvision.models.resnet18(numClasses, device: device),
-            50 => torchvision.models.resnet50(numClasses, device: device),
-            101 => torchvision.models.resnet101(numClasses, device: device),
+            18 => [2, 2, 2, 2],
+            50 => [3, 4, 6, 3],
+            101 => [3, 4, 23, 3],
             _ => throw new ConfigException($"ResNet-{depth} is not available: use 18, 50 or 101"),
         };
-        foreach (var (name, child) in net.named_children())
+        bool bottleneck = depth >= 50;
+        int expansion = bottleneck ? 4 : 1;
+        var children = new List<(string Name, Module<Tensor, Tensor> Module)>
         {
-            if (child is Module<Tensor, Tensor> typed)
+            ("conv1", Conv2d(3, 64, 7, stride: 2, padding: 3, bias: false, device: device)),
+            ("bn1", new BatchNorm2d(64, device: device)),
+            ("relu", ReLU(inplace: true)),
+            ("maxpool", MaxPool2d(3, stride: 2, padding: 1)),
+        };
+        int inPlanes = 64;
+        for (int layer = 0; layer < 4; layer++)
+        {
+            int planes = 64 << layer, stride = layer == 0 ? 1 : 2;
+            var stage = Sequential();
+            for (int b = 0; b < blocks[layer]; b++)
             {
-                _children[name] = typed;
-                register_module(name, child);
+                var downsample = b == 0 && (stride != 1 || inPlanes != planes * expansion)
+                    ? Sequential(Conv2d(inPlanes, planes * expansion, 1, stride: stride, bias: false, device: device), new BatchNorm2d(planes * expansion, device: device))
+                    : null;
+                stage.append(bottleneck
+                    ? new ResNetBottleneck(inPlanes, planes, b == 0 ? stride : 1, downsample, device)
+                    : new ResNetBasicBlock(inPlanes, planes, b == 0 ? stride : 1, downsample, device));
+                inPlanes = planes * expansion;
+            }
+
+            children.Add(($"layer{layer + 1}", stage));
+        }
+
+        children.Add(("avgpool", AdaptiveAvgPool2d(1)));
+        children.Add(("fc", Linear(512 * expansion, numClasses, device: device)));
+        foreach (var (name, child) in children)
+        {
+            _children[name] = child;
+            register_module(name, child);
+        }
+
+        // torchvision's initialization: Kaiming normal (fan out, ReLU) for convs, BN weight 1 and bias 0, Linear's default.
+        using (no_grad())
+        {
+            foreach (var module in modules())
+            {
+                if (module is TorchSharp.Modules.Conv2d conv)
+                {
+                    init.kaiming_normal_(conv.weight, mode: init.FanInOut.FanOut, nonlinearity: init.NonlinearityType.ReLU);
+                }
+                else if (module is BatchNorm2d bn)
+                {
+                    init.ones_(bn.weight);
+                    init.zeros_(bn.bias!);
+                }
             }
         }
 
@@ -88,5 +137,61 @@ public sealed class TorchVisionResNet : Module<Tensor, Tensor>, IFeatureModel
         using var scope = NewDisposeScope();
         var x = forward_features(input).mean([2, 3]);
         return _children["fc"].call(x).MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>torchvision's <c>BasicBlock</c>: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)); keys conv1, bn1, conv2, bn2, downsample.</summary>
+internal sealed class ResNetBasicBlock : Module<Tensor, Tensor>
+{
+    private readonly Module<Tensor, Tensor> conv1, bn1, relu, conv2, bn2;
+    private readonly Module<Tensor, Tensor>? downsample;
+
+    public ResNetBasicBlock(int inPlanes, int planes, int stride, Module<Tensor, Tensor>? downsample, Device? device)
+        : base("BasicBlock")
+    {
+        conv1 = Conv2d(inPlanes, planes, 3, stride: stride, padding: 1, bias: false, device: device);
+        bn1 = new BatchNorm2d(planes, device: device);
+        relu = ReLU(inplace: true);
+        conv2 = Conv2d(planes, planes, 3, padding: 1, bias: false, device: device);
+        bn2 = new BatchNorm2d(planes, device: device);
+        this.downsample = downsample;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor input)
+    {
+        using var scope = NewDisposeScope();
+        var y = bn2.call(conv2.call(relu.call(bn1.call(conv1.call(input)))));
+        return Scalars.AddInPlace(y, downsample?.call(input) ?? input).relu_().MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>torchvision's <c>Bottleneck</c> (v1.5): 1×1 → 3×3 (stride) → 1×1 (4× planes) with BNs, + shortcut, ReLU.</summary>
+internal sealed class ResNetBottleneck : Module<Tensor, Tensor>
+{
+    private readonly Module<Tensor, Tensor> conv1, bn1, conv2, bn2, conv3, bn3, relu;
+    private readonly Module<Tensor, Tensor>? downsample;
+
+    public ResNetBottleneck(int inPlanes, int planes, int stride, Module<Tensor, Tensor>? downsample, Device? device)
+        : base("Bottleneck")
+    {
+        conv1 = Conv2d(inPlanes, planes, 1, bias: false, device: device);
+        bn1 = new BatchNorm2d(planes, device: device);
+        conv2 = Conv2d(planes, planes, 3, stride: stride, padding: 1, bias: false, device: device);
+        bn2 = new BatchNorm2d(planes, device: device);
+        conv3 = Conv2d(planes, planes * 4, 1, bias: false, device: device);
+        bn3 = new BatchNorm2d(planes * 4, device: device);
+        relu = ReLU(inplace: true);
+        this.downsample = downsample;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor input)
+    {
+        using var scope = NewDisposeScope();
+        var y = relu.call(bn1.call(conv1.call(input)));
+        y = relu.call(bn2.call(conv2.call(y)));
+        y = bn3.call(conv3.call(y));
+        return Scalars.AddInPlace(y, downsample?.call(input) ?? input).relu_().MoveToOuterDisposeScope();
     }
 }

@@ -20,6 +20,29 @@ internal static class CliRunner
         return process;
     }
 
+    /// <summary>Starts the CLI without waiting, collecting its output into <paramref name="stdout"/> and <paramref name="stderr"/>.</summary>
+    public static Process StartCapturing(System.Text.StringBuilder stdout, System.Text.StringBuilder stderr, params string[] args)
+    {
+        var process = Process.Start(StartInfo(new Dictionary<string, string?>(), args)) ?? throw new InvalidOperationException("could not start the CLI");
+        process.OutputDataReceived += (_, e) =>
+        {
+            lock (stdout)
+            {
+                stdout.AppendLine(e.Data);
+            }
+        };
+        process.ErrorDataReceived += (_, e) =>
+        {
+            lock (stderr)
+            {
+                stderr.AppendLine(e.Data);
+            }
+        };
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        return process;
+    }
+
     public static Result Run(IReadOnlyDictionary<string, string?> environment, params string[] args)
     {
         var start = StartInfo(environment, args);
