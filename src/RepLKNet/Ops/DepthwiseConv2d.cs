@@ -254,6 +254,11 @@ internal sealed class DepthwiseConvFunction : torch.autograd.SingleTensorFunctio
 
     public override List<Tensor> backward(torch.autograd.AutogradContext ctx, Tensor grad)
     {
+        // Lifetimes (docs/runtime.md, "Object lifetimes"). On the CPU, libtorch runs this on the thread that called
+        // backward(), inside the training step's dispose scope; on CUDA it runs on libtorch's device threads, where no scope
+        // exists. Either way: this scope owns every temporary made here, the inputs stay reachable to the end, and the
+        // gradients we hand back stay reachable until libtorch has copied them (it does so as soon as this returns).
+        using var scope = NewDisposeScope();
         var saved = ctx.get_saved_variables();
         var x = saved[0];
         var w = saved[1];
@@ -280,6 +285,34 @@ internal sealed class DepthwiseConvFunction : torch.autograd.SingleTensorFunctio
             result.Add(grad.sum([0, 2, 3]));
         }
 
+        foreach (var t in result)
+        {
+            t?.MoveToOuterDisposeScope();
+        }
+
+        HandBack(result);
+        GC.KeepAlive(grad);
         return result;
+    }
+
+    [ThreadStatic]
+    private static List<Tensor>? _handedBack;
+
+    /// <summary>
+    /// Keeps this call's gradients reachable after it returns: libtorch copies them right after, and only then may our
+    /// wrappers go. The previous call's (on this thread) are released now. Without this, on a thread without a dispose scope
+    /// the GC could free a wrapper between our return and libtorch's copy.
+    /// </summary>
+    private static void HandBack(List<Tensor> gradients)
+    {
+        var previous = _handedBack;
+        _handedBack = gradients;
+        if (previous is not null)
+        {
+            foreach (var t in previous)
+            {
+                t?.Dispose();
+            }
+        }
     }
 }
