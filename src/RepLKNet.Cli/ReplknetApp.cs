@@ -56,6 +56,8 @@ public static class ReplknetApp
         var app = new CommandApp();
         app.Configure(config =>
         {
+            // Spectre renders every description (commands here, options in the [Description] attributes) as markup:
+            // a literal bracket is written [[ or ]] (HelpAndMarkupTests runs --help on every command of this tree).
             config.SetApplicationName("replknet");
             config.ConfigureConsole(console);
             config.PropagateExceptions();
@@ -117,7 +119,7 @@ public static class ReplknetApp
                     .WithExample("experiment", "kernel-size", "--table", "reparam")
                     .WithExample("experiment", "kernel-size", "--table", "shortcut", "--budget", "5m", "--seeds", "0,1");
                 experiment.AddCommand<ExperimentTrainCommand>("train")
-                    .WithDescription("Train one comparison model (resnet18/50/101 or mobilenetv2[-kN]) with the experiments' recipe; e.g. a ResNet for 'replknet erf --compare'.")
+                    .WithDescription("Train one comparison model (resnet18/50/101 or mobilenetv2[[-kN]]) with the experiments' recipe; e.g. a ResNet for 'replknet erf --compare'.")
                     .WithExample("experiment", "train", "--model", "resnet18", "--budget", "2", "--out", "runs/resnet18-fmnist.safetensors");
             });
             config.AddBranch("cuda", cuda =>

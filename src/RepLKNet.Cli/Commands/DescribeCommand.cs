@@ -29,7 +29,7 @@ public sealed class DescribeCommand(IAnsiConsole console) : Command<DescribeComm
 
         /// <summary>Print JSON.</summary>
         [CommandOption("--json")]
-        [Description("Print {arch, form, params, state_dict: [{key, shape, dtype}]} as JSON.")]
+        [Description("Print {arch, form, params, state_dict: [[{key, shape, dtype}]]} as JSON.")]
         public bool Json { get; init; }
 
         /// <inheritdoc />

@@ -19,7 +19,7 @@ public sealed class ErfCommand(IAnsiConsole console) : Command<ErfCommand.Settin
     {
         /// <summary>Architecture.</summary>
         [CommandOption("--model|--arch <NAME>")]
-        [Description("RepLKNet variant (or JSON configuration), resnet18/resnet50/resnet101 (TorchVision), or mobilenetv2[-kN]. Optional when --weights records it.")]
+        [Description("RepLKNet variant (or JSON configuration), resnet18/resnet50/resnet101 (TorchVision), or mobilenetv2[[-kN]]. Optional when --weights records it.")]
         public string? Model { get; init; }
 
         /// <summary>Weights.</summary>
@@ -228,7 +228,7 @@ public sealed class ErfCommand(IAnsiConsole console) : Command<ErfCommand.Settin
         console.Progress().AutoClear(true).Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())
             .Start(ctx =>
             {
-                var task = ctx.AddTask(subject.Label, maxValue: count);
+                var task = ctx.AddTask(Markup.Escape(subject.Label), maxValue: count);
                 result = Erf.Accumulate(subject.Features, guarded, count, (accepted, _) => task.Value = accepted);
             });
         return result!;

@@ -20,7 +20,7 @@ public sealed class ExperimentTrainCommand(IAnsiConsole console) : Command<Exper
     {
         /// <summary>Model.</summary>
         [CommandOption("--model <NAME>")]
-        [Description("resnet18, resnet50, resnet101 (TorchVision layout and keys), or mobilenetv2[-kN] (the small-image layout, kernel N in every stage).")]
+        [Description("resnet18, resnet50, resnet101 (TorchVision layout and keys), or mobilenetv2[[-kN]] (the small-image layout, kernel N in every stage).")]
         public string? Model { get; init; }
 
         /// <summary>Budget.</summary>

@@ -50,6 +50,9 @@ public sealed class InfoCommand(IAnsiConsole console) : Command<InfoCommand.Sett
             ("threads", $"{torch.get_num_threads()} intra-op (libtorch), {Environment.ProcessorCount} logical CPUs"),
             ("CPU vectors", CpuVectors()),
             ("device", runtime.Device.ToString()),
+            ("libtorch log", LibTorchLog.Current() is { } level
+                ? $"{level} and above ({LibTorchLog.LevelEnvironmentVariable} to change)"
+                : "level not found in libc10"),
         };
 
         var devices = new List<CudaDeviceProperties>();

@@ -38,7 +38,7 @@ public sealed class ModelsCommand(IAnsiConsole console) : Command<ModelsCommand.
         var table = new Table().AddColumns("model", "params (train)", "params (deploy)", "MACs (deploy)", "input", "large kernels", "small kernel", "channels");
         foreach (var r in rows)
         {
-            table.AddRow(
+            table.AddPlainRow(
                 r["name"]!.ToString(),
                 ((long)r["params"]!).ToString("N0", CultureInfo.InvariantCulture),
                 ((long)r["deploy_params"]!).ToString("N0", CultureInfo.InvariantCulture),

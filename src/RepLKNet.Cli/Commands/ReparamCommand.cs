@@ -89,7 +89,7 @@ public sealed class ReparamCommand(IAnsiConsole console) : Command<ReparamComman
         var table = new Table().AddColumns("module", "max |train − " + target.Name() + "|", "max |train|");
         foreach (var step in report.Steps)
         {
-            table.AddRow(step.Module, step.MaxAbsDiff.ToString("0.00e+00", CultureInfo.InvariantCulture),
+            table.AddPlainRow(step.Module, step.MaxAbsDiff.ToString("0.00e+00", CultureInfo.InvariantCulture),
                 step.MaxAbsReference.ToString("F4", CultureInfo.InvariantCulture));
         }
 

@@ -130,9 +130,13 @@ public static class CheckpointFile
     /// <summary>
     /// Reads the state dict in <paramref name="path"/>: PyTorch zip files (raw, <c>{'model', 'model_ema', …}</c> training
     /// containers — <paramref name="ema"/> picks <c>model_ema</c> — or MMSeg/MMDet <c>{'state_dict'}</c> with the
-    /// <c>backbone.</c> prefix removed), safetensors, and the project's format.
+    /// <c>backbone.</c> prefix removed), safetensors, and the project's format. Keys of every format go through
+    /// <see cref="StateDictKeys.Normalize{T}"/> (a data-parallel <c>module.</c> prefix is removed). PyTorch tensors are
+    /// rebuilt as <c>torch.load</c> does, from their storage with the recorded offset, size and stride (channels_last,
+    /// transposed and shared-storage views included); the tensors returned are CPU tensors.
     /// </summary>
-    /// <exception cref="CheckpointException">The file is missing, empty, truncated, corrupt or not a checkpoint.</exception>
+    /// <exception cref="CheckpointException">The file is missing, empty, truncated, corrupt or not a checkpoint, or a
+    /// tensor's recorded layout reads outside its storage (the message names the file and the key).</exception>
     public static Checkpoint Read(string path, bool ema = false)
     {
         ArgumentNullException.ThrowIfNull(path);
@@ -165,8 +169,9 @@ public static class CheckpointFile
                 throw new CheckpointException($"'{path}' is a safetensors file, which holds one state dict: --ema applies to PyTorch training checkpoints");
             }
 
-            var (state, metadata) = SafetensorsFile.Read(path);
+            var (raw, metadata) = SafetensorsFile.Read(path);
             var ours = CheckpointMetadata.FromDictionary(metadata, path);
+            var state = StateDictKeys.Normalize(raw, keepPrefix: null).ToDictionary(kv => kv.Key.Normalized, kv => kv.Value);
             return new Checkpoint(path, ours is null ? CheckpointFormat.Safetensors : CheckpointFormat.RepLKNet, state, ours, "state dict");
         }
 
@@ -230,47 +235,64 @@ public static class CheckpointFile
 
     private static Checkpoint ReadPyTorch(string path, bool ema)
     {
-        Hashtable root;
+        PyTorchArchive archive;
         try
         {
-            root = PyTorchUnpickler.UnpickleStateDict(path);
+            archive = PyTorchArchive.Open(path);
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
             throw new CheckpointException($"'{path}' is not a readable PyTorch checkpoint (truncated or corrupt?): {e.Message}", e);
         }
 
-        var (table, source) = Unwrap(root, path, ema);
-        var state = new Dictionary<string, Tensor>();
-        string prefix = source.Contains("backbone.", StringComparison.Ordinal) ? "backbone." : string.Empty;
-        foreach (DictionaryEntry entry in table)
+        using (archive)
         {
-            string key = Convert.ToString(entry.Key, CultureInfo.InvariantCulture) ?? string.Empty;
-            if (entry.Value is not Tensor tensor || !key.StartsWith(prefix, StringComparison.Ordinal))
+            if (archive.Root is not Hashtable root)
             {
-                continue;
+                throw new CheckpointException($"'{path}' is a PyTorch file but holds a {archive.Root?.GetType().Name ?? "None"}, not a state dict or checkpoint dict");
             }
 
-            state[key[prefix.Length..]] = tensor;
-        }
+            var (table, source) = Unwrap(root, path, ema);
+            string? keep = source.Contains("backbone.", StringComparison.Ordinal) ? "backbone." : null;
+            var entries = new List<KeyValuePair<string, PickledTensor>>();
+            foreach (DictionaryEntry entry in table)
+            {
+                if (entry.Value is PickledTensor tensor)
+                {
+                    entries.Add(new(Convert.ToString(entry.Key, CultureInfo.InvariantCulture) ?? string.Empty, tensor));
+                }
+            }
 
-        if (state.Count == 0)
-        {
-            throw new CheckpointException($"'{path}' holds no tensors in {source}");
-        }
+            var state = new Dictionary<string, Tensor>();
+            try
+            {
+                foreach (var (key, tensor) in StateDictKeys.Normalize(entries, keep))
+                {
+                    state[key.Normalized] = archive.Materialize(tensor, key.Original);
+                }
+            }
+            catch
+            {
+                foreach (var t in state.Values)
+                {
+                    t.Dispose();
+                }
 
-        // Data-parallel checkpoints prefix every key with "module.".
-        if (state.Keys.All(k => k.StartsWith("module.", StringComparison.Ordinal)))
-        {
-            state = state.ToDictionary(kv => kv.Key["module.".Length..], kv => kv.Value);
-        }
+                throw;
+            }
 
-        return new Checkpoint(path, CheckpointFormat.PyTorch, state, null, source);
+            if (state.Count == 0)
+            {
+                throw new CheckpointException($"'{path}' holds no tensors in {source}");
+            }
+
+            return new Checkpoint(path, CheckpointFormat.PyTorch, state, null, source);
+        }
     }
 
     private static (Hashtable Table, string Source) Unwrap(Hashtable root, string path, bool ema)
     {
-        bool isStateDict = root.Count > 0 && root.Values.Cast<object?>().All(v => v is Tensor);
+        bool isStateDict = root.Count > 0 && root.Values.Cast<object?>().All(v => v is PickledTensor);
         string keys = string.Join(", ", root.Keys.Cast<object>().Select(k => $"'{k}'").Take(12));
         if (ema)
         {

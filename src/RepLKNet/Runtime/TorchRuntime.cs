@@ -280,6 +280,8 @@ public static class TorchRuntime
                 $"libLibTorchSharp.so loaded from '{native}', but TorchSharp failed to initialise: {e.Message}.{libtorchNote}", e);
         }
 
+        // libtorch's C++ warnings (e.g. NNPACK's, once per convolution on CPUs it does not support) go straight to fd 2.
+        LibTorchLog.Apply();
         string libtorchDirectory = NativeLibraries.MappedLibraries("libtorch_cpu.so").Select(Path.GetDirectoryName)
             .FirstOrDefault() ?? Path.GetDirectoryName(native)!;
         return new LoadedState(native, fix, libstdcxx, libtorchDirectory, LibTorchVersion(libtorchDirectory), external);

@@ -155,7 +155,7 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
             var table = new Table().Title("our kernels vs libtorch float64 (max error / max |reference|)").AddColumns("ISA", "shape", "forward", "input-grad", "weight-grad");
             foreach (var c in checks)
             {
-                table.AddRow(c.Isa.ToString(), c.Shape, Format(c.Forward), Format(c.InputGrad), Format(c.WeightGrad));
+                table.AddPlainRow(c.Isa.ToString(), c.Shape, Format(c.Forward), Format(c.InputGrad), Format(c.WeightGrad));
             }
 
             console.Write(table);
@@ -267,7 +267,7 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
                 var cells = kernels.Select(k => results.FirstOrDefault(x => x.R == r && x.K == k && x.Implementation == name) is { } c
                     ? string.Create(CultureInfo.InvariantCulture, $"{c.Ms:F1} ({c.Gflops:F0}{(double.IsNaN(peak) ? string.Empty : $", {100 * c.Gflops / peak:F0}%")})")
                     : "-");
-                table.AddRow([r.ToString(CultureInfo.InvariantCulture), name, .. cells]);
+                table.AddPlainRow([r.ToString(CultureInfo.InvariantCulture), name, .. cells]);
             }
 
             if (impls.Length == 2)

@@ -94,7 +94,7 @@ public sealed class CudaCompileCommand(IAnsiConsole console) : Command<CudaCompi
         var table = new Table().AddColumns("kernel", "arch", "registers", "spill st/ld bytes", "stack", "ms");
         foreach (var r in results.Where(r => r.Error is not null || r.Report?.Spills == true || r.Spec.Function == "ffma_peak" || r.Spec.Defines[0].Value is 3 or 13 or 31 or 63))
         {
-            table.AddRow(Markup.Escape(r.Spec.Label), r.Architecture, r.Report?.Registers.ToString(CultureInfo.InvariantCulture) ?? "-",
+            table.AddPlainRow(r.Spec.Label, r.Architecture, r.Report?.Registers.ToString(CultureInfo.InvariantCulture) ?? "-",
                 r.Report is null ? "-" : $"{r.Report.SpillStoreBytes}/{r.Report.SpillLoadBytes}", r.Report?.StackBytes.ToString(CultureInfo.InvariantCulture) ?? "-",
                 r.Milliseconds.ToString("F0", CultureInfo.InvariantCulture));
         }
@@ -162,7 +162,7 @@ public sealed class CudaCheckCommand(IAnsiConsole console) : Command<CudaCheckSe
                 var bt = new Table().Title("CUDA backward vs float64 autograd (max error / max |reference|)").AddColumns("shape", "input-grad", "weight-grad", "deterministic", "ok");
                 foreach (var b in backward)
                 {
-                    bt.AddRow(b.Shape, F(b.InputGrad), F(b.WeightGrad), b.Deterministic ? "yes" : "[red]NO[/]", b.Passed ? "ok" : "[red]FAIL[/]");
+                    bt.AddRow(Markup.Escape(b.Shape), F(b.InputGrad), F(b.WeightGrad), b.Deterministic ? "yes" : "[red]NO[/]", b.Passed ? "ok" : "[red]FAIL[/]");
                 }
 
                 console.Write(bt);
@@ -178,7 +178,7 @@ public sealed class CudaCheckCommand(IAnsiConsole console) : Command<CudaCheckSe
             .AddColumns("shape", "tile", "vs float64", "vs cuDNN fp32", "vs our CPU", "all written", "ok");
         foreach (var r in results)
         {
-            table.AddRow(r.Shape, r.Tile, F(r.VsFloat64), F(r.VsCudnn), F(r.VsCpu), r.AllWritten ? "yes" : "[red]NO[/]", r.Passed ? "ok" : "[red]FAIL[/]");
+            table.AddRow(Markup.Escape(r.Shape), Markup.Escape(r.Tile), F(r.VsFloat64), F(r.VsCudnn), F(r.VsCpu), r.AllWritten ? "yes" : "[red]NO[/]", r.Passed ? "ok" : "[red]FAIL[/]");
         }
 
         console.Write(table);
@@ -254,7 +254,7 @@ public sealed class CudaTuneCommand(IAnsiConsole console) : Command<CudaTuneSett
                 var times = candidates.Select(t => Time(x, w, y, t)).ToList();
                 int best = times.IndexOf(times.Min());
                 entries.Add(new DepthwiseTuningEntry(card, r, r, k, candidates[best], times[best], times[0]));
-                table.AddRow(r.ToString(CultureInfo.InvariantCulture), k.ToString(CultureInfo.InvariantCulture), candidates[0].ToString(), DepthwiseTuning.Ms(times[0]),
+                table.AddPlainRow(r.ToString(CultureInfo.InvariantCulture), k.ToString(CultureInfo.InvariantCulture), candidates[0].ToString(), DepthwiseTuning.Ms(times[0]),
                     candidates[best].ToString(), DepthwiseTuning.Ms(times[best]), (times[0] / times[best]).ToString("F2", CultureInfo.InvariantCulture) + "×");
             }
         }
