@@ -3,6 +3,7 @@ using System.Text.Json.Nodes;
 using RepLKNet.Checkpoints;
 using RepLKNet.Data;
 using RepLKNet.Models;
+using RepLKNet.Ops;
 using RepLKNet.Runtime;
 using RepLKNet.Tests.Support;
 using RepLKNet.Training;
@@ -47,9 +48,12 @@ public sealed class DependableTrainingTests
         }
     }
 
-    [Fact]
-    public void Under_forced_garbage_collections_the_step_creates_no_unscoped_tensor_and_trains_bit_identically()
+    [Theory]
+    [InlineData(DepthwiseBackend.Ours)]
+    [InlineData(DepthwiseBackend.Torch)]
+    public void Under_forced_garbage_collections_the_step_creates_no_unscoped_tensor_and_trains_bit_identically(DepthwiseBackend backend)
     {
+        using var impl = DepthwiseConv2d.Use(backend);
         using var dir = new TempDirectory();
         using var train = Synthetic(160, 1);
         using var test = Synthetic(32, 2);
