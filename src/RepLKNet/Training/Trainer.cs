@@ -473,6 +473,8 @@ public sealed class Trainer
                     onNotice?.Invoke($"epoch {epoch + 1}: skipped {skipped.Count} unreadable image(s), e.g. {skipped[0].Source}: {skipped[0].Reason}");
                 }
 
+                // Evaluation and checkpoints own their temporaries too (docs/runtime.md, "Object lifetimes").
+                using var endScope = NewDisposeScope();
                 if (step % StepsPerEpoch == 0)
                 {
                     phase = TrainingPhase.Evaluation;
@@ -628,6 +630,7 @@ public sealed class Trainer
     private void Save(RepLKNetModel model, ModelEma? ema, AdamW optimizer, CheckpointMetadata metadata, long step, double best, List<EpochMetrics> history,
         (double LossSum, long Steps) epochSoFar = default)
     {
+        using var scope = NewDisposeScope();
         // The resume set first: written into a fresh folder, renamed into place, then pointed at by state.json. A failure
         // anywhere (disk full, read-only folder) leaves state.json pointing at the previous complete set.
         string name = string.Create(CultureInfo.InvariantCulture, $"step-{step:D9}");
