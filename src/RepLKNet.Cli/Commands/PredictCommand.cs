@@ -71,7 +71,8 @@ public sealed class PredictCommand(IAnsiConsole console) : Command<PredictComman
         model.to(runtime.Device);
         var eval = EvalPreprocessing.From(loaded, settings.InputSize);
         int size = eval.InputSize, channels = eval.Channels;
-        // The checkpoint's eval transform: short side to size / crop_pct (bicubic), centre crop; same-size images as they are.
+        // The checkpoint's eval transform (SamplePipeline.EvalView): short side to size / crop_pct (bicubic) and centre crop, or a
+        // warp from 384 up, for every image, one already at the input size included (no resize only at 32 and below, as the official code).
         var pipeline = new SamplePipeline(new AugmentOptions { CropPct = eval.CropPct }, eval.Normalization, channels, size);
         var names = loaded.Metadata?.ClassNames;
         var files = ImageDecoder.Expand(settings.Images);

@@ -10,8 +10,17 @@ public static class ImageDecoder
 
     /// <summary>
     /// Decodes <paramref name="path"/> at its own size into a planar image of <paramref name="channels"/> channels
-    /// (3: RGB; 1: luminance 0.299 R + 0.587 G + 0.114 B). Transparent pixels are composited on black, as PIL's convert does.
+    /// (3: RGB; 1: luminance (299 R + 587 G + 114 B) / 1000, rounded), as the official pipeline's PIL
+    /// <c>Image.convert('RGB')</c> does: alpha is dropped and the stored colours are kept unchanged, whatever the alpha
+    /// (RGBA: R, G, B as stored; grey + alpha ('LA'): the grey replicated; palette with transparency ('P' + tRNS): the palette
+    /// colours). The pixels are decoded unpremultiplied (<see cref="SKAlphaType.Unpremul"/>), so SkiaSharp does not scale
+    /// the colours of semi-transparent pixels by their alpha. (A GIF's transparent pixels are the exception: SkiaSharp's GIF
+    /// decoder gives them no colour, so they come out black, where PIL would give the palette colour.)
     /// </summary>
+    /// <param name="path">A PNG, JPEG, WebP, BMP or GIF file.</param>
+    /// <param name="channels">1 or 3.</param>
+    /// <returns>A planar (channels, height, width) 8-bit image.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="channels"/> is not 1 or 3.</exception>
     /// <exception cref="DatasetException">The file is missing, empty, truncated or not a decodable image.</exception>
     public static ImageU8 Decode(string path, int channels)
     {
@@ -58,8 +67,8 @@ public static class ImageDecoder
             var p = image.Pixels;
             for (int i = 0; i < plane; i++)
             {
-                int a = bytes[4 * i + 3];
-                int r = bytes[4 * i] * a / 255, g = bytes[4 * i + 1] * a / 255, b = bytes[4 * i + 2] * a / 255;
+                // Alpha (bytes[4 * i + 3]) is dropped, not composited: PIL's convert('RGB') keeps the stored colours.
+                int r = bytes[4 * i], g = bytes[4 * i + 1], b = bytes[4 * i + 2];
                 if (channels == 1)
                 {
                     // PIL's "L" conversion: (R·299 + G·587 + B·114) / 1000, rounded.

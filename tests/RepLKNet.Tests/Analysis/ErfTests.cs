@@ -107,9 +107,176 @@ public sealed class ErfTests
     public void Normalization_is_log10_plus_one_over_its_maximum()
     {
         var a = Erf.Normalize([0, 9, 99, 999]);
-        double[] expected = [0, 1 / 3.0, 2 / 3.0, 1];
-        Assert.All(a.Zip(expected), p => Assert.Equal(p.Second, p.First, 12));
+        // float32, as NumPy on the official float32 matrix: log10f gives 0, 1, 2, 3 and the divisions round to float32.
+        double[] expected = [0, 1f / 3f, 2f / 3f, 1];
+        Assert.Equal(expected, a);
         Assert.Equal([0.0, 0.0], Erf.Normalize([0, 0]));
+    }
+
+    /// <summary>The matrix of numpy_erf_reference.py (see there): a core of levels, a faint tail, K level-5 cells and X in row/column 0.</summary>
+    private static double[] ReferenceMatrix(int k, float x)
+    {
+        const int n = 512, d0 = 200;
+        var m = new double[n * n];
+        for (int r = 0; r < n; r++)
+        {
+            for (int c = 0; c < n; c++)
+            {
+                int d = Math.Max(Math.Abs(r - n / 2), Math.Abs(c - n / 2));
+                int level = Math.Clamp(5 - d / 40 + ((r * 7 + c * 13) % 3 == 0 ? 1 : 0), 0, 5);
+                m[r * n + c] = d >= d0 ? 5e-7f : (float)(Math.Pow(10, level) - 1);
+            }
+        }
+
+        for (int j = 0; j < n; j++)
+        {
+            m[j] = 0;
+            m[j * n] = 0;
+        }
+
+        for (int j = 1; j <= Math.Min(k, n - 1); j++)
+        {
+            m[j] = 99999;
+        }
+
+        for (int r = 1; r <= Math.Max(0, k - (n - 1)); r++)
+        {
+            m[r * n] = 99999;
+        }
+
+        m[0] = x;
+        return m;
+    }
+
+    [Fact]
+    public void The_99_percent_square_is_the_official_float32_one_not_the_float64_one()
+    {
+        // A 512×512 score matrix whose squares near 99 % differ by less than float32 resolves, as real ERF maps do in their flat
+        // tails; the expected sides are NumPy 1.24.2's running analyze_erf.py verbatim (numpy_erf_reference.py, portable log10f).
+        var m = ReferenceMatrix(809, BitConverter.UInt32BitsToSingle(0x41B51C37));
+        var a = Erf.Normalize(m);
+        var areas = Erf.Areas(a, 512, 512);
+        Assert.Equal([135, 167, 229, 427], areas.Select(r => r!.Side));
+        Assert.Equal(427.0 * 427 / (512 * 512), areas[3]!.Ratio, 15);
+        Assert.Equal(0x479E0FD8u, BitConverter.SingleToUInt32Bits(NumpyFloat32.Sum([.. a.Select(v => (float)v)])));
+
+        // The same analysis in float64 (log10, division and plain sums in double) finds a larger 99 % square: 463.
+        var a64 = m.Select(v => Math.Log10(v + 1)).ToArray();
+        double max = a64.Max();
+        a64 = [.. a64.Select(v => v / max)];
+        double total = a64.Sum();
+        int side64 = 0;
+        for (int i = 1; i < 256 && side64 == 0; i++)
+        {
+            double inside = 0;
+            for (int r = 256 - i; r <= 256 + i; r++)
+            {
+                for (int c = 256 - i; c <= 256 + i; c++)
+                {
+                    inside += a64[r * 512 + c];
+                }
+            }
+
+            side64 = inside / total > 0.99 ? 2 * i + 1 : 0;
+        }
+
+        Assert.Equal(463, side64);
+    }
+
+    /// <summary>NumPy's FLOAT_pairwise_sum written out independently (recursion on arrays, no spans).</summary>
+    private static float Pairwise(float[] a, int start, int n)
+    {
+        if (n < 8)
+        {
+            float res = 0;
+            for (int i = 0; i < n; i++)
+            {
+                res += a[start + i];
+            }
+
+            return res;
+        }
+
+        if (n > 128)
+        {
+            int half = n / 2 - (n / 2 % 8);
+            return Pairwise(a, start, half) + Pairwise(a, start + half, n - half);
+        }
+
+        var acc = new float[8];
+        Array.Copy(a, start, acc, 0, 8);
+        int j = 8;
+        for (; j + 8 <= n; j += 8)
+        {
+            for (int u = 0; u < 8; u++)
+            {
+                acc[u] += a[start + j + u];
+            }
+        }
+
+        float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        for (; j < n; j++)
+        {
+            sum += a[start + j];
+        }
+
+        return sum;
+    }
+
+    [Fact]
+    public void Float32_sums_are_numpys_pairwise_sums_over_8192_element_buffers_in_C_order()
+    {
+        int seed = Environment.TickCount;
+        var rng = new Random(seed);
+        foreach (int n in new[] { 1, 7, 8, 127, 128, 129, 1000, 8192, 8193, 40000 })
+        {
+            var a = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * Math.Pow(10, rng.Next(-3, 4)))).ToArray();
+            float expected = 0;
+            for (int start = 0; start < n; start += 8192)
+            {
+                expected += Pairwise(a, start, Math.Min(8192, n - start));
+            }
+
+            Assert.True(expected == NumpyFloat32.Sum(a), $"n = {n} (seed {seed})");
+        }
+
+        // Windows of a 300×300 array: NumPy buffers the strided view in C order, 8192 values at a time, across rows.
+        var m = Enumerable.Range(0, 300 * 300).Select(_ => (float)(rng.NextDouble() * 1000)).ToArray();
+        foreach (int i in new[] { 1, 44, 45, 46, 100, 148 })
+        {
+            var window = new List<float>();
+            for (int r = 150 - i; r <= 150 + i; r++)
+            {
+                window.AddRange(m.Skip(r * 300 + 150 - i).Take(2 * i + 1));
+            }
+
+            var flat = window.ToArray();
+            float expected = 0;
+            for (int start = 0; start < flat.Length; start += 8192)
+            {
+                expected += Pairwise(flat, start, Math.Min(8192, flat.Length - start));
+            }
+
+            Assert.True(expected == NumpyFloat32.Sum(m, 300, 300, 150 - i, 151 + i, 150 - i, 151 + i), $"i = {i} (seed {seed})");
+        }
+    }
+
+    [Fact]
+    public void The_mean_map_is_accumulated_in_float32_as_timms_AverageMeter_does()
+    {
+        using var scope = NewDisposeScope();
+        var generator = new Generator((ulong)Environment.TickCount64);
+        var images = Enumerable.Range(0, 7).Select(_ => rand([1, 1, 6, 6], generator: generator) * 100 + 1).ToList();
+        // d(relu(centre of x³))/dx = 3x² at the centre pixel (float32, as autograd computes it), 0 elsewhere.
+        var maps = images.Select(x => 3f * x[0, 0, 3, 3].pow(2).item<float>()).ToList();
+        var mean = Erf.Accumulate(x => x.pow(3), images.Select(x => x.clone()), count: 7);
+        float sum = 0;
+        foreach (float v in maps)
+        {
+            sum += v;
+        }
+
+        Assert.Equal(sum / 7f, mean.Mean[3 * 6 + 3]);
     }
 
     [Fact]

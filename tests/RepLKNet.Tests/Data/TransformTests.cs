@@ -199,6 +199,56 @@ public sealed class TransformTests
         }
     }
 
+    [Theory]
+    [InlineData(33, 0.875)] // the smallest size the official code resizes at
+    [InlineData(64, 0.9)]
+    [InlineData(224, 0.875)] // 224 → 256 → centre 224
+    public void An_image_already_at_the_input_size_is_resized_and_centre_cropped_like_any_other(int size, double cropPct)
+    {
+        var pipeline = new SamplePipeline(new AugmentOptions { CropPct = cropPct }, new Normalization([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]), 3, size);
+        var image = RandomImage(3, size, size, Environment.TickCount);
+        var view = pipeline.EvalView(image);
+        Assert.Equal((3, size, size), (view.Channels, view.Height, view.Width));
+        // torchvision: Resize(int(size / crop_pct)) bicubic, CenterCrop(size) with top = int(round((short − size) / 2)).
+        int resized = (int)(size / cropPct);
+        int top = (int)Math.Round((resized - size) / 2.0, MidpointRounding.ToEven);
+        Assert.True(resized > size);
+        var big = ImageOps.Resize(image, resized, resized);
+        var expected = AsTensor(big)[.., .., top..(top + size), top..(top + size)];
+        Assert.True(AsTensor(view).equal(expected).all().item<bool>(), "the view is the project's bicubic resize to int(size / crop_pct), centre-cropped");
+        // Independently: libtorch's antialiased bicubic (PIL's filter) resized and cropped, within one grey level.
+        var reference = nn.functional.interpolate(AsTensor(image), [resized, resized], mode: InterpolationMode.Bicubic, align_corners: false, antialias: true)
+            .round().clamp(0, 255)[.., .., top..(top + size), top..(top + size)];
+        Assert.True((AsTensor(view) - reference).abs().max().item<float>() <= 1.0);
+        Assert.False(AsTensor(view).equal(AsTensor(image)).all().item<bool>(), "the image must not be passed through as it is");
+
+        // Normalized samples (what predict, predict --onnx and eval feed the network) come from that view.
+        var sample = new float[pipeline.SampleLength];
+        pipeline.Eval(image, sample);
+        Assert.True(tensor(sample).allclose(((AsTensor(view) / 255.0 - 0.5) / 0.5).flatten(), 1e-6, 1e-6));
+    }
+
+    [Fact]
+    public void From_384_up_every_image_is_warped_to_the_input_size_and_at_32_and_below_a_same_size_image_is_kept()
+    {
+        var norm = new Normalization([0.5], [0.5]);
+        var warp = new SamplePipeline(new AugmentOptions { CropPct = 0.875 }, norm, 1, 384);
+        var tall = RandomImage(1, 400, 384, Environment.TickCount);
+        var view = warp.EvalView(tall);
+        Assert.Equal((384, 384), (view.Height, view.Width));
+        Assert.Equal(ImageOps.Resize(tall, 384, 384).Pixels, view.Pixels); // warped (bicubic), not short side + crop
+        // What the below-384 rule would give: 400×384 → 456×438, centre 384×384 from (36, 27).
+        var cropped = AsTensor(ImageOps.Resize(tall, 456, 438))[.., .., 36..420, 27..411];
+        Assert.False(AsTensor(view).equal(cropped).all().item<bool>());
+        var square = RandomImage(1, 384, 384, Environment.TickCount + 1);
+        Assert.Equal(ImageOps.Resize(square, 384, 384).Pixels, warp.EvalView(square).Pixels);
+
+        // The official build_transform does not resize at input sizes ≤ 32 (resize_im = input_size > 32).
+        var small = new SamplePipeline(new AugmentOptions { CropPct = 0.875 }, norm, 1, 32);
+        var cifarSized = RandomImage(1, 32, 32, Environment.TickCount + 2);
+        Assert.Same(cifarSized, small.EvalView(cifarSized));
+    }
+
     [Fact]
     public void Mixup_and_CutMix_mix_with_the_reversed_batch_and_the_targets_say_how_much()
     {

@@ -181,13 +181,21 @@ public sealed class SamplePipeline
     public void Eval(ImageU8 image, Span<float> destination) => Normalize(EvalView(image), destination);
 
     /// <summary>
-    /// The eval geometry: below 384 the short side goes to ⌊size / crop_pct⌋ (bicubic) and the centre size×size is cut;
-    /// from 384 up the image is warped to size×size (the official eval transform). An image already at size×size is kept.
+    /// The eval geometry of the official <c>datasets.py</c> <c>build_transform(is_train=False)</c> (timm/ConvNeXt lineage,
+    /// spec §8), applied to every image whatever its size: for sizes above 32 and below 384 the short side goes to
+    /// ⌊size / crop_pct⌋ (bicubic, the long side ⌊short · long / short⌋ as torchvision's Resize) and the centre size×size is
+    /// cut (top/left rounded half to even, as torchvision's CenterCrop); from 384 up the image is warped to size×size
+    /// (bicubic). An image already at size×size goes through the same steps (at 224: 224 → 256 → centre 224).
+    /// At 32 and below the official code does no resize at all (<c>resize_im = input_size &gt; 32</c>: ToTensor and
+    /// Normalize only), so a size×size image is kept as it is there; an image of another size, which the official code
+    /// could not batch, gets the short-side resize and centre crop (this project's extension).
     /// </summary>
+    /// <param name="image">Any size, <see cref="Channels"/> channels.</param>
+    /// <returns>A <see cref="Size"/>×<see cref="Size"/> image.</returns>
     public ImageU8 EvalView(ImageU8 image)
     {
         ArgumentNullException.ThrowIfNull(image);
-        if (image.Height == Size && image.Width == Size)
+        if (Size <= MaxUnresizedSize && image.Height == Size && image.Width == Size)
         {
             return image;
         }
@@ -214,6 +222,12 @@ public sealed class SamplePipeline
         int top = (int)Math.Round((h - Size) / 2.0, MidpointRounding.ToEven), left = (int)Math.Round((w - Size) / 2.0, MidpointRounding.ToEven);
         return Crop(resized, top, left, Size, Size);
     }
+
+    /// <summary>
+    /// The largest input size at which the official eval transform does not resize (<c>resize_im = input_size &gt; 32</c> in
+    /// the official <c>datasets.py</c>): the CIFAR-sized and Fashion-MNIST-sized runs evaluate their images as they are.
+    /// </summary>
+    public const int MaxUnresizedSize = 32;
 
     /// <summary>torchvision's RandomResizedCrop box choice (10 tries, then a centre crop with the ratio clamped), resized bicubic.</summary>
     public ImageU8 RandomResizedCrop(ImageU8 image, (double Min, double Max) scale, ref SampleRandom rng)
