@@ -342,12 +342,13 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         }
         catch (TrainingFailedException e)
         {
-            string? log = CrashReport.Write(settings.Out, e, resumeCommand.Replace(" --resume", "", StringComparison.Ordinal), options, runtime, InfoCommand.CpuVectors());
+            string? log = CrashReport.Write(settings.Out, e, "./replknet " + string.Join(" ", context.Arguments), options, runtime, InfoCommand.CpuVectors());
             string state = e.LastSavedStep is long saved ? $"the resume state of step {saved} is intact; continue with: {resumeCommand}" : "no resume state was written yet; start again";
             throw new InvalidOperationException($"{e.Message}; {state}{(log is null ? "" : $"; details: {log}")}", e);
         }
 
-        if (signals.Received is { } signal)
+        // A signal after the last step changes nothing: the run is complete and goes on to finish.
+        if (signals.Received is { } signal && trainer.StepsDone < trainer.TotalSteps)
         {
             console.WriteLine($"stopped by {(signal == System.Runtime.InteropServices.PosixSignal.SIGTERM ? "SIGTERM" : "SIGINT")} after step {trainer.StepsDone}; the resume state is saved in {settings.Out}. Continue with: {resumeCommand}");
             return StopSignals.ExitCode(signal);

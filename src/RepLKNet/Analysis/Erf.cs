@@ -57,6 +57,7 @@ public static class Erf
         var central = output[0, .., h / 2, w / 2];
         var score = nn.functional.relu(central).sum();
         var grad = autograd.grad([score], [x])[0];
+        Ops.DepthwiseConv2d.ReleaseBackwardOutputs();
         var map = nn.functional.relu(grad).sum([0, 1]).to(ScalarType.Float64).cpu();
         var values = map.data<double>().ToArray();
         return values.Any(double.IsNaN) ? null : values;

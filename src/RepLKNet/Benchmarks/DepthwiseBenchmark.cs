@@ -181,6 +181,7 @@ public static class DepthwiseBenchmark
             var y = DepthwiseConv2d.Forward(xi, wi);
             using var timer = StackTimer.Start(device);
             y.backward([upstream]);
+            DepthwiseConv2d.ReleaseBackwardOutputs();
             total += timer.Stop();
         }
 

@@ -68,6 +68,7 @@ public static class ModelBenchmark
                     optimizer.zero_grad();
                     var loss = nn.functional.cross_entropy(model.call(x), labels);
                     loss.backward();
+                    Ops.DepthwiseConv2d.ReleaseBackwardOutputs();
                     Training.AdamWStep.Apply(optimizer);
                 }
 

@@ -1,7 +1,9 @@
+using System.Runtime.InteropServices;
+
 namespace RepLKNet.Checkpoints;
 
 /// <summary>Writes files so that readers see either the old file or the complete new one, never a partial write.</summary>
-public static class AtomicFile
+public static partial class AtomicFile
 {
     /// <summary>
     /// Writes through <paramref name="write"/> into a temporary file beside <paramref name="path"/>, flushes it to disk,
@@ -24,6 +26,7 @@ public static class AtomicFile
             }
 
             File.Move(temp, full, overwrite: true);
+            SyncDirectory(directory);
         }
         catch
         {
@@ -41,6 +44,42 @@ public static class AtomicFile
             stream.Flush(flushToDisk: true);
         }
     }
+
+    /// <summary>
+    /// Makes a rename inside <paramref name="directory"/> durable (fsync of the directory itself, POSIX); a no-op where the
+    /// platform cannot open a directory. Without it a power loss right after a rename may bring the old name back.
+    /// </summary>
+    public static void SyncDirectory(string directory)
+    {
+        if (!OperatingSystem.IsLinux() && !OperatingSystem.IsMacOS())
+        {
+            return;
+        }
+
+        int fd = Open(directory, 0 /* O_RDONLY */);
+        if (fd < 0)
+        {
+            return;
+        }
+
+        try
+        {
+            _ = Fsync(fd);
+        }
+        finally
+        {
+            _ = Close(fd);
+        }
+    }
+
+    [LibraryImport("libc", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int Open(string path, int flags);
+
+    [LibraryImport("libc", EntryPoint = "fsync")]
+    private static partial int Fsync(int fd);
+
+    [LibraryImport("libc", EntryPoint = "close")]
+    private static partial int Close(int fd);
 
     /// <summary>Removes temporary files that an interrupted <see cref="Write"/> left in <paramref name="directory"/>.</summary>
     public static void RemoveLeftovers(string directory)

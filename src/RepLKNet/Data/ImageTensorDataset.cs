@@ -27,7 +27,13 @@ public sealed class ImageTensorDataset : IImageDataset, IDisposable
         ClassNames = classNames;
         Name = name;
         (_channels, _height, _width) = ((int)images.shape[1], (int)images.shape[2], (int)images.shape[3]);
-        _mirror = new Lazy<(byte[], long[])>(() => (Images.contiguous().data<byte>().ToArray(), Labels.to(int64).data<long>().ToArray()));
+        _mirror = new Lazy<(byte[], long[])>(() =>
+        {
+            // Held in locals until copied: the loader may run this on a worker thread, outside any dispose scope.
+            using var images = Images.contiguous();
+            using var labels = Labels.to(int64);
+            return (images.data<byte>().ToArray(), labels.data<long>().ToArray());
+        });
     }
 
     /// <summary>Images as uint8, NCHW.</summary>

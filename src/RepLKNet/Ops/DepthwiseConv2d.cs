@@ -228,6 +228,13 @@ public static class DepthwiseConv2d
         return dw;
     }
 
+    /// <summary>
+    /// Frees the gradient wrappers our autograd function keeps reachable for libtorch until it has copied them (see
+    /// docs/runtime.md, "Object lifetimes"). Call after <c>backward()</c> returns; without it each thread that ran a
+    /// backward keeps its last call's gradients until its next one (on CUDA: libtorch's device threads, i.e. GPU memory).
+    /// </summary>
+    public static void ReleaseBackwardOutputs() => DepthwiseConvFunction.ReleaseAll();
+
     private static (int N, int C, int H, int W) Dims(Tensor t) => ((int)t.shape[0], (int)t.shape[1], (int)t.shape[2], (int)t.shape[3]);
 
     private sealed class Restore(Action restore) : IDisposable
@@ -295,21 +302,48 @@ internal sealed class DepthwiseConvFunction : torch.autograd.SingleTensorFunctio
         return result;
     }
 
-    [ThreadStatic]
-    private static List<Tensor>? _handedBack;
+    private static readonly System.Threading.Lock HeldGate = new();
+    private static readonly Dictionary<int, List<Tensor>> Held = [];
 
     /// <summary>
     /// Keeps this call's gradients reachable after it returns: libtorch copies them right after, and only then may our
-    /// wrappers go. The previous call's (on this thread) are released now. Without this, on a thread without a dispose scope
-    /// the GC could free a wrapper between our return and libtorch's copy.
+    /// wrappers go (on a thread without a dispose scope the GC could otherwise free one in between). Released at this
+    /// thread's next call, or all at once by <see cref="DepthwiseConv2d.ReleaseBackwardOutputs"/> once backward() returned.
     /// </summary>
     private static void HandBack(List<Tensor> gradients)
     {
-        var previous = _handedBack;
-        _handedBack = gradients;
-        if (previous is not null)
+        List<Tensor>? previous;
+        lock (HeldGate)
         {
-            foreach (var t in previous)
+            int thread = Environment.CurrentManagedThreadId;
+            Held.TryGetValue(thread, out previous);
+            Held[thread] = gradients;
+        }
+
+        Dispose(previous);
+    }
+
+    /// <summary>Releases every held gradient (call after backward() has returned: libtorch has copied them all).</summary>
+    internal static void ReleaseAll()
+    {
+        List<List<Tensor>> all;
+        lock (HeldGate)
+        {
+            all = [.. Held.Values];
+            Held.Clear();
+        }
+
+        foreach (var list in all)
+        {
+            Dispose(list);
+        }
+    }
+
+    private static void Dispose(List<Tensor>? tensors)
+    {
+        if (tensors is not null)
+        {
+            foreach (var t in tensors)
             {
                 t?.Dispose();
             }

@@ -51,7 +51,8 @@ public static class AdamWStep
                 Scalars.AddInPlace(Scalars.MulInPlace(state.exp_avg, beta1), grad, 1.0 - beta1);
                 Scalars.AddcmulInPlace(Scalars.MulInPlace(state.exp_avg_sq, beta2), grad, grad, 1.0 - beta2);
                 var denominator = Scalars.AddInPlace(Scalars.Div(state.exp_avg_sq.sqrt(), Math.Sqrt(correction2)), eps);
-                Scalars.AddcdivInPlace(parameter, state.exp_avg, denominator, -(lr / correction1));
+                // 0.0 − x, as TorchSharp writes it (−(x) would give −0.0 at lr = 0 and flip the sign of a −0.0 weight).
+                Scalars.AddcdivInPlace(parameter, state.exp_avg, denominator, 0.0 - (lr / correction1));
             }
         }
     }

@@ -209,6 +209,7 @@ public static class ClassifierTraining
                     }
 
                     loss.backward();
+                    Ops.DepthwiseConv2d.ReleaseBackwardOutputs();
                 }
 
                 AdamWStep.Apply(optimizer);

@@ -25,6 +25,18 @@ public static class CrashReport
     public static string? Write(string folder, Exception error, string commandLine, object? options, TorchRuntimeInfo? runtime, string cpu)
     {
         ArgumentNullException.ThrowIfNull(error);
+        try
+        {
+            return TryWrite(folder, error, commandLine, options, runtime, cpu);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            return null; // never hide the original error behind a failure to describe it
+        }
+    }
+
+    private static string? TryWrite(string folder, Exception error, string commandLine, object? options, TorchRuntimeInfo? runtime, string cpu)
+    {
         var now = DateTime.UtcNow;
         string path = Path.Combine(folder, string.Create(CultureInfo.InvariantCulture, $"crash-{now:yyyyMMdd'T'HHmmss'Z'}.log"));
         var text = new StringBuilder();
@@ -86,7 +98,7 @@ public static class CrashReport
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            return $"{System.Diagnostics.Process.GetCurrentProcess().Threads.Count}";
+            return "?";
         }
     }
 }

@@ -113,6 +113,9 @@ public enum TrainingPhase
 
     /// <summary>Writing checkpoints and the resume state.</summary>
     Checkpoint,
+
+    /// <summary>Reporting progress (the caller's step callback).</summary>
+    Progress,
 }
 
 /// <summary>
@@ -338,9 +341,10 @@ public sealed class Trainer
         var runClock = Stopwatch.StartNew();
         double evalSeconds = double.NaN;
         long imagesThisRun = 0;
-        long? lastSaved = resuming ? step : null;
+        _lastSaved = resuming ? step : null;
         StepsDone = step;
         var phase = TrainingPhase.Data;
+        long failingStep = step + 1; // the step a failure is reported at: the one in progress, or the last one done at an epoch end
         int currentEpoch = (int)(step / StepsPerEpoch) + 1;
         using var stress = _o.GcStress ? new GcStressThread() : null;
         try
@@ -349,6 +353,8 @@ public sealed class Trainer
             {
                 int epoch = (int)(step / StepsPerEpoch);
                 currentEpoch = epoch + 1;
+                phase = TrainingPhase.Data;
+                failingStep = step + 1;
                 long first = step % StepsPerEpoch;
                 model.train();
                 var sw = Stopwatch.StartNew();
@@ -379,6 +385,8 @@ public sealed class Trainer
                             groups[g].LearningRate = lr * scales[g];
                         }
 
+                        failingStep = step + 1;
+                        phase = TrainingPhase.Optimizer;
                         optimizer.zero_grad();
                         double value = 0;
                         for (int micro = 0; micro < _o.AccumulationSteps; micro++)
@@ -420,6 +428,7 @@ public sealed class Trainer
 
                             phase = TrainingPhase.Backward;
                             (_o.AccumulationSteps == 1 ? loss : Scalars.Div(loss, _o.AccumulationSteps)).backward();
+                            Ops.DepthwiseConv2d.ReleaseBackwardOutputs();
                             value += microValue / _o.AccumulationSteps;
                             images += batch.Count;
                         }
@@ -438,6 +447,8 @@ public sealed class Trainer
                         StepsDone = step;
                         lossSum += value;
                         seen++;
+                        phase = TrainingPhase.Progress;
+                        failingStep = step;
                         if (onStep is not null)
                         {
                             double elapsed = runClock.Elapsed.TotalSeconds;
@@ -453,7 +464,6 @@ public sealed class Trainer
                         {
                             phase = TrainingPhase.Checkpoint;
                             Save(model, ema, optimizer, metadata, step, best, history, (lossSum, seen));
-                            lastSaved = step;
                         }
 
                         if (_o.GcStress)
@@ -478,6 +488,7 @@ public sealed class Trainer
                 if (step % StepsPerEpoch == 0)
                 {
                     phase = TrainingPhase.Evaluation;
+                    failingStep = step;
                     var evalClock = Stopwatch.StartNew();
                     double top1 = Evaluate(model, onNotice);
                     double emaTop1 = ema is null ? double.NaN : Evaluate(emaModel);
@@ -496,23 +507,26 @@ public sealed class Trainer
 
                     phase = TrainingPhase.Checkpoint;
                     Save(model, ema, optimizer, metadata, step, best, history);
-                    lastSaved = step;
                     WriteMetrics(history);
                     onEpoch?.Invoke(metrics);
                 }
                 else
                 {
-                    // Stopped inside an epoch (--max-steps or cancellation): keep the position so --resume continues here.
+                    // Stopped inside an epoch (--max-steps or cancellation): keep the position so --resume continues here
+                    // (unless that very state is already on disk, e.g. a resumed run stopped before its first step).
                     phase = TrainingPhase.Checkpoint;
-                    Save(model, ema, optimizer, metadata, step, best, history, (lossSum, seen));
-                    lastSaved = step;
+                    failingStep = step;
+                    if (_lastSaved != step)
+                    {
+                        Save(model, ema, optimizer, metadata, step, best, history, (lossSum, seen));
+                    }
                 }
             }
         }
         catch (Exception e) when (e is not (NonFiniteLossException or OperationCanceledException or OutOfMemoryException))
         {
             // Where it failed; the resume state on disk is the last complete one (each save is atomic and written last).
-            throw new TrainingFailedException(phase is TrainingPhase.Evaluation or TrainingPhase.Checkpoint ? step : step + 1, currentEpoch, phase, lastSaved, e);
+            throw new TrainingFailedException(failingStep, currentEpoch, phase, _lastSaved, e);
         }
 
         return history;
@@ -524,6 +538,8 @@ public sealed class Trainer
     /// and while a native call still reads it if it was a temporary argument; the step keeps this at 0.
     /// </summary>
     public long UnscopedTensors { get; private set; }
+
+    private long? _lastSaved; // the step state.json points at (set the moment it is replaced)
 
     /// <summary>Optimizer steps done so far (of the whole run, a resumed part included).</summary>
     public long StepsDone { get; private set; }
@@ -658,6 +674,13 @@ public sealed class Trainer
             }
 
             AtomicFile.FlushDirectory(staging);
+            if (Directory.Exists(folder))
+            {
+                Directory.Delete(folder, recursive: true); // only a set that state.json does not point at (never the same step twice)
+            }
+
+            Directory.Move(staging, folder);
+            AtomicFile.SyncDirectory(ResumeRoot);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -665,12 +688,6 @@ public sealed class Trainer
             throw new IOException($"cannot write the resume state into '{staging}': {e.Message}; the previous state ('{StateFile}') is intact", e);
         }
 
-        if (Directory.Exists(folder))
-        {
-            Directory.Delete(folder, recursive: true);
-        }
-
-        Directory.Move(staging, folder);
         var state = new JsonObject
         {
             ["step"] = step,
@@ -685,6 +702,7 @@ public sealed class Trainer
             ["history"] = JsonSerializer.SerializeToNode(history, JsonOptions),
         };
         AtomicFile.Write(StateFile, s => s.Write(System.Text.Encoding.UTF8.GetBytes(state.ToJsonString(JsonOptions))));
+        _lastSaved = step; // from here on a failure leaves this step's state as the resumable one
         foreach (var old in Directory.EnumerateDirectories(ResumeRoot).Where(d => Path.GetFileName(d) != name))
         {
             Directory.Delete(old, recursive: true);

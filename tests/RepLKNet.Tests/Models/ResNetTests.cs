@@ -2,7 +2,9 @@ using RepLKNet.Analysis;
 using RepLKNet.Checkpoints;
 using RepLKNet.Models;
 using RepLKNet.Tests.Support;
+using TorchSharp;
 using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
 
 namespace RepLKNet.Tests.Models;
 
@@ -31,6 +33,51 @@ public sealed class ResNetTests
         // Grey input runs through the RGB stem as three equal channels.
         var grey = randn(1, 1, 64, 64);
         Assert.True((net.forward_features(grey) - net.forward_features(grey.expand(-1, 3, -1, -1))).abs().max().item<float>() == 0);
+    }
+
+    [Theory]
+    [InlineData(18)]
+    [InlineData(50)]
+    [InlineData(101)]
+    public void Our_blocks_have_torchvisions_state_dict_and_initialization_and_compute_the_same_function(int depth)
+    {
+        // The reference: TorchSharp's TorchVision package (no longer used by the model; its blocks create temporary Scalars).
+        using var scope = NewDisposeScope();
+        using var ours = new TorchVisionResNet(depth, 10);
+        using Module<Tensor, Tensor> theirs = depth switch
+        {
+            18 => torchvision.models.resnet18(10),
+            50 => torchvision.models.resnet50(10),
+            _ => torchvision.models.resnet101(10),
+        };
+        var a = StateDicts.Ordered(ours).ToList();
+        var b = StateDicts.Ordered(theirs).ToList(); // PyTorch order (module by module) for both
+        Assert.Equal(b.Select(kv => kv.Key), a.Select(kv => kv.Key));
+        Assert.Equal(b.Select(kv => kv.Value.shape), a.Select(kv => kv.Value.shape));
+        // Initialization: Kaiming normal (fan out, ReLU) for convs → std √(2 / fan_out); BN γ = 1, β = 0.
+        var conv = a.First(kv => kv.Key == "layer1.0.conv1.weight").Value;
+        double fanOut = conv.shape[0] * conv.shape[2] * conv.shape[3];
+        Assert.InRange(conv.std().item<float>(), 0.9 * Math.Sqrt(2 / fanOut), 1.1 * Math.Sqrt(2 / fanOut));
+        Assert.True(a.First(kv => kv.Key == "layer1.0.bn1.weight").Value.eq(1).all().item<bool>());
+        Assert.True(a.First(kv => kv.Key == "layer1.0.bn1.bias").Value.eq(0).all().item<bool>());
+        // Same weights → same outputs in training and eval mode.
+        using (no_grad())
+        {
+            foreach (var ((_, to), (_, from)) in a.Zip(b))
+            {
+                to.copy_(from);
+            }
+        }
+
+        var x = randn(2, 3, 64, 64);
+        foreach (bool training in new[] { true, false })
+        {
+            ours.train(training);
+            theirs.train(training);
+            using var noGrad = no_grad();
+            var diff = (ours.call(x) - theirs.call(x)).abs().max().item<float>();
+            Assert.True(diff < 1e-4, $"training={training}: max |Δ| {diff}");
+        }
     }
 
     [Fact]

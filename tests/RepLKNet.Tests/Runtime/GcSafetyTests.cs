@@ -28,10 +28,17 @@ public sealed class GcSafetyTests
         c.DeclaringType == typeof(Scalar) && c.Name == "op_Implicit" ||
         c.DeclaringType?.Name == "ScalarExtensionMethods" && c.Name == "ToScalar";
 
-    /// <summary>Whether a TorchSharp method creates a Scalar it does not hold, directly or through TorchSharp methods it calls.</summary>
-    private static bool CreatesTemporaryScalar(MethodBase m, int depth = 4)
+    private static readonly HashSet<MethodBase> Visiting = [];
+    private static bool _cycle;
+
+    /// <summary>
+    /// Whether a TorchSharp/TorchVision method creates a Scalar it does not hold, directly or through any third-party method
+    /// it calls statically, however deep (a depth-first search over the call graph; a method on the current path counts as
+    /// clean while it is being decided, and what it calls is still followed, so a cycle cannot hide a Scalar below it).
+    /// </summary>
+    private static bool CreatesTemporaryScalar(MethodBase m)
     {
-        if (m.DeclaringType is null || !ThirdParty.Contains(m.DeclaringType.Assembly) || depth == 0)
+        if (m.DeclaringType is null || !ThirdParty.Contains(m.DeclaringType.Assembly))
         {
             return false;
         }
@@ -42,15 +49,31 @@ public sealed class GcSafetyTests
             {
                 return known;
             }
-        }
 
-        bool result = IsScalarFactory(m) || CreatesScalarItself(m) || IlCalls.Callees(m).Any(c => c != m && CreatesTemporaryScalar(c, depth - 1));
-        lock (Memo)
-        {
-            Memo[m] = result;
-        }
+            if (!Visiting.Add(m))
+            {
+                _cycle = true; // decided further up the path; a "no" below it must not be remembered
+                return false;
+            }
 
-        return result;
+            bool outer = _cycle;
+            _cycle = false;
+            try
+            {
+                bool result = IsScalarFactory(m) || CreatesScalarItself(m) || IlCalls.Callees(m).Any(CreatesTemporaryScalar);
+                if (result || !_cycle)
+                {
+                    Memo[m] = result;
+                }
+
+                return result;
+            }
+            finally
+            {
+                Visiting.Remove(m);
+                _cycle |= outer;
+            }
+        }
     }
 
     [Fact]

@@ -103,9 +103,7 @@ public sealed class DependableTrainingTests
         // Epoch 2 reads image order[k] at its position k: make the image of the 4th batch of epoch 2 fail.
         long victim = trainer.EpochOrder(1)[3 * 16 + 5];
         train.FailAt = victim;
-        // Epoch 1 reads every image too: let it pass the first epoch by failing only from epoch 2 on.
-        long[] firstEpoch = trainer.EpochOrder(0);
-        Assert.Contains(victim, firstEpoch);
+        // Epoch 1 reads every image too: the fault is switched on only for the resumed run (epoch 2).
         train.FailAt = -1;
         var firstRun = new Trainer(options with { MaxSteps = 10 }, train, test);
         firstRun.Run();
@@ -219,9 +217,36 @@ public sealed class RootFactAttribute : FactAttribute
 {
     public RootFactAttribute()
     {
-        if (!OperatingSystem.IsLinux() || Environment.UserName != "root")
+        if (!OperatingSystem.IsLinux() || Environment.UserName != "root" || !CanMountTmpfs())
         {
-            Skip = "needs root on Linux to mount a small tmpfs (CI runs as root)";
+            Skip = "needs permission to mount a tmpfs (root with CAP_SYS_ADMIN on Linux; this project's CI machines have it)";
+        }
+    }
+
+    private static bool CanMountTmpfs()
+    {
+        string probe = Path.Combine(Path.GetTempPath(), $"replknet-mount-probe-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(probe);
+        try
+        {
+            using var mount = Process.Start("mount", ["-t", "tmpfs", "-o", "size=64k", "tmpfs", probe])!;
+            mount.WaitForExit();
+            if (mount.ExitCode != 0)
+            {
+                return false;
+            }
+
+            using var umount = Process.Start("umount", [probe])!;
+            umount.WaitForExit();
+            return true;
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            return false;
+        }
+        finally
+        {
+            Directory.Delete(probe);
         }
     }
 }
