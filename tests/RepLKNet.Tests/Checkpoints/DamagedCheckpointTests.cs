@@ -105,6 +105,32 @@ public sealed class DamagedCheckpointTests
         }
     }
 
+    [Fact]
+    public void A_pth_whose_crcs_are_zero_still_loads_as_torch_load_reads_it()
+    {
+        // torch.save writes CRC 0 under torch.serialization.set_crc32_options(False); the CRC check must skip those.
+        var src = Originals.Value;
+        byte[] bytes = [.. src.Pth];
+        foreach (var e in src.Zip.Entries)
+        {
+            BinaryPrimitives.WriteUInt32LittleEndian(bytes.AsSpan((int)e.CentralRecord + 16), 0);
+            long local = BinaryPrimitives.ReadUInt32LittleEndian(bytes.AsSpan((int)e.CentralRecord + 42));
+            BinaryPrimitives.WriteUInt32LittleEndian(bytes.AsSpan((int)local + 14), 0);
+        }
+
+        using var dir = new TempDirectory();
+        string path = dir.File("no-crc.pth");
+        File.WriteAllBytes(path, bytes);
+        using var back = CheckpointFile.Read(path);
+        Assert.Equal(src.Keys.Order(), back.State.Keys.Order());
+
+        // A non-zero CRC that does not match the data is still refused.
+        BinaryPrimitives.WriteUInt32LittleEndian(bytes.AsSpan((int)src.Storages[0].CentralRecord + 16), 0x12345678);
+        File.WriteAllBytes(path, bytes);
+        var error = Assert.Throws<CheckpointException>(() => CheckpointFile.Read(path));
+        Assert.Contains("CRC-32 mismatch", error.Message, StringComparison.Ordinal);
+    }
+
     [Theory]
     [MemberData(nameof(CaseNames))]
     public void Read_fails_with_one_line_naming_the_file_in_bounded_memory_and_runs_no_code(string name)
