@@ -23,6 +23,7 @@ namespace RepLKNet.Checkpoints;
 internal sealed class PyTorchArchive : IDisposable
 {
     private const int MaxDeflateRatio = 1032;
+    private const long MaxPickleBytes = 256L << 20;
     private static readonly Lock ConstructorGate = new();
     private readonly ZipArchive _zip;
     private readonly string _path;
@@ -63,8 +64,16 @@ internal sealed class PyTorchArchive : IDisposable
             var pickle = zip.Entries.Where(e => e.FullName.EndsWith("data.pkl", StringComparison.Ordinal))
                 .OrderBy(e => e.FullName.Length).FirstOrDefault()
                 ?? throw new InvalidDataException("the zip archive has no data.pkl");
-            var archive = new PyTorchArchive(path, zip, stream.Length, pickle.FullName[..^"data.pkl".Length]);
-            using var pickleStream = pickle.Open();
+            string prefix = pickle.FullName[..^"data.pkl".Length];
+            if (zip.GetEntry(prefix + "version") is null && zip.GetEntry(prefix + ".data/version") is null)
+            {
+                // torch.load refuses an archive without its format version record: the archive is incomplete.
+                throw new InvalidDataException($"the zip archive has no '{prefix}version' record");
+            }
+
+            var archive = new PyTorchArchive(path, zip, stream.Length, prefix);
+            byte[] pickleBytes = archive.ReadPickle(pickle);
+            PickleScan.Validate(pickleBytes);
             lock (ConstructorGate)
             {
                 // Razorvine keeps constructors in one process-wide table (TorchSharp.PyBridge registers its own, eager
@@ -74,7 +83,7 @@ internal sealed class PyTorchArchive : IDisposable
                 Unpickler.registerConstructor("torch._utils", "_rebuild_parameter", new RebuildParameter());
                 Unpickler.registerConstructor("collections", "OrderedDict", new OrderedDictConstructor());
                 using var unpickler = new StorageUnpickler(archive);
-                archive.Root = unpickler.load(pickleStream);
+                archive.Root = unpickler.loads(pickleBytes);
             }
 
             return archive;
@@ -166,8 +175,9 @@ internal sealed class PyTorchArchive : IDisposable
         var tensor = empty(storage.Numel, dtype: storage.DType);
         try
         {
-            using var data = entry.Open();
+            using var data = new CrcStream(entry.Open());
             tensor.ReadBytesFromStream(data, 1 << 20);
+            data.CheckToEnd(entry.Crc32);
         }
         catch (Exception e) when (e is IOException or InvalidDataException)
         {
@@ -177,6 +187,27 @@ internal sealed class PyTorchArchive : IDisposable
 
         _loadedStorages[storage.Key] = tensor;
         return tensor;
+    }
+
+    /// <summary>
+    /// The bytes of <c>data.pkl</c>, CRC-checked. It holds the object tree only (tensor data lives in the storages), so it
+    /// is small; an entry claiming more than <see cref="MaxPickleBytes"/> or more than its compressed size allows is refused
+    /// before anything is allocated.
+    /// </summary>
+    private byte[] ReadPickle(ZipArchiveEntry entry)
+    {
+        bool stored = entry.CompressedLength >= entry.Length;
+        if (entry.Length > MaxPickleBytes || entry.CompressedLength > _fileLength ||
+            entry.Length > (stored ? _fileLength : entry.CompressedLength * MaxDeflateRatio))
+        {
+            throw new InvalidDataException($"data.pkl claims {entry.Length} bytes (at most {MaxPickleBytes} and what its {entry.CompressedLength} compressed bytes can hold)");
+        }
+
+        var bytes = new byte[entry.Length];
+        using var data = new CrcStream(entry.Open());
+        data.ReadExactly(bytes);
+        data.CheckToEnd(entry.Crc32);
+        return bytes;
     }
 
     private static long ElementSize(ScalarType dtype) => dtype switch
@@ -262,6 +293,73 @@ internal sealed class PyTorchArchive : IDisposable
         [System.Diagnostics.CodeAnalysis.SuppressMessage("Style", "IDE1006:Naming Styles", Justification = "Python's name, called by the unpickler.")]
         [System.Diagnostics.CodeAnalysis.SuppressMessage("Naming", "CA1707:Identifiers should not contain underscores", Justification = "Python's name, called by the unpickler.")]
         public void __setstate__(Hashtable state) => State = state;
+    }
+}
+
+/// <summary>
+/// A read-only view of a zip entry that computes the zip CRC-32 of what is read. .NET's <see cref="ZipArchive"/> does not
+/// check entry CRCs, so without it a flipped bit in a storage or in <c>data.pkl</c> loads silently as other values.
+/// </summary>
+internal sealed class CrcStream(Stream inner) : Stream
+{
+    private uint _crc;
+
+    public override bool CanRead => true;
+
+    public override bool CanSeek => false;
+
+    public override bool CanWrite => false;
+
+    public override long Length => throw new NotSupportedException();
+
+    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+
+    /// <summary>
+    /// Reads what is left and compares the CRC of the whole entry with <paramref name="recorded"/>. A recorded 0 is not
+    /// checked: <c>torch.save</c> writes 0 when CRCs are switched off (<c>torch.serialization.set_crc32_options(False)</c>),
+    /// and <c>torch.load</c> reads such files.
+    /// </summary>
+    /// <exception cref="InvalidDataException">The CRC differs.</exception>
+    public void CheckToEnd(uint recorded)
+    {
+        Span<byte> rest = stackalloc byte[4096];
+        while (Read(rest) > 0)
+        {
+        }
+
+        if (recorded != 0 && _crc != recorded)
+        {
+            throw new InvalidDataException($"CRC-32 mismatch (recorded {recorded:x8}, computed {_crc:x8}): the entry is corrupt");
+        }
+    }
+
+    public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
+
+    public override int Read(Span<byte> buffer)
+    {
+        int n = inner.Read(buffer);
+        _crc = ZipCrc32.Append(_crc, buffer[..n]);
+        return n;
+    }
+
+    public override void Flush()
+    {
+    }
+
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+    public override void SetLength(long value) => throw new NotSupportedException();
+
+    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            inner.Dispose();
+        }
+
+        base.Dispose(disposing);
     }
 }
 

@@ -16,6 +16,9 @@ public static class SafetensorsFile
 {
     private const long MaxHeaderBytes = 100L << 20;
 
+    // Duplicate keys are rejected while parsing (JsonObject would otherwise throw ArgumentException on first access).
+    private static readonly JsonDocumentOptions HeaderOptions = new() { AllowDuplicateProperties = false };
+
     private static readonly (string Name, ScalarType Type, int Size)[] DTypes =
     [
         ("F64", ScalarType.Float64, 8), ("F32", ScalarType.Float32, 4), ("F16", ScalarType.Float16, 2),
@@ -113,10 +116,16 @@ public static class SafetensorsFile
 
         var headerBytes = new byte[headerLength];
         stream.ReadExactly(headerBytes);
+        if (!System.Text.Unicode.Utf8.IsValid(headerBytes))
+        {
+            // JsonNode transcodes strings lazily: invalid UTF-8 would surface later as an InvalidOperationException.
+            throw new CheckpointException($"'{path}' is corrupt: its safetensors header is not valid UTF-8");
+        }
+
         JsonObject header;
         try
         {
-            header = JsonNode.Parse(headerBytes) as JsonObject ?? throw new CheckpointException($"'{path}': the safetensors header is not a JSON object");
+            header = JsonNode.Parse(headerBytes, documentOptions: HeaderOptions) as JsonObject ?? throw new CheckpointException($"'{path}': the safetensors header is not a JSON object");
         }
         catch (JsonException e)
         {
@@ -145,7 +154,7 @@ public static class SafetensorsFile
             layout.Add(ParseEntry(path, key, node));
         }
 
-        // Offsets must tile the data buffer without gaps or overlaps, and stay inside the file.
+        // Offsets must tile the data buffer without gaps or overlaps and cover it exactly, as the safetensors library requires.
         long expected = 0;
         foreach (var entry in layout.OrderBy(e => e.Begin))
         {
@@ -160,6 +169,11 @@ public static class SafetensorsFile
         if (expected > dataLength)
         {
             throw new CheckpointException($"'{path}' is truncated: its tensors need {expected} bytes of data but only {dataLength} are present");
+        }
+
+        if (expected < dataLength)
+        {
+            throw new CheckpointException($"'{path}' is corrupt: its tensors cover {expected} bytes of data but {dataLength} follow the header");
         }
 
         var state = new Dictionary<string, Tensor>();
@@ -211,7 +225,22 @@ public static class SafetensorsFile
             }
 
             shape[i] = dim;
-            numel = checked(numel * dim);
+        }
+
+        long bytes;
+        try
+        {
+            // Checked: an unchecked product can wrap to a small byte count that matches the offsets (e.g. [2^62] of F32 → 0).
+            foreach (long dim in shape)
+            {
+                numel = checked(numel * dim);
+            }
+
+            bytes = checked(numel * dtype.Size);
+        }
+        catch (OverflowException)
+        {
+            throw new CheckpointException(Bad($"has shape [{string.Join(", ", shape)}], whose size in bytes overflows"));
         }
 
         if (offsets[0] is not JsonValue b || !b.TryGetValue(out long begin) || offsets[1] is not JsonValue e ||
@@ -220,9 +249,9 @@ public static class SafetensorsFile
             throw new CheckpointException(Bad("has invalid data_offsets"));
         }
 
-        if (end - begin != numel * dtype.Size)
+        if (end - begin != bytes)
         {
-            throw new CheckpointException(Bad($"covers {end - begin} bytes, but shape [{string.Join(", ", shape)}] of {dtype.Name} needs {numel * dtype.Size}"));
+            throw new CheckpointException(Bad($"covers {end - begin} bytes, but shape [{string.Join(", ", shape)}] of {dtype.Name} needs {bytes}"));
         }
 
         return (key, dtype.Type, shape, begin, end);
