@@ -106,38 +106,3 @@ internal static class PickleScan
         return width + length;
     }
 }
-
-/// <summary>The zip format's CRC-32 (IEEE 802.3, reflected, as <c>torch.save</c> records it per entry).</summary>
-internal static class ZipCrc32
-{
-    private static readonly uint[] Table = BuildTable();
-
-    /// <summary>Continues <paramref name="crc"/> (start with 0) over <paramref name="data"/>.</summary>
-    public static uint Append(uint crc, ReadOnlySpan<byte> data)
-    {
-        crc = ~crc;
-        foreach (byte b in data)
-        {
-            crc = Table[(crc ^ b) & 0xff] ^ (crc >> 8);
-        }
-
-        return ~crc;
-    }
-
-    private static uint[] BuildTable()
-    {
-        var table = new uint[256];
-        for (uint i = 0; i < 256; i++)
-        {
-            uint c = i;
-            for (int k = 0; k < 8; k++)
-            {
-                c = (c & 1) != 0 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-            }
-
-            table[i] = c;
-        }
-
-        return table;
-    }
-}

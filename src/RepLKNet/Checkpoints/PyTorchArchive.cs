@@ -302,7 +302,8 @@ internal sealed class PyTorchArchive : IDisposable
 /// </summary>
 internal sealed class CrcStream(Stream inner) : Stream
 {
-    private uint _crc;
+    // The zip format's CRC-32 (IEEE 802.3), from System.IO.Hashing: vectorized, maintained by the .NET team.
+    private readonly System.IO.Hashing.Crc32 _crc = new();
 
     public override bool CanRead => true;
 
@@ -327,9 +328,10 @@ internal sealed class CrcStream(Stream inner) : Stream
         {
         }
 
-        if (recorded != 0 && _crc != recorded)
+        uint computed = _crc.GetCurrentHashAsUInt32();
+        if (recorded != 0 && computed != recorded)
         {
-            throw new InvalidDataException($"CRC-32 mismatch (recorded {recorded:x8}, computed {_crc:x8}): the entry is corrupt");
+            throw new InvalidDataException($"CRC-32 mismatch (recorded {recorded:x8}, computed {computed:x8}): the entry is corrupt");
         }
     }
 
@@ -338,7 +340,7 @@ internal sealed class CrcStream(Stream inner) : Stream
     public override int Read(Span<byte> buffer)
     {
         int n = inner.Read(buffer);
-        _crc = ZipCrc32.Append(_crc, buffer[..n]);
+        _crc.Append(buffer[..n]);
         return n;
     }
 
