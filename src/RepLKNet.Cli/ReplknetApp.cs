@@ -66,7 +66,7 @@ public static class ReplknetApp
             config.AddCommand<TrainCommand>("train")
                 .WithDescription("Train a RepLKNet (default: RepLKNet-FMNIST on Fashion-MNIST): AdamW, warm-up + cosine, EMA, checkpoints, resume, re-parameterized result.")
                 .WithExample("train")
-                .WithExample("train", "--epochs", "1", "--max-steps", "50", "--out", "runs/smoke");
+                .WithExample("train", "--epochs", "1", "--out", "runs/smoke");
             config.AddCommand<EvalCommand>("eval")
                 .WithDescription("Evaluate a checkpoint on a test set: top-1/top-5, loss, per-class accuracy, confusion matrix (table and PNG).")
                 .WithExample("eval", "--weights", "runs/fmnist/best.safetensors");

@@ -252,6 +252,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
             TorchRuntime.SetThreads(threads);
         }
 
+        CheckRunFolder(settings.Out);
         var (name, config) = ModelRegistry.Resolve(settings.Arch ?? "RepLKNet-FMNIST");
         using var data = Datasets.Open(settings.Dataset, settings.Data, settings.ValSplit, settings.Channels, settings.Seed);
         var train = settings.TrainSubset is int subset ? Subset(data.Train, subset) : data.Train;
@@ -361,10 +362,31 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         }
         else
         {
-            console.MarkupLine($"stopped inside the first epoch; resume with [bold]--resume --out {Markup.Escape(settings.Out)}[/]");
+            console.WriteLine($"stopped inside the first epoch (no evaluation, no best checkpoint yet; the weights so far are {Path.Combine(settings.Out, "last.safetensors")}). Continue with: {resumeCommand}");
         }
 
         return ExitCodes.Success;
+    }
+
+    /// <summary>The run folder must be a folder we can create and write: say so in one line before any work starts.</summary>
+    private static void CheckRunFolder(string folder)
+    {
+        if (File.Exists(folder))
+        {
+            throw new UsageException($"--out '{folder}' is a file; give a folder for the run");
+        }
+
+        try
+        {
+            Directory.CreateDirectory(folder);
+            string probe = Path.Combine(folder, $".write-probe-{Environment.ProcessId}");
+            File.WriteAllBytes(probe, []);
+            File.Delete(probe);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new IOException($"--out '{folder}': cannot create or write the run folder ({e.Message.TrimEnd('.')})", e);
+        }
     }
 
     /// <summary>The command that continues this run: the same arguments with --resume (shell-quoted where needed).</summary>

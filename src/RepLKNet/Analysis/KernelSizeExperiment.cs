@@ -165,7 +165,7 @@ public static class KernelSizeExperiment
                     using var after = DetachedLogits(model, probe);
                     reparamDiff = Math.Max(reparamDiff, (before - after).abs().max().item<float>());
                     var pipeline = new Data.Transforms.SamplePipeline(options.Training.Augment, options.Training.Normalization, train.Channels, size);
-                    accuracy = Evaluation.Run(model, cell.Config.NumClasses, test, pipeline, options.Training.BatchSize * 2, options.Training.Device, options.Training.Workers).Top1;
+                    accuracy = Evaluation.Run(model, cell.Config.NumClasses, test, pipeline, options.Training.BatchSize * 2, options.Training.Device, options.Training.Workers, CancellationToken.None).Top1;
                 }
 
                 deployParams = Count(model);

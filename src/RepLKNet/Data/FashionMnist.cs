@@ -28,7 +28,7 @@ public static class FashionMnist
         var paths = new List<string>();
         if (!string.IsNullOrWhiteSpace(folder))
         {
-            paths.Add(folder);
+            return [folder]; // a folder the user named is the only place to look: never train on other data silently
         }
 
         if (Environment.GetEnvironmentVariable(DataEnvironmentVariable) is { Length: > 0 } root)

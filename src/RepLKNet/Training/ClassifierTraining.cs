@@ -235,7 +235,7 @@ public static class ClassifierTraining
             RecalibrateBatchNorm(model, train, pipeline, EpochOrder(pool, options.Seed, -1), options.PreciseBnImages, batch, options.Device, options.Workers);
         }
 
-        var result = Evaluation.Run(model, classes, test, pipeline, Math.Max(1, options.BatchSize * 2), options.Device, options.Workers);
+        var result = Evaluation.Run(model, classes, test, pipeline, Math.Max(1, options.BatchSize * 2), options.Device, options.Workers, CancellationToken.None);
         return new ClassifierTrainingResult(result.Top1, step, (double)step / stepsPerEpoch, seconds, images / Math.Max(seconds, 1e-9),
             recent.Count == 0 ? double.NaN : recent.Average());
     }

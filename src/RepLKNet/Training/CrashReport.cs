@@ -15,6 +15,13 @@ namespace RepLKNet.Training;
 /// </summary>
 public static class CrashReport
 {
+    private static readonly System.Text.Json.JsonSerializerOptions Json = new()
+    {
+        WriteIndented = true,
+        ReferenceHandler = System.Text.Json.Serialization.ReferenceHandler.IgnoreCycles,
+        NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals,
+    };
+
     /// <summary>Writes the report into <paramref name="folder"/> and returns its path, or null when it could not be written.</summary>
     /// <param name="folder">The run folder.</param>
     /// <param name="error">The error (a <see cref="TrainingFailedException"/> carries step, epoch and phase).</param>
@@ -56,13 +63,13 @@ public static class CrashReport
         Line($".NET {RuntimeInformation.FrameworkDescription}, {RuntimeInformation.OSDescription} ({RuntimeInformation.RuntimeIdentifier}), {Environment.ProcessorCount} logical CPUs");
         Line($"TorchSharp {typeof(TorchSharp.torch).Assembly.GetName().Version}, libtorch {runtime?.LibTorchVersion ?? "?"} from {runtime?.LibTorchDirectory ?? "?"}, device {runtime?.Device.ToString() ?? "?"}");
         Line($"threads: libtorch intra-op {Safe(() => TorchSharp.torch.get_num_threads().ToString(CultureInfo.InvariantCulture))}, depthwise kernels {DepthwiseConv2d.ThreadCount}; process threads: {ProcessThreads()}");
-        Line($"CPU: {cpu}; depthwise {DepthwiseConv2d.CurrentBackend}, instruction set {DepthwiseConv2d.Isa}");
+        Line($"CPU: {cpu}; depthwise {DepthwiseConv2d.CurrentBackend}, instruction set {Ops.Cpu.CpuIsas.Resolve(DepthwiseConv2d.Isa)}{(DepthwiseConv2d.Isa == Ops.Cpu.CpuIsa.Auto ? " (auto)" : " (forced)")}");
         Line($"GC: server {System.Runtime.GCSettings.IsServerGC}, latency {System.Runtime.GCSettings.LatencyMode}, collections gen0/1/2 {GC.CollectionCount(0)}/{GC.CollectionCount(1)}/{GC.CollectionCount(2)}");
         Line("environment: " + string.Join(" ", Environment.GetEnvironmentVariables().Keys.Cast<string>()
             .Where(k => k.StartsWith("REPLKNET_", StringComparison.Ordinal) || k.StartsWith("DOTNET_", StringComparison.Ordinal) || k is "OMP_NUM_THREADS" or "LD_LIBRARY_PATH")
             .Order(StringComparer.Ordinal).Select(k => $"{k}={Environment.GetEnvironmentVariable(k)}")));
         Line("");
-        Line($"options: {options}");
+        Line($"options: {Describe(options)}");
         try
         {
             Directory.CreateDirectory(folder);
@@ -72,6 +79,18 @@ public static class CrashReport
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             return null;
+        }
+    }
+
+    private static string Describe(object? options)
+    {
+        try
+        {
+            return System.Text.Json.JsonSerializer.Serialize(options, Json);
+        }
+        catch (Exception e) when (e is NotSupportedException or InvalidOperationException or ArgumentException or System.Text.Json.JsonException)
+        {
+            return options?.ToString() ?? "(none)";
         }
     }
 

@@ -28,7 +28,12 @@ public static class Evaluation
     }
 
     /// <summary>Runs any classifier <paramref name="model"/> with <paramref name="classes"/> outputs (eval mode, no gradients) over <paramref name="data"/>.</summary>
-    public static EvaluationResult Run(Module<Tensor, Tensor> model, int classes, IImageDataset data, SamplePipeline pipeline, int batchSize, Device device, int? workers = null)
+    public static EvaluationResult Run(Module<Tensor, Tensor> model, int classes, IImageDataset data, SamplePipeline pipeline, int batchSize, Device device, int? workers = null) =>
+        Run(model, classes, data, pipeline, batchSize, device, workers, CancellationToken.None);
+
+    /// <summary>As above; stops between batches when <paramref name="cancel"/> is cancelled (throws <see cref="OperationCanceledException"/>).</summary>
+    public static EvaluationResult Run(Module<Tensor, Tensor> model, int classes, IImageDataset data, SamplePipeline pipeline, int batchSize, Device device, int? workers,
+        CancellationToken cancel)
     {
         ArgumentNullException.ThrowIfNull(pipeline);
         ArgumentNullException.ThrowIfNull(model);
@@ -55,6 +60,7 @@ public static class Evaluation
         {
             foreach (var batch in loader.Batches())
             {
+                cancel.ThrowIfCancellationRequested();
                 skipped.AddRange(batch.Skipped);
                 if (batch.Count == 0)
                 {

@@ -90,6 +90,15 @@ public sealed record TrainOptions
     public bool GcStress { get; init; }
 }
 
+/// <summary>An epoch whose steps are done but whose evaluation was interrupted: its figures, kept for the resumed run.</summary>
+/// <param name="LossSum">Sum of the epoch's step losses.</param>
+/// <param name="Steps">Steps in the sum.</param>
+/// <param name="Images">Training images of the epoch (this process's part).</param>
+/// <param name="Seconds">Training seconds of the epoch.</param>
+/// <param name="Skipped">Unreadable images skipped.</param>
+/// <param name="WaitSeconds">Time the loop waited for data.</param>
+public sealed record PendingEvaluation(double LossSum, long Steps, long Images, double Seconds, int Skipped, double WaitSeconds);
+
 /// <summary>What a training step was doing when it failed.</summary>
 public enum TrainingPhase
 {
@@ -157,7 +166,7 @@ public sealed class TrainingFailedException : Exception
     {
         string message = e?.Message.ReplaceLineEndings(" ").Trim() ?? "";
         int native = message.IndexOf("Exception raised from ", StringComparison.Ordinal);
-        return native > 0 ? message[..native].TrimEnd() : message;
+        return (native > 0 ? message[..native] : message).TrimEnd().TrimEnd('.');
     }
 
     /// <summary>The optimizer step (1-based) that failed.</summary>
@@ -324,9 +333,15 @@ public sealed class Trainer
         long step = 0;
         double best = double.NegativeInfinity;
         (double LossSum, long Steps) partial = (0, 0);
+        PendingEvaluation? pendingEvaluation = null;
+        if (_o.Resume && !resuming)
+        {
+            throw new CheckpointException($"resume was requested but '{StateFile}' does not exist: there is no run to continue in '{_o.OutDir}' (start a new run without resuming)");
+        }
+
         if (resuming)
         {
-            (step, best, history, partial) = Restore(model, ema, optimizer);
+            (step, best, history, partial, pendingEvaluation) = Restore(model, ema, optimizer);
             if (ema is not null)
             {
                 ema.Updates = step;
@@ -347,8 +362,61 @@ public sealed class Trainer
         long failingStep = step + 1; // the step a failure is reported at: the one in progress, or the last one done at an epoch end
         int currentEpoch = (int)(step / StepsPerEpoch) + 1;
         using var stress = _o.GcStress ? new GcStressThread() : null;
+
+        // The epoch-end work: evaluate model and EMA, keep the best, save, report. A stop requested during the evaluation
+        // saves the epoch's figures as a pending evaluation, which a resumed run does first (returns false then).
+        bool EndEpoch(int epoch, PendingEvaluation done)
+        {
+            phase = TrainingPhase.Evaluation;
+            failingStep = step;
+            var evalClock = Stopwatch.StartNew();
+            double top1, emaTop1;
+            try
+            {
+                top1 = Evaluate(model, onNotice, cancel);
+                emaTop1 = ema is null ? double.NaN : Evaluate(emaModel, null, cancel);
+            }
+            catch (OperationCanceledException) when (cancel.IsCancellationRequested)
+            {
+                phase = TrainingPhase.Checkpoint;
+                if (_lastSaved != step)
+                {
+                    Save(model, ema, optimizer, metadata, step, best, history, (done.LossSum, done.Steps), done);
+                }
+
+                return false;
+            }
+
+            evalSeconds = evalClock.Elapsed.TotalSeconds;
+            var metrics = new EpochMetrics(epoch + 1, step, done.Steps == 0 ? double.NaN : done.LossSum / done.Steps, schedule[step - 1], top1, emaTop1,
+                done.Images / Math.Max(done.Seconds, 1e-9), done.Seconds, done.Skipped, done.WaitSeconds);
+            history.Add(metrics);
+            double score = Math.Max(top1, double.IsNaN(emaTop1) ? double.NegativeInfinity : emaTop1);
+            if (score > best)
+            {
+                best = score;
+                var winner = ema is not null && emaTop1 >= top1 ? emaModel : model;
+                phase = TrainingPhase.Checkpoint;
+                CheckpointFile.WriteRepLKNet(BestCheckpoint, StateDicts.Ordered(winner), metadata);
+            }
+
+            phase = TrainingPhase.Checkpoint;
+            Save(model, ema, optimizer, metadata, step, best, history);
+            WriteMetrics(history);
+            onEpoch?.Invoke(metrics);
+            return true;
+        }
+
         try
         {
+            if (pendingEvaluation is { } pending && step > 0 && step % StepsPerEpoch == 0)
+            {
+                // Stopped during the evaluation of the epoch that ends at this step: evaluate it now.
+                currentEpoch = (int)(step / StepsPerEpoch);
+                using var pendingScope = NewDisposeScope();
+                EndEpoch(currentEpoch - 1, pending);
+            }
+
             while (step < totalSteps && !cancel.IsCancellationRequested)
             {
                 int epoch = (int)(step / StepsPerEpoch);
@@ -487,28 +555,7 @@ public sealed class Trainer
                 using var endScope = NewDisposeScope();
                 if (step % StepsPerEpoch == 0)
                 {
-                    phase = TrainingPhase.Evaluation;
-                    failingStep = step;
-                    var evalClock = Stopwatch.StartNew();
-                    double top1 = Evaluate(model, onNotice);
-                    double emaTop1 = ema is null ? double.NaN : Evaluate(emaModel);
-                    evalSeconds = evalClock.Elapsed.TotalSeconds;
-                    var metrics = new EpochMetrics(epoch + 1, step, seen == 0 ? double.NaN : lossSum / seen, schedule[step - 1], top1, emaTop1,
-                        images / Math.Max(seconds, 1e-9), seconds, skipped.Count, waited.TotalSeconds);
-                    history.Add(metrics);
-                    double score = Math.Max(top1, double.IsNaN(emaTop1) ? double.NegativeInfinity : emaTop1);
-                    if (score > best)
-                    {
-                        best = score;
-                        var winner = ema is not null && emaTop1 >= top1 ? emaModel : model;
-                        phase = TrainingPhase.Checkpoint;
-                        CheckpointFile.WriteRepLKNet(BestCheckpoint, StateDicts.Ordered(winner), metadata);
-                    }
-
-                    phase = TrainingPhase.Checkpoint;
-                    Save(model, ema, optimizer, metadata, step, best, history);
-                    WriteMetrics(history);
-                    onEpoch?.Invoke(metrics);
+                    EndEpoch(epoch, new PendingEvaluation(lossSum, seen, images, seconds, skipped.Count, waited.TotalSeconds));
                 }
                 else
                 {
@@ -574,9 +621,11 @@ public sealed class Trainer
     }
 
     /// <summary>Top-1 accuracy of <paramref name="model"/> on the test set (eval mode, no gradients).</summary>
-    public double Evaluate(RepLKNetModel model, Action<string>? onNotice = null)
+    public double Evaluate(RepLKNetModel model, Action<string>? onNotice = null, CancellationToken cancel = default)
     {
-        var result = Evaluation.Run(model, _test, _pipeline, Math.Max(1, _o.BatchSize * 3 / 2), _o.Device, _o.Workers);
+        ArgumentNullException.ThrowIfNull(model);
+        int classes = model.Config.NumClasses ?? throw new InvalidOperationException("a backbone has no classifier to evaluate");
+        var result = Evaluation.Run(model, classes, _test, _pipeline, Math.Max(1, _o.BatchSize * 3 / 2), _o.Device, _o.Workers, cancel);
         if (result.Skipped.Count > 0)
         {
             onNotice?.Invoke($"evaluation skipped {result.Skipped.Count} unreadable image(s), e.g. {result.Skipped[0].Source}: {result.Skipped[0].Reason}");
@@ -644,7 +693,7 @@ public sealed class Trainer
     }
 
     private void Save(RepLKNetModel model, ModelEma? ema, AdamW optimizer, CheckpointMetadata metadata, long step, double best, List<EpochMetrics> history,
-        (double LossSum, long Steps) epochSoFar = default)
+        (double LossSum, long Steps) epochSoFar = default, PendingEvaluation? pending = null)
     {
         using var scope = NewDisposeScope();
         // The resume set first: written into a fresh folder, renamed into place, then pointed at by state.json. A failure
@@ -699,6 +748,7 @@ public sealed class Trainer
             ["best_top1"] = double.IsFinite(best) ? best : null,
             ["epoch_loss_sum"] = epochSoFar.LossSum,
             ["epoch_steps"] = epochSoFar.Steps,
+            ["pending_evaluation"] = pending is null ? null : JsonSerializer.SerializeToNode(pending, JsonOptions),
             ["history"] = JsonSerializer.SerializeToNode(history, JsonOptions),
         };
         AtomicFile.Write(StateFile, s => s.Write(System.Text.Encoding.UTF8.GetBytes(state.ToJsonString(JsonOptions))));
@@ -731,7 +781,7 @@ public sealed class Trainer
         }
     }
 
-    private (long Step, double Best, List<EpochMetrics> History, (double LossSum, long Steps) Partial) Restore(RepLKNetModel model, ModelEma? ema, AdamW optimizer)
+    private (long Step, double Best, List<EpochMetrics> History, (double LossSum, long Steps) Partial, PendingEvaluation? Pending) Restore(RepLKNetModel model, ModelEma? ema, AdamW optimizer)
     {
         JsonObject state;
         try
@@ -750,6 +800,13 @@ public sealed class Trainer
         }
 
         string folder = Path.Combine(_o.OutDir, (string?)state["resume"] ?? throw new CheckpointException($"'{StateFile}' names no resume folder"));
+        foreach (var required in new[] { "model.safetensors", "optimizer.bin", "rng.bin" })
+        {
+            if (!File.Exists(Path.Combine(folder, required)))
+            {
+                throw new CheckpointException($"the resume state '{folder}' (named by '{StateFile}') is incomplete: {required} is missing");
+            }
+        }
         using (var last = CheckpointFile.Read(Path.Combine(folder, "model.safetensors")))
         {
             StateDictLoader.Load(model, last.State, strict: true, skipHead: false, $"'{folder}/model.safetensors'");
@@ -772,7 +829,8 @@ public sealed class Trainer
         var history = state["history"]!.Deserialize<List<EpochMetrics>>(JsonOptions) ?? [];
         double best = state["best_top1"] is JsonNode b ? (double)b : double.NegativeInfinity;
         var partial = ((double?)state["epoch_loss_sum"] ?? 0, (long?)state["epoch_steps"] ?? 0);
-        return ((long)state["step"]!, best, history, partial);
+        var pending = state["pending_evaluation"] is JsonNode p ? p.Deserialize<PendingEvaluation>(JsonOptions) : null;
+        return ((long)state["step"]!, best, history, partial, pending);
     }
 
     private void WriteMetrics(List<EpochMetrics> history)

@@ -201,4 +201,30 @@ public sealed class TrainCommandTests
         Assert.Equal(1, failed.ExitCode);
         Assert.Contains("holds no images", failed.StdErr, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public void Train_refuses_a_file_as_out_a_missing_data_folder_and_resume_without_a_run_in_one_line()
+    {
+        using var dir = new TempDirectory();
+        string file = dir.File("afile");
+        File.WriteAllText(file, "x");
+        var r = CliRunner.Run("train", "--out", file, "--max-steps", "1");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Equal([$"replknet: usage: --out '{file}' is a file; give a folder for the run"], r.StdErr.Split('\n', StringSplitOptions.RemoveEmptyEntries).Take(1));
+
+        string missing = dir.File("no-such-data");
+        r = CliRunner.Run("train", "--data", missing, "--out", dir.File("run1"), "--max-steps", "1");
+        Assert.Equal(1, r.ExitCode);
+        Assert.Single(r.StdErr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.Contains(missing, r.StdErr, StringComparison.Ordinal);
+
+        string data = dir.File("data");
+        Directory.CreateDirectory(data);
+        FakeFashionMnist.Write(data, train: 64, test: 16);
+        string empty = dir.File("empty-run");
+        r = CliRunner.Run("train", "--data", data, "--out", empty, "--resume", "--max-steps", "1");
+        Assert.Equal(1, r.ExitCode);
+        Assert.Contains("state.json' does not exist", r.StdErr, StringComparison.Ordinal);
+        Assert.Empty(Directory.EnumerateFileSystemEntries(empty));
+    }
 }

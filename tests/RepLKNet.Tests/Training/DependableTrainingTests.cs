@@ -134,13 +134,66 @@ public sealed class DependableTrainingTests
         Assert.Contains("at RepLKNet.", text, StringComparison.Ordinal); // the managed stack trace
         Assert.Contains("TorchSharp 0.107", text, StringComparison.Ordinal);
         Assert.Contains("process threads:", text, StringComparison.Ordinal);
-        Assert.Contains("BatchSize = 16", text, StringComparison.Ordinal);
+        Assert.Contains("\"BatchSize\": 16", text, StringComparison.Ordinal); // the options as JSON, values not type names
 
         // The intact state resumes once the fault is gone.
         train.FailAt = -1;
         var again = new Trainer(options with { Resume = true }, train, test);
         again.Run();
         Assert.Equal(20, again.StepsDone);
+    }
+
+    [Fact]
+    public void A_stop_during_the_epoch_end_evaluation_saves_a_pending_evaluation_that_the_resumed_run_does_first()
+    {
+        using var dir = new TempDirectory();
+        using var train = Synthetic(160, 1);
+        using var test = Synthetic(32, 2);
+        var straight = new Trainer(Options(dir.File("straight")), train, test);
+        var reference = straight.Run();
+
+        string run = dir.File("stopped");
+        using var stop = new CancellationTokenSource();
+        // Cancel at the last step of epoch 1: the loop ends there and the cancellation reaches the evaluation.
+        var first = new Trainer(Options(run), train, test);
+        var partial = first.Run(onStep: p =>
+        {
+            if (p.Step == 10)
+            {
+                stop.Cancel();
+            }
+        }, cancel: stop.Token);
+        Assert.Empty(partial);
+        Assert.False(File.Exists(Path.Combine(run, "best.safetensors")));
+        var state = JsonNode.Parse(File.ReadAllText(Path.Combine(run, "state.json")))!;
+        Assert.Equal(10, state["step"]!.GetValue<long>());
+        Assert.NotNull(state["pending_evaluation"]);
+
+        var resumed = new Trainer(Options(run) with { Resume = true }, train, test);
+        var history = resumed.Run();
+        Assert.Equal(reference.Select(m => (m.Epoch, m.Step, m.TrainLoss, m.Top1, m.EmaTop1)), history.Select(m => (m.Epoch, m.Step, m.TrainLoss, m.Top1, m.EmaTop1)));
+        AssertSameWeights(Path.Combine(dir.File("straight"), "last.safetensors"), Path.Combine(run, "last.safetensors"));
+        AssertSameWeights(Path.Combine(dir.File("straight"), "best.safetensors"), Path.Combine(run, "best.safetensors"));
+    }
+
+    [Fact]
+    public void Resume_without_a_state_or_with_an_incomplete_one_fails_with_one_clear_line_and_changes_nothing()
+    {
+        using var dir = new TempDirectory();
+        using var train = Synthetic(160, 1);
+        using var test = Synthetic(32, 2);
+        var e = Assert.Throws<CheckpointException>(() => new Trainer(Options(dir.Path) with { Resume = true }, train, test).Run());
+        Assert.Contains("state.json' does not exist", e.Message, StringComparison.Ordinal);
+        Assert.False(File.Exists(Path.Combine(dir.Path, "last.safetensors")));
+
+        new Trainer(Options(dir.Path) with { MaxSteps = 4 }, train, test).Run();
+        string folder = Path.Combine(dir.Path, "resume", "step-000000004");
+        File.Delete(Path.Combine(folder, "optimizer.bin"));
+        string stateBefore = File.ReadAllText(Path.Combine(dir.Path, "state.json"));
+        e = Assert.Throws<CheckpointException>(() => new Trainer(Options(dir.Path) with { Resume = true }, train, test).Run());
+        Assert.Contains("is incomplete: optimizer.bin is missing", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain('\n', e.Message);
+        Assert.Equal(stateBefore, File.ReadAllText(Path.Combine(dir.Path, "state.json")));
     }
 
     [RootFact]
