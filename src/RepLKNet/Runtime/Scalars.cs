@@ -18,9 +18,6 @@ public static class Scalars
     /// <summary>The integer 1 (alpha of additions, counter increments), held for the life of the process.</summary>
     public static Scalar One { get; } = 1.ToScalar();
 
-    /// <summary>The integer −1 (alpha of subtractions), held for the life of the process.</summary>
-    public static Scalar MinusOne { get; } = (-1).ToScalar();
-
     /// <summary>Float NaN (poisoning outputs in checks), held for the life of the process.</summary>
     public static Scalar NaN { get; } = float.NaN.ToScalar();
 
@@ -49,21 +46,6 @@ public static class Scalars
     {
         using var s = value.ToScalar();
         return t.add_(s, One);
-    }
-
-    /// <summary>value − t (a new tensor).</summary>
-    public static Tensor Rsub(double value, Tensor t)
-    {
-        using var s = value.ToScalar();
-        using var negated = t.neg();
-        return negated.add(s, One);
-    }
-
-    /// <summary>t · value (a new tensor).</summary>
-    public static Tensor Mul(Tensor t, double value)
-    {
-        using var s = value.ToScalar();
-        return t.mul(s);
     }
 
     /// <summary>t ·= value in place; returns <paramref name="t"/>.</summary>
