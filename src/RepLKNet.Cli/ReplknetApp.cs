@@ -166,13 +166,8 @@ public static class ReplknetApp
 
     private static void Report(TextWriter error, string kind, Exception e, bool verbose)
     {
-        string message = e.Message.ReplaceLineEndings(" ").Trim();
-        // libtorch appends its C++ stack ("Exception raised from … frame #0: …") to every error: keep it for --verbose.
-        int native = message.IndexOf(" Exception raised from ", StringComparison.Ordinal);
-        if (native > 0 && !verbose)
-        {
-            message = message[..native];
-        }
+        // libtorch appends its C++ stack to every error: keep it for --verbose.
+        string message = verbose ? e.Message.ReplaceLineEndings(" ").Trim() : RepLKNet.Runtime.LibTorchLog.WithoutNativeStack(e.Message);
 
         error.WriteLine($"replknet: {kind}: {message}");
         if (verbose)

@@ -65,6 +65,18 @@ public static class LibTorchLog
             : throw new TorchLoadException($"{LevelEnvironmentVariable}='{value}' is not a libtorch log level (INFO, WARNING, ERROR, FATAL or 0-3)");
     }
 
+    /// <summary>
+    /// An error message on one line without the C++ stack libtorch appends to it ("Exception raised from … frame #0: …"),
+    /// for one-line error reports; the full text stays in the exception.
+    /// </summary>
+    public static string WithoutNativeStack(string message)
+    {
+        ArgumentNullException.ThrowIfNull(message);
+        string line = message.ReplaceLineEndings(" ").Trim();
+        int native = line.IndexOf(" Exception raised from ", StringComparison.Ordinal);
+        return native > 0 ? line[..native].TrimEnd() : line;
+    }
+
     private static string Name(int level) => level >= 0 && level < Names.Length ? Names[level] : level.ToString(CultureInfo.InvariantCulture);
 
     private static IntPtr? Flag()

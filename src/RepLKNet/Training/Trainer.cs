@@ -162,12 +162,7 @@ public sealed class TrainingFailedException : Exception
     }
 
     /// <summary>The error's message on one line, without the C++ stack libtorch appends (that stays in the crash report).</summary>
-    private static string Short(Exception? e)
-    {
-        string message = e?.Message.ReplaceLineEndings(" ").Trim() ?? "";
-        int native = message.IndexOf("Exception raised from ", StringComparison.Ordinal);
-        return (native > 0 ? message[..native] : message).TrimEnd().TrimEnd('.');
-    }
+    private static string Short(Exception? e) => Runtime.LibTorchLog.WithoutNativeStack(e?.Message ?? "").TrimEnd('.');
 
     /// <summary>The optimizer step (1-based) that failed.</summary>
     public long Step { get; }
