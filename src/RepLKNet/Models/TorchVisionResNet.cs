@@ -69,20 +69,13 @@ public sealed class TorchVisionResNet : Module<Tensor, Tensor>, IFeatureModel
             register_module(name, child);
         }
 
-        // torchvision's initialization: Kaiming normal (fan out, ReLU) for convs, BN weight 1 and bias 0, Linear's default.
+        // torchvision's initialization: Kaiming normal (fan out, ReLU) for convs; BN weight 1 and bias 0 and Linear's default
+        // are what the layers start with already.
         using (no_grad())
         {
-            foreach (var module in modules())
+            foreach (var conv in modules().OfType<TorchSharp.Modules.Conv2d>())
             {
-                if (module is TorchSharp.Modules.Conv2d conv)
-                {
-                    init.kaiming_normal_(conv.weight, mode: init.FanInOut.FanOut, nonlinearity: init.NonlinearityType.ReLU);
-                }
-                else if (module is BatchNorm2d bn)
-                {
-                    init.ones_(bn.weight);
-                    init.zeros_(bn.bias!);
-                }
+                init.kaiming_normal_(conv.weight, mode: init.FanInOut.FanOut, nonlinearity: init.NonlinearityType.ReLU);
             }
         }
 
