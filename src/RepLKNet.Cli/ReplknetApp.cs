@@ -162,12 +162,16 @@ public static class ReplknetApp
     }
 
     private static bool IsUsageError(Exception e) =>
-        e is CommandAppException or UsageException or RepLKNet.Models.ConfigException || e is ArgumentException && e.TargetSite?.DeclaringType?.Namespace?.StartsWith("Spectre", StringComparison.Ordinal) == true;
+        e is CommandAppException or UsageException or RepLKNet.Models.ConfigException
+        || e is ArgumentException && e.TargetSite?.DeclaringType?.Namespace?.StartsWith("Spectre", StringComparison.Ordinal) == true
+        // A library argument the user gave through a flag, with a value the library refused.
+        || e is ArgumentException { ParamName: { } name } and not ArgumentNullException && OptionNames.Flag(name) is not null;
 
     private static void Report(TextWriter error, string kind, Exception e, bool verbose)
     {
         // libtorch appends its C++ stack to every error: keep it for --verbose.
         string message = verbose ? e.Message.ReplaceLineEndings(" ").Trim() : RepLKNet.Runtime.LibTorchLog.WithoutNativeStack(e.Message);
+        message = OptionNames.Rewrite(e, message);
 
         error.WriteLine($"replknet: {kind}: {message}");
         if (verbose)

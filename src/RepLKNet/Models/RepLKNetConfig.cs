@@ -23,6 +23,20 @@ public sealed class ConfigException : Exception
     public ConfigException()
     {
     }
+
+    /// <summary>
+    /// Creates the exception for one argument: <paramref name="paramName"/> is the library's name for it (a method parameter
+    /// or an options property, e.g. <c>InitialWeights</c>), and the message starts with that name, so a front end can put
+    /// its own name for the argument (a CLI flag) in its place.
+    /// </summary>
+    public ConfigException(string message, string? paramName)
+        : base(message)
+    {
+        ParamName = paramName;
+    }
+
+    /// <summary>The library's name of the argument the error is about (as in <see cref="ArgumentException.ParamName"/>), or null.</summary>
+    public string? ParamName { get; }
 }
 
 /// <summary>

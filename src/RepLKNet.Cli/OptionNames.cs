@@ -1,0 +1,90 @@
+namespace RepLKNet.Cli;
+
+/// <summary>
+/// The library names its arguments in its own words (a method parameter or an options property: <c>LearningRate</c>,
+/// <c>InitialWeights</c>, <c>arch</c>) and starts an error about one of them with that name, setting the exception's
+/// <c>ParamName</c>; this table puts the CLI's flag in its place, so a user reads the flag they typed.
+/// </summary>
+internal static class OptionNames
+{
+    /// <summary>Library argument name → CLI flag (case-sensitive; one entry per library name).</summary>
+    private static readonly Dictionary<string, string> Flags = new(StringComparer.Ordinal)
+    {
+        ["arch"] = "--arch",
+        ["Arch"] = "--arch",
+        ["numClasses"] = "--num-classes",
+        ["NumClasses"] = "--num-classes",
+        ["weights"] = "--weights",
+        ["InitialWeights"] = "--weights",
+        ["dataset"] = "--dataset",
+        ["data"] = "--data",
+        ["channels"] = "--channels",
+        ["valSplit"] = "--val-split",
+        ["InputSize"] = "--input-size",
+        ["BatchSize"] = "--batch-size",
+        ["LearningRate"] = "--lr",
+        ["MinLearningRate"] = "--min-lr",
+        ["WarmupEpochs"] = "--warmup-epochs",
+        ["WeightDecay"] = "--weight-decay",
+        ["EmaDecay"] = "--ema-decay",
+        ["Epochs"] = "--epochs",
+        ["AccumulationSteps"] = "--accum-steps",
+        ["ClipGradNorm"] = "--clip-grad",
+        ["LayerDecay"] = "--layer-decay",
+        ["TrainSubset"] = "--train-subset",
+        ["MaxSteps"] = "--max-steps",
+        ["SaveEvery"] = "--save-every",
+        ["Workers"] = "--workers",
+        ["OutDir"] = "--out",
+        ["Resume"] = "--resume",
+        ["CropScale"] = "--crop-scale",
+        ["HorizontalFlip"] = "--hflip",
+        ["RandAugment"] = "--randaug",
+        ["EraseProbability"] = "--reprob",
+        ["Mixup"] = "--mixup",
+        ["CutMix"] = "--cutmix",
+        ["LabelSmoothing"] = "--smoothing",
+        ["CropPct"] = "--crop-pct",
+        ["DropPathRate"] = "--drop-path",
+        ["opset"] = "--opset",
+        ["budget"] = "--budget",
+        ["threads"] = "--threads",
+        ["device"] = "--device",
+    };
+
+    /// <summary>The CLI flag for a library argument name, or null when the CLI has no flag for it.</summary>
+    public static string? Flag(string? paramName) => paramName is not null && Flags.TryGetValue(paramName, out var flag) ? flag : null;
+
+    /// <summary>
+    /// <paramref name="e"/>'s message with its leading library argument name replaced by the flag (when the exception names
+    /// one the CLI knows and the message starts with it); otherwise the message unchanged.
+    /// </summary>
+    public static string Rewrite(Exception e, string message)
+    {
+        ArgumentNullException.ThrowIfNull(e);
+        ArgumentNullException.ThrowIfNull(message);
+        string? name = e switch
+        {
+            ArgumentException a => a.ParamName,
+            Checkpoints.CheckpointException c => c.ParamName,
+            Data.DatasetException d => d.ParamName,
+            Models.ConfigException m => m.ParamName,
+            _ => null,
+        };
+        if (Flag(name) is not { } flag)
+        {
+            return message;
+        }
+
+        // ArgumentException appends " (Parameter 'x')" to its message: the flag now says which.
+        string suffix = $" (Parameter '{name}')";
+        if (message.EndsWith(suffix, StringComparison.Ordinal))
+        {
+            message = message[..^suffix.Length];
+        }
+
+        return message.StartsWith(name + " ", StringComparison.Ordinal) || message.StartsWith(name + ":", StringComparison.Ordinal)
+            ? flag + message[name!.Length..]
+            : message;
+    }
+}
