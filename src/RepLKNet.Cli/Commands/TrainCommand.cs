@@ -255,8 +255,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         CheckRunFolder(settings.Out);
         var (name, config) = ModelRegistry.Resolve(settings.Arch ?? "RepLKNet-FMNIST");
         using var data = Datasets.Open(settings.Dataset, settings.Data, settings.ValSplit, settings.Channels, settings.Seed);
-        var train = settings.TrainSubset is int subset ? Subset(data.Train, subset) : data.Train;
-        using var trainSubset = !ReferenceEquals(train, data.Train) ? train as IDisposable : null;
+        var train = data.Train;
         config = config with { NumClasses = train.ClassNames.Count, OutIndices = null, InChannels = train.Channels };
         if (settings.DropPath is double dropPath)
         {
@@ -277,6 +276,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
             SaveEvery = settings.SaveEvery, Resume = settings.Resume, Normalization = data.Normalization, Device = runtime.Device,
             Augment = augment, AccumulationSteps = settings.AccumSteps, ClipGradNorm = settings.ClipGrad, LayerDecay = settings.LayerDecay,
             InitialWeights = settings.Weights, Workers = settings.Workers ?? LoaderPlan.DefaultWorkers, GcStress = settings.GcStress,
+            TrainSubset = settings.TrainSubset,
         };
         Trainer trainer;
         try
@@ -292,7 +292,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         using var signals = new StopSignals(Console.Error, cancellationToken);
         string resumeCommand = ResumeCommand(context.Arguments);
         console.MarkupLine(CultureInfo.InvariantCulture, "[bold]train[/] {0} on {1}: {2:N0} training / {3:N0} test images, {4} epochs × {5} steps, batch {6}{7}, {8}, {9} threads, {10} loader workers → {11}",
-            Markup.Escape(name), Markup.Escape(data.Name), train.Count, data.Test.Count, settings.Epochs, trainer.StepsPerEpoch, settings.BatchSize,
+            Markup.Escape(name), Markup.Escape(data.Name), Math.Min(train.Count, settings.TrainSubset ?? long.MaxValue), data.Test.Count, settings.Epochs, trainer.StepsPerEpoch, settings.BatchSize,
             settings.AccumSteps > 1 ? $" × {settings.AccumSteps} accumulated" : "", runtime.Device, torch.get_num_threads(), options.Workers, Markup.Escape(settings.Out));
         console.MarkupLine($"  data: {Markup.Escape(augment.Describe(trainer.Pipeline.Size))}; {Markup.Escape(data.Normalization.ToString())}");
         var history = new List<EpochMetrics>();
@@ -358,7 +358,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         if (history.Count > 0)
         {
             TrainPlots.Curves(history, Path.Combine(settings.Out, "curves.png"), name);
-            Finish(trainer, history, config, name, settings, started);
+            Finish(trainer, history, settings, started);
         }
         else
         {
@@ -470,58 +470,21 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         throw new UsageException($"{option} '{text}': expected MIN,MAX (e.g. 0.08,1) or none");
     }
 
-    private void Finish(Trainer trainer, List<EpochMetrics> history, RepLKNetConfig config, string name, Settings settings, DateTime started)
+    private void Finish(Trainer trainer, List<EpochMetrics> history, Settings settings, DateTime started)
     {
         // Re-parameterize the best model, verify it, and save the deploy checkpoint beside the training one.
-        using var best = ModelLoader.Load(trainer.BestCheckpoint, new ModelLoadOptions()).Model;
-        using var deploy = Reparameterizer.ReparameterizedCopy(best);
-        int size = trainer.Pipeline.Size;
-        var probe = randn([4, config.InChannels, size, size], generator: new Generator(1));
-        var report = EquivalenceCheck.Compare(best, deploy, probe);
-        string deployPath = Path.Combine(settings.Out, "best-deploy.safetensors");
-        if (report.RelativeEndToEnd > ReparamCommand.Tolerance)
-        {
-            throw new InvalidOperationException($"the re-parameterized model differs from the trained one by {report.RelativeEndToEnd:E2}; '{deployPath}' was not written");
-        }
-
-        using var bestCheckpoint = CheckpointFile.Read(trainer.BestCheckpoint);
-        CheckpointFile.WriteRepLKNet(deployPath, StateDicts.Ordered(deploy), bestCheckpoint.Metadata! with { Form = ModelForm.Deploy });
+        var deploy = DeployStep.Write(trainer.BestCheckpoint, Path.Combine(settings.Out, "best-deploy.safetensors"), trainer.Pipeline.Size);
         var last = history[^1];
         double bestTop1 = history.Max(h => Math.Max(h.Top1, double.IsNaN(h.EmaTop1) ? 0 : h.EmaTop1));
         console.MarkupLine(CultureInfo.InvariantCulture, "[bold]done[/] in {0:F1} min: best test top-1 [bold]{1:P2}[/] (last epoch: {2:P2}, EMA {3:P2}); deploy form verified (max rel. diff {4:E1})",
-            (DateTime.UtcNow - started).TotalMinutes, bestTop1, last.Top1, last.EmaTop1, report.RelativeEndToEnd);
+            (DateTime.UtcNow - started).TotalMinutes, bestTop1, last.Top1, last.EmaTop1, deploy.Report.RelativeEndToEnd);
         foreach (var (what, file) in new[]
         {
-            ("best (train form)", trainer.BestCheckpoint), ("best (deploy form)", deployPath), ("last", trainer.LastCheckpoint),
+            ("best (train form)", trainer.BestCheckpoint), ("best (deploy form)", deploy.DeployPath), ("last", trainer.LastCheckpoint),
             ("metrics", Path.Combine(settings.Out, "metrics.csv")), ("curves", Path.Combine(settings.Out, "curves.png")),
         })
         {
             console.MarkupLine($"  {what,-20} {Markup.Escape(file)}");
         }
-    }
-
-    private static IImageDataset Subset(IImageDataset data, int count) => data switch
-    {
-        _ when count >= data.Count => data,
-        ImageTensorDataset t => t.Take(count),
-        _ => new SubsetDataset(data, count),
-    };
-
-    /// <summary>The first N images of a dataset.</summary>
-    private sealed class SubsetDataset(IImageDataset inner, long count) : IImageDataset
-    {
-        public long Count => count;
-
-        public IReadOnlyList<string> ClassNames => inner.ClassNames;
-
-        public int Channels => inner.Channels;
-
-        public (int Height, int Width)? FixedSize => inner.FixedSize;
-
-        public long Label(long index) => inner.Label(index);
-
-        public string Describe(long index) => inner.Describe(index);
-
-        public ImageU8 Read(long index) => inner.Read(index);
     }
 }
