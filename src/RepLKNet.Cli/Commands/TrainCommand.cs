@@ -128,45 +128,45 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
 
         /// <summary>Epochs.</summary>
         [CommandOption("--epochs <E>")]
-        [DefaultValue(12)]
+        [DefaultValue(TrainOptions.DefaultEpochs)]
         [Description("Epochs.")]
-        public int Epochs { get; init; } = 12;
+        public int Epochs { get; init; } = TrainOptions.DefaultEpochs;
 
         /// <summary>Batch size.</summary>
         [CommandOption("--batch-size <B>")]
-        [DefaultValue(128)]
+        [DefaultValue(TrainOptions.DefaultBatchSize)]
         [Description("Batch size.")]
-        public int BatchSize { get; init; } = 128;
+        public int BatchSize { get; init; } = TrainOptions.DefaultBatchSize;
 
         /// <summary>Peak learning rate.</summary>
         [CommandOption("--lr <LR>")]
-        [DefaultValue(4e-3)]
+        [DefaultValue(TrainOptions.DefaultLearningRate)]
         [Description("Peak learning rate (AdamW), reached after the warm-up.")]
-        public double Lr { get; init; } = 4e-3;
+        public double Lr { get; init; } = TrainOptions.DefaultLearningRate;
 
         /// <summary>Final learning rate.</summary>
         [CommandOption("--min-lr <LR>")]
-        [DefaultValue(1e-6)]
+        [DefaultValue(TrainOptions.DefaultMinLearningRate)]
         [Description("Learning rate at the end of the cosine.")]
-        public double MinLr { get; init; } = 1e-6;
+        public double MinLr { get; init; } = TrainOptions.DefaultMinLearningRate;
 
         /// <summary>Warm-up epochs.</summary>
         [CommandOption("--warmup-epochs <E>")]
-        [DefaultValue(1)]
+        [DefaultValue(TrainOptions.DefaultWarmupEpochs)]
         [Description("Linear warm-up epochs.")]
-        public int WarmupEpochs { get; init; } = 1;
+        public int WarmupEpochs { get; init; } = TrainOptions.DefaultWarmupEpochs;
 
         /// <summary>Weight decay.</summary>
         [CommandOption("--weight-decay <WD>")]
-        [DefaultValue(0.05)]
+        [DefaultValue(TrainOptions.DefaultWeightDecay)]
         [Description("AdamW weight decay (biases and 1-D parameters excluded).")]
-        public double WeightDecay { get; init; } = 0.05;
+        public double WeightDecay { get; init; } = TrainOptions.DefaultWeightDecay;
 
         /// <summary>EMA decay.</summary>
         [CommandOption("--ema-decay <D>")]
-        [DefaultValue(0.999)]
+        [DefaultValue(TrainOptions.DefaultEmaDecay)]
         [Description("Decay of the weight EMA (0 disables it).")]
-        public double EmaDecay { get; init; } = 0.999;
+        public double EmaDecay { get; init; } = TrainOptions.DefaultEmaDecay;
 
         /// <summary>Seed.</summary>
         [CommandOption("--seed <SEED>")]
@@ -414,12 +414,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
     /// <summary>The dataset's defaults (or a preset), with every option the user gave applied on top.</summary>
     private static AugmentOptions Augmentation(Settings settings, DatasetSplits data)
     {
-        var a = settings.Aug switch
-        {
-            "none" => new AugmentOptions { LabelSmoothing = 0.1 },
-            "official" => AugmentOptions.Official(data.Train.FixedSize?.Height ?? data.Defaults.InputSize ?? 224),
-            _ => data.Defaults,
-        };
+        var a = Recipes.Augmentation(settings.Aug, data.Name, data.Train.FixedSize?.Height);
 
         if (settings.InputSize is int size)
         {

@@ -46,9 +46,24 @@ public sealed record TrainingBudget(double? Epochs, TimeSpan? Time)
         : string.Create(CultureInfo.InvariantCulture, $"{Time!.Value.TotalMinutes:0.##} min");
 }
 
-/// <summary>One recipe for any classifier (the kernel-size experiments and <c>experiment train</c>).</summary>
+/// <summary>
+/// The compact experiment recipe for any classifier (the kernel-size experiments and <c>experiment train</c>); the
+/// property defaults are the recipe's defaults, the one place they live.
+/// </summary>
 public sealed record ClassifierTrainingOptions
 {
+    /// <summary>Default <see cref="BatchSize"/>.</summary>
+    public const int DefaultBatchSize = 128;
+
+    /// <summary>Default <see cref="LearningRate"/>.</summary>
+    public const double DefaultLearningRate = 3e-3;
+
+    /// <summary>Default <see cref="WeightDecay"/>.</summary>
+    public const double DefaultWeightDecay = 0.05;
+
+    /// <summary>Default <see cref="WarmupFraction"/>.</summary>
+    public const double DefaultWarmupFraction = 0.05;
+
     /// <summary>How long to train.</summary>
     public required TrainingBudget Budget { get; init; }
 
@@ -59,16 +74,16 @@ public sealed record ClassifierTrainingOptions
     public AugmentOptions Augment { get; init; } = new();
 
     /// <summary>Batch size.</summary>
-    public int BatchSize { get; init; } = 128;
+    public int BatchSize { get; init; } = DefaultBatchSize;
 
     /// <summary>Peak AdamW learning rate.</summary>
-    public double LearningRate { get; init; } = 3e-3;
+    public double LearningRate { get; init; } = DefaultLearningRate;
 
     /// <summary>AdamW weight decay (not on biases and 1-D parameters).</summary>
-    public double WeightDecay { get; init; } = 0.05;
+    public double WeightDecay { get; init; } = DefaultWeightDecay;
 
     /// <summary>Fraction of the budget spent in linear warm-up.</summary>
-    public double WarmupFraction { get; init; } = 0.05;
+    public double WarmupFraction { get; init; } = DefaultWarmupFraction;
 
     /// <summary>Seed of initialization, data order and augmentation.</summary>
     public long Seed { get; init; }

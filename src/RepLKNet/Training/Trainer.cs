@@ -13,9 +13,33 @@ using RepLKNet.Runtime;
 
 namespace RepLKNet.Training;
 
-/// <summary>What to train and how (the official recipe's knobs, §8 of the spec).</summary>
+/// <summary>
+/// What to train and how: the official recipe's knobs (§8 of the spec). The property defaults are the recipe's defaults —
+/// the one place they live (the CLI's option defaults are these constants).
+/// </summary>
 public sealed record TrainOptions
 {
+    /// <summary>Default <see cref="Epochs"/>.</summary>
+    public const int DefaultEpochs = 12;
+
+    /// <summary>Default <see cref="BatchSize"/>.</summary>
+    public const int DefaultBatchSize = 128;
+
+    /// <summary>Default <see cref="LearningRate"/>.</summary>
+    public const double DefaultLearningRate = 4e-3;
+
+    /// <summary>Default <see cref="MinLearningRate"/>.</summary>
+    public const double DefaultMinLearningRate = 1e-6;
+
+    /// <summary>Default <see cref="WarmupEpochs"/>.</summary>
+    public const int DefaultWarmupEpochs = 1;
+
+    /// <summary>Default <see cref="WeightDecay"/> (official 0.05).</summary>
+    public const double DefaultWeightDecay = 0.05;
+
+    /// <summary>Default <see cref="EmaDecay"/>.</summary>
+    public const double DefaultEmaDecay = 0.999;
+
     /// <summary>Display name of the architecture.</summary>
     public required string Arch { get; init; }
 
@@ -26,25 +50,25 @@ public sealed record TrainOptions
     public required string OutDir { get; init; }
 
     /// <summary>Epochs.</summary>
-    public int Epochs { get; init; } = 10;
+    public int Epochs { get; init; } = DefaultEpochs;
 
     /// <summary>Batch size.</summary>
-    public int BatchSize { get; init; } = 128;
+    public int BatchSize { get; init; } = DefaultBatchSize;
 
     /// <summary>Peak learning rate.</summary>
-    public double LearningRate { get; init; } = 4e-3;
+    public double LearningRate { get; init; } = DefaultLearningRate;
 
     /// <summary>Final learning rate of the cosine.</summary>
-    public double MinLearningRate { get; init; } = 1e-6;
+    public double MinLearningRate { get; init; } = DefaultMinLearningRate;
 
     /// <summary>Warm-up epochs.</summary>
-    public int WarmupEpochs { get; init; } = 1;
+    public int WarmupEpochs { get; init; } = DefaultWarmupEpochs;
 
     /// <summary>AdamW weight decay (not applied to biases and 1-D parameters).</summary>
-    public double WeightDecay { get; init; } = 0.05;
+    public double WeightDecay { get; init; } = DefaultWeightDecay;
 
     /// <summary>EMA decay; 0 disables the EMA.</summary>
-    public double EmaDecay { get; init; } = 0.999;
+    public double EmaDecay { get; init; } = DefaultEmaDecay;
 
     /// <summary>Seed of initialization and data order.</summary>
     public long Seed { get; init; }
