@@ -252,7 +252,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
             TorchRuntime.SetThreads(threads);
         }
 
-        CheckRunFolder(settings.Out);
+        RunFolder.EnsureWritable(settings.Out);
         var (name, config) = ModelRegistry.Resolve(settings.Arch ?? "RepLKNet-FMNIST");
         using var data = Datasets.Open(settings.Dataset, settings.Data, settings.ValSplit, settings.Channels, settings.Seed);
         var train = data.Train;
@@ -366,27 +366,6 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         }
 
         return ExitCodes.Success;
-    }
-
-    /// <summary>The run folder must be a folder we can create and write: say so in one line before any work starts.</summary>
-    private static void CheckRunFolder(string folder)
-    {
-        if (File.Exists(folder))
-        {
-            throw new UsageException($"--out '{folder}' is a file; give a folder for the run");
-        }
-
-        try
-        {
-            Directory.CreateDirectory(folder);
-            string probe = Path.Combine(folder, $".write-probe-{Environment.ProcessId}");
-            File.WriteAllBytes(probe, []);
-            File.Delete(probe);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new IOException($"--out '{folder}': cannot create or write the run folder ({e.Message.TrimEnd('.')})", e);
-        }
     }
 
     /// <summary>The command that continues this run: the same arguments with --resume (shell-quoted where needed).</summary>

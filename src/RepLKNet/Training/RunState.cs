@@ -33,6 +33,38 @@ public sealed record RunFolder(string Path)
 
     /// <summary>Per-epoch metrics as JSON.</summary>
     public string MetricsJson => System.IO.Path.Combine(Path, "metrics.json");
+
+    /// <summary>
+    /// Creates the run folder <paramref name="path"/> if needed and checks that a file can be written in it, so a run fails
+    /// in one line before any work rather than at its first checkpoint.
+    /// </summary>
+    /// <exception cref="ArgumentException">The path is a file (ParamName <c>OutDir</c>).</exception>
+    /// <exception cref="IOException">The folder cannot be created or written; <c>Data["ParamName"]</c> is <c>OutDir</c>.</exception>
+    public static RunFolder EnsureWritable(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        if (File.Exists(path))
+        {
+            throw new ArgumentException($"OutDir '{path}' is a file; give a folder for the run", nameof(TrainOptions.OutDir));
+        }
+
+        try
+        {
+            Directory.CreateDirectory(path);
+            string probe = System.IO.Path.Combine(path, $".write-probe-{Environment.ProcessId}");
+            File.WriteAllBytes(probe, []);
+            File.Delete(probe);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new IOException($"OutDir '{path}': cannot create or write the run folder ({e.Message.TrimEnd('.')})", e)
+            {
+                Data = { ["ParamName"] = nameof(TrainOptions.OutDir) },
+            };
+        }
+
+        return new RunFolder(path);
+    }
 }
 
 /// <summary>
