@@ -21,6 +21,7 @@ internal static class OptionNames
         ["channels"] = "--channels",
         ["valSplit"] = "--val-split",
         ["InputSize"] = "--input-size",
+        ["inputSize"] = "--input-size",
         ["BatchSize"] = "--batch-size",
         ["LearningRate"] = "--lr",
         ["MinLearningRate"] = "--min-lr",
