@@ -42,9 +42,9 @@ public static class DepthwiseSelfCheck
                     var weight = randn([c, 1, k, k], generator: generator);
                     var bias = randn([c], generator: generator);
                     var upstream = randn([n, c, h, w], generator: generator);
-                    var y = DepthwiseConv2d.ForwardRaw(x, weight, bias);
-                    var dx = DepthwiseConv2d.InputGradRaw(upstream, weight);
-                    var dw = DepthwiseConv2d.WeightGradRaw(x, upstream, k);
+                    var y = CpuDepthwise.ForwardRaw(x, weight, bias);
+                    var dx = CpuDepthwise.InputGradRaw(upstream, weight);
+                    var dw = CpuDepthwise.WeightGrad(x, upstream, k);
 
                     var x64 = x.to(float64).requires_grad_(true);
                     var w64 = weight.to(float64).requires_grad_(true);
