@@ -1,4 +1,5 @@
 using RepLKNet.Ops.Cpu;
+using RepLKNet.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -61,8 +62,15 @@ public static class DepthwiseConv2d
         return new Restore(() => ScopedIsa.Value = previous);
     }
 
-    /// <summary>Worker threads for our CPU kernels; 0 means libtorch's <c>get_num_threads()</c>.</summary>
-    public static int Threads { get; set; }
+    /// <summary>
+    /// Worker threads for our CPU kernels; 0 means libtorch's <c>get_num_threads()</c>. The same setting as
+    /// <see cref="TorchRuntime.KernelThreads"/> (which <see cref="TorchRuntime.SetThreads"/> sets with libtorch's).
+    /// </summary>
+    public static int Threads
+    {
+        get => TorchRuntime.KernelThreads;
+        set => TorchRuntime.KernelThreads = value;
+    }
 
     /// <summary>The implementation in effect on this async flow.</summary>
     public static DepthwiseBackend CurrentBackend => ScopedBackend.Value ?? DefaultBackend;

@@ -1,4 +1,5 @@
 using RepLKNet.Ops.Cpu;
+using RepLKNet.Runtime;
 using static TorchSharp.torch;
 
 namespace RepLKNet.Ops;

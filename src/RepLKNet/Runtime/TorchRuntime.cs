@@ -1,6 +1,5 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
-using RepLKNet.Ops.Cuda;
 using TorchSharp;
 
 namespace RepLKNet.Runtime;
@@ -176,12 +175,19 @@ public static class TorchRuntime
     public static bool AllowTf32 => Environment.GetEnvironmentVariable(Tf32EnvironmentVariable) == "1";
 
     /// <summary>Uses <paramref name="threads"/> CPU threads for libtorch and for the project's own CPU kernels alike.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="threads"/> is not positive.</exception>
     public static void SetThreads(int threads)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(threads);
         torch.set_num_threads(threads);
-        Ops.DepthwiseConv2d.Threads = threads;
+        KernelThreads = threads;
     }
+
+    /// <summary>
+    /// Worker threads for the project's own CPU kernels (the depthwise convolution's); 0, the default, means libtorch's
+    /// <c>get_num_threads()</c>. <see cref="SetThreads"/> sets it together with libtorch's.
+    /// </summary>
+    public static int KernelThreads { get; set; }
 
     /// <summary>Where libLibTorchSharp.so is looked for beside the running app.</summary>
     public static IReadOnlyList<string> NativeLibraryCandidates(string appDirectory) =>
@@ -330,7 +336,7 @@ public static class TorchRuntime
 
         if (!torch.cuda.is_available())
         {
-            string driver = CudaDriver.UnavailableReason ?? "the driver sees no usable device";
+            string driver = CudaDriverProbe.UnavailableReason ?? "the driver sees no usable device";
             return (false, $"libtorch from '{loaded.ExternalLibTorch}' reports no CUDA device ({driver})");
         }
 
