@@ -18,8 +18,8 @@ public sealed record DepthwiseCheckResult(CpuIsa Isa, string Shape, double Forwa
 
 /// <summary>
 /// Checks every instruction set this machine can run against libtorch in float64 on a few awkward shapes
-/// (1×1 maps, K larger than the map, widths off the vector length). Used by <c>bench dwconv --check</c> so that a
-/// machine with other vector units (e.g. AVX-512) verifies its own path before timing it.
+/// (1×1 maps, K larger than the map, widths off the vector length): run it before timing the kernels, so that a machine
+/// with other vector units (e.g. AVX-512) verifies its own path first.
 /// </summary>
 public static class DepthwiseSelfCheck
 {
