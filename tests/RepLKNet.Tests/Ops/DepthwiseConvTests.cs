@@ -178,6 +178,37 @@ public sealed class DepthwiseConvTests
         Assert.Same(CpuDepthwise.Kernels, DepthwiseConv2d.Select(x, w, null, tracked: false));
     }
 
+    [Theory]
+    [InlineData(true, false, false)]
+    [InlineData(false, true, true)]
+    [InlineData(false, false, true)]
+    public void Only_the_tensors_that_require_grad_get_one(bool inputGrad, bool weightGrad, bool biasGrad)
+    {
+        using var scope = NewDisposeScope();
+        var x = randn(2, 3, 12, 10).requires_grad_(inputGrad);
+        var weight = randn(3, 1, 7, 7).requires_grad_(weightGrad);
+        var bias = randn(3).requires_grad_(biasGrad);
+        var upstream = randn(2, 3, 12, 10);
+        DepthwiseConv2d.Forward(x, weight, bias).backward([upstream]);
+        DepthwiseConv2d.ReleaseBackwardOutputs();
+
+        var x64 = x.detach().to(float64).requires_grad_(true);
+        var w64 = weight.detach().to(float64).requires_grad_(true);
+        var b64 = bias.detach().to(float64).requires_grad_(true);
+        nn.functional.conv2d(x64, w64, b64, padding: [3, 3], groups: 3).backward([upstream.to(float64)]);
+        foreach (var (actual, wanted, reference, what) in new[] { (x, inputGrad, x64, "input"), (weight, weightGrad, w64, "weight"), (bias, biasGrad, b64, "bias") })
+        {
+            if (wanted)
+            {
+                AssertClose(reference.grad!, actual.grad!, what);
+            }
+            else
+            {
+                Assert.Null(actual.grad);
+            }
+        }
+    }
+
     private static void AssertClose(Tensor expected, Tensor actual, string what)
     {
         var e = expected.to(float64);
