@@ -57,6 +57,18 @@ internal static class OptionNames
     public static string? Flag(string? paramName) => paramName is not null && Flags.TryGetValue(paramName, out var flag) ? flag : null;
 
     /// <summary>
+    /// Why CUDA is not in use, in the CLI's words: the library's <see cref="Runtime.TorchRuntime.CudaNotRequested"/> names the
+    /// request by its argument (<c>device</c>), the CLI by its flag.
+    /// </summary>
+    public static string? CudaUnavailableReason(Runtime.TorchRuntimeInfo runtime)
+    {
+        ArgumentNullException.ThrowIfNull(runtime);
+        return runtime.CudaUnavailableReason == Runtime.TorchRuntime.CudaNotRequested
+            ? $"not requested ({Flags["device"]} cpu)"
+            : runtime.CudaUnavailableReason;
+    }
+
+    /// <summary>
     /// <paramref name="e"/>'s message with its leading library argument name replaced by the flag (when the exception names
     /// one the CLI knows and the message starts with it); otherwise the message unchanged.
     /// </summary>
@@ -70,6 +82,7 @@ internal static class OptionNames
             Checkpoints.CheckpointException c => c.ParamName,
             Data.DatasetException d => d.ParamName,
             Models.ConfigException m => m.ParamName,
+            Runtime.TorchLoadException t => t.ParamName,
             _ => e.Data["ParamName"] as string, // any other exception may carry the name in its Data
         };
         if (Flag(name) is not { } flag)
