@@ -20,7 +20,7 @@ public static class RepLKNetReparameterization
         {
             ArgumentNullException.ThrowIfNull(model);
             var device = model.parameters().First().device;
-            var copy = new RepLKNetModel(model.Config, deploy: model.IsDeploy, device: device);
+            var copy = new RepLKNetModel(model.Config, deploy: model.IsDeploy, device: device, name: model.Name);
             using (no_grad())
             {
                 var source = model.state_dict();
