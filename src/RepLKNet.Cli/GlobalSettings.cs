@@ -14,6 +14,11 @@ public class GlobalSettings : CommandSettings
     [DefaultValue("auto")]
     public string Device { get; init; } = "auto";
 
+    /// <summary>CPU threads for libtorch and our kernels; applied once, before the command runs (<see cref="ThreadsInterceptor"/>).</summary>
+    [CommandOption("--threads <T>")]
+    [Description("CPU threads for libtorch and our kernels alike (default: libtorch's get_num_threads()).")]
+    public int? Threads { get; init; }
+
     /// <summary>Print full stack traces on errors.</summary>
     [CommandOption("--verbose")]
     [Description("Print the full stack trace of an error.")]
@@ -34,6 +39,20 @@ public class GlobalSettings : CommandSettings
             return ValidationResult.Error($"--device: {e.Message}");
         }
 
-        return base.Validate();
+        return Threads is <= 0 ? ValidationResult.Error($"--threads {Threads} must be positive") : base.Validate();
+    }
+}
+
+/// <summary>Applies the options every command shares before the command runs: <c>--threads</c>.</summary>
+internal sealed class ThreadsInterceptor : ICommandInterceptor
+{
+    /// <inheritdoc />
+    public void Intercept(CommandContext context, CommandSettings settings)
+    {
+        // Before libtorch is loaded the count is kept and applied when the command initializes the runtime.
+        if (settings is GlobalSettings { Threads: int threads })
+        {
+            TorchRuntime.SetThreads(threads);
+        }
     }
 }

@@ -63,6 +63,7 @@ public static class ReplknetApp
             config.PropagateExceptions();
             config.UseStrictParsing();
             config.ValidateExamples();
+            config.SetInterceptor(new ThreadsInterceptor());
             config.AddCommand<TrainCommand>("train")
                 .WithDescription("Train a RepLKNet (default: RepLKNet-FMNIST on Fashion-MNIST): AdamW, warm-up + cosine, EMA, checkpoints, resume, re-parameterized result.")
                 .WithExample("train")
@@ -101,7 +102,7 @@ public static class ReplknetApp
                     .WithDescription("Time a stack of depthwise layers per (R, K), ours vs libtorch (the paper's Table 1).")
                     .WithExample("bench", "dwconv", "--device", "cpu", "--sizes", "32", "--kernels", "7,31", "--layers", "4");
                 bench.AddCommand<Commands.Bench.BenchOnnxCommand>("onnx")
-                    .WithDescription("Images/s of an ONNX export on ONNX Runtime against the TorchSharp deploy model of the same architecture.")
+                    .WithDescription("Images/s of an ONNX export on ONNX Runtime against the TorchSharp deploy model of the same architecture, both engines on the same CPU threads (--threads).")
                     .WithExample("bench", "onnx", "--onnx", "fmnist.onnx", "--batch", "32");
                 bench.AddCommand<Commands.Bench.BenchModelCommand>("model")
                     .WithDescription("Time a whole model (inference or a training step), ours vs libtorch's depthwise conv.")

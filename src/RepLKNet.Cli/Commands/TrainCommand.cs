@@ -205,11 +205,6 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         [Description("Soak mode: force garbage collections and finalizer runs continuously during the run (finds objects freed while libtorch uses them; slower, same results).")]
         public bool GcStress { get; init; }
 
-        /// <summary>Threads.</summary>
-        [CommandOption("--threads <T>")]
-        [Description("CPU threads.")]
-        public int? Threads { get; init; }
-
         /// <inheritdoc />
         public override ValidationResult Validate()
         {
@@ -218,9 +213,9 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
                 return ValidationResult.Error("--epochs, --batch-size and --lr must be positive; --min-lr, --warmup-epochs, --weight-decay ≥ 0; --ema-decay in [0, 1)");
             }
 
-            if (MaxSteps is <= 0 || TrainSubset is <= 0 || SaveEvery is <= 0 || Threads is <= 0 || Workers is <= 0 || AccumSteps <= 0 || InputSize is <= 0)
+            if (MaxSteps is <= 0 || TrainSubset is <= 0 || SaveEvery is <= 0 || Workers is <= 0 || AccumSteps <= 0 || InputSize is <= 0)
             {
-                return ValidationResult.Error("--max-steps, --train-subset, --save-every, --threads, --workers, --accum-steps and --input-size must be positive");
+                return ValidationResult.Error("--max-steps, --train-subset, --save-every, --workers, --accum-steps and --input-size must be positive");
             }
 
             if (ClipGrad is <= 0 || LayerDecay is <= 0 or > 1 || DropPath is < 0 or >= 1 || ValSplit is <= 0 or >= 1)
@@ -247,11 +242,6 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
     {
         ArgumentNullException.ThrowIfNull(settings);
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
-        if (settings.Threads is int threads)
-        {
-            TorchRuntime.SetThreads(threads);
-        }
-
         RunFolder.EnsureWritable(settings.Out);
         var (name, config) = ModelRegistry.Resolve(settings.Arch ?? "RepLKNet-FMNIST");
         using var data = Datasets.Open(settings.Dataset, settings.Data, settings.ValSplit, settings.Channels, settings.Seed);

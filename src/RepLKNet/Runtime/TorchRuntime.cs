@@ -147,6 +147,7 @@ public static class TorchRuntime
     private const string NativeLibraryName = "libLibTorchSharp.so";
     private static readonly Lock Gate = new();
     private static LoadedState? _loaded;
+    private static int? _pendingThreads;
     private static (bool Available, string? Reason)? _cuda;
 
     /// <summary>
@@ -165,6 +166,12 @@ public static class TorchRuntime
         lock (Gate)
         {
             var loaded = _loaded ??= Load();
+            if (_pendingThreads is int threads)
+            {
+                torch.set_num_threads(threads);
+                _pendingThreads = null;
+            }
+
             torch.Device selected = torch.CPU;
             bool cudaAvailable = false;
             string? reason = CudaNotRequested;
@@ -197,13 +204,26 @@ public static class TorchRuntime
     /// <summary>Whether TF32 is allowed on CUDA (<c>REPLKNET_TF32=1</c>); off by default for float32 parity.</summary>
     public static bool AllowTf32 => Environment.GetEnvironmentVariable(Tf32EnvironmentVariable) == "1";
 
-    /// <summary>Uses <paramref name="threads"/> CPU threads for libtorch and for the project's own CPU kernels alike.</summary>
+    /// <summary>
+    /// Uses <paramref name="threads"/> CPU threads for libtorch and for the project's own CPU kernels alike. Called before
+    /// <see cref="Initialize"/>, it loads nothing: libtorch gets the count when <see cref="Initialize"/> loads it (so a front
+    /// end can apply its thread option before it knows the device).
+    /// </summary>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="threads"/> is not positive.</exception>
     public static void SetThreads(int threads)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(threads);
-        torch.set_num_threads(threads);
-        KernelThreads = threads;
+        lock (Gate)
+        {
+            KernelThreads = threads;
+            if (_loaded is null)
+            {
+                _pendingThreads = threads;
+                return;
+            }
+
+            torch.set_num_threads(threads);
+        }
     }
 
     /// <summary>

@@ -60,11 +60,6 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
         [DefaultValue("ours,torch")]
         public string Implementations { get; init; } = "ours,torch";
 
-        /// <summary>Threads.</summary>
-        [CommandOption("--threads <T>")]
-        [Description("CPU threads for both implementations (default: libtorch's get_num_threads()).")]
-        public int? Threads { get; init; }
-
         /// <summary>Repetitions.</summary>
         [CommandOption("--reps <N>")]
         [Description("Timed repetitions per cell (median; default 3 on the CPU, 7 on CUDA); a cell stops repeating after 20 s.")]
@@ -106,14 +101,9 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
             _ => throw new UsageException($"--pass '{settings.Pass}': use fwd, bwd or all"),
         };
         var impls = BackendList.Parse(settings.Implementations);
-        if (settings.Batch is <= 0 || settings.Channels <= 0 || settings.Layers <= 0 || settings.Reps is <= 0 || settings.Threads is <= 0)
+        if (settings.Batch is <= 0 || settings.Channels <= 0 || settings.Layers <= 0 || settings.Reps is <= 0)
         {
-            throw new UsageException("--batch, --channels, --layers, --reps and --threads must be positive");
-        }
-
-        if (settings.Threads is int threads)
-        {
-            TorchRuntime.SetThreads(threads);
+            throw new UsageException("--batch, --channels, --layers and --reps must be positive");
         }
 
         int threadCount = torch.get_num_threads();

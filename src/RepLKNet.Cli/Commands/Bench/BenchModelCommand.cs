@@ -47,11 +47,6 @@ public sealed class BenchModelCommand(IAnsiConsole console) : Command<BenchModel
         [DefaultValue("ours,torch")]
         public string Implementations { get; init; } = "ours,torch";
 
-        /// <summary>Threads.</summary>
-        [CommandOption("--threads <T>")]
-        [Description("CPU threads.")]
-        public int? Threads { get; init; }
-
         /// <summary>Repetitions.</summary>
         [CommandOption("--reps <N>")]
         [Description("Timed repetitions (median); stops repeating after 60 s.")]
@@ -77,14 +72,9 @@ public sealed class BenchModelCommand(IAnsiConsole console) : Command<BenchModel
         var (name, config) = ModelRegistry.Resolve(settings.Arch);
         string mode = settings.Mode.ToLowerInvariant() is "infer" or "train" ? settings.Mode.ToLowerInvariant() : throw new UsageException($"--mode '{settings.Mode}': use infer or train");
         var impls = BackendList.Parse(settings.Implementations);
-        if (settings.Batch <= 0 || settings.Reps <= 0 || settings.Threads is <= 0 || settings.Resolution is <= 0)
+        if (settings.Batch <= 0 || settings.Reps <= 0 || settings.Resolution is <= 0)
         {
-            throw new UsageException("--batch, --reps, --threads and --resolution must be positive");
-        }
-
-        if (settings.Threads is int threads)
-        {
-            TorchRuntime.SetThreads(threads);
+            throw new UsageException("--batch, --reps and --resolution must be positive");
         }
 
         if (settings.Deploy && mode != "infer")

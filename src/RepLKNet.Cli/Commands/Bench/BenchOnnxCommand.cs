@@ -38,11 +38,6 @@ public sealed class BenchOnnxCommand(IAnsiConsole console) : Command<BenchOnnxCo
         [DefaultValue(5)]
         public int Reps { get; init; } = 5;
 
-        /// <summary>Threads.</summary>
-        [CommandOption("--threads <T>")]
-        [Description("Threads for both engines (default: libtorch's get_num_threads()).")]
-        public int? Threads { get; init; }
-
         /// <summary>JSON.</summary>
         [CommandOption("--json <FILE>")]
         [Description("Also write the results as JSON.")]
@@ -51,7 +46,7 @@ public sealed class BenchOnnxCommand(IAnsiConsole console) : Command<BenchOnnxCo
         /// <inheritdoc />
         public override ValidationResult Validate() =>
             string.IsNullOrWhiteSpace(Onnx) ? ValidationResult.Error("--onnx is required")
-            : Batch <= 0 || Reps <= 0 || Threads is <= 0 ? ValidationResult.Error("--batch, --reps and --threads must be positive")
+            : Batch <= 0 || Reps <= 0 ? ValidationResult.Error("--batch and --reps must be positive")
             : base.Validate();
     }
 
@@ -60,11 +55,6 @@ public sealed class BenchOnnxCommand(IAnsiConsole console) : Command<BenchOnnxCo
     {
         ArgumentNullException.ThrowIfNull(settings);
         TorchRuntime.Initialize(DeviceRequest.Parse("cpu"));
-        if (settings.Threads is int t)
-        {
-            TorchRuntime.SetThreads(t);
-        }
-
         int threads = torch.get_num_threads();
         using var session = OnnxSession.Create(settings.Onnx!, threads);
         var info = OnnxModelInfo.FromMetadata(session.ModelMetadata.CustomMetadataMap, settings.Onnx!)
