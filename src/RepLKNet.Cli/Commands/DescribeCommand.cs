@@ -68,7 +68,7 @@ public sealed class DescribeCommand(IAnsiConsole console) : Command<DescribeComm
                     ["dtype"] = DTypeName(e.DType),
                 })]),
             };
-            console.Profile.Out.Writer.WriteLine(json.ToJsonString(JsonOutput.Options));
+            JsonOutput.Print(console, json);
             return ExitCodes.Success;
         }
 

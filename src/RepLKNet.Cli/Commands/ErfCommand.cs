@@ -1,8 +1,6 @@
 using System.ComponentModel;
 using System.Globalization;
-using System.Text.Json;
 using RepLKNet.Analysis;
-using RepLKNet.Checkpoints;
 using RepLKNet.Data;
 using RepLKNet.Runtime;
 using Spectre.Console;
@@ -15,7 +13,7 @@ namespace RepLKNet.Cli.Commands;
 public sealed class ErfCommand(IAnsiConsole console) : Command<ErfCommand.Settings>
 {
     /// <summary>Options of <c>erf</c>.</summary>
-    public sealed class Settings : GlobalSettings
+    public sealed class Settings : JsonFileSettings
     {
         /// <summary>Architecture.</summary>
         [CommandOption("--model|--arch <NAME>")]
@@ -60,11 +58,6 @@ public sealed class ErfCommand(IAnsiConsole console) : Command<ErfCommand.Settin
         [Description("The heatmap PNG (with colour bar and area ratios).")]
         public string Out { get; init; } = "erf.png";
 
-        /// <summary>JSON.</summary>
-        [CommandOption("--json <FILE>")]
-        [Description("Also write the area ratios and settings as JSON.")]
-        public string? Json { get; init; }
-
         /// <summary>Score matrix.</summary>
         [CommandOption("--npy <FILE>")]
         [Description("Also write each computed mean score matrix (float32 .npy, the official format); with several models FILE gets -1, -2 … before .npy.")]
@@ -75,8 +68,6 @@ public sealed class ErfCommand(IAnsiConsole console) : Command<ErfCommand.Settin
         [Description("Caption at the top of the figure.")]
         public string? Title { get; init; }
     }
-
-    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
     private sealed record Spec(string? Model, string? Weights, string? Npy, string? Label);
 
@@ -196,7 +187,7 @@ public sealed class ErfCommand(IAnsiConsole console) : Command<ErfCommand.Settin
                     areas = o.Areas.Select((a, i) => new { threshold = Erf.Thresholds[i], side = a?.Side, ratio = a?.Ratio }),
                 }),
             };
-            AtomicFile.Write(settings.Json, s => JsonSerializer.Serialize(s, doc, Indented));
+            settings.WriteJson(doc);
             console.WriteLine($"ratios: {settings.Json}");
         }
 

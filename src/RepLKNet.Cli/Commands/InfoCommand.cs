@@ -2,7 +2,6 @@ using System.ComponentModel;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
-using System.Text.Json;
 using RepLKNet.Ops.Cuda;
 using RepLKNet.Runtime;
 using Spectre.Console;
@@ -17,16 +16,9 @@ public sealed class InfoCommand(IAnsiConsole console) : Command<InfoCommand.Sett
     // float32 against float64 on O(100)-term sums; TF32 would show as ~1e-3, real breakage as O(1).
     private const double SelfCheckTolerance = 1e-4;
 
-    private static readonly JsonSerializerOptions JsonOptions = new() { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
-
     /// <summary>Options of <c>info</c>.</summary>
-    public sealed class Settings : GlobalSettings
+    public sealed class Settings : TableOrJsonSettings
     {
-        /// <summary>Print JSON instead of a table.</summary>
-        [CommandOption("--json")]
-        [Description("Print one JSON object instead of a table.")]
-        public bool Json { get; init; }
-
         /// <summary>Run a convolution forward/backward on the device against a float64 CPU reference.</summary>
         [CommandOption("--check")]
         [Description("Also run a conv2d forward + backward on the selected device and compare it with libtorch's float64 CPU result.")]
@@ -79,8 +71,7 @@ public sealed class InfoCommand(IAnsiConsole console) : Command<InfoCommand.Sett
 
         if (settings.Json)
         {
-            var json = rows.ToDictionary(r => r.Key, r => r.Value);
-            console.Profile.Out.Writer.WriteLine(JsonSerializer.Serialize(json, JsonOptions));
+            JsonOutput.Print(console, rows.ToDictionary(r => r.Key, r => r.Value));
             return check is null || check.MaxError < SelfCheckTolerance ? ExitCodes.Success : ExitCodes.Failure;
         }
 

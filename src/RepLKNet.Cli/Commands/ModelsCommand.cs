@@ -1,6 +1,5 @@
 using System.ComponentModel;
 using System.Globalization;
-using System.Text.Json;
 using System.Text.Json.Nodes;
 using RepLKNet.Models;
 using RepLKNet.Runtime;
@@ -13,13 +12,9 @@ namespace RepLKNet.Cli.Commands;
 /// <summary><c>replknet models</c>: the registered variants and their sizes.</summary>
 public sealed class ModelsCommand(IAnsiConsole console) : Command<ModelsCommand.Settings>
 {
-    /// <summary>Options of <c>models</c>.</summary>
-    public sealed class Settings : GlobalSettings
+    /// <summary>Options of <c>models</c>: <c>--json</c> prints a JSON array.</summary>
+    public sealed class Settings : TableOrJsonSettings
     {
-        /// <summary>Print JSON.</summary>
-        [CommandOption("--json")]
-        [Description("Print a JSON array instead of a table.")]
-        public bool Json { get; init; }
     }
 
     /// <inheritdoc />
@@ -30,8 +25,7 @@ public sealed class ModelsCommand(IAnsiConsole console) : Command<ModelsCommand.
         var rows = ModelRegistry.Variants.Select(Describe).ToList();
         if (settings.Json)
         {
-            var array = new JsonArray([.. rows.Select(r => (JsonNode)r)]);
-            console.Profile.Out.Writer.WriteLine(array.ToJsonString(JsonOutput.Options));
+            JsonOutput.Print(console, new JsonArray([.. rows.Select(r => (JsonNode)r)]));
             return ExitCodes.Success;
         }
 
@@ -75,14 +69,4 @@ public sealed class ModelsCommand(IAnsiConsole console) : Command<ModelsCommand.
             ["std"] = new JsonArray(v.Pretrained.Std.R, v.Pretrained.Std.G, v.Pretrained.Std.B),
         };
     }
-}
-
-/// <summary>Shared JSON output settings of the commands.</summary>
-internal static class JsonOutput
-{
-    public static readonly JsonSerializerOptions Options = new()
-    {
-        WriteIndented = true,
-        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
-    };
 }

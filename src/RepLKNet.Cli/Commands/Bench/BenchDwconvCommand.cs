@@ -3,7 +3,6 @@ using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text.Json.Nodes;
 using RepLKNet.Benchmarks;
-using RepLKNet.Checkpoints;
 using RepLKNet.Ops;
 using RepLKNet.Ops.Cpu;
 using RepLKNet.Runtime;
@@ -17,7 +16,7 @@ namespace RepLKNet.Cli.Commands.Bench;
 public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwconvCommand.Settings>
 {
     /// <summary>Options of <c>bench dwconv</c>.</summary>
-    public sealed class Settings : GlobalSettings
+    public sealed class Settings : JsonFileSettings
     {
         /// <summary>Batch.</summary>
         [CommandOption("--batch <N>")]
@@ -64,11 +63,6 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
         [CommandOption("--reps <N>")]
         [Description("Timed repetitions per cell (median; default 3 on the CPU, 7 on CUDA); a cell stops repeating after 20 s.")]
         public int? Reps { get; init; }
-
-        /// <summary>JSON output.</summary>
-        [CommandOption("--json <FILE>")]
-        [Description("Also write {machine, results} as JSON.")]
-        public string? Json { get; init; }
 
         /// <summary>Verify first.</summary>
         [CommandOption("--check")]
@@ -215,7 +209,7 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
                     ["check_error"] = double.IsNaN(r.CheckError) ? null : r.CheckError,
                 })]),
             };
-            AtomicFile.Write(json, s => s.Write(System.Text.Encoding.UTF8.GetBytes(root.ToJsonString(JsonOutput.Options) + "\n")));
+            settings.WriteJson(root);
             console.MarkupLine($"wrote [bold]{Markup.Escape(json)}[/]");
         }
 

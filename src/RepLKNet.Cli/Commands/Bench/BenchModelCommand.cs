@@ -2,7 +2,6 @@ using System.ComponentModel;
 using System.Globalization;
 using System.Text.Json.Nodes;
 using RepLKNet.Benchmarks;
-using RepLKNet.Checkpoints;
 using RepLKNet.Models;
 using RepLKNet.Ops;
 using RepLKNet.Runtime;
@@ -16,7 +15,7 @@ namespace RepLKNet.Cli.Commands.Bench;
 public sealed class BenchModelCommand(IAnsiConsole console) : Command<BenchModelCommand.Settings>
 {
     /// <summary>Options of <c>bench model</c>.</summary>
-    public sealed class Settings : GlobalSettings
+    public sealed class Settings : JsonFileSettings
     {
         /// <summary>Architecture.</summary>
         [CommandOption("--arch <ARCH>")]
@@ -57,11 +56,6 @@ public sealed class BenchModelCommand(IAnsiConsole console) : Command<BenchModel
         [CommandOption("--deploy")]
         [Description("Re-parameterize first (infer only): the small-kernel branches and their BNs merged into the large kernels.")]
         public bool Deploy { get; init; }
-
-        /// <summary>JSON output.</summary>
-        [CommandOption("--json <FILE>")]
-        [Description("Also write the results as JSON.")]
-        public string? Json { get; init; }
     }
 
     /// <inheritdoc />
@@ -95,23 +89,18 @@ public sealed class BenchModelCommand(IAnsiConsole console) : Command<BenchModel
             console.MarkupLine(CultureInfo.InvariantCulture, "[bold]speed-up ours/torch: {0:F2}×[/]", theirs.Ms / ours.Ms);
         }
 
-        if (settings.Json is { } json)
+        settings.WriteJson(new JsonObject
         {
-            var root = new JsonObject
+            ["arch"] = name,
+            ["form"] = settings.Deploy ? "deploy" : "train",
+            ["device"] = runtime.Device.ToString(),
+            ["threads"] = torch.get_num_threads(),
+            ["results"] = new JsonArray([.. results.Select(r => (JsonNode)new JsonObject
             {
-                ["arch"] = name,
-                ["form"] = settings.Deploy ? "deploy" : "train",
-                ["device"] = runtime.Device.ToString(),
-                ["threads"] = torch.get_num_threads(),
-                ["results"] = new JsonArray([.. results.Select(r => (JsonNode)new JsonObject
-                {
-                    ["impl"] = r.Implementation, ["mode"] = r.Mode, ["batch"] = r.Batch, ["resolution"] = r.Resolution,
-                    ["ms"] = Math.Round(r.Ms, 1), ["images_per_s"] = Math.Round(r.ImagesPerSecond, 3), ["peak_rss_bytes"] = r.PeakMemoryBytes, ["reps"] = r.Reps,
-                })]),
-            };
-            AtomicFile.Write(json, s => s.Write(System.Text.Encoding.UTF8.GetBytes(root.ToJsonString(JsonOutput.Options) + "\n")));
-        }
-
+                ["impl"] = r.Implementation, ["mode"] = r.Mode, ["batch"] = r.Batch, ["resolution"] = r.Resolution,
+                ["ms"] = Math.Round(r.Ms, 1), ["images_per_s"] = Math.Round(r.ImagesPerSecond, 3), ["peak_rss_bytes"] = r.PeakMemoryBytes, ["reps"] = r.Reps,
+            })]),
+        });
         return ExitCodes.Success;
     }
 }

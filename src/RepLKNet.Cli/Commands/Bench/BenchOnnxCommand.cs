@@ -3,7 +3,6 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json.Nodes;
 using Microsoft.ML.OnnxRuntime;
-using RepLKNet.Checkpoints;
 using RepLKNet.Export;
 using RepLKNet.Models;
 using RepLKNet.Reparam;
@@ -19,7 +18,7 @@ namespace RepLKNet.Cli.Commands.Bench;
 public sealed class BenchOnnxCommand(IAnsiConsole console) : Command<BenchOnnxCommand.Settings>
 {
     /// <summary>Options of <c>bench onnx</c>.</summary>
-    public sealed class Settings : GlobalSettings
+    public sealed class Settings : JsonFileSettings
     {
         /// <summary>Model.</summary>
         [CommandOption("--onnx <FILE>")]
@@ -37,11 +36,6 @@ public sealed class BenchOnnxCommand(IAnsiConsole console) : Command<BenchOnnxCo
         [Description("Timed runs per engine (median), after two warm-up runs.")]
         [DefaultValue(5)]
         public int Reps { get; init; } = 5;
-
-        /// <summary>JSON.</summary>
-        [CommandOption("--json <FILE>")]
-        [Description("Also write the results as JSON.")]
-        public string? Json { get; init; }
 
         /// <inheritdoc />
         public override ValidationResult Validate() =>
@@ -133,18 +127,14 @@ public sealed class BenchOnnxCommand(IAnsiConsole console) : Command<BenchOnnxCo
         console.Write(table);
         console.MarkupLine(CultureInfo.InvariantCulture, "[bold]ONNX Runtime / TorchSharp: {0:F2}× (ours), {1:F2}× (libtorch's)[/] (images/s)",
             ortRate / torchRate, ortRate / libtorchRate);
-        if (settings.Json is { } json)
+        settings.WriteJson(new JsonObject
         {
-            var root = new JsonObject
-            {
-                ["onnx"] = settings.Onnx, ["arch"] = info.Arch, ["form"] = info.Form, ["batch"] = settings.Batch, ["input_size"] = info.InputSize,
-                ["threads"] = threads, ["ort_version"] = OrtEnv.Instance().GetVersionString(),
-                ["ort_ms"] = Math.Round(ort, 2), ["ort_images_per_s"] = Math.Round(ortRate, 3),
-                ["torchsharp_ms"] = Math.Round(torchMs, 2), ["torchsharp_images_per_s"] = Math.Round(torchRate, 3),
-                ["torchsharp_libtorch_dw_ms"] = Math.Round(libtorchMs, 2), ["torchsharp_libtorch_dw_images_per_s"] = Math.Round(libtorchRate, 3),
-            };
-            AtomicFile.Write(json, s => s.Write(System.Text.Encoding.UTF8.GetBytes(root.ToJsonString(JsonOutput.Options) + "\n")));
-        }
+            ["onnx"] = settings.Onnx, ["arch"] = info.Arch, ["form"] = info.Form, ["batch"] = settings.Batch, ["input_size"] = info.InputSize,
+            ["threads"] = threads, ["ort_version"] = OrtEnv.Instance().GetVersionString(),
+            ["ort_ms"] = Math.Round(ort, 2), ["ort_images_per_s"] = Math.Round(ortRate, 3),
+            ["torchsharp_ms"] = Math.Round(torchMs, 2), ["torchsharp_images_per_s"] = Math.Round(torchRate, 3),
+            ["torchsharp_libtorch_dw_ms"] = Math.Round(libtorchMs, 2), ["torchsharp_libtorch_dw_images_per_s"] = Math.Round(libtorchRate, 3),
+        });
 
         return ExitCodes.Success;
     }
