@@ -1,4 +1,5 @@
 using System.ComponentModel;
+using RepLKNet.Checkpoints;
 using RepLKNet.Ops;
 using Spectre.Console;
 using Spectre.Console.Cli;
@@ -21,6 +22,36 @@ public class ArchSettings : GlobalSettings
     /// <inheritdoc />
     public override ValidationResult Validate() =>
         NumClasses is <= 0 ? ValidationResult.Error($"--num-classes {NumClasses} must be positive") : base.Validate();
+}
+
+/// <summary>Options shared by commands that load a model from a checkpoint.</summary>
+public class WeightsSettings : ArchSettings
+{
+    /// <summary>Checkpoint path.</summary>
+    [CommandOption("--weights <FILE>")]
+    [Description("Checkpoint: PyTorch .pth (raw, {'model','model_ema'} or MMSeg {'state_dict'} with backbone.), safetensors, or the project's format. train: the weights to start from (train form; a classifier of another size is skipped).")]
+    public string? Weights { get; init; }
+
+    /// <summary>Use the EMA weights of a training checkpoint.</summary>
+    [CommandOption("--ema")]
+    [Description("Load 'model_ema' from a PyTorch training checkpoint instead of 'model'.")]
+    public bool Ema { get; init; }
+
+    /// <summary>Strict key matching.</summary>
+    [CommandOption("--strict <BOOL>")]
+    [Description("Fail on any missing, unexpected or shape-mismatched key (default true); false loads what fits and reports the rest.")]
+    [DefaultValue(true)]
+    public bool Strict { get; init; } = true;
+
+    /// <summary>The load options these settings describe.</summary>
+    public ModelLoadOptions LoadOptions => new() { Arch = Arch, Ema = Ema, Strict = Strict, NumClasses = NumClasses };
+
+    /// <summary>Whether the command needs <c>--weights</c> (true unless it overrides this).</summary>
+    protected virtual bool WeightsRequired => true;
+
+    /// <inheritdoc />
+    public override ValidationResult Validate() =>
+        WeightsRequired && string.IsNullOrWhiteSpace(Weights) ? ValidationResult.Error("--weights is required") : base.Validate();
 }
 
 /// <summary>Parsing of the <c>--impl</c> list shared by the benchmarks.</summary>

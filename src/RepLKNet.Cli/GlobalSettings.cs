@@ -41,6 +41,16 @@ public class GlobalSettings : CommandSettings
 
         return Threads is <= 0 ? ValidationResult.Error($"--threads {Threads} must be positive") : base.Validate();
     }
+
+    /// <summary>
+    /// A usage error naming the options of <paramref name="options"/> that were given although this command inherits them
+    /// without taking them (<paramref name="reason"/> says why), or null when none was given.
+    /// </summary>
+    protected static ValidationResult? Inapplicable(string reason, params (bool Given, string Flag)[] options)
+    {
+        var given = options.Where(o => o.Given).Select(o => o.Flag).ToList();
+        return given.Count == 0 ? null : ValidationResult.Error($"{string.Join(", ", given)} {(given.Count == 1 ? "does" : "do")} not apply: {reason}");
+    }
 }
 
 /// <summary>Applies the options every command shares before the command runs: <c>--threads</c>.</summary>

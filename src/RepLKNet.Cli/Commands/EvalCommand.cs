@@ -14,35 +14,13 @@ namespace RepLKNet.Cli.Commands;
 public sealed class EvalCommand(IAnsiConsole console) : Command<EvalCommand.Settings>
 {
     /// <summary>Options of <c>eval</c>.</summary>
-    public sealed class Settings : WeightsSettings
+    public sealed class Settings : DatasetSettings
     {
-        /// <summary>Dataset.</summary>
-        [CommandOption("--dataset <NAME>")]
-        [Description("fashion-mnist or cifar10 (their test split), or folder (its val/ folder, or the held-out part of --val-split).")]
-        [DefaultValue("fashion-mnist")]
-        public string Dataset { get; init; } = "fashion-mnist";
-
-        /// <summary>Data folder.</summary>
-        [CommandOption("--data <DIR>")]
-        [Description("Folder with the dataset files.")]
-        public string? Data { get; init; }
-
-        /// <summary>Held-out fraction.</summary>
-        [CommandOption("--val-split <FRACTION>")]
-        [DefaultValue(0.1)]
-        [Description("folder without train/ and val/: the held-out fraction (use the training run's value and --seed).")]
-        public double ValSplit { get; init; } = 0.1;
-
         /// <summary>Split seed.</summary>
         [CommandOption("--seed <SEED>")]
         [DefaultValue(0L)]
         [Description("folder without train/ and val/: the seed of the split (the training run's).")]
         public long Seed { get; init; }
-
-        /// <summary>Input size.</summary>
-        [CommandOption("--input-size <PX>")]
-        [Description("Input size (default: the checkpoint's recorded preprocessing, else the dataset's size or 224).")]
-        public int? InputSize { get; init; }
 
         /// <summary>Batch size.</summary>
         [CommandOption("--batch-size <B>")]
@@ -54,35 +32,22 @@ public sealed class EvalCommand(IAnsiConsole console) : Command<EvalCommand.Sett
         [CommandOption("--plot <FILE>")]
         [Description("Also draw the confusion matrix as a PNG.")]
         public string? Plot { get; init; }
+
+        /// <inheritdoc />
+        public override ValidationResult Validate() => BatchSize <= 0 ? ValidationResult.Error("--batch-size must be positive") : base.Validate();
     }
 
     /// <inheritdoc />
     public override int Execute(CommandContext context, Settings settings, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(settings);
-        if (settings.BatchSize <= 0)
-        {
-            throw new UsageException("--batch-size must be positive");
-        }
-
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
         var loaded = ModelLoader.Load(settings.Weights!, settings.LoadOptions);
         using var model = loaded.Model;
-        model.to(runtime.Device);
-        if (Datasets.Canonical(settings.Dataset) is null)
-        {
-            throw new UsageException($"--dataset '{settings.Dataset}': use {string.Join(", ", Datasets.Names)}");
-        }
-
-        using (var splits = Datasets.Open(settings.Dataset, settings.Data, settings.ValSplit, model.Config.InChannels, settings.Seed))
+        using (var splits = settings.OpenData(settings.Seed, model.Config.InChannels))
         {
             var data = splits.Test;
-            var pre = loaded.Metadata?.Preprocessing;
-            var normalization = pre?.Normalization ?? splits.Normalization;
-            int size = settings.InputSize ?? pre?.InputSize ?? data.FixedSize?.Height ?? Training.Recipes.DatasetAugment(splits.Name).InputSize ?? 224;
-            var pipeline = new Data.Transforms.SamplePipeline(new Data.Transforms.AugmentOptions { CropPct = pre?.CropPct ?? Training.Recipes.DatasetAugment(splits.Name).CropPct },
-                normalization, data.Channels, size);
-            var r = Evaluation.Run(model, data, pipeline, settings.BatchSize, runtime.Device);
+            var r = CheckpointEvaluation.Run(loaded, splits, settings.BatchSize, runtime.Device, settings.InputSize, settings.Workers);
             if (r.Skipped.Count > 0)
             {
                 Console.Error.WriteLine($"skipped {r.Skipped.Count} unreadable image(s), e.g. {r.Skipped[0].Source}: {r.Skipped[0].Reason}");

@@ -11,26 +11,9 @@ using TorchSharp;
 
 namespace RepLKNet.Cli.Commands;
 
-/// <summary>Options shared by the experiment commands: data and the one training recipe.</summary>
-public class ExperimentSettings : GlobalSettings
+/// <summary>Options shared by the experiment commands: the dataset (<see cref="DatasetSettings"/>) and the one training recipe.</summary>
+public class ExperimentSettings : DatasetSettings
 {
-    /// <summary>Dataset.</summary>
-    [CommandOption("--dataset <NAME>")]
-    [Description("fashion-mnist (default), cifar10, or folder (with --data).")]
-    [DefaultValue("fashion-mnist")]
-    public string Dataset { get; init; } = "fashion-mnist";
-
-    /// <summary>Data folder.</summary>
-    [CommandOption("--data <DIR>")]
-    [Description("Folder with the dataset files (or the image folder).")]
-    public string? Data { get; init; }
-
-    /// <summary>Held-out fraction for a folder without train/ and val/.</summary>
-    [CommandOption("--val-split <FRACTION>")]
-    [DefaultValue(0.1)]
-    [Description("folder without train/ and val/: the held-out fraction.")]
-    public double ValSplit { get; init; } = 0.1;
-
     /// <summary>The training budget text (each command sets its own default).</summary>
     public virtual string Budget { get; init; } = "1";
 
@@ -62,34 +45,35 @@ public class ExperimentSettings : GlobalSettings
     [Description("Stop each model after N steps whatever the budget (smoke runs).")]
     public long? MaxSteps { get; init; }
 
-    /// <summary>Loader threads.</summary>
-    [CommandOption("--workers <N>")]
-    [Description("Background threads preparing batches (default: up to 4).")]
-    public int? Workers { get; init; }
+    /// <inheritdoc />
+    protected override bool WeightsRequired => false;
 
-    /// <summary>Input size.</summary>
-    [CommandOption("--input-size <PX>")]
-    [Description("Input size (default: the images' size; a folder needs it, e.g. 64).")]
-    public int? InputSize { get; init; }
-
-    /// <summary>Checks the recipe options and returns the recipe (seed 0).</summary>
-    internal ClassifierTrainingOptions Recipe(DatasetSplits data, torch.Device device)
+    /// <inheritdoc />
+    public override ValidationResult Validate()
     {
-        TrainingBudget budget;
+        if (Inapplicable("the experiments build and train their own models (--model, --table)",
+            (Arch is not null, "--arch"), (Weights is not null, "--weights"), (Ema, "--ema"), (!Strict, "--strict")) is { } error)
+        {
+            return error;
+        }
+
         try
         {
-            budget = TrainingBudget.Parse(Budget);
+            _ = TrainingBudget.Parse(Budget);
         }
         catch (ArgumentException e)
         {
-            throw new UsageException($"--budget: {e.Message}");
+            return ValidationResult.Error($"--budget: {e.Message}");
         }
 
-        if (BatchSize <= 0 || !(LearningRate > 0) || WeightDecay < 0 || TrainSubset is <= 0 || MaxSteps is <= 0 || Workers is <= 0 || InputSize is <= 0)
-        {
-            throw new UsageException("--batch-size, --lr, --train-subset, --max-steps, --workers and --input-size must be positive; --weight-decay ≥ 0");
-        }
+        return BatchSize <= 0 || !(LearningRate > 0) || WeightDecay < 0 || TrainSubset is <= 0 || MaxSteps is <= 0
+            ? ValidationResult.Error("--batch-size, --lr, --train-subset and --max-steps must be positive; --weight-decay ≥ 0")
+            : base.Validate();
+    }
 
+    /// <summary>The recipe these options describe for <paramref name="data"/> (seed 0).</summary>
+    internal ClassifierTrainingOptions Recipe(DatasetSplits data, torch.Device device)
+    {
         var augment = Recipes.DatasetAugment(data.Name);
         if (InputSize is int size)
         {
@@ -98,20 +82,9 @@ public class ExperimentSettings : GlobalSettings
 
         return new ClassifierTrainingOptions
         {
-            Budget = budget, Normalization = data.Normalization, Augment = augment, BatchSize = BatchSize, LearningRate = LearningRate,
+            Budget = TrainingBudget.Parse(Budget), Normalization = data.Normalization, Augment = augment, BatchSize = BatchSize, LearningRate = LearningRate,
             WeightDecay = WeightDecay, TrainSubset = TrainSubset, MaxSteps = MaxSteps, Workers = Workers ?? LoaderPlan.DefaultWorkers, Device = device,
         };
-    }
-
-    /// <summary>Opens the dataset named by <see cref="Dataset"/>.</summary>
-    internal DatasetSplits OpenData(int channels)
-    {
-        if (Datasets.Canonical(Dataset) is null)
-        {
-            throw new UsageException($"--dataset '{Dataset}': use {string.Join(", ", Datasets.Names)}");
-        }
-
-        return Datasets.Open(Dataset, Data, ValSplit, channels);
     }
 }
 
@@ -197,7 +170,7 @@ public sealed class ExperimentKernelSizeCommand(IAnsiConsole console) : Command<
         }
 
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
-        using var data = settings.OpenData(3);
+        using var data = settings.OpenData();
         var recipe = settings.Recipe(data, runtime.Device);
         int size = recipe.Augment.InputSize ?? data.Train.FixedSize?.Height ?? throw new UsageException("images of varying sizes need --input-size");
         var baseConfig = settings.Layout.ToLowerInvariant() switch

@@ -47,7 +47,7 @@ public sealed class ExperimentTrainCommand(IAnsiConsole console) : Command<Exper
         string model = settings.Model ?? throw new UsageException("--model is required: resnet18, resnet50, resnet101 or mobilenetv2[-kN]");
         string output = settings.Out ?? throw new UsageException("--out FILE.safetensors is required");
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
-        using var data = settings.OpenData(3);
+        using var data = settings.OpenData();
         var recipe = settings.Recipe(data, runtime.Device) with { Seed = settings.Seed };
         int classes = data.Train.ClassNames.Count;
         manual_seed(settings.Seed);

@@ -12,40 +12,6 @@ using static TorchSharp.torch;
 
 namespace RepLKNet.Cli.Commands;
 
-/// <summary>Options shared by commands that load a model from a checkpoint.</summary>
-public class WeightsSettings : ArchSettings
-{
-    /// <summary>Checkpoint path.</summary>
-    [CommandOption("--weights <FILE>")]
-    [Description("Checkpoint: PyTorch .pth (raw, {'model','model_ema'} or MMSeg {'state_dict'} with backbone.), safetensors, or the project's format.")]
-    public string? Weights { get; init; }
-
-    /// <summary>Use the EMA weights of a training checkpoint.</summary>
-    [CommandOption("--ema")]
-    [Description("Load 'model_ema' from a PyTorch training checkpoint instead of 'model'.")]
-    public bool Ema { get; init; }
-
-    /// <summary>Strict key matching.</summary>
-    [CommandOption("--strict <BOOL>")]
-    [Description("Fail on any missing, unexpected or shape-mismatched key (default true); false loads what fits and reports the rest.")]
-    [DefaultValue(true)]
-    public bool Strict { get; init; } = true;
-
-    /// <summary>The load options these settings describe.</summary>
-    public ModelLoadOptions LoadOptions => new() { Arch = Arch, Ema = Ema, Strict = Strict, NumClasses = NumClasses };
-
-    /// <inheritdoc />
-    public override ValidationResult Validate()
-    {
-        if (string.IsNullOrWhiteSpace(Weights))
-        {
-            return ValidationResult.Error("--weights is required");
-        }
-
-        return base.Validate();
-    }
-}
-
 /// <summary><c>replknet forward</c>: eval-mode outputs on a raw float32 tensor, for parity checks across frameworks.</summary>
 public sealed class ForwardCommand(IAnsiConsole console) : Command<ForwardCommand.Settings>
 {

@@ -19,35 +19,10 @@ namespace RepLKNet.Cli.Commands;
 public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Settings>
 {
     /// <summary>Options of <c>train</c>.</summary>
-    public sealed class Settings : ArchSettings
+    public sealed class Settings : DatasetSettings
     {
-        /// <summary>Dataset.</summary>
-        [CommandOption("--dataset <NAME>")]
-        [Description("fashion-mnist, cifar10, or folder (one sub-folder of images per class; --data DIR).")]
-        [DefaultValue("fashion-mnist")]
-        public string Dataset { get; init; } = "fashion-mnist";
-
-        /// <summary>Data folder.</summary>
-        [CommandOption("--data <DIR>")]
-        [Description("Folder with the dataset files (default: $REPLKNET_DATA, then the Debian package folder).")]
-        public string? Data { get; init; }
-
-        /// <summary>Held-out fraction of a folder without train/ and val/.</summary>
-        [CommandOption("--val-split <FRACTION>")]
-        [DefaultValue(0.1)]
-        [Description("folder: fraction of each class held out for validation when there are no train/ and val/ folders.")]
-        public double ValSplit { get; init; } = 0.1;
-
-        /// <summary>Channels of folder images.</summary>
-        [CommandOption("--channels <C>")]
-        [DefaultValue(3)]
-        [Description("folder: decode images as 3 (RGB) or 1 (grey) channels.")]
-        public int Channels { get; init; } = 3;
-
-        /// <summary>Input size.</summary>
-        [CommandOption("--input-size <PX>")]
-        [Description("Square network input (default: 28 Fashion-MNIST, 32 CIFAR-10, 224 folder).")]
-        public int? InputSize { get; init; }
+        /// <inheritdoc />
+        protected override bool WeightsRequired => false;
 
         /// <summary>Augmentation preset.</summary>
         [CommandOption("--aug <PRESET>")]
@@ -115,16 +90,6 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         [CommandOption("--layer-decay <D>")]
         [Description("Layer-wise learning-rate decay for fine-tuning (official: 0.7).")]
         public double? LayerDecay { get; init; }
-
-        /// <summary>Fine-tuning weights.</summary>
-        [CommandOption("--weights <FILE>")]
-        [Description("Start from these weights (any checkpoint format, train form); a classifier of another size is skipped.")]
-        public string? Weights { get; init; }
-
-        /// <summary>Loader threads.</summary>
-        [CommandOption("--workers <N>")]
-        [Description("Background threads preparing batches (default: cores, at most 4).")]
-        public int? Workers { get; init; }
 
         /// <summary>Epochs.</summary>
         [CommandOption("--epochs <E>")]
@@ -213,14 +178,14 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
                 return ValidationResult.Error("--epochs, --batch-size and --lr must be positive; --min-lr, --warmup-epochs, --weight-decay ≥ 0; --ema-decay in [0, 1)");
             }
 
-            if (MaxSteps is <= 0 || TrainSubset is <= 0 || SaveEvery is <= 0 || Workers is <= 0 || AccumSteps <= 0 || InputSize is <= 0)
+            if (MaxSteps is <= 0 || TrainSubset is <= 0 || SaveEvery is <= 0 || AccumSteps <= 0)
             {
-                return ValidationResult.Error("--max-steps, --train-subset, --save-every, --workers, --accum-steps and --input-size must be positive");
+                return ValidationResult.Error("--max-steps, --train-subset, --save-every and --accum-steps must be positive");
             }
 
-            if (ClipGrad is <= 0 || LayerDecay is <= 0 or > 1 || DropPath is < 0 or >= 1 || ValSplit is <= 0 or >= 1)
+            if (ClipGrad is <= 0 || LayerDecay is <= 0 or > 1 || DropPath is < 0 or >= 1)
             {
-                return ValidationResult.Error("--clip-grad must be positive, --layer-decay in (0, 1], --drop-path in [0, 1), --val-split in (0, 1)");
+                return ValidationResult.Error("--clip-grad must be positive, --layer-decay in (0, 1], --drop-path in [0, 1)");
             }
 
             if (Aug is not ("default" or "none" or "official"))
@@ -228,12 +193,8 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
                 return ValidationResult.Error($"--aug '{Aug}': use default, none or official");
             }
 
-            if (Datasets.Canonical(Dataset) is null)
-            {
-                return ValidationResult.Error($"--dataset '{Dataset}': use {string.Join(", ", Datasets.Names)}");
-            }
-
-            return base.Validate();
+            return Inapplicable("train fine-tunes from the train-form 'model' weights of --weights, skipping a classifier of another size", (Ema, "--ema"), (!Strict, "--strict"))
+                ?? base.Validate();
         }
     }
 
@@ -244,13 +205,9 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
         RunFolder.EnsureWritable(settings.Out);
         var (name, config) = ModelRegistry.Resolve(settings.Arch ?? "RepLKNet-FMNIST");
-        using var data = Datasets.Open(settings.Dataset, settings.Data, settings.ValSplit, settings.Channels, settings.Seed);
+        using var data = settings.OpenData(settings.Seed);
         var train = data.Train;
         config = ModelFactory.Fit(config, new ModelFit(train.ClassNames.Count, train.Channels, settings.DropPath));
-        if (settings.NumClasses is int n && n != train.ClassNames.Count)
-        {
-            throw new UsageException($"--num-classes {n} does not match the dataset's {train.ClassNames.Count} classes");
-        }
 
         var augment = Augmentation(settings, data);
         var options = new TrainOptions
