@@ -117,7 +117,7 @@ public sealed class ErfCommand(IAnsiConsole console) : Command<ErfCommand.Settin
                 Normalization normalization;
                 if (settings.Data is not null && settings.Dataset is null)
                 {
-                    folder ??= OpenFolder(settings.Data);
+                    folder ??= ImageFileList.Open(settings.Data);
                     images = folder;
                     normalization = subject.Normalization ?? Normalization.ImageNet;
                 }
@@ -261,39 +261,5 @@ public sealed class ErfCommand(IAnsiConsole console) : Command<ErfCommand.Settin
         }
 
         return new Spec(head.Length == 0 ? null : head, string.IsNullOrEmpty(tail) ? null : tail, null, null);
-    }
-
-    private static ImageFolderImages OpenFolder(string dir)
-    {
-        if (!Directory.Exists(dir))
-        {
-            throw new UsageException($"--data '{dir}': no such folder");
-        }
-
-        var files = ImageDecoder.Expand([dir]);
-        if (files.Count == 0)
-        {
-            throw new UsageException($"--data '{dir}' holds no images ({string.Join(", ", ImageDecoder.Extensions)})");
-        }
-
-        return new ImageFolderImages(files);
-    }
-
-    /// <summary>A flat, ordered list of image files (labels unused).</summary>
-    private sealed class ImageFolderImages(List<string> files) : IImageDataset
-    {
-        public long Count => files.Count;
-
-        public IReadOnlyList<string> ClassNames { get; } = ["image"];
-
-        public int Channels => 3;
-
-        public (int Height, int Width)? FixedSize => null;
-
-        public long Label(long index) => 0;
-
-        public string Describe(long index) => files[(int)index];
-
-        public ImageU8 Read(long index) => ImageDecoder.Decode(files[(int)index], 3);
     }
 }
