@@ -5,7 +5,6 @@ using RepLKNet.Models;
 using RepLKNet.Runtime;
 using Spectre.Console;
 using Spectre.Console.Cli;
-using static TorchSharp.torch;
 
 namespace RepLKNet.Cli.Commands;
 
@@ -49,15 +48,12 @@ public sealed class ModelsCommand(IAnsiConsole console) : Command<ModelsCommand.
 
     private static JsonObject Describe(ModelVariant v)
     {
-        var meta = new Device("meta");
-        using var train = new RepLKNetModel(v.Config, deploy: false, device: meta);
-        using var deploy = new RepLKNetModel(v.Config, deploy: true, device: meta);
         int res = v.Pretrained.InputSize.H;
         return new JsonObject
         {
             ["name"] = v.Name,
-            ["params"] = train.parameters().Sum(p => p.numel()),
-            ["deploy_params"] = deploy.parameters().Sum(p => p.numel()),
+            ["params"] = Complexity.Parameters(v.Config, ModelForm.Train),
+            ["deploy_params"] = Complexity.Parameters(v.Config, ModelForm.Deploy),
             ["resolution"] = res,
             ["macs"] = Complexity.Macs(v.Config, res, res, ModelForm.Deploy),
             ["macs_train"] = Complexity.Macs(v.Config, res, res, ModelForm.Train),

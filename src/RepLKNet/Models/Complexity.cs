@@ -1,8 +1,19 @@
 namespace RepLKNet.Models;
 
-/// <summary>Analytical cost of a RepLKNet: convolution and linear multiply-accumulates (BN, activations and adds not counted).</summary>
+/// <summary>Size and analytical cost of a RepLKNet: parameters, and convolution and linear multiply-accumulates (BN, activations and adds not counted).</summary>
 public static class Complexity
 {
+    /// <summary>
+    /// Parameter elements of <paramref name="config"/> in <paramref name="form"/> (buffers not counted), from a model built on
+    /// the meta device: no memory is allocated and nothing is initialized.
+    /// </summary>
+    public static long Parameters(RepLKNetConfig config, ModelForm form)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        using var model = ModelForms.Create(config, form, new TorchSharp.torch.Device("meta"));
+        return model.Describe().Parameters;
+    }
+
     /// <summary>
     /// Conv + linear MACs for one image of <paramref name="height"/>×<paramref name="width"/>. The deploy form is what the
     /// paper's README reports as "FLOPs" (31B at 224: 15.354 G); the train form adds the small-kernel branch.
