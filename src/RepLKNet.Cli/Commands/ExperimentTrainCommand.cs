@@ -46,20 +46,20 @@ public sealed class ExperimentTrainCommand(IAnsiConsole console) : Command<Exper
         ArgumentNullException.ThrowIfNull(settings);
         string model = settings.Model ?? throw new UsageException("--model is required: resnet18, resnet50, resnet101 or mobilenetv2[-kN]");
         string output = settings.Out ?? throw new UsageException("--out FILE.safetensors is required");
-        var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
-        using var data = settings.OpenData();
-        var recipe = settings.Recipe(data, runtime.Device) with { Seed = settings.Seed };
-        int classes = data.Train.ClassNames.Count;
-        manual_seed(settings.Seed);
         if (ModelFactory.FamilyOf(model) is not (ModelFamily.ResNet or ModelFamily.MobileNetV2))
         {
             throw new UsageException($"--model '{model}': use resnet18, resnet50, resnet101 or mobilenetv2[-kN] (RepLKNets train with 'replknet train')");
         }
 
+        var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
+        using var data = settings.OpenData();
+        var recipe = settings.Recipe(data, runtime.Device) with { Seed = settings.Seed };
+        int classes = data.Train.ClassNames.Count;
+        manual_seed(settings.Seed);
         using var built = ModelFactory.Create(model, new ModelFit(classes, data.Train.Channels) { SmallImages = true });
         var net = built.AsModule();
         net.to(runtime.Device);
-        long parameters = net.parameters().Sum(p => p.numel());
+        long parameters = built.Describe().Parameters;
         console.MarkupLine(CultureInfo.InvariantCulture, "[bold]experiment train[/] {0} ({1:N0} parameters) on {2}: {3}, batch {4}, lr {5}, {6} → {7}",
             Markup.Escape(model), parameters, Markup.Escape(data.Name), recipe.Budget, recipe.BatchSize, recipe.LearningRate, runtime.Device, Markup.Escape(output));
         var writer = console.Profile.Out.Writer;
@@ -71,20 +71,7 @@ public sealed class ExperimentTrainCommand(IAnsiConsole console) : Command<Exper
                     $"  step {p.Step}: {p.Fraction:P0} of the budget, loss {p.Loss:F4}, lr {p.LearningRate:0.00e+00}, {p.ImagesPerSecond:F0} images/s"));
             }
         }, cancellationToken);
-        if (built is MobileNetV2 mobile)
-        {
-            MobileNetV2Checkpoint.Write(output, mobile, data.Train.ClassNames);
-        }
-        else
-        {
-            SafetensorsFile.Write(output, StateDicts.Ordered(net), new Dictionary<string, string>
-            {
-                ["replknet.model"] = model.ToLowerInvariant(),
-                ["replknet.classes"] = System.Text.Json.JsonSerializer.Serialize(data.Train.ClassNames),
-                ["replknet.dataset"] = data.Name,
-            });
-        }
-
+        ImageModelCheckpoint.Write(output, built, model, data.Train.ClassNames, data.Name);
         writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"{model}: test top-1 {100 * result.Top1:F2} % after {result.Steps} steps ({result.Epochs:F2} epochs) in {result.Seconds / 60:F1} min, {result.ImagesPerSecond:F0} images/s; weights: {output}"));
         return ExitCodes.Success;
