@@ -1,0 +1,164 @@
+using System.Diagnostics;
+using Microsoft.ML.OnnxRuntime;
+using RepLKNet.Export;
+using RepLKNet.Models;
+using RepLKNet.Ops;
+using RepLKNet.Reparam;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace RepLKNet.Benchmarks;
+
+/// <summary>What <see cref="OnnxBenchmark.Run"/> measured: median milliseconds per batch of each engine.</summary>
+/// <param name="Model">The export's recorded architecture, form and input size.</param>
+/// <param name="Batch">Images per run.</param>
+/// <param name="Threads">CPU threads of both engines.</param>
+/// <param name="OrtVersion">ONNX Runtime's version.</param>
+/// <param name="OrtMs">ONNX Runtime, ms per batch.</param>
+/// <param name="TorchSharpMs">The TorchSharp deploy model with our depthwise convolution, ms per batch.</param>
+/// <param name="LibTorchDepthwiseMs">The same model with libtorch's depthwise convolution, ms per batch.</param>
+public sealed record OnnxBenchResult(OnnxModelInfo Model, int Batch, int Threads, string OrtVersion, double OrtMs, double TorchSharpMs, double LibTorchDepthwiseMs)
+{
+    /// <summary>ONNX Runtime's images per second.</summary>
+    public double OrtImagesPerSecond => Batch / (OrtMs / 1e3);
+
+    /// <summary>TorchSharp's images per second (our depthwise convolution).</summary>
+    public double TorchSharpImagesPerSecond => Batch / (TorchSharpMs / 1e3);
+
+    /// <summary>TorchSharp's images per second with libtorch's depthwise convolution.</summary>
+    public double LibTorchDepthwiseImagesPerSecond => Batch / (LibTorchDepthwiseMs / 1e3);
+}
+
+/// <summary>
+/// Images/s of an ONNX export (<see cref="OnnxExport"/>) on ONNX Runtime against the TorchSharp deploy model of the same
+/// architecture and form (random weights: speed does not depend on them), on the CPU, both engines on libtorch's current
+/// thread count (<see cref="Runtime.TorchRuntime.SetThreads"/>), on the same random batch. libtorch must be initialized.
+/// </summary>
+public sealed class OnnxBenchmark : IDisposable
+{
+    private readonly InferenceSession _session;
+
+    private OnnxBenchmark(InferenceSession session, OnnxModelInfo model, int batch, int threads)
+    {
+        _session = session;
+        Model = model;
+        Batch = batch;
+        Threads = threads;
+    }
+
+    /// <summary>The export's recorded architecture, form and input size.</summary>
+    public OnnxModelInfo Model { get; }
+
+    /// <summary>Images per run.</summary>
+    public int Batch { get; }
+
+    /// <summary>CPU threads of both engines.</summary>
+    public int Threads { get; }
+
+    /// <summary>Opens <paramref name="onnx"/> for batches of <paramref name="batch"/> images.</summary>
+    /// <exception cref="ArgumentException">
+    /// The file has no replknet metadata (<c>onnx</c>), or its graph has a fixed batch other than <paramref name="batch"/>
+    /// (<c>batch</c>); the message starts with that name.
+    /// </exception>
+    /// <exception cref="FileNotFoundException">The file does not exist.</exception>
+    /// <exception cref="OnnxExportException">ONNX Runtime cannot load it.</exception>
+    public static OnnxBenchmark Open(string onnx, int batch)
+    {
+        ArgumentNullException.ThrowIfNull(onnx);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batch);
+        int threads = torch.get_num_threads();
+        var session = OnnxSession.Create(onnx, threads);
+        try
+        {
+            var info = OnnxModelInfo.FromMetadata(session.ModelMetadata.CustomMetadataMap, onnx)
+                ?? throw new ArgumentException($"{nameof(onnx)} '{onnx}' has no replknet metadata (write it with OnnxExport)", nameof(onnx));
+            int fixedBatch = session.InputMetadata[OnnxExporter.InputName].Dimensions[0];
+            if (fixedBatch > 0 && fixedBatch != batch)
+            {
+                throw new ArgumentException($"{nameof(batch)} {batch}: the graph has a fixed batch of {fixedBatch} (export it with a dynamic batch for others)", nameof(batch));
+            }
+
+            return new OnnxBenchmark(session, info, batch, threads);
+        }
+        catch
+        {
+            session.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Times each engine: two warm-up runs, then the median of <paramref name="reps"/> timed runs.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="reps"/> is not positive.</exception>
+    public OnnxBenchResult Run(int reps)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(reps);
+        long[] shape = [Batch, Model.Channels, Model.InputSize, Model.InputSize];
+        var input = new float[shape.Aggregate(1L, (a, b) => a * b)];
+        var random = new Random(0);
+        for (int i = 0; i < input.Length; i++)
+        {
+            input[i] = (float)(random.NextDouble() * 2 - 1);
+        }
+
+        // ONNX Runtime: one input OrtValue over a reused array; outputs allocated by the runtime.
+        using var inputValue = OrtValue.CreateTensorValueFromMemory(input, shape);
+        using var runOptions = new RunOptions();
+        double OrtOnce()
+        {
+            var sw = Stopwatch.StartNew();
+            using var outputs = _session.Run(runOptions, [OnnxExporter.InputName], [inputValue], _session.OutputNames);
+            return sw.Elapsed.TotalMilliseconds;
+        }
+
+        var config = RepLKNetConfig.FromJson(Model.Config, "the ONNX metadata");
+        using var model = new RepLKNetModel(config with { DropPathRate = 0 }, deploy: true);
+        model.eval();
+        if (Model.Form == "fused")
+        {
+            Reparameterizer.Reparameterize(model, fuseBn: true);
+        }
+
+        using var x = tensor(input, shape);
+        bool features = !_session.OutputNames.Contains(OnnxExporter.LogitsName);
+        double TorchOnce()
+        {
+            using var scope = NewDisposeScope();
+            using var noGrad = no_grad();
+            var sw = Stopwatch.StartNew();
+            if (features)
+            {
+                _ = model.forward_intermediates(x);
+            }
+            else
+            {
+                _ = model.call(x);
+            }
+
+            return sw.Elapsed.TotalMilliseconds;
+        }
+
+        double ort = Median(OrtOnce, reps), ours, theirs;
+        using (DepthwiseConv2d.Use(DepthwiseBackend.Ours))
+        {
+            ours = Median(TorchOnce, reps);
+        }
+
+        using (DepthwiseConv2d.Use(DepthwiseBackend.Torch))
+        {
+            theirs = Median(TorchOnce, reps);
+        }
+
+        return new OnnxBenchResult(Model, Batch, Threads, OrtEnv.Instance().GetVersionString(), ort, ours, theirs);
+    }
+
+    /// <inheritdoc />
+    public void Dispose() => _session.Dispose();
+
+    private static double Median(Func<double> once, int reps)
+    {
+        once();
+        once();
+        var times = Enumerable.Range(0, reps).Select(_ => once()).Order().ToList();
+        return times[times.Count / 2];
+    }
+}
