@@ -51,6 +51,7 @@ internal static class OptionNames
         ["onnx"] = "--onnx",
         ["batch"] = "--batch",
         ["reps"] = "--reps",
+        ["pass"] = "--pass",
         ["budget"] = "--budget",
         ["threads"] = "--threads",
         ["device"] = "--device",

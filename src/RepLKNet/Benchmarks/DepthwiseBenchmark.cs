@@ -20,6 +20,23 @@ public static class BenchPasses
 
     /// <summary>Both gradients together (a training backward).</summary>
     public const string Backward = "bwd";
+
+    /// <summary>
+    /// The passes of <paramref name="pass"/> (case-insensitive): <c>fwd</c> (<see cref="Forward"/>), <c>bwd</c> (the gradients:
+    /// <see cref="InputGrad"/>, <see cref="WeightGrad"/>, <see cref="Backward"/>) or <c>all</c> (all four).
+    /// </summary>
+    /// <exception cref="ArgumentException">Another text; the message starts with <c>pass</c>.</exception>
+    public static IReadOnlyList<string> Parse(string pass)
+    {
+        ArgumentNullException.ThrowIfNull(pass);
+        return pass.ToLowerInvariant() switch
+        {
+            "fwd" => [Forward],
+            "bwd" => [InputGrad, WeightGrad, Backward],
+            "all" => [Forward, InputGrad, WeightGrad, Backward],
+            _ => throw new ArgumentException($"{nameof(pass)} '{pass}': use fwd, bwd or all", nameof(pass)),
+        };
+    }
 }
 
 /// <summary>One timed (implementation, pass, shape) cell of the paper's Table 1.</summary>

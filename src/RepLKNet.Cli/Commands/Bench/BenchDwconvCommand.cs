@@ -1,10 +1,8 @@
 using System.ComponentModel;
 using System.Globalization;
-using System.Runtime.InteropServices;
 using System.Text.Json.Nodes;
 using RepLKNet.Benchmarks;
 using RepLKNet.Ops;
-using RepLKNet.Ops.Cpu;
 using RepLKNet.Runtime;
 using Spectre.Console;
 using Spectre.Console.Cli;
@@ -87,22 +85,16 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
             throw new UsageException($"--kernels {settings.Kernels}: kernel sizes must be odd");
         }
 
-        string[] passes = settings.Pass.ToLowerInvariant() switch
-        {
-            "fwd" => [BenchPasses.Forward],
-            "bwd" => [BenchPasses.InputGrad, BenchPasses.WeightGrad, BenchPasses.Backward],
-            "all" => [BenchPasses.Forward, BenchPasses.InputGrad, BenchPasses.WeightGrad, BenchPasses.Backward],
-            _ => throw new UsageException($"--pass '{settings.Pass}': use fwd, bwd or all"),
-        };
+        var passes = BenchPasses.Parse(settings.Pass);
         var impls = BackendList.Parse(settings.Implementations);
         if (settings.Batch is <= 0 || settings.Channels <= 0 || settings.Layers <= 0 || settings.Reps is <= 0)
         {
             throw new UsageException("--batch, --channels, --layers and --reps must be positive");
         }
 
-        int threadCount = torch.get_num_threads();
-        bool cuda = runtime.Device.type == DeviceType.CUDA;
-        int cudaDevice = runtime.Device.index < 0 ? 0 : runtime.Device.index;
+        var machine = BenchMachine.Of(runtime.Device);
+        bool cuda = machine.IsCuda;
+        int cudaDevice = machine.CudaIndex;
         if (cuda && impls.Contains(DepthwiseBackend.Ours))
         {
             if (!Ops.Cuda.CudaDepthwise.IsAvailable)
@@ -119,9 +111,8 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
 
         int batch = settings.Batch ?? (cuda ? 64 : 8);
         int reps = settings.Reps ?? (cuda ? 7 : 3);
-        string machineName = cuda ? Ops.Cuda.CudaDriver.Device(cudaDevice).Name : CpuName();
         console.MarkupLine(CultureInfo.InvariantCulture, "[bold]Depthwise conv stack[/]: {0} layers of ({1}, {2}, R, R), fp32, NCHW, stride 1, pad K/2 on {3}{4}",
-            settings.Layers, batch, settings.Channels, Markup.Escape(machineName), cuda ? ", CUDA events" : $" ({threadCount} threads)");
+            settings.Layers, batch, settings.Channels, Markup.Escape(machine.Name), cuda ? ", CUDA events" : $" ({machine.Threads} threads)");
         if (settings.Check && cuda)
         {
             var checks = Ops.Cuda.CudaDepthwiseCheck.RunOnTensors(Environment.TickCount64, cudaDevice);
@@ -150,14 +141,14 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
             }
         }
 
-        double peak = cuda ? 1e3 * Ops.Cuda.CudaPeak.MeasureTflops(cudaDevice) : FmaPeak.MeasureGflops(threadCount);
+        double peak = machine.MeasurePeakGflops();
         if (cuda)
         {
-            console.MarkupLine(CultureInfo.InvariantCulture, "Measured fp32 FFMA ceiling: [bold]{0:F1} TFLOP/s[/] (our microkernel, {1} SMs)", peak / 1e3, Ops.Cuda.CudaDriver.Device(cudaDevice).Multiprocessors);
+            console.MarkupLine(CultureInfo.InvariantCulture, "Measured fp32 FFMA ceiling: [bold]{0:F1} TFLOP/s[/] (our microkernel, {1} SMs)", peak / 1e3, machine.Multiprocessors ?? 0);
         }
         else
         {
-            console.MarkupLine(CultureInfo.InvariantCulture, "Measured FMA peak: [bold]{0:F0} GFLOP/s[/] ({1}, {2} threads)", peak, CpuIsas.Resolve(DepthwiseConv2d.Isa), threadCount);
+            console.MarkupLine(CultureInfo.InvariantCulture, "Measured FMA peak: [bold]{0:F0} GFLOP/s[/] ({1}, {2} threads)", peak, machine.Isa?.ToString() ?? "", machine.Threads);
         }
 
         var options = new DepthwiseBenchOptions
@@ -165,7 +156,7 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
             Batch = batch, Channels = settings.Channels, Sizes = sizes, Kernels = kernels, Layers = settings.Layers,
             Passes = passes, Implementations = impls, Reps = reps, Device = runtime.Device, CheckCells = settings.Check,
         };
-        int cells = sizes.Length * kernels.Length * passes.Length * impls.Length;
+        int cells = sizes.Length * kernels.Length * passes.Count * impls.Length;
         var results = new List<DepthwiseBenchResult>();
         console.Progress().AutoClear(true).Start(ctx =>
         {
@@ -194,11 +185,11 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
                 ["machine"] = new JsonObject
                 {
                     ["device"] = cuda ? "cuda" : "cpu",
-                    ["name"] = machineName,
-                    ["threads"] = threadCount,
-                    ["isa"] = cuda ? null : CpuIsas.Resolve(DepthwiseConv2d.Isa).ToString(),
+                    ["name"] = machine.Name,
+                    ["threads"] = machine.Threads,
+                    ["isa"] = machine.Isa?.ToString(),
                     ["peak_gflops"] = Math.Round(peak, 1),
-                    ["peak_kind"] = cuda ? "fp32 FFMA microkernel (ffma_peak.cu)" : "FMA microkernel",
+                    ["peak_kind"] = machine.PeakKind,
                     ["libtorch"] = runtime.LibTorchVersion,
                     ["date"] = DateTime.UtcNow.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture),
                 },
@@ -216,7 +207,7 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
         if (settings.Plot is { } png)
         {
             string title = string.Create(CultureInfo.InvariantCulture,
-                $"{passes[0]}: {settings.Layers} depthwise layers of ({batch}, {settings.Channels}, R, R), fp32 — {machineName}");
+                $"{passes[0]}: {settings.Layers} depthwise layers of ({batch}, {settings.Channels}, R, R), fp32 — {machine.Name}");
             BenchPlots.LatencyVsKernel(results, passes[0], title, png);
             console.MarkupLine($"wrote [bold]{Markup.Escape(png)}[/]");
         }
@@ -270,17 +261,4 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
     }
 
     private static string Format(double value) => value.ToString("0.00e+00", CultureInfo.InvariantCulture);
-
-    private static string CpuName()
-    {
-        try
-        {
-            var line = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal));
-            return line is null ? RuntimeInformation.ProcessArchitecture.ToString() : line[(line.IndexOf(':', StringComparison.Ordinal) + 1)..].Trim();
-        }
-        catch (IOException)
-        {
-            return RuntimeInformation.ProcessArchitecture.ToString();
-        }
-    }
 }
