@@ -52,6 +52,7 @@ internal static class OptionNames
         ["batch"] = "--batch",
         ["reps"] = "--reps",
         ["pass"] = "--pass",
+        ["layout"] = "--layout",
         ["budget"] = "--budget",
         ["threads"] = "--threads",
         ["device"] = "--device",

@@ -128,6 +128,12 @@ public sealed class ExperimentKernelSizeCommand(IAnsiConsole console) : Command<
         [Description("Folder for <table>.json, <table>.md and each cell's deploy weights (default runs/kernel-size).")]
         [DefaultValue("runs/kernel-size")]
         public string Out { get; init; } = "runs/kernel-size";
+
+        /// <inheritdoc />
+        public override ValidationResult Validate() =>
+            !(Width > 0) ? ValidationResult.Error("--width must be positive")
+            : !MobileNetV2Config.Layouts.Contains(Layout.ToLowerInvariant()) ? ValidationResult.Error($"--layout '{Layout}': use {string.Join(" or ", MobileNetV2Config.Layouts)}")
+            : base.Validate();
     }
 
     /// <inheritdoc />
@@ -159,26 +165,11 @@ public sealed class ExperimentKernelSizeCommand(IAnsiConsole console) : Command<
             throw new UsageException($"--seeds '{settings.Seeds}' must list at least one seed, each once");
         }
 
-        if (!(settings.Width > 0))
-        {
-            throw new UsageException("--width must be positive");
-        }
-
-        if (settings.Layout.ToLowerInvariant() is not ("small" or "imagenet"))
-        {
-            throw new UsageException($"--layout '{settings.Layout}': use small or imagenet");
-        }
-
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
         using var data = settings.OpenData();
         var recipe = settings.Recipe(data, runtime.Device);
         int size = recipe.Augment.InputSize ?? data.Train.FixedSize?.Height ?? throw new UsageException("images of varying sizes need --input-size");
-        var baseConfig = settings.Layout.ToLowerInvariant() switch
-        {
-            "small" => MobileNetV2Config.SmallImages(data.Train.Channels, data.Train.ClassNames.Count, settings.Width),
-            "imagenet" => MobileNetV2Config.ImageNet(data.Train.ClassNames.Count) with { InChannels = data.Train.Channels, Width = settings.Width },
-            _ => throw new UsageException($"--layout '{settings.Layout}': use small or imagenet"),
-        };
+        var baseConfig = MobileNetV2Config.ForLayout(settings.Layout, data.Train.Channels, data.Train.ClassNames.Count, settings.Width);
         var options = new KernelSizeExperimentOptions { Table = table, Training = recipe, Seeds = seeds, Base = baseConfig, OutDir = settings.Out };
         var cells = KernelSizeExperiment.Cells(table, baseConfig);
         console.MarkupLine(CultureInfo.InvariantCulture,

@@ -80,6 +80,26 @@ public sealed record MobileNetV2Config
         InChannels = inChannels, NumClasses = numClasses, Width = width, StemStride = 1, Strides = [1, 1, 2, 1, 1, 2, 1], Dropout = 0.1,
     };
 
+    /// <summary>The layouts <see cref="ForLayout"/> builds: <c>small</c> (<see cref="SmallImages"/>) and <c>imagenet</c> (<see cref="ImageNet"/>).</summary>
+    public static IReadOnlyList<string> Layouts { get; } = ["small", "imagenet"];
+
+    /// <summary>
+    /// The layout named <paramref name="layout"/> (case-insensitive, one of <see cref="Layouts"/>) for
+    /// <paramref name="inChannels"/>-channel images, <paramref name="numClasses"/> classes and width multiplier
+    /// <paramref name="width"/>: <c>small</c> has overall stride 4 (28×28 → 7×7), <c>imagenet</c> the paper's 32 (224×224 → 7×7).
+    /// </summary>
+    /// <exception cref="ArgumentException">Another layout name; the message starts with <c>layout</c>.</exception>
+    public static MobileNetV2Config ForLayout(string layout, int inChannels, int numClasses, double width = 0.5)
+    {
+        ArgumentNullException.ThrowIfNull(layout);
+        return layout.ToLowerInvariant() switch
+        {
+            "small" => SmallImages(inChannels, numClasses, width),
+            "imagenet" => ImageNet(numClasses) with { InChannels = inChannels, Width = width },
+            _ => throw new ArgumentException($"{nameof(layout)} '{layout}': use {string.Join(" or ", Layouts)}", nameof(layout)),
+        };
+    }
+
     /// <summary>The same layout with kernel <paramref name="kernel"/> in <paramref name="stages"/> (all when null) and 3 elsewhere.</summary>
     public MobileNetV2Config WithKernel(int kernel, IReadOnlyList<int>? stages = null) =>
         this with { KernelSizes = [.. Enumerable.Range(0, Settings.Count).Select(i => stages is null || stages.Contains(i) ? kernel : 3)] };
