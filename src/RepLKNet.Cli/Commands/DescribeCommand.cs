@@ -65,7 +65,7 @@ public sealed class DescribeCommand(IAnsiConsole console) : Command<DescribeComm
                 {
                     ["key"] = e.Key,
                     ["shape"] = new JsonArray([.. e.Shape.Select(s => (JsonNode)s)]),
-                    ["dtype"] = DTypeName(e.DType),
+                    ["dtype"] = e.DTypeName,
                 })]),
             };
             JsonOutput.Print(console, json);
@@ -74,22 +74,11 @@ public sealed class DescribeCommand(IAnsiConsole console) : Command<DescribeComm
 
         foreach (var entry in entries)
         {
-            console.Profile.Out.Writer.WriteLine($"{entry.Key} [{string.Join(", ", entry.Shape)}] {DTypeName(entry.DType)}");
+            console.Profile.Out.Writer.WriteLine($"{entry.Key} [{string.Join(", ", entry.Shape)}] {entry.DTypeName}");
         }
 
         console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"{name}, {form.Name()} form: {entries.Count} state-dict entries, {parameters:N0} parameters"));
         return ExitCodes.Success;
     }
-
-    /// <summary>PyTorch's dtype names.</summary>
-    internal static string DTypeName(ScalarType type) => type switch
-    {
-        ScalarType.Float32 => "float32",
-        ScalarType.Int64 => "int64",
-        ScalarType.Float64 => "float64",
-        ScalarType.Float16 => "float16",
-        ScalarType.BFloat16 => "bfloat16",
-        _ => type.ToString().ToLowerInvariant(),
-    };
 }

@@ -285,7 +285,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         }
         catch (TrainingFailedException e)
         {
-            string? log = CrashReport.Write(settings.Out, e, "./replknet " + string.Join(" ", context.Arguments), options, runtime, InfoCommand.CpuVectors());
+            string? log = CrashReport.Write(settings.Out, e, "./replknet " + string.Join(" ", context.Arguments), options, runtime, CpuFeatures.Describe());
             string state = e.LastSavedStep is long saved ? $"the resume state of step {saved} is intact; continue with: {resumeCommand}" : "no resume state was written yet; start again";
             throw new InvalidOperationException($"{e.Message}; {state}{(log is null ? "" : $"; details: {log}")}", e);
         }

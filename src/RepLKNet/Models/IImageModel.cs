@@ -27,7 +27,19 @@ public sealed record FeatureInfo(int Stage, int Channels, int Reduction, string 
 /// <param name="Key">The key, PyTorch's (e.g. <c>stages.0.blocks.0.pw1.conv.weight</c>).</param>
 /// <param name="Shape">The tensor's shape.</param>
 /// <param name="DType">The tensor's element type.</param>
-public sealed record StateDictEntry(string Key, IReadOnlyList<long> Shape, ScalarType DType);
+public sealed record StateDictEntry(string Key, IReadOnlyList<long> Shape, ScalarType DType)
+{
+    /// <summary>PyTorch's name of <see cref="DType"/> (float32, int64, float64, float16, bfloat16, …).</summary>
+    public string DTypeName => DType switch
+    {
+        ScalarType.Float32 => "float32",
+        ScalarType.Int64 => "int64",
+        ScalarType.Float64 => "float64",
+        ScalarType.Float16 => "float16",
+        ScalarType.BFloat16 => "bfloat16",
+        _ => DType.ToString().ToLowerInvariant(),
+    };
+}
 
 /// <summary>What <see cref="IImageModel.Describe"/> reports: the model's identity, sizes and state dict.</summary>
 /// <param name="Name">Architecture name (e.g. RepLKNet-31B, ResNet-50, MobileNetV2).</param>
