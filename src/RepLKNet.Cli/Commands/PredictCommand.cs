@@ -30,20 +30,13 @@ public sealed class PredictCommand(IAnsiConsole console) : Command<PredictComman
         public int BatchSize { get; init; } = 8;
 
         /// <inheritdoc />
-        public override ValidationResult Validate()
-        {
-            if (Onnx is not null)
-            {
-                if (Weights is not null)
-                {
-                    return ValidationResult.Error("give --weights or --onnx, not both");
-                }
+        protected override bool WeightsRequired => Onnx is null;
 
-                return BatchSize > 0 ? ValidationResult.Success() : ValidationResult.Error("--batch-size must be positive");
-            }
-
-            return base.Validate();
-        }
+        /// <inheritdoc />
+        public override ValidationResult Validate() =>
+            Onnx is not null && Weights is not null ? ValidationResult.Error("give --weights or --onnx, not both")
+            : Onnx is not null && BatchSize <= 0 ? ValidationResult.Error("--batch-size must be positive")
+            : base.Validate();
 
         /// <summary>Input size.</summary>
         [CommandOption("--input-size <SIZE>")]
