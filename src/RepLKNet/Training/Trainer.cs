@@ -17,15 +17,21 @@ namespace RepLKNet.Training;
 /// What to train and how: the official recipe's knobs (§8 of the spec). The property defaults are the recipe's defaults —
 /// the one place they live (the CLI's option defaults are these constants).
 /// </summary>
-public sealed record TrainOptions
+public sealed record TrainOptions : RecipeOptions
 {
+    /// <summary>Creates the options with the recipe's defaults.</summary>
+    public TrainOptions()
+        : base(DefaultBatchSize, DefaultLearningRate, DefaultWeightDecay)
+    {
+    }
+
     /// <summary>Default <see cref="Epochs"/>.</summary>
     public const int DefaultEpochs = 12;
 
-    /// <summary>Default <see cref="BatchSize"/>.</summary>
+    /// <summary>Default <see cref="RecipeOptions.BatchSize"/>.</summary>
     public const int DefaultBatchSize = 128;
 
-    /// <summary>Default <see cref="LearningRate"/>.</summary>
+    /// <summary>Default <see cref="RecipeOptions.LearningRate"/>.</summary>
     public const double DefaultLearningRate = 4e-3;
 
     /// <summary>Default <see cref="MinLearningRate"/>.</summary>
@@ -34,7 +40,7 @@ public sealed record TrainOptions
     /// <summary>Default <see cref="WarmupEpochs"/>.</summary>
     public const int DefaultWarmupEpochs = 1;
 
-    /// <summary>Default <see cref="WeightDecay"/> (official 0.05).</summary>
+    /// <summary>Default <see cref="RecipeOptions.WeightDecay"/> (official 0.05).</summary>
     public const double DefaultWeightDecay = 0.05;
 
     /// <summary>Default <see cref="EmaDecay"/>.</summary>
@@ -52,41 +58,20 @@ public sealed record TrainOptions
     /// <summary>Epochs.</summary>
     public int Epochs { get; init; } = DefaultEpochs;
 
-    /// <summary>Batch size.</summary>
-    public int BatchSize { get; init; } = DefaultBatchSize;
-
-    /// <summary>Peak learning rate.</summary>
-    public double LearningRate { get; init; } = DefaultLearningRate;
-
     /// <summary>Final learning rate of the cosine.</summary>
     public double MinLearningRate { get; init; } = DefaultMinLearningRate;
 
     /// <summary>Warm-up epochs.</summary>
     public int WarmupEpochs { get; init; } = DefaultWarmupEpochs;
 
-    /// <summary>AdamW weight decay (not applied to biases and 1-D parameters).</summary>
-    public double WeightDecay { get; init; } = DefaultWeightDecay;
-
     /// <summary>EMA decay; 0 disables the EMA.</summary>
     public double EmaDecay { get; init; } = DefaultEmaDecay;
-
-    /// <summary>Seed of initialization and data order.</summary>
-    public long Seed { get; init; }
-
-    /// <summary>Stop after this many optimizer steps (smoke runs); null: no limit.</summary>
-    public long? MaxSteps { get; init; }
 
     /// <summary>Save a checkpoint every this many steps as well as at each epoch end; null: epochs only.</summary>
     public long? SaveEvery { get; init; }
 
     /// <summary>Continue from the run folder's last checkpoint.</summary>
     public bool Resume { get; init; }
-
-    /// <summary>Per-channel normalization of [0, 1] inputs.</summary>
-    public required Normalization Normalization { get; init; }
-
-    /// <summary>Train/eval pipelines and Mixup/CutMix (label smoothing lives here too).</summary>
-    public AugmentOptions Augment { get; init; } = new();
 
     /// <summary>Micro-batches per optimizer step (the official <c>update_freq</c>); the loss is divided by it.</summary>
     public int AccumulationSteps { get; init; } = 1;
@@ -99,15 +84,6 @@ public sealed record TrainOptions
 
     /// <summary>Initial weights for fine-tuning (any readable checkpoint; a head of another size is skipped).</summary>
     public string? InitialWeights { get; init; }
-
-    /// <summary>Background threads preparing batches.</summary>
-    public int Workers { get; init; } = LoaderPlan.DefaultWorkers;
-
-    /// <summary>Device.</summary>
-    public Device Device { get; init; } = CPU;
-
-    /// <summary>Use only the first N training images (smoke runs); null: all.</summary>
-    public long? TrainSubset { get; init; }
 
     /// <summary>
     /// Soak mode: a background thread forces garbage collections (young generation back to back, a full one every 64th) and
