@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text;
+using RepLKNet.IO;
 using static TorchSharp.torch;
 
 namespace RepLKNet.Analysis;
@@ -356,7 +357,7 @@ public static class NpyFile
         string dict = string.Create(CultureInfo.InvariantCulture, $"{{'descr': '<f4', 'fortran_order': False, 'shape': ({height}, {width}), }}");
         int unpadded = Magic.Length + 2 + 2 + dict.Length + 1;
         string header = dict + new string(' ', (64 - unpadded % 64) % 64) + "\n";
-        Checkpoints.AtomicFile.Write(path, stream =>
+        AtomicFile.Write(path, stream =>
         {
             using var writer = new BinaryWriter(stream, Encoding.ASCII, leaveOpen: true);
             writer.Write(Magic);

@@ -1,4 +1,5 @@
 using System.Globalization;
+using RepLKNet.IO;
 using SkiaSharp;
 
 namespace RepLKNet.Analysis;
@@ -117,7 +118,7 @@ public static class ErfFigure
 
         using var snapshot = surface.Snapshot();
         using var png = snapshot.Encode(SKEncodedImageFormat.Png, 100);
-        Checkpoints.AtomicFile.Write(path, s => png.SaveTo(s));
+        AtomicFile.Write(path, s => png.SaveTo(s));
     }
 
     private static SKBitmap Heatmap(ErfPanel panel)

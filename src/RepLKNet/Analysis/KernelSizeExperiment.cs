@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json;
 using RepLKNet.Checkpoints;
 using RepLKNet.Data;
+using RepLKNet.IO;
 using RepLKNet.Models;
 using RepLKNet.Reparam;
 using RepLKNet.Training;

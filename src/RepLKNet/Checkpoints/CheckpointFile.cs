@@ -2,6 +2,7 @@ using System.Collections;
 using System.Collections.Specialized;
 using System.Globalization;
 using System.Text.Json;
+using RepLKNet.IO;
 using RepLKNet.Models;
 using TorchSharp.PyBridge;
 using static TorchSharp.torch;
