@@ -27,7 +27,7 @@ public sealed record ErfMap(double[] Mean, int Height, int Width, int Images, in
 /// the gradient is float32 arithmetic, as the official scripts do it with float32 tensors and NumPy float32 arrays
 /// (<see cref="NumpyFloat32"/>), so that a score matrix gives the official area ratios to the pixel.
 /// </summary>
-public static class Erf
+public static class EffectiveReceptiveField
 {
     /// <summary>The paper's thresholds: 20 %, 30 %, 50 %, 99 %.</summary>
     public static IReadOnlyList<double> Thresholds { get; } = [0.2, 0.3, 0.5, 0.99];

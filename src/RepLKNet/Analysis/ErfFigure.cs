@@ -110,7 +110,7 @@ public static class ErfFigure
             {
                 var a = panel.Areas[t];
                 string text = a is null
-                    ? string.Create(CultureInfo.InvariantCulture, $"t = {Erf.Thresholds[t] * 100:0}%:  none")
+                    ? string.Create(CultureInfo.InvariantCulture, $"t = {EffectiveReceptiveField.Thresholds[t] * 100:0}%:  none")
                     : string.Create(CultureInfo.InvariantCulture, $"t = {a.Threshold * 100:0}%:  r = {100 * a.Ratio:0.00}%  ({a.Side}×{a.Side})");
                 canvas.DrawText(text, x0 + 8, ty + 20 * (t + 1), SKTextAlign.Left, font, ink);
             }
