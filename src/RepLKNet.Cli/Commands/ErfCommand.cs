@@ -1,7 +1,7 @@
 using System.ComponentModel;
 using System.Globalization;
 using System.Text.Json;
-using RepLKNet.Analysis;
+using RepLKNet.Erf;
 using RepLKNet.Data;
 using RepLKNet.IO;
 using RepLKNet.Runtime;

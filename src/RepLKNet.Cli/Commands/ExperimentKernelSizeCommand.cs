@@ -1,6 +1,6 @@
 using System.ComponentModel;
 using System.Globalization;
-using RepLKNet.Analysis;
+using RepLKNet.Experiments;
 using RepLKNet.Data;
 using RepLKNet.Models;
 using RepLKNet.Runtime;

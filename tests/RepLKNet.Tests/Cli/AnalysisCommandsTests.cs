@@ -1,5 +1,5 @@
 using System.Text.Json;
-using RepLKNet.Analysis;
+using RepLKNet.Erf;
 using RepLKNet.Tests.Support;
 using SkiaSharp;
 

@@ -9,7 +9,7 @@ using RepLKNet.Reparam;
 using RepLKNet.Training;
 using static TorchSharp.torch;
 
-namespace RepLKNet.Analysis;
+namespace RepLKNet.Experiments;
 
 /// <summary>The paper's MobileNetV2 kernel-size tables (guidelines 2, 3 and 5).</summary>
 public enum KernelSizeTable

@@ -1,8 +1,8 @@
-using RepLKNet.Analysis;
+using RepLKNet.Erf;
 using RepLKNet.Tests.Support;
 using static TorchSharp.torch;
 
-namespace RepLKNet.Tests.Analysis;
+namespace RepLKNet.Tests.Erf;
 
 public sealed class ErfTests
 {

@@ -3,7 +3,7 @@ using System.Text;
 using RepLKNet.IO;
 using static TorchSharp.torch;
 
-namespace RepLKNet.Analysis;
+namespace RepLKNet.Erf;
 
 /// <summary>The high-contribution area for one threshold (the official <c>get_rectangle</c>).</summary>
 /// <param name="Threshold">Fraction t of the total contribution.</param>
@@ -226,7 +226,7 @@ public static class EffectiveReceptiveField
 /// eight accumulators over the 8-unrolled part, combined as ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)), then the rest
 /// one by one; above 128 the two halves split at n/2 rounded down to a multiple of 8, summed recursively and added.
 /// Checked against NumPy 1.24.2 (Debian 12) on contiguous arrays and on the strided square windows
-/// <c>get_rectangle</c> sums (tests/RepLKNet.Tests/Analysis/numpy_erf_reference.py).
+/// <c>get_rectangle</c> sums (tests/RepLKNet.Tests/Erf/numpy_erf_reference.py).
 /// </summary>
 public static class NumpyFloat32
 {

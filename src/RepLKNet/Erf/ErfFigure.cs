@@ -2,7 +2,7 @@ using System.Globalization;
 using RepLKNet.IO;
 using SkiaSharp;
 
-namespace RepLKNet.Analysis;
+namespace RepLKNet.Erf;
 
 /// <summary>One panel of an ERF figure.</summary>
 /// <param name="Title">Model name.</param>
