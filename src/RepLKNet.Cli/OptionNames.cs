@@ -20,6 +20,7 @@ internal static class OptionNames
         ["data"] = "--data",
         ["channels"] = "--channels",
         ["valSplit"] = "--val-split",
+        ["valFraction"] = "--val-split",
         ["InputSize"] = "--input-size",
         ["BatchSize"] = "--batch-size",
         ["LearningRate"] = "--lr",
