@@ -48,6 +48,12 @@ internal static class OptionNames
         ["CropPct"] = "--crop-pct",
         ["DropPathRate"] = "--drop-path",
         ["opset"] = "--opset",
+        ["Features"] = "--features",
+        ["outputPath"] = "--out",
+        ["ema"] = "--ema",
+        ["Ema"] = "--ema",
+        ["table"] = "--table",
+        ["Seeds"] = "--seeds",
         ["budget"] = "--budget",
         ["threads"] = "--threads",
         ["device"] = "--device",
@@ -70,6 +76,7 @@ internal static class OptionNames
             Checkpoints.CheckpointException c => c.ParamName,
             Data.DatasetException d => d.ParamName,
             Models.ConfigException m => m.ParamName,
+            Export.OnnxExportException x => x.ParamName,
             _ => null,
         };
         if (Flag(name) is not { } flag)

@@ -168,7 +168,7 @@ public sealed class ExperimentKernelSizeCommand(IAnsiConsole console) : Command<
         }
         catch (ArgumentException e)
         {
-            throw new UsageException(e.Message);
+            throw new UsageException(OptionNames.Rewrite(e, e.Message));
         }
 
         long[] seeds;

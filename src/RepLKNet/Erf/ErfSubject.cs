@@ -62,7 +62,7 @@ public sealed class ErfSubject : IDisposable
     {
         if (model is null && weights is null)
         {
-            throw new ArgumentException("name a model (--model) or give weights that record one (--weights)");
+            throw new ArgumentException("model and weights are both null: name a model or give weights that record one");
         }
 
         device ??= CPU;
@@ -84,7 +84,7 @@ public sealed class ErfSubject : IDisposable
                 var resnet = new TorchVisionResNet(depth, classes);
                 if (checkpoint is not null)
                 {
-                    StateDictLoader.Load(resnet, checkpoint.State, strict: true, skipHead: false, $"--weights '{weights}' (torchvision ResNet-{depth} format)");
+                    StateDictLoader.Load(resnet, checkpoint.State, strict: true, skipHead: false, $"'{weights}' (torchvision ResNet-{depth} format)");
                 }
 
                 module = resnet;
