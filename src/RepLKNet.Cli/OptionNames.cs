@@ -3,7 +3,7 @@ namespace RepLKNet.Cli;
 /// <summary>
 /// The library names its arguments in its own words (a method parameter or an options property: <c>LearningRate</c>,
 /// <c>InitialWeights</c>, <c>arch</c>) and starts an error about one of them with that name, setting the exception's
-/// <c>ParamName</c>; this table puts the CLI's flag in its place, so a user reads the flag they typed.
+/// <c>ParamName</c> (or <c>Data["ParamName"]</c> for exception types without one); this table puts the CLI's flag in its place, so a user reads the flag they typed.
 /// </summary>
 internal static class OptionNames
 {
@@ -22,6 +22,7 @@ internal static class OptionNames
         ["valSplit"] = "--val-split",
         ["valFraction"] = "--val-split",
         ["InputSize"] = "--input-size",
+        ["inputSize"] = "--input-size",
         ["BatchSize"] = "--batch-size",
         ["LearningRate"] = "--lr",
         ["MinLearningRate"] = "--min-lr",
@@ -77,7 +78,7 @@ internal static class OptionNames
             Data.DatasetException d => d.ParamName,
             Models.ConfigException m => m.ParamName,
             Export.OnnxExportException x => x.ParamName,
-            _ => null,
+            _ => e.Data["ParamName"] as string, // any other exception may carry the name in its Data
         };
         if (Flag(name) is not { } flag)
         {

@@ -79,8 +79,8 @@ public sealed class EvalCommand(IAnsiConsole console) : Command<EvalCommand.Sett
             var data = splits.Test;
             var pre = loaded.Metadata?.Preprocessing;
             var normalization = pre?.Normalization ?? splits.Normalization;
-            int size = settings.InputSize ?? pre?.InputSize ?? data.FixedSize?.Height ?? splits.Defaults.InputSize ?? 224;
-            var pipeline = new Data.Transforms.SamplePipeline(new Data.Transforms.AugmentOptions { CropPct = pre?.CropPct ?? splits.Defaults.CropPct },
+            int size = settings.InputSize ?? pre?.InputSize ?? data.FixedSize?.Height ?? Training.Recipes.DatasetAugment(splits.Name).InputSize ?? 224;
+            var pipeline = new Data.Transforms.SamplePipeline(new Data.Transforms.AugmentOptions { CropPct = pre?.CropPct ?? Training.Recipes.DatasetAugment(splits.Name).CropPct },
                 normalization, data.Channels, size);
             var r = Evaluation.Run(model, data, pipeline, settings.BatchSize, runtime.Device);
             if (r.Skipped.Count > 0)

@@ -36,21 +36,21 @@ public class ExperimentSettings : GlobalSettings
 
     /// <summary>Batch size.</summary>
     [CommandOption("--batch-size <B>")]
-    [DefaultValue(128)]
+    [DefaultValue(ClassifierTrainingOptions.DefaultBatchSize)]
     [Description("Batch size.")]
-    public int BatchSize { get; init; } = 128;
+    public int BatchSize { get; init; } = ClassifierTrainingOptions.DefaultBatchSize;
 
     /// <summary>Peak learning rate.</summary>
     [CommandOption("--lr <LR>")]
-    [DefaultValue(3e-3)]
+    [DefaultValue(ClassifierTrainingOptions.DefaultLearningRate)]
     [Description("Peak AdamW learning rate (warm-up over the first 5 % of the budget, cosine to 0).")]
-    public double LearningRate { get; init; } = 3e-3;
+    public double LearningRate { get; init; } = ClassifierTrainingOptions.DefaultLearningRate;
 
     /// <summary>Weight decay.</summary>
     [CommandOption("--weight-decay <WD>")]
-    [DefaultValue(0.05)]
+    [DefaultValue(ClassifierTrainingOptions.DefaultWeightDecay)]
     [Description("AdamW weight decay (not on biases and norms).")]
-    public double WeightDecay { get; init; } = 0.05;
+    public double WeightDecay { get; init; } = ClassifierTrainingOptions.DefaultWeightDecay;
 
     /// <summary>Training subset.</summary>
     [CommandOption("--train-subset <N>")]
@@ -90,7 +90,7 @@ public class ExperimentSettings : GlobalSettings
             throw new UsageException("--batch-size, --lr, --train-subset, --max-steps, --workers and --input-size must be positive; --weight-decay ≥ 0");
         }
 
-        var augment = data.Defaults;
+        var augment = Recipes.DatasetAugment(data.Name);
         if (InputSize is int size)
         {
             augment = augment with { InputSize = size };

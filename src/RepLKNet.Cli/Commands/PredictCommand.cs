@@ -1,14 +1,9 @@
 using System.ComponentModel;
 using System.Globalization;
-using RepLKNet.Checkpoints;
 using RepLKNet.Data;
-using RepLKNet.Data.Transforms;
-using RepLKNet.Models;
-using RepLKNet.Runtime;
+using RepLKNet.Inference;
 using Spectre.Console;
 using Spectre.Console.Cli;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace RepLKNet.Cli.Commands;
 
@@ -65,39 +60,17 @@ public sealed class PredictCommand(IAnsiConsole console) : Command<PredictComman
             return PredictOnnx(onnx, settings);
         }
 
-        var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
-        var loaded = ModelLoader.Load(settings.Weights!, settings.LoadOptions);
-        using var model = loaded.Model;
-        model.to(runtime.Device);
-        var eval = EvalPreprocessing.From(loaded, settings.InputSize);
-        int size = eval.InputSize, channels = eval.Channels;
-        // The checkpoint's eval transform (SamplePipeline.EvalView): short side to size / crop_pct (bicubic) and centre crop, or a
-        // warp from 384 up, for every image, one already at the input size included (no resize only at 32 and below, as the official code).
-        var pipeline = new SamplePipeline(new AugmentOptions { CropPct = eval.CropPct }, eval.Normalization, channels, size);
-        var names = loaded.Metadata?.ClassNames;
+        using var classifier = ImageClassifier.Load(settings.Weights!, settings.LoadOptions, settings.DeviceRequest, settings.InputSize);
         var files = ImageDecoder.Expand(settings.Images);
         if (files.Count == 0)
         {
             throw new UsageException("no images: give image files or folders holding some");
         }
 
-        using var noGrad = no_grad();
         foreach (var file in files)
         {
-            using var scope = NewDisposeScope();
-            var sample = new float[pipeline.SampleLength];
-            pipeline.Eval(ImageDecoder.Decode(file, channels), sample);
-            var x = tensor(sample, [1, channels, size, size]).to(runtime.Device);
-            var probabilities = nn.functional.softmax(model.call(x), 1).squeeze(0).cpu();
-            int k = (int)Math.Min(5, probabilities.shape[0]);
-            var (values, indexes) = probabilities.topk(k);
             console.Profile.Out.Writer.WriteLine(file);
-            for (int i = 0; i < k; i++)
-            {
-                long c = indexes[i].item<long>();
-                string label = names is not null && c < names.Count ? names[(int)c] : $"class {c}";
-                console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {i + 1}. {label,-24} {values[i].item<float>():P2}"));
-            }
+            Print(classifier.Predict(file, 5));
         }
 
         return ExitCodes.Success;
@@ -120,13 +93,18 @@ public sealed class PredictCommand(IAnsiConsole console) : Command<PredictComman
         foreach (var prediction in classifier.Predict(files, 5, settings.BatchSize))
         {
             console.Profile.Out.Writer.WriteLine(prediction.Source);
-            for (int i = 0; i < prediction.Top.Count; i++)
-            {
-                var c = prediction.Top[i];
-                console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {i + 1}. {c.Label,-24} {c.Probability:P2}"));
-            }
+            Print(prediction.Top);
         }
 
         return ExitCodes.Success;
+    }
+
+    private void Print(IReadOnlyList<ClassScore> top)
+    {
+        for (int i = 0; i < top.Count; i++)
+        {
+            var c = top[i];
+            console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {i + 1}. {c.Label,-24} {c.Probability:P2}"));
+        }
     }
 }

@@ -128,45 +128,45 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
 
         /// <summary>Epochs.</summary>
         [CommandOption("--epochs <E>")]
-        [DefaultValue(12)]
+        [DefaultValue(TrainOptions.DefaultEpochs)]
         [Description("Epochs.")]
-        public int Epochs { get; init; } = 12;
+        public int Epochs { get; init; } = TrainOptions.DefaultEpochs;
 
         /// <summary>Batch size.</summary>
         [CommandOption("--batch-size <B>")]
-        [DefaultValue(128)]
+        [DefaultValue(TrainOptions.DefaultBatchSize)]
         [Description("Batch size.")]
-        public int BatchSize { get; init; } = 128;
+        public int BatchSize { get; init; } = TrainOptions.DefaultBatchSize;
 
         /// <summary>Peak learning rate.</summary>
         [CommandOption("--lr <LR>")]
-        [DefaultValue(4e-3)]
+        [DefaultValue(TrainOptions.DefaultLearningRate)]
         [Description("Peak learning rate (AdamW), reached after the warm-up.")]
-        public double Lr { get; init; } = 4e-3;
+        public double Lr { get; init; } = TrainOptions.DefaultLearningRate;
 
         /// <summary>Final learning rate.</summary>
         [CommandOption("--min-lr <LR>")]
-        [DefaultValue(1e-6)]
+        [DefaultValue(TrainOptions.DefaultMinLearningRate)]
         [Description("Learning rate at the end of the cosine.")]
-        public double MinLr { get; init; } = 1e-6;
+        public double MinLr { get; init; } = TrainOptions.DefaultMinLearningRate;
 
         /// <summary>Warm-up epochs.</summary>
         [CommandOption("--warmup-epochs <E>")]
-        [DefaultValue(1)]
+        [DefaultValue(TrainOptions.DefaultWarmupEpochs)]
         [Description("Linear warm-up epochs.")]
-        public int WarmupEpochs { get; init; } = 1;
+        public int WarmupEpochs { get; init; } = TrainOptions.DefaultWarmupEpochs;
 
         /// <summary>Weight decay.</summary>
         [CommandOption("--weight-decay <WD>")]
-        [DefaultValue(0.05)]
+        [DefaultValue(TrainOptions.DefaultWeightDecay)]
         [Description("AdamW weight decay (biases and 1-D parameters excluded).")]
-        public double WeightDecay { get; init; } = 0.05;
+        public double WeightDecay { get; init; } = TrainOptions.DefaultWeightDecay;
 
         /// <summary>EMA decay.</summary>
         [CommandOption("--ema-decay <D>")]
-        [DefaultValue(0.999)]
+        [DefaultValue(TrainOptions.DefaultEmaDecay)]
         [Description("Decay of the weight EMA (0 disables it).")]
-        public double EmaDecay { get; init; } = 0.999;
+        public double EmaDecay { get; init; } = TrainOptions.DefaultEmaDecay;
 
         /// <summary>Seed.</summary>
         [CommandOption("--seed <SEED>")]
@@ -252,11 +252,10 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
             TorchRuntime.SetThreads(threads);
         }
 
-        CheckRunFolder(settings.Out);
+        RunFolder.EnsureWritable(settings.Out);
         var (name, config) = ModelRegistry.Resolve(settings.Arch ?? "RepLKNet-FMNIST");
         using var data = Datasets.Open(settings.Dataset, settings.Data, settings.ValSplit, settings.Channels, settings.Seed);
-        var train = settings.TrainSubset is int subset ? Subset(data.Train, subset) : data.Train;
-        using var trainSubset = !ReferenceEquals(train, data.Train) ? train as IDisposable : null;
+        var train = data.Train;
         config = config with { NumClasses = train.ClassNames.Count, OutIndices = null, InChannels = train.Channels };
         if (settings.DropPath is double dropPath)
         {
@@ -277,6 +276,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
             SaveEvery = settings.SaveEvery, Resume = settings.Resume, Normalization = data.Normalization, Device = runtime.Device,
             Augment = augment, AccumulationSteps = settings.AccumSteps, ClipGradNorm = settings.ClipGrad, LayerDecay = settings.LayerDecay,
             InitialWeights = settings.Weights, Workers = settings.Workers ?? LoaderPlan.DefaultWorkers, GcStress = settings.GcStress,
+            TrainSubset = settings.TrainSubset,
         };
         Trainer trainer;
         try
@@ -292,7 +292,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         using var signals = new StopSignals(Console.Error, cancellationToken);
         string resumeCommand = ResumeCommand(context.Arguments);
         console.MarkupLine(CultureInfo.InvariantCulture, "[bold]train[/] {0} on {1}: {2:N0} training / {3:N0} test images, {4} epochs × {5} steps, batch {6}{7}, {8}, {9} threads, {10} loader workers → {11}",
-            Markup.Escape(name), Markup.Escape(data.Name), train.Count, data.Test.Count, settings.Epochs, trainer.StepsPerEpoch, settings.BatchSize,
+            Markup.Escape(name), Markup.Escape(data.Name), Math.Min(train.Count, settings.TrainSubset ?? long.MaxValue), data.Test.Count, settings.Epochs, trainer.StepsPerEpoch, settings.BatchSize,
             settings.AccumSteps > 1 ? $" × {settings.AccumSteps} accumulated" : "", runtime.Device, torch.get_num_threads(), options.Workers, Markup.Escape(settings.Out));
         console.MarkupLine($"  data: {Markup.Escape(augment.Describe(trainer.Pipeline.Size))}; {Markup.Escape(data.Normalization.ToString())}");
         var history = new List<EpochMetrics>();
@@ -358,7 +358,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         if (history.Count > 0)
         {
             TrainPlots.Curves(history, Path.Combine(settings.Out, "curves.png"), name);
-            Finish(trainer, history, config, name, settings, started);
+            Finish(trainer, history, settings, started);
         }
         else
         {
@@ -366,27 +366,6 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         }
 
         return ExitCodes.Success;
-    }
-
-    /// <summary>The run folder must be a folder we can create and write: say so in one line before any work starts.</summary>
-    private static void CheckRunFolder(string folder)
-    {
-        if (File.Exists(folder))
-        {
-            throw new UsageException($"--out '{folder}' is a file; give a folder for the run");
-        }
-
-        try
-        {
-            Directory.CreateDirectory(folder);
-            string probe = Path.Combine(folder, $".write-probe-{Environment.ProcessId}");
-            File.WriteAllBytes(probe, []);
-            File.Delete(probe);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new IOException($"--out '{folder}': cannot create or write the run folder ({e.Message.TrimEnd('.')})", e);
-        }
     }
 
     /// <summary>The command that continues this run: the same arguments with --resume (shell-quoted where needed).</summary>
@@ -414,12 +393,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
     /// <summary>The dataset's defaults (or a preset), with every option the user gave applied on top.</summary>
     private static AugmentOptions Augmentation(Settings settings, DatasetSplits data)
     {
-        var a = settings.Aug switch
-        {
-            "none" => new AugmentOptions { LabelSmoothing = 0.1 },
-            "official" => AugmentOptions.Official(data.Train.FixedSize?.Height ?? data.Defaults.InputSize ?? 224),
-            _ => data.Defaults,
-        };
+        var a = Recipes.Augmentation(settings.Aug, data.Name, data.Train.FixedSize?.Height);
 
         if (settings.InputSize is int size)
         {
@@ -470,58 +444,21 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         throw new UsageException($"{option} '{text}': expected MIN,MAX (e.g. 0.08,1) or none");
     }
 
-    private void Finish(Trainer trainer, List<EpochMetrics> history, RepLKNetConfig config, string name, Settings settings, DateTime started)
+    private void Finish(Trainer trainer, List<EpochMetrics> history, Settings settings, DateTime started)
     {
         // Re-parameterize the best model, verify it, and save the deploy checkpoint beside the training one.
-        using var best = ModelLoader.Load(trainer.BestCheckpoint, new ModelLoadOptions()).Model;
-        using var deploy = Reparameterizer.ReparameterizedCopy(best);
-        int size = trainer.Pipeline.Size;
-        var probe = randn([4, config.InChannels, size, size], generator: new Generator(1));
-        var report = EquivalenceCheck.Compare(best, deploy, probe);
-        string deployPath = Path.Combine(settings.Out, "best-deploy.safetensors");
-        if (report.RelativeEndToEnd > ReparamCommand.Tolerance)
-        {
-            throw new InvalidOperationException($"the re-parameterized model differs from the trained one by {report.RelativeEndToEnd:E2}; '{deployPath}' was not written");
-        }
-
-        using var bestCheckpoint = CheckpointFile.Read(trainer.BestCheckpoint);
-        CheckpointFile.WriteRepLKNet(deployPath, StateDicts.Ordered(deploy), bestCheckpoint.Metadata! with { Form = ModelForm.Deploy });
+        var deploy = DeployStep.Write(trainer.BestCheckpoint, Path.Combine(settings.Out, "best-deploy.safetensors"), trainer.Pipeline.Size);
         var last = history[^1];
         double bestTop1 = history.Max(h => Math.Max(h.Top1, double.IsNaN(h.EmaTop1) ? 0 : h.EmaTop1));
         console.MarkupLine(CultureInfo.InvariantCulture, "[bold]done[/] in {0:F1} min: best test top-1 [bold]{1:P2}[/] (last epoch: {2:P2}, EMA {3:P2}); deploy form verified (max rel. diff {4:E1})",
-            (DateTime.UtcNow - started).TotalMinutes, bestTop1, last.Top1, last.EmaTop1, report.RelativeEndToEnd);
+            (DateTime.UtcNow - started).TotalMinutes, bestTop1, last.Top1, last.EmaTop1, deploy.Report.RelativeEndToEnd);
         foreach (var (what, file) in new[]
         {
-            ("best (train form)", trainer.BestCheckpoint), ("best (deploy form)", deployPath), ("last", trainer.LastCheckpoint),
+            ("best (train form)", trainer.BestCheckpoint), ("best (deploy form)", deploy.DeployPath), ("last", trainer.LastCheckpoint),
             ("metrics", Path.Combine(settings.Out, "metrics.csv")), ("curves", Path.Combine(settings.Out, "curves.png")),
         })
         {
             console.MarkupLine($"  {what,-20} {Markup.Escape(file)}");
         }
-    }
-
-    private static IImageDataset Subset(IImageDataset data, int count) => data switch
-    {
-        _ when count >= data.Count => data,
-        ImageTensorDataset t => t.Take(count),
-        _ => new SubsetDataset(data, count),
-    };
-
-    /// <summary>The first N images of a dataset.</summary>
-    private sealed class SubsetDataset(IImageDataset inner, long count) : IImageDataset
-    {
-        public long Count => count;
-
-        public IReadOnlyList<string> ClassNames => inner.ClassNames;
-
-        public int Channels => inner.Channels;
-
-        public (int Height, int Width)? FixedSize => inner.FixedSize;
-
-        public long Label(long index) => inner.Label(index);
-
-        public string Describe(long index) => inner.Describe(index);
-
-        public ImageU8 Read(long index) => inner.Read(index);
     }
 }

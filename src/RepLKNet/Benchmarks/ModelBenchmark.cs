@@ -1,7 +1,9 @@
 using System.Diagnostics;
 using System.Globalization;
 using RepLKNet.Models;
+using RepLKNet.Data;
 using RepLKNet.Ops;
+using RepLKNet.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -9,7 +11,7 @@ namespace RepLKNet.Benchmarks;
 
 /// <summary>Whole-model timing of one implementation.</summary>
 /// <param name="Implementation">"ours" or "torch".</param>
-/// <param name="Mode">"infer" (eval, no grad) or "train" (forward, cross-entropy, backward, SGD step).</param>
+/// <param name="Mode">"infer" (eval, no grad) or "train" (one <see cref="TrainStep"/>: forward, cross-entropy, backward, AdamW update).</param>
 /// <param name="Batch">Batch size.</param>
 /// <param name="Resolution">Input resolution.</param>
 /// <param name="Ms">Median milliseconds per batch.</param>
@@ -43,7 +45,10 @@ public static class ModelBenchmark
         var generator = new Generator(0);
         var x = randn([batch, config.InChannels, resolution, resolution], generator: generator).to(device);
         var labels = randint(0, config.NumClasses ?? 1, [batch], generator: generator).to(device);
-        var optimizer = optim.AdamW(model.parameters(), 1e-6);
+        // The training loop's own step (official AdamW groups, the same loss), on one fixed synthetic batch.
+        var (optimizer, scales) = TrainStep.CreateOptimizer(model, 1e-6, 0.05);
+        var step = new TrainStep(model, optimizer, scales, device);
+        using var synthetic = new SyntheticBatch(x, labels);
         foreach (var impl in impls)
         {
             using var use = DepthwiseConv2d.Use(impl);
@@ -65,11 +70,7 @@ public static class ModelBenchmark
                 else
                 {
                     model.train();
-                    optimizer.zero_grad();
-                    var loss = nn.functional.cross_entropy(model.call(x), labels);
-                    loss.backward();
-                    Ops.DepthwiseConv2d.ReleaseBackwardOutputs();
-                    Training.AdamWStep.Apply(optimizer);
+                    step.Run(synthetic, 1e-6, 1);
                 }
 
                 if (device.type == DeviceType.CUDA)
@@ -137,6 +138,24 @@ public static class ModelBenchmark
         catch (IOException)
         {
             return null;
+        }
+    }
+
+    /// <summary>The same batch again and again, as the training step's data.</summary>
+    private sealed class SyntheticBatch(Tensor x, Tensor labels) : ITrainingEpoch
+    {
+        public int Count => (int)x.shape[0];
+
+        public IReadOnlyList<SkippedImage> Skipped => [];
+
+        public TimeSpan WaitTime => TimeSpan.Zero;
+
+        public bool MoveNext() => true;
+
+        public Tensor Loss(nn.Module<Tensor, Tensor> model, Device device) => ClassificationTask.Loss(model.call(x), labels, null, 0);
+
+        public void Dispose()
+        {
         }
     }
 }

@@ -1,19 +1,9 @@
 using Microsoft.ML.OnnxRuntime;
 using RepLKNet.Data;
 using RepLKNet.Data.Transforms;
+using RepLKNet.Inference;
 
 namespace RepLKNet.Export;
-
-/// <summary>One class of a prediction.</summary>
-/// <param name="Index">Class index.</param>
-/// <param name="Label">Class name, or "class N".</param>
-/// <param name="Probability">Softmax probability.</param>
-public sealed record ClassScore(int Index, string Label, float Probability);
-
-/// <summary>The top-k classes of one image.</summary>
-/// <param name="Source">The image file.</param>
-/// <param name="Top">Classes, most probable first.</param>
-public sealed record ImagePrediction(string Source, IReadOnlyList<ClassScore> Top);
 
 /// <summary>
 /// A classifier exported by <see cref="OnnxExport"/>, run with ONNX Runtime: reads the file's metadata (input size,
@@ -148,8 +138,7 @@ public sealed class OnnxClassifier : IDisposable
         var order = Enumerable.Range(0, logits.Length).ToArray();
         var values = logits.ToArray();
         Array.Sort(order, (a, b) => values[b].CompareTo(values[a]));
-        var names = Info.ClassNames;
         return [.. order.Take(Math.Min(k, order.Length)).Select(i =>
-            new ClassScore(i, names is not null && i < names.Count ? names[i] : $"class {i}", (float)(Math.Exp(values[i] - max) / sum)))];
+            new ClassScore(i, ClassScore.LabelOf(Info.ClassNames, i), (float)(Math.Exp(values[i] - max) / sum)))];
     }
 }

@@ -46,9 +46,24 @@ public sealed record TrainingBudget(double? Epochs, TimeSpan? Time)
         : string.Create(CultureInfo.InvariantCulture, $"{Time!.Value.TotalMinutes:0.##} min");
 }
 
-/// <summary>One recipe for any classifier (the kernel-size experiments and <c>experiment train</c>).</summary>
+/// <summary>
+/// The compact experiment recipe for any classifier (the kernel-size experiments and <c>experiment train</c>); the
+/// property defaults are the recipe's defaults, the one place they live.
+/// </summary>
 public sealed record ClassifierTrainingOptions
 {
+    /// <summary>Default <see cref="BatchSize"/>.</summary>
+    public const int DefaultBatchSize = 128;
+
+    /// <summary>Default <see cref="LearningRate"/>.</summary>
+    public const double DefaultLearningRate = 3e-3;
+
+    /// <summary>Default <see cref="WeightDecay"/>.</summary>
+    public const double DefaultWeightDecay = 0.05;
+
+    /// <summary>Default <see cref="WarmupFraction"/>.</summary>
+    public const double DefaultWarmupFraction = 0.05;
+
     /// <summary>How long to train.</summary>
     public required TrainingBudget Budget { get; init; }
 
@@ -59,16 +74,16 @@ public sealed record ClassifierTrainingOptions
     public AugmentOptions Augment { get; init; } = new();
 
     /// <summary>Batch size.</summary>
-    public int BatchSize { get; init; } = 128;
+    public int BatchSize { get; init; } = DefaultBatchSize;
 
     /// <summary>Peak AdamW learning rate.</summary>
-    public double LearningRate { get; init; } = 3e-3;
+    public double LearningRate { get; init; } = DefaultLearningRate;
 
     /// <summary>AdamW weight decay (not on biases and 1-D parameters).</summary>
-    public double WeightDecay { get; init; } = 0.05;
+    public double WeightDecay { get; init; } = DefaultWeightDecay;
 
     /// <summary>Fraction of the budget spent in linear warm-up.</summary>
-    public double WarmupFraction { get; init; } = 0.05;
+    public double WarmupFraction { get; init; } = DefaultWarmupFraction;
 
     /// <summary>Seed of initialization, data order and augmentation.</summary>
     public long Seed { get; init; }
@@ -106,16 +121,18 @@ public sealed record ClassifierTrainingResult(double Top1, long Steps, double Ep
 public sealed record ClassifierTrainingProgress(long Step, double Fraction, double Loss, double LearningRate, double ImagesPerSecond);
 
 /// <summary>
-/// A compact supervised loop for any classifier module: AdamW with the no-decay groups, linear warm-up then cosine to zero
-/// over the budget, label-smoothed (or Mixup/CutMix soft-target) cross-entropy, the project's loader and augmentation, then a
-/// test-set evaluation. Unlike <see cref="Trainer"/> it keeps no checkpoints or EMA: experiment cells are short and
-/// restart from scratch.
+/// The compact experiment recipe on the <see cref="TrainingLoop"/>, for any classifier module: AdamW with the no-decay
+/// groups, linear warm-up then cosine to zero over the budget (epochs or time), label-smoothed (or Mixup/CutMix
+/// soft-target) cross-entropy, the project's loader and augmentation, then precise BatchNorm statistics and one test-set
+/// evaluation. Unlike the official recipe (<see cref="Trainer"/>) it keeps no checkpoints or EMA: experiment cells are
+/// short and restart from scratch.
 /// </summary>
 public static class ClassifierTraining
 {
-    /// <summary>Trains <paramref name="model"/> (already on the device) and evaluates it; <paramref name="classes"/> is its output size.</summary>
+    /// <summary>Trains <paramref name="model"/> (already on the device, seeded by the caller) and evaluates it; <paramref name="classes"/> is its output size.</summary>
     /// <exception cref="DatasetException">The sets are empty or disagree.</exception>
     /// <exception cref="NonFiniteLossException">The loss diverged.</exception>
+    /// <exception cref="TrainingFailedException">Any other failure during training.</exception>
     public static ClassifierTrainingResult Run(Module<Tensor, Tensor> model, int classes, IImageDataset train, IImageDataset test, ClassifierTrainingOptions options,
         Action<ClassifierTrainingProgress>? onStep = null, CancellationToken cancel = default)
     {
@@ -123,120 +140,53 @@ public static class ClassifierTraining
         ArgumentNullException.ThrowIfNull(train);
         ArgumentNullException.ThrowIfNull(test);
         ArgumentNullException.ThrowIfNull(options);
-        if (train.Count == 0 || test.Count == 0)
-        {
-            throw new DatasetException("the training or test set holds no images");
-        }
-
-        if (train.ClassNames.Count != classes || test.ClassNames.Count != classes)
+        ClassificationTask.CheckSets(train, test);
+        if (train.ClassNames.Count != classes)
         {
             throw new DatasetException($"the model has {classes} outputs but the data has {train.ClassNames.Count} classes");
         }
 
         options.Augment.Validate();
-        int size = options.Augment.InputSize ?? train.FixedSize?.Height ?? throw new DatasetException("images of varying sizes need an input size");
+        int size = options.Augment.InputSize ?? train.FixedSize?.Height
+            ?? throw new DatasetException("InputSize is needed: the images have varying sizes", nameof(AugmentOptions.InputSize));
         var pipeline = new SamplePipeline(options.Augment, options.Normalization, train.Channels, size);
-        long[] pool = Subset(train.Count, options.TrainSubset, options.Seed);
+        long[] pool = TrainingPool.Random(train.Count, options.TrainSubset, options.Seed);
         int batch = (int)Math.Min(options.BatchSize, pool.LongLength);
         if (options.Augment.Mixes && batch % 2 != 0)
         {
             batch--;
         }
 
-        long stepsPerEpoch = Math.Max(1, pool.LongLength / batch);
-        long? totalSteps = options.Budget.Epochs is double e ? Math.Max(1, (long)Math.Round(e * stepsPerEpoch)) : null;
-        if (options.MaxSteps is long max)
+        var task = new ClassificationTask(train, test, pipeline, options.Augment, pool, options.BatchSize * 2, options.Workers, options.Device, metadata: null);
+        var loop = new TrainingLoop(task, new TrainingLoopOptions
         {
-            totalSteps = Math.Min(totalSteps ?? long.MaxValue, max);
-        }
+            Budget = options.Budget, BatchSize = batch, LearningRate = options.LearningRate, WeightDecay = options.WeightDecay,
+            Schedule = _ => new BudgetCosineSchedule(options.LearningRate, options.WarmupFraction), Seed = options.Seed, MaxSteps = options.MaxSteps,
+            EvaluateEachEpoch = false, Device = options.Device,
+        });
 
-        var (decay, noDecay) = ParameterGroups.Split(model);
-        var optimizer = torch.optim.AdamW(
-            [
-                new AdamW.ParamGroup(decay.Select(p => p.Parameter), new AdamW.Options { LearningRate = options.LearningRate, weight_decay = options.WeightDecay }),
-                new AdamW.ParamGroup(noDecay.Select(p => p.Parameter), new AdamW.Options { LearningRate = options.LearningRate, weight_decay = 0 }),
-            ],
-            options.LearningRate, 0.9, 0.999, 1e-8, options.WeightDecay);
-
-        var clock = Stopwatch.StartNew();
-        long step = 0, images = 0;
+        // The final loss: the mean over the last 10 % of the steps (the last 50 under a time budget).
+        long? totalSteps = loop.TotalSteps == long.MaxValue ? null : loop.TotalSteps;
+        int window = (int)Math.Min(int.MaxValue, totalSteps is long ts ? Math.Max(1, ts / 10) : 50);
         var recent = new Queue<double>();
-        double Fraction() => totalSteps is long total && options.Budget.Time is null
-            ? (double)step / total
-            : Math.Max(clock.Elapsed.TotalSeconds / options.Budget.Time!.Value.TotalSeconds, totalSteps is long t ? (double)step / t : 0);
-
-        model.train();
-        for (int epoch = 0; !cancel.IsCancellationRequested && Fraction() < 1; epoch++)
+        var run = loop.Run(model, null, null, p =>
         {
-            var plan = new LoaderPlan
+            recent.Enqueue(p.Loss);
+            if (recent.Count > window)
             {
-                Order = EpochOrder(pool, options.Seed, epoch), BatchSize = batch, BatchCount = stepsPerEpoch, Train = true,
-                Key = (options.Seed, epoch), Workers = options.Workers,
-            };
-            using var loader = new BatchLoader(train, pipeline, options.Augment, plan);
-            foreach (var b in loader.Batches())
-            {
-                double fraction = Fraction();
-                if (fraction >= 1 || cancel.IsCancellationRequested)
-                {
-                    break;
-                }
-
-                if (b.Count == 0)
-                {
-                    continue;
-                }
-
-                double lr = LearningRate(options, fraction);
-                foreach (var group in optimizer.ParamGroups)
-                {
-                    group.LearningRate = lr;
-                }
-
-                optimizer.zero_grad();
-                double value;
-                using (var scope = NewDisposeScope())
-                {
-                    var x = tensor(b.Images, [b.Count, b.Channels, b.Size, b.Size]).to(options.Device);
-                    var logits = model.call(x);
-                    var loss = b.Targets is { } soft
-                        ? (-tensor(soft, [b.Count, soft.Length / b.Count]).to(options.Device) * nn.functional.log_softmax(logits, 1)).sum(1).mean()
-                        : nn.functional.cross_entropy(logits, tensor(b.Labels).to(options.Device), label_smoothing: options.Augment.LabelSmoothing);
-                    value = loss.item<float>();
-                    if (!double.IsFinite(value))
-                    {
-                        throw new NonFiniteLossException(string.Create(CultureInfo.InvariantCulture, $"the training loss became {value} at step {step + 1}; try a lower learning rate"));
-                    }
-
-                    loss.backward();
-                    Ops.DepthwiseConv2d.ReleaseBackwardOutputs();
-                }
-
-                AdamWStep.Apply(optimizer);
-                step++;
-                images += b.Count;
-                recent.Enqueue(value);
-                if (totalSteps is long ts && recent.Count > Math.Max(1, ts / 10))
-                {
-                    recent.Dequeue();
-                }
-                else if (totalSteps is null && recent.Count > 50)
-                {
-                    recent.Dequeue();
-                }
-
-                onStep?.Invoke(new ClassifierTrainingProgress(step, Math.Min(1, Fraction()), value, lr, images / Math.Max(clock.Elapsed.TotalSeconds, 1e-9)));
+                recent.Dequeue();
             }
-        }
 
-        double seconds = clock.Elapsed.TotalSeconds;
+            onStep?.Invoke(new ClassifierTrainingProgress(p.Step, p.BudgetFraction, p.Loss, p.LearningRate, p.ImagesPerSecond));
+        }, null, cancel);
+
         if (options.PreciseBnImages > 0)
         {
-            RecalibrateBatchNorm(model, train, pipeline, EpochOrder(pool, options.Seed, -1), options.PreciseBnImages, batch, options.Device, options.Workers);
+            RecalibrateBatchNorm(model, train, pipeline, loop.EpochOrder(-1), options.PreciseBnImages, batch, options.Device, options.Workers);
         }
 
-        var result = Evaluation.Run(model, classes, test, pipeline, Math.Max(1, options.BatchSize * 2), options.Device, options.Workers, CancellationToken.None);
-        return new ClassifierTrainingResult(result.Top1, step, (double)step / stepsPerEpoch, seconds, images / Math.Max(seconds, 1e-9),
+        var result = Evaluation.Run(model, classes, test, pipeline, task.EvalBatchSize, options.Device, options.Workers, CancellationToken.None);
+        return new ClassifierTrainingResult(result.Top1, run.Steps, (double)run.Steps / loop.StepsPerEpoch, run.Seconds, run.Samples / Math.Max(run.Seconds, 1e-9),
             recent.Count == 0 ? double.NaN : recent.Average());
     }
 
@@ -297,46 +247,10 @@ public static class ClassifierTraining
         }
     }
 
-    /// <summary>Learning rate at <paramref name="fraction"/> of the budget: linear warm-up from 0, then cosine to 0.</summary>
+    /// <summary>Learning rate at <paramref name="fraction"/> of the budget: linear warm-up from 0, then cosine to 0 (<see cref="BudgetCosineSchedule"/>).</summary>
     public static double LearningRate(ClassifierTrainingOptions options, double fraction)
     {
         ArgumentNullException.ThrowIfNull(options);
-        double w = options.WarmupFraction;
-        if (fraction < w)
-        {
-            return options.LearningRate * fraction / w;
-        }
-
-        double p = Math.Clamp((fraction - w) / Math.Max(1e-12, 1 - w), 0, 1);
-        return options.LearningRate * 0.5 * (1 + Math.Cos(Math.PI * p));
-    }
-
-    private static long[] Subset(long count, long? subset, long seed)
-    {
-        var all = new long[count];
-        for (long i = 0; i < count; i++)
-        {
-            all[i] = i;
-        }
-
-        if (subset is not long n || n >= count)
-        {
-            return all;
-        }
-
-        if (n < 1)
-        {
-            throw new ArgumentException($"the training subset must hold at least one image, got {n}");
-        }
-
-        new SampleRandom((ulong)seed, 0x5B5E7, 0).Shuffle(all);
-        return all[..(int)n];
-    }
-
-    private static long[] EpochOrder(long[] pool, long seed, int epoch)
-    {
-        var order = (long[])pool.Clone();
-        new SampleRandom((ulong)seed, (ulong)epoch, 0x0DE5).Shuffle(order);
-        return order;
+        return new BudgetCosineSchedule(options.LearningRate, options.WarmupFraction).At(0, fraction);
     }
 }

@@ -6,7 +6,7 @@ namespace RepLKNet.Training;
 /// <c>base</c> down towards <c>final</c> over the remaining iterations: final + ½(base − final)(1 + cos(π·i / n)).
 /// Used for the learning rate (final = min_lr) and the weight decay (final = wd_end, by default = wd: constant).
 /// </summary>
-public sealed class CosineSchedule
+public sealed class CosineSchedule : ILearningRateSchedule
 {
     /// <summary>Creates the schedule over <paramref name="epochs"/> × <paramref name="iterationsPerEpoch"/> iterations.</summary>
     public CosineSchedule(double baseValue, double finalValue, int epochs, int iterationsPerEpoch, int warmupEpochs = 0,
@@ -60,4 +60,7 @@ public sealed class CosineSchedule
             return FinalValue + 0.5 * (BaseValue - FinalValue) * (1 + Math.Cos(Math.PI * i / cosineLength));
         }
     }
+
+    /// <inheritdoc />
+    public double At(long stepIndex, double budgetFraction) => this[stepIndex];
 }

@@ -37,7 +37,7 @@ public sealed class BenchModelCommand(IAnsiConsole console) : Command<BenchModel
 
         /// <summary>Mode.</summary>
         [CommandOption("--mode <MODE>")]
-        [Description("infer (eval, no grad) or train (forward, loss, backward, SGD step).")]
+        [Description("infer (eval, no grad) or train (the training loop's step: forward, loss, backward, AdamW update).")]
         [DefaultValue("infer")]
         public string Mode { get; init; } = "infer";
 

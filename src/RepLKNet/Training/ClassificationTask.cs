@@ -1,0 +1,211 @@
+using RepLKNet.Checkpoints;
+using RepLKNet.Data;
+using RepLKNet.Data.Transforms;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace RepLKNet.Training;
+
+/// <summary>
+/// Image classification for the <see cref="TrainingLoop"/>: batches from an <see cref="IImageDataset"/> through the sample
+/// pipeline and the augmentation (Mixup/CutMix included, prepared on background threads), label-smoothed or soft-target
+/// cross-entropy, test-set top-1 as the score, and the project's checkpoint format.
+/// </summary>
+public sealed class ClassificationTask : ITrainingTask
+{
+    private readonly IImageDataset _train;
+    private readonly IImageDataset _test;
+    private readonly AugmentOptions _augment;
+    private readonly long[] _pool;
+
+    /// <summary>Creates the task.</summary>
+    /// <param name="train">Training set.</param>
+    /// <param name="test">Held-out set (same classes and channels).</param>
+    /// <param name="pipeline">Sample pipeline (size, channels, normalization) of both sets.</param>
+    /// <param name="augment">Training augmentation and label smoothing.</param>
+    /// <param name="pool">Training indices to use (null: all).</param>
+    /// <param name="evalBatchSize">Evaluation batch size.</param>
+    /// <param name="workers">Background threads preparing batches.</param>
+    /// <param name="device">Where evaluation runs.</param>
+    /// <param name="metadata">Written into every checkpoint (architecture, class names, preprocessing); null: plain safetensors.</param>
+    /// <exception cref="DatasetException">A set is empty, or the sets disagree on classes or channels.</exception>
+    public ClassificationTask(IImageDataset train, IImageDataset test, SamplePipeline pipeline, AugmentOptions augment, long[]? pool, int evalBatchSize,
+        int workers, Device device, CheckpointMetadata? metadata)
+    {
+        _train = train ?? throw new ArgumentNullException(nameof(train));
+        _test = test ?? throw new ArgumentNullException(nameof(test));
+        Pipeline = pipeline ?? throw new ArgumentNullException(nameof(pipeline));
+        _augment = augment ?? throw new ArgumentNullException(nameof(augment));
+        CheckSets(train, test);
+        _pool = pool ?? TrainingPool.All(train.Count);
+        EvalBatchSize = Math.Max(1, evalBatchSize);
+        Workers = workers;
+        Device = device;
+        Metadata = metadata;
+    }
+
+    /// <summary>The sample pipeline both splits go through.</summary>
+    public SamplePipeline Pipeline { get; }
+
+    /// <summary>Evaluation batch size.</summary>
+    public int EvalBatchSize { get; }
+
+    /// <summary>Loader threads.</summary>
+    public int Workers { get; }
+
+    /// <summary>Evaluation device.</summary>
+    public Device Device { get; }
+
+    /// <summary>Checkpoint metadata, or null.</summary>
+    public CheckpointMetadata? Metadata { get; }
+
+    /// <inheritdoc />
+    public IReadOnlyList<long> Pool => _pool;
+
+    /// <summary>Classes of both sets.</summary>
+    public IReadOnlyList<string> ClassNames => _train.ClassNames;
+
+    /// <summary>Fails unless both sets hold images of the same classes and channels.</summary>
+    /// <exception cref="DatasetException">They do not.</exception>
+    public static void CheckSets(IImageDataset train, IImageDataset test)
+    {
+        ArgumentNullException.ThrowIfNull(train);
+        ArgumentNullException.ThrowIfNull(test);
+        if (train.Count == 0 || test.Count == 0)
+        {
+            throw new DatasetException("the training or test set holds no images");
+        }
+
+        if (!train.ClassNames.SequenceEqual(test.ClassNames) || train.Channels != test.Channels)
+        {
+            throw new DatasetException("the training and test sets have different classes or channels");
+        }
+    }
+
+    /// <inheritdoc />
+    public ITrainingEpoch OpenEpoch(long[] order, int epoch, int batchSize, long firstBatch, long batchCount, long seed)
+    {
+        var plan = new LoaderPlan
+        {
+            Order = order, BatchSize = batchSize, FirstBatch = firstBatch, BatchCount = batchCount, Train = true, Key = (seed, epoch), Workers = Workers,
+        };
+        return new Epoch(new BatchLoader(_train, Pipeline, _augment, plan), _augment.LabelSmoothing);
+    }
+
+    /// <inheritdoc />
+    public double Evaluate(Module<Tensor, Tensor> model, Action<string>? onNotice, CancellationToken cancel)
+    {
+        var result = Evaluation.Run(model, _test.ClassNames.Count, _test, Pipeline, EvalBatchSize, Device, Workers, cancel);
+        if (result.Skipped.Count > 0)
+        {
+            onNotice?.Invoke($"evaluation skipped {result.Skipped.Count} unreadable image(s), e.g. {result.Skipped[0].Source}: {result.Skipped[0].Reason}");
+        }
+
+        return result.Top1;
+    }
+
+    /// <inheritdoc />
+    public void SaveWeights(string path, Module model, string? trainingState = null)
+    {
+        if (Metadata is { } metadata)
+        {
+            CheckpointFile.WriteRepLKNet(path, StateDicts.Ordered(model), metadata with { TrainingState = trainingState });
+        }
+        else
+        {
+            SafetensorsFile.Write(path, StateDicts.Ordered(model), null);
+        }
+    }
+
+    /// <inheritdoc />
+    public void LoadWeights(string path, Module model)
+    {
+        using var checkpoint = CheckpointFile.Read(path);
+        StateDictLoader.Load(model, checkpoint.State, strict: true, skipHead: false, $"'{path}'");
+    }
+
+    /// <summary>
+    /// The classification loss of <paramref name="logits"/> [N, classes]: cross-entropy with label smoothing
+    /// <paramref name="smoothing"/> against <paramref name="labels"/> [N] (int64), or, when <paramref name="softTargets"/>
+    /// [N, classes] is given (Mixup/CutMix), the soft-target cross-entropy −Σ t·log_softmax(logits), averaged over the batch
+    /// (timm's <c>SoftTargetCrossEntropy</c>; the targets already carry the smoothing).
+    /// </summary>
+    public static Tensor Loss(Tensor logits, Tensor labels, Tensor? softTargets, double smoothing)
+    {
+        ArgumentNullException.ThrowIfNull(logits);
+        return softTargets is not null
+            ? (-softTargets * nn.functional.log_softmax(logits, 1)).sum(1).mean()
+            : nn.functional.cross_entropy(logits, labels, label_smoothing: smoothing);
+    }
+
+    private sealed class Epoch(BatchLoader loader, double smoothing) : ITrainingEpoch
+    {
+        private readonly IEnumerator<LoadedBatch> _batches = loader.Batches().GetEnumerator();
+
+        public int Count => _batches.Current.Count;
+
+        public IReadOnlyList<SkippedImage> Skipped => _batches.Current.Skipped;
+
+        public TimeSpan WaitTime => loader.WaitTime;
+
+        public bool MoveNext() => _batches.MoveNext();
+
+        public Tensor Loss(Module<Tensor, Tensor> model, Device device)
+        {
+            var b = _batches.Current;
+            var x = tensor(b.Images, [b.Count, b.Channels, b.Size, b.Size]).to(device);
+            var logits = model.call(x);
+            return b.Targets is { } soft
+                ? ClassificationTask.Loss(logits, null!, tensor(soft, [b.Count, soft.Length / b.Count]).to(device), smoothing)
+                : ClassificationTask.Loss(logits, tensor(b.Labels).to(device), null, smoothing);
+        }
+
+        public void Dispose()
+        {
+            _batches.Dispose();
+            loader.Dispose();
+        }
+    }
+}
+
+/// <summary>Which training samples a run draws from.</summary>
+public static class TrainingPool
+{
+    /// <summary>All <paramref name="count"/> indices, in order.</summary>
+    public static long[] All(long count)
+    {
+        var all = new long[count];
+        for (long i = 0; i < count; i++)
+        {
+            all[i] = i;
+        }
+
+        return all;
+    }
+
+    /// <summary>The first <paramref name="subset"/> of <paramref name="count"/> indices (all when null or larger).</summary>
+    /// <exception cref="ArgumentException"><paramref name="subset"/> &lt; 1.</exception>
+    public static long[] First(long count, long? subset) =>
+        subset is not long n || n >= count ? All(count) : n < 1 ? throw Small(n) : All(n);
+
+    /// <summary>A seeded random <paramref name="subset"/> of <paramref name="count"/> indices (all, in order, when null or larger).</summary>
+    /// <exception cref="ArgumentException"><paramref name="subset"/> &lt; 1.</exception>
+    public static long[] Random(long count, long? subset, long seed)
+    {
+        var all = All(count);
+        if (subset is not long n || n >= count)
+        {
+            return all;
+        }
+
+        if (n < 1)
+        {
+            throw Small(n);
+        }
+
+        new SampleRandom((ulong)seed, 0x5B5E7, 0).Shuffle(all);
+        return all[..(int)n];
+    }
+
+    private static ArgumentException Small(long n) => new($"TrainSubset must hold at least one image, got {n}", "TrainSubset");
+}

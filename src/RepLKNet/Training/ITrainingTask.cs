@@ -1,0 +1,69 @@
+using RepLKNet.Data;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace RepLKNet.Training;
+
+/// <summary>
+/// What a task (classification now; segmentation next) tells the task-agnostic <see cref="TrainingLoop"/>: its training
+/// samples, its batches and loss, how to score a model, and its checkpoint format. Everything else — the optimizer, the
+/// schedule, accumulation, clipping, the EMA, evaluation cadence, checkpoints and exact resumption, progress events — is
+/// the loop's. Called on the loop's thread only.
+/// </summary>
+public interface ITrainingTask
+{
+    /// <summary>Indices of the training samples the loop draws from (a subset keeps its chosen indices); the loop shuffles a copy each epoch.</summary>
+    IReadOnlyList<long> Pool { get; }
+
+    /// <summary>
+    /// Opens the training micro-batches of one epoch: batch k of the epoch holds <c>order[k·batchSize .. (k+1)·batchSize)</c>,
+    /// starting at <paramref name="firstBatch"/>, <paramref name="batchCount"/> batches in all; every random draw of batch k
+    /// must be a function of (seed, <paramref name="epoch"/>, k) so that a resumed epoch sees the same batches.
+    /// </summary>
+    /// <param name="order">The epoch's permutation of <see cref="Pool"/>.</param>
+    /// <param name="epoch">Epoch (0-based).</param>
+    /// <param name="batchSize">Samples per micro-batch.</param>
+    /// <param name="firstBatch">First micro-batch to produce (0 unless resuming inside the epoch).</param>
+    /// <param name="batchCount">Micro-batches in the epoch.</param>
+    /// <param name="seed">The run's seed.</param>
+    ITrainingEpoch OpenEpoch(long[] order, int epoch, int batchSize, long firstBatch, long batchCount, long seed);
+
+    /// <summary>
+    /// Scores <paramref name="model"/> on the held-out set (eval mode, no gradients): the loop keeps the checkpoint with the
+    /// highest score. For classification: test top-1 in [0, 1].
+    /// </summary>
+    /// <exception cref="OperationCanceledException"><paramref name="cancel"/> was cancelled (the loop saves a pending evaluation).</exception>
+    double Evaluate(Module<Tensor, Tensor> model, Action<string>? onNotice, CancellationToken cancel);
+
+    /// <summary>Writes <paramref name="model"/>'s weights to <paramref name="path"/> (atomically) in the task's checkpoint format.</summary>
+    /// <param name="path">Destination file.</param>
+    /// <param name="model">The model (or its EMA).</param>
+    /// <param name="trainingState">File name of the run's resume state recorded in the checkpoint, or null.</param>
+    void SaveWeights(string path, Module model, string? trainingState = null);
+
+    /// <summary>Loads weights written by <see cref="SaveWeights"/> into <paramref name="model"/> (strict).</summary>
+    /// <exception cref="Checkpoints.CheckpointException">The file is damaged or does not match the model.</exception>
+    void LoadWeights(string path, Module model);
+}
+
+/// <summary>One epoch's training micro-batches, produced in order; owns its loader threads (dispose it).</summary>
+public interface ITrainingEpoch : IDisposable
+{
+    /// <summary>Advances to the next micro-batch; false when the epoch has no more.</summary>
+    bool MoveNext();
+
+    /// <summary>Samples in the current micro-batch (0 when none of them could be read).</summary>
+    int Count { get; }
+
+    /// <summary>Samples of the current micro-batch that could not be read and were left out.</summary>
+    IReadOnlyList<SkippedImage> Skipped { get; }
+
+    /// <summary>
+    /// Runs <paramref name="model"/> (train mode) on the current micro-batch on <paramref name="device"/> and returns the
+    /// task's loss: a scalar tensor, the mean over the micro-batch, in the caller's dispose scope.
+    /// </summary>
+    Tensor Loss(Module<Tensor, Tensor> model, Device device);
+
+    /// <summary>Time spent waiting for micro-batches so far.</summary>
+    TimeSpan WaitTime { get; }
+}

@@ -1,0 +1,245 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using RepLKNet.Checkpoints;
+using RepLKNet.IO;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace RepLKNet.Training;
+
+/// <summary>The files of a run folder (docs/training.md, "Checkpoints and resuming").</summary>
+/// <param name="Path">The run folder.</param>
+public sealed record RunFolder(string Path)
+{
+    /// <summary>The last checkpoint (model weights, pointing at the resume state).</summary>
+    public string LastCheckpoint => System.IO.Path.Combine(Path, "last.safetensors");
+
+    /// <summary>The best checkpoint (by the task's score, EMA or not, whichever is higher).</summary>
+    public string BestCheckpoint => System.IO.Path.Combine(Path, "best.safetensors");
+
+    /// <summary>The EMA weights of the last checkpoint.</summary>
+    public string EmaCheckpoint => System.IO.Path.Combine(Path, "last-ema.safetensors");
+
+    /// <summary>The resume state: step, history, and which resume folder is complete.</summary>
+    public string StateFile => System.IO.Path.Combine(Path, "state.json");
+
+    /// <summary>Where the resume sets (model, EMA, optimizer, generator) live, one folder per saved step.</summary>
+    public string ResumeRoot => System.IO.Path.Combine(Path, "resume");
+
+    /// <summary>Per-epoch metrics as CSV.</summary>
+    public string MetricsCsv => System.IO.Path.Combine(Path, "metrics.csv");
+
+    /// <summary>Per-epoch metrics as JSON.</summary>
+    public string MetricsJson => System.IO.Path.Combine(Path, "metrics.json");
+
+    /// <summary>
+    /// Creates the run folder <paramref name="path"/> if needed and checks that a file can be written in it, so a run fails
+    /// in one line before any work rather than at its first checkpoint.
+    /// </summary>
+    /// <exception cref="ArgumentException">The path is a file (ParamName <c>OutDir</c>).</exception>
+    /// <exception cref="IOException">The folder cannot be created or written; <c>Data["ParamName"]</c> is <c>OutDir</c>.</exception>
+    public static RunFolder EnsureWritable(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        if (File.Exists(path))
+        {
+            throw new ArgumentException($"OutDir '{path}' is a file; give a folder for the run", nameof(TrainOptions.OutDir));
+        }
+
+        try
+        {
+            Directory.CreateDirectory(path);
+            string probe = System.IO.Path.Combine(path, $".write-probe-{Environment.ProcessId}");
+            File.WriteAllBytes(probe, []);
+            File.Delete(probe);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new IOException($"OutDir '{path}': cannot create or write the run folder ({e.Message.TrimEnd('.')})", e)
+            {
+                Data = { ["ParamName"] = nameof(TrainOptions.OutDir) },
+            };
+        }
+
+        return new RunFolder(path);
+    }
+}
+
+/// <summary>
+/// Saving and restoring a run's complete state atomically: the resume set (model, EMA, optimizer, libtorch's generator) is
+/// written into a fresh folder, renamed into place, then pointed at by <c>state.json</c> (written atomically); the
+/// user-facing copies (<c>last*.safetensors</c>) follow. A failure anywhere leaves the previous state intact.
+/// </summary>
+internal sealed class RunState(RunFolder folder, ITrainingTask task, Module model, ModelEma? ema, AdamW optimizer, long stepsPerEpoch, TrainingLoopOptions options)
+{
+    private static readonly JsonSerializerOptions JsonOptions = new()
+    {
+        WriteIndented = true,
+        NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals,
+    };
+
+    /// <summary>Creates the folder, removes half-written files of a killed run, and checks a requested resume has a state to use.</summary>
+    public void Prepare()
+    {
+        Directory.CreateDirectory(folder.Path);
+        AtomicFile.RemoveLeftovers(folder.Path);
+        if (options.Resume && !File.Exists(folder.StateFile))
+        {
+            throw new CheckpointException($"resume was requested but '{folder.StateFile}' does not exist: there is no run to continue in '{folder.Path}' (start a new run without resuming)");
+        }
+    }
+
+    /// <summary>The step <c>state.json</c> points at (set the moment it is replaced, or by <see cref="Restore"/>), or null.</summary>
+    public long? LastSavedStep { get; private set; }
+
+    public void Save(long step, double best, List<EpochMetrics> history, (double LossSum, long Steps) epochSoFar = default, PendingEvaluation? pending = null)
+    {
+        using var scope = NewDisposeScope();
+        string name = string.Create(CultureInfo.InvariantCulture, $"step-{step:D9}");
+        string target = Path.Combine(folder.ResumeRoot, name);
+        string staging = target + ".partial";
+        if (Directory.Exists(staging))
+        {
+            Directory.Delete(staging, recursive: true);
+        }
+
+        try
+        {
+            Directory.CreateDirectory(staging);
+            task.SaveWeights(Path.Combine(staging, "model.safetensors"), model);
+            if (ema is not null)
+            {
+                task.SaveWeights(Path.Combine(staging, "ema.safetensors"), ema.Average);
+            }
+
+            optimizer.save_state_dict(Path.Combine(staging, "optimizer.bin"));
+            // The global CPU generator drives drop path: saving it makes a resumed run draw the same masks.
+            using (var rng = torch.get_rng_state())
+            {
+                File.WriteAllBytes(Path.Combine(staging, "rng.bin"), rng.bytes.ToArray());
+            }
+
+            AtomicFile.FlushDirectory(staging);
+            if (Directory.Exists(target))
+            {
+                Directory.Delete(target, recursive: true); // only a set that state.json does not point at (never the same step twice)
+            }
+
+            Directory.Move(staging, target);
+            AtomicFile.SyncDirectory(folder.ResumeRoot);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            TryDelete(staging);
+            throw new IOException($"cannot write the resume state into '{staging}': {e.Message}; the previous state ('{folder.StateFile}') is intact", e);
+        }
+
+        var state = new JsonObject
+        {
+            ["step"] = step,
+            ["steps_per_epoch"] = stepsPerEpoch,
+            ["seed"] = options.Seed,
+            ["batch_size"] = options.BatchSize,
+            ["accumulation_steps"] = options.AccumulationSteps,
+            ["resume"] = Path.Combine("resume", name),
+            ["best_top1"] = double.IsFinite(best) ? best : null,
+            ["epoch_loss_sum"] = epochSoFar.LossSum,
+            ["epoch_steps"] = epochSoFar.Steps,
+            ["pending_evaluation"] = pending is null ? null : JsonSerializer.SerializeToNode(pending, JsonOptions),
+            ["history"] = JsonSerializer.SerializeToNode(history, JsonOptions),
+        };
+        AtomicFile.Write(folder.StateFile, s => s.Write(System.Text.Encoding.UTF8.GetBytes(state.ToJsonString(JsonOptions))));
+        LastSavedStep = step; // from here on a failure leaves this step's state as the resumable one
+        foreach (var old in Directory.EnumerateDirectories(folder.ResumeRoot).Where(d => Path.GetFileName(d) != name))
+        {
+            Directory.Delete(old, recursive: true);
+        }
+
+        // The user-facing copies (atomic each), after the resume state they describe.
+        task.SaveWeights(folder.LastCheckpoint, model, Path.GetFileName(folder.StateFile));
+        if (ema is not null)
+        {
+            task.SaveWeights(folder.EmaCheckpoint, ema.Average);
+        }
+    }
+
+    public (long Step, double Best, List<EpochMetrics> History, (double LossSum, long Steps) Partial, PendingEvaluation? Pending) Restore()
+    {
+        JsonObject state;
+        try
+        {
+            state = JsonNode.Parse(File.ReadAllText(folder.StateFile))!.AsObject();
+        }
+        catch (JsonException e)
+        {
+            throw new CheckpointException($"'{folder.StateFile}' is damaged: {e.Message}", e);
+        }
+
+        long steps = (long)state["steps_per_epoch"]!;
+        if (steps != stepsPerEpoch || (long)state["seed"]! != options.Seed)
+        {
+            throw new CheckpointException($"'{folder.StateFile}' was written with another batch size, accumulation, dataset size or seed ({steps} steps per epoch, seed {(long)state["seed"]!}; now {stepsPerEpoch}, seed {options.Seed}); resume with the same settings");
+        }
+
+        string resume = Path.Combine(folder.Path, (string?)state["resume"] ?? throw new CheckpointException($"'{folder.StateFile}' names no resume folder"));
+        foreach (var required in new[] { "model.safetensors", "optimizer.bin", "rng.bin" })
+        {
+            if (!File.Exists(Path.Combine(resume, required)))
+            {
+                throw new CheckpointException($"the resume state '{resume}' (named by '{folder.StateFile}') is incomplete: {required} is missing");
+            }
+        }
+
+        task.LoadWeights(Path.Combine(resume, "model.safetensors"), model);
+        string emaFile = Path.Combine(resume, "ema.safetensors");
+        if (ema is not null && File.Exists(emaFile))
+        {
+            task.LoadWeights(emaFile, ema.Average);
+        }
+
+        optimizer.load_state_dict(Path.Combine(resume, "optimizer.bin"));
+        byte[] bytes = File.ReadAllBytes(Path.Combine(resume, "rng.bin"));
+        using (var rng = tensor(bytes, dtype: ScalarType.Byte))
+        {
+            torch.set_rng_state(rng);
+        }
+
+        var history = state["history"]!.Deserialize<List<EpochMetrics>>(JsonOptions) ?? [];
+        double best = state["best_top1"] is JsonNode b ? (double)b : double.NegativeInfinity;
+        var partial = ((double?)state["epoch_loss_sum"] ?? 0, (long?)state["epoch_steps"] ?? 0);
+        var pending = state["pending_evaluation"] is JsonNode p ? p.Deserialize<PendingEvaluation>(JsonOptions) : null;
+        LastSavedStep = (long)state["step"]!;
+        return ((long)state["step"]!, best, history, partial, pending);
+    }
+
+    public void WriteMetrics(List<EpochMetrics> history)
+    {
+        var csv = new System.Text.StringBuilder("epoch,step,train_loss,lr,top1,ema_top1,images_per_s,seconds,skipped,data_wait_s\n");
+        foreach (var m in history)
+        {
+            csv.AppendLine(string.Create(CultureInfo.InvariantCulture,
+                $"{m.Epoch},{m.Step},{m.TrainLoss:R},{m.LearningRate:R},{m.Top1:R},{m.EmaTop1:R},{m.ImagesPerSecond:F1},{m.Seconds:F1},{m.Skipped},{m.DataWaitSeconds:F2}"));
+        }
+
+        AtomicFile.Write(folder.MetricsCsv, s => s.Write(System.Text.Encoding.UTF8.GetBytes(csv.ToString())));
+        AtomicFile.Write(folder.MetricsJson, s => s.Write(JsonSerializer.SerializeToUtf8Bytes(history, JsonOptions)));
+    }
+
+    private static void TryDelete(string path)
+    {
+        try
+        {
+            if (Directory.Exists(path))
+            {
+                Directory.Delete(path, recursive: true);
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // Best effort: a leftover staging folder is removed by the next save or ignored by resume.
+        }
+    }
+}

@@ -1,0 +1,180 @@
+using System.Globalization;
+using RepLKNet.Data;
+using RepLKNet.Runtime;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace RepLKNet.Training;
+
+/// <summary>What one optimizer step did.</summary>
+/// <param name="Loss">The step's loss: the mean of its micro-batches' losses.</param>
+/// <param name="Samples">Samples trained on (unreadable ones excluded).</param>
+/// <param name="Skipped">Samples that could not be read.</param>
+public sealed record StepOutcome(double Loss, long Samples, IReadOnlyList<SkippedImage> Skipped);
+
+/// <summary>
+/// One optimizer step of the official recipe, the same for every task and for <c>bench model --mode train</c>: set each
+/// group's learning rate, <c>zero_grad</c>, then for each of <see cref="AccumulationSteps"/> micro-batches forward + loss
+/// (non-finite → <see cref="NonFiniteLossException"/> before any update), backward of loss / accumulation; then gradient
+/// clipping (global L2 norm), the AdamW update (<see cref="AdamWStep"/>) and the EMA update. The caller owns the dispose
+/// scope around it (docs/runtime.md, "Object lifetimes").
+/// </summary>
+public sealed class TrainStep
+{
+    private readonly Module<Tensor, Tensor> _model;
+    private readonly AdamW _optimizer;
+    private readonly double[] _scales;
+    private readonly Device _device;
+
+    /// <summary>Creates the step.</summary>
+    /// <param name="model">The trained model (train mode is set by the caller).</param>
+    /// <param name="optimizer">Its optimizer; group g's learning rate is <c>lr × groupScales[g]</c>.</param>
+    /// <param name="groupScales">Learning-rate multiplier of each parameter group (layer decay), in group order.</param>
+    /// <param name="device">Where the batches go.</param>
+    /// <param name="accumulationSteps">Micro-batches per step (the official <c>update_freq</c>), ≥ 1.</param>
+    /// <param name="clipGradNorm">Global gradient-norm clip, or null.</param>
+    /// <param name="ema">The weight average updated after each step, or null.</param>
+    /// <exception cref="ArgumentException">The scales do not match the optimizer's groups, or <paramref name="accumulationSteps"/> &lt; 1.</exception>
+    public TrainStep(Module<Tensor, Tensor> model, AdamW optimizer, IReadOnlyList<double> groupScales, Device device, int accumulationSteps = 1,
+        double? clipGradNorm = null, ModelEma? ema = null)
+    {
+        _model = model ?? throw new ArgumentNullException(nameof(model));
+        _optimizer = optimizer ?? throw new ArgumentNullException(nameof(optimizer));
+        ArgumentNullException.ThrowIfNull(groupScales);
+        _scales = [.. groupScales];
+        if (_scales.Length != optimizer.ParamGroups.Count())
+        {
+            throw new ArgumentException($"groupScales has {_scales.Length} entries for {optimizer.ParamGroups.Count()} parameter groups", nameof(groupScales));
+        }
+
+        if (accumulationSteps < 1)
+        {
+            throw new ArgumentException($"AccumulationSteps must be ≥ 1, got {accumulationSteps}", nameof(accumulationSteps));
+        }
+
+        _device = device;
+        AccumulationSteps = accumulationSteps;
+        ClipGradNorm = clipGradNorm;
+        Ema = ema;
+    }
+
+    /// <summary>Micro-batches per optimizer step.</summary>
+    public int AccumulationSteps { get; }
+
+    /// <summary>Gradient-norm clip, or null.</summary>
+    public double? ClipGradNorm { get; }
+
+    /// <summary>The weight EMA, or null.</summary>
+    public ModelEma? Ema { get; }
+
+    /// <summary>What the step is doing now (for failure reports).</summary>
+    public TrainingPhase Phase { get; private set; } = TrainingPhase.Data;
+
+    /// <summary>Runs one optimizer step at learning rate <paramref name="lr"/> on the next micro-batches of <paramref name="data"/>.</summary>
+    /// <param name="data">The epoch's micro-batches.</param>
+    /// <param name="lr">Base learning rate of this step.</param>
+    /// <param name="stepNumber">The step's 1-based number (for messages).</param>
+    /// <exception cref="NonFiniteLossException">A micro-batch's loss is NaN or infinite (no update was made).</exception>
+    /// <exception cref="InvalidOperationException"><paramref name="data"/> ran out of micro-batches.</exception>
+    public StepOutcome Run(ITrainingEpoch data, double lr, long stepNumber)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        var groups = _optimizer.ParamGroups.ToList();
+        for (int g = 0; g < groups.Count; g++)
+        {
+            groups[g].LearningRate = lr * _scales[g];
+        }
+
+        Phase = TrainingPhase.Optimizer;
+        _optimizer.zero_grad();
+        double value = 0;
+        long samples = 0;
+        List<SkippedImage>? skipped = null;
+        for (int micro = 0; micro < AccumulationSteps; micro++)
+        {
+            Phase = TrainingPhase.Data;
+            if (!data.MoveNext())
+            {
+                throw new InvalidOperationException($"the training data ran out of batches at step {stepNumber}");
+            }
+
+            if (data.Skipped.Count > 0)
+            {
+                (skipped ??= []).AddRange(data.Skipped);
+            }
+
+            if (data.Count == 0)
+            {
+                continue;
+            }
+
+            using var scope = NewDisposeScope();
+            Phase = TrainingPhase.Forward;
+            var loss = data.Loss(_model, _device);
+            double microValue = loss.item<float>();
+            if (!double.IsFinite(microValue))
+            {
+                throw new NonFiniteLossException(string.Create(CultureInfo.InvariantCulture, $"the training loss became {microValue} at step {stepNumber}"));
+            }
+
+            Phase = TrainingPhase.Backward;
+            (AccumulationSteps == 1 ? loss : Scalars.Div(loss, AccumulationSteps)).backward();
+            Ops.DepthwiseConv2d.ReleaseBackwardOutputs();
+            value += microValue / AccumulationSteps;
+            samples += data.Count;
+        }
+
+        Phase = TrainingPhase.Optimizer;
+        if (ClipGradNorm is double clip)
+        {
+            nn.utils.clip_grad_norm_(_model.parameters(), clip);
+        }
+
+        AdamWStep.Apply(_optimizer);
+        Phase = TrainingPhase.Ema;
+        Ema?.Update(_model);
+        return new StepOutcome(value, samples, skipped ?? (IReadOnlyList<SkippedImage>)[]);
+    }
+
+    /// <summary>
+    /// AdamW over <paramref name="model"/>'s trainable parameters in the official groups: weight decay on everything but
+    /// biases and 1-D parameters (<see cref="ParameterGroups.IsNoDecay"/>), times an optional per-parameter learning-rate
+    /// scale (layer-wise decay); one group per distinct (decay, scale), decayed groups first, then by scale.
+    /// Returns the optimizer and each group's scale.
+    /// </summary>
+    /// <param name="model">The model.</param>
+    /// <param name="learningRate">Peak learning rate.</param>
+    /// <param name="weightDecay">Decoupled weight decay of the decayed groups.</param>
+    /// <param name="scale">Learning-rate multiplier of a parameter by name, or null for 1.</param>
+    public static (AdamW Optimizer, double[] Scales) CreateOptimizer(Module model, double learningRate, double weightDecay, Func<string, double>? scale = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        var groups = new List<(List<Parameter> Params, double Decay, double Scale)>();
+        foreach (var (name, parameter) in model.named_parameters())
+        {
+            if (!parameter.requires_grad)
+            {
+                continue;
+            }
+
+            double decay = ParameterGroups.IsNoDecay(name, parameter) ? 0 : weightDecay;
+            double s = scale?.Invoke(name) ?? 1.0;
+            int g = groups.FindIndex(x => x.Decay == decay && x.Scale == s);
+            if (g < 0)
+            {
+                groups.Add(([], decay, s));
+                g = groups.Count - 1;
+            }
+
+            groups[g].Params.Add(parameter);
+        }
+
+        // Decayed groups first (the optimizer state file's group order depends on it).
+        groups = [.. groups.OrderBy(x => x.Decay == 0).ThenBy(x => x.Scale)];
+        var optimizer = optim.AdamW(
+            [.. groups.Select(x => new AdamW.ParamGroup(x.Params, new AdamW.Options { LearningRate = learningRate * x.Scale, weight_decay = x.Decay }))],
+            learningRate, 0.9, 0.999, 1e-8, weightDecay);
+        return (optimizer, [.. groups.Select(x => x.Scale)]);
+    }
+}

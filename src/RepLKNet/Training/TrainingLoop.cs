@@ -1,0 +1,447 @@
+using System.Diagnostics;
+using RepLKNet.Checkpoints;
+using RepLKNet.Data;
+using TorchSharp;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace RepLKNet.Training;
+
+/// <summary>A learning rate as a function of the optimizer step and of the fraction of the budget used.</summary>
+public interface ILearningRateSchedule
+{
+    /// <summary>The learning rate of step <paramref name="stepIndex"/> (0-based) taken when <paramref name="budgetFraction"/> of the budget is used.</summary>
+    double At(long stepIndex, double budgetFraction);
+}
+
+/// <summary>Linear warm-up from 0 over the first <paramref name="WarmupFraction"/> of the budget, then cosine to 0 (steps or time alike).</summary>
+/// <param name="Peak">Learning rate at the end of the warm-up.</param>
+/// <param name="WarmupFraction">Fraction of the budget spent warming up, in [0, 1).</param>
+public sealed record BudgetCosineSchedule(double Peak, double WarmupFraction) : ILearningRateSchedule
+{
+    /// <inheritdoc />
+    public double At(long stepIndex, double budgetFraction)
+    {
+        double w = WarmupFraction;
+        if (budgetFraction < w)
+        {
+            return Peak * budgetFraction / w;
+        }
+
+        double p = Math.Clamp((budgetFraction - w) / Math.Max(1e-12, 1 - w), 0, 1);
+        return Peak * 0.5 * (1 + Math.Cos(Math.PI * p));
+    }
+}
+
+/// <summary>How the task-agnostic loop trains: budget, batches, optimizer, schedule, EMA, evaluation and checkpoints.</summary>
+public sealed record TrainingLoopOptions
+{
+    /// <summary>How long: epochs (fractions allowed) or wall-clock time.</summary>
+    public required TrainingBudget Budget { get; init; }
+
+    /// <summary>Samples per micro-batch.</summary>
+    public required int BatchSize { get; init; }
+
+    /// <summary>The schedule for a run of the given steps per epoch.</summary>
+    public required Func<long, ILearningRateSchedule> Schedule { get; init; }
+
+    /// <summary>Peak learning rate (the optimizer's groups start at it).</summary>
+    public required double LearningRate { get; init; }
+
+    /// <summary>AdamW weight decay of the decayed groups.</summary>
+    public required double WeightDecay { get; init; }
+
+    /// <summary>Learning-rate multiplier of a parameter by name (layer-wise decay), or null.</summary>
+    public Func<string, double>? ParameterScale { get; init; }
+
+    /// <summary>Micro-batches per optimizer step.</summary>
+    public int AccumulationSteps { get; init; } = 1;
+
+    /// <summary>Global gradient-norm clip, or null.</summary>
+    public double? ClipGradNorm { get; init; }
+
+    /// <summary>EMA decay; 0: no EMA.</summary>
+    public double EmaDecay { get; init; }
+
+    /// <summary>Seed of the data order (and of every augmentation draw through the task).</summary>
+    public long Seed { get; init; }
+
+    /// <summary>Stop after this many optimizer steps; null: the budget decides.</summary>
+    public long? MaxSteps { get; init; }
+
+    /// <summary>Evaluate (and keep the best, save, report) at each epoch end; false: no evaluation inside the loop.</summary>
+    public bool EvaluateEachEpoch { get; init; } = true;
+
+    /// <summary>Run folder for checkpoints, resume state and metrics; null: nothing is written (and nothing can resume).</summary>
+    public string? OutDir { get; init; }
+
+    /// <summary>Also save every this many steps (inside epochs); null: at epoch ends only.</summary>
+    public long? SaveEvery { get; init; }
+
+    /// <summary>Continue from <see cref="OutDir"/>'s resume state (it must exist).</summary>
+    public bool Resume { get; init; }
+
+    /// <summary>Soak mode: forced collections and finalizer runs throughout (docs/training.md, "Dependable runs").</summary>
+    public bool GcStress { get; init; }
+
+    /// <summary>Device of the model and batches.</summary>
+    public Device Device { get; init; } = CPU;
+}
+
+/// <summary>What a run of the loop did.</summary>
+/// <param name="History">Each evaluated epoch's metrics (of the whole run, a resumed part included).</param>
+/// <param name="Steps">Optimizer steps done (of the whole run).</param>
+/// <param name="StepsThisRun">Steps this call took.</param>
+/// <param name="Seconds">Training wall time of this call, evaluations excluded.</param>
+/// <param name="Samples">Samples trained on in this call.</param>
+public sealed record TrainingRun(IReadOnlyList<EpochMetrics> History, long Steps, long StepsThisRun, double Seconds, long Samples);
+
+/// <summary>
+/// The one training loop: data → forward → loss → backward → accumulation → clipping → optimizer → schedule → EMA →
+/// evaluation at epoch ends → atomic checkpoints with exact resume → progress and metrics events, for any
+/// <see cref="ITrainingTask"/>. Resumption is exact: the data order and every augmentation draw are functions of
+/// (seed, epoch, position), libtorch's generator (drop path) is saved, and each checkpoint's resume files live in one
+/// folder that <c>state.json</c> points at, so a process killed at any moment leaves a consistent state behind.
+/// </summary>
+public sealed class TrainingLoop
+{
+    private readonly ITrainingTask _task;
+    private readonly TrainingLoopOptions _o;
+    private readonly RunFolder? _folder;
+    private RunState? _saver;
+
+    /// <summary>Creates the loop for <paramref name="task"/>.</summary>
+    /// <exception cref="ArgumentException">An option is out of range (the parameter name says which).</exception>
+    public TrainingLoop(ITrainingTask task, TrainingLoopOptions options)
+    {
+        _task = task ?? throw new ArgumentNullException(nameof(task));
+        _o = options ?? throw new ArgumentNullException(nameof(options));
+        if (_o.AccumulationSteps < 1)
+        {
+            throw new ArgumentException($"AccumulationSteps must be ≥ 1, got {_o.AccumulationSteps}", nameof(options.AccumulationSteps));
+        }
+
+        if (_o.BatchSize < 1)
+        {
+            throw new ArgumentException($"BatchSize must be ≥ 1, got {_o.BatchSize}", nameof(options.BatchSize));
+        }
+
+        if (_task.Pool.Count == 0)
+        {
+            throw new DatasetException("the training set holds no images");
+        }
+
+        _folder = _o.OutDir is { } dir ? new RunFolder(dir) : null;
+        if (_o.Resume && _folder is null)
+        {
+            throw new ArgumentException("Resume needs an OutDir holding the run to continue", nameof(options.Resume));
+        }
+    }
+
+    /// <summary>Optimizer steps per epoch (the last partial batch is dropped, as the official loader does).</summary>
+    public long StepsPerEpoch => Math.Max(1, _task.Pool.Count / ((long)_o.BatchSize * _o.AccumulationSteps));
+
+    /// <summary>Steps the whole run takes at most (a time budget may stop it sooner; long.MaxValue when only time bounds it).</summary>
+    public long TotalSteps
+    {
+        get
+        {
+            long byBudget = _o.Budget.Epochs is double e ? Math.Max(1, (long)Math.Round(e * StepsPerEpoch)) : long.MaxValue;
+            return Math.Min(byBudget, _o.MaxSteps ?? long.MaxValue);
+        }
+    }
+
+    /// <summary>The run folder's layout, or null when the loop writes nothing.</summary>
+    public RunFolder? Folder => _folder;
+
+    /// <summary>Optimizer steps done so far (of the whole run, a resumed part included).</summary>
+    public long StepsDone { get; private set; }
+
+    /// <summary>
+    /// Tensors the training thread created outside any dispose scope during the optimizer steps (TorchSharp's per-thread
+    /// statistics). Such a tensor is freed by the GC's finalizer thread at a time nobody chooses, and while a native call
+    /// still reads it if it was a temporary argument; the step keeps this at 0.
+    /// </summary>
+    public long UnscopedTensors { get; private set; }
+
+    /// <summary>The step of the resume state on disk, or null when none was written (set the moment <c>state.json</c> is replaced).</summary>
+    public long? LastSavedStep => _saver?.LastSavedStep;
+
+    /// <summary>The permutation of the pool for <paramref name="epoch"/>: a function of (seed, epoch) only.</summary>
+    public long[] EpochOrder(int epoch)
+    {
+        var order = _task.Pool.ToArray();
+        new SampleRandom((ulong)_o.Seed, (ulong)epoch, 0x0DE5).Shuffle(order);
+        return order;
+    }
+
+    /// <summary>
+    /// Trains <paramref name="model"/> (already on the device; <paramref name="emaModel"/>, of the same architecture, holds the
+    /// EMA when <see cref="TrainingLoopOptions.EmaDecay"/> &gt; 0). Returns when the budget is used, or after the current
+    /// step once <paramref name="cancel"/> is cancelled (having saved a resume state when a run folder is set).
+    /// </summary>
+    /// <exception cref="NonFiniteLossException">The loss diverged; the last checkpoint on disk is intact.</exception>
+    /// <exception cref="TrainingFailedException">Any other failure: where it happened and the last resumable step.</exception>
+    /// <exception cref="CheckpointException">Resume was asked for without a resume state, or the state does not fit the run.</exception>
+    public TrainingRun Run(Module<Tensor, Tensor> model, Module<Tensor, Tensor>? emaModel = null, Action<EpochMetrics>? onEpoch = null,
+        Action<StepProgress>? onStep = null, Action<string>? onNotice = null, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        var ema = _o.EmaDecay > 0
+            ? new ModelEma(model, emaModel ?? throw new ArgumentException("an EMA decay needs an emaModel", nameof(emaModel)), _o.EmaDecay, warmup: true)
+            : null;
+        var (optimizer, scales) = TrainStep.CreateOptimizer(model, _o.LearningRate, _o.WeightDecay, _o.ParameterScale);
+        var trainStep = new TrainStep(model, optimizer, scales, _o.Device, _o.AccumulationSteps, _o.ClipGradNorm, ema);
+        var schedule = _o.Schedule(StepsPerEpoch);
+        var saver = _saver = _folder is null ? null : new RunState(_folder, _task, model, ema, optimizer, StepsPerEpoch, _o);
+
+        var history = new List<EpochMetrics>();
+        long step = 0;
+        double best = double.NegativeInfinity;
+        (double LossSum, long Steps) partial = (0, 0);
+        PendingEvaluation? pendingEvaluation = null;
+        if (saver is not null)
+        {
+            saver.Prepare();
+            if (_o.Resume)
+            {
+                (step, best, history, partial, pendingEvaluation) = saver.Restore();
+                if (ema is not null)
+                {
+                    ema.Updates = step;
+                }
+
+                onNotice?.Invoke($"resumed from '{_folder!.StateFile}' at step {step} (epoch {step / StepsPerEpoch + 1}, {step % StepsPerEpoch} of {StepsPerEpoch} steps done)");
+            }
+        }
+
+        long totalSteps = TotalSteps;
+        long startStep = step;
+        var runClock = Stopwatch.StartNew();
+        var trainClock = new Stopwatch();
+        double evalSeconds = double.NaN;
+        long imagesThisRun = 0;
+        StepsDone = step;
+        var phase = TrainingPhase.Data;
+        long failingStep = step + 1; // the step a failure is reported at: the one in progress, or the last one done at an epoch end
+        int currentEpoch = (int)(step / StepsPerEpoch) + 1;
+        using var stress = _o.GcStress ? new GcStressThread() : null;
+
+        double Fraction()
+        {
+            double bySteps = totalSteps == long.MaxValue ? 0 : (double)step / totalSteps;
+            return _o.Budget.Time is { } time ? Math.Max(trainClock.Elapsed.TotalSeconds / time.TotalSeconds, bySteps) : bySteps;
+        }
+
+        bool Finished() => step >= totalSteps || Fraction() >= 1 || cancel.IsCancellationRequested;
+
+        void Save((double LossSum, long Steps) epochSoFar = default, PendingEvaluation? pending = null) =>
+            saver!.Save(step, best, history, epochSoFar, pending);
+
+        // The epoch-end work: evaluate model and EMA, keep the best, save, report. A stop requested during the evaluation
+        // saves the epoch's figures as a pending evaluation, which a resumed run does first (returns false then).
+        bool EndEpoch(int epoch, PendingEvaluation done)
+        {
+            phase = TrainingPhase.Evaluation;
+            failingStep = step;
+            var evalClock = Stopwatch.StartNew();
+            double top1, emaTop1;
+            try
+            {
+                top1 = _task.Evaluate(model, onNotice, cancel);
+                emaTop1 = ema is null ? double.NaN : _task.Evaluate(emaModel!, null, cancel);
+            }
+            catch (OperationCanceledException) when (cancel.IsCancellationRequested)
+            {
+                phase = TrainingPhase.Checkpoint;
+                if (saver is not null && LastSavedStep != step)
+                {
+                    Save((done.LossSum, done.Steps), done);
+                }
+
+                return false;
+            }
+
+            evalSeconds = evalClock.Elapsed.TotalSeconds;
+            var metrics = new EpochMetrics(epoch + 1, step, done.Steps == 0 ? double.NaN : done.LossSum / done.Steps, schedule.At(step - 1, Fraction()), top1, emaTop1,
+                done.Images / Math.Max(done.Seconds, 1e-9), done.Seconds, done.Skipped, done.WaitSeconds);
+            history.Add(metrics);
+            double score = Math.Max(top1, double.IsNaN(emaTop1) ? double.NegativeInfinity : emaTop1);
+            phase = TrainingPhase.Checkpoint;
+            if (score > best)
+            {
+                best = score;
+                if (saver is not null)
+                {
+                    _task.SaveWeights(_folder!.BestCheckpoint, ema is not null && emaTop1 >= top1 ? emaModel! : model);
+                }
+            }
+
+            if (saver is not null)
+            {
+                Save();
+                saver.WriteMetrics(history);
+            }
+
+            onEpoch?.Invoke(metrics);
+            return true;
+        }
+
+        try
+        {
+            if (pendingEvaluation is { } pending && step > 0 && step % StepsPerEpoch == 0)
+            {
+                // Stopped during the evaluation of the epoch that ends at this step: evaluate it now.
+                currentEpoch = (int)(step / StepsPerEpoch);
+                using var pendingScope = NewDisposeScope();
+                EndEpoch(currentEpoch - 1, pending);
+            }
+
+            while (!Finished())
+            {
+                int epoch = (int)(step / StepsPerEpoch);
+                currentEpoch = epoch + 1;
+                phase = TrainingPhase.Data;
+                failingStep = step + 1;
+                long first = step % StepsPerEpoch;
+                model.train();
+                var sw = Stopwatch.StartNew();
+                trainClock.Start();
+                // A resumed epoch continues the loss average of the steps done before the interruption.
+                double lossSum = first > 0 ? partial.LossSum : 0;
+                long seen = first > 0 ? partial.Steps : 0, images = 0;
+                var skipped = new List<SkippedImage>();
+                TimeSpan waited;
+                using (var data = _task.OpenEpoch(EpochOrder(epoch), epoch, _o.BatchSize, first * _o.AccumulationSteps, StepsPerEpoch * _o.AccumulationSteps, _o.Seed))
+                {
+                    for (long b = first; b < StepsPerEpoch && !Finished(); b++)
+                    {
+                        // Every TorchSharp object made during the step (gradients, optimizer and EMA temporaries) belongs to this
+                        // scope: reachable until the step ends, then freed here on this thread, never by the GC's finalizer
+                        // while libtorch uses it (docs/runtime.md, "Object lifetimes").
+                        using var stepScope = NewDisposeScope();
+                        long unscopedBefore = DisposeScopeManager.Statistics.CreatedOutsideScopeCount;
+                        double lr = schedule.At(step, Fraction());
+                        failingStep = step + 1;
+                        StepOutcome outcome;
+                        try
+                        {
+                            outcome = trainStep.Run(data, lr, step + 1);
+                        }
+                        finally
+                        {
+                            phase = trainStep.Phase;
+                        }
+
+                        skipped.AddRange(outcome.Skipped);
+                        UnscopedTensors += DisposeScopeManager.Statistics.CreatedOutsideScopeCount - unscopedBefore;
+                        step++;
+                        StepsDone = step;
+                        lossSum += outcome.Loss;
+                        seen++;
+                        images += outcome.Samples;
+                        phase = TrainingPhase.Progress;
+                        failingStep = step;
+                        if (onStep is not null)
+                        {
+                            double elapsed = runClock.Elapsed.TotalSeconds;
+                            double perStep = elapsed / Math.Max(step - startStep, 1);
+                            long epochsLeft = totalSteps == long.MaxValue ? 0
+                                : (totalSteps - 1) / StepsPerEpoch - (step - 1) / StepsPerEpoch + (step % StepsPerEpoch == 0 ? 1 : 0);
+                            double evalGuess = double.IsNaN(evalSeconds) ? 0 : evalSeconds * epochsLeft;
+                            var remaining = _o.Budget.Time is { } time
+                                ? time - trainClock.Elapsed
+                                : TimeSpan.FromSeconds(perStep * (totalSteps - step) + evalGuess);
+                            onStep(new StepProgress(step, totalSteps, (step - 1) % StepsPerEpoch + 1, StepsPerEpoch, epoch + 1, outcome.Loss, lr,
+                                (imagesThisRun + images) / Math.Max(elapsed, 1e-9), remaining < TimeSpan.Zero ? TimeSpan.Zero : remaining)
+                            {
+                                BudgetFraction = Math.Min(1, Fraction()),
+                            });
+                        }
+
+                        if (saver is not null && _o.SaveEvery is long every && step % every == 0 && step % StepsPerEpoch != 0)
+                        {
+                            phase = TrainingPhase.Checkpoint;
+                            Save((lossSum, seen));
+                        }
+
+                        if (_o.GcStress)
+                        {
+                            GC.Collect();
+                            GC.WaitForPendingFinalizers();
+                        }
+                    }
+
+                    waited = data.WaitTime;
+                }
+
+                trainClock.Stop();
+                imagesThisRun += images;
+                double seconds = sw.Elapsed.TotalSeconds;
+                if (skipped.Count > 0)
+                {
+                    onNotice?.Invoke($"epoch {epoch + 1}: skipped {skipped.Count} unreadable image(s), e.g. {skipped[0].Source}: {skipped[0].Reason}");
+                }
+
+                // Evaluation and checkpoints own their temporaries too (docs/runtime.md, "Object lifetimes").
+                using var endScope = NewDisposeScope();
+                if (step % StepsPerEpoch == 0 && _o.EvaluateEachEpoch)
+                {
+                    EndEpoch(epoch, new PendingEvaluation(lossSum, seen, images, seconds, skipped.Count, waited.TotalSeconds));
+                }
+                else if (saver is not null && step % StepsPerEpoch != 0)
+                {
+                    // Stopped inside an epoch (a step limit or cancellation): keep the position so a resumed run continues here
+                    // (unless that very state is already on disk, e.g. a resumed run stopped before its first step).
+                    phase = TrainingPhase.Checkpoint;
+                    failingStep = step;
+                    if (LastSavedStep != step)
+                    {
+                        Save((lossSum, seen));
+                    }
+                }
+            }
+        }
+        catch (NonFiniteLossException e)
+        {
+            string intact = _folder is null ? "" : $"; the last good checkpoint '{_folder.LastCheckpoint}' is intact";
+            throw new NonFiniteLossException($"{e.Message} (epoch {currentEpoch}){intact}; try a lower learning rate", e);
+        }
+        catch (Exception e) when (e is not (OperationCanceledException or OutOfMemoryException))
+        {
+            // Where it failed; the resume state on disk is the last complete one (each save is atomic and written last).
+            throw new TrainingFailedException(failingStep, currentEpoch, phase, LastSavedStep, e);
+        }
+
+        return new TrainingRun(history, step, step - startStep, trainClock.Elapsed.TotalSeconds, imagesThisRun);
+    }
+
+    /// <summary>Forces collections and finalizer runs back to back on a background thread (soak mode).</summary>
+    private sealed class GcStressThread : IDisposable
+    {
+        private readonly Thread _thread;
+        private volatile bool _stop;
+
+        public GcStressThread()
+        {
+            _thread = new Thread(() =>
+            {
+                // Young-generation collections back to back (a temporary Scalar or Tensor is young, so each one finds it and
+                // queues its finalizer, which then runs at once), and a full collection every 64th time.
+                for (long i = 1; !_stop; i++)
+                {
+                    GC.Collect(i % 64 == 0 ? GC.MaxGeneration : 0, GCCollectionMode.Forced, blocking: true);
+                    GC.WaitForPendingFinalizers();
+                }
+            })
+            { IsBackground = true, Name = "replknet gc-stress" };
+            _thread.Start();
+        }
+
+        public void Dispose()
+        {
+            _stop = true;
+            _thread.Join();
+        }
+    }
+}
