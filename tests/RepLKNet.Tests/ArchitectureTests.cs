@@ -74,7 +74,7 @@ public sealed class ArchitectureTests
             ("BaseClass", "base type"), ("IInterface", "interface"), ("IConstraint", "constraint"),
             ("MarkerAttribute", "attribute"), ("TypeofArgument", "attribute"), ("FieldType", "field"),
             ("PropertyType", "property"), ("ParameterType", "signature"), ("ReturnGenericArgument", "signature"),
-            ("CalledInBody", "body"), ("CalledInLambda", "body"), ("CalledInIterator", "body"), ("FieldHolder", "body"),
+            ("CalledInBody", "body"), ("CalledInLambda", "body"), ("CalledInIterator", "body"), ("CalledAfterSwitch", "body"), ("FieldHolder", "body"),
             ("CaughtException", "catch"), ("LocalOnly", "local"), ("TypeofInBody", "body"), ("MethodGenericArgument", "body"),
         ];
         var missing = expected
@@ -86,6 +86,24 @@ public sealed class ArchitectureTests
         // The lambda's and the iterator's code sits in compiler-generated types nested in Channels, and counts for Upper.
         Assert.Contains(seen, r => r.To.EndsWith(".CalledInLambda", StringComparison.Ordinal) && r.From.Contains("Channels+<", StringComparison.Ordinal));
         Assert.Contains(seen, r => r.To.EndsWith(".CalledInIterator", StringComparison.Ordinal) && r.From.Contains("Channels+<", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void The_il_walk_keeps_its_place_over_every_operand_size()
+    {
+        byte[] il =
+        [
+            0x45, 2, 0, 0, 0, 0, 0, 0, 0, 0x28, 7, 0, 0,   // switch (2 targets; the last reads as "call" if the count is skipped)
+            0x72, 1, 0, 0, 0x70,                          // ldstr: a string token, not metadata
+            0x21, 1, 2, 3, 4, 5, 6, 7, 8,                 // ldc.i8
+            0x22, 0, 0, 0x80, 0x3F,                       // ldc.r4 1.0
+            0x0E, 1,                                      // ldarg.s 1
+            0xFE, 0x15, 3, 0, 0, 0x02,                    // initobj TypeDef 3
+            0x28, 1, 0, 0, 0x0A,                          // call MemberRef 1
+            0x2A,                                         // ret
+        ];
+        Assert.Equal([0x02000003, 0x0A000001], TypeReferences.IlTokens(il, "test"));
+        Assert.Throws<InvalidDataException>(() => TypeReferences.IlTokens([0x28, 1, 0, 0, 0x0A, 0xF5], "test").ToList());
     }
 
     [Fact]

@@ -38,6 +38,11 @@ namespace RepLKNet.Tests.ArchitectureFixture.Lower
         public static int Value() => 3;
     }
 
+    public static class CalledAfterSwitch
+    {
+        public static int Value() => 4;
+    }
+
     public static class FieldHolder
     {
         public static int Field;
@@ -104,6 +109,22 @@ namespace RepLKNet.Tests.ArchitectureFixture.Upper
         }
 
         public static int ReadsField() => Lower.FieldHolder.Field;
+
+        // A jump table (IL switch, a variable-length operand) before the reference: the reader must keep its place.
+        public static int AfterSwitch(int k)
+        {
+            switch (k)
+            {
+                case 0: return 10;
+                case 1: return 11;
+                case 2: return 12;
+                case 3: return 13;
+                case 4: return 14;
+                default: break;
+            }
+
+            return Lower.CalledAfterSwitch.Value();
+        }
 
         public static int Catches()
         {

@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Collections.Immutable;
 using System.Reflection;
 using System.Reflection.Emit;
@@ -43,17 +44,69 @@ internal static class TypeReferences
         return new Reader(pe).Run();
     }
 
+    private static readonly Dictionary<short, OpCode> Codes = typeof(OpCodes)
+        .GetFields(BindingFlags.Public | BindingFlags.Static)
+        .Select(f => (OpCode)f.GetValue(null)!)
+        .ToDictionary(c => c.Value);
+
+    /// <summary>
+    /// The metadata tokens in a method body's IL, in order: the operands of the instructions that name a method, field,
+    /// type, token or signature (string literals are not metadata). Walks the instructions with the ECMA-335 operand sizes.
+    /// </summary>
+    /// <exception cref="InvalidDataException">A byte is no opcode where one must start (the IL is damaged or the walk lost its place).</exception>
+    internal static IEnumerable<int> IlTokens(byte[] il, string method)
+    {
+        int i = 0;
+        while (i < il.Length)
+        {
+            int at = i;
+            short value = il[i] == 0xFE && i + 1 < il.Length ? (short)(0xFE00 | il[++i]) : il[i];
+            i++;
+            if (!Codes.TryGetValue(value, out var code))
+            {
+                throw new InvalidDataException($"{method}: no IL opcode 0x{value:X} at IL offset {at}");
+            }
+
+            switch (code.OperandType)
+            {
+                case OperandType.InlineMethod:
+                case OperandType.InlineField:
+                case OperandType.InlineType:
+                case OperandType.InlineTok:
+                case OperandType.InlineSig:
+                    yield return BinaryPrimitives.ReadInt32LittleEndian(il.AsSpan(i));
+                    i += 4;
+                    break;
+                case OperandType.InlineSwitch:
+                    i += 4 + (4 * BinaryPrimitives.ReadInt32LittleEndian(il.AsSpan(i))); // the count, then one target per case
+                    break;
+                case OperandType.InlineNone:
+                    break;
+                case OperandType.ShortInlineBrTarget:
+                case OperandType.ShortInlineI:
+                case OperandType.ShortInlineVar:
+                    i += 1;
+                    break;
+                case OperandType.InlineVar:
+                    i += 2;
+                    break;
+                case OperandType.InlineI8:
+                case OperandType.InlineR:
+                    i += 8;
+                    break;
+                default: // InlineBrTarget, InlineI, InlineString, ShortInlineR
+                    i += 4;
+                    break;
+            }
+        }
+    }
+
     /// <summary>
     /// Decodes signatures into type names (so that custom attribute blobs, which need to recognize <c>System.Type</c> and
     /// enums, can be read), recording every type definition of the assembly it meets on the way.
     /// </summary>
     private sealed class Reader : ISignatureTypeProvider<string, object?>, ICustomAttributeTypeProvider<string>
     {
-        private static readonly Dictionary<short, OpCode> Codes = typeof(OpCodes)
-            .GetFields(BindingFlags.Public | BindingFlags.Static)
-            .Select(f => (OpCode)f.GetValue(null)!)
-            .ToDictionary(c => c.Value);
-
         private readonly PEReader _pe;
         private readonly MetadataReader _md;
         private readonly Dictionary<string, TypeDefinitionHandle> _byName = new(StringComparer.Ordinal);
@@ -216,42 +269,9 @@ internal static class TypeReferences
             }
 
             Via("body");
-            var il = body.GetILReader();
-            while (il.RemainingBytes > 0)
+            foreach (int token in IlTokens(body.GetILBytes() ?? [], _from))
             {
-                byte first = il.ReadByte();
-                short value = first == 0xFE ? (short)(0xFE00 | il.ReadByte()) : first;
-                var code = Codes[value];
-                switch (code.OperandType)
-                {
-                    case OperandType.InlineMethod:
-                    case OperandType.InlineField:
-                    case OperandType.InlineType:
-                    case OperandType.InlineTok:
-                    case OperandType.InlineSig:
-                        Entity(MetadataTokens.EntityHandle(il.ReadInt32()));
-                        break;
-                    case OperandType.InlineSwitch:
-                        il.Offset += 4 * il.ReadInt32();
-                        break;
-                    case OperandType.InlineNone:
-                        break;
-                    case OperandType.ShortInlineBrTarget:
-                    case OperandType.ShortInlineI:
-                    case OperandType.ShortInlineVar:
-                        il.Offset += 1;
-                        break;
-                    case OperandType.InlineVar:
-                        il.Offset += 2;
-                        break;
-                    case OperandType.InlineI8:
-                    case OperandType.InlineR:
-                        il.Offset += 8;
-                        break;
-                    default:
-                        il.Offset += 4;
-                        break;
-                }
+                Entity(MetadataTokens.EntityHandle(token));
             }
         }
 
