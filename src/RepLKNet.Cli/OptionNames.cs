@@ -64,8 +64,21 @@ internal static class OptionNames
     public static string? Flag(string? paramName) => paramName is not null && Flags.TryGetValue(paramName, out var flag) ? flag : null;
 
     /// <summary>
-    /// <paramref name="e"/>'s message with its leading library argument name replaced by the flag (when the exception names
-    /// one the CLI knows and the message starts with it); otherwise the message unchanged.
+    /// Why CUDA is not in use, in the CLI's words: the library's <see cref="Runtime.TorchRuntime.CudaNotRequested"/> names the
+    /// request by its argument (<c>device</c>), the CLI by its flag.
+    /// </summary>
+    public static string? CudaUnavailableReason(Runtime.TorchRuntimeInfo runtime)
+    {
+        ArgumentNullException.ThrowIfNull(runtime);
+        return runtime.CudaUnavailableReason == Runtime.TorchRuntime.CudaNotRequested
+            ? $"not requested ({Flags["device"]} cpu)"
+            : runtime.CudaUnavailableReason;
+    }
+
+    /// <summary>
+    /// <paramref name="e"/>'s message with the library argument name it is about replaced by the flag, when the exception names
+    /// one the CLI knows: the leading name, or else its first mention as a word of its own (after a space or '(', before a
+    /// space, punctuation or the end: "… pass Arch (…)" → "… pass --arch (…)"); otherwise the message unchanged.
     /// </summary>
     public static string Rewrite(Exception e, string message)
     {
@@ -78,6 +91,7 @@ internal static class OptionNames
             Data.DatasetException d => d.ParamName,
             Models.ConfigException m => m.ParamName,
             Export.OnnxExportException x => x.ParamName,
+            Runtime.TorchLoadException t => t.ParamName,
             _ => e.Data["ParamName"] as string, // any other exception may carry the name in its Data
         };
         if (Flag(name) is not { } flag)
@@ -92,8 +106,30 @@ internal static class OptionNames
             message = message[..^suffix.Length];
         }
 
-        return message.StartsWith(name + " ", StringComparison.Ordinal) || message.StartsWith(name + ":", StringComparison.Ordinal)
-            ? flag + message[name!.Length..]
-            : message;
+        if (message.StartsWith(name + " ", StringComparison.Ordinal) || message.StartsWith(name + ":", StringComparison.Ordinal))
+        {
+            return flag + message[name!.Length..];
+        }
+
+        int at = MentionOf(message, name!);
+        return at < 0 ? message : message[..at] + flag + message[(at + name!.Length)..];
+    }
+
+    // The first place where name stands as a word of its own in running text, not inside a path or file name ('a/weights.pth').
+    private static int MentionOf(string message, string name)
+    {
+        for (int at = message.IndexOf(name, StringComparison.Ordinal); at >= 0; at = message.IndexOf(name, at + 1, StringComparison.Ordinal))
+        {
+            int end = at + name.Length;
+            bool before = at > 0 && message[at - 1] is ' ' or '(';
+            bool after = end == message.Length || message[end] is ' ' or ',' or ';' or ':' or ')'
+                || message[end] == '.' && (end + 1 == message.Length || message[end + 1] == ' ');
+            if (before && after)
+            {
+                return at;
+            }
+        }
+
+        return -1;
     }
 }

@@ -1,7 +1,6 @@
 using System.ComponentModel;
 using System.Globalization;
 using System.Text.Json.Nodes;
-using RepLKNet.Checkpoints;
 using RepLKNet.Models;
 using RepLKNet.Runtime;
 using Spectre.Console;
@@ -51,9 +50,10 @@ public sealed class DescribeCommand(IAnsiConsole console) : Command<DescribeComm
         }
 
         var form = settings.Fused ? ModelForm.Fused : settings.Deploy ? ModelForm.Deploy : ModelForm.Train;
-        using var model = ModelForms.Create(config, form, new Device("meta"));
-        var entries = StateDicts.Ordered(model);
-        long parameters = model.parameters().Sum(p => p.numel());
+        using var model = ModelForms.Create(config, form, new Device("meta"), name);
+        var description = model.Describe();
+        var entries = description.StateDict;
+        long parameters = description.Parameters;
         if (settings.Json)
         {
             var json = new JsonObject
@@ -61,20 +61,20 @@ public sealed class DescribeCommand(IAnsiConsole console) : Command<DescribeComm
                 ["arch"] = name,
                 ["form"] = form.Name(),
                 ["params"] = parameters,
-                ["state_dict"] = new JsonArray([.. entries.Select(kv => (JsonNode)new JsonObject
+                ["state_dict"] = new JsonArray([.. entries.Select(e => (JsonNode)new JsonObject
                 {
-                    ["key"] = kv.Key,
-                    ["shape"] = new JsonArray([.. kv.Value.shape.Select(s => (JsonNode)s)]),
-                    ["dtype"] = DTypeName(kv.Value.dtype),
+                    ["key"] = e.Key,
+                    ["shape"] = new JsonArray([.. e.Shape.Select(s => (JsonNode)s)]),
+                    ["dtype"] = DTypeName(e.DType),
                 })]),
             };
             console.Profile.Out.Writer.WriteLine(json.ToJsonString(JsonOutput.Options));
             return ExitCodes.Success;
         }
 
-        foreach (var (key, tensor) in entries)
+        foreach (var entry in entries)
         {
-            console.Profile.Out.Writer.WriteLine($"{key} [{string.Join(", ", tensor.shape)}] {DTypeName(tensor.dtype)}");
+            console.Profile.Out.Writer.WriteLine($"{entry.Key} [{string.Join(", ", entry.Shape)}] {DTypeName(entry.DType)}");
         }
 
         console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture,

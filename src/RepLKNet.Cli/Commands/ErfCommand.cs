@@ -255,7 +255,8 @@ public sealed class ErfCommand(IAnsiConsole console) : Command<ErfCommand.Settin
 
     private static Spec ParseSpec(string text)
     {
-        if (string.IsNullOrWhiteSpace(text))
+        // "@" alone names neither a model nor weights.
+        if (string.IsNullOrWhiteSpace(text) || text == "@")
         {
             throw new UsageException("--compare needs MODEL, MODEL@WEIGHTS, @WEIGHTS or FILE.npy");
         }

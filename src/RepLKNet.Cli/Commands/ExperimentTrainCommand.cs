@@ -8,7 +8,6 @@ using Spectre.Console;
 using Spectre.Console.Cli;
 using TorchSharp;
 using static TorchSharp.torch;
-using static TorchSharp.torch.nn;
 
 namespace RepLKNet.Cli.Commands;
 
@@ -52,21 +51,13 @@ public sealed class ExperimentTrainCommand(IAnsiConsole console) : Command<Exper
         var recipe = settings.Recipe(data, runtime.Device) with { Seed = settings.Seed };
         int classes = data.Train.ClassNames.Count;
         manual_seed(settings.Seed);
-        Module<Tensor, Tensor> net;
-        if (TorchVisionResNet.ParseName(model) is int depth)
-        {
-            net = new TorchVisionResNet(depth, classes);
-        }
-        else if (MobileNetV2Config.SmallImages(data.Train.Channels, classes).FromName(model) is { } config)
-        {
-            net = new MobileNetV2(config);
-        }
-        else
+        if (ModelFactory.FamilyOf(model) is not (ModelFamily.ResNet or ModelFamily.MobileNetV2))
         {
             throw new UsageException($"--model '{model}': use resnet18, resnet50, resnet101 or mobilenetv2[-kN] (RepLKNets train with 'replknet train')");
         }
 
-        using var _ = net;
+        using var built = ModelFactory.Create(model, new ModelFit(classes, data.Train.Channels) { SmallImages = true });
+        var net = built.AsModule();
         net.to(runtime.Device);
         long parameters = net.parameters().Sum(p => p.numel());
         console.MarkupLine(CultureInfo.InvariantCulture, "[bold]experiment train[/] {0} ({1:N0} parameters) on {2}: {3}, batch {4}, lr {5}, {6} → {7}",
@@ -80,7 +71,7 @@ public sealed class ExperimentTrainCommand(IAnsiConsole console) : Command<Exper
                     $"  step {p.Step}: {p.Fraction:P0} of the budget, loss {p.Loss:F4}, lr {p.LearningRate:0.00e+00}, {p.ImagesPerSecond:F0} images/s"));
             }
         }, cancellationToken);
-        if (net is MobileNetV2 mobile)
+        if (built is MobileNetV2 mobile)
         {
             MobileNetV2Checkpoint.Write(output, mobile, data.Train.ClassNames);
         }

@@ -67,7 +67,7 @@ public sealed class InfoCommand(IAnsiConsole console) : Command<InfoCommand.Sett
         }
         else
         {
-            rows.Add(("CUDA", $"not available: {runtime.CudaUnavailableReason}"));
+            rows.Add(("CUDA", $"not available: {OptionNames.CudaUnavailableReason(runtime)}"));
         }
 
         DeviceCheckResult? check = null;

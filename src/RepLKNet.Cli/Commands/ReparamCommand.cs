@@ -14,8 +14,8 @@ namespace RepLKNet.Cli.Commands;
 /// <summary><c>replknet reparam</c>: training checkpoint → deploy (or fused) checkpoint, verified before it is written.</summary>
 public sealed class ReparamCommand(IAnsiConsole console) : Command<ReparamCommand.Settings>
 {
-    /// <summary>End-to-end tolerance relative to the largest logit.</summary>
-    public const double Tolerance = 1e-4;
+    /// <summary>End-to-end tolerance relative to the largest logit (<see cref="EquivalenceCheck.DefaultTolerance"/>).</summary>
+    public const double Tolerance = EquivalenceCheck.DefaultTolerance;
 
     /// <summary>Options of <c>reparam</c>.</summary>
     public sealed class Settings : WeightsSettings

@@ -256,12 +256,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         var (name, config) = ModelRegistry.Resolve(settings.Arch ?? "RepLKNet-FMNIST");
         using var data = Datasets.Open(settings.Dataset, settings.Data, settings.ValSplit, settings.Channels, settings.Seed);
         var train = data.Train;
-        config = config with { NumClasses = train.ClassNames.Count, OutIndices = null, InChannels = train.Channels };
-        if (settings.DropPath is double dropPath)
-        {
-            config = config with { DropPathRate = dropPath };
-        }
-
+        config = ModelFactory.Fit(config, new ModelFit(train.ClassNames.Count, train.Channels, settings.DropPath));
         if (settings.NumClasses is int n && n != train.ClassNames.Count)
         {
             throw new UsageException($"--num-classes {n} does not match the dataset's {train.ClassNames.Count} classes");

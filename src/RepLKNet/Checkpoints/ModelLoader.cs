@@ -34,8 +34,11 @@ public sealed record ModelLoadOptions
 public static class ModelLoader
 {
     /// <summary>Reads <paramref name="weights"/> and returns the loaded model in eval mode.</summary>
-    /// <exception cref="CheckpointException">The file is unreadable or does not fit the architecture (message names the file).</exception>
-    /// <exception cref="ConfigException">The architecture cannot be resolved.</exception>
+    /// <exception cref="CheckpointException">
+    /// The file is unreadable or does not fit the architecture (message names the file), or it does not record its
+    /// architecture and <see cref="ModelLoadOptions.Arch"/> is null (<see cref="CheckpointException.ParamName"/> "Arch").
+    /// </exception>
+    /// <exception cref="ConfigException">The architecture cannot be resolved (<see cref="ModelRegistry.Resolve"/>).</exception>
     public static LoadedModel Load(string weights, ModelLoadOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -44,7 +47,9 @@ public static class ModelLoader
             ? ModelRegistry.Resolve(options.Arch)
             : checkpoint.Metadata is { } meta
                 ? (meta.Arch, meta.Config)
-                : throw new CheckpointException($"'{weights}' does not record its architecture: pass --arch (a variant name or a JSON configuration)");
+                : throw new CheckpointException(
+                    $"'{weights}' does not record its architecture: pass {nameof(ModelLoadOptions.Arch)} (a variant name or a JSON configuration)",
+                    nameof(ModelLoadOptions.Arch));
 
         if (options.NumClasses is int requested)
         {
@@ -58,7 +63,7 @@ public static class ModelLoader
         }
 
         var form = checkpoint.Form;
-        var model = ModelForms.Create(config, form);
+        var model = ModelForms.Create(config, form, name: name);
         string source = $"'{weights}' ({checkpoint.Source}, {form.Name()} form) for {name}";
         LoadReport report;
         try

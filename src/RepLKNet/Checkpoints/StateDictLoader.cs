@@ -59,8 +59,15 @@ public static class StateDictLoader
     /// ignores <c>head.*</c> keys whose shape differs (a classifier of another size). A missing
     /// <c>num_batches_tracked</c> (older checkpoints) is not an error.
     /// </summary>
+    /// <param name="model">The model to fill.</param>
+    /// <param name="state">The checkpoint's tensors by key.</param>
+    /// <param name="strict">Fail on any difference.</param>
+    /// <param name="skipHead">Skip <c>head.*</c> keys of another shape.</param>
+    /// <param name="sourceName">How errors name the checkpoint (they start with it).</param>
+    /// <param name="paramName">The library's name of the argument that gave the checkpoint (e.g. "weights"), set as the
+    /// exception's <see cref="CheckpointException.ParamName"/> when <paramref name="sourceName"/> starts with it; or null.</param>
     /// <exception cref="CheckpointException">Strict loading found differences; the message names <paramref name="sourceName"/> and the keys.</exception>
-    public static LoadReport Load(Module model, IReadOnlyDictionary<string, Tensor> state, bool strict, bool skipHead, string sourceName)
+    public static LoadReport Load(Module model, IReadOnlyDictionary<string, Tensor> state, bool strict, bool skipHead, string sourceName, string? paramName = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(state);
@@ -97,7 +104,7 @@ public static class StateDictLoader
         var report = new LoadReport(loadable, missing, unexpected, mismatched, skipped);
         if (strict && !report.IsExact)
         {
-            throw new CheckpointException($"{sourceName} does not fit the model: {report.Describe()}");
+            throw new CheckpointException($"{sourceName} does not fit the model: {report.Describe()}", paramName);
         }
 
         using (no_grad())

@@ -11,19 +11,16 @@ namespace RepLKNet.Erf;
 /// <summary>A model prepared for the ERF: eval mode, parameters frozen (only the input needs a gradient).</summary>
 public sealed class ErfSubject : IDisposable
 {
-    private readonly Module<Tensor, Tensor> _module;
-    private readonly IFeatureModel _features;
+    private readonly IImageModel _model;
 
-    private ErfSubject(string label, Module<Tensor, Tensor> module, int inChannels, string? weights, Normalization? normalization)
+    private ErfSubject(string label, IImageModel model, string? weights, Normalization? normalization)
     {
         Label = label;
-        _module = module;
-        _features = (IFeatureModel)module;
-        InChannels = inChannels;
+        _model = model;
         Weights = weights;
         Normalization = normalization;
-        module.eval();
-        foreach (var p in module.parameters())
+        model.AsModule().eval();
+        foreach (var p in model.AsModule().parameters())
         {
             p.requires_grad = false;
         }
@@ -39,98 +36,96 @@ public sealed class ErfSubject : IDisposable
     public bool Trained => Weights is not null;
 
     /// <summary>Input channels the model takes.</summary>
-    public int InChannels { get; }
+    public int InChannels => _model.InChannels;
 
     /// <summary>The normalization recorded with the weights, if any.</summary>
     public Normalization? Normalization { get; }
 
     /// <summary>The module.</summary>
-    public Module<Tensor, Tensor> Module => _module;
+    public Module<Tensor, Tensor> Module => _model.AsModule();
 
     /// <summary>The last-stage feature map (before any final norm or pooling).</summary>
-    public Tensor Features(Tensor x) => _features.forward_features(x);
+    public Tensor Features(Tensor x) => _model.forward_features(x);
 
     /// <summary>
-    /// Builds <paramref name="model"/> (a RepLKNet variant or JSON configuration, resnet18/50/101, or mobilenetv2[-kN]) with
-    /// random weights, or reads <paramref name="weights"/>: the project's RepLKNet and MobileNetV2 checkpoints record their
-    /// architecture (then <paramref name="model"/> may be null); official RepLKNet and torchvision-format ResNet weights
-    /// (.pth or safetensors) need <paramref name="model"/>.
+    /// Builds <paramref name="model"/> (any name of <see cref="ModelFactory"/>: a RepLKNet variant or JSON configuration,
+    /// resnet18/50/101, or mobilenetv2[-kN] in the ImageNet layout) with random weights, or reads <paramref name="weights"/>:
+    /// the project's RepLKNet and MobileNetV2 checkpoints record their architecture (then <paramref name="model"/> may be
+    /// null); official RepLKNet and torchvision-format ResNet weights (.pth or safetensors) need <paramref name="model"/>.
     /// </summary>
-    /// <exception cref="ArgumentException">Neither a model nor weights were given, or the name is unknown.</exception>
+    /// <exception cref="ArgumentException">Neither a model nor weights were given (ParamName "model").</exception>
+    /// <exception cref="ConfigException">The name is unknown (ParamName "arch").</exception>
     /// <exception cref="CheckpointException">The weights are unreadable or do not fit (the message names the file).</exception>
     public static ErfSubject Create(string? model, string? weights, Device? device = null)
     {
         if (model is null && weights is null)
         {
-            throw new ArgumentException("model and weights are both null: name a model or give weights that record one");
+            throw new ArgumentException($"{nameof(model)} and {nameof(weights)} are both null: name a model, or give weights that record one", nameof(model));
         }
 
         device ??= CPU;
-        Module<Tensor, Tensor> module;
+        IImageModel built;
         string label;
-        int channels;
         Normalization? normalization = null;
-        if (model is not null && TorchVisionResNet.ParseName(model) is int depth)
+        var family = model is null ? null : ModelFactory.FamilyOf(model);
+        if (family == ModelFamily.ResNet)
         {
-            int classes = 1000;
-            Checkpoint? checkpoint = weights is null ? null : CheckpointFile.Read(weights);
-            try
-            {
-                if (checkpoint is not null && checkpoint.State.TryGetValue("fc.weight", out var fc) && fc.dim() == 2)
-                {
-                    classes = (int)fc.shape[0];
-                }
-
-                var resnet = new TorchVisionResNet(depth, classes);
-                if (checkpoint is not null)
-                {
-                    StateDictLoader.Load(resnet, checkpoint.State, strict: true, skipHead: false, $"'{weights}' (torchvision ResNet-{depth} format)");
-                }
-
-                module = resnet;
-            }
-            finally
-            {
-                checkpoint?.Dispose();
-            }
-
-            label = $"ResNet-{depth}";
-            channels = 3;
+            built = ResNet(model!, weights);
+            label = built.Name;
         }
-        else if (model is not null && weights is null && MobileNetV2Config.ImageNet().FromName(model) is { } mobile)
+        else if (family == ModelFamily.MobileNetV2 && weights is null)
         {
-            module = new MobileNetV2(mobile);
-            label = $"MobileNetV2 ({mobile.KernelSizes.Max()}×{mobile.KernelSizes.Max()})";
-            channels = mobile.InChannels;
+            var mobile = (MobileNetV2)ModelFactory.Create(model!);
+            built = mobile;
+            label = $"MobileNetV2 ({mobile.Config.KernelSizes.Max()}×{mobile.Config.KernelSizes.Max()})";
         }
         else if (weights is not null && IsSafetensors(weights) && MobileNetV2Checkpoint.TryRead(weights) is { } net)
         {
-            module = net;
+            built = net;
             label = $"MobileNetV2 ({net.Config.KernelSizes.Max()}×{net.Config.KernelSizes.Max()}{(net.Config.Shortcuts ? "" : ", no shortcut")})";
-            channels = net.Config.InChannels;
         }
         else if (weights is not null)
         {
             var loaded = ModelLoader.Load(weights, new ModelLoadOptions { Arch = model });
-            module = loaded.Model;
+            built = loaded.Model;
             label = loaded.Arch;
-            channels = loaded.Model.Config.InChannels;
             normalization = loaded.Metadata?.Preprocessing?.Normalization;
         }
         else
         {
-            var (name, config) = ModelRegistry.Resolve(model!);
-            module = new RepLKNetModel(config with { DropPathRate = 0 });
-            label = name;
-            channels = config.InChannels;
+            built = ModelFactory.Create(model!, new ModelFit(DropPathRate: 0));
+            label = built.Name;
         }
 
-        module = module.to(device);
-        return new ErfSubject(label, module, channels, weights, normalization);
+        built.AsModule().to(device);
+        return new ErfSubject(label, built, weights, normalization);
+    }
+
+    // torchvision-format weights decide the classes (fc.weight's rows); random weights keep 1000.
+    private static IImageModel ResNet(string model, string? weights)
+    {
+        using var checkpoint = weights is null ? null : CheckpointFile.Read(weights);
+        int? classes = checkpoint is not null && checkpoint.State.TryGetValue("fc.weight", out var fc) && fc.dim() == 2 ? (int)fc.shape[0] : null;
+        var resnet = ModelFactory.Create(model, new ModelFit(NumClasses: classes));
+        if (checkpoint is not null)
+        {
+            try
+            {
+                StateDictLoader.Load(resnet.AsModule(), checkpoint.State, strict: true, skipHead: false,
+                    $"{nameof(weights)} '{weights}' (torchvision {resnet.Name} format)", nameof(weights));
+            }
+            catch
+            {
+                resnet.Dispose();
+                throw;
+            }
+        }
+
+        return resnet;
     }
 
     /// <inheritdoc />
-    public void Dispose() => _module.Dispose();
+    public void Dispose() => _model.Dispose();
 
     // Only safetensors can hold a MobileNetV2 checkpoint: look at the header before reading a (possibly huge) .pth.
     private static bool IsSafetensors(string weights)

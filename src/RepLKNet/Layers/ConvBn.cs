@@ -1,4 +1,5 @@
 using RepLKNet.Ops;
+using RepLKNet.Reparam;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
@@ -10,7 +11,7 @@ namespace RepLKNet.Layers;
 /// <c>nonlinear</c> (ReLU, no keys). After <see cref="FuseBn"/> it is a single biased <c>conv</c> (keys <c>conv.weight</c>,
 /// <c>conv.bias</c>), as the official <c>deep_fuse_BN</c> leaves it.
 /// </summary>
-public sealed class ConvBn : Module<Tensor, Tensor>
+public sealed class ConvBn : Module<Tensor, Tensor>, IBatchNormFoldable
 {
     // Field names are the state_dict keys; they are reassigned when the BN is fused.
     private Conv2d conv;
@@ -37,7 +38,7 @@ public sealed class ConvBn : Module<Tensor, Tensor>
     /// <summary>The BatchNorm, or null once fused.</summary>
     public BatchNorm2d? Bn => bn;
 
-    /// <summary>Whether the BN has been folded into the conv.</summary>
+    /// <inheritdoc />
     public bool IsFused => bn is null;
 
     /// <summary>Whether a ReLU follows (conv_bn_relu).</summary>
@@ -64,7 +65,7 @@ public sealed class ConvBn : Module<Tensor, Tensor>
             return (conv.weight!.detach().clone(), conv.bias!.detach().clone());
         }
 
-        return Reparam.BnFusion.Fuse(conv.weight!, bn);
+        return BnFusion.Fuse(conv.weight!, bn.weight!, bn.bias!, bn.running_mean!, bn.running_var!, bn.eps);
     }
 
     /// <summary>Folds the BN into a new biased conv in place (the optional deep-fuse step). No-op when already fused.</summary>

@@ -11,13 +11,6 @@ using RepLKNet.Runtime;
 
 namespace RepLKNet.Models;
 
-/// <summary>A model whose last-stage feature map can be taken (what the ERF is measured on).</summary>
-public interface IFeatureModel
-{
-    /// <summary>The last-stage feature map (N, C, h, w), before pooling and before any final norm.</summary>
-    Tensor forward_features(Tensor input);
-}
-
 /// <summary>
 /// MobileNetV2 (Sandler et al., 2018) with the knobs of the paper's kernel-size guidelines: a depthwise kernel size per
 /// stage, shortcuts on or off, and an optional small kernel (3×3 + BN) in parallel to every depthwise conv that merges
@@ -257,7 +250,7 @@ public sealed class InvertedResidual : Module<Tensor, Tensor>
 }
 
 /// <summary>MobileNetV2 built from a <see cref="MobileNetV2Config"/>. Keys: <c>stem</c>, <c>blocks.N.{expand,dw,project}</c>, <c>last</c>, <c>classifier</c>.</summary>
-public sealed class MobileNetV2 : Module<Tensor, Tensor>, IFeatureModel
+public sealed class MobileNetV2 : Module<Tensor, Tensor>, IImageModel
 {
     private readonly ConvBn stem;
     private readonly ModuleList<InvertedResidual> blocks = new();
@@ -286,6 +279,7 @@ public sealed class MobileNetV2 : Module<Tensor, Tensor>, IFeatureModel
             }
         }
 
+        FeatureInfo = Features(config);
         last = new ConvBn(c, config.LastChannels, 1, 1, 0, 1, relu: false, device);
         dropout = Dropout(config.Dropout);
         classifier = Linear(config.LastChannels, config.NumClasses, device: device);
@@ -295,6 +289,27 @@ public sealed class MobileNetV2 : Module<Tensor, Tensor>, IFeatureModel
 
     /// <summary>The configuration.</summary>
     public MobileNetV2Config Config { get; }
+
+    /// <inheritdoc />
+    public string Name => nameof(MobileNetV2);
+
+    /// <inheritdoc />
+    public ModelFamily Family => ModelFamily.MobileNetV2;
+
+    /// <inheritdoc />
+    public int InChannels => Config.InChannels;
+
+    /// <inheritdoc />
+    int? IImageModel.NumClasses => Config.NumClasses;
+
+    /// <summary>Channels of the final 1×1 conv (<see cref="MobileNetV2Config.LastChannels"/>).</summary>
+    public int NumFeatures => Config.LastChannels;
+
+    /// <summary>The output of each of the 7 stages (its last block, <c>blocks.N</c>) with its channels and total stride.</summary>
+    public IReadOnlyList<FeatureInfo> FeatureInfo { get; }
+
+    /// <inheritdoc />
+    Module<Tensor, Tensor> IImageModel.AsModule() => this;
 
     /// <summary>Whether every depthwise conv is in its merged (deploy) form.</summary>
     public bool IsDeploy => modules().OfType<ReparamLargeKernelConv>().All(m => m.IsDeploy);
@@ -315,16 +330,51 @@ public sealed class MobileNetV2 : Module<Tensor, Tensor>, IFeatureModel
         return functional.relu6(last.call(x)).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// Global average pool → dropout → <c>classifier</c>: logits (N, classes); with <paramref name="preLogits"/> the pooled
+    /// features after dropout (N, <see cref="NumFeatures"/>), as timm's <c>forward_head</c>.
+    /// </summary>
+    public Tensor forward_head(Tensor features, bool preLogits = false)
+    {
+        ArgumentNullException.ThrowIfNull(features);
+        using var scope = NewDisposeScope();
+        var x = dropout.call(features.mean([2, 3]));
+        return (preLogits ? x : classifier.call(x)).MoveToOuterDisposeScope();
+    }
+
     /// <inheritdoc />
     public override Tensor forward(Tensor input)
     {
         using var scope = NewDisposeScope();
-        var x = forward_features(input).mean([2, 3]);
-        return classifier.call(dropout.call(x)).MoveToOuterDisposeScope();
+        return forward_head(forward_features(input)).MoveToOuterDisposeScope();
     }
 
     /// <summary>Merges every parallel small kernel into its depthwise conv (eval-mode outputs unchanged); returns how many were merged.</summary>
-    public int SwitchToDeploy() => Reparameterizer.Reparameterize(this);
+    public int SwitchToDeploy() => Reparameterize();
+
+    /// <summary>
+    /// Merges every parallel small kernel into its depthwise conv in place (with <paramref name="fuseBn"/> also folding every
+    /// conv+BN pair); eval-mode outputs unchanged. Returns how many depthwise convs were merged.
+    /// </summary>
+    public int Reparameterize(bool fuseBn = false) => Reparameterizer.Reparameterize(this, fuseBn);
+
+    /// <inheritdoc />
+    public ModelDescription Describe() => ModelDescription.Of(this);
+
+    // Each stage's output is its last block's: channels of the stage, stride of the stem times every stride so far.
+    private static List<FeatureInfo> Features(MobileNetV2Config config)
+    {
+        var features = new List<FeatureInfo>();
+        int block = -1, reduction = config.StemStride;
+        for (int i = 0; i < MobileNetV2Config.Settings.Count; i++)
+        {
+            block += MobileNetV2Config.Settings[i].Blocks;
+            reduction *= config.Strides[i];
+            features.Add(new FeatureInfo(i, config.StageChannels(i), reduction, $"blocks.{block}"));
+        }
+
+        return features;
+    }
 
     // torchvision's initialization: Kaiming-normal (fan out) convs, BN 1/0, Linear N(0, 0.01) with zero bias.
     private void InitializeWeights()

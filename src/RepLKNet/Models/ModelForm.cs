@@ -31,10 +31,10 @@ public static class ModelForms
         _ => throw new FormatException($"'{text}' is not a model form: use train, deploy or fused"),
     };
 
-    /// <summary>Builds <paramref name="config"/> in <paramref name="form"/> (weights at their defaults).</summary>
-    public static RepLKNetModel Create(RepLKNetConfig config, ModelForm form, Device? device = null)
+    /// <summary>Builds <paramref name="config"/> in <paramref name="form"/> (weights at their defaults), named <paramref name="name"/> (null: "RepLKNet").</summary>
+    public static RepLKNetModel Create(RepLKNetConfig config, ModelForm form, Device? device = null, string? name = null)
     {
-        var model = new RepLKNetModel(config, deploy: form != ModelForm.Train, device: device);
+        var model = new RepLKNetModel(config, deploy: form != ModelForm.Train, device: device, name: name);
         if (form == ModelForm.Fused)
         {
             Reparameterizer.Reparameterize(model, fuseBn: true);

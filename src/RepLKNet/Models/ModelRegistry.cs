@@ -25,7 +25,7 @@ public sealed record PretrainedConfig(
 /// <param name="Pretrained">Input size, normalization and the like.</param>
 public sealed record ModelVariant(string Name, RepLKNetConfig Config, PretrainedConfig Pretrained);
 
-/// <summary>The official variants (the <c>create_RepLKNet31B/31L/XL</c> factories) and the <c>--arch</c> resolver.</summary>
+/// <summary>The official variants (the <c>create_RepLKNet31B/31L/XL</c> factories) and the RepLKNet architecture resolver.</summary>
 public static class ModelRegistry
 {
     private const string Paper = "Ding et al., Scaling Up Your Kernels to 31x31: Revisiting Large Kernel Design in CNNs, CVPR 2022";
@@ -78,10 +78,12 @@ public static class ModelRegistry
     }
 
     /// <summary>
-    /// Resolves an <c>--arch</c> value: a variant name, or a path to a JSON file of the official constructor's arguments.
-    /// Returns the display name and the configuration.
+    /// Resolves a RepLKNet architecture: a variant name, or a path to a JSON file of the official constructor's arguments.
+    /// Returns the display name and the configuration. (<see cref="ModelFactory"/> resolves every family.)
     /// </summary>
-    /// <exception cref="ConfigException">Neither a variant nor a readable, valid configuration file.</exception>
+    /// <exception cref="ConfigException">
+    /// Neither a variant nor an existing file (<see cref="ConfigException.ParamName"/> "arch"), or the file is not a valid configuration.
+    /// </exception>
     public static (string Name, RepLKNetConfig Config) Resolve(string arch)
     {
         ArgumentNullException.ThrowIfNull(arch);
@@ -95,7 +97,7 @@ public static class ModelRegistry
             return (Path.GetFileNameWithoutExtension(arch), RepLKNetConfig.FromJsonFile(arch));
         }
 
-        throw new ConfigException($"--arch '{arch}' is neither a model variant ({string.Join(", ", Variants.Select(v => v.Name))}) " +
-            "nor an existing JSON configuration file");
+        throw new ConfigException($"{nameof(arch)} '{arch}' is neither a model variant ({string.Join(", ", Variants.Select(v => v.Name))}) " +
+            "nor an existing JSON configuration file", nameof(arch));
     }
 }

@@ -1,4 +1,5 @@
 using RepLKNet.Layers;
+using RepLKNet.Reparam;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 using BatchNorm2d = RepLKNet.Layers.BatchNorm2d;
@@ -6,19 +7,12 @@ using static TorchSharp.torch.nn;
 
 namespace RepLKNet.Models;
 
-/// <summary>Channels and total stride of one stage's output (timm's <c>feature_info</c>).</summary>
-/// <param name="Stage">Stage index.</param>
-/// <param name="Channels">Output channels.</param>
-/// <param name="Reduction">Total stride relative to the input (4, 8, 16, 32).</param>
-/// <param name="Module">Name of the module that produces it.</param>
-public sealed record FeatureInfo(int Stage, int Channels, int Reduction, string Module);
-
 /// <summary>
 /// RepLKNet (Ding et al., CVPR 2022), module for module and key for key the official <c>RepLKNet</c>: <c>stem</c> (stride 4),
 /// <c>stages</c>, <c>transitions</c> (registered after all stages), then for a classifier <c>norm</c> → global average pool → <c>head</c>.
 /// In backbone mode (out_indices) it returns per-stage features through <see cref="forward_intermediates"/>.
 /// </summary>
-public sealed class RepLKNetModel : Module<Tensor, Tensor>, IFeatureModel
+public sealed class RepLKNetModel : Module<Tensor, Tensor>, IImageModel
 {
     private readonly ModuleList<ConvBn> stem;
     private readonly ModuleList<RepLKNetStage> stages;
@@ -28,11 +22,17 @@ public sealed class RepLKNetModel : Module<Tensor, Tensor>, IFeatureModel
     private Linear? head;
 
     /// <summary>Builds the model in the training form, or in the deploy form when <paramref name="deploy"/> (official <c>small_kernel_merged</c>).</summary>
-    public RepLKNetModel(RepLKNetConfig config, bool deploy = false, Device? device = null)
+    /// <param name="config">The architecture.</param>
+    /// <param name="deploy">Build the deploy topology directly (so deploy checkpoints load).</param>
+    /// <param name="device">Where to allocate (null: the CPU).</param>
+    /// <param name="name">The architecture's name (e.g. the variant's, RepLKNet-31B); null: "RepLKNet".</param>
+    /// <exception cref="ConfigException">The configuration is invalid.</exception>
+    public RepLKNetModel(RepLKNetConfig config, bool deploy = false, Device? device = null, string? name = null)
         : base("RepLKNet")
     {
         ArgumentNullException.ThrowIfNull(config);
         Config = config.Validate();
+        Name = name ?? "RepLKNet";
         long c0 = config.Channels[0];
         stem = new ModuleList<ConvBn>(
             new ConvBn(config.InChannels, c0, 3, 2, 1, 1, relu: true, device),
@@ -74,8 +74,26 @@ public sealed class RepLKNetModel : Module<Tensor, Tensor>, IFeatureModel
     /// <summary>The configuration the model was built from (its num_classes follows <see cref="reset_classifier"/>).</summary>
     public RepLKNetConfig Config { get; private set; }
 
-    /// <summary>Channels and stride of every stage output.</summary>
+    /// <inheritdoc />
+    public string Name { get; }
+
+    /// <inheritdoc />
+    public ModelFamily Family => ModelFamily.RepLKNet;
+
+    /// <inheritdoc />
+    public int InChannels => Config.InChannels;
+
+    /// <inheritdoc />
+    public int? NumClasses => Config.NumClasses;
+
+    /// <inheritdoc />
+    public int NumFeatures => Config.Channels[^1];
+
+    /// <summary>Channels and stride of every stage output (the official out_indices outputs, stride 4, 8, 16, 32).</summary>
     public IReadOnlyList<FeatureInfo> FeatureInfo { get; }
+
+    /// <inheritdoc />
+    Module<Tensor, Tensor> IImageModel.AsModule() => this;
 
     /// <summary>Whether every large-kernel module is in its deploy form.</summary>
     public bool IsDeploy => modules().OfType<ReparamLargeKernelConv>().All(m => m.IsDeploy);
@@ -167,6 +185,15 @@ public sealed class RepLKNetModel : Module<Tensor, Tensor>, IFeatureModel
         using var scope = NewDisposeScope();
         return forward_head(forward_features(input)).MoveToOuterDisposeScope();
     }
+
+    /// <summary>
+    /// Switches every large-kernel module to its deploy form in place (the official <c>structural_reparam</c>; with
+    /// <paramref name="fuseBn"/> also <c>deep_fuse_BN</c>); returns how many were switched.
+    /// </summary>
+    public int Reparameterize(bool fuseBn = false) => Reparameterizer.Reparameterize(this, fuseBn);
+
+    /// <inheritdoc />
+    public ModelDescription Describe() => ModelDescription.Of(this);
 
     /// <summary>Replaces the classifier with a fresh Linear(C_last, <paramref name="numClasses"/>) (transfer learning).</summary>
     public void reset_classifier(int numClasses)

@@ -12,7 +12,7 @@ namespace RepLKNet.Models;
 /// weights load as they are. <see cref="forward_features"/> is the output of <c>layer4</c> (the ERF's last-stage map). A
 /// one-channel input is repeated to three channels (grey images through an RGB stem).
 /// </summary>
-public sealed class TorchVisionResNet : Module<Tensor, Tensor>, IFeatureModel
+public sealed class TorchVisionResNet : Module<Tensor, Tensor>, IImageModel
 {
     private static readonly string[] FeatureChildren = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"];
     private readonly Dictionary<string, Module<Tensor, Tensor>> _children = [];
@@ -89,6 +89,8 @@ public sealed class TorchVisionResNet : Module<Tensor, Tensor>, IFeatureModel
 
         Depth = depth;
         NumClasses = numClasses;
+        NumFeatures = 512 * expansion;
+        FeatureInfo = [.. Enumerable.Range(0, 4).Select(i => new FeatureInfo(i, (64 << i) * expansion, 4 << i, $"layer{i + 1}"))];
     }
 
     /// <summary>18, 50 or 101.</summary>
@@ -96,6 +98,27 @@ public sealed class TorchVisionResNet : Module<Tensor, Tensor>, IFeatureModel
 
     /// <summary>Classes.</summary>
     public int NumClasses { get; }
+
+    /// <inheritdoc />
+    public string Name => $"ResNet-{Depth}";
+
+    /// <inheritdoc />
+    public ModelFamily Family => ModelFamily.ResNet;
+
+    /// <summary>3 (RGB); a one-channel input is also accepted and repeated to three channels.</summary>
+    public int InChannels => 3;
+
+    /// <inheritdoc />
+    int? IImageModel.NumClasses => NumClasses;
+
+    /// <summary>Channels of <c>layer4</c>: 512 (ResNet-18) or 2048 (ResNet-50/101).</summary>
+    public int NumFeatures { get; }
+
+    /// <summary><c>layer1</c> … <c>layer4</c>: stride 4, 8, 16, 32.</summary>
+    public IReadOnlyList<FeatureInfo> FeatureInfo { get; }
+
+    /// <inheritdoc />
+    Module<Tensor, Tensor> IImageModel.AsModule() => this;
 
     /// <summary>The names this class accepts: resnet18, resnet50, resnet101 (also "ResNet-50"); the depth or null.</summary>
     public static int? ParseName(string name)
@@ -124,13 +147,27 @@ public sealed class TorchVisionResNet : Module<Tensor, Tensor>, IFeatureModel
         return x.MoveToOuterDisposeScope();
     }
 
+    /// <summary>Global average pool → <c>fc</c>: logits (N, classes); with <paramref name="preLogits"/> the pooled (N, 512 or 2048).</summary>
+    public Tensor forward_head(Tensor features, bool preLogits = false)
+    {
+        ArgumentNullException.ThrowIfNull(features);
+        using var scope = NewDisposeScope();
+        var x = features.mean([2, 3]);
+        return (preLogits ? x : _children["fc"].call(x)).MoveToOuterDisposeScope();
+    }
+
     /// <inheritdoc />
     public override Tensor forward(Tensor input)
     {
         using var scope = NewDisposeScope();
-        var x = forward_features(input).mean([2, 3]);
-        return _children["fc"].call(x).MoveToOuterDisposeScope();
+        return forward_head(forward_features(input)).MoveToOuterDisposeScope();
     }
+
+    /// <summary>ResNet has no re-parameterizable modules (and no conv_bn layers to fuse): returns 0, the model unchanged.</summary>
+    public int Reparameterize(bool fuseBn = false) => 0;
+
+    /// <inheritdoc />
+    public ModelDescription Describe() => ModelDescription.Of(this);
 }
 
 /// <summary>torchvision's <c>BasicBlock</c>: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)); keys conv1, bn1, conv2, bn2, downsample.</summary>

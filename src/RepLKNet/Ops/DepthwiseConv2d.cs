@@ -1,5 +1,5 @@
-using System.Runtime.InteropServices;
 using RepLKNet.Ops.Cpu;
+using RepLKNet.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -17,9 +17,11 @@ public enum DepthwiseBackend
 
 /// <summary>
 /// The project's one depthwise convolution: stride 1, padding K/2 ("same"), dilation 1, odd square K in [3, 63],
-/// float32, any N, C, H, W ≥ 1, optional bias. It dispatches by device: CPU inputs that fit run on our SIMD kernels with
-/// gradients for input, weight and bias through a TorchSharp autograd function; CUDA inputs that fit run on our NVRTC
-/// forward kernel when no gradient is tracked; everything else goes to <c>torch.nn.functional.conv2d</c>.
+/// float32, any N, C, H, W ≥ 1, optional bias. It decides once per call (<see cref="Select"/>) between our kernels for the
+/// input's device and libtorch: CPU inputs that fit run on our SIMD kernels (<see cref="CpuDepthwise"/>) with gradients
+/// for input, weight and bias through a TorchSharp autograd function; CUDA inputs that fit run on our NVRTC kernels
+/// (<see cref="Cuda.CudaDepthwise"/>: forward when no gradient is tracked, backward too when opted in); everything else
+/// goes to <c>torch.nn.functional.conv2d</c>.
 /// </summary>
 public static class DepthwiseConv2d
 {
@@ -60,8 +62,15 @@ public static class DepthwiseConv2d
         return new Restore(() => ScopedIsa.Value = previous);
     }
 
-    /// <summary>Worker threads for our CPU kernels; 0 means libtorch's <c>get_num_threads()</c>.</summary>
-    public static int Threads { get; set; }
+    /// <summary>
+    /// Worker threads for our CPU kernels; 0 means libtorch's <c>get_num_threads()</c>. The same setting as
+    /// <see cref="TorchRuntime.KernelThreads"/> (which <see cref="TorchRuntime.SetThreads"/> sets with libtorch's).
+    /// </summary>
+    public static int Threads
+    {
+        get => TorchRuntime.KernelThreads;
+        set => TorchRuntime.KernelThreads = value;
+    }
 
     /// <summary>The implementation in effect on this async flow.</summary>
     public static DepthwiseBackend CurrentBackend => ScopedBackend.Value ?? DefaultBackend;
@@ -80,7 +89,7 @@ public static class DepthwiseConv2d
         stride == 1 && dilation == 1 && padding == kernelH / 2;
 
     /// <summary>Whether our CPU kernels take this call (else it goes to libtorch).</summary>
-    public static bool Fits(Tensor input, Tensor weight, Tensor? bias) => FitsOn(input, weight, bias, DeviceType.CPU);
+    public static bool Fits(Tensor input, Tensor weight, Tensor? bias) => CpuDepthwise.Fits(input, weight, bias);
 
     /// <summary>
     /// The contract on one device type: 4-D float32 input (N, C, H, W ≥ 1, fewer than 2³¹ elements), a (C, 1, K, K)
@@ -102,40 +111,44 @@ public static class DepthwiseConv2d
                (bias is null || bias.dtype == ScalarType.Float32 && bias.device_type == device && bias.device_index == input.device_index && bias.numel() == c);
     }
 
-    /// <summary>y = depthwise_conv(x, w) + b with stride 1 and padding K/2; ours when it fits and is enabled, libtorch otherwise.</summary>
+    /// <summary>
+    /// y = depthwise_conv(x, w) + b with stride 1 and padding K/2: on our kernels when <see cref="Select"/> picks them,
+    /// libtorch's <c>conv2d</c> otherwise. With gradients to track, our kernels run through an autograd function whose
+    /// backward uses the same kernels; without, its bookkeeping is skipped.
+    /// </summary>
+    /// <param name="input">Input (N, C, H, W).</param>
+    /// <param name="weight">Filter (C, 1, K, K).</param>
+    /// <param name="bias">Bias (C), or null.</param>
+    /// <returns>(N, C, H, W).</returns>
     public static Tensor Forward(Tensor input, Tensor weight, Tensor? bias = null)
     {
         ArgumentNullException.ThrowIfNull(input);
         ArgumentNullException.ThrowIfNull(weight);
-        // With gradients to track, calls go through the autograd function; without, its bookkeeping is skipped.
         bool tracked = is_grad_enabled() && (input.requires_grad || weight.requires_grad || bias?.requires_grad == true);
-        if (CurrentBackend == DepthwiseBackend.Ours && input.device_type == DeviceType.CUDA)
+        var kernels = Select(input, weight, bias, tracked);
+        if (kernels is null)
         {
-            // CUDA: our forward kernel; with gradients to track, our backward kernels only when opted in
-            // (REPLKNET_CUDA_BACKWARD=1: they are verified by compile checks and CPU emulation, not yet on a GPU), else libtorch.
-            if (Cuda.CudaDepthwise.Fits(input, weight, bias))
-            {
-                if (!tracked)
-                {
-                    return Cuda.CudaDepthwise.Forward(input, weight, bias);
-                }
-
-                if (Cuda.CudaDepthwise.BackwardEnabled && Cuda.CudaDepthwise.WeightGradFits(input, (int)weight.shape[2]))
-                {
-                    return Apply(input, weight, bias);
-                }
-            }
-        }
-        else if (CurrentBackend == DepthwiseBackend.Ours && Fits(input, weight, bias))
-        {
-            return tracked ? Apply(input, weight, bias) : CpuForward(input, weight, bias);
+            return Libtorch(input, weight, bias);
         }
 
-        return Libtorch(input, weight, bias);
+        return tracked ? DepthwiseConvFunction.Apply(kernels, input, weight, bias) : kernels.Forward(input, weight, bias);
     }
 
-    private static Tensor Apply(Tensor input, Tensor weight, Tensor? bias) =>
-        bias is null ? DepthwiseConvFunction.apply(input, weight) : DepthwiseConvFunction.apply(input, weight, bias);
+    /// <summary>
+    /// The one decision per call: our kernels for the input's device type when <see cref="CurrentBackend"/> is
+    /// <see cref="DepthwiseBackend.Ours"/> and they take the call (the contract on that device; for a
+    /// <paramref name="tracked"/> call, their backward too), else null: libtorch runs it, forward and backward.
+    /// </summary>
+    internal static IDepthwiseKernels? Select(Tensor input, Tensor weight, Tensor? bias, bool tracked)
+    {
+        var kernels = input.device_type switch
+        {
+            DeviceType.CPU => CpuDepthwise.Kernels,
+            DeviceType.CUDA => Cuda.CudaDepthwise.Kernels,
+            _ => null,
+        };
+        return CurrentBackend == DepthwiseBackend.Ours && kernels?.Takes(input, weight, bias, tracked) == true ? kernels : null;
+    }
 
     /// <summary>libtorch's depthwise "same" convolution.</summary>
     internal static Tensor Libtorch(Tensor x, Tensor w, Tensor? b)
@@ -144,89 +157,8 @@ public static class DepthwiseConv2d
         return nn.functional.conv2d(x, w, b, padding: [k / 2, k / 2], groups: w.shape[0]);
     }
 
+    /// <summary>Worker threads our CPU kernels run on: <see cref="Threads"/>, or libtorch's <c>get_num_threads()</c> when 0.</summary>
     internal static int ThreadCount => Threads > 0 ? Threads : Math.Max(1, torch.get_num_threads());
-
-    /// <summary>
-    /// Maps of at most 8×8 with K ≤ 13 (pad ≤ 6: oneDNN's direct depthwise path): libtorch's forward and input gradient
-    /// are 3–10× faster than ours there (measured at batch 128 on 7×7/K=13, 4×4/K=9, 2×2/K=5 — RepLKNet-FMNIST's stages:
-    /// our kernels pay per-plane setup and padded taps that dominate such maps), while our weight gradient stays 4–9×
-    /// faster than libtorch's. So those two passes use libtorch for such maps, inside the same autograd function; the
-    /// raw kernels below stay ours on every map (the instruction-set checks call them directly).
-    /// </summary>
-    internal static bool TinyMapForLibtorch(long h, long w, long k) => h <= 8 && w <= 8 && k <= 13;
-
-    /// <summary>The CPU forward the dispatch uses: libtorch's on tiny maps, ours otherwise.</summary>
-    internal static Tensor CpuForward(Tensor x, Tensor w, Tensor? b) =>
-        TinyMapForLibtorch(x.shape[2], x.shape[3], w.shape[2]) ? Libtorch(x, w, b) : ForwardRaw(x, w, b);
-
-    /// <summary>The CPU input gradient the dispatch uses: libtorch's on tiny maps, ours otherwise.</summary>
-    internal static Tensor CpuInputGrad(Tensor gradOutput, Tensor w)
-    {
-        if (!TinyMapForLibtorch(gradOutput.shape[2], gradOutput.shape[3], w.shape[2]))
-        {
-            return InputGradRaw(gradOutput, w);
-        }
-
-        // The transpose of a "same" depthwise convolution is the same convolution with the filter rotated by 180°.
-        using var flipped = w.flip(2, 3);
-        return Libtorch(gradOutput, flipped, null);
-    }
-
-    /// <summary>Our forward on contiguous CPU tensors (no autograd).</summary>
-    internal static unsafe Tensor ForwardRaw(Tensor x, Tensor w, Tensor? b)
-    {
-        using var xc = x.contiguous();
-        using var wc = w.contiguous();
-        using var bc = b?.contiguous();
-        var (n, c, h, wd) = Dims(xc);
-        var y = empty(xc.shape, dtype: float32);
-        fixed (byte* px = xc.bytes, pw = wc.bytes, py = y.bytes)
-        {
-            float* pb = null;
-            if (bc is not null)
-            {
-                fixed (byte* pbb = bc.bytes)
-                {
-                    DepthwiseConvCpu.Forward((float*)px, (float*)pw, (float*)pbb, (float*)py, n, c, h, wd, (int)w.shape[2], Isa, ThreadCount);
-                    return y;
-                }
-            }
-
-            DepthwiseConvCpu.Forward((float*)px, (float*)pw, pb, (float*)py, n, c, h, wd, (int)w.shape[2], Isa, ThreadCount);
-        }
-
-        return y;
-    }
-
-    /// <summary>Our input gradient (no autograd).</summary>
-    internal static unsafe Tensor InputGradRaw(Tensor gradOutput, Tensor w)
-    {
-        using var gc = gradOutput.contiguous();
-        using var wc = w.contiguous();
-        var (n, c, h, wd) = Dims(gc);
-        var dx = empty(gc.shape, dtype: float32);
-        fixed (byte* pg = gc.bytes, pw = wc.bytes, pdx = dx.bytes)
-        {
-            DepthwiseConvCpu.InputGrad((float*)pg, (float*)pw, (float*)pdx, n, c, h, wd, (int)w.shape[2], Isa, ThreadCount);
-        }
-
-        return dx;
-    }
-
-    /// <summary>Our weight gradient (no autograd).</summary>
-    internal static unsafe Tensor WeightGradRaw(Tensor x, Tensor gradOutput, long k)
-    {
-        using var xc = x.contiguous();
-        using var gc = gradOutput.contiguous();
-        var (n, c, h, wd) = Dims(xc);
-        var dw = empty([c, 1, k, k], dtype: float32);
-        fixed (byte* px = xc.bytes, pg = gc.bytes, pdw = dw.bytes)
-        {
-            DepthwiseConvCpu.WeightGrad((float*)px, (float*)pg, (float*)pdw, n, c, h, wd, (int)k, Isa, ThreadCount);
-        }
-
-        return dw;
-    }
 
     /// <summary>
     /// Frees the gradient wrappers our autograd function keeps reachable for libtorch until it has copied them (see
@@ -235,28 +167,38 @@ public static class DepthwiseConv2d
     /// </summary>
     public static void ReleaseBackwardOutputs() => DepthwiseConvFunction.ReleaseAll();
 
-    private static (int N, int C, int H, int W) Dims(Tensor t) => ((int)t.shape[0], (int)t.shape[1], (int)t.shape[2], (int)t.shape[3]);
-
     private sealed class Restore(Action restore) : IDisposable
     {
         public void Dispose() => restore();
     }
 }
 
-/// <summary>The autograd function behind <see cref="DepthwiseConv2d.Forward"/>: forward and both gradients on our kernels.</summary>
+/// <summary>
+/// The autograd function behind <see cref="DepthwiseConv2d.Forward"/>: forward and both gradients on the kernels the
+/// dispatcher picked for the call (passed in, kept in the context for backward).
+/// </summary>
 internal sealed class DepthwiseConvFunction : torch.autograd.SingleTensorFunction<DepthwiseConvFunction>
 {
+    private const string KernelsKey = "kernels";
+    private const string HasBiasKey = "has_bias";
+
     public override string Name => "ReplknetDepthwiseConv2d";
+
+    /// <summary>y = depthwise_conv(x, w) + b on <paramref name="kernels"/>, recorded for backward on the same kernels.</summary>
+    public static Tensor Apply(IDepthwiseKernels kernels, Tensor x, Tensor w, Tensor? b) =>
+        b is null ? apply(kernels, x, w) : apply(kernels, x, w, b);
 
     public override Tensor forward(torch.autograd.AutogradContext ctx, params object[] vars)
     {
-        var x = (Tensor)vars[0];
-        var w = (Tensor)vars[1];
-        var b = vars.Length > 2 ? (Tensor)vars[2] : null;
+        var kernels = (IDepthwiseKernels)vars[0];
+        var x = (Tensor)vars[1];
+        var w = (Tensor)vars[2];
+        var b = vars.Length > 3 ? (Tensor)vars[3] : null;
         ctx.save_for_backward([x, w]);
-        ctx.save_data("has_bias", b is not null);
+        ctx.save_data(KernelsKey, kernels);
+        ctx.save_data(HasBiasKey, b is not null);
         using var noGrad = no_grad();
-        return x.device_type == DeviceType.CUDA ? Cuda.CudaDepthwise.Forward(x, w, b) : DepthwiseConv2d.CpuForward(x, w, b);
+        return kernels.Forward(x, w, b);
     }
 
     public override List<Tensor> backward(torch.autograd.AutogradContext ctx, Tensor grad)
@@ -269,24 +211,13 @@ internal sealed class DepthwiseConvFunction : torch.autograd.SingleTensorFunctio
         var saved = ctx.get_saved_variables();
         var x = saved[0];
         var w = saved[1];
-        bool hasBias = (bool)ctx.get_data("has_bias");
+        var kernels = (IDepthwiseKernels)ctx.get_data(KernelsKey);
+        bool hasBias = (bool)ctx.get_data(HasBiasKey);
         using var noGrad = no_grad();
-        Tensor? dx, dw;
-        if (x.device_type == DeviceType.CUDA)
-        {
-            int k = (int)w.shape[2];
-            dx = x.requires_grad ? Cuda.CudaDepthwise.InputGrad(grad, w) : null;
-            dw = w.requires_grad
-                ? Cuda.CudaDepthwise.WeightGrad(x, grad, k) ?? throw new InvalidOperationException($"no weight-gradient tile fits a {x.shape[2]}×{x.shape[3]} map with K={k}")
-                : null;
-        }
-        else
-        {
-            dx = x.requires_grad ? DepthwiseConv2d.CpuInputGrad(grad, w) : null;
-            dw = w.requires_grad ? DepthwiseConv2d.WeightGradRaw(x, grad, w.shape[2]) : null;
-        }
-
-        var result = new List<Tensor> { dx!, dw! };
+        var dx = x.requires_grad ? kernels.InputGrad(grad, w) : null;
+        var dw = w.requires_grad ? kernels.WeightGrad(x, grad, (int)w.shape[2]) : null;
+        // One entry per forward argument: none for the kernels (not a tensor), then x, w and b.
+        var result = new List<Tensor> { null!, dx!, dw! };
         if (hasBias)
         {
             result.Add(grad.sum([0, 2, 3]));

@@ -1,4 +1,5 @@
 using RepLKNet.Ops.Cpu;
+using RepLKNet.Runtime;
 using static TorchSharp.torch;
 
 namespace RepLKNet.Ops;
@@ -17,8 +18,8 @@ public sealed record DepthwiseCheckResult(CpuIsa Isa, string Shape, double Forwa
 
 /// <summary>
 /// Checks every instruction set this machine can run against libtorch in float64 on a few awkward shapes
-/// (1×1 maps, K larger than the map, widths off the vector length). Used by <c>bench dwconv --check</c> so that a
-/// machine with other vector units (e.g. AVX-512) verifies its own path before timing it.
+/// (1×1 maps, K larger than the map, widths off the vector length): run it before timing the kernels, so that a machine
+/// with other vector units (e.g. AVX-512) verifies its own path first.
 /// </summary>
 public static class DepthwiseSelfCheck
 {
@@ -42,9 +43,9 @@ public static class DepthwiseSelfCheck
                     var weight = randn([c, 1, k, k], generator: generator);
                     var bias = randn([c], generator: generator);
                     var upstream = randn([n, c, h, w], generator: generator);
-                    var y = DepthwiseConv2d.ForwardRaw(x, weight, bias);
-                    var dx = DepthwiseConv2d.InputGradRaw(upstream, weight);
-                    var dw = DepthwiseConv2d.WeightGradRaw(x, upstream, k);
+                    var y = CpuDepthwise.ForwardRaw(x, weight, bias);
+                    var dx = CpuDepthwise.InputGradRaw(upstream, weight);
+                    var dw = CpuDepthwise.WeightGrad(x, upstream, k);
 
                     var x64 = x.to(float64).requires_grad_(true);
                     var w64 = weight.to(float64).requires_grad_(true);

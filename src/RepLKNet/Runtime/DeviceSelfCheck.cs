@@ -35,9 +35,9 @@ public static class DeviceSelfCheck
         var actual = Evaluate(x.to(float32).to(device), wDense.to(float32).to(device), wDepthwise.to(float32).to(device),
             upstream.to(float32).to(device));
         return new DeviceCheckResult(device.ToString(),
-            Ops.TensorErrors.Relative(actual.Output, reference.Output),
-            Ops.TensorErrors.Relative(actual.InputGrad, reference.InputGrad),
-            Ops.TensorErrors.Relative(actual.WeightGrad, reference.WeightGrad));
+            TensorErrors.Relative(actual.Output, reference.Output),
+            TensorErrors.Relative(actual.InputGrad, reference.InputGrad),
+            TensorErrors.Relative(actual.WeightGrad, reference.WeightGrad));
     }
 
     private static (Tensor Output, Tensor InputGrad, Tensor WeightGrad) Evaluate(Tensor x, Tensor wDense, Tensor wDepthwise, Tensor upstream)

@@ -1,6 +1,5 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
-using RepLKNet.Ops.Cuda;
 using TorchSharp;
 
 namespace RepLKNet.Runtime;
@@ -95,6 +94,20 @@ public sealed class TorchLoadException : Exception
     public TorchLoadException()
     {
     }
+
+    /// <summary>
+    /// Creates the exception for one argument: <paramref name="paramName"/> is the library's name for it (a method parameter,
+    /// e.g. <c>device</c>), and the message starts with that name, so a front end can put its own name for the argument
+    /// (a CLI flag) in its place.
+    /// </summary>
+    public TorchLoadException(string message, string? paramName)
+        : base(message)
+    {
+        ParamName = paramName;
+    }
+
+    /// <summary>The library's name of the argument the error is about (as in <see cref="ArgumentException.ParamName"/>), or null.</summary>
+    public string? ParamName { get; }
 }
 
 /// <summary>What was loaded, from where, and which device is in use.</summary>
@@ -136,39 +149,48 @@ public static class TorchRuntime
     private static LoadedState? _loaded;
     private static (bool Available, string? Reason)? _cuda;
 
-    /// <summary>Loads TorchSharp (once per process) and selects the device for <paramref name="request"/>.</summary>
-    /// <exception cref="TorchLoadException">Loading failed, or CUDA was requested explicitly and is unavailable.</exception>
-    public static TorchRuntimeInfo Initialize(DeviceRequest request)
+    /// <summary>
+    /// <see cref="TorchRuntimeInfo.CudaUnavailableReason"/> when <see cref="DeviceRequest.Cpu"/> was asked for (CUDA is then
+    /// not even tried).
+    /// </summary>
+    public const string CudaNotRequested = "not requested (device cpu)";
+
+    /// <summary>Loads TorchSharp (once per process) and selects the device for <paramref name="device"/>.</summary>
+    /// <exception cref="TorchLoadException">
+    /// Loading failed, or CUDA was requested explicitly and is unavailable (then <see cref="TorchLoadException.ParamName"/>
+    /// is <c>device</c>).
+    /// </exception>
+    public static TorchRuntimeInfo Initialize(DeviceRequest device)
     {
         lock (Gate)
         {
             var loaded = _loaded ??= Load();
-            torch.Device device = torch.CPU;
+            torch.Device selected = torch.CPU;
             bool cudaAvailable = false;
-            string? reason = "not requested (--device cpu)";
-            if (request.Kind != DeviceRequestKind.Cpu)
+            string? reason = CudaNotRequested;
+            if (device.Kind != DeviceRequestKind.Cpu)
             {
                 (cudaAvailable, reason) = _cuda ??= TryEnableCuda(loaded);
                 if (cudaAvailable)
                 {
                     long count = torch.cuda.device_count();
-                    if (request.Index >= count)
+                    if (device.Index >= count)
                     {
                         throw new TorchLoadException(
-                            $"--device {request} asks for CUDA device {request.Index}, but libtorch sees {count} device(s)");
+                            $"{nameof(device)} {device} asks for CUDA device {device.Index}, but libtorch sees {count} device(s)", nameof(device));
                     }
 
-                    device = new torch.Device(DeviceType.CUDA, request.Index);
+                    selected = new torch.Device(DeviceType.CUDA, device.Index);
                 }
-                else if (request.Kind == DeviceRequestKind.Cuda)
+                else if (device.Kind == DeviceRequestKind.Cuda)
                 {
-                    throw new TorchLoadException($"--device {request} was requested but CUDA is not available: {reason}");
+                    throw new TorchLoadException($"{nameof(device)} {device} was requested but CUDA is not available: {reason}", nameof(device));
                 }
             }
 
             return new TorchRuntimeInfo(loaded.NativeLibrary, loaded.GlibcxxFix, loaded.SystemLibStdCxx,
                 loaded.LibTorchDirectory, loaded.LibTorchVersion, loaded.ExternalLibTorch, cudaAvailable,
-                cudaAvailable ? null : reason, device);
+                cudaAvailable ? null : reason, selected);
         }
     }
 
@@ -176,12 +198,19 @@ public static class TorchRuntime
     public static bool AllowTf32 => Environment.GetEnvironmentVariable(Tf32EnvironmentVariable) == "1";
 
     /// <summary>Uses <paramref name="threads"/> CPU threads for libtorch and for the project's own CPU kernels alike.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="threads"/> is not positive.</exception>
     public static void SetThreads(int threads)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(threads);
         torch.set_num_threads(threads);
-        Ops.DepthwiseConv2d.Threads = threads;
+        KernelThreads = threads;
     }
+
+    /// <summary>
+    /// Worker threads for the project's own CPU kernels (the depthwise convolution's); 0, the default, means libtorch's
+    /// <c>get_num_threads()</c>. <see cref="SetThreads"/> sets it together with libtorch's.
+    /// </summary>
+    public static int KernelThreads { get; set; }
 
     /// <summary>Where libLibTorchSharp.so is looked for beside the running app.</summary>
     public static IReadOnlyList<string> NativeLibraryCandidates(string appDirectory) =>
@@ -233,7 +262,7 @@ public static class TorchRuntime
         {
             throw new TorchLoadException(
                 $"TorchSharp's native library was not found; looked for {string.Join(" and ", candidates)}. " +
-                "Build or publish the app with the TorchSharp and libtorch-cpu-linux-x64 packages (./replknet does).");
+                "Build or publish the app with the TorchSharp and libtorch-cpu-linux-x64 packages.");
         }
 
         string? libstdcxx = ElfSymbolVersions.FindSystemLibStdCxx();
@@ -261,7 +290,7 @@ public static class TorchRuntime
         {
             GlibcxxFixState.Missing =>
                 $" The system libstdc++ ({libstdcxx ?? "not found"}) lacks {ElfSymbolVersions.TorchSharpGlibcxxVersion} and this copy " +
-                "still requires it: the build step that marks it weak did not run on this copy. Rebuild with ./replknet or dotnet build.",
+                "still requires it: the build step that marks it weak did not run on this copy. Rebuild the app with dotnet build.",
             GlibcxxFixState.Applied => $" ({ElfSymbolVersions.TorchSharpGlibcxxVersion} is marked weak in this copy.)",
             _ => string.Empty,
         };
@@ -330,7 +359,7 @@ public static class TorchRuntime
 
         if (!torch.cuda.is_available())
         {
-            string driver = CudaDriver.UnavailableReason ?? "the driver sees no usable device";
+            string driver = CudaDriverProbe.UnavailableReason ?? "the driver sees no usable device";
             return (false, $"libtorch from '{loaded.ExternalLibTorch}' reports no CUDA device ({driver})");
         }
 

@@ -14,13 +14,10 @@ public sealed record DeployResult(string DeployPath, EquivalenceReport Report);
 /// <summary>
 /// The finish of a training run: load the best checkpoint, re-parameterize a copy (the official
 /// <c>structural_reparam</c>), verify it against the train form on a random batch, and write the deploy checkpoint with the
-/// same metadata (form: deploy) — only when the two agree within <see cref="DefaultTolerance"/>.
+/// same metadata (form: deploy) — only when the two agree within <see cref="EquivalenceCheck.DefaultTolerance"/>.
 /// </summary>
 public static class DeployStep
 {
-    /// <summary>Largest end-to-end |train − deploy| allowed, relative to the largest train-form output (float32 re-association).</summary>
-    public const double DefaultTolerance = 1e-4;
-
     /// <summary>Re-parameterizes <paramref name="bestCheckpoint"/> (train form, project format) into <paramref name="deployPath"/>.</summary>
     /// <param name="bestCheckpoint">The trained checkpoint.</param>
     /// <param name="deployPath">Where the deploy checkpoint goes (atomically).</param>
@@ -28,7 +25,7 @@ public static class DeployStep
     /// <param name="tolerance">Allowed relative end-to-end difference.</param>
     /// <exception cref="CheckpointException">The checkpoint cannot be read.</exception>
     /// <exception cref="InvalidOperationException">The two forms differ by more than <paramref name="tolerance"/>; nothing was written.</exception>
-    public static DeployResult Write(string bestCheckpoint, string deployPath, int inputSize, double tolerance = DefaultTolerance)
+    public static DeployResult Write(string bestCheckpoint, string deployPath, int inputSize, double tolerance = EquivalenceCheck.DefaultTolerance)
     {
         ArgumentNullException.ThrowIfNull(bestCheckpoint);
         ArgumentNullException.ThrowIfNull(deployPath);

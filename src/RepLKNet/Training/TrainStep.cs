@@ -112,7 +112,7 @@ public sealed class TrainStep
             using var scope = NewDisposeScope();
             Phase = TrainingPhase.Forward;
             var loss = data.Loss(_model, _device);
-            double microValue = loss.item<float>();
+            double microValue = loss.dtype == ScalarType.Float32 ? loss.item<float>() : loss.to(ScalarType.Float64).item<double>();
             if (!double.IsFinite(microValue))
             {
                 throw new NonFiniteLossException(string.Create(CultureInfo.InvariantCulture, $"the training loss became {microValue} at step {stepNumber}"));

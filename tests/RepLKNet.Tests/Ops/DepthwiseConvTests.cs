@@ -18,7 +18,7 @@ public sealed class DepthwiseConvTests
         foreach (var (h, w, k) in new[] { (7, 7, 13), (4, 4, 9), (2, 3, 5), (8, 8, 3) })
         {
             using var scope = NewDisposeScope();
-            Assert.True(DepthwiseConv2d.TinyMapForLibtorch(h, w, k));
+            Assert.True(CpuDepthwise.TinyMapForLibtorch(h, w, k));
             var x = randn([3, 5, h, w], generator: generator).requires_grad_(true);
             var weight = randn([5, 1, k, k], generator: generator).requires_grad_(true);
             var upstream = randn([3, 5, h, w], generator: generator);
@@ -30,12 +30,12 @@ public sealed class DepthwiseConvTests
             yt.backward([upstream]);
             Assert.True(y.eq(yt).all().item<bool>(), $"{h}×{w} K={k}: forward is libtorch's");
             Assert.True((x.grad! - xt.grad!).abs().max().item<float>() <= 1e-5f * xt.grad!.abs().max().item<float>(), $"{h}×{w} K={k}: input grad");
-            using var ours = DepthwiseConv2d.WeightGradRaw(x.detach(), upstream, k);
+            using var ours = CpuDepthwise.WeightGrad(x.detach(), upstream, k);
             Assert.True(weight.grad!.eq(ours).all().item<bool>(), $"{h}×{w} K={k}: weight grad is ours");
         }
 
-        Assert.False(DepthwiseConv2d.TinyMapForLibtorch(9, 8, 13));
-        Assert.False(DepthwiseConv2d.TinyMapForLibtorch(7, 7, 15));
+        Assert.False(CpuDepthwise.TinyMapForLibtorch(9, 8, 13));
+        Assert.False(CpuDepthwise.TinyMapForLibtorch(7, 7, 15));
     }
 
     public static TheoryData<string> Isas => [.. CpuIsas.Supported.Select(i => i.ToString())];
@@ -156,6 +156,57 @@ public sealed class DepthwiseConvTests
         var even = randn(1, 3, 8, 8);
         Assert.False(DepthwiseConv2d.Fits(even, randn(3, 1, 4, 4), null));
         Assert.False(DepthwiseConv2d.Fits(even, randn(3, 1, 65, 65), null));
+    }
+
+    [Fact]
+    public void The_dispatcher_picks_our_cpu_kernels_for_calls_that_fit_and_libtorch_otherwise()
+    {
+        using var scope = NewDisposeScope();
+        var x = randn(2, 4, 9, 9);
+        var w = randn(4, 1, 5, 5);
+        Assert.Same(CpuDepthwise.Kernels, DepthwiseConv2d.Select(x, w, null, tracked: false));
+        Assert.Same(CpuDepthwise.Kernels, DepthwiseConv2d.Select(x, w, randn(4), tracked: true));
+        Assert.Null(DepthwiseConv2d.Select(x.to(float64), w.to(float64), null, tracked: false));
+        Assert.Null(DepthwiseConv2d.Select(x, randn(4, 1, 4, 4), null, tracked: false));
+        using (DepthwiseConv2d.Use(DepthwiseBackend.Torch))
+        {
+            Assert.Null(DepthwiseConv2d.Select(x, w, null, tracked: true));
+            var y = DepthwiseConv2d.Forward(x, w);
+            Assert.True(y.eq(nn.functional.conv2d(x, w, padding: [2, 2], groups: 4)).all().item<bool>());
+        }
+
+        Assert.Same(CpuDepthwise.Kernels, DepthwiseConv2d.Select(x, w, null, tracked: false));
+    }
+
+    [Theory]
+    [InlineData(true, false, false)]
+    [InlineData(false, true, true)]
+    [InlineData(false, false, true)]
+    public void Only_the_tensors_that_require_grad_get_one(bool inputGrad, bool weightGrad, bool biasGrad)
+    {
+        using var scope = NewDisposeScope();
+        var x = randn(2, 3, 12, 10).requires_grad_(inputGrad);
+        var weight = randn(3, 1, 7, 7).requires_grad_(weightGrad);
+        var bias = randn(3).requires_grad_(biasGrad);
+        var upstream = randn(2, 3, 12, 10);
+        DepthwiseConv2d.Forward(x, weight, bias).backward([upstream]);
+        DepthwiseConv2d.ReleaseBackwardOutputs();
+
+        var x64 = x.detach().to(float64).requires_grad_(true);
+        var w64 = weight.detach().to(float64).requires_grad_(true);
+        var b64 = bias.detach().to(float64).requires_grad_(true);
+        nn.functional.conv2d(x64, w64, b64, padding: [3, 3], groups: 3).backward([upstream.to(float64)]);
+        foreach (var (actual, wanted, reference, what) in new[] { (x, inputGrad, x64, "input"), (weight, weightGrad, w64, "weight"), (bias, biasGrad, b64, "bias") })
+        {
+            if (wanted)
+            {
+                AssertClose(reference.grad!, actual.grad!, what);
+            }
+            else
+            {
+                Assert.Null(actual.grad);
+            }
+        }
     }
 
     private static void AssertClose(Tensor expected, Tensor actual, string what)

@@ -22,6 +22,19 @@ public sealed class TorchRuntimeTests
     }
 
     [Fact]
+    public void A_device_that_cannot_be_had_is_an_error_about_the_device_argument_in_library_words()
+    {
+        Torch.EnsureLoaded();
+        Assert.Equal(TorchRuntime.CudaNotRequested, TorchRuntime.Initialize(DeviceRequest.Cpu).CudaUnavailableReason);
+
+        // Without CUDA: "was requested but CUDA is not available"; with it: "asks for CUDA device 99, but libtorch sees …".
+        var e = Assert.Throws<TorchLoadException>(() => TorchRuntime.Initialize(DeviceRequest.Parse("cuda:99")));
+        Assert.Equal("device", e.ParamName);
+        Assert.StartsWith("device cuda:99 ", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("--", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Conv2d_forward_and_backward_match_a_float64_reference()
     {
         Torch.EnsureLoaded();

@@ -47,7 +47,7 @@ internal static class CudaCli
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
         if (runtime.Device.type != DeviceType.CUDA || !CudaDepthwise.IsAvailable)
         {
-            throw new UsageException($"{command} needs a CUDA device: {runtime.CudaUnavailableReason ?? CudaDepthwise.UnavailableReason ?? "--device cpu was given"}");
+            throw new UsageException($"{command} needs a CUDA device: {OptionNames.CudaUnavailableReason(runtime) ?? CudaDepthwise.UnavailableReason ?? "--device cpu was given"}");
         }
 
         return (runtime, runtime.Device.index < 0 ? 0 : runtime.Device.index);

@@ -1,6 +1,7 @@
 using System.Runtime.InteropServices;
 using TorchSharp;
 using static TorchSharp.torch;
+using RepLKNet.Ops.Cpu;
 using RepLKNet.Runtime;
 
 namespace RepLKNet.Ops.Cuda;
@@ -129,7 +130,7 @@ public static class CudaDepthwiseCheck
             var bias = randn([c], generator: generator);
             var reference = nn.functional.conv2d(x.to(float64).to(cuda), weight.to(float64).to(cuda), bias.to(float64).to(cuda), padding: [k / 2, k / 2], groups: c).cpu();
             var cudnn = nn.functional.conv2d(x.to(cuda), weight.to(cuda), bias.to(cuda), padding: [k / 2, k / 2], groups: c).cpu();
-            var cpu = DepthwiseConv2d.ForwardRaw(x, weight, bias);
+            var cpu = CpuDepthwise.ForwardRaw(x, weight, bias);
             var tiles = allTiles
                 ? DepthwiseTuning.Candidates((long)n * c, h, w, k, maxShared).Cast<DepthwiseTile?>().ToList()
                 : [null];

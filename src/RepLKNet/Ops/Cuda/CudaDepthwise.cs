@@ -121,6 +121,9 @@ public static class CudaDepthwise
         CommonSizes.Select(size => (SelectTile(64 * 384, size, size, k, 227 * 1024), size))
             .DistinctBy(t => t.Item1.Spec(k, t.size).Label);
 
+    /// <summary>The kernels as the dispatcher uses them.</summary>
+    internal static IDepthwiseKernels Kernels { get; } = new Adapter();
+
     /// <summary>Whether our CUDA kernel takes this call.</summary>
     public static bool Fits(Tensor input, Tensor weight, Tensor? bias) =>
         DepthwiseConv2d.FitsOn(input, weight, bias, DeviceType.CUDA) && IsAvailable;
@@ -308,6 +311,25 @@ public static class CudaDepthwise
         reduceArgs[3] = (IntPtr)(&splits);
         CudaDriver.Launch(reduce, ((uint)((count + 127) / 128), 1, 1), (128, 1, 1), 0, reduceArgs, "dwconv_wgrad_reduce");
         return dw;
+    }
+
+    /// <summary>
+    /// What the dispatcher runs on CUDA: the forward kernel for every call that fits; a tracked call only when the
+    /// backward kernels are opted in (<see cref="BackwardEnabled"/>: they are verified by compile checks and CPU emulation,
+    /// not yet on a GPU) and the weight gradient has a tile for the map; else libtorch runs the call.
+    /// </summary>
+    private sealed class Adapter : IDepthwiseKernels
+    {
+        public bool Takes(Tensor input, Tensor weight, Tensor? bias, bool tracked) =>
+            Fits(input, weight, bias) && (!tracked || BackwardEnabled && WeightGradFits(input, (int)weight.shape[2]));
+
+        public Tensor Forward(Tensor input, Tensor weight, Tensor? bias) => CudaDepthwise.Forward(input, weight, bias);
+
+        public Tensor InputGrad(Tensor gradOutput, Tensor weight) => CudaDepthwise.InputGrad(gradOutput, weight);
+
+        public Tensor WeightGrad(Tensor input, Tensor gradOutput, int k) =>
+            CudaDepthwise.WeightGrad(input, gradOutput, k)
+            ?? throw new InvalidOperationException($"no weight-gradient tile fits a {input.shape[2]}×{input.shape[3]} map with K={k}");
     }
 
     /// <summary>The device address of a contiguous tensor's first element.</summary>

@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using System.Text;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Ops.Cuda;
 
@@ -44,7 +45,7 @@ public sealed record CudaDeviceProperties(int Ordinal, string Name, int ComputeC
 /// </summary>
 public static partial class CudaDriver
 {
-    private const string Library = "libcuda.so.1";
+    private const string Library = CudaDriverProbe.Library;
     private const int AttributeMultiprocessorCount = 16;
     private const int AttributeComputeCapabilityMajor = 75;
     private const int AttributeComputeCapabilityMinor = 76;
@@ -55,13 +56,11 @@ public static partial class CudaDriver
 
     private static readonly Dictionary<int, IntPtr> PrimaryContexts = [];
 
-    private static readonly Lazy<string?> LoadError = new(ProbeDriver);
-
     /// <summary>Whether the driver library can be loaded and initialised.</summary>
-    public static bool IsAvailable => LoadError.Value is null;
+    public static bool IsAvailable => CudaDriverProbe.UnavailableReason is null;
 
     /// <summary>Why the driver is unavailable, or null when it is available.</summary>
-    public static string? UnavailableReason => LoadError.Value;
+    public static string? UnavailableReason => CudaDriverProbe.UnavailableReason;
 
     /// <summary>The driver's CUDA version as "major.minor".</summary>
     public static string DriverVersion()
@@ -232,41 +231,16 @@ public static partial class CudaDriver
             return;
         }
 
-        string text = cuGetErrorString(result, out IntPtr message) == 0 && message != IntPtr.Zero
-            ? Marshal.PtrToStringUTF8(message) ?? "unknown error"
-            : "unknown error";
-        throw new CudaException($"CUDA driver call {call} failed: {text} (CUresult {result})");
+        throw new CudaException($"CUDA driver call {call} failed: {CudaDriverProbe.ErrorText(result)} (CUresult {result})");
     }
 
     private static void EnsureAvailable()
     {
-        if (LoadError.Value is { } reason)
+        if (CudaDriverProbe.UnavailableReason is { } reason)
         {
             throw new CudaException(reason);
         }
     }
-
-    private static string? ProbeDriver()
-    {
-        if (!NativeLibrary.TryLoad(Library, out _))
-        {
-            return $"the CUDA driver library {Library} could not be loaded (no NVIDIA driver on this machine)";
-        }
-
-        int result = cuInit(0);
-        if (result != 0)
-        {
-            string text = cuGetErrorString(result, out IntPtr message) == 0 && message != IntPtr.Zero
-                ? Marshal.PtrToStringUTF8(message) ?? "unknown error"
-                : "unknown error";
-            return $"cuInit failed: {text} (CUresult {result})";
-        }
-
-        return null;
-    }
-
-    [LibraryImport(Library)]
-    private static partial int cuInit(uint flags);
 
     [LibraryImport(Library)]
     private static partial int cuDriverGetVersion(out int version);
@@ -285,9 +259,6 @@ public static partial class CudaDriver
 
     [LibraryImport(Library, EntryPoint = "cuDeviceTotalMem_v2")]
     private static partial int cuDeviceTotalMem(out nuint bytes, int device);
-
-    [LibraryImport(Library)]
-    private static partial int cuGetErrorString(int result, out IntPtr message);
 
     [LibraryImport(Library, EntryPoint = "cuDevicePrimaryCtxRetain")]
     private static partial int cuDevicePrimaryCtxRetain(out IntPtr context, int device);

@@ -15,16 +15,17 @@ namespace RepLKNet.Ops.Cuda;
 public sealed record DepthwiseTuningEntry(string Card, int Height, int Width, int K, DepthwiseTile Tile, double Ms, double DefaultMs);
 
 /// <summary>
-/// The committed autotuning table (<c>Kernels/dwconv_fwd_tuning.json</c>, written by <c>replknet cuda tune</c> on a GPU
-/// machine): exact (card, H, W, K) matches override <see cref="CudaDepthwise.SelectTile"/>; every other shape uses the
-/// default rule. Results do not depend on the tile (every output sums its taps in the same order), only speed does.
+/// The committed autotuning table (<c>Kernels/dwconv_fwd_tuning.json</c>: the fastest of <see cref="Candidates"/> timed on
+/// a GPU machine, written by <see cref="Serialize"/>): exact (card, H, W, K) matches override
+/// <see cref="CudaDepthwise.SelectTile"/>; every other shape uses the default rule. Results do not depend on the tile
+/// (every output sums its taps in the same order), only speed does.
 /// </summary>
 public static class DepthwiseTuning
 {
     /// <summary>The embedded table's resource file name.</summary>
     public const string FileName = "dwconv_fwd_tuning.json";
 
-    /// <summary>Environment variable naming a tuning table to use instead of the committed one (e.g. fresh from <c>cuda tune --out</c>).</summary>
+    /// <summary>Environment variable naming a tuning table to use instead of the committed one (e.g. one just measured and written by <see cref="Serialize"/>).</summary>
     public const string EnvironmentVariable = "REPLKNET_CUDA_TUNING";
 
     private static readonly Lazy<IReadOnlyList<DepthwiseTuningEntry>> Table = new(Load);

@@ -99,7 +99,7 @@ public static partial class Nvrtc
             Check(nvrtcGetCUBINSize(program, out nuint size), "nvrtcGetCUBINSize", name);
             if (size == 0)
             {
-                throw new NvrtcException($"NVRTC produced no cubin for {name}: pass a real architecture (--gpu-architecture=sm_XX), not compute_XX");
+                throw new NvrtcException($"NVRTC produced no cubin for {name}: options must name a real architecture (--gpu-architecture=sm_XX), not compute_XX");
             }
 
             var cubin = new byte[(int)size];

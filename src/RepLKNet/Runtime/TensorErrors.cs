@@ -1,6 +1,6 @@
 using static TorchSharp.torch;
 
-namespace RepLKNet.Ops;
+namespace RepLKNet.Runtime;
 
 /// <summary>The error measure every self-check and correctness sweep reports.</summary>
 internal static class TensorErrors

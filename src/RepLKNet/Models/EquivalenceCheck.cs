@@ -1,7 +1,6 @@
-using RepLKNet.Models;
 using static TorchSharp.torch;
 
-namespace RepLKNet.Reparam;
+namespace RepLKNet.Models;
 
 /// <summary>Max |reference − candidate| after one part of the network, both fed their own previous outputs.</summary>
 /// <param name="Module">Module name (stem, stages.i.blocks.j, transitions.i, head).</param>
@@ -21,7 +20,17 @@ public sealed record EquivalenceReport(IReadOnlyList<StepDifference> Steps, Step
 /// <summary>Runs two forms of the same RepLKNet side by side (eval mode) and records where they drift apart.</summary>
 public static class EquivalenceCheck
 {
-    /// <summary>Compares <paramref name="candidate"/> with <paramref name="reference"/> on <paramref name="input"/>.</summary>
+    /// <summary>
+    /// The largest end-to-end difference, relative to the largest reference output
+    /// (<see cref="EquivalenceReport.RelativeEndToEnd"/>), at which two forms count as equivalent: float32 rounding of a
+    /// re-parameterized model stays well below it, a wrong merge lands far above it.
+    /// </summary>
+    public const double DefaultTolerance = 1e-4;
+
+    /// <summary>
+    /// Compares <paramref name="candidate"/> with <paramref name="reference"/> on <paramref name="input"/> (N, C_in, H, W),
+    /// module by module; both are switched to eval mode.
+    /// </summary>
     public static EquivalenceReport Compare(RepLKNetModel reference, RepLKNetModel candidate, Tensor input)
     {
         ArgumentNullException.ThrowIfNull(reference);
