@@ -421,7 +421,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         }
         catch (ArgumentException e)
         {
-            throw new UsageException(e.Message);
+            throw new UsageException(OptionNames.Rewrite(e, e.Message));
         }
 
         return a;

@@ -38,17 +38,21 @@ public static class Datasets
     }
 
     /// <summary>
-    /// Opens <paramref name="name"/>: Fashion-MNIST and CIFAR-10 from their files (see their loaders for the search path),
-    /// or an image folder at <paramref name="data"/> (see <see cref="ImageFolderDataset"/>).
+    /// Opens <paramref name="dataset"/>: Fashion-MNIST and CIFAR-10 from their files (see their loaders for the search path,
+    /// which starts at <paramref name="data"/>), or an image folder at <paramref name="data"/> (see <see cref="ImageFolderDataset"/>).
     /// Defaults: Fashion-MNIST trains without augmentation (28×28 grey garments: no crops or flips unless asked); CIFAR-10
     /// with crops (scale 0.35–1), flips, RandAugment and random erasing at 32×32; a folder with the official ImageNet recipe
     /// at 224 (Mixup/CutMix included).
     /// </summary>
-    /// <exception cref="DatasetException">The data is missing or unusable (the message says where it looked and what to do).</exception>
-    public static DatasetSplits Open(string name, string? data, double valSplit = 0.1, int channels = 3, long seed = 0)
+    /// <exception cref="DatasetException">
+    /// The data is missing or unusable (the message says where it looked and what to do), or an argument is out of range
+    /// (the message starts with its name, which <see cref="DatasetException.ParamName"/> holds: <c>dataset</c>, <c>data</c>,
+    /// <c>channels</c>, or <see cref="ImageFolderDataset.Open"/>'s <c>valFraction</c>, which <paramref name="valSplit"/> is).
+    /// </exception>
+    public static DatasetSplits Open(string dataset, string? data, double valSplit = 0.1, int channels = 3, long seed = 0)
     {
-        ArgumentNullException.ThrowIfNull(name);
-        switch (Canonical(name))
+        ArgumentNullException.ThrowIfNull(dataset);
+        switch (Canonical(dataset))
         {
             case "fashion-mnist":
             {
@@ -70,12 +74,12 @@ public static class Datasets
             {
                 if (string.IsNullOrWhiteSpace(data))
                 {
-                    throw new DatasetException("--dataset folder needs --data DIR: a folder with one sub-folder of images per class (or train/ and val/ folders holding them)");
+                    throw new DatasetException("data is required for dataset 'folder': a folder with one sub-folder of images per class (or train/ and val/ folders holding them)", nameof(data));
                 }
 
                 if (channels is not (1 or 3))
                 {
-                    throw new DatasetException($"--channels must be 1 or 3, got {channels}");
+                    throw new DatasetException($"channels must be 1 or 3, got {channels}", nameof(channels));
                 }
 
                 var (train, val) = ImageFolderDataset.Open(data, channels, valSplit, seed);
@@ -84,7 +88,7 @@ public static class Datasets
             }
 
             default:
-                throw new DatasetException($"--dataset '{name}': use {string.Join(", ", Names)}");
+                throw new DatasetException($"dataset '{dataset}': use {string.Join(", ", Names)}", nameof(dataset));
         }
     }
 }

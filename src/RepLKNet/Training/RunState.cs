@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using RepLKNet.Checkpoints;
+using RepLKNet.IO;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;

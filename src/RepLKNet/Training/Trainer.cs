@@ -5,6 +5,7 @@ using System.Text.Json.Nodes;
 using RepLKNet.Checkpoints;
 using RepLKNet.Data;
 using RepLKNet.Data.Transforms;
+using RepLKNet.IO;
 using RepLKNet.Models;
 using TorchSharp;
 using TorchSharp.Modules;

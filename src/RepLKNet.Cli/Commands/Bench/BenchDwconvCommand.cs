@@ -3,7 +3,7 @@ using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text.Json.Nodes;
 using RepLKNet.Benchmarks;
-using RepLKNet.Checkpoints;
+using RepLKNet.IO;
 using RepLKNet.Ops;
 using RepLKNet.Ops.Cpu;
 using RepLKNet.Runtime;

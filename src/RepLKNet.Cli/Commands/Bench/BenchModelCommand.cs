@@ -2,7 +2,7 @@ using System.ComponentModel;
 using System.Globalization;
 using System.Text.Json.Nodes;
 using RepLKNet.Benchmarks;
-using RepLKNet.Checkpoints;
+using RepLKNet.IO;
 using RepLKNet.Models;
 using RepLKNet.Ops;
 using RepLKNet.Runtime;
