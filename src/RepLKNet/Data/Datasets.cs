@@ -1,14 +1,11 @@
-using RepLKNet.Data.Transforms;
-
 namespace RepLKNet.Data;
 
-/// <summary>A dataset's training and held-out splits with the recipe defaults that suit it.</summary>
+/// <summary>A dataset's training and held-out splits (the recipes' augmentation per dataset: Training/Recipes.cs).</summary>
 /// <param name="Name">Dataset name (fashion-mnist, cifar10, folder).</param>
 /// <param name="Train">Training split.</param>
 /// <param name="Test">Evaluation split (the test set, or the folder's validation part).</param>
 /// <param name="Normalization">Per-channel normalization.</param>
-/// <param name="Defaults">Augmentation defaults for this dataset.</param>
-public sealed record DatasetSplits(string Name, IImageDataset Train, IImageDataset Test, Normalization Normalization, AugmentOptions Defaults) : IDisposable
+public sealed record DatasetSplits(string Name, IImageDataset Train, IImageDataset Test, Normalization Normalization) : IDisposable
 {
     /// <inheritdoc />
     public void Dispose()
@@ -40,9 +37,7 @@ public static class Datasets
     /// <summary>
     /// Opens <paramref name="dataset"/>: Fashion-MNIST and CIFAR-10 from their files (see their loaders for the search path,
     /// which starts at <paramref name="data"/>), or an image folder at <paramref name="data"/> (see <see cref="ImageFolderDataset"/>).
-    /// Defaults: Fashion-MNIST trains without augmentation (28×28 grey garments: no crops or flips unless asked); CIFAR-10
-    /// with crops (scale 0.35–1), flips, RandAugment and random erasing at 32×32; a folder with the official ImageNet recipe
-    /// at 224 (Mixup/CutMix included).
+    /// Normalization: the dataset's statistics (Fashion-MNIST, CIFAR-10), ImageNet's for a folder of RGB images.
     /// </summary>
     /// <exception cref="DatasetException">
     /// The data is missing or unusable (the message says where it looked and what to do), or an argument is out of range
@@ -57,17 +52,13 @@ public static class Datasets
             case "fashion-mnist":
             {
                 var train = FashionMnist.Load(data, "train");
-                return new DatasetSplits("fashion-mnist", train, FashionMnist.Load(data, "test"), FashionMnist.Normalization,
-                    new AugmentOptions { LabelSmoothing = 0.1 });
+                return new DatasetSplits("fashion-mnist", train, FashionMnist.Load(data, "test"), FashionMnist.Normalization);
             }
 
             case "cifar10":
             {
                 var (train, test) = Cifar10.Load(data);
-                return new DatasetSplits("cifar10", train, test, Cifar10.Normalization, new AugmentOptions
-                {
-                    CropScale = (0.35, 1.0), HorizontalFlip = 0.5, RandAugment = "rand-m9-mstd0.5-inc1", EraseProbability = 0.25, LabelSmoothing = 0.1,
-                });
+                return new DatasetSplits("cifar10", train, test, Cifar10.Normalization);
             }
 
             case "folder":
@@ -84,7 +75,7 @@ public static class Datasets
 
                 var (train, val) = ImageFolderDataset.Open(data, channels, valSplit, seed);
                 var normalization = channels == 3 ? Normalization.ImageNet : new Normalization([0.449], [0.226]);
-                return new DatasetSplits("folder", train, val, normalization, AugmentOptions.Official(224));
+                return new DatasetSplits("folder", train, val, normalization);
             }
 
             default:

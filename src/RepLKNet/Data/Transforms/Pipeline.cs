@@ -6,7 +6,7 @@ namespace RepLKNet.Data.Transforms;
 /// <summary>
 /// The data recipe: the train pipeline (RandomResizedCrop with bicubic interpolation, horizontal flip, RandAugment,
 /// normalization, RandomErasing), batch-level Mixup/CutMix, and the eval pipeline (short side to size / crop_pct, bicubic,
-/// centre crop). Defaults do nothing; <see cref="Official"/> is the official ImageNet recipe (spec §8).
+/// centre crop). Defaults do nothing; the recipes' values (the official ImageNet recipe, spec §8, and each dataset's) are in Training/Recipes.cs.
 /// </summary>
 public sealed record AugmentOptions
 {
@@ -45,13 +45,6 @@ public sealed record AugmentOptions
 
     /// <summary>Eval centre-crop fraction (the short side is resized to size / crop_pct first).</summary>
     public double CropPct { get; init; } = 0.875;
-
-    /// <summary>The official ImageNet recipe at <paramref name="size"/>.</summary>
-    public static AugmentOptions Official(int size) => new()
-    {
-        InputSize = size, CropScale = (0.08, 1.0), HorizontalFlip = 0.5, RandAugment = "rand-m9-mstd0.5-inc1",
-        EraseProbability = 0.25, Mixup = 0.8, CutMix = 1.0, LabelSmoothing = 0.1, CropPct = 0.875,
-    };
 
     /// <summary>Whether batches are mixed.</summary>
     public bool Mixes => (Mixup > 0 || CutMix > 0) && MixProbability > 0;
