@@ -134,6 +134,11 @@ public static class ClassifierTraining
             batch--;
         }
 
+        if (batch < 1)
+        {
+            throw new DatasetException($"TrainSubset: {pool.Length} training image(s) make no batch (Mixup/CutMix pair images)", nameof(RecipeOptions.TrainSubset));
+        }
+
         var task = new ClassificationTask(train, test, pipeline, options.Augment, pool, options.BatchSize * 2, options.Workers, options.Device, metadata: null);
         var loop = new TrainingLoop(task, new TrainingLoopOptions
         {
@@ -148,10 +153,13 @@ public static class ClassifierTraining
         var recent = new Queue<double>();
         var run = loop.Run(model, null, null, p =>
         {
-            recent.Enqueue(p.Loss);
-            if (recent.Count > window)
+            if (p.Samples > 0)
             {
-                recent.Dequeue();
+                recent.Enqueue(p.Loss);
+                if (recent.Count > window)
+                {
+                    recent.Dequeue();
+                }
             }
 
             onStep?.Invoke(new ClassifierTrainingProgress(p.Step, p.BudgetFraction, p.Loss, p.LearningRate, p.ImagesPerSecond));

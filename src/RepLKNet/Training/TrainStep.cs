@@ -80,6 +80,7 @@ public sealed class TrainStep
     public StepOutcome Run(ITrainingEpoch data, double lr, long stepNumber)
     {
         ArgumentNullException.ThrowIfNull(data);
+        Phase = TrainingPhase.Optimizer;
         var groups = _optimizer.ParamGroups.ToList();
         for (int g = 0; g < groups.Count; g++)
         {

@@ -132,7 +132,7 @@ public enum TrainingPhase
 }
 
 /// <summary>
-/// An unexpected error inside <see cref="Trainer.Run"/>: where it happened (step, epoch, phase) and the last resumable
+/// An unexpected error inside <see cref="TrainingLoop.Run"/> (so <see cref="Trainer.Run"/> and <see cref="ClassifierTraining.Run"/>): where it happened (step, epoch, phase) and the last resumable
 /// state on disk, which the failure did not touch. <see cref="Exception.InnerException"/> is the original error.
 /// </summary>
 public sealed class TrainingFailedException : Exception
@@ -197,19 +197,22 @@ public sealed record EpochMetrics(int Epoch, long Step, double TrainLoss, double
 
 /// <summary>Progress of one optimizer step.</summary>
 /// <param name="Step">Optimizer steps done (1-based).</param>
-/// <param name="TotalSteps">Steps the run will take.</param>
+/// <param name="TotalSteps">Steps the run will take (<see cref="long.MaxValue"/> when only a time budget bounds it).</param>
 /// <param name="StepInEpoch">Steps done in this epoch.</param>
 /// <param name="StepsPerEpoch">Steps per epoch.</param>
 /// <param name="Epoch">Epoch (1-based).</param>
 /// <param name="Loss">Loss of the step.</param>
 /// <param name="LearningRate">Base learning rate of the step.</param>
 /// <param name="ImagesPerSecond">Throughput since the run (or resume) started.</param>
-/// <param name="Remaining">Estimated time to the end of training (evaluation included at the measured rate).</param>
+/// <param name="Remaining">Estimated time to the end of training (evaluation included at the measured rate; under a time budget, the budget left).</param>
 public sealed record StepProgress(long Step, long TotalSteps, long StepInEpoch, long StepsPerEpoch, int Epoch, double Loss, double LearningRate,
     double ImagesPerSecond, TimeSpan Remaining)
 {
     /// <summary>Fraction of the budget used, in [0, 1] (steps, or time for a time budget).</summary>
     public double BudgetFraction { get; init; }
+
+    /// <summary>Samples the step trained on (0 when none of its images could be read; the step still updated the weights).</summary>
+    public long Samples { get; init; }
 }
 
 /// <summary>The training loss became NaN or infinite; the last good checkpoint is intact.</summary>
@@ -254,6 +257,13 @@ public sealed class Trainer
         ArgumentNullException.ThrowIfNull(train);
         ArgumentNullException.ThrowIfNull(test);
         ClassificationTask.CheckSets(train, test);
+        if (_o.Config.NumClasses is not int classes || classes != train.ClassNames.Count)
+        {
+            throw new ArgumentException(
+                $"Config has {(_o.Config.NumClasses is int n ? $"{n} classes" : "no classifier (a backbone)")} but the data has {train.ClassNames.Count} classes; fit it with ModelFactory.Fit",
+                nameof(TrainOptions.Config));
+        }
+
         if (_o.AccumulationSteps < 1)
         {
             throw new ArgumentException($"AccumulationSteps must be ≥ 1, got {_o.AccumulationSteps}", nameof(TrainOptions.AccumulationSteps));
@@ -338,9 +348,17 @@ public sealed class Trainer
     }
 
     /// <summary>Top-1 accuracy of <paramref name="model"/> on the test set (eval mode, no gradients).</summary>
+    /// <exception cref="InvalidOperationException"><paramref name="model"/> is a backbone (no classifier).</exception>
+    /// <exception cref="DatasetException">Its classifier's size differs from the test set's classes.</exception>
     public double Evaluate(RepLKNetModel model, Action<string>? onNotice = null, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(model);
+        int classes = model.Config.NumClasses ?? throw new InvalidOperationException("a backbone has no classifier to evaluate");
+        if (classes != _task.ClassNames.Count)
+        {
+            throw new DatasetException($"the model has {classes} classes but the dataset has {_task.ClassNames.Count}");
+        }
+
         return _task.Evaluate(model, onNotice, cancel);
     }
 

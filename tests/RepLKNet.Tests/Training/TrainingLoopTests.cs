@@ -168,6 +168,40 @@ public sealed class TrainingLoopTests
         Assert.Null(timed.LastSavedStep);
     }
 
+    [Fact]
+    public void Options_that_cannot_work_are_refused_by_name_and_an_epoch_end_without_evaluation_still_saves_a_resume_state()
+    {
+        using var dir = new TempDirectory();
+        var task = new RegressionTask();
+        Assert.Equal("Resume", Assert.Throws<ArgumentException>(() => new TrainingLoop(task,
+            Options(dir.Path, resume: true) with { Budget = new TrainingBudget(null, TimeSpan.FromMinutes(1)) })).ParamName);
+        Assert.Equal("Budget", Assert.Throws<ArgumentException>(() => new TrainingLoop(task, Options(null) with { Budget = new TrainingBudget(null, null) })).ParamName);
+        Assert.Equal("SaveEvery", Assert.Throws<ArgumentException>(() => new TrainingLoop(task, Options(null) with { SaveEvery = 0 })).ParamName);
+        Assert.Equal("BatchSize", Assert.Throws<ArgumentException>(() => new TrainingLoop(task, Options(null) with { BatchSize = 0 })).ParamName);
+
+        using var model = NewModel();
+        var loop = new TrainingLoop(task, Options(dir.Path) with { EvaluateEachEpoch = false, EmaDecay = 0, Budget = new TrainingBudget(1, null) });
+        var run = loop.Run(model);
+        Assert.Empty(run.History);
+        Assert.Equal(8, loop.LastSavedStep);
+        Assert.True(File.Exists(Path.Combine(dir.Path, "state.json")));
+    }
+
+    [Fact]
+    public void The_official_recipe_refuses_a_classifier_that_does_not_fit_the_data()
+    {
+        using var dir = new TempDirectory();
+        var images = randint(0, 255, [8, 1, 8, 8], dtype: ScalarType.Byte);
+        using var data = new ImageTensorDataset(images, tensor(new long[] { 0, 1, 0, 1, 0, 1, 0, 1 }), ["a", "b"]);
+        var config = new RepLKNetConfig { LargeKernelSizes = [5], Layers = [1], Channels = [8], SmallKernel = 3, InChannels = 1, NumClasses = 5 };
+        var options = new TrainOptions { Arch = "tiny", Config = config, OutDir = dir.Path, Normalization = new Normalization([0.5], [0.3]) };
+        var e = Assert.Throws<ArgumentException>(() => new Trainer(options, data, data));
+        Assert.Equal("Config", e.ParamName);
+        Assert.Contains("5 classes but the data has 2", e.Message, StringComparison.Ordinal);
+        Assert.Equal("Config", Assert.Throws<ArgumentException>(() => new Trainer(options with { Config = config with { NumClasses = null, OutIndices = [0] } }, data, data)).ParamName);
+        _ = new Trainer(options with { Config = config with { NumClasses = 2 } }, data, data); // fitted: accepted
+    }
+
     /// <summary>Micro-batches of fixed rows for <see cref="TrainStep"/>: each call to MoveNext takes the next slice.</summary>
     private sealed class Slices(Tensor x, Tensor y, int size) : ITrainingEpoch
     {
