@@ -1,6 +1,6 @@
 using System.ComponentModel;
 using System.Text.Json;
-using RepLKNet.Checkpoints;
+using RepLKNet.IO;
 using Spectre.Console;
 using Spectre.Console.Cli;
 

@@ -20,6 +20,7 @@ internal static class OptionNames
         ["data"] = "--data",
         ["channels"] = "--channels",
         ["valSplit"] = "--val-split",
+        ["valFraction"] = "--val-split",
         ["InputSize"] = "--input-size",
         ["inputSize"] = "--input-size",
         ["BatchSize"] = "--batch-size",
@@ -48,6 +49,12 @@ internal static class OptionNames
         ["CropPct"] = "--crop-pct",
         ["DropPathRate"] = "--drop-path",
         ["opset"] = "--opset",
+        ["Features"] = "--features",
+        ["outputPath"] = "--out",
+        ["ema"] = "--ema",
+        ["Ema"] = "--ema",
+        ["table"] = "--table",
+        ["Seeds"] = "--seeds",
         ["onnx"] = "--onnx",
         ["batch"] = "--batch",
         ["reps"] = "--reps",
@@ -88,6 +95,7 @@ internal static class OptionNames
             Checkpoints.CheckpointException c => c.ParamName,
             Data.DatasetException d => d.ParamName,
             Models.ConfigException m => m.ParamName,
+            Export.OnnxExportException x => x.ParamName,
             Runtime.TorchLoadException t => t.ParamName,
             _ => e.Data["ParamName"] as string, // any other exception may carry the name in its Data
         };

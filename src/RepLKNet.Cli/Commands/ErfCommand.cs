@@ -1,7 +1,8 @@
 using System.ComponentModel;
 using System.Globalization;
-using RepLKNet.Analysis;
+using RepLKNet.Erf;
 using RepLKNet.Data;
+using RepLKNet.IO;
 using RepLKNet.Runtime;
 using Spectre.Console;
 using Spectre.Console.Cli;
@@ -108,7 +109,7 @@ public sealed class ErfCommand(IAnsiConsole console) : Command<ErfCommand.Settin
                 {
                     var saved = FromNpy(spec);
                     outcomes.Add(saved);
-                    console.WriteLine($"  {saved.Label}: score matrix {spec.Npy} ({saved.Map.Height}×{saved.Map.Width}); area ratio {Erf.Describe(saved.Areas)}");
+                    console.WriteLine($"  {saved.Label}: score matrix {spec.Npy} ({saved.Map.Height}×{saved.Map.Width}); area ratio {EffectiveReceptiveField.Describe(saved.Areas)}");
                     continue;
                 }
 
@@ -141,7 +142,7 @@ public sealed class ErfCommand(IAnsiConsole console) : Command<ErfCommand.Settin
                 var stream = ErfImages.From(images, settings.Size, subject.InChannels, normalization, runtime.Device,
                     skipped => console.MarkupLine($"  skipped unreadable image {Markup.Escape(skipped)}"));
                 ErfMap map = Run(subject, stream, settings.NumImages, cancellationToken);
-                var areas = Erf.Areas(Erf.Normalize(map.Mean), map.Height, map.Width);
+                var areas = EffectiveReceptiveField.Areas(EffectiveReceptiveField.Normalize(map.Mean), map.Height, map.Width);
                 if (map.Images < settings.NumImages)
                 {
                     console.MarkupLine(CultureInfo.InvariantCulture, "  [yellow]only {0} usable image(s) were available (asked for {1})[/]", map.Images, settings.NumImages);
@@ -150,7 +151,7 @@ public sealed class ErfCommand(IAnsiConsole console) : Command<ErfCommand.Settin
                 var outcome = new Outcome(subject.Label, subject.Weights ?? "random", subject.Trained, map, areas, normalization.ToString(), clock.Elapsed.TotalSeconds);
                 outcomes.Add(outcome);
                 console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"  {outcome.Label}: {map.Images} map(s){(map.SkippedNaN > 0 ? $", {map.SkippedNaN} skipped (NaN)" : "")}, {outcome.Seconds:F1} s; area ratio {Erf.Describe(areas)}"));
+                    $"  {outcome.Label}: {map.Images} map(s){(map.SkippedNaN > 0 ? $", {map.SkippedNaN} skipped (NaN)" : "")}, {outcome.Seconds:F1} s; area ratio {EffectiveReceptiveField.Describe(areas)}"));
                 if (settings.Npy is not null)
                 {
                     string path = specs.Count(s => s.Npy is null) == 1 ? settings.Npy : Path.ChangeExtension(settings.Npy, null) + $"-{index}.npy";
@@ -164,7 +165,7 @@ public sealed class ErfCommand(IAnsiConsole console) : Command<ErfCommand.Settin
             splits?.Dispose();
         }
 
-        var panels = outcomes.Select(o => new ErfPanel(o.Label, Subtitle(o), Erf.Normalize(o.Map.Mean), o.Map.Height, o.Map.Width, o.Areas)).ToList();
+        var panels = outcomes.Select(o => new ErfPanel(o.Label, Subtitle(o), EffectiveReceptiveField.Normalize(o.Map.Mean), o.Map.Height, o.Map.Width, o.Areas)).ToList();
         ErfFigure.Write(settings.Out, panels, settings.Title);
         console.WriteLine($"heatmap: {settings.Out}");
         if (settings.Json is not null)
@@ -174,7 +175,7 @@ public sealed class ErfCommand(IAnsiConsole console) : Command<ErfCommand.Settin
                 size = settings.Size,
                 images_requested = settings.NumImages,
                 data = settings.Data ?? settings.Dataset ?? "fashion-mnist",
-                thresholds = Erf.Thresholds,
+                thresholds = EffectiveReceptiveField.Thresholds,
                 models = outcomes.Select(o => new
                 {
                     label = o.Label,
@@ -184,7 +185,7 @@ public sealed class ErfCommand(IAnsiConsole console) : Command<ErfCommand.Settin
                     skipped_nan = o.Map.SkippedNaN,
                     normalization = o.Normalization,
                     seconds = Math.Round(o.Seconds, 2),
-                    areas = o.Areas.Select((a, i) => new { threshold = Erf.Thresholds[i], side = a?.Side, ratio = a?.Ratio }),
+                    areas = o.Areas.Select((a, i) => new { threshold = EffectiveReceptiveField.Thresholds[i], side = a?.Side, ratio = a?.Ratio }),
                 }),
             };
             settings.WriteJson(doc);
@@ -206,7 +207,7 @@ public sealed class ErfCommand(IAnsiConsole console) : Command<ErfCommand.Settin
         if (Console.IsOutputRedirected || !console.Profile.Capabilities.Interactive)
         {
             int every = Math.Max(1, count / 10);
-            return Erf.Accumulate(subject.Features, guarded, count, (accepted, skipped) =>
+            return EffectiveReceptiveField.Accumulate(subject.Features, guarded, count, (accepted, skipped) =>
             {
                 if ((accepted + skipped) % every == 0)
                 {
@@ -220,7 +221,7 @@ public sealed class ErfCommand(IAnsiConsole console) : Command<ErfCommand.Settin
             .Start(ctx =>
             {
                 var task = ctx.AddTask(Markup.Escape(subject.Label), maxValue: count);
-                result = Erf.Accumulate(subject.Features, guarded, count, (accepted, _) => task.Value = accepted);
+                result = EffectiveReceptiveField.Accumulate(subject.Features, guarded, count, (accepted, _) => task.Value = accepted);
             });
         return result!;
     }
@@ -241,7 +242,7 @@ public sealed class ErfCommand(IAnsiConsole console) : Command<ErfCommand.Settin
     {
         (double[] values, int h, int w) = NpyFile.Read(spec.Npy!);
         var map = new ErfMap(values, h, w, 0, 0);
-        return new Outcome(spec.Label ?? Path.GetFileNameWithoutExtension(spec.Npy!), spec.Npy!, true, map, Erf.Areas(Erf.Normalize(values), h, w), "from file", 0);
+        return new Outcome(spec.Label ?? Path.GetFileNameWithoutExtension(spec.Npy!), spec.Npy!, true, map, EffectiveReceptiveField.Areas(EffectiveReceptiveField.Normalize(values), h, w), "from file", 0);
     }
 
     private static Spec ParseSpec(string text)

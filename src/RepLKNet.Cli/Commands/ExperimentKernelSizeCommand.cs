@@ -1,6 +1,6 @@
 using System.ComponentModel;
 using System.Globalization;
-using RepLKNet.Analysis;
+using RepLKNet.Experiments;
 using RepLKNet.Data;
 using RepLKNet.Models;
 using RepLKNet.Runtime;
@@ -147,7 +147,7 @@ public sealed class ExperimentKernelSizeCommand(IAnsiConsole console) : Command<
         }
         catch (ArgumentException e)
         {
-            throw new UsageException(e.Message);
+            throw new UsageException(OptionNames.Rewrite(e, e.Message));
         }
 
         long[] seeds;

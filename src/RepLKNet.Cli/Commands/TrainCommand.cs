@@ -227,7 +227,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         }
         catch (ArgumentException e)
         {
-            throw new UsageException(e.Message);
+            throw new UsageException(OptionNames.Rewrite(e, e.Message), e);
         }
 
         var output = console.Profile.Out.Writer;
@@ -368,7 +368,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         }
         catch (ArgumentException e)
         {
-            throw new UsageException(e.Message);
+            throw new UsageException(OptionNames.Rewrite(e, e.Message));
         }
 
         return a;

@@ -2,6 +2,7 @@ using System.Collections;
 using System.Collections.Specialized;
 using System.Globalization;
 using System.Text.Json;
+using RepLKNet.IO;
 using RepLKNet.Models;
 using TorchSharp.PyBridge;
 using static TorchSharp.torch;
@@ -136,7 +137,8 @@ public static class CheckpointFile
     /// transposed and shared-storage views included); the tensors returned are CPU tensors.
     /// </summary>
     /// <exception cref="CheckpointException">The file is missing, empty, truncated, corrupt or not a checkpoint, or a
-    /// tensor's recorded layout reads outside its storage (the message names the file and the key).</exception>
+    /// tensor's recorded layout reads outside its storage (the message names the file and the key); or <paramref name="ema"/>
+    /// asks for EMA weights the file does not hold (<see cref="CheckpointException.ParamName"/> <c>ema</c>).</exception>
     public static Checkpoint Read(string path, bool ema = false)
     {
         ArgumentNullException.ThrowIfNull(path);
@@ -166,7 +168,7 @@ public static class CheckpointFile
         {
             if (ema)
             {
-                throw new CheckpointException($"'{path}' is a safetensors file, which holds one state dict: --ema applies to PyTorch training checkpoints");
+                throw new CheckpointException($"ema applies to PyTorch training checkpoints; '{path}' is a safetensors file, which holds one state dict", nameof(ema));
             }
 
             var (raw, metadata) = SafetensorsFile.Read(path);
@@ -298,7 +300,7 @@ public static class CheckpointFile
         {
             return root["model_ema"] is Hashtable emaTable
                 ? (emaTable, "'model_ema'")
-                : throw new CheckpointException($"'{path}' has no 'model_ema' entry for --ema (top-level keys: {keys})");
+                : throw new CheckpointException($"ema: '{path}' has no 'model_ema' entry (top-level keys: {keys})", nameof(ema));
         }
 
         if (isStateDict)

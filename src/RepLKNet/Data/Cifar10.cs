@@ -8,13 +8,17 @@ public static class Cifar10
     /// <summary>Per-channel mean and std of the training images on [0, 1].</summary>
     public static Normalization Normalization { get; } = new([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]);
 
-    /// <summary>Loads both splits from <paramref name="folder"/> (or <c>$REPLKNET_DATA/cifar-10-batches-bin</c>).</summary>
-    public static (ImageTensorDataset Train, ImageTensorDataset Test) Load(string? folder)
+    /// <summary>Loads both splits from the folder <paramref name="data"/> (or <c>$REPLKNET_DATA/cifar-10-batches-bin</c>).</summary>
+    /// <exception cref="DatasetException">
+    /// No folder holds the files (<see cref="DatasetException.ParamName"/> <c>data</c>; the message lists where it looked and
+    /// how to get them), or they are incomplete or damaged.
+    /// </exception>
+    public static (ImageTensorDataset Train, ImageTensorDataset Test) Load(string? data)
     {
         var searched = new List<string>();
-        if (!string.IsNullOrWhiteSpace(folder))
+        if (!string.IsNullOrWhiteSpace(data))
         {
-            searched.Add(folder);
+            searched.Add(data);
         }
 
         if (Environment.GetEnvironmentVariable(FashionMnist.DataEnvironmentVariable) is { Length: > 0 } root)
@@ -41,9 +45,9 @@ public static class Cifar10
             return (ToDataset(trainParts), ToDataset([testPath]));
         }
 
-        throw new DatasetException("CIFAR-10 (data_batch_1..5.bin, test_batch.bin) was not found; looked in " +
-            (searched.Count == 0 ? "nothing (no --data and no $REPLKNET_DATA)" : string.Join(", ", searched.Select(s => $"'{s}'"))) +
-            ". Download the binary version from https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz, extract it and pass the folder with --data.");
+        throw new DatasetException("data: CIFAR-10 (data_batch_1..5.bin, test_batch.bin) was not found; looked in " +
+            (searched.Count == 0 ? "nothing (no folder given and no $REPLKNET_DATA)" : string.Join(", ", searched.Select(s => $"'{s}'"))) +
+            ". Download the binary version from https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz, extract it and give that folder.", nameof(data));
     }
 
     private static ImageTensorDataset ToDataset(IReadOnlyList<string> files)

@@ -1,14 +1,11 @@
-using RepLKNet.Data.Transforms;
-
 namespace RepLKNet.Data;
 
-/// <summary>A dataset's training and held-out splits with the recipe defaults that suit it.</summary>
+/// <summary>A dataset's training and held-out splits (the recipes' augmentation per dataset: Training/Recipes.cs).</summary>
 /// <param name="Name">Dataset name (fashion-mnist, cifar10, folder).</param>
 /// <param name="Train">Training split.</param>
 /// <param name="Test">Evaluation split (the test set, or the folder's validation part).</param>
 /// <param name="Normalization">Per-channel normalization.</param>
-/// <param name="Defaults">Augmentation defaults for this dataset.</param>
-public sealed record DatasetSplits(string Name, IImageDataset Train, IImageDataset Test, Normalization Normalization, AugmentOptions Defaults) : IDisposable
+public sealed record DatasetSplits(string Name, IImageDataset Train, IImageDataset Test, Normalization Normalization) : IDisposable
 {
     /// <inheritdoc />
     public void Dispose()
@@ -38,53 +35,51 @@ public static class Datasets
     }
 
     /// <summary>
-    /// Opens <paramref name="name"/>: Fashion-MNIST and CIFAR-10 from their files (see their loaders for the search path),
-    /// or an image folder at <paramref name="data"/> (see <see cref="ImageFolderDataset"/>).
-    /// Defaults: Fashion-MNIST trains without augmentation (28×28 grey garments: no crops or flips unless asked); CIFAR-10
-    /// with crops (scale 0.35–1), flips, RandAugment and random erasing at 32×32; a folder with the official ImageNet recipe
-    /// at 224 (Mixup/CutMix included).
+    /// Opens <paramref name="dataset"/>: Fashion-MNIST and CIFAR-10 from their files (see their loaders for the search path,
+    /// which starts at <paramref name="data"/>), or an image folder at <paramref name="data"/> (see <see cref="ImageFolderDataset"/>).
+    /// Normalization: the dataset's statistics (Fashion-MNIST, CIFAR-10), ImageNet's for a folder of RGB images.
     /// </summary>
-    /// <exception cref="DatasetException">The data is missing or unusable (the message says where it looked and what to do).</exception>
-    public static DatasetSplits Open(string name, string? data, double valSplit = 0.1, int channels = 3, long seed = 0)
+    /// <exception cref="DatasetException">
+    /// The data is missing or unusable (the message says where it looked and what to do), or an argument is out of range
+    /// (the message starts with its name, which <see cref="DatasetException.ParamName"/> holds: <c>dataset</c>, <c>data</c>,
+    /// <c>channels</c>, or <see cref="ImageFolderDataset.Open"/>'s <c>valFraction</c>, which <paramref name="valSplit"/> is).
+    /// </exception>
+    public static DatasetSplits Open(string dataset, string? data, double valSplit = 0.1, int channels = 3, long seed = 0)
     {
-        ArgumentNullException.ThrowIfNull(name);
-        switch (Canonical(name))
+        ArgumentNullException.ThrowIfNull(dataset);
+        switch (Canonical(dataset))
         {
             case "fashion-mnist":
             {
                 var train = FashionMnist.Load(data, "train");
-                return new DatasetSplits("fashion-mnist", train, FashionMnist.Load(data, "test"), FashionMnist.Normalization,
-                    new AugmentOptions { LabelSmoothing = 0.1 });
+                return new DatasetSplits("fashion-mnist", train, FashionMnist.Load(data, "test"), FashionMnist.Normalization);
             }
 
             case "cifar10":
             {
                 var (train, test) = Cifar10.Load(data);
-                return new DatasetSplits("cifar10", train, test, Cifar10.Normalization, new AugmentOptions
-                {
-                    CropScale = (0.35, 1.0), HorizontalFlip = 0.5, RandAugment = "rand-m9-mstd0.5-inc1", EraseProbability = 0.25, LabelSmoothing = 0.1,
-                });
+                return new DatasetSplits("cifar10", train, test, Cifar10.Normalization);
             }
 
             case "folder":
             {
                 if (string.IsNullOrWhiteSpace(data))
                 {
-                    throw new DatasetException("--dataset folder needs --data DIR: a folder with one sub-folder of images per class (or train/ and val/ folders holding them)");
+                    throw new DatasetException("data is required for dataset 'folder': a folder with one sub-folder of images per class (or train/ and val/ folders holding them)", nameof(data));
                 }
 
                 if (channels is not (1 or 3))
                 {
-                    throw new DatasetException($"--channels must be 1 or 3, got {channels}");
+                    throw new DatasetException($"channels must be 1 or 3, got {channels}", nameof(channels));
                 }
 
                 var (train, val) = ImageFolderDataset.Open(data, channels, valSplit, seed);
                 var normalization = channels == 3 ? Normalization.ImageNet : new Normalization([0.449], [0.226]);
-                return new DatasetSplits("folder", train, val, normalization, AugmentOptions.Official(224));
+                return new DatasetSplits("folder", train, val, normalization);
             }
 
             default:
-                throw new DatasetException($"--dataset '{name}': use {string.Join(", ", Names)}");
+                throw new DatasetException($"dataset '{dataset}': use {string.Join(", ", Names)}", nameof(dataset));
         }
     }
 }

@@ -22,13 +22,13 @@ public static class FashionMnist
     /// <summary>Per-channel mean and std of the training images on [0, 1].</summary>
     public static Normalization Normalization { get; } = new([0.2860], [0.3530]);
 
-    /// <summary>The folders searched, in order, for an optional explicit <paramref name="folder"/>.</summary>
-    public static IReadOnlyList<string> SearchPath(string? folder)
+    /// <summary>The folders searched, in order, for an optional explicit folder <paramref name="data"/>.</summary>
+    public static IReadOnlyList<string> SearchPath(string? data)
     {
         var paths = new List<string>();
-        if (!string.IsNullOrWhiteSpace(folder))
+        if (!string.IsNullOrWhiteSpace(data))
         {
-            return [folder]; // a folder the user named is the only place to look: never train on other data silently
+            return [data]; // a folder the user named is the only place to look: never train on other data silently
         }
 
         if (Environment.GetEnvironmentVariable(DataEnvironmentVariable) is { Length: > 0 } root)
@@ -41,13 +41,16 @@ public static class FashionMnist
         return paths;
     }
 
-    /// <summary>Loads the <paramref name="split"/> ("train" or "t10k"/"test") split.</summary>
-    /// <exception cref="DatasetException">No folder holds the files: the message lists where it looked and how to get them.</exception>
-    public static ImageTensorDataset Load(string? folder, string split)
+    /// <summary>Loads the <paramref name="split"/> ("train" or "t10k"/"test") split from the folder <paramref name="data"/> (see <see cref="SearchPath"/>).</summary>
+    /// <exception cref="DatasetException">
+    /// No folder holds the files (<see cref="DatasetException.ParamName"/> <c>data</c>; the message lists where it looked and
+    /// how to get them), or the files are damaged.
+    /// </exception>
+    public static ImageTensorDataset Load(string? data, string split)
     {
         ArgumentNullException.ThrowIfNull(split);
         string prefix = split is "train" ? "train" : split is "t10k" or "test" ? "t10k" : throw new ArgumentException($"unknown split '{split}'", nameof(split));
-        var searched = SearchPath(folder);
+        var searched = SearchPath(data);
         foreach (var dir in searched)
         {
             string? images = Find(dir, $"{prefix}-images-idx3-ubyte");
@@ -75,10 +78,10 @@ public static class FashionMnist
         }
 
         throw new DatasetException(
-            $"Fashion-MNIST ({prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz]) was not found; looked in " +
+            $"data: Fashion-MNIST ({prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz]) was not found; looked in " +
             string.Join(", ", searched.Select(s => $"'{s}'")) + ". On Debian/Ubuntu: apt-get install dataset-fashion-mnist. " +
             "Elsewhere download the four files from https://github.com/zalandoresearch/fashion-mnist (data/fashion) into a folder " +
-            "and pass it with --data or " + DataEnvironmentVariable + ".");
+            "and give that folder (or set " + DataEnvironmentVariable + ").", nameof(data));
     }
 
     private static string? Find(string dir, string name)

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.IO.Compression;
+using RepLKNet.IO;
 
 namespace RepLKNet.Data;
 
@@ -100,7 +101,7 @@ public static class IdxFile
             BinaryPrimitives.WriteInt32BigEndian(header.AsSpan(4 + 4 * i), dimensions[i]);
         }
 
-        Checkpoints.AtomicFile.Write(path, stream =>
+        AtomicFile.Write(path, stream =>
         {
             if (!gzip)
             {

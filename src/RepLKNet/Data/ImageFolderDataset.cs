@@ -46,21 +46,24 @@ public sealed class ImageFolderDataset : IImageDataset
     public ImageU8 Read(long index) => ImageDecoder.Decode(_items[(int)index].Path, Channels);
 
     /// <summary>
-    /// Opens the training and validation sets under <paramref name="root"/>. Without train/val folders the class folders'
+    /// Opens the training and validation sets under <paramref name="data"/>. Without train/val folders the class folders'
     /// images are split: a fraction <paramref name="valFraction"/> of each class (at least one image) goes to validation,
     /// chosen by <paramref name="seed"/>.
     /// </summary>
-    /// <exception cref="DatasetException">The folder is missing, a class folder is empty, or there are no images.</exception>
-    public static (ImageFolderDataset Train, ImageFolderDataset Val) Open(string root, int channels = 3, double valFraction = 0.1, long seed = 0)
+    /// <exception cref="DatasetException">
+    /// The folder is missing (<see cref="DatasetException.ParamName"/> <c>data</c>), <paramref name="valFraction"/> is outside
+    /// (0, 1) for a folder that has to be split (<c>valFraction</c>), a class folder is empty, or there are no images.
+    /// </exception>
+    public static (ImageFolderDataset Train, ImageFolderDataset Val) Open(string data, int channels = 3, double valFraction = 0.1, long seed = 0)
     {
-        ArgumentNullException.ThrowIfNull(root);
-        if (!Directory.Exists(root))
+        ArgumentNullException.ThrowIfNull(data);
+        if (!Directory.Exists(data))
         {
-            throw new DatasetException($"--data '{root}': no such folder (expected one sub-folder of images per class, or train/ and val/ folders holding them)");
+            throw new DatasetException($"data '{data}': no such folder (expected one sub-folder of images per class, or train/ and val/ folders holding them)", nameof(data));
         }
 
-        string train = Path.Combine(root, "train");
-        string? val = ValidationNames.Select(n => Path.Combine(root, n)).FirstOrDefault(Directory.Exists);
+        string train = Path.Combine(data, "train");
+        string? val = ValidationNames.Select(n => Path.Combine(data, n)).FirstOrDefault(Directory.Exists);
         if (Directory.Exists(train) && val is not null)
         {
             var (classes, trainItems) = Scan(train);
@@ -78,10 +81,10 @@ public sealed class ImageFolderDataset : IImageDataset
 
         if (!(valFraction is > 0 and < 1))
         {
-            throw new DatasetException($"'{root}' has no train/ and val/ folders, so part of it must be held out: --val-split must be in (0, 1), got {valFraction}");
+            throw new DatasetException($"valFraction must be in (0, 1), got {valFraction}: '{data}' has no train/ and val/ folders, so part of each class is held out", nameof(valFraction));
         }
 
-        var (names, items) = Scan(root);
+        var (names, items) = Scan(data);
         var trainList = new List<(string, int)>();
         var valList = new List<(string, int)>();
         foreach (var group in items.GroupBy(i => i.Label).OrderBy(g => g.Key))
@@ -89,7 +92,7 @@ public sealed class ImageFolderDataset : IImageDataset
             var files = group.ToList();
             if (files.Count < 2)
             {
-                throw new DatasetException($"class folder '{Path.Combine(root, names[group.Key])}' has {files.Count} image; a split needs at least 2 per class");
+                throw new DatasetException($"class folder '{Path.Combine(data, names[group.Key])}' has {files.Count} image; a split needs at least 2 per class");
             }
 
             var rng = new SampleRandom((ulong)seed, 0x5EED, (ulong)group.Key);
@@ -107,7 +110,7 @@ public sealed class ImageFolderDataset : IImageDataset
         // Keep a stable, readable order (by path) inside each split.
         trainList.Sort((a, b) => string.CompareOrdinal(a.Item1, b.Item1));
         valList.Sort((a, b) => string.CompareOrdinal(a.Item1, b.Item1));
-        return (new ImageFolderDataset(root, names, trainList, channels), new ImageFolderDataset(root, names, valList, channels));
+        return (new ImageFolderDataset(data, names, trainList, channels), new ImageFolderDataset(data, names, valList, channels));
     }
 
     private static (List<string> Classes, List<(string Path, int Label)> Items) Scan(string dir)

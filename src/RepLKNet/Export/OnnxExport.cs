@@ -29,18 +29,23 @@ public static class OnnxExport
     /// <summary>Largest accepted max |ORT − TorchSharp| relative to the largest output.</summary>
     public const double Tolerance = 1e-4;
 
-    /// <summary>Exports <paramref name="model"/> (converted in place to its deploy form) to <paramref name="path"/>.</summary>
-    public static OnnxExportReport Run(RepLKNetModel model, OnnxModelInfo info, OnnxExportOptions options, bool fuseBn, string path, long seed = 0)
+    /// <summary>Exports <paramref name="model"/> (converted in place to its deploy form) to <paramref name="outputPath"/>.</summary>
+    /// <exception cref="OnnxExportException">
+    /// The folder of <paramref name="outputPath"/> does not exist (<see cref="OnnxExportException.ParamName"/>
+    /// <c>outputPath</c>), the model or an option cannot be exported (<see cref="OnnxExporter.Build"/>), or ONNX Runtime does
+    /// not reproduce the model within <see cref="Tolerance"/> (then nothing is written).
+    /// </exception>
+    public static OnnxExportReport Run(RepLKNetModel model, OnnxModelInfo info, OnnxExportOptions options, bool fuseBn, string outputPath, long seed = 0)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(info);
         ArgumentNullException.ThrowIfNull(options);
-        ArgumentException.ThrowIfNullOrWhiteSpace(path);
-        string full = System.IO.Path.GetFullPath(path);
+        ArgumentException.ThrowIfNullOrWhiteSpace(outputPath);
+        string full = System.IO.Path.GetFullPath(outputPath);
         string directory = System.IO.Path.GetDirectoryName(full)!;
         if (!Directory.Exists(directory))
         {
-            throw new OnnxExportException($"--out {path}: the folder {directory} does not exist");
+            throw new OnnxExportException($"outputPath {outputPath}: the folder {directory} does not exist", nameof(outputPath));
         }
 
         model.eval();

@@ -31,6 +31,20 @@ public sealed class OnnxExportException : Exception
     public OnnxExportException()
     {
     }
+
+    /// <summary>
+    /// Creates the exception for one argument: <paramref name="paramName"/> is the library's name for it (a method parameter
+    /// or an options property, e.g. <c>Features</c>), and the message starts with that name, so a front end can put its own
+    /// name for the argument (a CLI flag) in its place.
+    /// </summary>
+    public OnnxExportException(string message, string? paramName)
+        : base(message)
+    {
+        ParamName = paramName;
+    }
+
+    /// <summary>The library's name of the argument the error is about (as in <see cref="ArgumentException.ParamName"/>), or null.</summary>
+    public string? ParamName { get; }
 }
 
 /// <summary>What the exported file records for inference (ONNX <c>metadata_props</c>, keys prefixed <c>replknet.</c>).</summary>
@@ -127,6 +141,10 @@ public static class OnnxExporter
     public static IReadOnlyList<string> FeatureNames(IEnumerable<int> indices) => [.. indices.Select(i => $"features.{i}")];
 
     /// <summary>Builds the ONNX model of <paramref name="model"/> (eval, deploy form).</summary>
+    /// <exception cref="OnnxExportException">
+    /// The model is not a RepLKNet or not in its deploy form, the opset is outside 13–21, or the model is a backbone and
+    /// <see cref="OnnxExportOptions.Features"/> is not set (<see cref="OnnxExportException.ParamName"/> <c>Features</c>).
+    /// </exception>
     public static ModelProto Build(Module model, OnnxModelInfo info, OnnxExportOptions options)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -206,7 +224,7 @@ public static class OnnxExporter
         {
             if (config.NumClasses is not int classes)
             {
-                throw new OnnxExportException("this RepLKNet is a backbone (num_classes is null): export it with --features");
+                throw new OnnxExportException($"{nameof(OnnxExportOptions.Features)} is required: this RepLKNet is a backbone (num_classes is null), which has no logits", nameof(OnnxExportOptions.Features));
             }
 
             x = g.BatchNorm(Child<BatchNorm2d>(children, "norm", "model"), x, "norm");

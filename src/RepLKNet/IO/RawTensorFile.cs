@@ -33,6 +33,6 @@ public static class RawTensorFile
     {
         ArgumentNullException.ThrowIfNull(tensor);
         using var cpu = tensor.detach().to(float32).cpu().contiguous();
-        Checkpoints.AtomicFile.Write(path, s => s.Write(cpu.bytes));
+        AtomicFile.Write(path, s => s.Write(cpu.bytes));
     }
 }

@@ -37,7 +37,7 @@ public sealed class ClassificationTask : ITrainingTask
         Pipeline = pipeline ?? throw new ArgumentNullException(nameof(pipeline));
         _augment = augment ?? throw new ArgumentNullException(nameof(augment));
         CheckSets(train, test);
-        _pool = pool ?? TrainingPool.All(train.Count);
+        _pool = (long[]?)pool?.Clone() ?? TrainingPool.All(train.Count);
         EvalBatchSize = Math.Max(1, evalBatchSize);
         Workers = workers;
         Device = device;
@@ -60,7 +60,7 @@ public sealed class ClassificationTask : ITrainingTask
     public CheckpointMetadata? Metadata { get; }
 
     /// <inheritdoc />
-    public IReadOnlyList<long> Pool => _pool;
+    public IReadOnlyList<long> Pool => Array.AsReadOnly(_pool);
 
     /// <summary>Classes of both sets.</summary>
     public IReadOnlyList<string> ClassNames => _train.ClassNames;
@@ -130,12 +130,13 @@ public sealed class ClassificationTask : ITrainingTask
     /// [N, classes] is given (Mixup/CutMix), the soft-target cross-entropy −Σ t·log_softmax(logits), averaged over the batch
     /// (timm's <c>SoftTargetCrossEntropy</c>; the targets already carry the smoothing).
     /// </summary>
-    public static Tensor Loss(Tensor logits, Tensor labels, Tensor? softTargets, double smoothing)
+    /// <exception cref="ArgumentNullException">Neither <paramref name="labels"/> nor <paramref name="softTargets"/> is given.</exception>
+    public static Tensor Loss(Tensor logits, Tensor? labels, Tensor? softTargets, double smoothing)
     {
         ArgumentNullException.ThrowIfNull(logits);
         return softTargets is not null
             ? (-softTargets * nn.functional.log_softmax(logits, 1)).sum(1).mean()
-            : nn.functional.cross_entropy(logits, labels, label_smoothing: smoothing);
+            : nn.functional.cross_entropy(logits, labels ?? throw new ArgumentNullException(nameof(labels)), label_smoothing: smoothing);
     }
 
     private sealed class Epoch(BatchLoader loader, double smoothing) : ITrainingEpoch
@@ -156,7 +157,7 @@ public sealed class ClassificationTask : ITrainingTask
             var x = tensor(b.Images, [b.Count, b.Channels, b.Size, b.Size]).to(device);
             var logits = model.call(x);
             return b.Targets is { } soft
-                ? ClassificationTask.Loss(logits, null!, tensor(soft, [b.Count, soft.Length / b.Count]).to(device), smoothing)
+                ? ClassificationTask.Loss(logits, null, tensor(soft, [b.Count, soft.Length / b.Count]).to(device), smoothing)
                 : ClassificationTask.Loss(logits, tensor(b.Labels).to(device), null, smoothing);
         }
 

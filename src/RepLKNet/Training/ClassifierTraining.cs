@@ -50,15 +50,21 @@ public sealed record TrainingBudget(double? Epochs, TimeSpan? Time)
 /// The compact experiment recipe for any classifier (the kernel-size experiments and <c>experiment train</c>); the
 /// property defaults are the recipe's defaults, the one place they live.
 /// </summary>
-public sealed record ClassifierTrainingOptions
+public sealed record ClassifierTrainingOptions : RecipeOptions
 {
-    /// <summary>Default <see cref="BatchSize"/>.</summary>
+    /// <summary>Creates the options with the recipe's defaults.</summary>
+    public ClassifierTrainingOptions()
+        : base(DefaultBatchSize, DefaultLearningRate, DefaultWeightDecay)
+    {
+    }
+
+    /// <summary>Default <see cref="RecipeOptions.BatchSize"/>.</summary>
     public const int DefaultBatchSize = 128;
 
-    /// <summary>Default <see cref="LearningRate"/>.</summary>
+    /// <summary>Default <see cref="RecipeOptions.LearningRate"/>.</summary>
     public const double DefaultLearningRate = 3e-3;
 
-    /// <summary>Default <see cref="WeightDecay"/>.</summary>
+    /// <summary>Default <see cref="RecipeOptions.WeightDecay"/>.</summary>
     public const double DefaultWeightDecay = 0.05;
 
     /// <summary>Default <see cref="WarmupFraction"/>.</summary>
@@ -67,35 +73,8 @@ public sealed record ClassifierTrainingOptions
     /// <summary>How long to train.</summary>
     public required TrainingBudget Budget { get; init; }
 
-    /// <summary>Per-channel normalization.</summary>
-    public required Normalization Normalization { get; init; }
-
-    /// <summary>Augmentation (the dataset's defaults; label smoothing lives here too).</summary>
-    public AugmentOptions Augment { get; init; } = new();
-
-    /// <summary>Batch size.</summary>
-    public int BatchSize { get; init; } = DefaultBatchSize;
-
-    /// <summary>Peak AdamW learning rate.</summary>
-    public double LearningRate { get; init; } = DefaultLearningRate;
-
-    /// <summary>AdamW weight decay (not on biases and 1-D parameters).</summary>
-    public double WeightDecay { get; init; } = DefaultWeightDecay;
-
     /// <summary>Fraction of the budget spent in linear warm-up.</summary>
     public double WarmupFraction { get; init; } = DefaultWarmupFraction;
-
-    /// <summary>Seed of initialization, data order and augmentation.</summary>
-    public long Seed { get; init; }
-
-    /// <summary>Use only this many training images (a seeded random subset); null: all.</summary>
-    public long? TrainSubset { get; init; }
-
-    /// <summary>Stop after this many steps whatever the budget (smoke runs).</summary>
-    public long? MaxSteps { get; init; }
-
-    /// <summary>Background threads preparing batches.</summary>
-    public int Workers { get; init; } = LoaderPlan.DefaultWorkers;
 
     /// <summary>
     /// Training images (eval view) over which the BatchNorm statistics are recomputed after training ("precise BN"); 0 keeps
@@ -104,8 +83,6 @@ public sealed record ClassifierTrainingOptions
     /// </summary>
     public int PreciseBnImages { get; init; } = 2048;
 
-    /// <summary>Device.</summary>
-    public Device Device { get; init; } = CPU;
 }
 
 /// <summary>What a training run gave.</summary>
@@ -157,6 +134,11 @@ public static class ClassifierTraining
             batch--;
         }
 
+        if (batch < 1)
+        {
+            throw new DatasetException($"TrainSubset: {pool.Length} training image(s) make no batch (Mixup/CutMix pair images)", nameof(RecipeOptions.TrainSubset));
+        }
+
         var task = new ClassificationTask(train, test, pipeline, options.Augment, pool, options.BatchSize * 2, options.Workers, options.Device, metadata: null);
         var loop = new TrainingLoop(task, new TrainingLoopOptions
         {
@@ -171,10 +153,13 @@ public static class ClassifierTraining
         var recent = new Queue<double>();
         var run = loop.Run(model, null, null, p =>
         {
-            recent.Enqueue(p.Loss);
-            if (recent.Count > window)
+            if (p.Samples > 0)
             {
-                recent.Dequeue();
+                recent.Enqueue(p.Loss);
+                if (recent.Count > window)
+                {
+                    recent.Dequeue();
+                }
             }
 
             onStep?.Invoke(new ClassifierTrainingProgress(p.Step, p.BudgetFraction, p.Loss, p.LearningRate, p.ImagesPerSecond));

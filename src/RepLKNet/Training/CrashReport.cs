@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text;
-using RepLKNet.Checkpoints;
+using RepLKNet.IO;
 using RepLKNet.Ops;
 using RepLKNet.Runtime;
 

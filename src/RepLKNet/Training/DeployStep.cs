@@ -32,7 +32,8 @@ public static class DeployStep
         using var best = ModelLoader.Load(bestCheckpoint, new ModelLoadOptions()).Model;
         using var deploy = Reparameterizer.ReparameterizedCopy(best);
         using var scope = NewDisposeScope();
-        var probe = randn([4, best.Config.InChannels, inputSize, inputSize], generator: new Generator(1));
+        using var generator = new Generator(1);
+        var probe = randn([4, best.Config.InChannels, inputSize, inputSize], generator: generator);
         var report = EquivalenceCheck.Compare(best, deploy, probe);
         if (report.RelativeEndToEnd > tolerance)
         {

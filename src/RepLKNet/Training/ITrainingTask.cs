@@ -29,8 +29,9 @@ public interface ITrainingTask
     ITrainingEpoch OpenEpoch(long[] order, int epoch, int batchSize, long firstBatch, long batchCount, long seed);
 
     /// <summary>
-    /// Scores <paramref name="model"/> on the held-out set (eval mode, no gradients): the loop keeps the checkpoint with the
-    /// highest score. For classification: test top-1 in [0, 1].
+    /// Scores <paramref name="model"/> on the held-out set: the task puts it in eval mode and runs without gradients (the
+    /// loop sets train mode again before the next step); the loop keeps the checkpoint with the highest score. For
+    /// classification: test top-1 in [0, 1].
     /// </summary>
     /// <exception cref="OperationCanceledException"><paramref name="cancel"/> was cancelled (the loop saves a pending evaluation).</exception>
     double Evaluate(Module<Tensor, Tensor> model, Action<string>? onNotice, CancellationToken cancel);
@@ -60,7 +61,8 @@ public interface ITrainingEpoch : IDisposable
 
     /// <summary>
     /// Runs <paramref name="model"/> (train mode) on the current micro-batch on <paramref name="device"/> and returns the
-    /// task's loss: a scalar tensor, the mean over the micro-batch, in the caller's dispose scope.
+    /// task's loss: a scalar float32 (or float64) tensor with a gradient function, the mean over the micro-batch, made in
+    /// the caller's dispose scope.
     /// </summary>
     Tensor Loss(Module<Tensor, Tensor> model, Device device);
 

@@ -1,6 +1,56 @@
+using RepLKNet.Data;
 using RepLKNet.Data.Transforms;
+using static TorchSharp.torch;
 
 namespace RepLKNet.Training;
+
+/// <summary>
+/// The knobs every recipe has; each recipe's record (<see cref="TrainOptions"/>, <see cref="ClassifierTrainingOptions"/>)
+/// sets their defaults in its constructor and adds its own.
+/// </summary>
+public abstract record RecipeOptions
+{
+    /// <summary>Sets the recipe's defaults of the shared knobs.</summary>
+    protected RecipeOptions(int batchSize, double learningRate, double weightDecay)
+    {
+        BatchSize = batchSize;
+        LearningRate = learningRate;
+        WeightDecay = weightDecay;
+    }
+
+    /// <summary>Per-channel normalization of [0, 1] inputs.</summary>
+    public required Normalization Normalization { get; init; }
+
+    /// <summary>Training augmentation and the eval crop (label smoothing lives here too).</summary>
+    public AugmentOptions Augment { get; init; } = new();
+
+    /// <summary>Samples per (micro-)batch.</summary>
+    public int BatchSize { get; init; }
+
+    /// <summary>Peak AdamW learning rate, reached after the warm-up.</summary>
+    public double LearningRate { get; init; }
+
+    /// <summary>AdamW weight decay (not applied to biases and 1-D parameters).</summary>
+    public double WeightDecay { get; init; }
+
+    /// <summary>Seed of initialization (where the recipe builds the model), data order and every augmentation draw.</summary>
+    public long Seed { get; init; }
+
+    /// <summary>Stop after this many optimizer steps whatever the budget (smoke runs); null: no limit.</summary>
+    public long? MaxSteps { get; init; }
+
+    /// <summary>
+    /// Use only this many training images; null: all. Which ones is the recipe's choice: the first N for the official recipe
+    /// (<see cref="TrainingPool.First"/>), a seeded random subset for the experiments (<see cref="TrainingPool.Random"/>).
+    /// </summary>
+    public long? TrainSubset { get; init; }
+
+    /// <summary>Background threads preparing batches.</summary>
+    public int Workers { get; init; } = LoaderPlan.DefaultWorkers;
+
+    /// <summary>Device of the model and batches.</summary>
+    public Device Device { get; init; } = CPU;
+}
 
 /// <summary>
 /// The recipes' data defaults, in one place beside their optimizer defaults (<see cref="TrainOptions"/> for the official

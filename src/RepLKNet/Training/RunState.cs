@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using RepLKNet.Checkpoints;
+using RepLKNet.IO;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -178,9 +179,11 @@ internal sealed class RunState(RunFolder folder, ITrainingTask task, Module mode
         }
 
         long steps = (long)state["steps_per_epoch"]!;
-        if (steps != stepsPerEpoch || (long)state["seed"]! != options.Seed)
+        bool sameBatches = (long?)state["batch_size"] is not long b0 || b0 == options.BatchSize;
+        bool sameAccumulation = (long?)state["accumulation_steps"] is not long a0 || a0 == options.AccumulationSteps;
+        if (steps != stepsPerEpoch || (long)state["seed"]! != options.Seed || !sameBatches || !sameAccumulation)
         {
-            throw new CheckpointException($"'{folder.StateFile}' was written with another batch size, accumulation, dataset size or seed ({steps} steps per epoch, seed {(long)state["seed"]!}; now {stepsPerEpoch}, seed {options.Seed}); resume with the same settings");
+            throw new CheckpointException($"'{folder.StateFile}' was written with another batch size, accumulation, dataset size or seed ({steps} steps per epoch of batch {(long?)state["batch_size"]} × {(long?)state["accumulation_steps"]}, seed {(long)state["seed"]!}; now {stepsPerEpoch} of {options.BatchSize} × {options.AccumulationSteps}, seed {options.Seed}); resume with the same settings");
         }
 
         string resume = Path.Combine(folder.Path, (string?)state["resume"] ?? throw new CheckpointException($"'{folder.StateFile}' names no resume folder"));

@@ -80,6 +80,7 @@ public sealed class TrainStep
     public StepOutcome Run(ITrainingEpoch data, double lr, long stepNumber)
     {
         ArgumentNullException.ThrowIfNull(data);
+        Phase = TrainingPhase.Optimizer;
         var groups = _optimizer.ParamGroups.ToList();
         for (int g = 0; g < groups.Count; g++)
         {
@@ -112,7 +113,7 @@ public sealed class TrainStep
             using var scope = NewDisposeScope();
             Phase = TrainingPhase.Forward;
             var loss = data.Loss(_model, _device);
-            double microValue = loss.item<float>();
+            double microValue = loss.dtype == ScalarType.Float32 ? loss.item<float>() : loss.to(ScalarType.Float64).item<double>();
             if (!double.IsFinite(microValue))
             {
                 throw new NonFiniteLossException(string.Create(CultureInfo.InvariantCulture, $"the training loss became {microValue} at step {stepNumber}"));

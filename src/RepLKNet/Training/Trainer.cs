@@ -5,6 +5,7 @@ using System.Text.Json.Nodes;
 using RepLKNet.Checkpoints;
 using RepLKNet.Data;
 using RepLKNet.Data.Transforms;
+using RepLKNet.IO;
 using RepLKNet.Models;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -17,15 +18,21 @@ namespace RepLKNet.Training;
 /// What to train and how: the official recipe's knobs (§8 of the spec). The property defaults are the recipe's defaults —
 /// the one place they live (the CLI's option defaults are these constants).
 /// </summary>
-public sealed record TrainOptions
+public sealed record TrainOptions : RecipeOptions
 {
+    /// <summary>Creates the options with the recipe's defaults.</summary>
+    public TrainOptions()
+        : base(DefaultBatchSize, DefaultLearningRate, DefaultWeightDecay)
+    {
+    }
+
     /// <summary>Default <see cref="Epochs"/>.</summary>
     public const int DefaultEpochs = 12;
 
-    /// <summary>Default <see cref="BatchSize"/>.</summary>
+    /// <summary>Default <see cref="RecipeOptions.BatchSize"/>.</summary>
     public const int DefaultBatchSize = 128;
 
-    /// <summary>Default <see cref="LearningRate"/>.</summary>
+    /// <summary>Default <see cref="RecipeOptions.LearningRate"/>.</summary>
     public const double DefaultLearningRate = 4e-3;
 
     /// <summary>Default <see cref="MinLearningRate"/>.</summary>
@@ -34,7 +41,7 @@ public sealed record TrainOptions
     /// <summary>Default <see cref="WarmupEpochs"/>.</summary>
     public const int DefaultWarmupEpochs = 1;
 
-    /// <summary>Default <see cref="WeightDecay"/> (official 0.05).</summary>
+    /// <summary>Default <see cref="RecipeOptions.WeightDecay"/> (official 0.05).</summary>
     public const double DefaultWeightDecay = 0.05;
 
     /// <summary>Default <see cref="EmaDecay"/>.</summary>
@@ -52,41 +59,20 @@ public sealed record TrainOptions
     /// <summary>Epochs.</summary>
     public int Epochs { get; init; } = DefaultEpochs;
 
-    /// <summary>Batch size.</summary>
-    public int BatchSize { get; init; } = DefaultBatchSize;
-
-    /// <summary>Peak learning rate.</summary>
-    public double LearningRate { get; init; } = DefaultLearningRate;
-
     /// <summary>Final learning rate of the cosine.</summary>
     public double MinLearningRate { get; init; } = DefaultMinLearningRate;
 
     /// <summary>Warm-up epochs.</summary>
     public int WarmupEpochs { get; init; } = DefaultWarmupEpochs;
 
-    /// <summary>AdamW weight decay (not applied to biases and 1-D parameters).</summary>
-    public double WeightDecay { get; init; } = DefaultWeightDecay;
-
     /// <summary>EMA decay; 0 disables the EMA.</summary>
     public double EmaDecay { get; init; } = DefaultEmaDecay;
-
-    /// <summary>Seed of initialization and data order.</summary>
-    public long Seed { get; init; }
-
-    /// <summary>Stop after this many optimizer steps (smoke runs); null: no limit.</summary>
-    public long? MaxSteps { get; init; }
 
     /// <summary>Save a checkpoint every this many steps as well as at each epoch end; null: epochs only.</summary>
     public long? SaveEvery { get; init; }
 
     /// <summary>Continue from the run folder's last checkpoint.</summary>
     public bool Resume { get; init; }
-
-    /// <summary>Per-channel normalization of [0, 1] inputs.</summary>
-    public required Normalization Normalization { get; init; }
-
-    /// <summary>Train/eval pipelines and Mixup/CutMix (label smoothing lives here too).</summary>
-    public AugmentOptions Augment { get; init; } = new();
 
     /// <summary>Micro-batches per optimizer step (the official <c>update_freq</c>); the loss is divided by it.</summary>
     public int AccumulationSteps { get; init; } = 1;
@@ -99,15 +85,6 @@ public sealed record TrainOptions
 
     /// <summary>Initial weights for fine-tuning (any readable checkpoint; a head of another size is skipped).</summary>
     public string? InitialWeights { get; init; }
-
-    /// <summary>Background threads preparing batches.</summary>
-    public int Workers { get; init; } = LoaderPlan.DefaultWorkers;
-
-    /// <summary>Device.</summary>
-    public Device Device { get; init; } = CPU;
-
-    /// <summary>Use only the first N training images (smoke runs); null: all.</summary>
-    public long? TrainSubset { get; init; }
 
     /// <summary>
     /// Soak mode: a background thread forces garbage collections (young generation back to back, a full one every 64th) and
@@ -155,7 +132,7 @@ public enum TrainingPhase
 }
 
 /// <summary>
-/// An unexpected error inside <see cref="Trainer.Run"/>: where it happened (step, epoch, phase) and the last resumable
+/// An unexpected error inside <see cref="TrainingLoop.Run"/> (so <see cref="Trainer.Run"/> and <see cref="ClassifierTraining.Run"/>): where it happened (step, epoch, phase) and the last resumable
 /// state on disk, which the failure did not touch. <see cref="Exception.InnerException"/> is the original error.
 /// </summary>
 public sealed class TrainingFailedException : Exception
@@ -220,19 +197,22 @@ public sealed record EpochMetrics(int Epoch, long Step, double TrainLoss, double
 
 /// <summary>Progress of one optimizer step.</summary>
 /// <param name="Step">Optimizer steps done (1-based).</param>
-/// <param name="TotalSteps">Steps the run will take.</param>
+/// <param name="TotalSteps">Steps the run will take (<see cref="long.MaxValue"/> when only a time budget bounds it).</param>
 /// <param name="StepInEpoch">Steps done in this epoch.</param>
 /// <param name="StepsPerEpoch">Steps per epoch.</param>
 /// <param name="Epoch">Epoch (1-based).</param>
 /// <param name="Loss">Loss of the step.</param>
 /// <param name="LearningRate">Base learning rate of the step.</param>
 /// <param name="ImagesPerSecond">Throughput since the run (or resume) started.</param>
-/// <param name="Remaining">Estimated time to the end of training (evaluation included at the measured rate).</param>
+/// <param name="Remaining">Estimated time to the end of training (evaluation included at the measured rate; under a time budget, the budget left).</param>
 public sealed record StepProgress(long Step, long TotalSteps, long StepInEpoch, long StepsPerEpoch, int Epoch, double Loss, double LearningRate,
     double ImagesPerSecond, TimeSpan Remaining)
 {
     /// <summary>Fraction of the budget used, in [0, 1] (steps, or time for a time budget).</summary>
     public double BudgetFraction { get; init; }
+
+    /// <summary>Samples the step trained on (0 when none of its images could be read; the step still updated the weights).</summary>
+    public long Samples { get; init; }
 }
 
 /// <summary>The training loss became NaN or infinite; the last good checkpoint is intact.</summary>
@@ -277,6 +257,13 @@ public sealed class Trainer
         ArgumentNullException.ThrowIfNull(train);
         ArgumentNullException.ThrowIfNull(test);
         ClassificationTask.CheckSets(train, test);
+        if (_o.Config.NumClasses is not int classes || classes != train.ClassNames.Count)
+        {
+            throw new ArgumentException(
+                $"Config has {(_o.Config.NumClasses is int n ? $"{n} classes" : "no classifier (a backbone)")} but the data has {train.ClassNames.Count} classes; fit it with ModelFactory.Fit",
+                nameof(TrainOptions.Config));
+        }
+
         if (_o.AccumulationSteps < 1)
         {
             throw new ArgumentException($"AccumulationSteps must be ≥ 1, got {_o.AccumulationSteps}", nameof(TrainOptions.AccumulationSteps));
@@ -361,9 +348,17 @@ public sealed class Trainer
     }
 
     /// <summary>Top-1 accuracy of <paramref name="model"/> on the test set (eval mode, no gradients).</summary>
+    /// <exception cref="InvalidOperationException"><paramref name="model"/> is a backbone (no classifier).</exception>
+    /// <exception cref="DatasetException">Its classifier's size differs from the test set's classes.</exception>
     public double Evaluate(RepLKNetModel model, Action<string>? onNotice = null, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(model);
+        int classes = model.Config.NumClasses ?? throw new InvalidOperationException("a backbone has no classifier to evaluate");
+        if (classes != _task.ClassNames.Count)
+        {
+            throw new DatasetException($"the model has {classes} classes but the dataset has {_task.ClassNames.Count}");
+        }
+
         return _task.Evaluate(model, onNotice, cancel);
     }
 

@@ -136,6 +136,22 @@ public sealed class TrainingLoop
         {
             throw new ArgumentException("Resume needs an OutDir holding the run to continue", nameof(options.Resume));
         }
+
+        if (_o.Resume && _o.Budget.Time is not null)
+        {
+            // The schedule of a time budget follows the wall clock, which a resumed process cannot continue exactly.
+            throw new ArgumentException("Resume works with a budget in epochs; a time budget's schedule cannot continue exactly", nameof(options.Resume));
+        }
+
+        if (_o.Budget.Epochs is null && _o.Budget.Time is null && _o.MaxSteps is null)
+        {
+            throw new ArgumentException("Budget names neither epochs nor time and no MaxSteps bounds the run", nameof(options.Budget));
+        }
+
+        if (_o.SaveEvery is < 1)
+        {
+            throw new ArgumentException($"SaveEvery must be ≥ 1, got {_o.SaveEvery}", nameof(options.SaveEvery));
+        }
     }
 
     /// <summary>Optimizer steps per epoch (the last partial batch is dropped, as the official loader does).</summary>
@@ -180,6 +196,11 @@ public sealed class TrainingLoop
     /// EMA when <see cref="TrainingLoopOptions.EmaDecay"/> &gt; 0). Returns when the budget is used, or after the current
     /// step once <paramref name="cancel"/> is cancelled (having saved a resume state when a run folder is set).
     /// </summary>
+    /// <remarks>
+    /// One <c>Run</c> at a time per process: it seeds nothing but saves and restores libtorch's global generator (drop
+    /// path), and the progress properties are meant to be read on the training thread (in the callbacks) or after it returns.
+    /// </remarks>
+    /// <exception cref="ArgumentException">An EMA decay is set but <paramref name="emaModel"/> is null.</exception>
     /// <exception cref="NonFiniteLossException">The loss diverged; the last checkpoint on disk is intact.</exception>
     /// <exception cref="TrainingFailedException">Any other failure: where it happened and the last resumable step.</exception>
     /// <exception cref="CheckpointException">Resume was asked for without a resume state, or the state does not fit the run.</exception>
@@ -191,6 +212,7 @@ public sealed class TrainingLoop
             ? new ModelEma(model, emaModel ?? throw new ArgumentException("an EMA decay needs an emaModel", nameof(emaModel)), _o.EmaDecay, warmup: true)
             : null;
         var (optimizer, scales) = TrainStep.CreateOptimizer(model, _o.LearningRate, _o.WeightDecay, _o.ParameterScale);
+        using var disposeOptimizer = optimizer; // its state (two tensors per parameter) is freed here, not by the finalizer
         var trainStep = new TrainStep(model, optimizer, scales, _o.Device, _o.AccumulationSteps, _o.ClipGradNorm, ema);
         var schedule = _o.Schedule(StepsPerEpoch);
         var saver = _saver = _folder is null ? null : new RunState(_folder, _task, model, ema, optimizer, StepsPerEpoch, _o);
@@ -304,6 +326,7 @@ public sealed class TrainingLoop
                 phase = TrainingPhase.Data;
                 failingStep = step + 1;
                 long first = step % StepsPerEpoch;
+                long epochStart = step;
                 model.train();
                 var sw = Stopwatch.StartNew();
                 trainClock.Start();
@@ -314,14 +337,21 @@ public sealed class TrainingLoop
                 TimeSpan waited;
                 using (var data = _task.OpenEpoch(EpochOrder(epoch), epoch, _o.BatchSize, first * _o.AccumulationSteps, StepsPerEpoch * _o.AccumulationSteps, _o.Seed))
                 {
-                    for (long b = first; b < StepsPerEpoch && !Finished(); b++)
+                    for (long b = first; b < StepsPerEpoch; b++)
                     {
+                        // One reading of the budget per step: it decides whether to stop and sets the step's learning rate.
+                        double fraction = Fraction();
+                        if (step >= totalSteps || fraction >= 1 || cancel.IsCancellationRequested)
+                        {
+                            break;
+                        }
+
                         // Every TorchSharp object made during the step (gradients, optimizer and EMA temporaries) belongs to this
                         // scope: reachable until the step ends, then freed here on this thread, never by the GC's finalizer
                         // while libtorch uses it (docs/runtime.md, "Object lifetimes").
                         using var stepScope = NewDisposeScope();
                         long unscopedBefore = DisposeScopeManager.Statistics.CreatedOutsideScopeCount;
-                        double lr = schedule.At(step, Fraction());
+                        double lr = schedule.At(step, fraction);
                         failingStep = step + 1;
                         StepOutcome outcome;
                         try
@@ -356,6 +386,7 @@ public sealed class TrainingLoop
                                 (imagesThisRun + images) / Math.Max(elapsed, 1e-9), remaining < TimeSpan.Zero ? TimeSpan.Zero : remaining)
                             {
                                 BudgetFraction = Math.Min(1, Fraction()),
+                                Samples = outcome.Samples,
                             });
                         }
 
@@ -385,14 +416,20 @@ public sealed class TrainingLoop
 
                 // Evaluation and checkpoints own their temporaries too (docs/runtime.md, "Object lifetimes").
                 using var endScope = NewDisposeScope();
+                if (step == epochStart)
+                {
+                    // No step was taken (the budget ran out or a stop came while the epoch's data opened): nothing to report.
+                    continue;
+                }
+
                 if (step % StepsPerEpoch == 0 && _o.EvaluateEachEpoch)
                 {
                     EndEpoch(epoch, new PendingEvaluation(lossSum, seen, images, seconds, skipped.Count, waited.TotalSeconds));
                 }
-                else if (saver is not null && step % StepsPerEpoch != 0)
+                else if (saver is not null)
                 {
-                    // Stopped inside an epoch (a step limit or cancellation): keep the position so a resumed run continues here
-                    // (unless that very state is already on disk, e.g. a resumed run stopped before its first step).
+                    // Stopped inside an epoch (a step limit or cancellation), or an epoch end without evaluation: keep the
+                    // position so a resumed run continues here (unless that very state is already on disk).
                     phase = TrainingPhase.Checkpoint;
                     failingStep = step;
                     if (LastSavedStep != step)
@@ -404,7 +441,7 @@ public sealed class TrainingLoop
         }
         catch (NonFiniteLossException e)
         {
-            string intact = _folder is null ? "" : $"; the last good checkpoint '{_folder.LastCheckpoint}' is intact";
+            string intact = LastSavedStep is null ? "" : $"; the last good checkpoint '{_folder!.LastCheckpoint}' (step {LastSavedStep}) is intact";
             throw new NonFiniteLossException($"{e.Message} (epoch {currentEpoch}){intact}; try a lower learning rate", e);
         }
         catch (Exception e) when (e is not (OperationCanceledException or OutOfMemoryException))

@@ -1,5 +1,5 @@
 using System.Text.Json;
-using RepLKNet.Analysis;
+using RepLKNet.Erf;
 using RepLKNet.Tests.Support;
 using SkiaSharp;
 
@@ -27,7 +27,7 @@ public sealed class AnalysisCommandsTests
             // The JSON's ratios are those of the saved score matrix.
             var (values, h, w) = NpyFile.Read(dir.File("a.npy"));
             Assert.Equal((56, 56), (h, w));
-            var expected = Erf.Areas(Erf.Normalize(values), h, w);
+            var expected = EffectiveReceptiveField.Areas(EffectiveReceptiveField.Normalize(values), h, w);
             for (int i = 0; i < 4; i++)
             {
                 var side = model.GetProperty("areas")[i].GetProperty("side");

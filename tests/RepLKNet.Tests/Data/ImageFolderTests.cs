@@ -100,7 +100,7 @@ public sealed class ImageFolderTests
         string empty = Path.Combine(dir.Path, "owl", "zz-empty.png");
         File.WriteAllBytes(empty, []);
         var (train, _) = ImageFolderDataset.Open(dir.Path, valFraction: 0.1, seed: 1);
-        var options = AugmentOptions.Official(16);
+        var options = RepLKNet.Training.Recipes.OfficialAugment(16);
         var pipeline = new SamplePipeline(options, Normalization.ImageNet, 3, 16);
         var plan = new LoaderPlan
         {

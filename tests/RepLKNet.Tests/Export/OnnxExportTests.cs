@@ -145,7 +145,8 @@ public sealed class OnnxExportTests
         Assert.Contains("opset 9", e.Message, StringComparison.Ordinal);
         using var backbone = new RepLKNetModel(OfficialFixture.Config with { NumClasses = null, OutIndices = [3] });
         e = Assert.Throws<OnnxExportException>(() => OnnxExport.Run(backbone, Info(backbone, 64), new OnnxExportOptions(), false, dir.File("y.onnx")));
-        Assert.Contains("--features", e.Message, StringComparison.Ordinal);
+        Assert.Equal("Features", e.ParamName);
+        Assert.StartsWith("Features is required", e.Message, StringComparison.Ordinal);
         e = Assert.Throws<OnnxExportException>(() => OnnxExport.Run(model, info, new OnnxExportOptions(), false, dir.File("missing/z.onnx")));
         Assert.Contains("does not exist", e.Message, StringComparison.Ordinal);
         Assert.Empty(Directory.GetFileSystemEntries(dir.Path));

@@ -1,5 +1,5 @@
-using RepLKNet.Analysis;
 using RepLKNet.Checkpoints;
+using RepLKNet.Experiments;
 using RepLKNet.Models;
 using RepLKNet.Tests.Support;
 using Linear = TorchSharp.Modules.Linear;

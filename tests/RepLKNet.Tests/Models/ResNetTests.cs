@@ -1,5 +1,5 @@
-using RepLKNet.Analysis;
 using RepLKNet.Checkpoints;
+using RepLKNet.Erf;
 using RepLKNet.Models;
 using RepLKNet.Tests.Support;
 using TorchSharp;

@@ -44,7 +44,16 @@ public sealed partial class PackageTests(ITestOutputHelper output)
             File.Copy(Path.Combine(root, "global.json"), dir.File("global.json"));
             string feed = Path.Combine(dir.Path, "artifacts", "packages");
 
-            Dotnet(root, "pack", Path.Combine(root, "src", "RepLKNet", "RepLKNet.csproj"), "-c", "Release", "-o", feed, $"-p:VersionSuffix={suffix}");
+            // The library is packed from a copy (sources and the repository's build files, no bin/obj), so the pack never
+            // shares obj/ with a build of the working tree running at the same time (./replknet, another test).
+            string source = dir.File("repo");
+            CopyTree(Path.Combine(root, "src", "RepLKNet"), Path.Combine(source, "src", "RepLKNet"));
+            foreach (var file in new[] { "Directory.Build.props", "Directory.Build.targets", "Directory.Packages.props", ".editorconfig", "global.json" })
+            {
+                File.Copy(Path.Combine(root, file), Path.Combine(source, file));
+            }
+
+            Dotnet(source, "pack", Path.Combine(source, "src", "RepLKNet", "RepLKNet.csproj"), "-c", "Release", "-o", feed, $"-p:VersionSuffix={suffix}");
             output.WriteLine($"pack: {clock.Elapsed.TotalSeconds:F1} s");
             CheckPackage(root, Path.Combine(feed, $"RepLKNet.{version}.nupkg"), version);
             CheckSymbols(Path.Combine(feed, $"RepLKNet.{version}.snupkg"));

@@ -43,7 +43,7 @@ internal static class BenchPlots
     // Skia's self-contained native build has no fontconfig: register a system TrueType font by file, or text is blank.
     internal static void UseSystemFont(ScottPlot.Plot plot)
     {
-        string? file = RepLKNet.Analysis.Fonts.SansFile();
+        string? file = RepLKNet.Erf.Fonts.SansFile();
         if (file is null)
         {
             return;

@@ -1,7 +1,7 @@
 using System.ComponentModel;
 using System.Diagnostics;
 using System.Globalization;
-using RepLKNet.Checkpoints;
+using RepLKNet.IO;
 using RepLKNet.Ops;
 using RepLKNet.Ops.Cuda;
 using RepLKNet.Runtime;

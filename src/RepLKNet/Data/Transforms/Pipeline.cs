@@ -6,7 +6,7 @@ namespace RepLKNet.Data.Transforms;
 /// <summary>
 /// The data recipe: the train pipeline (RandomResizedCrop with bicubic interpolation, horizontal flip, RandAugment,
 /// normalization, RandomErasing), batch-level Mixup/CutMix, and the eval pipeline (short side to size / crop_pct, bicubic,
-/// centre crop). Defaults do nothing; <see cref="Official"/> is the official ImageNet recipe (spec §8).
+/// centre crop). Defaults do nothing; the recipes' values (the official ImageNet recipe, spec §8, and each dataset's) are in Training/Recipes.cs.
 /// </summary>
 public sealed record AugmentOptions
 {
@@ -46,40 +46,47 @@ public sealed record AugmentOptions
     /// <summary>Eval centre-crop fraction (the short side is resized to size / crop_pct first).</summary>
     public double CropPct { get; init; } = 0.875;
 
-    /// <summary>The official ImageNet recipe at <paramref name="size"/>.</summary>
-    public static AugmentOptions Official(int size) => new()
-    {
-        InputSize = size, CropScale = (0.08, 1.0), HorizontalFlip = 0.5, RandAugment = "rand-m9-mstd0.5-inc1",
-        EraseProbability = 0.25, Mixup = 0.8, CutMix = 1.0, LabelSmoothing = 0.1, CropPct = 0.875,
-    };
-
     /// <summary>Whether batches are mixed.</summary>
     public bool Mixes => (Mixup > 0 || CutMix > 0) && MixProbability > 0;
 
     /// <summary>Checks the values.</summary>
-    /// <exception cref="ArgumentException">A value is out of range (the message names the option).</exception>
+    /// <exception cref="ArgumentException">
+    /// A value is out of range: the message starts with the property's name, which <see cref="ArgumentException.ParamName"/>
+    /// holds (e.g. <c>HorizontalFlip must be in [0, 1]</c>).
+    /// </exception>
     public void Validate()
     {
-        static void Check(bool ok, string what)
+        static void Check(bool ok, string name, string rule)
         {
             if (!ok)
             {
-                throw new ArgumentException(what);
+                throw new ArgumentException($"{name} {rule}", name);
             }
         }
 
-        Check(InputSize is null or > 0, "--input-size must be positive");
-        Check(CropScale is null || (CropScale.Value.Min > 0 && CropScale.Value.Min <= CropScale.Value.Max && CropScale.Value.Max <= 1), "--crop-scale must be MIN,MAX with 0 < MIN ≤ MAX ≤ 1");
-        Check(CropRatio.Min > 0 && CropRatio.Min <= CropRatio.Max, "--crop-ratio must be MIN,MAX with 0 < MIN ≤ MAX");
-        Check(HorizontalFlip is >= 0 and <= 1, "--hflip must be in [0, 1]");
-        Check(EraseProbability is >= 0 and <= 1, "--reprob must be in [0, 1]");
-        Check(Mixup >= 0 && CutMix >= 0, "--mixup and --cutmix must be ≥ 0");
-        Check(MixProbability is >= 0 and <= 1 && MixSwitchProbability is >= 0 and <= 1, "--mix-prob and --mix-switch-prob must be in [0, 1]");
-        Check(LabelSmoothing is >= 0 and < 1, "--smoothing must be in [0, 1)");
-        Check(CropPct is > 0 and <= 1, "--crop-pct must be in (0, 1]");
+        Check(InputSize is null or > 0, nameof(InputSize), "must be positive");
+        Check(CropScale is null || (CropScale.Value.Min > 0 && CropScale.Value.Min <= CropScale.Value.Max && CropScale.Value.Max <= 1), nameof(CropScale), "must be MIN,MAX with 0 < MIN ≤ MAX ≤ 1");
+        Check(CropRatio.Min > 0 && CropRatio.Min <= CropRatio.Max, nameof(CropRatio), "must be MIN,MAX with 0 < MIN ≤ MAX");
+        Check(HorizontalFlip is >= 0 and <= 1, nameof(HorizontalFlip), "must be in [0, 1]");
+        Check(EraseProbability is >= 0 and <= 1, nameof(EraseProbability), "must be in [0, 1]");
+        Check(Mixup >= 0, nameof(Mixup), "must be ≥ 0");
+        Check(CutMix >= 0, nameof(CutMix), "must be ≥ 0");
+        Check(MixProbability is >= 0 and <= 1, nameof(MixProbability), "must be in [0, 1]");
+        Check(MixSwitchProbability is >= 0 and <= 1, nameof(MixSwitchProbability), "must be in [0, 1]");
+        Check(LabelSmoothing is >= 0 and < 1, nameof(LabelSmoothing), "must be in [0, 1)");
+        Check(CropPct is > 0 and <= 1, nameof(CropPct), "must be in (0, 1]");
         if (RandAugment is not null)
         {
-            _ = new RandAugment(RandAugment, [0, 0, 0]);
+            try
+            {
+                _ = new RandAugment(RandAugment, [0, 0, 0]);
+            }
+            catch (ArgumentException e)
+            {
+                // RandAugment's own message names its spec argument; here the spec is this property.
+                string reason = e.ParamName is { } spec ? e.Message.Replace($" (Parameter '{spec}')", "", StringComparison.Ordinal) : e.Message;
+                throw new ArgumentException($"{nameof(RandAugment)} {reason}", nameof(RandAugment), e);
+            }
         }
     }
 

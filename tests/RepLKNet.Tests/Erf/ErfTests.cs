@@ -1,8 +1,8 @@
-using RepLKNet.Analysis;
+using RepLKNet.Erf;
 using RepLKNet.Tests.Support;
 using static TorchSharp.torch;
 
-namespace RepLKNet.Tests.Analysis;
+namespace RepLKNet.Tests.Erf;
 
 public sealed class ErfTests
 {
@@ -30,7 +30,7 @@ public sealed class ErfTests
         }
 
         var image = rand([1, 3, size, size], generator: generator) + 0.1;
-        var map = Erf.ImageMap(Features, image)!;
+        var map = EffectiveReceptiveField.ImageMap(Features, image)!;
         int c = size / 2;
         for (int r = 0; r < size; r++)
         {
@@ -51,7 +51,7 @@ public sealed class ErfTests
         using var scope = NewDisposeScope();
         var w = rand([5, 2, 7, 7], generator: generator, dtype: float64) - 0.3;   // mixed signs: ReLU(g) keeps the positive part
         var image = randn([1, 2, 20, 20], generator: generator, dtype: float64);
-        var map = Erf.ImageMap(x => nn.functional.conv2d(x, w), image)!;         // output 14×14, centre (7, 7) ↔ input rows 7…13
+        var map = EffectiveReceptiveField.ImageMap(x => nn.functional.conv2d(x, w), image)!;         // output 14×14, centre (7, 7) ↔ input rows 7…13
         var o = nn.functional.conv2d(image, w);
         var active = o[0, .., 7, 7].gt(0).to(float64);                          // only channels whose centre is positive count
         // Independent reference: ∂S/∂x[ci, 7+u, 7+v] = Σ_c active_c · w[c, ci, u, v]; ReLU; sum over ci.
@@ -71,7 +71,7 @@ public sealed class ErfTests
     {
         using var scope = NewDisposeScope();
         var images = new List<Tensor> { ones(1, 1, 9, 9), full(1, 1, 9, 9, double.NaN), ones(1, 1, 9, 9) * 3 };
-        var map = Erf.Accumulate(x => x * x, images, count: 5);
+        var map = EffectiveReceptiveField.Accumulate(x => x * x, images, count: 5);
         Assert.Equal((2, 1), (map.Images, map.SkippedNaN));
         // d(x²)/dx at the centre only = 2x: (2 + 6) / 2 = 4 at the centre, 0 elsewhere.
         Assert.Equal(4, map.Mean[4 * 9 + 4], 6);
@@ -84,33 +84,33 @@ public sealed class ErfTests
         // All the mass in the centre pixel: the square starts at 3×3, so every threshold answers 3.
         var point = new double[21 * 21];
         point[10 * 21 + 10] = 1;
-        foreach (double t in Erf.Thresholds)
+        foreach (double t in EffectiveReceptiveField.Thresholds)
         {
-            var a = Erf.Area(point, 21, 21, t)!;
+            var a = EffectiveReceptiveField.Area(point, 21, 21, t)!;
             Assert.Equal(3, a.Side);
             Assert.Equal(9.0 / 441, a.Ratio, 12);
         }
 
         // Uniform 21×21: side s holds s²/441. t = 0.2 → first s with s² > 88.2 is 11; t = 0.5 → 17 (289 > 220.5).
         var uniform = Enumerable.Repeat(1.0, 21 * 21).ToArray();
-        Assert.Equal(11, Erf.Area(uniform, 21, 21, 0.2)!.Side);
-        Assert.Equal(121.0 / 441, Erf.Area(uniform, 21, 21, 0.2)!.Ratio, 12);
-        Assert.Equal(15, Erf.Area(uniform, 21, 21, 0.5)!.Side);
+        Assert.Equal(11, EffectiveReceptiveField.Area(uniform, 21, 21, 0.2)!.Side);
+        Assert.Equal(121.0 / 441, EffectiveReceptiveField.Area(uniform, 21, 21, 0.2)!.Ratio, 12);
+        Assert.Equal(15, EffectiveReceptiveField.Area(uniform, 21, 21, 0.5)!.Side);
         // The share must exceed t strictly: 3×3 holds exactly 9/441, so t = 9/441 needs 5×5.
-        Assert.Equal(5, Erf.Area(uniform, 21, 21, 9.0 / 441)!.Side);
+        Assert.Equal(5, EffectiveReceptiveField.Area(uniform, 21, 21, 9.0 / 441)!.Side);
         // i stops at h//2 − 1 = 9 (19×19 = 82 %): 99 % is never reached, as the official function returns None.
-        Assert.Null(Erf.Area(uniform, 21, 21, 0.99));
-        Assert.Equal(19, Erf.Area(uniform, 21, 21, 0.8)!.Side);
+        Assert.Null(EffectiveReceptiveField.Area(uniform, 21, 21, 0.99));
+        Assert.Equal(19, EffectiveReceptiveField.Area(uniform, 21, 21, 0.8)!.Side);
     }
 
     [Fact]
     public void Normalization_is_log10_plus_one_over_its_maximum()
     {
-        var a = Erf.Normalize([0, 9, 99, 999]);
+        var a = EffectiveReceptiveField.Normalize([0, 9, 99, 999]);
         // float32, as NumPy on the official float32 matrix: log10f gives 0, 1, 2, 3 and the divisions round to float32.
         double[] expected = [0, 1f / 3f, 2f / 3f, 1];
         Assert.Equal(expected, a);
-        Assert.Equal([0.0, 0.0], Erf.Normalize([0, 0]));
+        Assert.Equal([0.0, 0.0], EffectiveReceptiveField.Normalize([0, 0]));
     }
 
     /// <summary>The matrix of numpy_erf_reference.py (see there): a core of levels, a faint tail, K level-5 cells and X in row/column 0.</summary>
@@ -154,8 +154,8 @@ public sealed class ErfTests
         // A 512×512 score matrix whose squares near 99 % differ by less than float32 resolves, as real ERF maps do in their flat
         // tails; the expected sides are NumPy 1.24.2's running analyze_erf.py verbatim (numpy_erf_reference.py, portable log10f).
         var m = ReferenceMatrix(809, BitConverter.UInt32BitsToSingle(0x41B51C37));
-        var a = Erf.Normalize(m);
-        var areas = Erf.Areas(a, 512, 512);
+        var a = EffectiveReceptiveField.Normalize(m);
+        var areas = EffectiveReceptiveField.Areas(a, 512, 512);
         Assert.Equal([135, 167, 229, 427], areas.Select(r => r!.Side));
         Assert.Equal(427.0 * 427 / (512 * 512), areas[3]!.Ratio, 15);
         Assert.Equal(0x479E0FD8u, BitConverter.SingleToUInt32Bits(NumpyFloat32.Sum([.. a.Select(v => (float)v)])));
@@ -269,7 +269,7 @@ public sealed class ErfTests
         var images = Enumerable.Range(0, 7).Select(_ => rand([1, 1, 6, 6], generator: generator) * 100 + 1).ToList();
         // d(relu(centre of x³))/dx = 3x² at the centre pixel (float32, as autograd computes it), 0 elsewhere.
         var maps = images.Select(x => 3f * x[0, 0, 3, 3].pow(2).item<float>()).ToList();
-        var mean = Erf.Accumulate(x => x.pow(3), images.Select(x => x.clone()), count: 7);
+        var mean = EffectiveReceptiveField.Accumulate(x => x.pow(3), images.Select(x => x.clone()), count: 7);
         float sum = 0;
         foreach (float v in maps)
         {

@@ -6,7 +6,7 @@ using RepLKNet.Models;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
 
-namespace RepLKNet.Analysis;
+namespace RepLKNet.Erf;
 
 /// <summary>A model prepared for the ERF: eval mode, parameters frozen (only the input needs a gradient).</summary>
 public sealed class ErfSubject : IDisposable

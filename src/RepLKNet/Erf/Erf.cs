@@ -1,8 +1,9 @@
 using System.Globalization;
 using System.Text;
+using RepLKNet.IO;
 using static TorchSharp.torch;
 
-namespace RepLKNet.Analysis;
+namespace RepLKNet.Erf;
 
 /// <summary>The high-contribution area for one threshold (the official <c>get_rectangle</c>).</summary>
 /// <param name="Threshold">Fraction t of the total contribution.</param>
@@ -26,7 +27,7 @@ public sealed record ErfMap(double[] Mean, int Height, int Width, int Images, in
 /// the gradient is float32 arithmetic, as the official scripts do it with float32 tensors and NumPy float32 arrays
 /// (<see cref="NumpyFloat32"/>), so that a score matrix gives the official area ratios to the pixel.
 /// </summary>
-public static class Erf
+public static class EffectiveReceptiveField
 {
     /// <summary>The paper's thresholds: 20 %, 30 %, 50 %, 99 %.</summary>
     public static IReadOnlyList<double> Thresholds { get; } = [0.2, 0.3, 0.5, 0.99];
@@ -225,7 +226,7 @@ public static class Erf
 /// eight accumulators over the 8-unrolled part, combined as ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)), then the rest
 /// one by one; above 128 the two halves split at n/2 rounded down to a multiple of 8, summed recursively and added.
 /// Checked against NumPy 1.24.2 (Debian 12) on contiguous arrays and on the strided square windows
-/// <c>get_rectangle</c> sums (tests/RepLKNet.Tests/Analysis/numpy_erf_reference.py).
+/// <c>get_rectangle</c> sums (tests/RepLKNet.Tests/Erf/numpy_erf_reference.py).
 /// </summary>
 public static class NumpyFloat32
 {
@@ -356,7 +357,7 @@ public static class NpyFile
         string dict = string.Create(CultureInfo.InvariantCulture, $"{{'descr': '<f4', 'fortran_order': False, 'shape': ({height}, {width}), }}");
         int unpadded = Magic.Length + 2 + 2 + dict.Length + 1;
         string header = dict + new string(' ', (64 - unpadded % 64) % 64) + "\n";
-        Checkpoints.AtomicFile.Write(path, stream =>
+        AtomicFile.Write(path, stream =>
         {
             using var writer = new BinaryWriter(stream, Encoding.ASCII, leaveOpen: true);
             writer.Write(Magic);

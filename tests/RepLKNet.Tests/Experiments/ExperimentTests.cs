@@ -1,12 +1,13 @@
 using System.Text.Json;
-using RepLKNet.Analysis;
 using RepLKNet.Data;
+using RepLKNet.Erf;
+using RepLKNet.Experiments;
 using RepLKNet.Models;
 using RepLKNet.Tests.Support;
 using RepLKNet.Training;
 using static TorchSharp.torch;
 
-namespace RepLKNet.Tests.Analysis;
+namespace RepLKNet.Tests.Experiments;
 
 public sealed class ExperimentTests
 {

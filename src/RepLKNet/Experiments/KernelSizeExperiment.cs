@@ -3,12 +3,13 @@ using System.Text;
 using System.Text.Json;
 using RepLKNet.Checkpoints;
 using RepLKNet.Data;
+using RepLKNet.IO;
 using RepLKNet.Models;
 using RepLKNet.Reparam;
 using RepLKNet.Training;
 using static TorchSharp.torch;
 
-namespace RepLKNet.Analysis;
+namespace RepLKNet.Experiments;
 
 /// <summary>The paper's MobileNetV2 kernel-size tables (guidelines 2, 3 and 5).</summary>
 public enum KernelSizeTable
@@ -73,12 +74,13 @@ public static class KernelSizeExperiment
     private static readonly JsonSerializerOptions JsonOptions = new() { WriteIndented = true };
 
     /// <summary>Parses "shortcut", "reparam" or "last-stage".</summary>
-    public static KernelSizeTable ParseTable(string text) => text?.Trim().ToLowerInvariant() switch
+    /// <exception cref="ArgumentException"><paramref name="table"/> names none of them (<see cref="ArgumentException.ParamName"/> <c>table</c>).</exception>
+    public static KernelSizeTable ParseTable(string table) => table?.Trim().ToLowerInvariant() switch
     {
         "shortcut" or "shortcuts" => KernelSizeTable.Shortcut,
         "reparam" or "re-param" => KernelSizeTable.Reparam,
         "last-stage" or "laststage" or "last" => KernelSizeTable.LastStage,
-        _ => throw new ArgumentException($"--table '{text}' is not one of shortcut, reparam, last-stage"),
+        _ => throw new ArgumentException($"table '{table}' is not one of shortcut, reparam, last-stage", nameof(table)),
     };
 
     /// <summary>The table's name on the command line.</summary>
@@ -121,6 +123,7 @@ public static class KernelSizeExperiment
     }
 
     /// <summary>Trains every cell of the table once per seed; <paramref name="onCell"/> reports each finished cell.</summary>
+    /// <exception cref="ArgumentException"><see cref="KernelSizeExperimentOptions.Seeds"/> is empty (<see cref="ArgumentException.ParamName"/> <c>Seeds</c>).</exception>
     public static List<CellResult> Run(KernelSizeExperimentOptions options, IImageDataset train, IImageDataset test,
         Action<ExperimentCell, long, ClassifierTrainingProgress>? onStep = null, Action<CellResult>? onCell = null, CancellationToken cancel = default)
     {
@@ -129,7 +132,9 @@ public static class KernelSizeExperiment
         ArgumentNullException.ThrowIfNull(test);
         if (options.Seeds.Count == 0)
         {
-            throw new ArgumentException("at least one seed is needed");
+#pragma warning disable CA2208 // ParamName is the options property the message starts with, as for every option error
+            throw new ArgumentException($"{nameof(options.Seeds)} must list at least one seed", nameof(options.Seeds));
+#pragma warning restore CA2208
         }
 
         var results = new List<CellResult>();

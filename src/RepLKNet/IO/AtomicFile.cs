@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace RepLKNet.Checkpoints;
+namespace RepLKNet.IO;
 
 /// <summary>Writes files so that readers see either the old file or the complete new one, never a partial write.</summary>
 public static partial class AtomicFile

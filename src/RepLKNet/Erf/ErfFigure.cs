@@ -1,7 +1,8 @@
 using System.Globalization;
+using RepLKNet.IO;
 using SkiaSharp;
 
-namespace RepLKNet.Analysis;
+namespace RepLKNet.Erf;
 
 /// <summary>One panel of an ERF figure.</summary>
 /// <param name="Title">Model name.</param>
@@ -109,7 +110,7 @@ public static class ErfFigure
             {
                 var a = panel.Areas[t];
                 string text = a is null
-                    ? string.Create(CultureInfo.InvariantCulture, $"t = {Erf.Thresholds[t] * 100:0}%:  none")
+                    ? string.Create(CultureInfo.InvariantCulture, $"t = {EffectiveReceptiveField.Thresholds[t] * 100:0}%:  none")
                     : string.Create(CultureInfo.InvariantCulture, $"t = {a.Threshold * 100:0}%:  r = {100 * a.Ratio:0.00}%  ({a.Side}×{a.Side})");
                 canvas.DrawText(text, x0 + 8, ty + 20 * (t + 1), SKTextAlign.Left, font, ink);
             }
@@ -117,7 +118,7 @@ public static class ErfFigure
 
         using var snapshot = surface.Snapshot();
         using var png = snapshot.Encode(SKEncodedImageFormat.Png, 100);
-        Checkpoints.AtomicFile.Write(path, s => png.SaveTo(s));
+        AtomicFile.Write(path, s => png.SaveTo(s));
     }
 
     private static SKBitmap Heatmap(ErfPanel panel)
