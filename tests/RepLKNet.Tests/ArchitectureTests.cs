@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text;
+using System.Text.RegularExpressions;
 using RepLKNet.Tests.Support;
 
 namespace RepLKNet.Tests;
@@ -59,6 +60,43 @@ public sealed class ArchitectureTests
         var edges = FolderEdges(Library.Value, Root);
         var violations = Violations(edges, Layering);
         Assert.True(violations.Count == 0, $"The library's folders break the layering:\n{string.Join('\n', violations)}");
+    }
+
+    [Fact]
+    public void The_layering_written_in_docs_architecture_is_the_one_tested()
+    {
+        // The table "| `Folder` | holds | uses |": uses is "—", a list of folders, "X and below" (X and all X may use) or
+        // "everything above this row"; one row may name several folders.
+        string doc = File.ReadAllText(Path.Combine(Paths.RepositoryRoot(), "docs", "architecture.md"));
+        var written = new Dictionary<string, HashSet<string>>();
+        var above = new List<string>();
+        foreach (var line in doc.Split('\n').Where(l => l.StartsWith("| `", StringComparison.Ordinal)))
+        {
+            var cells = line.Split('|');
+            var folders = Regex.Matches(cells[1], "`([A-Za-z]+)`").Select(m => m.Groups[1].Value).ToList();
+            string uses = cells[3].Trim();
+            HashSet<string> set = uses switch
+            {
+                "—" => [],
+                "everything above this row" => [.. above],
+                _ when uses.EndsWith(" and below", StringComparison.Ordinal) => Below(uses[..^" and below".Length].Trim()),
+                _ => [.. uses.Split(',', StringSplitOptions.TrimEntries)],
+            };
+            foreach (var folder in folders)
+            {
+                written[folder] = set;
+            }
+
+            above.AddRange(folders);
+        }
+
+        HashSet<string> Below(string folder) => [folder, .. written[folder].SelectMany(f => Below(f))];
+
+        Assert.Equal(Layering.Keys.Order(), written.Keys.Order());
+        foreach (var (folder, uses) in Layering)
+        {
+            Assert.True(written[folder].SetEquals(uses), $"{folder}: docs/architecture.md says {string.Join(", ", written[folder].Order())}; the test allows {string.Join(", ", uses.Order())}");
+        }
     }
 
     [Fact]

@@ -46,7 +46,7 @@ public sealed class DescribeCommand(IAnsiConsole console) : Command<DescribeComm
         var (name, config) = ModelRegistry.Resolve(settings.Arch!);
         if (settings.NumClasses is int n)
         {
-            config = config.WithNumClasses(n);
+            config = ModelFactory.Fit(config, new ModelFit(NumClasses: n));
         }
 
         var form = settings.Fused ? ModelForm.Fused : settings.Deploy ? ModelForm.Deploy : ModelForm.Train;

@@ -66,9 +66,21 @@ public class ExperimentSettings : DatasetSettings
             return ValidationResult.Error($"--budget: {e.Message}");
         }
 
-        return BatchSize <= 0 || !(LearningRate > 0) || WeightDecay < 0 || TrainSubset is <= 0 || MaxSteps is <= 0
-            ? ValidationResult.Error("--batch-size, --lr, --train-subset and --max-steps must be positive; --weight-decay ≥ 0")
-            : base.Validate();
+        // The recipe's ranges are the library's (ClassifierTrainingOptions.Validate), reported with these flags.
+        try
+        {
+            new ClassifierTrainingOptions
+            {
+                Budget = TrainingBudget.Parse(Budget), Normalization = Normalization.ImageNet, BatchSize = BatchSize, LearningRate = LearningRate,
+                WeightDecay = WeightDecay, TrainSubset = TrainSubset, MaxSteps = MaxSteps,
+            }.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            return ValidationResult.Error(OptionNames.Rewrite(e, e.Message));
+        }
+
+        return base.Validate();
     }
 
     /// <summary>The recipe these options describe for <paramref name="data"/> (seed 0).</summary>

@@ -69,23 +69,14 @@ public sealed class ReparamCommand(IAnsiConsole console) : Command<ReparamComman
     {
         ArgumentNullException.ThrowIfNull(settings);
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
-        using var scope = NewDisposeScope();
-        var loaded = ModelLoader.Load(settings.Weights!, settings.LoadOptions);
         var target = settings.FuseBn ? ModelForm.Fused : ModelForm.Deploy;
-        if (loaded.Form == target || loaded.Form == ModelForm.Fused)
+        // Already converted: an ArgumentException about 'weights', which the CLI reports as a usage error naming --weights.
+        var result = CheckpointReparameterization.Convert(settings.Weights!, settings.LoadOptions, settings.Out!, new ReparamOptions
         {
-            throw new UsageException($"'{settings.Weights}' is already in the {loaded.Form.Name()} form: nothing to convert");
-        }
+            Target = target, Batch = settings.Batch, InputSize = settings.InputSize, Seed = (ulong)settings.Seed, Tolerance = Tolerance, Device = runtime.Device,
+        });
 
-        var source = loaded.Model.to(runtime.Device);
-        var converted = Reparameterizer.ReparameterizedCopy(source, settings.FuseBn);
-        int resolution = settings.InputSize
-            ?? (settings.Arch is not null && ModelRegistry.Find(settings.Arch) is { } v ? v.Pretrained.InputSize.H : 224);
-        // Drawn on the CPU so the verification batch is the same whatever the device.
-        var generator = new Generator((ulong)settings.Seed);
-        var input = randn([settings.Batch, source.Config.InChannels, resolution, resolution], generator: generator).to(runtime.Device);
-        var report = EquivalenceCheck.Compare(source, converted, input);
-
+        var report = result.Report;
         var table = new Table().AddColumns("module", "max |train − " + target.Name() + "|", "max |train|");
         foreach (var step in report.Steps)
         {
@@ -96,17 +87,15 @@ public sealed class ReparamCommand(IAnsiConsole console) : Command<ReparamComman
         console.Write(table);
         string verdict = string.Create(CultureInfo.InvariantCulture,
             $"end to end: max abs diff {report.EndToEnd.MaxAbsDiff:0.000e+00} = {report.RelativeEndToEnd:0.000e+00} of the largest output {report.EndToEnd.MaxAbsReference:F4} " +
-            $"(batch {settings.Batch} at {resolution}×{resolution}, tolerance {Tolerance:0e+00})");
+            $"(batch {settings.Batch} at {result.Resolution}×{result.Resolution}, tolerance {Tolerance:0e+00})");
         console.Profile.Out.Writer.WriteLine(verdict);
-        if (!(report.RelativeEndToEnd <= Tolerance))
+        if (!result.Written)
         {
             Console.Error.WriteLine($"replknet: error: the {target.Name()} form differs from the train form beyond {Tolerance:E0}; '{settings.Out}' was not written");
             return ExitCodes.Failure;
         }
 
-        var metadata = new CheckpointMetadata(loaded.Arch, converted.Config, target, loaded.Metadata?.ClassNames);
-        CheckpointFile.Write(settings.Out!, StateDicts.Ordered(converted), metadata);
-        console.Profile.Out.Writer.WriteLine($"wrote {target.Name()} checkpoint '{settings.Out}' ({StateDicts.Ordered(converted).Count} entries)");
+        console.Profile.Out.Writer.WriteLine($"wrote {target.Name()} checkpoint '{settings.Out}' ({result.Entries} entries)");
         return ExitCodes.Success;
     }
 }

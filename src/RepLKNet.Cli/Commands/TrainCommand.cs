@@ -173,19 +173,10 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         /// <inheritdoc />
         public override ValidationResult Validate()
         {
-            if (Epochs <= 0 || BatchSize <= 0 || Lr <= 0 || MinLr < 0 || WarmupEpochs < 0 || WeightDecay < 0 || EmaDecay is < 0 or >= 1)
+            // The recipe's ranges are the library's (TrainOptions.Validate, reported with these flags); the model's is here.
+            if (DropPath is < 0 or >= 1)
             {
-                return ValidationResult.Error("--epochs, --batch-size and --lr must be positive; --min-lr, --warmup-epochs, --weight-decay ≥ 0; --ema-decay in [0, 1)");
-            }
-
-            if (MaxSteps is <= 0 || TrainSubset is <= 0 || SaveEvery is <= 0 || AccumSteps <= 0)
-            {
-                return ValidationResult.Error("--max-steps, --train-subset, --save-every and --accum-steps must be positive");
-            }
-
-            if (ClipGrad is <= 0 || LayerDecay is <= 0 or > 1 || DropPath is < 0 or >= 1)
-            {
-                return ValidationResult.Error("--clip-grad must be positive, --layer-decay in (0, 1], --drop-path in [0, 1)");
+                return ValidationResult.Error($"--drop-path must be in [0, 1), got {DropPath}");
             }
 
             if (Aug is not ("default" or "none" or "official"))
@@ -213,7 +204,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         var options = new TrainOptions
         {
             Arch = name, Config = config, OutDir = settings.Out, Epochs = settings.Epochs, BatchSize = settings.BatchSize,
-            LearningRate = settings.Lr, MinLearningRate = settings.MinLr, WarmupEpochs = Math.Min(settings.WarmupEpochs, settings.Epochs),
+            LearningRate = settings.Lr, MinLearningRate = settings.MinLr, WarmupEpochs = settings.WarmupEpochs,
             WeightDecay = settings.WeightDecay, EmaDecay = settings.EmaDecay, Seed = settings.Seed, MaxSteps = settings.MaxSteps,
             SaveEvery = settings.SaveEvery, Resume = settings.Resume, Normalization = data.Normalization, Device = runtime.Device,
             Augment = augment, AccumulationSteps = settings.AccumSteps, ClipGradNorm = settings.ClipGrad, LayerDecay = settings.LayerDecay,
@@ -389,14 +380,14 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
     private void Finish(Trainer trainer, List<EpochMetrics> history, Settings settings, DateTime started)
     {
         // Re-parameterize the best model, verify it, and save the deploy checkpoint beside the training one.
-        var deploy = DeployStep.Write(trainer.BestCheckpoint, Path.Combine(settings.Out, "best-deploy.safetensors"), trainer.Pipeline.Size);
+        var deploy = trainer.WriteDeploy();
         var last = history[^1];
         double bestTop1 = history.Max(h => Math.Max(h.Top1, double.IsNaN(h.EmaTop1) ? 0 : h.EmaTop1));
         console.MarkupLine(CultureInfo.InvariantCulture, "[bold]done[/] in {0:F1} min: best test top-1 [bold]{1:P2}[/] (last epoch: {2:P2}, EMA {3:P2}); deploy form verified (max rel. diff {4:E1})",
-            (DateTime.UtcNow - started).TotalMinutes, bestTop1, last.Top1, last.EmaTop1, deploy.Report.RelativeEndToEnd);
+            (DateTime.UtcNow - started).TotalMinutes, bestTop1, last.Top1, last.EmaTop1, deploy.RelativeEndToEnd);
         foreach (var (what, file) in new[]
         {
-            ("best (train form)", trainer.BestCheckpoint), ("best (deploy form)", deploy.DeployPath), ("last", trainer.LastCheckpoint),
+            ("best (train form)", trainer.BestCheckpoint), ("best (deploy form)", trainer.DeployCheckpoint), ("last", trainer.LastCheckpoint),
             ("metrics", Path.Combine(settings.Out, "metrics.csv")), ("curves", Path.Combine(settings.Out, "curves.png")),
         })
         {

@@ -23,11 +23,31 @@ public sealed record ModelBenchResult(string Implementation, string Mode, int Ba
 /// <summary>Times a whole RepLKNet with each depthwise implementation in the same process.</summary>
 public static class ModelBenchmark
 {
-    /// <summary>Times <paramref name="config"/> for each implementation.</summary>
+    /// <summary>
+    /// Times <paramref name="config"/> for each implementation on a random batch [<paramref name="batch"/>, C,
+    /// <paramref name="resolution"/>, <paramref name="resolution"/>]: the median of up to <paramref name="reps"/> runs
+    /// (stopping after <paramref name="maxSeconds"/>) after one warm-up, in milliseconds per batch.
+    /// </summary>
+    /// <param name="config">The architecture (drop path off while timing).</param>
+    /// <param name="batch">Images per batch.</param>
+    /// <param name="resolution">Input side in pixels.</param>
+    /// <param name="mode"><c>infer</c> (eval mode, no gradients) or <c>train</c> (one <see cref="TrainStep"/>).</param>
+    /// <param name="impls">The depthwise implementations to time, in order.</param>
+    /// <param name="device">Where the model runs (CUDA timings synchronize the device around each run).</param>
+    /// <param name="reps">Timed runs at most.</param>
+    /// <param name="maxSeconds">Stop repeating after this many seconds of timed runs.</param>
+    /// <param name="onResult">Called with each implementation's result as it is ready.</param>
+    /// <param name="deploy">Re-parameterize first (inference only).</param>
+    /// <exception cref="ArgumentException"><paramref name="mode"/> is neither, or <paramref name="deploy"/> is asked for training.</exception>
     public static List<ModelBenchResult> Run(RepLKNetConfig config, int batch, int resolution, string mode, IReadOnlyList<DepthwiseBackend> impls,
         Device device, int reps, double maxSeconds, Action<ModelBenchResult>? onResult = null, bool deploy = false)
     {
         ArgumentNullException.ThrowIfNull(impls);
+        if (mode is not ("infer" or "train"))
+        {
+            throw new ArgumentException($"mode '{mode}': use infer or train", nameof(mode));
+        }
+
         if (deploy && mode != "infer")
         {
             throw new ArgumentException("the deploy form is for inference only", nameof(deploy));
@@ -42,11 +62,13 @@ public static class ModelBenchmark
         }
 
         model.to(device);
-        var generator = new Generator(0);
+        using var runScope = NewDisposeScope(); // the batch, labels and step temporaries
+        using var generator = new Generator(0);
         var x = randn([batch, config.InChannels, resolution, resolution], generator: generator).to(device);
         var labels = randint(0, config.NumClasses ?? 1, [batch], generator: generator).to(device);
         // The training loop's own step (official AdamW groups, the same loss), on one fixed synthetic batch.
-        var (optimizer, scales) = TrainStep.CreateOptimizer(model, 1e-6, 0.05);
+        var (optimizer, scales) = TrainStep.CreateOptimizer(model, 1e-6, TrainOptions.DefaultWeightDecay);
+        using var disposeOptimizer = optimizer;
         var step = new TrainStep(model, optimizer, scales, device);
         using var synthetic = new SyntheticBatch(x, labels);
         foreach (var impl in impls)

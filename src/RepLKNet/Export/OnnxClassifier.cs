@@ -28,7 +28,7 @@ public sealed class OnnxClassifier : IDisposable
         try
         {
             Info = OnnxModelInfo.FromMetadata(session.ModelMetadata.CustomMetadataMap, path)
-                ?? throw new OnnxExportException($"'{path}' has no replknet metadata (input size, normalization): export it with 'replknet export onnx'");
+                ?? throw new OnnxExportException($"'{path}' has no replknet metadata (input size, normalization): write it with OnnxExport");
             if (!session.InputMetadata.ContainsKey(OnnxExporter.InputName) || !session.OutputMetadata.ContainsKey(OnnxExporter.LogitsName))
             {
                 throw new OnnxExportException($"'{path}' is not a classifier export (inputs [{string.Join(", ", session.InputNames)}], outputs [{string.Join(", ", session.OutputNames)}]; features exports have no logits)");

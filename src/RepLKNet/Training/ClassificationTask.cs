@@ -65,6 +65,20 @@ public sealed class ClassificationTask : ITrainingTask
     /// <summary>Classes of both sets.</summary>
     public IReadOnlyList<string> ClassNames => _train.ClassNames;
 
+    /// <summary>
+    /// The sample pipeline of a recipe on <paramref name="train"/>: its augmentation and normalization at the augmentation's
+    /// input size, else the images' own (fixed) size.
+    /// </summary>
+    /// <exception cref="DatasetException">The images have varying sizes and no input size is given (ParamName <c>InputSize</c>).</exception>
+    public static SamplePipeline CreatePipeline(RecipeOptions recipe, IImageDataset train)
+    {
+        ArgumentNullException.ThrowIfNull(recipe);
+        ArgumentNullException.ThrowIfNull(train);
+        int size = recipe.Augment.InputSize ?? train.FixedSize?.Height
+            ?? throw new DatasetException("InputSize is needed: the images have varying sizes", nameof(AugmentOptions.InputSize));
+        return new SamplePipeline(recipe.Augment, recipe.Normalization, train.Channels, size);
+    }
+
     /// <summary>Fails unless both sets hold images of the same classes and channels.</summary>
     /// <exception cref="DatasetException">They do not.</exception>
     public static void CheckSets(IImageDataset train, IImageDataset test)

@@ -9,43 +9,6 @@ using static TorchSharp.torch.nn;
 
 namespace RepLKNet.Training;
 
-/// <summary>How long to train: a number of epochs, or a wall-clock time.</summary>
-/// <param name="Epochs">Epochs (may be fractional, e.g. 0.5), or null.</param>
-/// <param name="Time">Wall-clock training time, or null.</param>
-public sealed record TrainingBudget(double? Epochs, TimeSpan? Time)
-{
-    /// <summary>
-    /// Parses "3" or "3e" (epochs; fractions allowed), "90s", "5m", "1.5h" (time). The learning-rate schedule runs over the
-    /// budget either way: by steps for epochs, by elapsed time for a time budget.
-    /// </summary>
-    /// <exception cref="ArgumentException">The text is not a positive budget; the message quotes it.</exception>
-    public static TrainingBudget Parse(string text)
-    {
-        ArgumentNullException.ThrowIfNull(text);
-        string t = text.Trim().ToLowerInvariant();
-        char unit = t.Length > 0 && char.IsLetter(t[^1]) ? t[^1] : 'e';
-        string number = char.IsLetter(t.Length > 0 ? t[^1] : '0') ? t[..^1] : t;
-        if (!double.TryParse(number, NumberStyles.Float, CultureInfo.InvariantCulture, out double value) || !(value > 0) || double.IsInfinity(value))
-        {
-            throw new ArgumentException($"budget '{text}' is not a positive number of epochs (3, 0.5e) or a time (90s, 5m, 1h)");
-        }
-
-        return unit switch
-        {
-            'e' => new TrainingBudget(value, null),
-            's' => new TrainingBudget(null, TimeSpan.FromSeconds(value)),
-            'm' => new TrainingBudget(null, TimeSpan.FromMinutes(value)),
-            'h' => new TrainingBudget(null, TimeSpan.FromHours(value)),
-            _ => throw new ArgumentException($"budget '{text}': unknown unit '{unit}' (use e for epochs, s, m or h for time)"),
-        };
-    }
-
-    /// <inheritdoc />
-    public override string ToString() => Epochs is double e
-        ? string.Create(CultureInfo.InvariantCulture, $"{e:0.##} epoch{(e == 1 ? "" : "s")}")
-        : string.Create(CultureInfo.InvariantCulture, $"{Time!.Value.TotalMinutes:0.##} min");
-}
-
 /// <summary>
 /// The compact experiment recipe for any classifier (the kernel-size experiments and <c>experiment train</c>); the
 /// property defaults are the recipe's defaults, the one place they live.
@@ -83,6 +46,14 @@ public sealed record ClassifierTrainingOptions : RecipeOptions
     /// </summary>
     public int PreciseBnImages { get; init; } = 2048;
 
+
+    /// <inheritdoc />
+    public override void Validate()
+    {
+        base.Validate();
+        Check(WarmupFraction is >= 0 and < 1, nameof(WarmupFraction), $"must be in [0, 1), got {WarmupFraction}");
+        Check(PreciseBnImages >= 0, nameof(PreciseBnImages), $"must be ≥ 0, got {PreciseBnImages}");
+    }
 }
 
 /// <summary>What a training run gave.</summary>
@@ -110,6 +81,7 @@ public static class ClassifierTraining
     /// <exception cref="DatasetException">The sets are empty or disagree.</exception>
     /// <exception cref="NonFiniteLossException">The loss diverged.</exception>
     /// <exception cref="TrainingFailedException">Any other failure during training.</exception>
+    /// <exception cref="ArgumentException">An option is out of range (<see cref="ArgumentException.ParamName"/> names it).</exception>
     public static ClassifierTrainingResult Run(Module<Tensor, Tensor> model, int classes, IImageDataset train, IImageDataset test, ClassifierTrainingOptions options,
         Action<ClassifierTrainingProgress>? onStep = null, CancellationToken cancel = default)
     {
@@ -117,16 +89,13 @@ public static class ClassifierTraining
         ArgumentNullException.ThrowIfNull(train);
         ArgumentNullException.ThrowIfNull(test);
         ArgumentNullException.ThrowIfNull(options);
-        ClassificationTask.CheckSets(train, test);
         if (train.ClassNames.Count != classes)
         {
             throw new DatasetException($"the model has {classes} outputs but the data has {train.ClassNames.Count} classes");
         }
 
-        options.Augment.Validate();
-        int size = options.Augment.InputSize ?? train.FixedSize?.Height
-            ?? throw new DatasetException("InputSize is needed: the images have varying sizes", nameof(AugmentOptions.InputSize));
-        var pipeline = new SamplePipeline(options.Augment, options.Normalization, train.Channels, size);
+        options.Validate();
+        var pipeline = ClassificationTask.CreatePipeline(options, train);
         long[] pool = TrainingPool.Random(train.Count, options.TrainSubset, options.Seed);
         int batch = (int)Math.Min(options.BatchSize, pool.LongLength);
         if (options.Augment.Mixes && batch % 2 != 0)

@@ -50,6 +50,28 @@ public abstract record RecipeOptions
 
     /// <summary>Device of the model and batches.</summary>
     public Device Device { get; init; } = CPU;
+
+    /// <summary>Checks every knob's range; the recipes call it before any work.</summary>
+    /// <exception cref="ArgumentException">A value is out of range; the message starts with the property's name, which <see cref="ArgumentException.ParamName"/> holds.</exception>
+    public virtual void Validate()
+    {
+        Check(BatchSize >= 1, nameof(BatchSize), $"must be ≥ 1, got {BatchSize}");
+        Check(LearningRate > 0 && double.IsFinite(LearningRate), nameof(LearningRate), $"must be positive, got {LearningRate}");
+        Check(WeightDecay >= 0 && double.IsFinite(WeightDecay), nameof(WeightDecay), $"must be ≥ 0, got {WeightDecay}");
+        Check(MaxSteps is null or >= 1, nameof(MaxSteps), $"must be ≥ 1, got {MaxSteps}");
+        Check(TrainSubset is null or >= 1, nameof(TrainSubset), $"must be ≥ 1, got {TrainSubset}");
+        Check(Workers >= 1, nameof(Workers), $"must be ≥ 1, got {Workers}");
+        Augment.Validate();
+    }
+
+    /// <summary>Throws <see cref="ArgumentException"/> "<paramref name="name"/> <paramref name="problem"/>" unless <paramref name="ok"/>.</summary>
+    protected static void Check(bool ok, string name, string problem)
+    {
+        if (!ok)
+        {
+            throw new ArgumentException($"{name} {problem}", name);
+        }
+    }
 }
 
 /// <summary>

@@ -20,6 +20,9 @@ public sealed record RunFolder(string Path)
     /// <summary>The best checkpoint (by the task's score, EMA or not, whichever is higher).</summary>
     public string BestCheckpoint => System.IO.Path.Combine(Path, "best.safetensors");
 
+    /// <summary>The best checkpoint re-parameterized into its deploy form (written by <see cref="DeployStep"/>).</summary>
+    public string DeployCheckpoint => System.IO.Path.Combine(Path, "best-deploy.safetensors");
+
     /// <summary>The EMA weights of the last checkpoint.</summary>
     public string EmaCheckpoint => System.IO.Path.Combine(Path, "last-ema.safetensors");
 

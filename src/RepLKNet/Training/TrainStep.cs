@@ -87,7 +87,6 @@ public sealed class TrainStep
             groups[g].LearningRate = lr * _scales[g];
         }
 
-        Phase = TrainingPhase.Optimizer;
         _optimizer.zero_grad();
         double value = 0;
         long samples = 0;

@@ -92,147 +92,19 @@ public sealed record TrainOptions : RecipeOptions
     /// shows up within minutes instead of once in hours (docs/training.md, "Dependable runs"). Results are unchanged; slower.
     /// </summary>
     public bool GcStress { get; init; }
-}
 
-/// <summary>An epoch whose steps are done but whose evaluation was interrupted: its figures, kept for the resumed run.</summary>
-/// <param name="LossSum">Sum of the epoch's step losses.</param>
-/// <param name="Steps">Steps in the sum.</param>
-/// <param name="Images">Training images of the epoch (this process's part).</param>
-/// <param name="Seconds">Training seconds of the epoch.</param>
-/// <param name="Skipped">Unreadable images skipped.</param>
-/// <param name="WaitSeconds">Time the loop waited for data.</param>
-public sealed record PendingEvaluation(double LossSum, long Steps, long Images, double Seconds, int Skipped, double WaitSeconds);
-
-/// <summary>What a training step was doing when it failed.</summary>
-public enum TrainingPhase
-{
-    /// <summary>Waiting for or receiving a batch from the loader.</summary>
-    Data,
-
-    /// <summary>The model's forward pass and the loss.</summary>
-    Forward,
-
-    /// <summary>Back-propagation.</summary>
-    Backward,
-
-    /// <summary>Gradient clipping and the optimizer update.</summary>
-    Optimizer,
-
-    /// <summary>The weight EMA update.</summary>
-    Ema,
-
-    /// <summary>Evaluating on the test set.</summary>
-    Evaluation,
-
-    /// <summary>Writing checkpoints and the resume state.</summary>
-    Checkpoint,
-
-    /// <summary>Reporting progress (the caller's step callback).</summary>
-    Progress,
-}
-
-/// <summary>
-/// An unexpected error inside <see cref="TrainingLoop.Run"/> (so <see cref="Trainer.Run"/> and <see cref="ClassifierTraining.Run"/>): where it happened (step, epoch, phase) and the last resumable
-/// state on disk, which the failure did not touch. <see cref="Exception.InnerException"/> is the original error.
-/// </summary>
-public sealed class TrainingFailedException : Exception
-{
-    /// <summary>Creates the exception.</summary>
-    public TrainingFailedException(long step, int epoch, TrainingPhase phase, long? lastSavedStep, Exception inner)
-        : base(string.Create(CultureInfo.InvariantCulture,
-            $"training failed at step {step} (epoch {epoch}) in the {phase.ToString().ToLowerInvariant()} phase: {Short(inner)}"), inner)
+    /// <inheritdoc />
+    public override void Validate()
     {
-        Step = step;
-        Epoch = epoch;
-        Phase = phase;
-        LastSavedStep = lastSavedStep;
-    }
-
-    /// <summary>Creates an empty exception (for serializers and analyzers).</summary>
-    public TrainingFailedException()
-    {
-    }
-
-    /// <summary>Creates the exception with a message.</summary>
-    public TrainingFailedException(string message)
-        : base(message)
-    {
-    }
-
-    /// <summary>Creates the exception with a message and its cause.</summary>
-    public TrainingFailedException(string message, Exception inner)
-        : base(message, inner)
-    {
-    }
-
-    /// <summary>The error's message on one line, without the C++ stack libtorch appends (that stays in the crash report).</summary>
-    private static string Short(Exception? e) => Runtime.LibTorchLog.WithoutNativeStack(e?.Message ?? "").TrimEnd('.');
-
-    /// <summary>The optimizer step (1-based) that failed.</summary>
-    public long Step { get; }
-
-    /// <summary>The epoch (1-based) of that step.</summary>
-    public int Epoch { get; }
-
-    /// <summary>What the step was doing.</summary>
-    public TrainingPhase Phase { get; }
-
-    /// <summary>The step of the resume state on disk (<c>state.json</c>), or null when none was written yet.</summary>
-    public long? LastSavedStep { get; }
-}
-
-/// <summary>One epoch's (or final) metrics.</summary>
-/// <param name="Epoch">Epoch (1-based).</param>
-/// <param name="Step">Optimizer steps so far.</param>
-/// <param name="TrainLoss">Mean training loss over the epoch.</param>
-/// <param name="LearningRate">Learning rate at the end of the epoch.</param>
-/// <param name="Top1">Test top-1 accuracy of the model.</param>
-/// <param name="EmaTop1">Test top-1 accuracy of the EMA model (NaN without EMA).</param>
-/// <param name="ImagesPerSecond">Training throughput.</param>
-/// <param name="Seconds">Wall time of the epoch.</param>
-/// <param name="Skipped">Unreadable training images skipped in the epoch.</param>
-/// <param name="DataWaitSeconds">Time the training loop waited for batches.</param>
-public sealed record EpochMetrics(int Epoch, long Step, double TrainLoss, double LearningRate, double Top1, double EmaTop1, double ImagesPerSecond, double Seconds,
-    long Skipped = 0, double DataWaitSeconds = 0);
-
-/// <summary>Progress of one optimizer step.</summary>
-/// <param name="Step">Optimizer steps done (1-based).</param>
-/// <param name="TotalSteps">Steps the run will take (<see cref="long.MaxValue"/> when only a time budget bounds it).</param>
-/// <param name="StepInEpoch">Steps done in this epoch.</param>
-/// <param name="StepsPerEpoch">Steps per epoch.</param>
-/// <param name="Epoch">Epoch (1-based).</param>
-/// <param name="Loss">Loss of the step.</param>
-/// <param name="LearningRate">Base learning rate of the step.</param>
-/// <param name="ImagesPerSecond">Throughput since the run (or resume) started.</param>
-/// <param name="Remaining">Estimated time to the end of training (evaluation included at the measured rate; under a time budget, the budget left).</param>
-public sealed record StepProgress(long Step, long TotalSteps, long StepInEpoch, long StepsPerEpoch, int Epoch, double Loss, double LearningRate,
-    double ImagesPerSecond, TimeSpan Remaining)
-{
-    /// <summary>Fraction of the budget used, in [0, 1] (steps, or time for a time budget).</summary>
-    public double BudgetFraction { get; init; }
-
-    /// <summary>Samples the step trained on (0 when none of its images could be read; the step still updated the weights).</summary>
-    public long Samples { get; init; }
-}
-
-/// <summary>The training loss became NaN or infinite; the last good checkpoint is intact.</summary>
-public sealed class NonFiniteLossException : Exception
-{
-    /// <summary>Creates the exception.</summary>
-    public NonFiniteLossException(string message)
-        : base(message)
-    {
-    }
-
-    /// <summary>Creates an empty exception (for serializers and analyzers).</summary>
-    public NonFiniteLossException()
-    {
-    }
-
-    /// <summary>Creates the exception with its cause.</summary>
-    public NonFiniteLossException(string message, Exception inner)
-        : base(message, inner)
-    {
+        base.Validate();
+        Check(Epochs >= 1, nameof(Epochs), $"must be ≥ 1, got {Epochs}");
+        Check(MinLearningRate >= 0, nameof(MinLearningRate), $"must be ≥ 0, got {MinLearningRate}");
+        Check(WarmupEpochs >= 0, nameof(WarmupEpochs), $"must be ≥ 0, got {WarmupEpochs}");
+        Check(EmaDecay is >= 0 and < 1, nameof(EmaDecay), $"must be in [0, 1), got {EmaDecay}");
+        Check(AccumulationSteps >= 1, nameof(AccumulationSteps), $"must be ≥ 1, got {AccumulationSteps}");
+        Check(ClipGradNorm is null or > 0, nameof(ClipGradNorm), $"must be positive, got {ClipGradNorm}");
+        Check(LayerDecay is null or (> 0 and <= 1), nameof(LayerDecay), $"must be in (0, 1], got {LayerDecay}");
+        Check(SaveEvery is null or >= 1, nameof(SaveEvery), $"must be ≥ 1, got {SaveEvery}");
     }
 }
 
@@ -256,7 +128,6 @@ public sealed class Trainer
         _o = options ?? throw new ArgumentNullException(nameof(options));
         ArgumentNullException.ThrowIfNull(train);
         ArgumentNullException.ThrowIfNull(test);
-        ClassificationTask.CheckSets(train, test);
         if (_o.Config.NumClasses is not int classes || classes != train.ClassNames.Count)
         {
             throw new ArgumentException(
@@ -264,15 +135,8 @@ public sealed class Trainer
                 nameof(TrainOptions.Config));
         }
 
-        if (_o.AccumulationSteps < 1)
-        {
-            throw new ArgumentException($"AccumulationSteps must be ≥ 1, got {_o.AccumulationSteps}", nameof(TrainOptions.AccumulationSteps));
-        }
-
-        _o.Augment.Validate();
-        int size = _o.Augment.InputSize ?? train.FixedSize?.Height
-            ?? throw new DatasetException("InputSize is needed: the images have varying sizes", nameof(AugmentOptions.InputSize));
-        var pipeline = new SamplePipeline(_o.Augment, _o.Normalization, train.Channels, size);
+        _o.Validate();
+        var pipeline = ClassificationTask.CreatePipeline(_o, train);
         if (_o.Augment.Mixes && _o.BatchSize % 2 != 0)
         {
             throw new ArgumentException($"BatchSize {_o.BatchSize} must be even: Mixup/CutMix pair each image with the batch reversed", nameof(TrainOptions.BatchSize));
@@ -288,7 +152,7 @@ public sealed class Trainer
         _loop = new TrainingLoop(_task, new TrainingLoopOptions
         {
             Budget = new TrainingBudget(_o.Epochs, null), BatchSize = _o.BatchSize, LearningRate = _o.LearningRate, WeightDecay = _o.WeightDecay,
-            Schedule = stepsPerEpoch => new CosineSchedule(_o.LearningRate, _o.MinLearningRate, _o.Epochs, (int)stepsPerEpoch, _o.WarmupEpochs),
+            Schedule = stepsPerEpoch => new CosineSchedule(_o.LearningRate, _o.MinLearningRate, _o.Epochs, (int)stepsPerEpoch, Math.Min(_o.WarmupEpochs, _o.Epochs)),
             ParameterScale = _o.LayerDecay is double d && d != 1 ? name => LayerDecay.Scale(name, _o.Config.Layers, d) : null,
             AccumulationSteps = _o.AccumulationSteps, ClipGradNorm = _o.ClipGradNorm, EmaDecay = _o.EmaDecay, Seed = _o.Seed, MaxSteps = _o.MaxSteps,
             OutDir = _o.OutDir, SaveEvery = _o.SaveEvery, Resume = _o.Resume, GcStress = _o.GcStress, Device = _o.Device,
@@ -306,6 +170,16 @@ public sealed class Trainer
 
     /// <summary>Path of the best checkpoint (by test top-1, EMA or not, whichever is higher).</summary>
     public string BestCheckpoint => _loop.Folder!.BestCheckpoint;
+
+    /// <summary>Path of the deploy form of the best checkpoint (<see cref="WriteDeploy"/>).</summary>
+    public string DeployCheckpoint => _loop.Folder!.DeployCheckpoint;
+
+    /// <summary>
+    /// The finish of a run: re-parameterizes the best checkpoint, verifies it against the train form on a random batch at
+    /// the run's input size and writes <see cref="DeployCheckpoint"/> (<see cref="DeployStep.Write"/>).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The two forms differ beyond the tolerance; nothing was written.</exception>
+    public Models.EquivalenceReport WriteDeploy() => DeployStep.Write(BestCheckpoint, DeployCheckpoint, Pipeline.Size);
 
     /// <summary>Path of the EMA weights of the last checkpoint.</summary>
     public string EmaCheckpoint => _loop.Folder!.EmaCheckpoint;

@@ -25,7 +25,7 @@ public sealed partial class PackageTests(ITestOutputHelper output)
     [Fact]
     public void Packed_library_has_its_metadata_docs_symbols_and_GLIBCXX_fix_and_the_sample_built_against_it_classifies_like_the_library()
     {
-        string root = RepositoryRoot();
+        string root = Paths.RepositoryRoot();
         string versionPrefix = VersionPrefixPattern().Match(File.ReadAllText(Path.Combine(root, "src", "RepLKNet", "RepLKNet.csproj"))).Groups[1].Value;
         Assert.Matches(@"^\d+\.\d+\.\d+$", versionPrefix);
         // The sample's default package version is the library's: `dotnet pack` then `dotnet run` in samples/Classify works as the README says.
@@ -113,7 +113,7 @@ public sealed partial class PackageTests(ITestOutputHelper output)
     [Fact]
     public void The_README_section_Use_as_a_library_opens_with_the_sample_program()
     {
-        string root = RepositoryRoot();
+        string root = Paths.RepositoryRoot();
         string readme = File.ReadAllText(Path.Combine(root, "README.md")).ReplaceLineEndings("\n");
         string program = File.ReadAllText(Path.Combine(root, "samples", "Classify", "Program.cs")).ReplaceLineEndings("\n");
         int section = readme.IndexOf("\n## Use as a library\n", StringComparison.Ordinal);
@@ -286,19 +286,6 @@ public sealed partial class PackageTests(ITestOutputHelper output)
         Environment.GetEnvironmentVariable("NUGET_PACKAGES") is { Length: > 0 } custom
             ? custom
             : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages");
-
-    private static string RepositoryRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "RepLKNet.slnx")))
-            {
-                return dir.FullName;
-            }
-        }
-
-        throw new InvalidOperationException($"no RepLKNet.slnx above {AppContext.BaseDirectory}");
-    }
 
     [GeneratedRegex("<VersionPrefix>([^<]+)</VersionPrefix>")]
     private static partial Regex VersionPrefixPattern();

@@ -23,4 +23,18 @@ internal static class Paths
 
     /// <summary>The CLI assembly, copied beside the tests by the project reference.</summary>
     public static string CliAssembly => System.IO.Path.Combine(AppContext.BaseDirectory, "replknet.dll");
+
+    /// <summary>The repository's root: the first folder above the test output that holds RepLKNet.slnx.</summary>
+    public static string RepositoryRoot()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(System.IO.Path.Combine(dir.FullName, "RepLKNet.slnx")))
+            {
+                return dir.FullName;
+            }
+        }
+
+        throw new InvalidOperationException($"no RepLKNet.slnx above {AppContext.BaseDirectory}");
+    }
 }

@@ -291,9 +291,9 @@ public sealed class TrainingLoopTests
         Assert.Throws<InvalidOperationException>(() => DeployStep.Write(dir.File("best.safetensors"), refused, 16, tolerance: -1));
         Assert.False(File.Exists(refused));
 
-        var result = DeployStep.Write(dir.File("best.safetensors"), dir.File("deploy.safetensors"), 16);
-        Assert.InRange(result.Report.RelativeEndToEnd, 0, EquivalenceCheck.DefaultTolerance);
-        using var deploy = CheckpointFile.Read(result.DeployPath);
+        var report = DeployStep.Write(dir.File("best.safetensors"), dir.File("deploy.safetensors"), 16);
+        Assert.InRange(report.RelativeEndToEnd, 0, EquivalenceCheck.DefaultTolerance);
+        using var deploy = CheckpointFile.Read(dir.File("deploy.safetensors"));
         Assert.Equal(ModelForm.Deploy, deploy.Form);
         Assert.Equal(["a", "b", "c"], deploy.Metadata!.ClassNames);
         Assert.Contains(deploy.State.Keys, k => k.EndsWith("lkb_reparam.weight", StringComparison.Ordinal));
