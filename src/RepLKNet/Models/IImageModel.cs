@@ -103,7 +103,7 @@ public interface IImageModel : IDisposable
     /// before any final norm of the head.
     /// </summary>
     /// <param name="input">Images [N, <see cref="InChannels"/>, H, W] (H and W in pixels), normalized as the model was trained.</param>
-    /// <returns>[N, <see cref="NumFeatures"/>, ⌈H/s⌉, ⌈W/s⌉] with s the last entry's <see cref="FeatureInfo.Reduction"/> (32 for every family here).</returns>
+    /// <returns>[N, <see cref="NumFeatures"/>, ⌈H/s⌉, ⌈W/s⌉] with s the last entry's <see cref="FeatureInfo.Reduction"/> (32 for the ImageNet layouts).</returns>
     Tensor forward_features(Tensor input);
 
     /// <summary>
