@@ -22,6 +22,14 @@ public sealed class ConvBn : Module<Tensor, Tensor>, IBatchNormFoldable
     private readonly bool _depthwiseSame;
 
     /// <summary>Creates conv(k×k, stride, padding, groups, no bias) → BN(out) [→ ReLU].</summary>
+    /// <param name="inChannels">Input channels.</param>
+    /// <param name="outChannels">Output channels.</param>
+    /// <param name="kernelSize">Square kernel size k, in pixels.</param>
+    /// <param name="stride">Stride, in pixels.</param>
+    /// <param name="padding">Zero padding on each side, in pixels.</param>
+    /// <param name="groups">Convolution groups (= channels for a depthwise conv).</param>
+    /// <param name="relu">Append a ReLU (conv_bn_relu).</param>
+    /// <param name="device">Where to allocate (null: the CPU).</param>
     public ConvBn(long inChannels, long outChannels, long kernelSize, long stride, long padding, long groups, bool relu, Device? device = null)
         : base(relu ? "conv_bn_relu" : "conv_bn")
     {
@@ -44,7 +52,9 @@ public sealed class ConvBn : Module<Tensor, Tensor>, IBatchNormFoldable
     /// <summary>Whether a ReLU follows (conv_bn_relu).</summary>
     public bool HasRelu => nonlinear is not null;
 
-    /// <inheritdoc />
+    /// <summary>Runs conv → BN (unless fused) → ReLU (if any); a depthwise stride-1 "same" conv runs on <see cref="DepthwiseConv2d.Forward"/>.</summary>
+    /// <param name="input">[N, inChannels, H, W].</param>
+    /// <returns>[N, outChannels, ⌊(H + 2·padding − k)/stride⌋ + 1, ⌊(W + 2·padding − k)/stride⌋ + 1].</returns>
     public override Tensor forward(Tensor input)
     {
         var x = _depthwiseSame ? DepthwiseConv2d.Forward(input, conv.weight!, conv.bias) : conv.call(input);

@@ -11,6 +11,8 @@ namespace RepLKNet.Layers;
 public sealed class DropPath : Module<Tensor, Tensor>
 {
     /// <summary>Creates the module for drop probability <paramref name="probability"/> in [0, 1).</summary>
+    /// <param name="probability">Chance in [0, 1) that a sample's branch is dropped.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="probability"/> is NaN or outside [0, 1) (<see cref="ArgumentException.ParamName"/> is <c>probability</c>).</exception>
     public DropPath(double probability)
         : base(nameof(DropPath))
     {
@@ -26,10 +28,15 @@ public sealed class DropPath : Module<Tensor, Tensor>
     public double Probability { get; }
 
     /// <summary>The official factory: Identity for p = 0, else DropPath(p).</summary>
+    /// <param name="probability">Drop probability; ≤ 0 gives Identity, otherwise it must be below 1.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="probability"/> is positive and not below 1, or NaN.</exception>
     public static Module<Tensor, Tensor> OrIdentity(double probability) =>
         probability > 0 ? new DropPath(probability) : Identity();
 
-    /// <inheritdoc />
+    /// <summary>Applies stochastic depth.</summary>
+    /// <param name="input">A residual branch [N, …] (e.g. [N, C, H, W]); one keep/drop draw per sample along dimension 0.</param>
+    /// <returns>The same shape: in training each sample is zeroed or scaled by 1/(1 − p); in eval an alias of <paramref name="input"/>.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="input"/> is null.</exception>
     public override Tensor forward(Tensor input)
     {
         ArgumentNullException.ThrowIfNull(input);

@@ -19,7 +19,7 @@ public enum ModelFamily
 /// <summary>Channels and total stride of one stage's output (timm's <c>feature_info</c>).</summary>
 /// <param name="Stage">Stage index.</param>
 /// <param name="Channels">Output channels.</param>
-/// <param name="Reduction">Total stride relative to the input (e.g. 4, 8, 16, 32).</param>
+/// <param name="Reduction">Total stride relative to the input, in input pixels per feature-map pixel (e.g. 4, 8, 16, 32).</param>
 /// <param name="Module">Name of the module that produces it (a state-dict key prefix).</param>
 public sealed record FeatureInfo(int Stage, int Channels, int Reduction, string Module);
 
@@ -102,6 +102,8 @@ public interface IImageModel : IDisposable
     /// The last-stage feature map (N, <see cref="NumFeatures"/>, H/s, W/s) of an input (N, C_in, H, W), before pooling and
     /// before any final norm of the head.
     /// </summary>
+    /// <param name="input">Images [N, <see cref="InChannels"/>, H, W] (H and W in pixels), normalized as the model was trained.</param>
+    /// <returns>[N, <see cref="NumFeatures"/>, ⌈H/s⌉, ⌈W/s⌉] with s the last entry's <see cref="FeatureInfo.Reduction"/> (32 for the ImageNet layouts).</returns>
     Tensor forward_features(Tensor input);
 
     /// <summary>
@@ -109,6 +111,9 @@ public interface IImageModel : IDisposable
     /// the classifier, giving logits (N, <see cref="NumClasses"/>); with <paramref name="preLogits"/> the pooled features
     /// (N, <see cref="NumFeatures"/>) instead.
     /// </summary>
+    /// <param name="features">[N, <see cref="NumFeatures"/>, h, w], <see cref="forward_features"/>'s output.</param>
+    /// <param name="preLogits">Return the pooled features instead of the logits.</param>
+    /// <returns>Logits [N, <see cref="NumClasses"/>] (unnormalized scores), or [N, <see cref="NumFeatures"/>] with <paramref name="preLogits"/>.</returns>
     /// <exception cref="InvalidOperationException">The model is a backbone (<see cref="NumClasses"/> is null).</exception>
     Tensor forward_head(Tensor features, bool preLogits = false);
 
@@ -117,6 +122,8 @@ public interface IImageModel : IDisposable
     /// <paramref name="fuseBn"/> also folding every conv+BN pair of the family's conv_bn layers); returns how many modules
     /// were switched. A family without re-parameterization returns 0 and is left as it is.
     /// </summary>
+    /// <param name="fuseBn">Also fold the BatchNorms into the preceding convolutions.</param>
+    /// <returns>Modules switched (0 for a family without re-parameterization).</returns>
     int Reparameterize(bool fuseBn = false);
 
     /// <summary>The model's name, family, sizes, parameter count and state dict (keys, shapes, dtypes) in PyTorch's order.</summary>

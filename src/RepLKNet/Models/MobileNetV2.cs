@@ -244,7 +244,15 @@ public sealed class InvertedResidual : Module<Tensor, Tensor>
     private readonly ReparamLargeKernelConv dw;
     private readonly ConvBn project;
 
-    /// <summary>Creates the block.</summary>
+    /// <summary>Creates the block (training form).</summary>
+    /// <param name="inChannels">Input channels.</param>
+    /// <param name="outChannels">Output channels.</param>
+    /// <param name="stride">Stride of the depthwise conv (1 or 2).</param>
+    /// <param name="expansion">Expansion t: hidden channels = <paramref name="inChannels"/> × t; 1 skips the expand conv.</param>
+    /// <param name="kernel">Depthwise kernel size (odd), in pixels.</param>
+    /// <param name="smallKernel">Kernel of the parallel re-parameterization branch; ignored (no branch) when null or not smaller than <paramref name="kernel"/>.</param>
+    /// <param name="shortcuts">Add the input when the block keeps its shape (stride 1, <paramref name="inChannels"/> = <paramref name="outChannels"/>).</param>
+    /// <param name="device">Where to allocate (null: the CPU).</param>
     public InvertedResidual(int inChannels, int outChannels, int stride, int expansion, int kernel, int? smallKernel, bool shortcuts, Device? device = null)
         : base(nameof(InvertedResidual))
     {
@@ -259,7 +267,9 @@ public sealed class InvertedResidual : Module<Tensor, Tensor>
     /// <summary>Whether the input is added to the output.</summary>
     public bool HasShortcut { get; }
 
-    /// <inheritdoc />
+    /// <summary>Runs the block.</summary>
+    /// <param name="input">[N, inChannels, H, W].</param>
+    /// <returns>[N, outChannels, ⌈H/stride⌉, ⌈W/stride⌉].</returns>
     public override Tensor forward(Tensor input)
     {
         using var scope = NewDisposeScope();
@@ -278,8 +288,11 @@ public sealed class MobileNetV2 : Module<Tensor, Tensor>, IImageModel
     private readonly Dropout dropout;
     private readonly Linear classifier;
 
-    /// <summary>Creates the model (training form).</summary>
-    /// <exception cref="ConfigException">The configuration is invalid.</exception>
+    /// <summary>Creates the model (training form), randomly initialized as torchvision's MobileNetV2.</summary>
+    /// <param name="config">The architecture.</param>
+    /// <param name="device">Where to allocate (null: the CPU).</param>
+    /// <exception cref="ArgumentNullException"><paramref name="config"/> is null.</exception>
+    /// <exception cref="ConfigException">The configuration is invalid (<see cref="MobileNetV2Config.Validate"/>).</exception>
     public MobileNetV2(MobileNetV2Config config, Device? device = null)
         : base(nameof(MobileNetV2))
     {
@@ -337,7 +350,9 @@ public sealed class MobileNetV2 : Module<Tensor, Tensor>, IImageModel
     /// <summary>The blocks, in order.</summary>
     public IReadOnlyList<InvertedResidual> Blocks => [.. blocks];
 
-    /// <summary>Stem → blocks → final 1×1 conv (BN, ReLU6): (N, 1280, H/stride, W/stride).</summary>
+    /// <summary>Stem → blocks → final 1×1 conv (BN, ReLU6).</summary>
+    /// <param name="input">Images [N, <see cref="InChannels"/>, H, W] (H and W in pixels).</param>
+    /// <returns>[N, <see cref="NumFeatures"/>, ⌈H/s⌉, ⌈W/s⌉] with s = <see cref="MobileNetV2Config.TotalStride"/> (32 ImageNet, 4 small images).</returns>
     public Tensor forward_features(Tensor input)
     {
         using var scope = NewDisposeScope();
@@ -354,6 +369,10 @@ public sealed class MobileNetV2 : Module<Tensor, Tensor>, IImageModel
     /// Global average pool → dropout → <c>classifier</c>: logits (N, classes); with <paramref name="preLogits"/> the pooled
     /// features after dropout (N, <see cref="NumFeatures"/>), as timm's <c>forward_head</c>.
     /// </summary>
+    /// <param name="features">[N, <see cref="NumFeatures"/>, h, w], <see cref="forward_features"/>'s output.</param>
+    /// <param name="preLogits">Return the pooled features instead of the logits.</param>
+    /// <returns>Logits [N, classes], or [N, <see cref="NumFeatures"/>] with <paramref name="preLogits"/>.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="features"/> is null.</exception>
     public Tensor forward_head(Tensor features, bool preLogits = false)
     {
         ArgumentNullException.ThrowIfNull(features);
@@ -362,7 +381,9 @@ public sealed class MobileNetV2 : Module<Tensor, Tensor>, IImageModel
         return (preLogits ? x : classifier.call(x)).MoveToOuterDisposeScope();
     }
 
-    /// <inheritdoc />
+    /// <summary><see cref="forward_features"/> then <see cref="forward_head"/>.</summary>
+    /// <param name="input">Images [N, <see cref="InChannels"/>, H, W] (H and W in pixels).</param>
+    /// <returns>Logits [N, classes] (<see cref="MobileNetV2Config.NumClasses"/>).</returns>
     public override Tensor forward(Tensor input)
     {
         using var scope = NewDisposeScope();
@@ -376,6 +397,8 @@ public sealed class MobileNetV2 : Module<Tensor, Tensor>, IImageModel
     /// Merges every parallel small kernel into its depthwise conv in place (with <paramref name="fuseBn"/> also folding every
     /// conv+BN pair); eval-mode outputs unchanged. Returns how many depthwise convs were merged.
     /// </summary>
+    /// <param name="fuseBn">Also fold the BatchNorms into the preceding convolutions.</param>
+    /// <returns>Depthwise convs switched to the deploy form.</returns>
     public int Reparameterize(bool fuseBn = false) => Reparameterizer.Reparameterize(this, fuseBn);
 
     /// <inheritdoc />

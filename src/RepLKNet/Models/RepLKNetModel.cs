@@ -26,7 +26,8 @@ public sealed class RepLKNetModel : Module<Tensor, Tensor>, IImageModel
     /// <param name="deploy">Build the deploy topology directly (so deploy checkpoints load).</param>
     /// <param name="device">Where to allocate (null: the CPU).</param>
     /// <param name="name">The architecture's name (e.g. the variant's, RepLKNet-31B); null: "RepLKNet".</param>
-    /// <exception cref="ConfigException">The configuration is invalid.</exception>
+    /// <exception cref="ArgumentNullException"><paramref name="config"/> is null.</exception>
+    /// <exception cref="ConfigException">The configuration is invalid (<see cref="RepLKNetConfig.Validate"/>).</exception>
     public RepLKNetModel(RepLKNetConfig config, bool deploy = false, Device? device = null, string? name = null)
         : base("RepLKNet")
     {
@@ -89,7 +90,7 @@ public sealed class RepLKNetModel : Module<Tensor, Tensor>, IImageModel
     /// <inheritdoc />
     public int NumFeatures => Config.Channels[^1];
 
-    /// <summary>Channels and stride of every stage output (the official out_indices outputs, stride 4, 8, 16, 32).</summary>
+    /// <summary>Channels and total stride of every stage output (the official out_indices outputs): stage i has stride 4·2^i pixels (4, 8, 16, 32 for four stages).</summary>
     public IReadOnlyList<FeatureInfo> FeatureInfo { get; }
 
     /// <inheritdoc />
@@ -101,7 +102,12 @@ public sealed class RepLKNetModel : Module<Tensor, Tensor>, IImageModel
     /// <summary>The stages, in order.</summary>
     public IReadOnlyList<RepLKNetStage> Stages => [.. stages];
 
-    /// <summary>Stem, then every stage with its transition: the last stage's feature map (N, C_last, R/32, R/32), before <c>norm</c>.</summary>
+    /// <summary>
+    /// Stem (stride 4), then every stage with its transition (stride 2 each): the last stage's feature map, before <c>norm</c>
+    /// (the official <c>forward_features</c> of a classifier).
+    /// </summary>
+    /// <param name="input">Images [N, C_in, H, W] (C_in = <see cref="InChannels"/>, H and W in pixels).</param>
+    /// <returns>[N, C_last, ⌈H/s⌉, ⌈W/s⌉] with C_last = <see cref="NumFeatures"/> and s = 4·2^(stages − 1) (32 for four stages).</returns>
     public Tensor forward_features(Tensor input)
     {
         using var scope = NewDisposeScope();
@@ -120,8 +126,17 @@ public sealed class RepLKNetModel : Module<Tensor, Tensor>, IImageModel
 
     /// <summary>
     /// Per-stage features taken before each transition and passed through <c>stages[i].norm</c>: the official
-    /// out_indices outputs. <paramref name="indices"/> defaults to the configured out_indices, or every stage.
+    /// out_indices outputs. Stops after the last requested stage.
     /// </summary>
+    /// <param name="input">Images [N, C_in, H, W] (H and W in pixels).</param>
+    /// <param name="indices">Stage indices (0-based) to return; null: the configured out_indices, or every stage.</param>
+    /// <returns>
+    /// One tensor per distinct requested stage, in stage order (not the order of <paramref name="indices"/>): stage i gives
+    /// [N, Channels[i], ⌈H/s⌉, ⌈W/s⌉] with stride s = 4·2^i (4, 8, 16, 32). The norm is BatchNorm with
+    /// norm_intermediate_features, otherwise the identity.
+    /// </returns>
+    /// <exception cref="ArgumentOutOfRangeException">An index is negative or not below the stage count (<see cref="ArgumentException.ParamName"/> is <c>indices</c>).</exception>
+    /// <exception cref="InvalidOperationException"><paramref name="indices"/> is empty.</exception>
     public IReadOnlyList<Tensor> forward_intermediates(Tensor input, IReadOnlyList<int>? indices = null)
     {
         var wanted = indices ?? Config.OutIndices ?? Enumerable.Range(0, stages.Count).ToArray();
@@ -155,6 +170,10 @@ public sealed class RepLKNetModel : Module<Tensor, Tensor>, IImageModel
     }
 
     /// <summary><c>norm</c> (BN) → global average pool → flatten → <c>head</c>; with <paramref name="preLogits"/> stops before the head.</summary>
+    /// <param name="features">The last stage's map [N, C_last, h, w] (<see cref="forward_features"/>'s output; any h, w ≥ 1).</param>
+    /// <param name="preLogits">Return the pooled features instead of the logits.</param>
+    /// <returns>Logits [N, num_classes] (unnormalized scores), or with <paramref name="preLogits"/> the pooled features [N, C_last].</returns>
+    /// <exception cref="InvalidOperationException">The model is a backbone (num_classes is null).</exception>
     public Tensor forward_head(Tensor features, bool preLogits = false)
     {
         if (norm is null || avgpool is null || head is null)
@@ -167,7 +186,12 @@ public sealed class RepLKNetModel : Module<Tensor, Tensor>, IImageModel
         return (preLogits ? x : head.call(x)).MoveToOuterDisposeScope();
     }
 
-    /// <summary>Classifier: logits (N, num_classes). Backbone: the last requested stage's feature (see <see cref="forward_intermediates"/>).</summary>
+    /// <summary>
+    /// Classifier: <see cref="forward_features"/> then <see cref="forward_head"/>. Backbone: only the last (deepest) of the
+    /// configured out_indices features of <see cref="forward_intermediates"/>; call that method for all of them.
+    /// </summary>
+    /// <param name="input">Images [N, C_in, H, W] (C_in = <see cref="InChannels"/>, H and W in pixels), normalized as in training.</param>
+    /// <returns>Classifier: logits [N, num_classes]. Backbone: [N, Channels[i], ⌈H/s⌉, ⌈W/s⌉] for the deepest out_index i, stride s = 4·2^i.</returns>
     public override Tensor forward(Tensor input)
     {
         if (head is null)
@@ -195,7 +219,13 @@ public sealed class RepLKNetModel : Module<Tensor, Tensor>, IImageModel
     /// <inheritdoc />
     public ModelDescription Describe() => ModelDescription.Of(this);
 
-    /// <summary>Replaces the classifier with a fresh Linear(C_last, <paramref name="numClasses"/>) (transfer learning).</summary>
+    /// <summary>
+    /// Replaces the classifier with a fresh, randomly initialized Linear(C_last, <paramref name="numClasses"/>) on the old
+    /// head's device (transfer learning, as timm's <c>reset_classifier</c>); <see cref="Config"/> follows.
+    /// </summary>
+    /// <param name="numClasses">New number of classes (≥ 1).</param>
+    /// <exception cref="InvalidOperationException">The model is a backbone (num_classes is null).</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="numClasses"/> is 0 or negative.</exception>
     public void reset_classifier(int numClasses)
     {
         if (head is null)

@@ -18,6 +18,10 @@ public sealed class TorchVisionResNet : Module<Tensor, Tensor>, IImageModel
     private readonly Dictionary<string, Module<Tensor, Tensor>> _children = [];
 
     /// <summary>Creates <paramref name="depth"/> (18, 50 or 101) with <paramref name="numClasses"/> outputs, randomly initialized as torchvision does.</summary>
+    /// <param name="depth">18, 50 or 101.</param>
+    /// <param name="numClasses">Outputs of <c>fc</c> (≥ 1).</param>
+    /// <param name="device">Where to allocate (null: the CPU).</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="numClasses"/> is 0 or negative.</exception>
     /// <exception cref="ConfigException">The depth is not 18, 50 or 101.</exception>
     public TorchVisionResNet(int depth, int numClasses = 1000, Device? device = null)
         : base($"ResNet{depth}")
@@ -121,6 +125,9 @@ public sealed class TorchVisionResNet : Module<Tensor, Tensor>, IImageModel
     Module<Tensor, Tensor> IImageModel.AsModule() => this;
 
     /// <summary>The names this class accepts: resnet18, resnet50, resnet101 (also "ResNet-50"); the depth or null.</summary>
+    /// <param name="name">A model name; case, '-' and '_' are ignored.</param>
+    /// <returns>18, 50 or 101; null when <paramref name="name"/> is not a ResNet this class builds.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="name"/> is null.</exception>
     public static int? ParseName(string name)
     {
         ArgumentNullException.ThrowIfNull(name);
@@ -133,7 +140,10 @@ public sealed class TorchVisionResNet : Module<Tensor, Tensor>, IImageModel
         };
     }
 
-    /// <summary>conv1 → bn1 → relu → maxpool → layer1 … layer4: (N, 512 or 2048, H/32, W/32).</summary>
+    /// <summary>conv1 → bn1 → relu → maxpool → layer1 … layer4 (torchvision's <c>ResNet._forward_impl</c> up to <c>layer4</c>).</summary>
+    /// <param name="input">Images [N, 3, H, W] or [N, 1, H, W] (repeated to three channels); H and W in pixels.</param>
+    /// <returns>[N, <see cref="NumFeatures"/>, ⌈H/32⌉, ⌈W/32⌉] (512 channels for ResNet-18, 2048 for ResNet-50/101).</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="input"/> is null.</exception>
     public Tensor forward_features(Tensor input)
     {
         ArgumentNullException.ThrowIfNull(input);
@@ -148,6 +158,10 @@ public sealed class TorchVisionResNet : Module<Tensor, Tensor>, IImageModel
     }
 
     /// <summary>Global average pool → <c>fc</c>: logits (N, classes); with <paramref name="preLogits"/> the pooled (N, 512 or 2048).</summary>
+    /// <param name="features">[N, <see cref="NumFeatures"/>, h, w] (<see cref="forward_features"/>'s output).</param>
+    /// <param name="preLogits">Return the pooled features instead of the logits.</param>
+    /// <returns>Logits [N, <see cref="NumClasses"/>], or with <paramref name="preLogits"/> [N, <see cref="NumFeatures"/>].</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="features"/> is null.</exception>
     public Tensor forward_head(Tensor features, bool preLogits = false)
     {
         ArgumentNullException.ThrowIfNull(features);
@@ -156,7 +170,10 @@ public sealed class TorchVisionResNet : Module<Tensor, Tensor>, IImageModel
         return (preLogits ? x : _children["fc"].call(x)).MoveToOuterDisposeScope();
     }
 
-    /// <inheritdoc />
+    /// <summary><see cref="forward_features"/> then <see cref="forward_head"/>.</summary>
+    /// <param name="input">Images [N, 3, H, W] or [N, 1, H, W]; H and W in pixels.</param>
+    /// <returns>Logits [N, <see cref="NumClasses"/>].</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="input"/> is null.</exception>
     public override Tensor forward(Tensor input)
     {
         using var scope = NewDisposeScope();

@@ -83,12 +83,19 @@ public static class DepthwiseConv2d
         return new Restore(() => ScopedBackend.Value = previous);
     }
 
-    /// <summary>Whether a convolution with these settings is a depthwise "same" convolution of this contract.</summary>
+    /// <summary>
+    /// Whether a convolution with these settings is a depthwise "same" convolution of this contract: groups = in = out
+    /// channels, square odd kernel, stride 1, dilation 1, padding K/2 (the kernel-size range and dtype are not checked here).
+    /// </summary>
     public static bool IsDepthwiseSame(long inChannels, long outChannels, long groups, long kernelH, long kernelW, long stride, long padding, long dilation) =>
         inChannels == outChannels && groups == inChannels && kernelH == kernelW && kernelH % 2 == 1 &&
         stride == 1 && dilation == 1 && padding == kernelH / 2;
 
-    /// <summary>Whether our CPU kernels take this call (else it goes to libtorch).</summary>
+    /// <summary>Whether the call fits the contract on the CPU (4-D float32 input, (C, 1, K, K) filter with odd K in [3, 63], bias of C values, all on the CPU); else it goes to libtorch.</summary>
+    /// <param name="input">Input (N, C, H, W).</param>
+    /// <param name="weight">Filter (C, 1, K, K).</param>
+    /// <param name="bias">Bias (C), or null.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="input"/> or <paramref name="weight"/> is null.</exception>
     public static bool Fits(Tensor input, Tensor weight, Tensor? bias) => CpuDepthwise.Fits(input, weight, bias);
 
     /// <summary>
@@ -119,7 +126,8 @@ public static class DepthwiseConv2d
     /// <param name="input">Input (N, C, H, W).</param>
     /// <param name="weight">Filter (C, 1, K, K).</param>
     /// <param name="bias">Bias (C), or null.</param>
-    /// <returns>(N, C, H, W).</returns>
+    /// <returns>(N, C, H, W): the same shape as <paramref name="input"/>.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="input"/> or <paramref name="weight"/> is null.</exception>
     public static Tensor Forward(Tensor input, Tensor weight, Tensor? bias = null)
     {
         ArgumentNullException.ThrowIfNull(input);

@@ -6,8 +6,8 @@ namespace RepLKNet.Ops;
 
 /// <summary>Relative max errors of our kernels against libtorch's float64 conv2d for one shape and instruction set.</summary>
 /// <param name="Isa">Instruction set checked.</param>
-/// <param name="Shape">"N×C×H×W, K".</param>
-/// <param name="Forward">Forward error relative to the largest reference output.</param>
+/// <param name="Shape">"N×C×H×W, K=k": input [N, C, H, W] and kernel size K (pixels).</param>
+/// <param name="Forward">Forward error: max |ours − reference| / max |reference| (a ratio; +∞ when ours has NaN).</param>
 /// <param name="InputGrad">Input-gradient error, likewise.</param>
 /// <param name="WeightGrad">Weight-gradient error, likewise.</param>
 public sealed record DepthwiseCheckResult(CpuIsa Isa, string Shape, double Forward, double InputGrad, double WeightGrad)
@@ -23,10 +23,16 @@ public sealed record DepthwiseCheckResult(CpuIsa Isa, string Shape, double Forwa
 /// </summary>
 public static class DepthwiseSelfCheck
 {
-    /// <summary>Tolerance on the relative errors.</summary>
+    /// <summary>Tolerance on the relative errors: a result passes when its <see cref="DepthwiseCheckResult.Max"/> is at most this (the caller compares).</summary>
     public const double Tolerance = 1e-5;
 
-    /// <summary>Runs the check with data from <paramref name="seed"/>.</summary>
+    /// <summary>
+    /// Runs our CPU kernels (forward, input gradient, weight gradient; stride 1, padding K/2, with bias) on five fixed
+    /// shapes, from N×C×H×W = 1×2×1×1 with K = 3 to 1×3×9×17 with K = 31, for every instruction set this machine supports,
+    /// and compares each with libtorch's float64 <c>conv2d</c> and its autograd on the same standard-normal float32 data.
+    /// </summary>
+    /// <param name="seed">Seeds the generator of inputs, weights, biases and upstream gradients (the same data for every instruction set).</param>
+    /// <returns>One result per (instruction set, shape), widest instruction set first; nothing is thrown for a failing result.</returns>
     public static List<DepthwiseCheckResult> Run(long seed)
     {
         (int N, int C, int H, int W, int K)[] shapes = [(2, 5, 13, 11, 7), (1, 3, 9, 17, 31), (2, 4, 33, 40, 13), (1, 2, 1, 1, 3), (3, 6, 20, 37, 5)];

@@ -147,8 +147,21 @@ public static class ClassifierTraining
     /// <summary>
     /// Recomputes every BatchNorm's running mean and variance as the plain average over up to <paramref name="images"/>
     /// images of <paramref name="order"/> (eval view, train mode, no gradients): batch k gets momentum 1/(k+1). Leaves the
-    /// model in eval mode.
+    /// model in eval mode. Each batch of 2 or more images weighs the same; smaller batches are skipped. Nothing is computed
+    /// (the model is only put in eval mode) when it has no BatchNorm, <paramref name="images"/> ≤ 0 or <paramref name="order"/> is empty.
+    /// The BatchNorm momenta are restored afterwards, also on failure.
     /// </summary>
+    /// <param name="model">The model, already on <paramref name="device"/>; its BatchNorm running statistics are replaced.</param>
+    /// <param name="data">The images (labels unused).</param>
+    /// <param name="pipeline">The view producing [N, C, S, S] normalized float batches (read without augmentation); its channel count must be the dataset's.</param>
+    /// <param name="order">Dataset indices to read, in order; the first <paramref name="images"/> are used.</param>
+    /// <param name="images">Most images to read.</param>
+    /// <param name="batchSize">Images per batch (≥ 1 when there is work to do); BatchNorm statistics are per batch, so small batches give noisier averages.</param>
+    /// <param name="device">Where the batches go; must be the model's device.</param>
+    /// <param name="workers">Background threads preparing batches (≥ 1 when there is work to do).</param>
+    /// <exception cref="ArgumentNullException"><paramref name="model"/> or <paramref name="order"/> is null; or, when there is work to do, <paramref name="data"/> or <paramref name="pipeline"/>.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">There is work to do and <paramref name="batchSize"/> or <paramref name="workers"/> is 0 or negative.</exception>
+    /// <exception cref="ArgumentException">There is work to do and the pipeline's channel count differs from the dataset's.</exception>
     public static void RecalibrateBatchNorm(Module<Tensor, Tensor> model, IImageDataset data, SamplePipeline pipeline, long[] order, int images, int batchSize, Device device, int workers = 1)
     {
         ArgumentNullException.ThrowIfNull(model);

@@ -16,7 +16,17 @@ public sealed class ModelEma
 {
     private readonly Module _average;
 
-    /// <summary>Starts the average at <paramref name="model"/>'s current weights, kept in <paramref name="average"/>.</summary>
+    /// <summary>
+    /// Starts the average at <paramref name="model"/>'s current weights, copied into <paramref name="average"/>, which is
+    /// put in eval mode with gradients off for its parameters.
+    /// </summary>
+    /// <param name="model">The trained model; only read.</param>
+    /// <param name="average">A model of the same topology (same state-dict keys and shapes); its weights are overwritten.</param>
+    /// <param name="decay">Weight kept by the average at each update, in [0, 1] (the official recipe: 0.9999).</param>
+    /// <param name="warmup">Ramp the decay up as min(<paramref name="decay"/>, (1 + u) / (10 + u)) over the updates u.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="model"/> or <paramref name="average"/> is null.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="decay"/> is NaN or outside [0, 1] (<see cref="ArgumentException.ParamName"/> is <c>decay</c>).</exception>
+    /// <exception cref="KeyNotFoundException"><paramref name="average"/> has a state-dict entry that <paramref name="model"/> lacks (a topology mismatch; entries only <paramref name="model"/> has are ignored).</exception>
     public ModelEma(Module model, Module average, double decay, bool warmup = false)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -43,19 +53,25 @@ public sealed class ModelEma
         }
     }
 
-    /// <summary>The decay.</summary>
+    /// <summary>The decay given to the constructor, in [0, 1] (the ceiling of the ramped decay under <see cref="Warmup"/>).</summary>
     public double Decay { get; }
 
     /// <summary>Whether the decay ramps up over the first updates.</summary>
     public bool Warmup { get; }
 
-    /// <summary>Updates applied so far (restored on resume through <see cref="Updates"/>).</summary>
+    /// <summary>Updates applied so far; drives the <see cref="Warmup"/> ramp, so a resumed run sets it back from its saved state.</summary>
     public long Updates { get; set; }
 
     /// <summary>The averaged model (eval mode).</summary>
     public Module Average => _average;
 
-    /// <summary>Folds <paramref name="model"/>'s current weights into the average.</summary>
+    /// <summary>
+    /// Folds <paramref name="model"/>'s current weights into the average (call after each optimizer step): floating-point
+    /// entries become decay·average + (1 − decay)·current, integer buffers are copied. <see cref="Updates"/> grows by one first (the ramp uses the count before it).
+    /// </summary>
+    /// <param name="model">The trained model, with the topology and device of <see cref="Average"/>; only read.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="model"/> is null.</exception>
+    /// <exception cref="KeyNotFoundException"><see cref="Average"/> has a state-dict entry that <paramref name="model"/> lacks (a topology mismatch); <see cref="Updates"/> has grown and the entries before it are already folded.</exception>
     public void Update(Module model)
     {
         ArgumentNullException.ThrowIfNull(model);

@@ -9,6 +9,21 @@ namespace RepLKNet.Training;
 public sealed class CosineSchedule : ILearningRateSchedule
 {
     /// <summary>Creates the schedule over <paramref name="epochs"/> × <paramref name="iterationsPerEpoch"/> iterations.</summary>
+    /// <param name="baseValue">Peak value, reached at the end of the warm-up (official <c>base_value</c>).</param>
+    /// <param name="finalValue">Value the cosine decays towards (official <c>final_value</c>); the last iteration stops one cosine step short of it.</param>
+    /// <param name="epochs">Training epochs (≥ 1).</param>
+    /// <param name="iterationsPerEpoch">Iterations (optimizer steps) per epoch (≥ 1).</param>
+    /// <param name="warmupEpochs">Warm-up length in epochs (≥ 0); used only when <paramref name="warmupSteps"/> is not positive.</param>
+    /// <param name="startWarmupValue">Value at iteration 0 of the warm-up (official <c>start_warmup_value</c>).</param>
+    /// <param name="warmupSteps">
+    /// Warm-up length in iterations; when positive it replaces <paramref name="warmupEpochs"/> (official
+    /// <c>warmup_steps</c>); the default −1 (or any value ≤ 0) means "use <paramref name="warmupEpochs"/>".
+    /// </param>
+    /// <exception cref="ArgumentOutOfRangeException">
+    /// <paramref name="epochs"/> or <paramref name="iterationsPerEpoch"/> is 0 or negative, or <paramref name="warmupEpochs"/> is negative
+    /// (<see cref="ArgumentException.ParamName"/> names it).
+    /// </exception>
+    /// <exception cref="ArgumentException">The warm-up is longer than the whole schedule (more iterations than <paramref name="epochs"/> × <paramref name="iterationsPerEpoch"/>).</exception>
     public CosineSchedule(double baseValue, double finalValue, int epochs, int iterationsPerEpoch, int warmupEpochs = 0,
         double startWarmupValue = 0, int warmupSteps = -1)
     {
@@ -38,10 +53,12 @@ public sealed class CosineSchedule : ILearningRateSchedule
     /// <summary>Iterations in the whole schedule.</summary>
     public long TotalIterations { get; }
 
-    /// <summary>Warm-up iterations.</summary>
+    /// <summary>Warm-up iterations: <c>warmupSteps</c> when positive, else <c>warmupEpochs</c> × <c>iterationsPerEpoch</c>.</summary>
     public long WarmupIterations { get; }
 
-    /// <summary>The value at iteration <paramref name="iteration"/> (0-based); past the end, the last value.</summary>
+    /// <summary>The value at iteration <paramref name="iteration"/> (0-based); past the end, the last value (that of iteration <see cref="TotalIterations"/> − 1).</summary>
+    /// <param name="iteration">0-based iteration (optimizer step) index.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="iteration"/> is negative.</exception>
     public double this[long iteration]
     {
         get
@@ -61,6 +78,9 @@ public sealed class CosineSchedule : ILearningRateSchedule
         }
     }
 
-    /// <inheritdoc />
+    /// <summary>The value at step <paramref name="stepIndex"/>: <c>this[stepIndex]</c>; the schedule is per iteration, so <paramref name="budgetFraction"/> is ignored.</summary>
+    /// <param name="stepIndex">0-based optimizer step.</param>
+    /// <param name="budgetFraction">Ignored.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="stepIndex"/> is negative.</exception>
     public double At(long stepIndex, double budgetFraction) => this[stepIndex];
 }
