@@ -136,10 +136,15 @@ public sealed class RepLKNetModel : Module<Tensor, Tensor>, IImageModel
     /// norm_intermediate_features, otherwise the identity.
     /// </returns>
     /// <exception cref="ArgumentOutOfRangeException">An index is negative or not below the stage count (<see cref="ArgumentException.ParamName"/> is <c>indices</c>).</exception>
-    /// <exception cref="InvalidOperationException"><paramref name="indices"/> is empty.</exception>
+    /// <exception cref="ArgumentException"><paramref name="indices"/> is empty.</exception>
     public IReadOnlyList<Tensor> forward_intermediates(Tensor input, IReadOnlyList<int>? indices = null)
     {
         var wanted = indices ?? Config.OutIndices ?? Enumerable.Range(0, stages.Count).ToArray();
+        if (wanted.Count == 0)
+        {
+            throw new ArgumentException("indices names no stage", nameof(indices));
+        }
+
         foreach (int i in wanted)
         {
             if (i < 0 || i >= stages.Count)
