@@ -11,7 +11,7 @@ public class ArchSettings : GlobalSettings
 {
     /// <summary>Variant name or JSON configuration.</summary>
     [CommandOption("--arch <ARCH>")]
-    [Description("A variant name (RepLKNet-31B, -31L, -XL; case-insensitive) or a JSON file of the official constructor's arguments.")]
+    [Description("A variant name (RepLKNet-FMNIST, -31B, -31L, -XL; case-insensitive) or a JSON file of the official constructor's arguments; train defaults to RepLKNet-FMNIST.")]
     public string? Arch { get; init; }
 
     /// <summary>Classifier size override.</summary>
@@ -29,7 +29,7 @@ public class WeightsSettings : ArchSettings
 {
     /// <summary>Checkpoint path.</summary>
     [CommandOption("--weights <FILE>")]
-    [Description("Checkpoint: PyTorch .pth (raw, {'model','model_ema'} or MMSeg {'state_dict'} with backbone.), safetensors, or the project's format. train: the weights to start from (train form; a classifier of another size is skipped).")]
+    [Description("Checkpoint to load: PyTorch .pth (raw, {'model','model_ema'} or MMSeg {'state_dict'} with backbone.), safetensors, or the project's format. With train: the weights to fine-tune from (train form; a classifier of another size is skipped).")]
     public string? Weights { get; init; }
 
     /// <summary>Use the EMA weights of a training checkpoint.</summary>
