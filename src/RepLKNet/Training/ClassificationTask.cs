@@ -16,7 +16,6 @@ public sealed class ClassificationTask : ITrainingTask
     private readonly IImageDataset _train;
     private readonly IImageDataset _test;
     private readonly AugmentOptions _augment;
-    private readonly long[] _pool;
 
     /// <summary>Creates the task.</summary>
     /// <param name="train">Training set.</param>
@@ -37,7 +36,7 @@ public sealed class ClassificationTask : ITrainingTask
         Pipeline = pipeline ?? throw new ArgumentNullException(nameof(pipeline));
         _augment = augment ?? throw new ArgumentNullException(nameof(augment));
         CheckSets(train, test);
-        _pool = (long[]?)pool?.Clone() ?? TrainingPool.All(train.Count);
+        Pool = Array.AsReadOnly((long[]?)pool?.Clone() ?? TrainingPool.All(train.Count));
         EvalBatchSize = Math.Max(1, evalBatchSize);
         Workers = workers;
         Device = device;
@@ -60,7 +59,7 @@ public sealed class ClassificationTask : ITrainingTask
     public CheckpointMetadata? Metadata { get; }
 
     /// <inheritdoc />
-    public IReadOnlyList<long> Pool => Array.AsReadOnly(_pool);
+    public IReadOnlyList<long> Pool { get; }
 
     /// <summary>Classes of both sets.</summary>
     public IReadOnlyList<string> ClassNames => _train.ClassNames;
@@ -107,9 +106,11 @@ public sealed class ClassificationTask : ITrainingTask
     }
 
     /// <inheritdoc />
+    /// <exception cref="InvalidOperationException"><paramref name="model"/> is a backbone (no classifier).</exception>
+    /// <exception cref="DatasetException">Its classifier's size differs from the test set's classes.</exception>
     public double Evaluate(Module<Tensor, Tensor> model, Action<string>? onNotice, CancellationToken cancel)
     {
-        var result = Evaluation.Run(model, _test.ClassNames.Count, _test, Pipeline, EvalBatchSize, Device, Workers, cancel);
+        var result = Evaluation.Run(model, Evaluation.OutputClasses(model, _test.ClassNames.Count), _test, Pipeline, EvalBatchSize, Device, Workers, cancel);
         if (result.Skipped.Count > 0)
         {
             onNotice?.Invoke($"evaluation skipped {result.Skipped.Count} unreadable image(s), e.g. {result.Skipped[0].Source}: {result.Skipped[0].Reason}");

@@ -37,9 +37,20 @@ public static class Evaluation
     /// <exception cref="ArgumentException">The pipeline's channel count differs from the dataset's.</exception>
     public static EvaluationResult Run(RepLKNetModel model, IImageDataset data, SamplePipeline pipeline, int batchSize, Device device, int? workers = null)
     {
+        return Run(model, OutputClasses(model, 0), data, pipeline, batchSize, device, workers);
+    }
+
+    /// <summary>
+    /// The number of classes <paramref name="model"/> predicts: its classifier's size when it is an <see cref="IImageModel"/>,
+    /// else <paramref name="otherwise"/> (a plain module does not say).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The model is a backbone (no classifier).</exception>
+    public static int OutputClasses(Module model, int otherwise)
+    {
         ArgumentNullException.ThrowIfNull(model);
-        int classes = model.Config.NumClasses ?? throw new InvalidOperationException("a backbone has no classifier to evaluate");
-        return Run(model, classes, data, pipeline, batchSize, device, workers);
+        return model is IImageModel image
+            ? image.NumClasses ?? throw new InvalidOperationException("a backbone has no classifier to evaluate")
+            : otherwise;
     }
 
     /// <summary>

@@ -65,13 +65,7 @@ public abstract record RecipeOptions
     }
 
     /// <summary>Throws <see cref="ArgumentException"/> "<paramref name="name"/> <paramref name="problem"/>" unless <paramref name="ok"/>.</summary>
-    protected static void Check(bool ok, string name, string problem)
-    {
-        if (!ok)
-        {
-            throw new ArgumentException($"{name} {problem}", name);
-        }
-    }
+    protected static void Check(bool ok, string name, string problem) => OptionCheck.That(ok, name, problem);
 }
 
 /// <summary>

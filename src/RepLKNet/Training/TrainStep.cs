@@ -48,10 +48,7 @@ public sealed class TrainStep
             throw new ArgumentException($"groupScales has {_scales.Length} entries for {optimizer.ParamGroups.Count()} parameter groups", nameof(groupScales));
         }
 
-        if (accumulationSteps < 1)
-        {
-            throw new ArgumentException($"AccumulationSteps must be ≥ 1, got {accumulationSteps}", nameof(accumulationSteps));
-        }
+        OptionCheck.That(accumulationSteps >= 1, nameof(accumulationSteps), $"must be ≥ 1, got {accumulationSteps}");
 
         _device = device;
         AccumulationSteps = accumulationSteps;

@@ -227,12 +227,6 @@ public sealed class Trainer
     public double Evaluate(RepLKNetModel model, Action<string>? onNotice = null, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(model);
-        int classes = model.Config.NumClasses ?? throw new InvalidOperationException("a backbone has no classifier to evaluate");
-        if (classes != _task.ClassNames.Count)
-        {
-            throw new DatasetException($"the model has {classes} classes but the dataset has {_task.ClassNames.Count}");
-        }
-
         return _task.Evaluate(model, onNotice, cancel);
     }
 

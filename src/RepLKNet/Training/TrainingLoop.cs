@@ -116,46 +116,26 @@ public sealed class TrainingLoop
     {
         _task = task ?? throw new ArgumentNullException(nameof(task));
         _o = options ?? throw new ArgumentNullException(nameof(options));
-        if (_o.AccumulationSteps < 1)
-        {
-            throw new ArgumentException($"AccumulationSteps must be ≥ 1, got {_o.AccumulationSteps}", nameof(options.AccumulationSteps));
-        }
-
-        if (_o.BatchSize < 1)
-        {
-            throw new ArgumentException($"BatchSize must be ≥ 1, got {_o.BatchSize}", nameof(options.BatchSize));
-        }
-
+        OptionCheck.That(_o.AccumulationSteps >= 1, nameof(options.AccumulationSteps), $"must be ≥ 1, got {_o.AccumulationSteps}");
+        OptionCheck.That(_o.BatchSize >= 1, nameof(options.BatchSize), $"must be ≥ 1, got {_o.BatchSize}");
+        OptionCheck.That(_o.SaveEvery is null or >= 1, nameof(options.SaveEvery), $"must be ≥ 1, got {_o.SaveEvery}");
+        OptionCheck.That(_o.Budget.Epochs is not null || _o.Budget.Time is not null || _o.MaxSteps is not null, nameof(options.Budget),
+            "names neither epochs nor time and no MaxSteps bounds the run");
+        _folder = _o.OutDir is { } dir ? new RunFolder(dir) : null;
+        OptionCheck.That(!_o.Resume || _folder is not null, nameof(options.Resume), "needs an OutDir holding the run to continue");
+        // The schedule of a time budget follows the wall clock, which a resumed process cannot continue exactly.
+        OptionCheck.That(!_o.Resume || _o.Budget.Time is null, nameof(options.Resume), "works with a budget in epochs; a time budget's schedule cannot continue exactly");
         if (_task.Pool.Count == 0)
         {
             throw new DatasetException("the training set holds no images");
         }
 
-        _folder = _o.OutDir is { } dir ? new RunFolder(dir) : null;
-        if (_o.Resume && _folder is null)
-        {
-            throw new ArgumentException("Resume needs an OutDir holding the run to continue", nameof(options.Resume));
-        }
-
-        if (_o.Resume && _o.Budget.Time is not null)
-        {
-            // The schedule of a time budget follows the wall clock, which a resumed process cannot continue exactly.
-            throw new ArgumentException("Resume works with a budget in epochs; a time budget's schedule cannot continue exactly", nameof(options.Resume));
-        }
-
-        if (_o.Budget.Epochs is null && _o.Budget.Time is null && _o.MaxSteps is null)
-        {
-            throw new ArgumentException("Budget names neither epochs nor time and no MaxSteps bounds the run", nameof(options.Budget));
-        }
-
-        if (_o.SaveEvery is < 1)
-        {
-            throw new ArgumentException($"SaveEvery must be ≥ 1, got {_o.SaveEvery}", nameof(options.SaveEvery));
-        }
+        // The pool does not change: the epoch length is fixed for the run.
+        StepsPerEpoch = Math.Max(1, _task.Pool.Count / ((long)_o.BatchSize * _o.AccumulationSteps));
     }
 
     /// <summary>Optimizer steps per epoch (the last partial batch is dropped, as the official loader does).</summary>
-    public long StepsPerEpoch => Math.Max(1, _task.Pool.Count / ((long)_o.BatchSize * _o.AccumulationSteps));
+    public long StepsPerEpoch { get; }
 
     /// <summary>Steps the whole run takes at most (a time budget may stop it sooner; long.MaxValue when only time bounds it).</summary>
     public long TotalSteps
@@ -255,7 +235,7 @@ public sealed class TrainingLoop
             return _o.Budget.Time is { } time ? Math.Max(trainClock.Elapsed.TotalSeconds / time.TotalSeconds, bySteps) : bySteps;
         }
 
-        bool Finished() => step >= totalSteps || Fraction() >= 1 || cancel.IsCancellationRequested;
+        bool Finished(double fraction) => step >= totalSteps || fraction >= 1 || cancel.IsCancellationRequested;
 
         void Save((double LossSum, long Steps) epochSoFar = default, PendingEvaluation? pending = null) =>
             saver!.Save(step, best, history, epochSoFar, pending);
@@ -319,7 +299,7 @@ public sealed class TrainingLoop
                 EndEpoch(currentEpoch - 1, pending);
             }
 
-            while (!Finished())
+            while (!Finished(Fraction()))
             {
                 int epoch = (int)(step / StepsPerEpoch);
                 currentEpoch = epoch + 1;
@@ -341,7 +321,7 @@ public sealed class TrainingLoop
                     {
                         // One reading of the budget per step: it decides whether to stop and sets the step's learning rate.
                         double fraction = Fraction();
-                        if (step >= totalSteps || fraction >= 1 || cancel.IsCancellationRequested)
+                        if (Finished(fraction))
                         {
                             break;
                         }
