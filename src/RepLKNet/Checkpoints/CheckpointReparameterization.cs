@@ -28,12 +28,13 @@ public sealed record ReparamOptions
 }
 
 /// <summary>What <see cref="CheckpointReparameterization.Convert"/> did.</summary>
-/// <param name="Source">The loaded train-form checkpoint (architecture, metadata, key report).</param>
+/// <param name="Arch">The source checkpoint's architecture name.</param>
+/// <param name="SourceForm">The source checkpoint's form (train).</param>
 /// <param name="Report">Train form vs converted form on the verification batch, module by module.</param>
 /// <param name="Resolution">Side of the verification batch.</param>
 /// <param name="Written">Whether the converted checkpoint was written (only within the tolerance).</param>
 /// <param name="Entries">Entries of the written state dict.</param>
-public sealed record ReparamResult(LoadedModel Source, EquivalenceReport Report, int Resolution, bool Written, int Entries);
+public sealed record ReparamResult(string Arch, ModelForm SourceForm, EquivalenceReport Report, int Resolution, bool Written, int Entries);
 
 /// <summary>
 /// Converts a train-form checkpoint into its deploy (or fused) form: load, re-parameterize a copy, verify it against the
@@ -73,7 +74,7 @@ public static class CheckpointReparameterization
         var report = EquivalenceCheck.Compare(source, converted, input);
         if (!(report.RelativeEndToEnd <= options.Tolerance))
         {
-            return new ReparamResult(loaded, report, resolution, Written: false, Entries: 0);
+            return new ReparamResult(loaded.Arch, loaded.Form, report, resolution, Written: false, Entries: 0);
         }
 
         var state = StateDicts.Ordered(converted);
@@ -81,6 +82,6 @@ public static class CheckpointReparameterization
             ? m with { Form = options.Target, Config = converted.Config, TrainingState = null }
             : new CheckpointMetadata(loaded.Arch, converted.Config, options.Target);
         CheckpointFile.Write(outPath, state, metadata);
-        return new ReparamResult(loaded, report, resolution, Written: true, state.Count);
+        return new ReparamResult(loaded.Arch, loaded.Form, report, resolution, Written: true, state.Count);
     }
 }
