@@ -45,7 +45,31 @@ public interface ITrainingTask
     /// <summary>Loads weights written by <see cref="SaveWeights"/> into <paramref name="model"/> (strict).</summary>
     /// <exception cref="Checkpoints.CheckpointException">The file is damaged or does not match the model.</exception>
     void LoadWeights(string path, Module model);
+
+    /// <summary>The name of classification's score, <see cref="ScoreName"/>'s default.</summary>
+    const string DefaultScoreName = "top1";
+
+    /// <summary>
+    /// The score's name in reports, metrics files (CSV columns <c>&lt;name&gt;</c> and <c>ema_&lt;name&gt;</c>) and the resume
+    /// state (<c>best_&lt;name&gt;</c>): <c>top1</c> (classification, the default) or e.g. <c>mIoU</c> (segmentation).
+    /// </summary>
+    string ScoreName => DefaultScoreName;
+
+    /// <summary>Extension of the best and last checkpoints the run folder names (<see cref="RunFolder.WeightsExtension"/>); <c>.safetensors</c> by default.</summary>
+    string WeightsExtension => RunFolder.DefaultWeightsExtension;
+
+    /// <summary>
+    /// <see cref="Evaluate"/> with the figures behind the score (e.g. aAcc, mIoU, mAcc and per-class IoU), which the loop
+    /// writes into the metrics files. The default has none: <c>new TaskScore(Evaluate(…))</c>.
+    /// </summary>
+    /// <exception cref="OperationCanceledException"><paramref name="cancel"/> was cancelled.</exception>
+    TaskScore Score(Module<Tensor, Tensor> model, Action<string>? onNotice, CancellationToken cancel) => new(Evaluate(model, onNotice, cancel));
 }
+
+/// <summary>A task's score of a model and the figures behind it.</summary>
+/// <param name="Value">The score the loop keeps the best checkpoint by (higher is better).</param>
+/// <param name="Details">Named figures written beside it into the metrics files (in this order), or null.</param>
+public sealed record TaskScore(double Value, IReadOnlyDictionary<string, double>? Details = null);
 
 /// <summary>One epoch's training micro-batches, produced in order; owns its loader threads (dispose it).</summary>
 public interface ITrainingEpoch : IDisposable

@@ -14,12 +14,40 @@ public static class ParameterGroups
         return parameter.dim() == 1 || name.EndsWith(".bias", StringComparison.Ordinal);
     }
 
-    /// <summary>Splits the trainable parameters of <paramref name="model"/> into (decay, no-decay) lists, names kept.</summary>
-    public static (List<(string Name, Parameter Parameter)> Decay, List<(string Name, Parameter Parameter)> NoDecay) Split(Module model)
+    /// <summary>
+    /// mmcv's <c>DefaultOptimizerConstructor</c> with <c>paramwise_cfg=dict(norm_decay_mult=0)</c> (the official MMSeg
+    /// configs of RepLKNet): the weight and bias of every normalization layer (batch, instance, group and layer norm) get
+    /// no weight decay; every other parameter, conv biases included, decays. Returns the rule for
+    /// <paramref name="model"/>'s parameter names (<see cref="TrainingLoopOptions.NoWeightDecay"/>).
+    /// </summary>
+    public static Func<string, Parameter, bool> NormLayers(Module model)
     {
         ArgumentNullException.ThrowIfNull(model);
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var (prefix, module) in model.named_modules())
+        {
+            if (module is TorchSharp.Modules.NormBase or TorchSharp.Modules.GroupNorm or TorchSharp.Modules.LayerNorm)
+            {
+                foreach (var (name, _) in module.named_parameters(recurse: false))
+                {
+                    names.Add(prefix.Length == 0 ? name : $"{prefix}.{name}");
+                }
+            }
+        }
+
+        return (name, _) => names.Contains(name);
+    }
+
+    /// <summary>Splits the trainable parameters of <paramref name="model"/> into (decay, no-decay) lists, names kept.</summary>
+    /// <param name="model">The model.</param>
+    /// <param name="noDecay">The rule (<see cref="NormLayers"/>); null: <see cref="IsNoDecay"/>.</param>
+    public static (List<(string Name, Parameter Parameter)> Decay, List<(string Name, Parameter Parameter)> NoDecay) Split(Module model,
+        Func<string, Parameter, bool>? noDecay = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        noDecay ??= IsNoDecay;
         var decay = new List<(string, Parameter)>();
-        var noDecay = new List<(string, Parameter)>();
+        var noDecayList = new List<(string, Parameter)>();
         foreach (var (name, parameter) in model.named_parameters())
         {
             if (!parameter.requires_grad)
@@ -27,10 +55,10 @@ public static class ParameterGroups
                 continue;
             }
 
-            (IsNoDecay(name, parameter) ? noDecay : decay).Add((name, parameter));
+            (noDecay(name, parameter) ? noDecayList : decay).Add((name, parameter));
         }
 
-        return (decay, noDecay);
+        return (decay, noDecayList);
     }
 }
 

@@ -14,17 +14,23 @@ namespace RepLKNet.Training;
 /// <param name="Path">The run folder.</param>
 public sealed record RunFolder(string Path)
 {
+    /// <summary>The default <see cref="WeightsExtension"/>.</summary>
+    public const string DefaultWeightsExtension = ".safetensors";
+
+    /// <summary>Extension of <see cref="LastCheckpoint"/>, <see cref="BestCheckpoint"/> and <see cref="EmaCheckpoint"/> (the task's format, e.g. <c>.pth</c> for MMSeg checkpoints).</summary>
+    public string WeightsExtension { get; init; } = DefaultWeightsExtension;
+
     /// <summary>The last checkpoint (model weights, pointing at the resume state).</summary>
-    public string LastCheckpoint => System.IO.Path.Combine(Path, "last.safetensors");
+    public string LastCheckpoint => System.IO.Path.Combine(Path, "last" + WeightsExtension);
 
     /// <summary>The best checkpoint (by the task's score, EMA or not, whichever is higher).</summary>
-    public string BestCheckpoint => System.IO.Path.Combine(Path, "best.safetensors");
+    public string BestCheckpoint => System.IO.Path.Combine(Path, "best" + WeightsExtension);
 
     /// <summary>The best checkpoint re-parameterized into its deploy form (written by <see cref="DeployStep"/>).</summary>
     public string DeployCheckpoint => System.IO.Path.Combine(Path, "best-deploy.safetensors");
 
     /// <summary>The EMA weights of the last checkpoint.</summary>
-    public string EmaCheckpoint => System.IO.Path.Combine(Path, "last-ema.safetensors");
+    public string EmaCheckpoint => System.IO.Path.Combine(Path, "last-ema" + WeightsExtension);
 
     /// <summary>The resume state: step, history, and which resume folder is complete.</summary>
     public string StateFile => System.IO.Path.Combine(Path, "state.json");
@@ -148,7 +154,7 @@ internal sealed class RunState(RunFolder folder, ITrainingTask task, Module mode
             ["batch_size"] = options.BatchSize,
             ["accumulation_steps"] = options.AccumulationSteps,
             ["resume"] = Path.Combine("resume", name),
-            ["best_top1"] = double.IsFinite(best) ? best : null,
+            ["best_" + task.ScoreName] = double.IsFinite(best) ? best : null,
             ["epoch_loss_sum"] = epochSoFar.LossSum,
             ["epoch_steps"] = epochSoFar.Steps,
             ["pending_evaluation"] = pending is null ? null : JsonSerializer.SerializeToNode(pending, JsonOptions),
@@ -213,7 +219,7 @@ internal sealed class RunState(RunFolder folder, ITrainingTask task, Module mode
         }
 
         var history = state["history"]!.Deserialize<List<EpochMetrics>>(JsonOptions) ?? [];
-        double best = state["best_top1"] is JsonNode b ? (double)b : double.NegativeInfinity;
+        double best = state["best_" + task.ScoreName] is JsonNode b ? (double)b : double.NegativeInfinity;
         var partial = ((double?)state["epoch_loss_sum"] ?? 0, (long?)state["epoch_steps"] ?? 0);
         var pending = state["pending_evaluation"] is JsonNode p ? p.Deserialize<PendingEvaluation>(JsonOptions) : null;
         LastSavedStep = (long)state["step"]!;
@@ -222,11 +228,26 @@ internal sealed class RunState(RunFolder folder, ITrainingTask task, Module mode
 
     public void WriteMetrics(List<EpochMetrics> history)
     {
-        var csv = new System.Text.StringBuilder("epoch,step,train_loss,lr,top1,ema_top1,images_per_s,seconds,skipped,data_wait_s\n");
+        // The score's columns carry its name (top1 for classification); the task's detail figures follow, in their order.
+        string score = task.ScoreName;
+        var details = history.FirstOrDefault(m => m.Details is not null)?.Details?.Keys.ToList() ?? [];
+        var csv = new System.Text.StringBuilder($"epoch,step,train_loss,lr,{score},ema_{score},images_per_s,seconds,skipped,data_wait_s");
+        foreach (var name in details)
+        {
+            csv.Append(',').Append(name);
+        }
+
+        csv.Append('\n');
         foreach (var m in history)
         {
-            csv.AppendLine(string.Create(CultureInfo.InvariantCulture,
+            csv.Append(string.Create(CultureInfo.InvariantCulture,
                 $"{m.Epoch},{m.Step},{m.TrainLoss:R},{m.LearningRate:R},{m.Top1:R},{m.EmaTop1:R},{m.ImagesPerSecond:F1},{m.Seconds:F1},{m.Skipped},{m.DataWaitSeconds:F2}"));
+            foreach (var name in details)
+            {
+                csv.Append(string.Create(CultureInfo.InvariantCulture, $",{(m.Details is { } d && d.TryGetValue(name, out double v) ? v : double.NaN):R}"));
+            }
+
+            csv.AppendLine();
         }
 
         AtomicFile.Write(folder.MetricsCsv, s => s.Write(System.Text.Encoding.UTF8.GetBytes(csv.ToString())));

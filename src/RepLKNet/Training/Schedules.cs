@@ -84,3 +84,90 @@ public sealed class CosineSchedule : ILearningRateSchedule
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="stepIndex"/> is negative.</exception>
     public double At(long stepIndex, double budgetFraction) => this[stepIndex];
 }
+
+/// <summary>
+/// MMSegmentation's iteration-based learning rate (mmcv <c>PolyLrUpdaterHook</c> with <c>by_epoch=False</c> and
+/// <c>warmup='linear'</c>, as the official RepLKNet UperNet configs set it: power 1, min_lr 0, warm-up 400 iterations from
+/// ratio 1e-6). At iteration i (0-based, mmcv's <c>runner.iter</c>) the regular rate is
+/// <c>(base − min)·(1 − i / maxIters)^power + min</c>; during the warm-up (i &lt; warmupIters) it is multiplied by
+/// <c>1 − (1 − i / warmupIters)·(1 − warmupRatio)</c>, so iteration 0 runs at <c>regular · warmupRatio</c>
+/// (mmcv/runner/hooks/lr_updater.py: <c>get_lr</c>, <c>get_warmup_lr</c>, <c>before_train_iter</c>).
+/// </summary>
+public sealed class PolySchedule : ILearningRateSchedule
+{
+    /// <summary>Creates the schedule.</summary>
+    /// <param name="baseValue">The base learning rate (mmcv's <c>initial_lr</c> of the group; official 2e-4).</param>
+    /// <param name="maxIterations">The run's iterations (mmcv's <c>max_iters</c>), ≥ 1.</param>
+    /// <param name="power">Exponent of the decay (official 1.0), &gt; 0.</param>
+    /// <param name="minValue">Learning rate at <paramref name="maxIterations"/> (official 0), ≥ 0.</param>
+    /// <param name="warmupIterations">Linear warm-up length in iterations (official 400 for 31B, 800 for 31L, 1500 for XL); 0: none.</param>
+    /// <param name="warmupRatio">The fraction of the regular rate at iteration 0, in (0, 1] (official 1e-6).</param>
+    /// <exception cref="ArgumentOutOfRangeException">An argument is out of its range (<see cref="ArgumentException.ParamName"/> names it).</exception>
+    public PolySchedule(double baseValue, long maxIterations, double power = 1.0, double minValue = 0, long warmupIterations = 0, double warmupRatio = 0.1)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxIterations);
+        ArgumentOutOfRangeException.ThrowIfNegative(warmupIterations);
+        if (!(power > 0) || double.IsInfinity(power))
+        {
+            throw new ArgumentOutOfRangeException(nameof(power), power, "the poly power must be positive");
+        }
+
+        if (!(minValue >= 0) || double.IsInfinity(minValue))
+        {
+            throw new ArgumentOutOfRangeException(nameof(minValue), minValue, "the minimum learning rate must be ≥ 0");
+        }
+
+        if (!(warmupRatio > 0 && warmupRatio <= 1))
+        {
+            throw new ArgumentOutOfRangeException(nameof(warmupRatio), warmupRatio, "the warm-up ratio must be in (0, 1], as mmcv requires");
+        }
+
+        BaseValue = baseValue;
+        MaxIterations = maxIterations;
+        Power = power;
+        MinValue = minValue;
+        WarmupIterations = warmupIterations;
+        WarmupRatio = warmupRatio;
+    }
+
+    /// <summary>The base learning rate.</summary>
+    public double BaseValue { get; }
+
+    /// <summary>The run's iterations (mmcv's <c>max_iters</c>).</summary>
+    public long MaxIterations { get; }
+
+    /// <summary>The decay's exponent.</summary>
+    public double Power { get; }
+
+    /// <summary>The learning rate the decay ends at.</summary>
+    public double MinValue { get; }
+
+    /// <summary>Warm-up iterations (0: none).</summary>
+    public long WarmupIterations { get; }
+
+    /// <summary>The warm-up's starting fraction of the regular rate.</summary>
+    public double WarmupRatio { get; }
+
+    /// <summary>The learning rate of iteration <paramref name="iteration"/> (0-based); at or past <see cref="MaxIterations"/>, <see cref="MinValue"/>.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="iteration"/> is negative.</exception>
+    public double this[long iteration]
+    {
+        get
+        {
+            ArgumentOutOfRangeException.ThrowIfNegative(iteration);
+            double progress = Math.Min(iteration, MaxIterations);
+            double regular = (BaseValue - MinValue) * Math.Pow(1 - progress / MaxIterations, Power) + MinValue;
+            if (iteration >= WarmupIterations)
+            {
+                return regular;
+            }
+
+            double k = (1 - (double)iteration / WarmupIterations) * (1 - WarmupRatio);
+            return regular * (1 - k);
+        }
+    }
+
+    /// <summary>The rate of step <paramref name="stepIndex"/>: <c>this[stepIndex]</c> (the schedule is per iteration; <paramref name="budgetFraction"/> is ignored).</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="stepIndex"/> is negative.</exception>
+    public double At(long stepIndex, double budgetFraction) => this[stepIndex];
+}

@@ -134,17 +134,23 @@ public sealed class TrainStep
         return new StepOutcome(value, samples, skipped ?? (IReadOnlyList<SkippedImage>)[]);
     }
 
+    /// <summary>AdamW's default (β₁, β₂) = (0.9, 0.999), the official recipes' (classification and MMSeg alike).</summary>
+    public static readonly (double Beta1, double Beta2) DefaultBetas = (0.9, 0.999);
+
     /// <summary>
     /// AdamW over <paramref name="model"/>'s trainable parameters in the official groups: weight decay on everything but
-    /// biases and 1-D parameters (<see cref="ParameterGroups.IsNoDecay"/>), times an optional per-parameter learning-rate
-    /// scale (layer-wise decay); one group per distinct (decay, scale), decayed groups first, then by scale.
-    /// Returns the optimizer and each group's scale.
+    /// biases and 1-D parameters (<see cref="ParameterGroups.IsNoDecay"/>) or what <paramref name="noDecay"/> exempts,
+    /// times an optional per-parameter learning-rate scale (layer-wise decay); one group per distinct (decay, scale),
+    /// decayed groups first, then by scale. Returns the optimizer and each group's scale.
     /// </summary>
     /// <param name="model">The model.</param>
     /// <param name="learningRate">Peak learning rate.</param>
     /// <param name="weightDecay">Decoupled weight decay of the decayed groups.</param>
     /// <param name="scale">Learning-rate multiplier of a parameter by name, or null for 1.</param>
-    public static (AdamW Optimizer, double[] Scales) CreateOptimizer(Module model, double learningRate, double weightDecay, Func<string, double>? scale = null)
+    /// <param name="noDecay">Whether a parameter (by name) gets no weight decay; null: <see cref="ParameterGroups.IsNoDecay"/>.</param>
+    /// <param name="betas">AdamW's (β₁, β₂); null: <see cref="DefaultBetas"/>.</param>
+    public static (AdamW Optimizer, double[] Scales) CreateOptimizer(Module model, double learningRate, double weightDecay, Func<string, double>? scale = null,
+        Func<string, Parameter, bool>? noDecay = null, (double Beta1, double Beta2)? betas = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         var groups = new List<(List<Parameter> Params, double Decay, double Scale)>();
@@ -155,7 +161,7 @@ public sealed class TrainStep
                 continue;
             }
 
-            double decay = ParameterGroups.IsNoDecay(name, parameter) ? 0 : weightDecay;
+            double decay = (noDecay ?? ParameterGroups.IsNoDecay)(name, parameter) ? 0 : weightDecay;
             double s = scale?.Invoke(name) ?? 1.0;
             int g = groups.FindIndex(x => x.Decay == decay && x.Scale == s);
             if (g < 0)
@@ -171,7 +177,7 @@ public sealed class TrainStep
         groups = [.. groups.OrderBy(x => x.Decay == 0).ThenBy(x => x.Scale)];
         var optimizer = optim.AdamW(
             [.. groups.Select(x => new AdamW.ParamGroup(x.Params, new AdamW.Options { LearningRate = learningRate * x.Scale, weight_decay = x.Decay }))],
-            learningRate, 0.9, 0.999, 1e-8, weightDecay);
+            learningRate, (betas ?? DefaultBetas).Beta1, (betas ?? DefaultBetas).Beta2, 1e-8, weightDecay);
         return (optimizer, [.. groups.Select(x => x.Scale)]);
     }
 }

@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Text.Json.Serialization;
 
 namespace RepLKNet.Training;
 
@@ -89,7 +90,7 @@ public sealed class TrainingFailedException : Exception
     public long? LastSavedStep { get; }
 }
 
-/// <summary>One epoch's (or final) metrics.</summary>
+/// <summary>One evaluation's metrics: at an epoch end, or every N steps (<see cref="TrainingLoopOptions.EvaluateEvery"/>).</summary>
 /// <param name="Epoch">Epoch (1-based).</param>
 /// <param name="Step">Optimizer steps so far.</param>
 /// <param name="TrainLoss">Mean training loss over the epoch.</param>
@@ -101,7 +102,23 @@ public sealed class TrainingFailedException : Exception
 /// <param name="Skipped">Unreadable training images skipped in the epoch.</param>
 /// <param name="DataWaitSeconds">Time the training loop waited for batches.</param>
 public sealed record EpochMetrics(int Epoch, long Step, double TrainLoss, double LearningRate, double Top1, double EmaTop1, double ImagesPerSecond, double Seconds,
-    long Skipped = 0, double DataWaitSeconds = 0);
+    long Skipped = 0, double DataWaitSeconds = 0)
+{
+    /// <summary>
+    /// The name of the score in <see cref="Top1"/> and <see cref="EmaTop1"/> (<see cref="ITrainingTask.ScoreName"/>, e.g.
+    /// <c>mIoU</c>); null: <c>top1</c> (classification, whose files do not carry the name).
+    /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public string? ScoreName { get; init; }
+
+    /// <summary>The figures behind the model's score (<see cref="TaskScore.Details"/>: e.g. aAcc, mIoU, mAcc), or null.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public IReadOnlyDictionary<string, double>? Details { get; init; }
+
+    /// <summary>The score's name: <see cref="ScoreName"/>, or <c>top1</c>.</summary>
+    [JsonIgnore]
+    public string Score => ScoreName ?? ITrainingTask.DefaultScoreName;
+}
 
 /// <summary>Progress of one optimizer step.</summary>
 /// <param name="Step">Optimizer steps done (1-based).</param>

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using RepLKNet.Checkpoints;
 using RepLKNet.Data;
 using TorchSharp;
+using TorchSharp.Modules;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
 
@@ -54,6 +55,16 @@ public sealed record TrainingLoopOptions
     /// <summary>Learning-rate multiplier of a parameter by name (layer-wise decay), or null.</summary>
     public Func<string, double>? ParameterScale { get; init; }
 
+    /// <summary>
+    /// The rule exempting parameters from weight decay, made for the model being trained (e.g.
+    /// <see cref="ParameterGroups.NormLayers"/>, mmcv's <c>norm_decay_mult=0</c>); null: the official classification rule
+    /// (<see cref="ParameterGroups.IsNoDecay"/>: every bias and 1-D parameter).
+    /// </summary>
+    public Func<Module, Func<string, Parameter, bool>>? NoWeightDecay { get; init; }
+
+    /// <summary>AdamW's (β₁, β₂).</summary>
+    public (double Beta1, double Beta2) Betas { get; init; } = TrainStep.DefaultBetas;
+
     /// <summary>Micro-batches per optimizer step.</summary>
     public int AccumulationSteps { get; init; } = 1;
 
@@ -69,8 +80,16 @@ public sealed record TrainingLoopOptions
     /// <summary>Stop after this many optimizer steps; null: the budget decides.</summary>
     public long? MaxSteps { get; init; }
 
-    /// <summary>Evaluate (and keep the best, save, report) at each epoch end; false: no evaluation inside the loop.</summary>
+    /// <summary>Evaluate (and keep the best, save, report) at each epoch end; false: no evaluation inside the loop. Ignored when <see cref="EvaluateEvery"/> is set.</summary>
     public bool EvaluateEachEpoch { get; init; } = true;
+
+    /// <summary>
+    /// Iteration-based evaluation (mmcv's <c>EvalHook(interval=N, by_epoch=False)</c>): evaluate, keep the best, save and
+    /// report every this many optimizer steps, and once more at the last step of a run that completes (not one that is
+    /// cancelled), wherever epochs end; each report's loss is the mean over the steps since the previous evaluation.
+    /// Replaces the epoch-end evaluation; null: evaluate at epoch ends (<see cref="EvaluateEachEpoch"/>).
+    /// </summary>
+    public long? EvaluateEvery { get; init; }
 
     /// <summary>Run folder for checkpoints, resume state and metrics; null: nothing is written (and nothing can resume).</summary>
     public string? OutDir { get; init; }
@@ -119,9 +138,10 @@ public sealed class TrainingLoop
         OptionCheck.That(_o.AccumulationSteps >= 1, nameof(options.AccumulationSteps), $"must be ≥ 1, got {_o.AccumulationSteps}");
         OptionCheck.That(_o.BatchSize >= 1, nameof(options.BatchSize), $"must be ≥ 1, got {_o.BatchSize}");
         OptionCheck.That(_o.SaveEvery is null or >= 1, nameof(options.SaveEvery), $"must be ≥ 1, got {_o.SaveEvery}");
+        OptionCheck.That(_o.EvaluateEvery is null or >= 1, nameof(options.EvaluateEvery), $"must be ≥ 1, got {_o.EvaluateEvery}");
         OptionCheck.That(_o.Budget.Epochs is not null || _o.Budget.Time is not null || _o.MaxSteps is not null, nameof(options.Budget),
             "names neither epochs nor time and no MaxSteps bounds the run");
-        _folder = _o.OutDir is { } dir ? new RunFolder(dir) : null;
+        _folder = _o.OutDir is { } dir ? new RunFolder(dir) { WeightsExtension = _task.WeightsExtension } : null;
         OptionCheck.That(!_o.Resume || _folder is not null, nameof(options.Resume), "needs an OutDir holding the run to continue");
         // The schedule of a time budget follows the wall clock, which a resumed process cannot continue exactly.
         OptionCheck.That(!_o.Resume || _o.Budget.Time is null, nameof(options.Resume), "works with a budget in epochs; a time budget's schedule cannot continue exactly");
@@ -191,7 +211,7 @@ public sealed class TrainingLoop
         var ema = _o.EmaDecay > 0
             ? new ModelEma(model, emaModel ?? throw new ArgumentException("an EMA decay needs an emaModel", nameof(emaModel)), _o.EmaDecay, warmup: true)
             : null;
-        var (optimizer, scales) = TrainStep.CreateOptimizer(model, _o.LearningRate, _o.WeightDecay, _o.ParameterScale);
+        var (optimizer, scales) = TrainStep.CreateOptimizer(model, _o.LearningRate, _o.WeightDecay, _o.ParameterScale, _o.NoWeightDecay?.Invoke(model), _o.Betas);
         using var disposeOptimizer = optimizer; // its state (two tensors per parameter) is freed here, not by the finalizer
         var trainStep = new TrainStep(model, optimizer, scales, _o.Device, _o.AccumulationSteps, _o.ClipGradNorm, ema);
         var schedule = _o.Schedule(StepsPerEpoch);
@@ -218,6 +238,8 @@ public sealed class TrainingLoop
         }
 
         long totalSteps = TotalSteps;
+        long? every = _o.EvaluateEvery;
+        string? scoreName = _task.ScoreName == ITrainingTask.DefaultScoreName ? null : _task.ScoreName;
         long startStep = step;
         var runClock = Stopwatch.StartNew();
         var trainClock = new Stopwatch();
@@ -229,6 +251,17 @@ public sealed class TrainingLoop
         int currentEpoch = (int)(step / StepsPerEpoch) + 1;
         using var stress = _o.GcStress ? new GcStressThread() : null;
 
+        // The loss average a report gives: over the epoch (epoch-end evaluation), or since the previous evaluation
+        // (EvaluateEvery; then it runs across epochs). A resumed run continues the one interrupted.
+        double lossSum = every is null ? 0 : partial.LossSum;
+        long seen = every is null ? 0 : partial.Steps;
+
+        // Under EvaluateEvery, the other figures of the report cover the steps since the previous evaluation in this process.
+        long windowImages = 0;
+        int windowSkipped = 0;
+        double windowWait = 0;
+        var windowClock = new Stopwatch();
+
         double Fraction()
         {
             double bySteps = totalSteps == long.MaxValue ? 0 : (double)step / totalSteps;
@@ -237,21 +270,27 @@ public sealed class TrainingLoop
 
         bool Finished(double fraction) => step >= totalSteps || fraction >= 1 || cancel.IsCancellationRequested;
 
+        // Whether the evaluation follows step s: every N steps and at the run's last step (EvaluateEvery), or at epoch ends.
+        bool EvaluatesAt(long s) => every is long n ? s % n == 0 || s == totalSteps : s % StepsPerEpoch == 0 && _o.EvaluateEachEpoch;
+
         void Save((double LossSum, long Steps) epochSoFar = default, PendingEvaluation? pending = null) =>
             saver!.Save(step, best, history, epochSoFar, pending);
 
-        // The epoch-end work: evaluate model and EMA, keep the best, save, report. A stop requested during the evaluation
-        // saves the epoch's figures as a pending evaluation, which a resumed run does first (returns false then).
-        bool EndEpoch(int epoch, PendingEvaluation done)
+        // The evaluation work (at an epoch end, or every N steps): evaluate model and EMA, keep the best, save, report. A
+        // stop requested during the evaluation saves the figures as a pending evaluation, which a resumed run does first
+        // (returns false then).
+        bool EndEpoch(PendingEvaluation done)
         {
+            int epoch = (int)((step - 1) / StepsPerEpoch);
             phase = TrainingPhase.Evaluation;
             failingStep = step;
             var evalClock = Stopwatch.StartNew();
-            double top1, emaTop1;
+            TaskScore score;
+            double emaTop1;
             try
             {
-                top1 = _task.Evaluate(model, onNotice, cancel);
-                emaTop1 = ema is null ? double.NaN : _task.Evaluate(emaModel!, null, cancel);
+                score = _task.Score(model, onNotice, cancel);
+                emaTop1 = ema is null ? double.NaN : _task.Score(emaModel!, null, cancel).Value;
             }
             catch (OperationCanceledException) when (cancel.IsCancellationRequested)
             {
@@ -264,15 +303,19 @@ public sealed class TrainingLoop
                 return false;
             }
 
+            double top1 = score.Value;
             evalSeconds = evalClock.Elapsed.TotalSeconds;
             var metrics = new EpochMetrics(epoch + 1, step, done.Steps == 0 ? double.NaN : done.LossSum / done.Steps, schedule.At(step - 1, Fraction()), top1, emaTop1,
-                done.Images / Math.Max(done.Seconds, 1e-9), done.Seconds, done.Skipped, done.WaitSeconds);
-            history.Add(metrics);
-            double score = Math.Max(top1, double.IsNaN(emaTop1) ? double.NegativeInfinity : emaTop1);
-            phase = TrainingPhase.Checkpoint;
-            if (score > best)
+                done.Images / Math.Max(done.Seconds, 1e-9), done.Seconds, done.Skipped, done.WaitSeconds)
             {
-                best = score;
+                ScoreName = scoreName, Details = score.Details,
+            };
+            history.Add(metrics);
+            double bestOfTwo = Math.Max(top1, double.IsNaN(emaTop1) ? double.NegativeInfinity : emaTop1);
+            phase = TrainingPhase.Checkpoint;
+            if (bestOfTwo > best)
+            {
+                best = bestOfTwo;
                 if (saver is not null)
                 {
                     _task.SaveWeights(_folder!.BestCheckpoint, ema is not null && emaTop1 >= top1 ? emaModel! : model);
@@ -289,14 +332,27 @@ public sealed class TrainingLoop
             return true;
         }
 
+        void ResetWindow()
+        {
+            lossSum = 0;
+            seen = 0;
+            windowImages = 0;
+            windowSkipped = 0;
+            windowWait = 0;
+            windowClock.Reset();
+        }
+
         try
         {
-            if (pendingEvaluation is { } pending && step > 0 && step % StepsPerEpoch == 0)
+            if (pendingEvaluation is { } pending && step > 0 && (every is null ? step % StepsPerEpoch == 0 : EvaluatesAt(step)))
             {
-                // Stopped during the evaluation of the epoch that ends at this step: evaluate it now.
-                currentEpoch = (int)(step / StepsPerEpoch);
+                // Stopped during the evaluation that follows this step: evaluate now.
+                currentEpoch = (int)((step - 1) / StepsPerEpoch) + 1;
                 using var pendingScope = NewDisposeScope();
-                EndEpoch(currentEpoch - 1, pending);
+                if (EndEpoch(pending) && every is not null)
+                {
+                    ResetWindow();
+                }
             }
 
             while (!Finished(Fraction()))
@@ -310,13 +366,20 @@ public sealed class TrainingLoop
                 model.train();
                 var sw = Stopwatch.StartNew();
                 trainClock.Start();
-                // A resumed epoch continues the loss average of the steps done before the interruption.
-                double lossSum = first > 0 ? partial.LossSum : 0;
-                long seen = first > 0 ? partial.Steps : 0, images = 0;
+                windowClock.Start();
+                if (every is null)
+                {
+                    // A resumed epoch continues the loss average of the steps done before the interruption.
+                    lossSum = first > 0 ? partial.LossSum : 0;
+                    seen = first > 0 ? partial.Steps : 0;
+                }
+
+                long images = 0;
                 var skipped = new List<SkippedImage>();
                 TimeSpan waited;
                 using (var data = _task.OpenEpoch(EpochOrder(epoch), epoch, _o.BatchSize, first * _o.AccumulationSteps, StepsPerEpoch * _o.AccumulationSteps, _o.Seed))
                 {
+                    TimeSpan waitMark = TimeSpan.Zero; // the epoch's data wait already counted in an evaluation window
                     for (long b = first; b < StepsPerEpoch; b++)
                     {
                         // One reading of the budget per step: it decides whether to stop and sets the step's learning rate.
@@ -350,15 +413,18 @@ public sealed class TrainingLoop
                         lossSum += outcome.Loss;
                         seen++;
                         images += outcome.Samples;
+                        windowImages += outcome.Samples;
+                        windowSkipped += outcome.Skipped.Count;
                         phase = TrainingPhase.Progress;
                         failingStep = step;
                         if (onStep is not null)
                         {
                             double elapsed = runClock.Elapsed.TotalSeconds;
                             double perStep = elapsed / Math.Max(step - startStep, 1);
-                            long epochsLeft = totalSteps == long.MaxValue ? 0
+                            long evaluationsLeft = totalSteps == long.MaxValue ? 0
+                                : every is long n ? totalSteps / n - (step - 1) / n + (totalSteps % n == 0 ? 0 : 1)
                                 : (totalSteps - 1) / StepsPerEpoch - (step - 1) / StepsPerEpoch + (step % StepsPerEpoch == 0 ? 1 : 0);
-                            double evalGuess = double.IsNaN(evalSeconds) ? 0 : evalSeconds * epochsLeft;
+                            double evalGuess = double.IsNaN(evalSeconds) ? 0 : evalSeconds * evaluationsLeft;
                             var remaining = _o.Budget.Time is { } time
                                 ? time - trainClock.Elapsed
                                 : TimeSpan.FromSeconds(perStep * (totalSteps - step) + evalGuess);
@@ -370,10 +436,31 @@ public sealed class TrainingLoop
                             });
                         }
 
-                        if (saver is not null && _o.SaveEvery is long every && step % every == 0 && step % StepsPerEpoch != 0)
+                        bool evaluatesHere = every is not null && EvaluatesAt(step);
+                        if (saver is not null && _o.SaveEvery is long saveEvery && step % saveEvery == 0 && step % StepsPerEpoch != 0 && !evaluatesHere)
                         {
                             phase = TrainingPhase.Checkpoint;
                             Save((lossSum, seen));
+                        }
+
+                        if (evaluatesHere)
+                        {
+                            trainClock.Stop();
+                            windowClock.Stop();
+                            var wait = data.WaitTime;
+                            var window = new PendingEvaluation(lossSum, seen, windowImages, windowClock.Elapsed.TotalSeconds, windowSkipped,
+                                windowWait + (wait - waitMark).TotalSeconds);
+                            waitMark = wait;
+                            if (!EndEpoch(window))
+                            {
+                                break; // stopped during the evaluation; its pending state is saved
+                            }
+
+                            ResetWindow();
+                            model.train();
+                            phase = TrainingPhase.Data;
+                            trainClock.Start();
+                            windowClock.Start();
                         }
 
                         if (_o.GcStress)
@@ -384,9 +471,11 @@ public sealed class TrainingLoop
                     }
 
                     waited = data.WaitTime;
+                    windowWait += (waited - waitMark).TotalSeconds;
                 }
 
                 trainClock.Stop();
+                windowClock.Stop();
                 imagesThisRun += images;
                 double seconds = sw.Elapsed.TotalSeconds;
                 if (skipped.Count > 0)
@@ -402,14 +491,15 @@ public sealed class TrainingLoop
                     continue;
                 }
 
-                if (step % StepsPerEpoch == 0 && _o.EvaluateEachEpoch)
+                if (every is null && step % StepsPerEpoch == 0 && _o.EvaluateEachEpoch)
                 {
-                    EndEpoch(epoch, new PendingEvaluation(lossSum, seen, images, seconds, skipped.Count, waited.TotalSeconds));
+                    EndEpoch(new PendingEvaluation(lossSum, seen, images, seconds, skipped.Count, waited.TotalSeconds));
                 }
-                else if (saver is not null)
+                else if (saver is not null && (every is null || Finished(Fraction())))
                 {
                     // Stopped inside an epoch (a step limit or cancellation), or an epoch end without evaluation: keep the
-                    // position so a resumed run continues here (unless that very state is already on disk).
+                    // position so a resumed run continues here (unless that very state is already on disk). Under
+                    // EvaluateEvery, epoch ends mean nothing and only a stop saves here.
                     phase = TrainingPhase.Checkpoint;
                     failingStep = step;
                     if (LastSavedStep != step)

@@ -1,3 +1,5 @@
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
 using RepLKNet.Models;
 using RepLKNet.Reparam;
 using RepLKNet.Tests.Support;
@@ -96,5 +98,73 @@ public sealed class ScheduleAndGroupTests
         Assert.Equal([0, 1, 1, 3, 4], names.Select(n => LayerDecay.LayerId(n, three)));
         Assert.Equal(1.0, LayerDecay.Scale("head.weight", three, 0.5));
         Assert.Equal(0.0625, LayerDecay.Scale("stem.0.conv.weight", three, 0.5));
+    }
+}
+
+public sealed class PolyScheduleAndNormGroupTests
+{
+    private static void Close(double expected, double actual, double relative = 1e-12) =>
+        Assert.True(Math.Abs(expected - actual) <= relative * Math.Abs(expected), $"expected {expected:R}, got {actual:R}");
+
+    [Fact]
+    public void Poly_schedule_with_linear_warm_up_matches_hand_computed_mmcv_values()
+    {
+        // The official config: lr 2e-4, power 1, min 0, warm-up 400 iterations from ratio 1e-6, here over 1000 iterations.
+        var s = new PolySchedule(2e-4, 1000, power: 1, minValue: 0, warmupIterations: 400, warmupRatio: 1e-6);
+        Close(2e-4 * 1e-6, s[0], 1e-9);                       // regular 2e-4, k = 1·(1 − 1e-6); 1 − k cancels to ~1e-11 relative in float64
+        Close(1.6e-4 * (1 - 0.5 * (1 - 1e-6)), s[200]);        // regular 2e-4·0.8, k = 0.5·(1 − 1e-6)
+        Close(8.000008e-5, s[200]);
+        Close(2e-4 * 0.601 * (1 - 0.0025 * (1 - 1e-6)), s[399]); // the last warm-up iteration
+        Close(1.2e-4, s[400]);                                 // warm-up over: regular 2e-4·0.6
+        Close(2e-7, s[999]);
+        Assert.Equal(0, s[1000]);
+        Assert.Equal(0, s[5000]);
+        Assert.Equal(s[321], s.At(321, 0.99));
+
+        // Power 2 and a floor: (2e-4 − 1e-5)·(1 − 500/1000)² + 1e-5 = 5.75e-5; no warm-up.
+        var p = new PolySchedule(2e-4, 1000, power: 2, minValue: 1e-5);
+        Close(5.75e-5, p[500]);
+        Close(2e-4, p[0]);
+        Close(1e-5, p[1000]);
+
+        Assert.Equal("maxIterations", Assert.Throws<ArgumentOutOfRangeException>(() => new PolySchedule(1, 0)).ParamName);
+        Assert.Equal("warmupRatio", Assert.Throws<ArgumentOutOfRangeException>(() => new PolySchedule(1, 10, warmupIterations: 2, warmupRatio: 0)).ParamName);
+        Assert.Equal("power", Assert.Throws<ArgumentOutOfRangeException>(() => new PolySchedule(1, 10, power: 0)).ParamName);
+        Assert.Equal("iteration", Assert.Throws<ArgumentOutOfRangeException>(() => s[-1]).ParamName);
+    }
+
+    private sealed class Small : Module<Tensor, Tensor>
+    {
+        private readonly Module<Tensor, Tensor> conv = nn.Conv2d(3, 4, 3, bias: true);
+        private readonly RepLKNet.Layers.BatchNorm2d bn = new(4);
+        private readonly Module<Tensor, Tensor> head = nn.Sequential(("0", nn.LayerNorm(4)), ("1", nn.Linear(4, 2)), ("2", nn.GroupNorm(1, 2)));
+
+        public Small()
+            : base("Small") => RegisterComponents();
+
+        public override Tensor forward(Tensor x) => head.call(bn.call(conv.call(x)).mean([2, 3]));
+    }
+
+    [Fact]
+    public void Norm_layers_rule_exempts_norm_weights_and_biases_only_and_conv_biases_decay()
+    {
+        Torch.EnsureLoaded();
+        using var model = new Small();
+        var rule = ParameterGroups.NormLayers(model);
+        var (decay, noDecay) = ParameterGroups.Split(model, rule);
+        Assert.Equal(["conv.weight", "conv.bias", "head.1.weight", "head.1.bias"], decay.Select(p => p.Name));
+        Assert.Equal(["bn.weight", "bn.bias", "head.0.weight", "head.0.bias", "head.2.weight", "head.2.bias"], noDecay.Select(p => p.Name));
+
+        // The classification rule differs exactly on the biases of conv and linear layers.
+        var (_, officialNoDecay) = ParameterGroups.Split(model);
+        Assert.Contains(officialNoDecay, p => p.Name == "conv.bias");
+
+        var (optimizer, scales) = TrainStep.CreateOptimizer(model, 2e-4, 0.05, noDecay: rule, betas: (0.8, 0.99));
+        using var disposeOptimizer = optimizer;
+        var groups = optimizer.ParamGroups.Cast<TorchSharp.Modules.AdamW.ParamGroup>().ToList();
+        Assert.Equal([0.05, 0.0], groups.Select(g => g.Options.weight_decay!.Value));
+        Assert.Equal([4, 6], groups.Select(g => g.Parameters.Count()));
+        Assert.Equal((0.8, 0.99), (groups[0].Options.beta1!.Value, groups[0].Options.beta2!.Value));
+        Assert.Equal([1.0, 1.0], scales);
     }
 }
