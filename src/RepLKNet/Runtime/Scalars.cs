@@ -48,6 +48,13 @@ public static class Scalars
         return t.add_(s, One);
     }
 
+    /// <summary>t · value (a new tensor).</summary>
+    public static Tensor Mul(Tensor t, double value)
+    {
+        using var s = value.ToScalar();
+        return t.mul(s);
+    }
+
     /// <summary>t ·= value in place; returns <paramref name="t"/>.</summary>
     public static Tensor MulInPlace(Tensor t, double value)
     {
