@@ -1,0 +1,169 @@
+using RepLKNet.Checkpoints;
+using RepLKNet.Data;
+using RepLKNet.Models.Segmentation;
+using RepLKNet.Training;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace RepLKNet.Segmentation;
+
+/// <summary>
+/// Semantic segmentation for the <see cref="TrainingLoop"/>: training crops from an <see cref="ISegmentationDataset"/>
+/// through MMSeg's training pipeline (<see cref="SegmentationLoader"/>, background threads, draws keyed by seed, epoch and
+/// position), the loss of <see cref="SegmentationLoss.Total"/> (decode + weighted auxiliary pixel cross-entropy) on
+/// <see cref="EncoderDecoder.ForwardTrain"/>, mIoU on the validation set as the score (<see cref="SegmentationEvaluator"/>,
+/// with aAcc, mAcc and per-class IoU as details), and MMSeg-layout checkpoints (<see cref="SegmentorCheckpoint.Save"/>:
+/// <c>.pth</c> = <c>{'meta': {CLASSES, PALETTE, …}, 'state_dict'}</c>). The models the loop passes must be
+/// <see cref="EncoderDecoder"/>s.
+/// </summary>
+public sealed class SegmentationTask : ITrainingTask
+{
+    private readonly ISegmentationDataset _train;
+    private readonly SegmentationPipeline _pipeline;
+    private readonly SegmentationEvaluator _evaluator;
+
+    /// <summary>Creates the task.</summary>
+    /// <param name="train">Training set.</param>
+    /// <param name="pipeline">The training pipeline (crop, rescale, flip, photometric, normalize); its scale and normalization serve the test view too.</param>
+    /// <param name="evaluator">Scores a model on the validation set.</param>
+    /// <param name="arch">Architecture name recorded in checkpoints.</param>
+    /// <param name="classNames">Class names (MMSeg's CLASSES) recorded in checkpoints.</param>
+    /// <param name="palette">Colours per class (MMSeg's PALETTE) recorded in checkpoints.</param>
+    /// <param name="auxiliaryWeight">Weight of the auxiliary head's loss (official 0.4; the decode head's is its config's <c>loss_weight</c>, 1.0).</param>
+    /// <param name="workers">Threads preparing training crops (≥ 1).</param>
+    /// <param name="pool">Training indices to use (null: all).</param>
+    /// <exception cref="DatasetException">The training set is empty.</exception>
+    public SegmentationTask(ISegmentationDataset train, SegmentationPipeline pipeline, SegmentationEvaluator evaluator, string arch,
+        IReadOnlyList<string> classNames, IReadOnlyList<(byte R, byte G, byte B)> palette, double auxiliaryWeight = SegmentationLoss.DefaultAuxiliaryWeight,
+        int workers = 1, long[]? pool = null)
+    {
+        _train = train ?? throw new ArgumentNullException(nameof(train));
+        _pipeline = pipeline ?? throw new ArgumentNullException(nameof(pipeline));
+        _evaluator = evaluator ?? throw new ArgumentNullException(nameof(evaluator));
+        Arch = arch ?? throw new ArgumentNullException(nameof(arch));
+        ClassNames = classNames ?? throw new ArgumentNullException(nameof(classNames));
+        Palette = palette ?? throw new ArgumentNullException(nameof(palette));
+        if (train.Count == 0)
+        {
+            throw new DatasetException("the training set holds no images");
+        }
+
+        AuxiliaryWeight = auxiliaryWeight;
+        Workers = Math.Max(1, workers);
+        Pool = Array.AsReadOnly((long[]?)pool?.Clone() ?? TrainingPool.All(train.Count));
+    }
+
+    /// <summary>The score's name: <c>mIoU</c>.</summary>
+    public const string MeanIoU = "mIoU";
+
+    /// <summary>Architecture name recorded in checkpoints.</summary>
+    public string Arch { get; }
+
+    /// <summary>Class names.</summary>
+    public IReadOnlyList<string> ClassNames { get; }
+
+    /// <summary>Colours per class.</summary>
+    public IReadOnlyList<(byte R, byte G, byte B)> Palette { get; }
+
+    /// <summary>Weight of the auxiliary loss.</summary>
+    public double AuxiliaryWeight { get; }
+
+    /// <summary>Loader threads.</summary>
+    public int Workers { get; }
+
+    /// <summary>The scores of the last model evaluated (not the EMA's, unless it was the last), or null.</summary>
+    public SegmentationScores? LastScores { get; private set; }
+
+    /// <inheritdoc />
+    public IReadOnlyList<long> Pool { get; }
+
+    /// <inheritdoc />
+    public string ScoreName => MeanIoU;
+
+    /// <inheritdoc />
+    public string WeightsExtension => ".pth";
+
+    /// <inheritdoc />
+    public ITrainingEpoch OpenEpoch(long[] order, int epoch, int batchSize, long firstBatch, long batchCount, long seed) =>
+        new Epoch(SegmentationLoader.ForEpoch(_train, _pipeline, order, epoch, batchSize, firstBatch, batchCount, seed, Workers), AuxiliaryWeight);
+
+    /// <inheritdoc />
+    /// <exception cref="ArgumentException"><paramref name="model"/> is not an <see cref="EncoderDecoder"/>.</exception>
+    public double Evaluate(Module<Tensor, Tensor> model, Action<string>? onNotice, CancellationToken cancel) => Score(model, onNotice, cancel).Value;
+
+    /// <summary>Scores <paramref name="model"/> on the validation set: mIoU, with aAcc, mAcc and per-class IoU as details.</summary>
+    /// <exception cref="ArgumentException"><paramref name="model"/> is not an <see cref="EncoderDecoder"/>.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancel"/> was cancelled.</exception>
+    public TaskScore Score(Module<Tensor, Tensor> model, Action<string>? onNotice, CancellationToken cancel)
+    {
+        var segmenter = AsSegmenter(model, nameof(model));
+        int skipped = 0;
+        string? example = null;
+        var scores = _evaluator.Evaluate(segmenter, null, s =>
+        {
+            skipped++;
+            example ??= $"{s.Source}: {s.Reason}";
+        }, cancel);
+        if (skipped > 0)
+        {
+            onNotice?.Invoke($"evaluation skipped {skipped} unreadable sample(s), e.g. {example}");
+        }
+
+        LastScores = scores;
+        return new TaskScore(scores.MeanIoU, scores.Details(ClassNames));
+    }
+
+    /// <inheritdoc />
+    /// <exception cref="ArgumentException"><paramref name="model"/> is not an <see cref="EncoderDecoder"/>.</exception>
+    public void SaveWeights(string path, Module model, string? trainingState = null) =>
+        SegmentorCheckpoint.Save(path, AsSegmenter(model, nameof(model)), Arch, ClassNames, Palette,
+            trainingState is null ? null : new Dictionary<string, string> { ["training_state"] = trainingState });
+
+    /// <inheritdoc />
+    public void LoadWeights(string path, Module model)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        using var checkpoint = CheckpointFile.Read(path, ema: false, wholeModel: true);
+        StateDictLoader.Load(model, checkpoint.State, strict: true, skipHead: false, $"'{path}'");
+    }
+
+    private static EncoderDecoder AsSegmenter(Module model, string name)
+    {
+        ArgumentNullException.ThrowIfNull(model, name);
+        return model as EncoderDecoder ?? throw new ArgumentException($"{name} must be an EncoderDecoder (a segmenter), got {model.GetType().Name}", name);
+    }
+
+    private sealed class Epoch(SegmentationLoader loader, double auxiliaryWeight) : ITrainingEpoch
+    {
+        private readonly IEnumerator<SegmentationBatch> _batches = loader.Batches().GetEnumerator();
+
+        public int Count => _batches.Current.Count;
+
+        public IReadOnlyList<SkippedImage> Skipped => _batches.Current.Skipped;
+
+        public TimeSpan WaitTime => loader.WaitTime;
+
+        public bool MoveNext() => _batches.MoveNext();
+
+        public Tensor Loss(Module<Tensor, Tensor> model, Device device)
+        {
+            var segmenter = AsSegmenter(model, nameof(model));
+            var batch = _batches.Current;
+            if (batch.Count == 0)
+            {
+                // Every sample of the batch was unreadable: a zero loss that still has a graph (no update but the decay).
+                return segmenter.parameters().First().sum().mul(zeros(1, device: device).squeeze());
+            }
+
+            var (decode, auxiliary) = segmenter.ForwardTrain(batch.ImageTensor(device));
+            return SegmentationLoss.Total(decode, auxiliary, batch.LabelTensor(device), segmenter.AlignCorners,
+                segmenter.Config.DecodeHead.LossWeight, auxiliaryWeight).Loss;
+        }
+
+        public void Dispose()
+        {
+            _batches.Dispose();
+            loader.Dispose();
+        }
+    }
+}
