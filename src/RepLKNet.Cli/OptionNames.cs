@@ -62,6 +62,11 @@ internal static class OptionNames
         ["layout"] = "--layout",
         ["budget"] = "--budget",
         ["threads"] = "--threads",
+        ["EvaluateEvery"] = "--eval-every",
+        ["WarmupIterations"] = "--warmup-iters",
+        ["WarmupRatio"] = "--warmup-ratio",
+        ["AuxiliaryWeight"] = "--aux-weight",
+        ["EvalLimit"] = "--eval-limit",
         ["device"] = "--device",
     };
 

@@ -108,6 +108,20 @@ public static class ReplknetApp
                     .WithDescription("Time a whole model (inference or a training step), ours vs libtorch's depthwise conv.")
                     .WithExample("bench", "model", "--arch", "RepLKNet-31B", "--batch", "8", "--mode", "infer");
             });
+            config.AddBranch("seg", seg =>
+            {
+                seg.SetDescription("Semantic segmentation: UperNet on RepLKNet with MMSegmentation's semantics and checkpoints.");
+                seg.AddCommand<Commands.Seg.SegTrainCommand>("train")
+                    .WithDescription("Train a segmenter (default upernet-tiny) with the official recipe: AdamW, poly + warm-up, iteration-based, evaluation every N iterations, best by mIoU; MMSeg .pth checkpoints, exact resume.")
+                    .WithExample("seg", "train", "--dataset", "ade20k", "--data", "data/ade", "--max-steps", "300", "--out", "runs/seg")
+                    .WithExample("seg", "train", "--arch", "upernet-31B-ade20k-512", "--weights", "RepLKNet-31B_ImageNet-1K_224.pth", "--dataset", "ade20k", "--data", "ADEChallengeData2016", "--out", "runs/31b");
+                seg.AddCommand<Commands.Seg.SegEvalCommand>("eval")
+                    .WithDescription("aAcc, mIoU, mAcc and per-class IoU/Acc of a segmenter on the val split (MMSeg's definitions), whole or sliding-window; table, JSON, bar chart.")
+                    .WithExample("seg", "eval", "--weights", "runs/seg/best.pth", "--dataset", "ade20k", "--data", "data/ade", "--json", "scores.json");
+                seg.AddCommand<Commands.Seg.SegPredictCommand>("predict")
+                    .WithDescription("Segment images: a class-index PNG and a colour overlay per image.")
+                    .WithExample("seg", "predict", "--weights", "runs/seg/best.pth", "street.jpg", "--out", "street-mask.png");
+            });
             config.AddCommand<ErfCommand>("erf")
                 .WithDescription("Effective receptive field (the paper's method): heatmap PNG with colour bar and high-contribution area ratios; --compare draws several models side by side.")
                 .WithExample("erf", "--arch", "RepLKNet-31B", "--num-images", "2", "--out", "erf-31b.png")

@@ -31,9 +31,9 @@ internal sealed class SegShapes(int count, int height, int width, int seed) : IS
             image.Pixels[i] = image.Pixels[plane + i] = image.Pixels[2 * plane + i] = g;
         }
 
-        int r = rng.Next(height / 8, height / 4);
+        int r = rng.Next(height / 6, height / 3);
         int cy = rng.Next(r, height - r), cx = rng.Next(r, width - r);
-        int s = rng.Next(height / 6, height / 3);
+        int s = rng.Next(height / 4, height / 2);
         int sy = rng.Next(0, height - s), sx = rng.Next(0, width - s);
         for (int y = 0; y < height; y++)
         {

@@ -1,0 +1,248 @@
+using System.ComponentModel;
+using System.Globalization;
+using RepLKNet.Models.Segmentation;
+using RepLKNet.Runtime;
+using RepLKNet.Segmentation;
+using RepLKNet.Training;
+using Spectre.Console;
+using Spectre.Console.Cli;
+using TorchSharp;
+
+namespace RepLKNet.Cli.Commands.Seg;
+
+/// <summary>
+/// <c>replknet seg train</c>: the official UperNet recipe (AdamW, poly with warm-up, iteration-based, evaluation every N
+/// iterations, best by mIoU) on the one training loop; progress, metrics CSV, curves and per-class IoU PNGs, MMSeg
+/// checkpoints, exact resume, Ctrl-C safe.
+/// </summary>
+public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainCommand.Settings>
+{
+    /// <summary>Options of <c>seg train</c>.</summary>
+    public sealed class Settings : SegDatasetSettings
+    {
+        /// <summary>Crop.</summary>
+        [CommandOption("--crop-size <S>")]
+        [Description("Random-crop size S or H,W in pixels (default: the preset's; upernet-tiny 96, the official ADE20K 512).")]
+        public string? CropSize { get; init; }
+
+        /// <summary>Batch.</summary>
+        [CommandOption("--batch-size <B>")]
+        [Description("Crops per iteration (≥ 2; default: the preset's, upernet-tiny 8, official 2 per GPU).")]
+        public int? BatchSize { get; init; }
+
+        /// <summary>Iterations.</summary>
+        [CommandOption("--max-steps <N>")]
+        [Description("Iterations of the run: the poly schedule's max_iters (default: the preset's; upernet-tiny 300).")]
+        public long? MaxSteps { get; init; }
+
+        /// <summary>Evaluation interval.</summary>
+        [CommandOption("--eval-every <N>")]
+        [Description("Evaluate (mIoU on the val split, best checkpoint) every N iterations and at the last (default: 2000, at most a quarter of the run).")]
+        public long? EvalEvery { get; init; }
+
+        /// <summary>Learning rate.</summary>
+        [CommandOption("--lr <LR>")]
+        [DefaultValue(SegmentationTrainOptions.DefaultLearningRate)]
+        [Description("AdamW base learning rate (official 2e-4).")]
+        public double Lr { get; init; } = SegmentationTrainOptions.DefaultLearningRate;
+
+        /// <summary>Weight decay.</summary>
+        [CommandOption("--weight-decay <WD>")]
+        [DefaultValue(SegmentationTrainOptions.DefaultWeightDecay)]
+        [Description("AdamW weight decay; normalization layers get none (norm_decay_mult=0).")]
+        public double WeightDecay { get; init; } = SegmentationTrainOptions.DefaultWeightDecay;
+
+        /// <summary>Warm-up.</summary>
+        [CommandOption("--warmup-iters <N>")]
+        [Description("Linear warm-up iterations (default: the preset's; official 400 for 31B).")]
+        public long? WarmupIters { get; init; }
+
+        /// <summary>Warm-up ratio.</summary>
+        [CommandOption("--warmup-ratio <R>")]
+        [DefaultValue(SegmentationTrainOptions.DefaultWarmupRatio)]
+        [Description("Fraction of the rate at iteration 0 of the warm-up (official 1e-6).")]
+        public double WarmupRatio { get; init; } = SegmentationTrainOptions.DefaultWarmupRatio;
+
+        /// <summary>Auxiliary loss weight.</summary>
+        [CommandOption("--aux-weight <W>")]
+        [DefaultValue(SegmentationTrainOptions.DefaultAuxiliaryWeight)]
+        [Description("Weight of the FCN auxiliary head's loss (official 0.4).")]
+        public double AuxWeight { get; init; } = SegmentationTrainOptions.DefaultAuxiliaryWeight;
+
+        /// <summary>EMA.</summary>
+        [CommandOption("--ema-decay <D>")]
+        [DefaultValue(0.0)]
+        [Description("Decay of a weight EMA, also evaluated (0: none, as the official recipe).")]
+        public double EmaDecay { get; init; }
+
+        /// <summary>Seed.</summary>
+        [CommandOption("--seed <SEED>")]
+        [DefaultValue(0L)]
+        [Description("Seed of initialization, data order and every augmentation draw.")]
+        public long Seed { get; init; }
+
+        /// <summary>Run folder.</summary>
+        [CommandOption("--out <DIR>")]
+        [DefaultValue("runs/seg")]
+        [Description("Run folder: best.pth and last.pth (MMSeg layout), metrics.csv/json, curves.png, class-iou.png, the resume state.")]
+        public string Out { get; init; } = "runs/seg";
+
+        /// <summary>Resume.</summary>
+        [CommandOption("--resume")]
+        [Description("Continue the run in --out exactly where it stopped.")]
+        public bool Resume { get; init; }
+
+        /// <summary>Save interval.</summary>
+        [CommandOption("--save-every <N>")]
+        [Description("Also save the resume state every N iterations (it is saved at every evaluation and on stops).")]
+        public long? SaveEvery { get; init; }
+
+        /// <summary>Evaluation subset.</summary>
+        [CommandOption("--eval-limit <N>")]
+        [Description("Evaluate on the first N val images only (smoke runs).")]
+        public long? EvalLimit { get; init; }
+
+        /// <inheritdoc />
+        public override ValidationResult Validate() =>
+            NumClasses is not null ? ValidationResult.Error("--num-classes does not apply: seg train takes the dataset's classes") : base.Validate();
+    }
+
+    /// <inheritdoc />
+    public override int Execute(CommandContext context, Settings settings, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
+        RunFolder.EnsureWritable(settings.Out);
+        var (name, config) = SegmentorRegistry.Resolve(settings.Arch ?? SegmentorRegistry.DefaultName);
+        var (train, val) = settings.Open();
+        if (config.NumClasses != train.ClassNames.Count)
+        {
+            config = config.WithNumClasses(train.ClassNames.Count);
+        }
+
+        var recipe = SegmentorRegistry.RecipeFor(name);
+        long maxSteps = settings.MaxSteps ?? recipe.MaxIters;
+        var options = new SegmentationTrainOptions
+        {
+            Arch = name, Config = config, OutDir = settings.Out, Pipeline = SegOptions.Pipeline(name, settings.CropSize, settings.Scale),
+            BatchSize = settings.BatchSize ?? recipe.BatchSize, MaxSteps = maxSteps,
+            EvaluateEvery = settings.EvalEvery ?? Math.Min(SegmentationTrainOptions.DefaultEvaluateEvery, Math.Max(1, maxSteps / 4)),
+            LearningRate = settings.Lr, WeightDecay = settings.WeightDecay, WarmupIterations = settings.WarmupIters ?? recipe.WarmupIters,
+            WarmupRatio = settings.WarmupRatio, AuxiliaryWeight = settings.AuxWeight, EmaDecay = settings.EmaDecay, Seed = settings.Seed,
+            Workers = settings.Workers ?? Data.LoaderPlan.DefaultWorkers, Device = runtime.Device, Resume = settings.Resume,
+            InitialWeights = settings.Weights, SaveEvery = settings.SaveEvery, EvalLimit = settings.EvalLimit,
+        };
+        SegmentationTrainer trainer;
+        try
+        {
+            trainer = new SegmentationTrainer(options, train, val);
+        }
+        catch (ArgumentException e)
+        {
+            throw new UsageException(OptionNames.Rewrite(e, e.Message), e);
+        }
+
+        var output = console.Profile.Out.Writer;
+        using var signals = new StopSignals(Console.Error, cancellationToken);
+        string resumeCommand = ResumeCommand(context.Arguments);
+        var p = options.Pipeline;
+        console.MarkupLine(CultureInfo.InvariantCulture,
+            "[bold]seg train[/] {0} on {1} ({2} classes): {3:N0} training / {4:N0} val images, {5} iterations of batch {6} (crop {7}×{8}, scale {9}×{10}), eval every {11}, {12}, {13} threads → {14}",
+            Markup.Escape(name), Markup.Escape($"{train.Kind} {settings.Data}"), train.ClassNames.Count, train.Count, val.Count, maxSteps, options.BatchSize,
+            p.CropSize.Height, p.CropSize.Width, p.Scale.Long, p.Scale.Short, options.EvaluateEvery, runtime.Device, torch.get_num_threads(), Markup.Escape(settings.Out));
+        console.MarkupLine(CultureInfo.InvariantCulture, "  AdamW lr {0:0.###e+00}, wd {1} (no decay on norms), poly power {2} with {3} warm-up iterations from ratio {4:0.#e+00}; aux loss × {5}",
+            options.LearningRate, options.WeightDecay, options.Power, options.WarmupIterations, options.WarmupRatio, options.AuxiliaryWeight);
+
+        var history = new List<EpochMetrics>();
+        void EvalLine(EpochMetrics m) => output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"iter {m.Step,6}/{maxSteps}: loss {m.TrainLoss:F4}  lr {m.LearningRate:0.00e+00}  val mIoU {m.Top1:P2}  aAcc {Detail(m, "aAcc"):P2}  mAcc {Detail(m, "mAcc"):P2}{(double.IsNaN(m.EmaTop1) ? "" : $"  EMA mIoU {m.EmaTop1:P2}")}  {m.ImagesPerSecond:F1} crops/s"));
+        void Notice(string text) => output.WriteLine(text);
+        try
+        {
+            if (Console.IsOutputRedirected || !console.Profile.Capabilities.Interactive)
+            {
+                long every = Math.Max(1, Math.Min(50, maxSteps / 20));
+                history = trainer.Run(EvalLine, s =>
+                {
+                    if (s.Step % every == 0)
+                    {
+                        output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                            $"  iter {s.Step}/{s.TotalSteps}: loss {s.Loss:F4}  lr {s.LearningRate:0.00e+00}  {s.ImagesPerSecond:F1} crops/s  ETA {Eta(s.Remaining)}"));
+                    }
+                }, Notice, signals.Token);
+            }
+            else
+            {
+                console.Progress().AutoClear(true).Columns(
+                    new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn(), new SpinnerColumn())
+                    .Start(ctx =>
+                    {
+                        var task = ctx.AddTask("train", maxValue: trainer.TotalSteps);
+                        history = trainer.Run(EvalLine, s =>
+                        {
+                            task.Value = s.Step;
+                            task.Description = string.Create(CultureInfo.InvariantCulture,
+                                $"iter {s.Step}/{s.TotalSteps}  loss {s.Loss:F3}  lr {s.LearningRate:0.0e+00}  {s.ImagesPerSecond:F1} crops/s (ETA {Eta(s.Remaining)})");
+                        }, Notice, signals.Token);
+                    });
+            }
+        }
+        catch (TrainingFailedException e)
+        {
+            string state = e.LastSavedStep is long saved ? $"the resume state of iteration {saved} is intact; continue with: {resumeCommand}" : "no resume state was written yet; start again";
+            throw new InvalidOperationException($"{e.Message}; {state}", e);
+        }
+
+        if (signals.Received is { } signal && trainer.StepsDone < trainer.TotalSteps)
+        {
+            console.WriteLine($"stopped by {(signal == System.Runtime.InteropServices.PosixSignal.SIGTERM ? "SIGTERM" : "SIGINT")} after iteration {trainer.StepsDone}; the resume state is saved in {settings.Out}. Continue with: {resumeCommand}");
+            return StopSignals.ExitCode(signal);
+        }
+
+        if (history.Count == 0)
+        {
+            console.WriteLine($"stopped before the first evaluation (the weights so far are {trainer.Folder.LastCheckpoint}). Continue with: {resumeCommand}");
+            return ExitCodes.Success;
+        }
+
+        string curves = Path.Combine(settings.Out, "curves.png");
+        SegPlots.Curves(history, curves, name);
+        var best = history.MaxBy(h => Math.Max(h.Top1, double.IsNaN(h.EmaTop1) ? double.NegativeInfinity : h.EmaTop1))!;
+        string bars = Path.Combine(settings.Out, "class-iou.png");
+        var classIou = train.ClassNames.Select(c => best.Details is { } d && d.TryGetValue($"IoU.{c}", out double v) ? v : double.NaN).ToList();
+        SegPlots.ClassIoU(train.ClassNames, classIou, bars, string.Create(CultureInfo.InvariantCulture, $"{name}: val IoU per class at iteration {best.Step} (mIoU {best.Top1:P2})"));
+        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]done[/]: best val mIoU [bold]{0:P2}[/] at iteration {1} (last: {2:P2})", Math.Max(best.Top1, double.IsNaN(best.EmaTop1) ? 0 : best.EmaTop1), best.Step, history[^1].Top1);
+        foreach (var (what, file) in new[]
+        {
+            ("best (MMSeg .pth)", trainer.Folder.BestCheckpoint), ("last", trainer.Folder.LastCheckpoint), ("metrics", trainer.Folder.MetricsCsv),
+            ("curves", curves), ("IoU per class", bars),
+        })
+        {
+            console.MarkupLine($"  {what,-20} {Markup.Escape(file)}");
+        }
+
+        return ExitCodes.Success;
+    }
+
+    private static double Detail(EpochMetrics m, string key) => m.Details is { } d && d.TryGetValue(key, out double v) ? v : double.NaN;
+
+    private static string Eta(TimeSpan t) => t.TotalHours >= 1 ? $"{(int)t.TotalHours}h{t.Minutes:D2}m" : $"{t.Minutes}m{t.Seconds:D2}s";
+
+    /// <summary>The command that continues this run: the same arguments with --resume.</summary>
+    internal static string ResumeCommand(IEnumerable<string> arguments)
+    {
+        var args = arguments.ToList();
+        if (args.Count < 2 || args[0] != "seg" || args[1] != "train")
+        {
+            args.InsertRange(0, ["seg", "train"]);
+        }
+
+        if (!args.Contains("--resume"))
+        {
+            args.Add("--resume");
+        }
+
+        return "./replknet " + string.Join(" ", args.Select(a =>
+            a.Length > 0 && a.All(c => char.IsAsciiLetterOrDigit(c) || "_./:=,+-@%".Contains(c)) ? a : "'" + a.Replace("'", "'\\''", StringComparison.Ordinal) + "'"));
+    }
+}

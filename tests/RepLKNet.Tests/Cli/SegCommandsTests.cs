@@ -1,0 +1,80 @@
+using System.Text.Json.Nodes;
+using RepLKNet.Checkpoints;
+using RepLKNet.Segmentation;
+using RepLKNet.Tests.Support;
+
+namespace RepLKNet.Tests.Cli;
+
+/// <summary><c>seg train</c> → <c>seg eval</c> (whole and slide) → <c>seg predict</c> end to end on a tiny folder-layout set.</summary>
+public sealed class SegCommandsTests
+{
+    /// <summary>Writes <see cref="SegShapes"/> in the folder layout: images/{train,val}/*.png, masks/…/*.png, classes.txt.</summary>
+    private static string WriteFolderSet(TempDirectory dir)
+    {
+        string root = dir.File("shapes");
+        foreach (var (split, count, seed) in new[] { ("train", 6, 1), ("val", 3, 2) })
+        {
+            var data = new SegShapes(count, 30, 36, seed);
+            Directory.CreateDirectory(Path.Combine(root, "images", split));
+            Directory.CreateDirectory(Path.Combine(root, "masks", split));
+            for (int i = 0; i < count; i++)
+            {
+                var sample = data.Read(i);
+                RgbImageFile.Write(Path.Combine(root, "images", split, $"s{i}.png"), sample.Image);
+                IndexPng.Write(Path.Combine(root, "masks", split, $"s{i}.png"), sample.Label);
+            }
+        }
+
+        File.WriteAllLines(Path.Combine(root, "classes.txt"), ["background", "disc", "square"]);
+        return root;
+    }
+
+    [Fact]
+    public void Seg_train_eval_and_predict_run_end_to_end_on_a_folder_set()
+    {
+        using var dir = new TempDirectory();
+        string data = WriteFolderSet(dir);
+        string arch = dir.File("tiny.json");
+        File.WriteAllText(arch, SegShapes.TinyConfig().ToJson());
+        string run = dir.File("run");
+        var train = CliRunner.Run("seg", "train", "--arch", arch, "--dataset", "folder", "--data", data, "--crop-size", "24", "--scale", "40,32",
+            "--batch-size", "2", "--max-steps", "4", "--eval-every", "2", "--warmup-iters", "1", "--workers", "1", "--out", run, "--device", "cpu");
+        Assert.True(train.ExitCode == 0, train.StdErr + train.StdOut);
+        Assert.Contains("val mIoU", train.StdOut, StringComparison.Ordinal);
+        foreach (string file in new[] { "best.pth", "last.pth", "metrics.csv", "metrics.json", "curves.png", "class-iou.png", "state.json" })
+        {
+            Assert.True(File.Exists(Path.Combine(run, file)), $"{file} missing; {train.StdOut}");
+        }
+
+        Assert.Equal(3, File.ReadAllLines(Path.Combine(run, "metrics.csv")).Length); // header + evaluations at 2 and 4
+        Assert.Equal(["background", "disc", "square"], SegmentorCheckpoint.ReadInfo(Path.Combine(run, "best.pth")).Classes);
+
+        string json = dir.File("scores.json");
+        var eval = CliRunner.Run("seg", "eval", "--weights", Path.Combine(run, "best.pth"), "--dataset", "folder", "--data", data, "--scale", "40,32",
+            "--json", json, "--plot", dir.File("bars.png"), "--device", "cpu");
+        Assert.True(eval.ExitCode == 0, eval.StdErr + eval.StdOut);
+        Assert.Contains("mIoU", eval.StdOut, StringComparison.Ordinal);
+        var scores = JsonNode.Parse(File.ReadAllText(json))!;
+        Assert.Equal(3, (int)scores["images"]!);
+        Assert.Equal(3, scores["per_class"]!.AsArray().Count);
+        Assert.True(File.Exists(dir.File("bars.png")));
+        // The evaluation in the run used the same view and weights: its last mIoU is what eval finds for last.pth.
+        var slide = CliRunner.Run("seg", "eval", "--weights", Path.Combine(run, "last.pth"), "--dataset", "folder", "--data", data, "--scale", "40,32",
+            "--mode", "slide", "--crop-size", "16", "--stride", "8", "--device", "cpu");
+        Assert.True(slide.ExitCode == 0, slide.StdErr + slide.StdOut);
+        Assert.Contains("slide mode, crop 16×16, stride 8×8", slide.StdOut, StringComparison.Ordinal);
+        string image = Path.Combine(data, "images", "val", "s0.png");
+        string mask = dir.File("out/mask.png");
+        Directory.CreateDirectory(dir.File("out"));
+        var predict = CliRunner.Run("seg", "predict", "--weights", Path.Combine(run, "best.pth"), image, "--out", mask, "--device", "cpu");
+        Assert.True(predict.ExitCode == 0, predict.StdErr + predict.StdOut);
+        var written = IndexPng.Read(mask);
+        Assert.Equal((1, 30, 36), (written.Channels, written.Height, written.Width));
+        Assert.All(written.Pixels, p => Assert.InRange(p, 0, 2));
+        Assert.True(File.Exists(dir.File("out/mask-overlay.png")));
+
+        var badBatch = CliRunner.Run("seg", "train", "--arch", arch, "--data", data, "--batch-size", "1", "--out", dir.File("bad2"), "--device", "cpu");
+        Assert.Equal(2, badBatch.ExitCode);
+        Assert.Contains("--batch-size must be ≥ 2", badBatch.StdErr, StringComparison.Ordinal);
+    }
+}
