@@ -38,7 +38,7 @@ public sealed class SegCommandsTests
         File.WriteAllText(arch, SegShapes.TinyConfig().ToJson());
         string run = dir.File("run");
         var train = CliRunner.Run("seg", "train", "--arch", arch, "--dataset", "folder", "--data", data, "--crop-size", "24", "--scale", "40,32",
-            "--batch-size", "2", "--max-steps", "4", "--eval-every", "2", "--warmup-iters", "1", "--workers", "1", "--out", run, "--device", "cpu");
+            "--batch-size", "2", "--max-steps", "4", "--eval-every", "2", "--warmup-iters", "1", "--workers", "1", "--out", run, "--device", "cpu", "--threads", "1");
         Assert.True(train.ExitCode == 0, train.StdErr + train.StdOut);
         Assert.Contains("val mIoU", train.StdOut, StringComparison.Ordinal);
         foreach (string file in new[] { "best.pth", "last.pth", "metrics.csv", "metrics.json", "curves.png", "class-iou.png", "state.json" })
@@ -51,7 +51,7 @@ public sealed class SegCommandsTests
 
         string json = dir.File("scores.json");
         var eval = CliRunner.Run("seg", "eval", "--weights", Path.Combine(run, "best.pth"), "--dataset", "folder", "--data", data, "--scale", "40,32",
-            "--json", json, "--plot", dir.File("bars.png"), "--device", "cpu");
+            "--json", json, "--plot", dir.File("bars.png"), "--device", "cpu", "--threads", "1");
         Assert.True(eval.ExitCode == 0, eval.StdErr + eval.StdOut);
         Assert.Contains("mIoU", eval.StdOut, StringComparison.Ordinal);
         var scores = JsonNode.Parse(File.ReadAllText(json))!;
@@ -60,20 +60,20 @@ public sealed class SegCommandsTests
         Assert.True(File.Exists(dir.File("bars.png")));
         // The evaluation in the run used the same view and weights: its last mIoU is what eval finds for last.pth.
         var slide = CliRunner.Run("seg", "eval", "--weights", Path.Combine(run, "last.pth"), "--dataset", "folder", "--data", data, "--scale", "40,32",
-            "--mode", "slide", "--crop-size", "16", "--stride", "8", "--device", "cpu");
+            "--mode", "slide", "--crop-size", "16", "--stride", "8", "--device", "cpu", "--threads", "1");
         Assert.True(slide.ExitCode == 0, slide.StdErr + slide.StdOut);
         Assert.Contains("slide mode, crop 16×16, stride 8×8", slide.StdOut, StringComparison.Ordinal);
         string image = Path.Combine(data, "images", "val", "s0.png");
         string mask = dir.File("out/mask.png");
         Directory.CreateDirectory(dir.File("out"));
-        var predict = CliRunner.Run("seg", "predict", "--weights", Path.Combine(run, "best.pth"), image, "--out", mask, "--device", "cpu");
+        var predict = CliRunner.Run("seg", "predict", "--weights", Path.Combine(run, "best.pth"), image, "--out", mask, "--device", "cpu", "--threads", "1");
         Assert.True(predict.ExitCode == 0, predict.StdErr + predict.StdOut);
         var written = IndexPng.Read(mask);
         Assert.Equal((1, 30, 36), (written.Channels, written.Height, written.Width));
         Assert.All(written.Pixels, p => Assert.InRange(p, 0, 2));
         Assert.True(File.Exists(dir.File("out/mask-overlay.png")));
 
-        var badBatch = CliRunner.Run("seg", "train", "--arch", arch, "--data", data, "--batch-size", "1", "--out", dir.File("bad2"), "--device", "cpu");
+        var badBatch = CliRunner.Run("seg", "train", "--arch", arch, "--data", data, "--batch-size", "1", "--out", dir.File("bad2"), "--device", "cpu", "--threads", "1");
         Assert.Equal(2, badBatch.ExitCode);
         Assert.Contains("--batch-size must be ≥ 2", badBatch.StdErr, StringComparison.Ordinal);
     }
