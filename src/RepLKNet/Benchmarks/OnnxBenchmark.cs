@@ -92,7 +92,7 @@ public sealed class OnnxBenchmark : IDisposable
     public OnnxBenchResult Run(int reps)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(reps);
-        long[] shape = [Batch, Model.Channels, Model.InputSize, Model.InputSize];
+        long[] shape = [Batch, Model.Channels, Model.InputHeight, Model.InputWidth];
         var input = new float[shape.Aggregate(1L, (a, b) => a * b)];
         var random = new Random(0);
         for (int i = 0; i < input.Length; i++)

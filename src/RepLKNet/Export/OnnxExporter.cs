@@ -50,7 +50,11 @@ public sealed class OnnxExportException : Exception
 /// <summary>What the exported file records for inference (ONNX <c>metadata_props</c>, keys prefixed <c>replknet.</c>).</summary>
 /// <param name="Arch">Variant name or "custom".</param>
 /// <param name="Config">The architecture as the official constructor's JSON.</param>
-/// <param name="InputSize">Square input size the graph takes.</param>
+/// <param name="InputSize">
+/// The eval transform's square crop size in pixels (the checkpoint's preprocessing). The graph's own input size is
+/// <see cref="InputHeight"/> × <see cref="InputWidth"/>, which default to it (files written before non-square exports
+/// record only this size, and were square).
+/// </param>
 /// <param name="Channels">Input channels.</param>
 /// <param name="Mean">Per-channel normalization mean (0–1 scale).</param>
 /// <param name="Std">Per-channel normalization std.</param>
@@ -63,6 +67,18 @@ public sealed record OnnxModelInfo(string Arch, string Config, int InputSize, in
     /// <summary>The metadata key prefix.</summary>
     public const string Prefix = "replknet.";
 
+    /// <summary>
+    /// Height of the graph's input in pixels (with <see cref="DynamicSize"/>: the size it was exported and first checked at).
+    /// <see cref="OnnxExporter.Build"/> records the one it wrote; default <see cref="InputSize"/>.
+    /// </summary>
+    public int InputHeight { get; init; } = InputSize;
+
+    /// <summary>Width of the graph's input in pixels (see <see cref="InputHeight"/>); default <see cref="InputSize"/>.</summary>
+    public int InputWidth { get; init; } = InputSize;
+
+    /// <summary>Whether the graph's height and width are symbolic ("height", "width"): any size runs.</summary>
+    public bool DynamicSize { get; init; }
+
     /// <summary>The entries for <c>metadata_props</c>.</summary>
     public IEnumerable<KeyValuePair<string, string>> ToMetadata()
     {
@@ -70,6 +86,9 @@ public sealed record OnnxModelInfo(string Arch, string Config, int InputSize, in
         yield return new(Prefix + "config", Config);
         yield return new(Prefix + "form", Form);
         yield return new(Prefix + "input_size", InputSize.ToString(CultureInfo.InvariantCulture));
+        yield return new(Prefix + "input_height", InputHeight.ToString(CultureInfo.InvariantCulture));
+        yield return new(Prefix + "input_width", InputWidth.ToString(CultureInfo.InvariantCulture));
+        yield return new(Prefix + "dynamic_size", DynamicSize ? "true" : "false");
         yield return new(Prefix + "channels", Channels.ToString(CultureInfo.InvariantCulture));
         yield return new(Prefix + "mean", JsonSerializer.Serialize(Mean));
         yield return new(Prefix + "std", JsonSerializer.Serialize(Std));
@@ -80,7 +99,11 @@ public sealed record OnnxModelInfo(string Arch, string Config, int InputSize, in
         }
     }
 
-    /// <summary>Reads the entries back (from ONNX Runtime's custom metadata map); null when the file has none of ours.</summary>
+    /// <summary>
+    /// Reads the entries back (from ONNX Runtime's custom metadata map); null when the file has none of ours. A file that
+    /// records only <c>input_size</c> (written before non-square exports) reads as a fixed square graph of that size.
+    /// </summary>
+    /// <exception cref="FormatException">An entry is missing or unreadable; the message starts with <paramref name="source"/>.</exception>
     public static OnnxModelInfo? FromMetadata(IReadOnlyDictionary<string, string> map, string source)
     {
         ArgumentNullException.ThrowIfNull(map);
@@ -92,10 +115,17 @@ public sealed record OnnxModelInfo(string Arch, string Config, int InputSize, in
         string Get(string key) => map.TryGetValue(Prefix + key, out var v) ? v : throw new FormatException($"{source}: metadata '{Prefix}{key}' is missing");
         try
         {
-            return new OnnxModelInfo(Get("arch"), Get("config"), int.Parse(Get("input_size"), CultureInfo.InvariantCulture),
+            int size = int.Parse(Get("input_size"), CultureInfo.InvariantCulture);
+            int Optional(string key) => map.ContainsKey(Prefix + key) ? int.Parse(Get(key), CultureInfo.InvariantCulture) : size;
+            return new OnnxModelInfo(Get("arch"), Get("config"), size,
                 int.Parse(Get("channels"), CultureInfo.InvariantCulture), JsonSerializer.Deserialize<double[]>(Get("mean"))!,
                 JsonSerializer.Deserialize<double[]>(Get("std"))!, double.Parse(Get("crop_pct"), CultureInfo.InvariantCulture),
-                map.TryGetValue(Prefix + "class_names", out var names) ? JsonSerializer.Deserialize<string[]>(names) : null, Get("form"));
+                map.TryGetValue(Prefix + "class_names", out var names) ? JsonSerializer.Deserialize<string[]>(names) : null, Get("form"))
+            {
+                InputHeight = Optional("input_height"),
+                InputWidth = Optional("input_width"),
+                DynamicSize = map.TryGetValue(Prefix + "dynamic_size", out var dynamic) && bool.Parse(dynamic),
+            };
         }
         catch (Exception e) when (e is JsonException or OverflowException or FormatException && e.Message.IndexOf(source, StringComparison.Ordinal) < 0)
         {
@@ -116,11 +146,53 @@ public sealed record OnnxExportOptions
     /// <summary>Batch size of the graph when it is not dynamic.</summary>
     public int Batch { get; init; } = 1;
 
+    /// <summary>
+    /// Input height in pixels (null: the info's square <see cref="OnnxModelInfo.InputSize"/>). With <see cref="DynamicSize"/>
+    /// the size the export is first checked at and that the metadata records.
+    /// </summary>
+    public int? InputHeight { get; init; }
+
+    /// <summary>Input width in pixels (null: the info's <see cref="OnnxModelInfo.InputSize"/>); see <see cref="InputHeight"/>.</summary>
+    public int? InputWidth { get; init; }
+
+    /// <summary>
+    /// Leave the input's height and width symbolic ("height", "width"; combinable with <see cref="DynamicBatch"/>):
+    /// <see cref="OnnxExport.Run"/> then checks the file at the export size and at <see cref="OnnxExport.SecondCheckSize"/>.
+    /// </summary>
+    public bool DynamicSize { get; init; }
+
     /// <summary>Export the backbone's out_indices features instead of logits.</summary>
     public bool Features { get; init; }
 
     /// <summary>Initializers above this many bytes in all go to an external data file (protobuf's 2 GB limit).</summary>
     public long ExternalDataThreshold { get; init; } = 2_000_000_000;
+
+    /// <summary>The graph's input (height, width) in pixels for <paramref name="info"/>.</summary>
+    /// <exception cref="OnnxExportException">
+    /// <see cref="Batch"/>, the height or the width is not positive; <see cref="OnnxExportException.ParamName"/> names the
+    /// property (<c>Batch</c>, <c>InputHeight</c>, <c>InputWidth</c>) and the message starts with it.
+    /// </exception>
+    public (int Height, int Width) InputSizeFor(OnnxModelInfo info)
+    {
+        ArgumentNullException.ThrowIfNull(info);
+        if (Batch <= 0)
+        {
+            throw new OnnxExportException($"{nameof(Batch)} must be positive, got {Batch}", nameof(Batch));
+        }
+
+        int h = InputHeight ?? info.InputSize, w = InputWidth ?? info.InputSize;
+        if (h <= 0)
+        {
+            throw new OnnxExportException($"{nameof(InputHeight)} must be positive, got {h}{(InputHeight is null ? " (the info's InputSize)" : string.Empty)}", nameof(InputHeight));
+        }
+
+        if (w <= 0)
+        {
+            throw new OnnxExportException($"{nameof(InputWidth)} must be positive, got {w}{(InputWidth is null ? " (the info's InputSize)" : string.Empty)}", nameof(InputWidth));
+        }
+
+        return (h, w);
+    }
 }
 
 /// <summary>
@@ -140,9 +212,15 @@ public static class OnnxExporter
     /// <summary>Names of the feature outputs for the given stage indices.</summary>
     public static IReadOnlyList<string> FeatureNames(IEnumerable<int> indices) => [.. indices.Select(i => $"features.{i}")];
 
-    /// <summary>Builds the ONNX model of <paramref name="model"/> (eval, deploy form).</summary>
+    /// <summary>
+    /// Builds the ONNX model of <paramref name="model"/> (eval, deploy form): input <c>input</c> [N, C, H, W] (N =
+    /// <see cref="OnnxExportOptions.Batch"/> or symbolic "batch"; H × W = <see cref="OnnxExportOptions.InputSizeFor"/> or
+    /// symbolic "height" × "width"), output <c>logits</c> [N, classes] or one <c>features.i</c> [N, C_i, H_i, W_i] per
+    /// out_index. The metadata records <paramref name="info"/> with the graph's height, width and dynamic flag.
+    /// </summary>
     /// <exception cref="OnnxExportException">
-    /// The model is not a RepLKNet or not in its deploy form, the opset is outside 13–21, or the model is a backbone and
+    /// The model is not a RepLKNet or not in its deploy form, the opset is outside 13–21, a size or the batch is not
+    /// positive (<see cref="OnnxExportOptions.InputSizeFor"/>), or the model is a backbone and
     /// <see cref="OnnxExportOptions.Features"/> is not set (<see cref="OnnxExportException.ParamName"/> <c>Features</c>).
     /// </exception>
     public static ModelProto Build(Module model, OnnxModelInfo info, OnnxExportOptions options)
@@ -155,78 +233,35 @@ public static class OnnxExporter
             throw new OnnxExportException($"ONNX export supports RepLKNet models; {model.GetType().Name} is not supported");
         }
 
-        if (options.Opset is < 13 or > 21)
-        {
-            throw new OnnxExportException($"opset {options.Opset} is not supported: use 13 to 21");
-        }
-
-        if (!replknet.IsDeploy)
-        {
-            throw new OnnxExportException("the model is in its training form: re-parameterize it first (the exporter writes the deploy graph)");
-        }
-
+        var (height, width) = CheckOptions(options, info);
+        CheckDeploy(replknet);
         var g = new GraphWriter(options.Opset);
         var config = replknet.Config;
         using var noGrad = no_grad();
-        var children = Children(replknet, "model");
-        string x = InputName;
-        foreach (var (name, layer) in Children(Child<Module>(children, "stem", "model"), "stem"))
+        int stageCount = Children(Child<Module>(Children(replknet, "model"), "stages", "model"), "stages").Count;
+        if (!options.Features && config.NumClasses is null)
         {
-            x = g.ConvBn(As<ConvBn>(layer, $"stem.{name}"), x, $"stem.{name}");
+            throw new OnnxExportException($"{nameof(OnnxExportOptions.Features)} is required: this RepLKNet is a backbone (num_classes is null), which has no logits", nameof(OnnxExportOptions.Features));
         }
 
-        var stages = Children(Child<Module>(children, "stages", "model"), "stages");
-        var transitions = Children(Child<Module>(children, "transitions", "model"), "transitions");
-        var wanted = options.Features ? (config.OutIndices ?? [.. Enumerable.Range(0, stages.Count)]) : [];
-        int last = options.Features ? wanted.Max() : stages.Count - 1;
+        var wanted = options.Features ? (config.OutIndices ?? [.. Enumerable.Range(0, stageCount)]) : [];
+        var (x, features) = Backbone(g, replknet, InputName, wanted, !options.Features, string.Empty);
         var outputs = new List<(string Name, long[] Shape)>();
         // Output shapes from one forward pass of the model itself (any input size the convolutions accept).
-        var shapes = OutputShapes(replknet, info, options.Features);
-        for (int i = 0; i <= last; i++)
+        var shapes = OutputShapes(replknet, info.Channels, height, width, options.Features);
+        if (options.Features)
         {
-            string stage = $"stages.{i}";
-            var stageChildren = Children(stages[i].Module, stage);
-            foreach (var (name, block) in Children(Child<Module>(stageChildren, "blocks", stage), $"{stage}.blocks"))
+            for (int i = 0; i < features.Count; i++)
             {
-                string path = $"{stage}.blocks.{name}";
-                x = block switch
-                {
-                    RepLKBlock b => g.RepLKBlock(b, x, path),
-                    ConvFFN f => g.ConvFfn(f, x, path),
-                    _ => throw Unsupported(block, path),
-                };
-            }
-
-            if (wanted.Contains(i))
-            {
-                var norm = Child<Module>(stageChildren, "norm", stage);
-                string feature = FeatureNames([i])[0];
-                string y = norm switch
-                {
-                    BatchNorm2d bn => g.BatchNorm(bn, x, $"{stage}.norm"),
-                    TorchSharp.Modules.Identity => x,
-                    _ => throw Unsupported(norm, $"{stage}.norm"),
-                };
-                g.Rename(y, feature, x == y);
-                outputs.Add((feature, shapes[outputs.Count]));
-            }
-
-            if (i < transitions.Count && i < last)
-            {
-                foreach (var (name, layer) in Children(transitions[i].Module, $"transitions.{i}"))
-                {
-                    x = g.ConvBn(As<ConvBn>(layer, $"transitions.{i}.{name}"), x, $"transitions.{i}.{name}");
-                }
+                string feature = FeatureNames([features[i].Stage])[0];
+                g.Rename(features[i].Value, feature, features[i].AlsoUsedInside);
+                // With a dynamic size the spatial sizes of the maps are left unnamed (they follow from the input's).
+                outputs.Add((feature, options.DynamicSize ? [shapes[i][0], UnknownDim, UnknownDim] : shapes[i]));
             }
         }
-
-        if (!options.Features)
+        else
         {
-            if (config.NumClasses is not int classes)
-            {
-                throw new OnnxExportException($"{nameof(OnnxExportOptions.Features)} is required: this RepLKNet is a backbone (num_classes is null), which has no logits", nameof(OnnxExportOptions.Features));
-            }
-
+            var children = Children(replknet, "model");
             x = g.BatchNorm(Child<BatchNorm2d>(children, "norm", "model"), x, "norm");
             _ = Child<AdaptiveAvgPool2d>(children, "avgpool", "model");
             x = g.Node("GlobalAveragePool", [x], "avgpool");
@@ -239,20 +274,50 @@ public static class OnnxExporter
             outputs.Add((LogitsName, shapes[0]));
         }
 
-        var batch = options.DynamicBatch ? Dim("batch") : Dim(options.Batch);
-        g.Graph.Input.Add(Value(InputName, [batch, Dim(info.Channels), Dim(info.InputSize), Dim(info.InputSize)]));
-        foreach (var (name, shape) in outputs)
+        return Finish(g, info with { InputHeight = height, InputWidth = width, DynamicSize = options.DynamicSize }, options, outputs,
+            $"RepLKNet ({info.Arch}, {info.Form})", "RepLKNet (Ding et al., CVPR 2022), deploy form, written by the .NET RepLKNet toolkit");
+    }
+
+    // The option checks every export shares; returns the graph's (height, width).
+    private static (int Height, int Width) CheckOptions(OnnxExportOptions options, OnnxModelInfo info)
+    {
+        if (options.Opset is < 13 or > 21)
         {
-            g.Graph.Output.Add(Value(name, [batch, .. shape.Select(Dim)]));
+            throw new OnnxExportException($"opset {options.Opset} is not supported: use 13 to 21");
         }
 
-        g.Graph.Name = $"RepLKNet ({info.Arch}, {info.Form})";
+        return options.InputSizeFor(info);
+    }
+
+    private static void CheckDeploy(RepLKNetModel replknet)
+    {
+        if (!replknet.IsDeploy)
+        {
+            throw new OnnxExportException("the model is in its training form: re-parameterize it first (the exporter writes the deploy graph)");
+        }
+    }
+
+    // In output shapes (without the batch): an unnamed dimension, the input's symbolic height, the input's symbolic width.
+    private const long UnknownDim = -1, SymbolicHeight = -2, SymbolicWidth = -3;
+
+    // Input, outputs, metadata and the model proto around a finished graph.
+    private static ModelProto Finish(GraphWriter g, OnnxModelInfo info, OnnxExportOptions options, List<(string Name, long[] Shape)> outputs, string name, string doc)
+    {
+        var batch = options.DynamicBatch ? Dim("batch") : Dim(options.Batch);
+        g.Graph.Input.Add(Value(InputName, [batch, Dim(info.Channels),
+            options.DynamicSize ? Dim("height") : Dim(info.InputHeight), options.DynamicSize ? Dim("width") : Dim(info.InputWidth)]));
+        foreach (var (output, shape) in outputs)
+        {
+            g.Graph.Output.Add(Value(output, [batch, .. shape.Select(d => d switch { >= 0 => Dim(d), SymbolicHeight => Dim("height"), SymbolicWidth => Dim("width"), _ => Unknown() })]));
+        }
+
+        g.Graph.Name = name;
         var modelProto = new ModelProto
         {
             IrVersion = 8,
             ProducerName = "replknet-dotnet",
             ProducerVersion = typeof(OnnxExporter).Assembly.GetName().Version?.ToString() ?? "0",
-            DocString = "RepLKNet (Ding et al., CVPR 2022), deploy form, written by the .NET RepLKNet toolkit",
+            DocString = doc,
             Graph = g.Graph,
         };
         modelProto.OpsetImport.Add(new OperatorSetIdProto { Domain = string.Empty, Version = options.Opset });
@@ -264,11 +329,67 @@ public static class OnnxExporter
         return modelProto;
     }
 
-    private static List<long[]> OutputShapes(RepLKNetModel model, OnnxModelInfo info, bool features)
+    // Emits stem, stages and transitions up to the last wanted stage (all stages when allStages) under the key prefix
+    // (e.g. "backbone."): returns the last stage's output and, per wanted stage in stage order, its feature value (after the
+    // stage norm) and whether that value is also the stage's output (then an Identity names the graph output).
+    private static (string Last, List<(int Stage, string Value, bool AlsoUsedInside)> Features) Backbone(GraphWriter g, RepLKNetModel model, string input,
+        IReadOnlyList<int> wanted, bool allStages, string prefix)
+    {
+        var children = Children(model, "model");
+        string x = input;
+        foreach (var (name, layer) in Children(Child<Module>(children, "stem", "model"), "stem"))
+        {
+            x = g.ConvBn(As<ConvBn>(layer, $"stem.{name}"), x, $"{prefix}stem.{name}");
+        }
+
+        var stages = Children(Child<Module>(children, "stages", "model"), "stages");
+        var transitions = Children(Child<Module>(children, "transitions", "model"), "transitions");
+        int last = allStages ? stages.Count - 1 : wanted.Max();
+        var features = new List<(int, string, bool)>();
+        for (int i = 0; i <= last; i++)
+        {
+            string stage = $"stages.{i}";
+            var stageChildren = Children(stages[i].Module, stage);
+            foreach (var (name, block) in Children(Child<Module>(stageChildren, "blocks", stage), $"{stage}.blocks"))
+            {
+                string path = $"{prefix}{stage}.blocks.{name}";
+                x = block switch
+                {
+                    RepLKBlock b => g.RepLKBlock(b, x, path),
+                    ConvFFN f => g.ConvFfn(f, x, path),
+                    _ => throw Unsupported(block, path),
+                };
+            }
+
+            if (wanted.Contains(i))
+            {
+                var norm = Child<Module>(stageChildren, "norm", stage);
+                string y = norm switch
+                {
+                    BatchNorm2d bn => g.BatchNorm(bn, x, $"{prefix}{stage}.norm"),
+                    TorchSharp.Modules.Identity => x,
+                    _ => throw Unsupported(norm, $"{stage}.norm"),
+                };
+                features.Add((i, y, x == y));
+            }
+
+            if (i < transitions.Count && i < last)
+            {
+                foreach (var (name, layer) in Children(transitions[i].Module, $"transitions.{i}"))
+                {
+                    x = g.ConvBn(As<ConvBn>(layer, $"transitions.{i}.{name}"), x, $"{prefix}transitions.{i}.{name}");
+                }
+            }
+        }
+
+        return (x, features);
+    }
+
+    private static List<long[]> OutputShapes(RepLKNetModel model, int channels, int height, int width, bool features)
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
-        var x = zeros([1, info.Channels, info.InputSize, info.InputSize]);
+        var x = zeros([1, channels, height, width]);
         var outputs = features ? model.forward_intermediates(x).ToList() : [model.call(x)];
         return [.. outputs.Select(o => o.shape[1..])];
     }
@@ -320,6 +441,8 @@ public static class OnnxExporter
     private static TensorShapeProto.Types.Dimension Dim(long value) => new() { DimValue = value };
 
     private static TensorShapeProto.Types.Dimension Dim(string name) => new() { DimParam = name };
+
+    private static TensorShapeProto.Types.Dimension Unknown() => new();
 
     private static ValueInfoProto Value(string name, IEnumerable<TensorShapeProto.Types.Dimension> dims)
     {
