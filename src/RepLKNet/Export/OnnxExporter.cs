@@ -476,9 +476,31 @@ public static class OnnxExporter
     internal static OnnxExportException Unsupported(Module module, string path, string? expected = null) =>
         new($"{path}: module {module.GetType().Name} is not supported by the ONNX exporter{(expected is null ? string.Empty : $" (expected {expected})")}");
 
-    /// <summary>Accumulates nodes and initializers with unique names.</summary>
-    private sealed class GraphWriter(int opset)
+    /// <summary>
+    /// A standalone graph around some emitters (for tests of one operation against libtorch): float inputs of rank 4 with
+    /// unnamed dimensions, one float output <c>y</c> whatever <paramref name="emit"/> returns.
+    /// </summary>
+    internal static ModelProto Fragment(int opset, IReadOnlyList<string> inputs, Func<GraphWriter, IReadOnlyList<string>, string> emit)
     {
+        var g = new GraphWriter(opset);
+        foreach (var input in inputs)
+        {
+            g.Graph.Input.Add(Value(input, [Unknown(), Unknown(), Unknown(), Unknown()]));
+        }
+
+        g.Rename(emit(g, inputs), "y", false);
+        g.Graph.Output.Add(Value("y", [Unknown(), Unknown(), Unknown(), Unknown()]));
+        g.Graph.Name = "fragment";
+        var model = new ModelProto { IrVersion = 8, ProducerName = "replknet-dotnet", Graph = g.Graph };
+        model.OpsetImport.Add(new OperatorSetIdProto { Domain = string.Empty, Version = opset });
+        return model;
+    }
+
+    /// <summary>Accumulates nodes and initializers with unique names.</summary>
+    internal sealed class GraphWriter(int opset)
+    {
+        // Per value: its spatial size [H, W] as a 1-D int64 value (one Shape → Slice per value, shared by every resize to it).
+        private readonly Dictionary<string, string> spatialSizes = [];
         private static readonly long[] UnitDilations = [1, 1];
         private int counter;
 
@@ -566,6 +588,82 @@ public static class OnnxExporter
                     }
                 }
             }
+        }
+
+        /// <summary>An int64 initializer of <paramref name="shape"/> (empty: a scalar), shared by name.</summary>
+        public string Int64s(string name, long[] values, params long[] shape)
+        {
+            if (Graph.Initializer.All(t => t.Name != name))
+            {
+                var t = new TensorProto { Name = name, DataType = (int)TensorProto.Types.DataType.Int64, RawData = ByteString.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan())) };
+                t.Dims.AddRange(shape);
+                Graph.Initializer.Add(t);
+            }
+
+            return name;
+        }
+
+        /// <summary>ReLU (<c>torch.nn.functional.relu</c>).</summary>
+        public string Relu(string x, string path) => Node("Relu", [x], path);
+
+        /// <summary>Concatenation along the channels (<c>torch.cat(xs, dim=1)</c>), as MMSeg's heads concatenate maps.</summary>
+        public string ConcatChannels(IReadOnlyList<string> xs, string path) => Node("Concat", xs, path, ("axis", 1L));
+
+        /// <summary>
+        /// [N, C, H, W] <paramref name="x"/> resized bilinearly to the spatial size of <paramref name="like"/> (any value of
+        /// rank 4; sizes read at run time, so symbolic sizes work): MMSeg's <c>resize(x, size=like.shape[2:],
+        /// mode='bilinear', align_corners)</c> = <c>F.interpolate</c> with a size. ONNX Resize, mode linear, with
+        /// coordinate_transformation_mode <c>align_corners</c> (src = dst·(in − 1)/(out − 1), 0 for out = 1, as libtorch) or
+        /// <c>half_pixel</c> (src = (dst + 0.5)·in/out − 0.5, as libtorch's align_corners=False; <c>pytorch_half_pixel</c>
+        /// would differ where an output size is 1, which libtorch maps to in/2 − 0.5, not 0). Both engines clamp the
+        /// source index into [0, in − 1].
+        /// </summary>
+        public string ResizeLike(string x, string like, bool alignCorners, string path)
+        {
+            if (!spatialSizes.TryGetValue(like, out var spatial))
+            {
+                spatial = Node("Slice", [Node("Shape", [like], $"{path}.size"), Int64s("const.i2", [2], 1), Int64s("const.i4", [4], 1)], $"{path}.size");
+                spatialSizes[like] = spatial;
+            }
+
+            var leading = Node("Slice", [Node("Shape", [x], $"{path}.nc"), Int64s("const.i0", [0], 1), Int64s("const.i2", [2], 1)], $"{path}.nc");
+            var sizes = Node("Concat", [leading, spatial], $"{path}.sizes", ("axis", 0L));
+            return Node("Resize", [x, string.Empty, string.Empty, sizes], path, ("mode", "linear"),
+                ("coordinate_transformation_mode", alignCorners ? "align_corners" : "half_pixel"));
+        }
+
+        /// <summary>
+        /// <c>torch.nn.functional.adaptive_avg_pool2d(x, s)</c> of a [N, C, H, W] value with any (symbolic) H, W: output bin
+        /// i of a side of length L averages [⌊i·L/s⌋, ⌈(i + 1)·L/s⌉) (libtorch's start_index/end_index), so bins overlap
+        /// or repeat where L is not a multiple of s (or L &lt; s). As the bins are products of one range per axis, the pool is
+        /// P_H · x · P_Wᵀ with P[i, l] = 1/|bin i| inside bin i, else 0 ([s, L], built from the value's Shape at run time):
+        /// two MatMuls. s = 1 is GlobalAveragePool.
+        /// </summary>
+        public string AdaptiveAvgPool(string x, int s, string path)
+        {
+            if (s == 1)
+            {
+                return Node("GlobalAveragePool", [x], path);
+            }
+
+            var shape = Node("Shape", [x], $"{path}.shape");
+            string Pooling(long axis)
+            {
+                var length = Node("Gather", [shape, Int64s($"const.scalar{axis}", [axis])], $"{path}.length", ("axis", 0L));
+                var index = Int64s($"const.bins{s}", [.. Enumerable.Range(0, s).Select(i => (long)i)], s, 1);
+                var next = Int64s($"const.bins{s}.next", [.. Enumerable.Range(1, s).Select(i => (long)i)], s, 1);
+                var count = Int64s($"const.s{s}", [s]);
+                var start = Node("Div", [Node("Mul", [index, length], $"{path}.start"), count], $"{path}.start");
+                var end = Node("Div", [Node("Add", [Node("Mul", [next, length], $"{path}.end"), Int64s($"const.s{s}m1", [s - 1])], $"{path}.end"), count], $"{path}.end");
+                var positions = Node("Range", [Int64s("const.zero", [0]), length, Int64s("const.one", [1])], $"{path}.positions");
+                var inside = Node("And", [Node("GreaterOrEqual", [positions, start], $"{path}.ge"), Node("Less", [positions, end], $"{path}.lt")], $"{path}.inside");
+                var widths = Node("Cast", [Node("Sub", [end, start], $"{path}.widths")], $"{path}.widths", ("to", (long)TensorProto.Types.DataType.Float));
+                return Node("Div", [Node("Cast", [inside], $"{path}.mask", ("to", (long)TensorProto.Types.DataType.Float)), widths], $"{path}.matrix");
+            }
+
+            var rows = Pooling(2);
+            var columns = Node("Transpose", [Pooling(3)], $"{path}.columns", ("perm", new long[] { 1, 0 }));
+            return Node("MatMul", [rows, Node("MatMul", [x, columns], $"{path}.w")], path);
         }
 
         public string Conv(Conv2d conv, string x, string path)
