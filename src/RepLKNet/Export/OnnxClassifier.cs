@@ -32,6 +32,11 @@ public sealed class OnnxClassifier : IDisposable
         {
             Info = OnnxModelInfo.FromMetadata(session.ModelMetadata.CustomMetadataMap, path)
                 ?? throw new OnnxExportException($"'{path}' has no replknet metadata (input size, normalization): write it with OnnxExport");
+            if (Info.Task != OnnxModelInfo.ClassificationTask)
+            {
+                throw new OnnxExportException($"'{path}' is a {Info.Task} export, not a classifier (its logits are per pixel)");
+            }
+
             if (!session.InputMetadata.ContainsKey(OnnxExporter.InputName) || !session.OutputMetadata.ContainsKey(OnnxExporter.LogitsName))
             {
                 throw new OnnxExportException($"'{path}' is not a classifier export (inputs [{string.Join(", ", session.InputNames)}], outputs [{string.Join(", ", session.OutputNames)}]; features exports have no logits)");

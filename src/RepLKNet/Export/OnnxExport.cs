@@ -1,6 +1,7 @@
 using Microsoft.ML.OnnxRuntime;
 using Onnx;
 using RepLKNet.Models;
+using RepLKNet.Models.Segmentation;
 using RepLKNet.Reparam;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -51,7 +52,20 @@ public static class OnnxExport
     /// <c>outputPath</c>), the model or an option cannot be exported (<see cref="OnnxExporter.Build"/>), or ONNX Runtime does
     /// not reproduce the model within <see cref="Tolerance"/> (then nothing is written).
     /// </exception>
-    public static OnnxExportReport Run(RepLKNetModel model, OnnxModelInfo info, OnnxExportOptions options, bool fuseBn, string outputPath, long seed = 0)
+    public static OnnxExportReport Run(RepLKNetModel model, OnnxModelInfo info, OnnxExportOptions options, bool fuseBn, string outputPath, long seed = 0) =>
+        RunCore(model, info, options, fuseBn, outputPath, seed);
+
+    /// <summary>
+    /// Exports a segmenter (converted in place to its deploy form; <paramref name="fuseBn"/> folds every conv+BN, the heads'
+    /// ConvModules included) to <paramref name="outputPath"/> as <see cref="OnnxExporter.BuildSegmentor"/> writes it, checked
+    /// like a classifier: ONNX Runtime's <c>logits</c> [N, classes, H, W] against <see cref="EncoderDecoder.EncodeDecode"/> at
+    /// every shape of <see cref="Checks"/>.
+    /// </summary>
+    /// <exception cref="OnnxExportException">As for the RepLKNet overload, and <see cref="OnnxExporter.BuildSegmentor"/>'s.</exception>
+    public static OnnxExportReport Run(EncoderDecoder model, OnnxModelInfo info, OnnxExportOptions options, bool fuseBn, string outputPath, long seed = 0) =>
+        RunCore(model, info, options, fuseBn, outputPath, seed);
+
+    private static OnnxExportReport RunCore(nn.Module<Tensor, Tensor> model, OnnxModelInfo info, OnnxExportOptions options, bool fuseBn, string outputPath, long seed)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(info);

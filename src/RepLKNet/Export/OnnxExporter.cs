@@ -4,6 +4,7 @@ using Google.Protobuf;
 using Onnx;
 using RepLKNet.Layers;
 using RepLKNet.Models;
+using RepLKNet.Models.Segmentation;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -79,12 +80,26 @@ public sealed record OnnxModelInfo(string Arch, string Config, int InputSize, in
     /// <summary>Whether the graph's height and width are symbolic ("height", "width"): any size runs.</summary>
     public bool DynamicSize { get; init; }
 
+    /// <summary>
+    /// What the graph computes: <see cref="ClassificationTask"/> (logits [N, classes] or backbone features) or
+    /// <see cref="SegmentationTask"/> (<c>logits</c> [N, classes, H, W] at the input size). Files without the entry are
+    /// classification.
+    /// </summary>
+    public string Task { get; init; } = ClassificationTask;
+
+    /// <summary>The <see cref="Task"/> of classifiers and backbones.</summary>
+    public const string ClassificationTask = "classification";
+
+    /// <summary>The <see cref="Task"/> of segmenters.</summary>
+    public const string SegmentationTask = "segmentation";
+
     /// <summary>The entries for <c>metadata_props</c>.</summary>
     public IEnumerable<KeyValuePair<string, string>> ToMetadata()
     {
         yield return new(Prefix + "arch", Arch);
         yield return new(Prefix + "config", Config);
         yield return new(Prefix + "form", Form);
+        yield return new(Prefix + "task", Task);
         yield return new(Prefix + "input_size", InputSize.ToString(CultureInfo.InvariantCulture));
         yield return new(Prefix + "input_height", InputHeight.ToString(CultureInfo.InvariantCulture));
         yield return new(Prefix + "input_width", InputWidth.ToString(CultureInfo.InvariantCulture));
@@ -125,6 +140,7 @@ public sealed record OnnxModelInfo(string Arch, string Config, int InputSize, in
                 InputHeight = Optional("input_height"),
                 InputWidth = Optional("input_width"),
                 DynamicSize = map.TryGetValue(Prefix + "dynamic_size", out var dynamic) && bool.Parse(dynamic),
+                Task = map.TryGetValue(Prefix + "task", out var task) ? task : ClassificationTask,
             };
         }
         catch (Exception e) when (e is JsonException or OverflowException or FormatException && e.Message.IndexOf(source, StringComparison.Ordinal) < 0)
@@ -157,7 +173,7 @@ public sealed record OnnxExportOptions
 
     /// <summary>
     /// Leave the input's height and width symbolic ("height", "width"; combinable with <see cref="DynamicBatch"/>):
-    /// <see cref="OnnxExport.Run"/> then checks the file at the export size and at <see cref="OnnxExport.SecondCheckSize"/>.
+    /// <see cref="OnnxExport"/>.Run then checks the file at the export size and at <see cref="OnnxExport.SecondCheckSize"/>.
     /// </summary>
     public bool DynamicSize { get; init; }
 
@@ -201,7 +217,7 @@ public sealed record OnnxExportOptions
 /// BatchNormalization → GlobalAveragePool → Flatten → Gemm. Weights are raw float32 initializers named like the
 /// state_dict keys.
 /// </summary>
-public static class OnnxExporter
+public static partial class OnnxExporter
 {
     /// <summary>The input's name.</summary>
     public const string InputName = "input";
@@ -218,8 +234,9 @@ public static class OnnxExporter
     /// symbolic "height" × "width"), output <c>logits</c> [N, classes] or one <c>features.i</c> [N, C_i, H_i, W_i] per
     /// out_index. The metadata records <paramref name="info"/> with the graph's height, width and dynamic flag.
     /// </summary>
+    /// <remarks>An <see cref="EncoderDecoder"/> is written by <see cref="BuildSegmentor"/>.</remarks>
     /// <exception cref="OnnxExportException">
-    /// The model is not a RepLKNet or not in its deploy form, the opset is outside 13–21, a size or the batch is not
+    /// The model is not a RepLKNet (or segmenter) or not in its deploy form, the opset is outside 13–21, a size or the batch is not
     /// positive (<see cref="OnnxExportOptions.InputSizeFor"/>), or the model is a backbone and
     /// <see cref="OnnxExportOptions.Features"/> is not set (<see cref="OnnxExportException.ParamName"/> <c>Features</c>).
     /// </exception>
@@ -228,9 +245,14 @@ public static class OnnxExporter
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(info);
         ArgumentNullException.ThrowIfNull(options);
+        if (model is EncoderDecoder segmentor)
+        {
+            return BuildSegmentor(segmentor, info, options);
+        }
+
         if (model is not RepLKNetModel replknet)
         {
-            throw new OnnxExportException($"ONNX export supports RepLKNet models; {model.GetType().Name} is not supported");
+            throw new OnnxExportException($"ONNX export supports RepLKNet models and their UperNet segmenters; {model.GetType().Name} is not supported");
         }
 
         var (height, width) = CheckOptions(options, info);
