@@ -2,13 +2,17 @@ using System.ComponentModel;
 using System.Globalization;
 using RepLKNet.Checkpoints;
 using RepLKNet.Export;
+using RepLKNet.Models.Segmentation;
 using RepLKNet.Runtime;
 using Spectre.Console;
 using Spectre.Console.Cli;
 
 namespace RepLKNet.Cli.Commands;
 
-/// <summary><c>replknet export onnx</c>: the re-parameterized model as an ONNX graph, verified with ONNX Runtime.</summary>
+/// <summary>
+/// <c>replknet export onnx</c>: the re-parameterized model (a RepLKNet classifier or backbone, or a UperNet segmenter when
+/// <c>--arch</c> names one or the checkpoint holds <c>decode_head.*</c>) as an ONNX graph, verified with ONNX Runtime.
+/// </summary>
 public sealed class ExportOnnxCommand(IAnsiConsole console) : Command<ExportOnnxCommand.Settings>
 {
     /// <summary>Options of <c>export onnx</c>.</summary>
@@ -43,12 +47,12 @@ public sealed class ExportOnnxCommand(IAnsiConsole console) : Command<ExportOnnx
 
         /// <summary>Features.</summary>
         [CommandOption("--features")]
-        [Description("Export the backbone's out_indices features (features.0 …) instead of logits.")]
+        [Description("Export the backbone's out_indices features (features.0 …) instead of logits (classifiers and backbones; a segmenter's output is its per-pixel logits).")]
         public bool Features { get; init; }
 
         /// <summary>Input size: S (square) or H,W.</summary>
         [CommandOption("--input-size <SIZE>")]
-        [Description("Input size of the graph: S (square) or H,W in pixels, e.g. 72,56 (default: the checkpoint's preprocessing, else the variant's, else 224). With --dynamic-size: the size the file is checked at first and that its metadata records.")]
+        [Description("Input size of the graph: S (square) or H,W in pixels, e.g. 72,56 (default: the checkpoint's preprocessing, else the variant's, else 224; segmenters: the preset's crop size, else the project's default segmenter's, 96). With --dynamic-size: the size the file is checked at first and that its metadata records.")]
         public string? InputSize { get; init; }
 
         /// <summary>Dynamic height and width.</summary>
@@ -84,6 +88,11 @@ public sealed class ExportOnnxCommand(IAnsiConsole console) : Command<ExportOnnx
         }
 
         var (height, width) = ParseSize(settings.InputSize);
+        if (SegmentorRegistry.IsSegmentor(settings.Arch) || (settings.Arch is null && IsSegmentorCheckpoint(settings.Weights!)))
+        {
+            return ExportSegmentor(settings, height, width);
+        }
+
         var loaded = ModelLoader.Load(settings.Weights!, settings.LoadOptions);
         using var model = loaded.Model;
         // A square size is also the eval crop size recorded for inference; a non-square one keeps the checkpoint's.
@@ -98,6 +107,39 @@ public sealed class ExportOnnxCommand(IAnsiConsole console) : Command<ExportOnnx
         var report = OnnxExport.Run(model, info, options, settings.FuseBn, settings.Out!, Environment.TickCount64);
         var (h, w) = options.InputSizeFor(info);
         Report(console, report, settings, eval.Channels, settings.DynamicSize ? $"height×width (exported at {h}×{w})" : $"{h}×{w}");
+        return ExitCodes.Success;
+    }
+
+    private static bool IsSegmentorCheckpoint(string weights)
+    {
+        using var checkpoint = CheckpointFile.Read(weights, ema: false, wholeModel: true);
+        return checkpoint.State.Keys.Any(k => k.StartsWith("decode_head.", StringComparison.Ordinal));
+    }
+
+    // The whole segmenter (MMSeg's encode_decode): input [N, 3, H, W] → logits [N, classes, H, W]; default size: the
+    // architecture's crop size (its official recipe's, else the project's default), normalization from the same recipe.
+    private int ExportSegmentor(Settings settings, int? height, int? width)
+    {
+        if (settings.Ema)
+        {
+            throw new UsageException("--ema applies to classification training checkpoints, not to segmenters");
+        }
+
+        var loaded = SegmentorCheckpoint.Load(settings.Weights!, settings.Arch, settings.Strict, settings.NumClasses);
+        using var model = loaded.Model;
+        var recipe = SegmentorRegistry.RecipeFor(loaded.Arch);
+        int h = height ?? recipe.CropSize.H, w = width ?? recipe.CropSize.W;
+        var info = new OnnxModelInfo(loaded.Arch, model.Config.ToJson(), h, model.InChannels, [.. recipe.Mean.Select(m => m / 255)], [.. recipe.Std.Select(v => v / 255)],
+            1.0, loaded.Info.Classes, settings.FuseBn || loaded.Info.Form == Models.ModelForm.Fused ? "fused" : "deploy");
+        var options = new OnnxExportOptions
+        {
+            Opset = settings.Opset, DynamicBatch = settings.DynamicBatch, Batch = settings.Batch, Features = settings.Features,
+            InputHeight = h, InputWidth = w, DynamicSize = settings.DynamicSize,
+        };
+        var report = OnnxExport.Run(model, info, options, settings.FuseBn, settings.Out!, Environment.TickCount64);
+        console.MarkupLine(CultureInfo.InvariantCulture, "segmenter [bold]{0}[/] ({1} classes, align_corners {2}): output logits [[N, classes, H, W]] at the input size",
+            Markup.Escape(loaded.Arch), model.NumClasses, model.AlignCorners ? "true" : "false");
+        Report(console, report, settings, model.InChannels, settings.DynamicSize ? $"height×width (exported at {h}×{w})" : $"{h}×{w}");
         return ExitCodes.Success;
     }
 

@@ -50,7 +50,7 @@ public sealed class OnnxExportException : Exception
 
 /// <summary>What the exported file records for inference (ONNX <c>metadata_props</c>, keys prefixed <c>replknet.</c>).</summary>
 /// <param name="Arch">Variant name or "custom".</param>
-/// <param name="Config">The architecture as the official constructor's JSON.</param>
+/// <param name="Config">The architecture as the official constructor's JSON (a segmenter: its MMSeg-style model JSON).</param>
 /// <param name="InputSize">
 /// The eval transform's square crop size in pixels (the checkpoint's preprocessing). The graph's own input size is
 /// <see cref="InputHeight"/> × <see cref="InputWidth"/>, which default to it (files written before non-square exports
@@ -214,8 +214,8 @@ public sealed record OnnxExportOptions
 /// <summary>
 /// Writes a deploy-form RepLKNet (already re-parameterized; optionally with every conv+BN folded) as an ONNX graph:
 /// Conv (group = channels for depthwise), BatchNormalization where not fused, Relu, exact GELU, Add, and for classifiers
-/// BatchNormalization → GlobalAveragePool → Flatten → Gemm. Weights are raw float32 initializers named like the
-/// state_dict keys.
+/// BatchNormalization → GlobalAveragePool → Flatten → Gemm; UperNet segmenters through <see cref="BuildSegmentor"/>.
+/// Weights are raw float32 initializers named like the state_dict keys.
 /// </summary>
 public static partial class OnnxExporter
 {

@@ -133,4 +133,38 @@ public sealed class OnnxSegmentorTests
         Assert.Equal("InputWidth", e.ParamName);
         Assert.Empty(Directory.GetFileSystemEntries(dir.Path));
     }
+
+    [Fact]
+    public void Cli_exports_a_segmenter_checkpoint_at_a_dynamic_size_and_refuses_features()
+    {
+        using var dir = new TempDirectory();
+        var generator = new Generator(34);
+        using var model = RandomSegmentor(alignCorners: true, generator);
+        File.WriteAllText(dir.File("seg.json"), model.Config.ToJson());
+        RepLKNet.Checkpoints.SegmentorCheckpoint.Save(dir.File("seg.pth"), model, "seg", ["a", "b", "c", "d", "e"]);
+        var export = CliRunner.Run("export", "onnx", "--arch", dir.File("seg.json"), "--weights", dir.File("seg.pth"), "--out", dir.File("seg.onnx"),
+            "--input-size", "37,53", "--dynamic-size", "--fuse-bn");
+        Assert.True(export.ExitCode == 0, export.StdOut + export.StdErr);
+        Assert.Contains("5 classes, align_corners true", export.StdOut, StringComparison.Ordinal);
+        Assert.Contains("N×H×W 1×37×53, N×H×W 1×29×47", export.StdOut, StringComparison.Ordinal);
+
+        using var x = randn([1, 3, 19, 25], generator: generator);
+        using var noGrad = no_grad();
+        using var expected = model.call(x);
+        var actual = RunOrt(dir.File("seg.onnx"), x);
+        double diff = (expected - actual).abs().max().item<float>();
+        Assert.True(diff <= 1e-5 * Math.Max(1, expected.abs().max().item<float>()), $"max |ORT − TorchSharp| = {diff}");
+        using (var session = new InferenceSession(dir.File("seg.onnx")))
+        {
+            var info = OnnxModelInfo.FromMetadata(session.ModelMetadata.CustomMetadataMap, "seg.onnx")!;
+            Assert.Equal(("fused", OnnxModelInfo.SegmentationTask), (info.Form, info.Task));
+            Assert.Equal(["a", "b", "c", "d", "e"], info.ClassNames!);
+        }
+
+        // Without --arch the checkpoint's records say it is a segmenter; --features does not apply to one.
+        var features = CliRunner.Run("export", "onnx", "--weights", dir.File("seg.pth"), "--out", dir.File("f.onnx"), "--features");
+        Assert.NotEqual(0, features.ExitCode);
+        Assert.Contains("--features applies to RepLKNet classifiers and backbones", features.StdErr, StringComparison.Ordinal);
+        Assert.Equal(["seg.json", "seg.onnx", "seg.pth"], Directory.GetFileSystemEntries(dir.Path).Select(Path.GetFileName).Order());
+    }
 }
