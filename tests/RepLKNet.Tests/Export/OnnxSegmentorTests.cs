@@ -12,9 +12,9 @@ public sealed class OnnxSegmentorTests
 {
     public OnnxSegmentorTests() => Torch.EnsureLoaded();
 
-    internal static SegmentorConfig SmallConfig(bool alignCorners) => new()
+    internal static SegmentorConfig SmallConfig(bool alignCorners, bool normIntermediateFeatures = false) => new()
     {
-        Backbone = OfficialFixture.Config with { Layers = [1, 1, 1, 1], NumClasses = null, OutIndices = [0, 1, 2, 3] },
+        Backbone = OfficialFixture.Config with { Layers = [1, 1, 1, 1], NumClasses = null, OutIndices = [0, 1, 2, 3], NormIntermediateFeatures = normIntermediateFeatures },
         DecodeHead = new DecodeHeadConfig
         {
             Type = DecodeHeadConfig.UPerHead, InChannels = [16, 32, 64, 128], InIndex = [0, 1, 2, 3], Channels = 32, PoolScales = [1, 2, 3, 6],
@@ -26,9 +26,9 @@ public sealed class OnnxSegmentorTests
         },
     };
 
-    private static EncoderDecoder RandomSegmentor(bool alignCorners, Generator generator)
+    private static EncoderDecoder RandomSegmentor(bool alignCorners, Generator generator, bool normIntermediateFeatures = false)
     {
-        var model = new EncoderDecoder(SmallConfig(alignCorners), name: "seg-small");
+        var model = new EncoderDecoder(SmallConfig(alignCorners, normIntermediateFeatures), name: "seg-small");
         Assert.True(OnnxEmitterTests.RandomizeNorms(model, generator) > 20);
         model.eval();
         return model;
@@ -97,13 +97,15 @@ public sealed class OnnxSegmentorTests
     }
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void A_fixed_non_square_segmenter_export_matches_encode_decode(bool alignCorners)
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    public void A_fixed_non_square_segmenter_export_matches_encode_decode(bool alignCorners, bool normIntermediateFeatures)
     {
         using var dir = new TempDirectory();
         var generator = new Generator(33);
-        using var model = RandomSegmentor(alignCorners, generator);
+        // normIntermediateFeatures: an XL-style backbone, a BatchNorm on every out_indices map.
+        using var model = RandomSegmentor(alignCorners, generator, normIntermediateFeatures);
         string path = dir.File("fixed.onnx");
         var report = OnnxExport.Run(model, Info(model, 64), new OnnxExportOptions { Batch = 2, InputHeight = 41, InputWidth = 27 }, fuseBn: !alignCorners, path, seed: 8);
         Assert.Equal([new OnnxCheck(2, 41, 27)], report.Checks);
