@@ -91,9 +91,10 @@ public static class ReplknetApp
             {
                 export.SetDescription("Export models for deployment.");
                 export.AddCommand<ExportOnnxCommand>("onnx")
-                    .WithDescription("Re-parameterize and write an ONNX graph (metadata: input size, normalization, class names); verified with ONNX Runtime before it is kept.")
+                    .WithDescription("Re-parameterize and write an ONNX graph of a classifier, backbone or UperNet segmenter (metadata: input size, normalization, class names); verified with ONNX Runtime before it is kept (at two sizes with --dynamic-size).")
                     .WithExample("export", "onnx", "--weights", "runs/fmnist/best.safetensors", "--out", "fmnist.onnx", "--dynamic-batch")
-                    .WithExample("export", "onnx", "--arch", "RepLKNet-31B", "--weights", "w.pth", "--out", "31b.onnx", "--fuse-bn");
+                    .WithExample("export", "onnx", "--arch", "RepLKNet-31B", "--weights", "w.pth", "--out", "31b.onnx", "--fuse-bn")
+                    .WithExample("export", "onnx", "--arch", "seg.json", "--weights", "seg.pth", "--out", "seg.onnx", "--input-size", "512,683", "--dynamic-size");
             });
             config.AddBranch("bench", bench =>
             {

@@ -57,7 +57,7 @@ public sealed class OnnxBenchmark : IDisposable
 
     /// <summary>Opens <paramref name="onnx"/> for batches of <paramref name="batch"/> images.</summary>
     /// <exception cref="ArgumentException">
-    /// The file has no replknet metadata (<c>onnx</c>), or its graph has a fixed batch other than <paramref name="batch"/>
+    /// The file has no replknet metadata or is a segmenter export (<c>onnx</c>), or its graph has a fixed batch other than <paramref name="batch"/>
     /// (<c>batch</c>); the message starts with that name.
     /// </exception>
     /// <exception cref="FileNotFoundException">The file does not exist.</exception>
@@ -72,6 +72,11 @@ public sealed class OnnxBenchmark : IDisposable
         {
             var info = OnnxModelInfo.FromMetadata(session.ModelMetadata.CustomMetadataMap, onnx)
                 ?? throw new ArgumentException($"{nameof(onnx)} '{onnx}' has no replknet metadata (write it with OnnxExport)", nameof(onnx));
+            if (info.Task != OnnxModelInfo.ClassificationTask)
+            {
+                throw new ArgumentException($"{nameof(onnx)} '{onnx}' is a {info.Task} export: the benchmark times classifier and backbone exports", nameof(onnx));
+            }
+
             int fixedBatch = session.InputMetadata[OnnxExporter.InputName].Dimensions[0];
             if (fixedBatch > 0 && fixedBatch != batch)
             {
@@ -92,7 +97,7 @@ public sealed class OnnxBenchmark : IDisposable
     public OnnxBenchResult Run(int reps)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(reps);
-        long[] shape = [Batch, Model.Channels, Model.InputSize, Model.InputSize];
+        long[] shape = [Batch, Model.Channels, Model.InputHeight, Model.InputWidth];
         var input = new float[shape.Aggregate(1L, (a, b) => a * b)];
         var random = new Random(0);
         for (int i = 0; i < input.Length; i++)

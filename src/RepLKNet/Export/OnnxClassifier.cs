@@ -22,6 +22,9 @@ public sealed class OnnxClassifier : IDisposable
     private OrtValue? outputValue;
 
     /// <summary>Opens <paramref name="path"/>; <paramref name="threads"/> = 0 lets ONNX Runtime choose.</summary>
+    /// <exception cref="OnnxExportException">
+    /// The file cannot be loaded, has no replknet metadata, is not a classifier, or takes a fixed non-square size.
+    /// </exception>
     public OnnxClassifier(string path, int threads = 0)
     {
         session = OnnxSession.Create(path, threads);
@@ -29,15 +32,28 @@ public sealed class OnnxClassifier : IDisposable
         {
             Info = OnnxModelInfo.FromMetadata(session.ModelMetadata.CustomMetadataMap, path)
                 ?? throw new OnnxExportException($"'{path}' has no replknet metadata (input size, normalization): write it with OnnxExport");
+            if (Info.Task != OnnxModelInfo.ClassificationTask)
+            {
+                throw new OnnxExportException($"'{path}' is a {Info.Task} export, not a classifier (its logits are per pixel)");
+            }
+
             if (!session.InputMetadata.ContainsKey(OnnxExporter.InputName) || !session.OutputMetadata.ContainsKey(OnnxExporter.LogitsName))
             {
                 throw new OnnxExportException($"'{path}' is not a classifier export (inputs [{string.Join(", ", session.InputNames)}], outputs [{string.Join(", ", session.OutputNames)}]; features exports have no logits)");
             }
 
-            int dim0 = session.InputMetadata[OnnxExporter.InputName].Dimensions[0];
-            FixedBatch = dim0 > 0 ? dim0 : null;
+            var dims = session.InputMetadata[OnnxExporter.InputName].Dimensions;
+            FixedBatch = dims[0] > 0 ? dims[0] : null;
             Classes = session.OutputMetadata[OnnxExporter.LogitsName].Dimensions[^1];
-            pipeline = new SamplePipeline(new AugmentOptions { CropPct = Info.CropPct }, new Normalization(Info.Mean, Info.Std), Info.Channels, Info.InputSize);
+            // A fixed-size graph takes its own (square) size; a dynamic-size one the eval transform's crop size.
+            if (dims[2] > 0 && dims[3] > 0 && dims[2] != dims[3])
+            {
+                throw new OnnxExportException(
+                    $"'{path}' takes {dims[2]}×{dims[3]} inputs, but OnnxClassifier prepares square centre crops: export the classifier square or with a dynamic size");
+            }
+
+            InputSize = dims[2] > 0 ? dims[2] : Info.InputSize;
+            pipeline = new SamplePipeline(new AugmentOptions { CropPct = Info.CropPct }, new Normalization(Info.Mean, Info.Std), Info.Channels, InputSize);
         }
         catch
         {
@@ -50,6 +66,9 @@ public sealed class OnnxClassifier : IDisposable
     /// <summary>The file's metadata.</summary>
     public OnnxModelInfo Info { get; }
 
+    /// <summary>Side of the square images the classifier runs, in pixels: the graph's size, or with a dynamic size the eval crop size.</summary>
+    public int InputSize { get; }
+
     /// <summary>The graph's batch size, or null when it is dynamic.</summary>
     public int? FixedBatch { get; }
 
@@ -59,7 +78,7 @@ public sealed class OnnxClassifier : IDisposable
     /// <summary>Logits for <paramref name="batch"/> prepared samples (N·C·S·S floats), written into <paramref name="logits"/> (N·classes).</summary>
     public void Run(ReadOnlySpan<float> samples, int batch, Span<float> logits)
     {
-        int length = Info.Channels * Info.InputSize * Info.InputSize;
+        int length = Info.Channels * InputSize * InputSize;
         int runBatch = FixedBatch ?? batch;
         if (batch <= 0 || batch > runBatch || samples.Length < batch * length || logits.Length < batch * Classes)
         {
@@ -73,7 +92,7 @@ public sealed class OnnxClassifier : IDisposable
             outputValue?.Dispose();
             inputBuffer = new float[runBatch * length];
             outputBuffer = new float[runBatch * Classes];
-            inputValue = OrtValue.CreateTensorValueFromMemory(inputBuffer, [runBatch, Info.Channels, Info.InputSize, Info.InputSize]);
+            inputValue = OrtValue.CreateTensorValueFromMemory(inputBuffer, [runBatch, Info.Channels, InputSize, InputSize]);
             outputValue = OrtValue.CreateTensorValueFromMemory(outputBuffer, [runBatch, Classes]);
         }
 

@@ -1,7 +1,9 @@
 using Microsoft.ML.OnnxRuntime;
 using Onnx;
 using RepLKNet.Models;
+using RepLKNet.Models.Segmentation;
 using RepLKNet.Reparam;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace RepLKNet.Export;
@@ -15,14 +17,29 @@ namespace RepLKNet.Export;
 /// <param name="Switched">Modules re-parameterized by the export (0 when the checkpoint was already deploy).</param>
 /// <param name="MaxAbsDiff">Max |ORT − TorchSharp| over every output element of the check.</param>
 /// <param name="Relative">That divided by the largest |TorchSharp output|.</param>
-/// <param name="CheckBatches">Batch sizes the check ran.</param>
+/// <param name="Checks">The inputs the check ran (batch, height, width), in order.</param>
 public sealed record OnnxExportReport(string Path, string? DataPath, long Bytes, int Nodes, int Initializers, int Switched, double MaxAbsDiff, double Relative,
-    IReadOnlyList<int> CheckBatches);
+    IReadOnlyList<OnnxCheck> Checks)
+{
+    /// <summary>Batch sizes the check ran.</summary>
+    public IReadOnlyList<int> CheckBatches => [.. Checks.Select(c => c.Batch)];
+}
+
+/// <summary>One input shape an export is checked at: [Batch, C, Height, Width].</summary>
+/// <param name="Batch">Images.</param>
+/// <param name="Height">Height in pixels.</param>
+/// <param name="Width">Width in pixels.</param>
+public sealed record OnnxCheck(int Batch, int Height, int Width)
+{
+    /// <inheritdoc />
+    public override string ToString() => $"{Batch}×{Height}×{Width}";
+}
 
 /// <summary>
 /// The whole export: re-parameterize (train checkpoints accepted; <c>fuseBn</c> folds every conv+BN), build the graph,
 /// write it into a temporary folder beside the target, run it with ONNX Runtime on random input and compare with the
-/// TorchSharp model, and only then move it into place. Nothing is left behind on failure.
+/// TorchSharp model, and only then move it into place. Nothing is left behind on failure. The check runs every dynamic
+/// dimension at two values (<see cref="Checks"/>): batches 1 and 3, the export size and <see cref="SecondCheckSize"/>.
 /// </summary>
 public static class OnnxExport
 {
@@ -35,7 +52,20 @@ public static class OnnxExport
     /// <c>outputPath</c>), the model or an option cannot be exported (<see cref="OnnxExporter.Build"/>), or ONNX Runtime does
     /// not reproduce the model within <see cref="Tolerance"/> (then nothing is written).
     /// </exception>
-    public static OnnxExportReport Run(RepLKNetModel model, OnnxModelInfo info, OnnxExportOptions options, bool fuseBn, string outputPath, long seed = 0)
+    public static OnnxExportReport Run(RepLKNetModel model, OnnxModelInfo info, OnnxExportOptions options, bool fuseBn, string outputPath, long seed = 0) =>
+        RunCore(model, info, options, fuseBn, outputPath, seed);
+
+    /// <summary>
+    /// Exports a segmenter (converted in place to its deploy form; <paramref name="fuseBn"/> folds every conv+BN, the heads'
+    /// ConvModules included) to <paramref name="outputPath"/> as <see cref="OnnxExporter.BuildSegmentor"/> writes it, checked
+    /// like a classifier: ONNX Runtime's <c>logits</c> [N, classes, H, W] against <see cref="EncoderDecoder.EncodeDecode"/> at
+    /// every shape of <see cref="Checks"/>.
+    /// </summary>
+    /// <exception cref="OnnxExportException">As for the RepLKNet overload, and <see cref="OnnxExporter.BuildSegmentor"/>'s.</exception>
+    public static OnnxExportReport Run(EncoderDecoder model, OnnxModelInfo info, OnnxExportOptions options, bool fuseBn, string outputPath, long seed = 0) =>
+        RunCore(model, info, options, fuseBn, outputPath, seed);
+
+    private static OnnxExportReport RunCore(nn.Module<Tensor, Tensor> model, OnnxModelInfo info, OnnxExportOptions options, bool fuseBn, string outputPath, long seed)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(info);
@@ -58,8 +88,8 @@ public static class OnnxExport
         {
             string stagedModel = System.IO.Path.Combine(staging, System.IO.Path.GetFileName(full));
             string? stagedData = OnnxExporter.Write(proto, stagedModel, options.ExternalDataThreshold);
-            int[] batches = options.DynamicBatch ? [1, 3] : [options.Batch];
-            var (maxAbs, relative) = Compare(model, stagedModel, info, options, batches, seed);
+            var checks = Checks(options, info);
+            var (maxAbs, relative) = Compare(model, stagedModel, info.Channels, options.Features, checks, seed);
             if (!(relative <= Tolerance))
             {
                 throw new OnnxExportException(
@@ -75,7 +105,7 @@ public static class OnnxExport
             }
 
             File.Move(stagedModel, full, overwrite: true);
-            return new OnnxExportReport(full, finalData, bytes, nodes, initializers, switched, maxAbs, relative, batches);
+            return new OnnxExportReport(full, finalData, bytes, nodes, initializers, switched, maxAbs, relative, checks);
         }
         finally
         {
@@ -83,26 +113,71 @@ public static class OnnxExport
         }
     }
 
-    /// <summary>Runs the written file with ONNX Runtime and the TorchSharp model on the same random input(s).</summary>
-    public static (double MaxAbs, double Relative) Compare(RepLKNetModel model, string onnxPath, OnnxModelInfo info, OnnxExportOptions options, IReadOnlyList<int> batches, long seed)
+    /// <summary>
+    /// The inputs an export with <paramref name="options"/> is checked at: one per value of each dynamic dimension, paired in
+    /// order — batch 1 then 3 with a dynamic batch (else <see cref="OnnxExportOptions.Batch"/>), the export size then
+    /// <see cref="SecondCheckSize"/> with a dynamic size (else the export size).
+    /// </summary>
+    /// <exception cref="OnnxExportException">A size or the batch is not positive (<see cref="OnnxExportOptions.InputSizeFor"/>).</exception>
+    public static IReadOnlyList<OnnxCheck> Checks(OnnxExportOptions options, OnnxModelInfo info)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var (h, w) = options.InputSizeFor(info);
+        int[] batches = options.DynamicBatch ? [1, 3] : [options.Batch];
+        (int H, int W)[] sizes = options.DynamicSize ? [(h, w), SecondCheckSize(h, w)] : [(h, w)];
+        int n = Math.Max(batches.Length, sizes.Length);
+        return [.. Enumerable.Range(0, n).Select(i => new OnnxCheck(batches[Math.Min(i, batches.Length - 1)], sizes[Math.Min(i, sizes.Length - 1)].H, sizes[Math.Min(i, sizes.Length - 1)].W))];
+    }
+
+    /// <summary>
+    /// The second size a dynamic-size export is checked at: about ¾ of the height and ⅞ of the width, both made odd and
+    /// the two made unequal, so an odd, non-square size that differs from the export size (e.g. 64×64 → 49×57,
+    /// 72×56 → 55×49, 1×1 → 1×3).
+    /// </summary>
+    public static (int Height, int Width) SecondCheckSize(int height, int width)
+    {
+        int h = (height - height / 4) | 1, w = (width - width / 8) | 1;
+        while (h == w || (h, w) == (height, width))
+        {
+            if (h == w)
+            {
+                w += 2;
+            }
+            else
+            {
+                h += 2;
+            }
+        }
+
+        return (h, w);
+    }
+
+    /// <summary>
+    /// Runs the written file with ONNX Runtime and the TorchSharp model on the same random input of each shape in
+    /// <paramref name="checks"/> ([batch, <paramref name="channels"/>, height, width], standard normal from
+    /// <paramref name="seed"/>) and returns max |ORT − TorchSharp| over every output element, and that relative to the
+    /// largest |TorchSharp output|. <paramref name="model"/> is a <see cref="RepLKNetModel"/> (its logits, or with
+    /// <paramref name="features"/> its <c>forward_intermediates</c>) or any other single-output module.
+    /// </summary>
+    /// <exception cref="OnnxExportException">ONNX Runtime cannot load the file, or an output's count or shape differs.</exception>
+    public static (double MaxAbs, double Relative) Compare(torch.nn.Module<Tensor, Tensor> model, string onnxPath, int channels, bool features, IReadOnlyList<OnnxCheck> checks, long seed)
     {
         ArgumentNullException.ThrowIfNull(model);
-        ArgumentNullException.ThrowIfNull(info);
-        ArgumentNullException.ThrowIfNull(options);
-        ArgumentNullException.ThrowIfNull(batches);
+        ArgumentNullException.ThrowIfNull(checks);
         using var session = OnnxSession.Create(onnxPath, threads: 0);
         double maxAbs = 0, maxRef = 0;
         var generator = new Generator((ulong)seed);
-        foreach (int batch in batches)
+        foreach (var check in checks)
         {
             using var scope = NewDisposeScope();
             using var noGrad = no_grad();
-            var x = randn([batch, info.Channels, info.InputSize, info.InputSize], generator: generator);
-            var expected = options.Features
-                ? model.forward_intermediates(x).ToList()
+            long[] shape = [check.Batch, channels, check.Height, check.Width];
+            var x = randn(shape, generator: generator);
+            var expected = features && model is RepLKNetModel replknet
+                ? replknet.forward_intermediates(x).ToList()
                 : [model.call(x)];
             var values = x.data<float>().ToArray();
-            using var input = OrtValue.CreateTensorValueFromMemory(values, [batch, info.Channels, info.InputSize, info.InputSize]);
+            using var input = OrtValue.CreateTensorValueFromMemory(values, shape);
             using var runOptions = new RunOptions();
             using var outputs = session.Run(runOptions, [OnnxExporter.InputName], [input], session.OutputNames);
             if (outputs.Count != expected.Count)
@@ -114,10 +189,10 @@ public static class OnnxExport
             {
                 var reference = expected[i].contiguous().data<float>().ToArray();
                 var actual = outputs[i].GetTensorDataAsSpan<float>();
-                var shape = outputs[i].GetTensorTypeAndShape().Shape;
-                if (actual.Length != reference.Length || !shape.SequenceEqual(expected[i].shape))
+                var outShape = outputs[i].GetTensorTypeAndShape().Shape;
+                if (actual.Length != reference.Length || !outShape.SequenceEqual(expected[i].shape))
                 {
-                    throw new OnnxExportException($"{onnxPath}: output {session.OutputNames[i]} has shape [{string.Join(',', shape)}], the model [{string.Join(',', expected[i].shape)}]");
+                    throw new OnnxExportException($"{onnxPath}: at input {check}, output {session.OutputNames[i]} has shape [{string.Join(',', outShape)}], the model [{string.Join(',', expected[i].shape)}]");
                 }
 
                 for (int j = 0; j < actual.Length; j++)

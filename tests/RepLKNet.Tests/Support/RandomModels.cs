@@ -11,7 +11,10 @@ internal static class RandomModels
     public static void RandomizeBatchNorms(Module model, Generator generator)
     {
         using var noGrad = no_grad();
-        foreach (var bn in model.modules().OfType<BatchNorm2d>())
+        // BatchNorm is the base of TorchSharp's BatchNorm2d and of the project's Layers.BatchNorm2d alike.
+        var norms = model.modules().OfType<BatchNorm>().ToList();
+        Assert.True(norms.Count > 0, "the model has no BatchNorm to randomize");
+        foreach (var bn in norms)
         {
             long n = bn.weight!.shape[0];
             bn.weight!.copy_(rand(n, generator: generator) + 0.5);

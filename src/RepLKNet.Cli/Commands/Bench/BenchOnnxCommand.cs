@@ -45,8 +45,8 @@ public sealed class BenchOnnxCommand(IAnsiConsole console) : Command<BenchOnnxCo
         TorchRuntime.Initialize(DeviceRequest.Cpu);
         using var bench = OnnxBenchmark.Open(settings.Onnx!, settings.Batch);
         var info = bench.Model;
-        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]{0}[/] ({1}, {2}), batch {3} at {4}×{4}, {5} threads, CPU",
-            Markup.Escape(Path.GetFileName(settings.Onnx!)), Markup.Escape(info.Arch), info.Form, settings.Batch, info.InputSize, bench.Threads);
+        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]{0}[/] ({1}, {2}), batch {3} at {4}×{5}, {6} threads, CPU",
+            Markup.Escape(Path.GetFileName(settings.Onnx!)), Markup.Escape(info.Arch), info.Form, settings.Batch, info.InputHeight, info.InputWidth, bench.Threads);
         var r = bench.Run(settings.Reps);
         var table = new Table().AddColumns("engine", "ms/batch", "images/s");
         table.AddRow($"ONNX Runtime {Markup.Escape(r.OrtVersion)}", F(r.OrtMs, "F1"), F(r.OrtImagesPerSecond, "F2"));
@@ -57,7 +57,7 @@ public sealed class BenchOnnxCommand(IAnsiConsole console) : Command<BenchOnnxCo
             r.OrtImagesPerSecond / r.TorchSharpImagesPerSecond, r.OrtImagesPerSecond / r.LibTorchDepthwiseImagesPerSecond);
         settings.WriteJson(new JsonObject
         {
-            ["onnx"] = settings.Onnx, ["arch"] = info.Arch, ["form"] = info.Form, ["batch"] = settings.Batch, ["input_size"] = info.InputSize,
+            ["onnx"] = settings.Onnx, ["arch"] = info.Arch, ["form"] = info.Form, ["batch"] = settings.Batch, ["input_size"] = info.InputSize, ["input_height"] = info.InputHeight, ["input_width"] = info.InputWidth,
             ["threads"] = r.Threads, ["ort_version"] = r.OrtVersion,
             ["ort_ms"] = Math.Round(r.OrtMs, 2), ["ort_images_per_s"] = Math.Round(r.OrtImagesPerSecond, 3),
             ["torchsharp_ms"] = Math.Round(r.TorchSharpMs, 2), ["torchsharp_images_per_s"] = Math.Round(r.TorchSharpImagesPerSecond, 3),

@@ -1,4 +1,5 @@
 using RepLKNet.Layers;
+using RepLKNet.Runtime;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -172,7 +173,7 @@ public sealed class UPerHead : DecodeHead
         for (int i = laterals.Count - 1; i > 0; i--)
         {
             var previous = laterals[i - 1];
-            laterals[i - 1] = previous + SegResize.Bilinear(laterals[i], previous.shape[2], previous.shape[3], align);
+            laterals[i - 1] = Scalars.Add(previous, SegResize.Bilinear(laterals[i], previous.shape[2], previous.shape[3], align));
         }
 
         var outs = new List<Tensor>();

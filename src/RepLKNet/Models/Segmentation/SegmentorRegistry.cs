@@ -11,8 +11,9 @@ namespace RepLKNet.Models.Segmentation;
 /// <param name="BatchSize">Images per GPU of the official run (<c>samples_per_gpu</c>).</param>
 /// <param name="MaxIters">Iterations of the official run (on 16–64 GPUs).</param>
 /// <param name="WarmupIters">Linear warm-up iterations.</param>
+/// <param name="LearningRate">AdamW peak learning rate (2e-4 in every official config).</param>
 public sealed record SegmentationRecipe(string? Dataset, (int H, int W) CropSize, (int Long, int Short) Scale, IReadOnlyList<double> Mean,
-    IReadOnlyList<double> Std, int BatchSize, int MaxIters, int WarmupIters)
+    IReadOnlyList<double> Std, int BatchSize, int MaxIters, int WarmupIters, double LearningRate = 2e-4)
 {
     /// <summary>ImageNet mean on the 0–255 scale (RGB).</summary>
     public static IReadOnlyList<double> ImageNetMean { get; } = [123.675, 116.28, 103.53];
@@ -152,7 +153,7 @@ public static class SegmentorRegistry
             new("upernet-31B-cityscapes-769", UperNet(Official("RepLKNet-31B", 0.5), 19, true),
                 new("cityscapes", (769, 769), (2049, 1025), ade, adeStd, 2, 20000, 400), Configs + "RepLKNet-31B_1Kpretrain_upernet_80k_cityscapes_769.py"),
             new(DefaultName, UperNet(tiny, 150, false, channels: 64, auxChannels: 32),
-                new(null, (96, 96), (128, 96), ade, adeStd, 8, 300, 30), "project"),
+                new(null, (96, 96), (128, 96), ade, adeStd, 8, 300, 30, 1e-3), "project"),
         ];
     }
 }
