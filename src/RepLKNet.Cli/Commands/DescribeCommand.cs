@@ -1,7 +1,9 @@
 using System.ComponentModel;
 using System.Globalization;
 using System.Text.Json.Nodes;
+using RepLKNet.Checkpoints;
 using RepLKNet.Models;
+using RepLKNet.Models.Segmentation;
 using RepLKNet.Runtime;
 using Spectre.Console;
 using Spectre.Console.Cli;
@@ -28,7 +30,7 @@ public sealed class DescribeCommand(IAnsiConsole console) : Command<DescribeComm
 
         /// <summary>Print JSON.</summary>
         [CommandOption("--json")]
-        [Description("Print {arch, form, params, state_dict: [[{key, shape, dtype}]]} as JSON.")]
+        [Description("Print {arch, form, params, state_dict: [[{key, shape, dtype}]]} as JSON (segmenters: MMSeg's keys, backbone.* then decode_head.* and auxiliary_head.*).")]
         public bool Json { get; init; }
 
         /// <inheritdoc />
@@ -43,15 +45,31 @@ public sealed class DescribeCommand(IAnsiConsole console) : Command<DescribeComm
     {
         ArgumentNullException.ThrowIfNull(settings);
         TorchRuntime.Initialize(DeviceRequest.Cpu);
+        var form = settings.Fused ? ModelForm.Fused : settings.Deploy ? ModelForm.Deploy : ModelForm.Train;
+        if (SegmentorRegistry.IsSegmentor(settings.Arch))
+        {
+            var (segName, segConfig) = SegmentorRegistry.Resolve(settings.Arch!);
+            if (settings.NumClasses is int classes)
+            {
+                segConfig = segConfig.WithNumClasses(classes);
+            }
+
+            using var segmenter = SegmentorCheckpoint.Create(segConfig, form, segName, new Device("meta"));
+            return Print(settings, segName, form, segmenter.Describe());
+        }
+
         var (name, config) = ModelRegistry.Resolve(settings.Arch!);
         if (settings.NumClasses is int n)
         {
             config = ModelFactory.Fit(config, new ModelFit(NumClasses: n));
         }
 
-        var form = settings.Fused ? ModelForm.Fused : settings.Deploy ? ModelForm.Deploy : ModelForm.Train;
         using var model = ModelForms.Create(config, form, new Device("meta"), name);
-        var description = model.Describe();
+        return Print(settings, name, form, model.Describe());
+    }
+
+    private int Print(Settings settings, string name, ModelForm form, ModelDescription description)
+    {
         var entries = description.StateDict;
         long parameters = description.Parameters;
         if (settings.Json)

@@ -3,6 +3,7 @@ using System.Globalization;
 using RepLKNet.Checkpoints;
 using RepLKNet.IO;
 using RepLKNet.Models;
+using RepLKNet.Models.Segmentation;
 using RepLKNet.Reparam;
 using RepLKNet.Runtime;
 using Spectre.Console;
@@ -30,7 +31,7 @@ public sealed class ForwardCommand(IAnsiConsole console) : Command<ForwardComman
 
         /// <summary>Logits output path.</summary>
         [CommandOption("--output <FILE>")]
-        [Description("Write the logits (N, classes) as raw float32.")]
+        [Description("Write the logits as raw float32: (N, classes) for classifiers, (N, classes, H, W) at the input size for segmenters.")]
         public string? Output { get; init; }
 
         /// <summary>Stage features prefix.</summary>
@@ -62,6 +63,11 @@ public sealed class ForwardCommand(IAnsiConsole console) : Command<ForwardComman
         long[] shape = CliParsing.Shape(settings.InputShape, "--input-shape");
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
         using var scope = NewDisposeScope();
+        if (SegmentorRegistry.IsSegmentor(settings.Arch) || (settings.Arch is null && IsSegmentorCheckpoint(settings.Weights!)))
+        {
+            return ForwardSegmentor(settings, shape, runtime.Device);
+        }
+
         var loaded = ModelLoader.Load(settings.Weights!, settings.LoadOptions);
         var model = loaded.Model;
         Console.Error.WriteLine($"loaded {loaded.Arch} ({loaded.Form.Name()} form) from '{settings.Weights}': {loaded.Report.Describe()}");
@@ -108,6 +114,69 @@ public sealed class ForwardCommand(IAnsiConsole console) : Command<ForwardComman
         {
             console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"sample {i}: top-1 class {classes[i].item<long>()} (logit {values[i].item<float>():F6})"));
+        }
+
+        return ExitCodes.Success;
+    }
+
+    private static bool IsSegmentorCheckpoint(string weights)
+    {
+        using var checkpoint = CheckpointFile.Read(weights, ema: false, wholeModel: true);
+        return checkpoint.State.Keys.Any(k => k.StartsWith("decode_head.", StringComparison.Ordinal));
+    }
+
+    // Segmenters: the (N, classes, H, W) logits of whole-image inference (MMSeg's encode_decode), eval mode.
+    private int ForwardSegmentor(Settings settings, long[] shape, Device device)
+    {
+        if (settings.Ema)
+        {
+            throw new UsageException("--ema applies to classification training checkpoints, not to segmenters");
+        }
+
+        var loaded = SegmentorCheckpoint.Load(settings.Weights!, settings.Arch, settings.Strict, settings.NumClasses);
+        using var model = loaded.Model;
+        Console.Error.WriteLine($"loaded {loaded.Arch} segmenter ({loaded.Info.Form.Name()} form) from '{settings.Weights}': {loaded.Report.Describe()}");
+        if (settings.Reparam)
+        {
+            int switched = model.Reparameterize();
+            Console.Error.WriteLine($"re-parameterized {switched} large-kernel module(s)");
+        }
+
+        if (shape[1] != model.InChannels)
+        {
+            throw new UsageException($"--input-shape {settings.InputShape}: the model takes {model.InChannels} input channels, not {shape[1]}");
+        }
+
+        model.to(device);
+        model.eval();
+        var input = RawTensorFile.Read(settings.Input!, shape).to(device);
+        using var noGrad = no_grad();
+        if (settings.Features is { } prefix)
+        {
+            var features = model.ExtractFeatures(input);
+            var indices = model.Config.Backbone.OutIndices!;
+            for (int i = 0; i < features.Count; i++)
+            {
+                string path = $"{prefix}{indices[i]}.bin";
+                RawTensorFile.Write(path, features[i]);
+                Console.Error.WriteLine($"wrote stage {indices[i]} features [{string.Join(", ", features[i].shape)}] to '{path}'");
+            }
+        }
+
+        var logits = model.call(input).cpu();
+        if (settings.Output is { } output)
+        {
+            RawTensorFile.Write(output, logits);
+            Console.Error.WriteLine($"wrote logits [{string.Join(", ", logits.shape)}] to '{output}'");
+        }
+
+        var predicted = logits.argmax(1);
+        for (int i = 0; i < logits.shape[0]; i++)
+        {
+            var counts = predicted[i].flatten().bincount(null, model.NumClasses);
+            long top = counts.argmax().item<long>();
+            console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"sample {i}: logits [{model.NumClasses}, {logits.shape[2]}, {logits.shape[3]}], most frequent class {top} ({counts[top].item<long>()} pixels)"));
         }
 
         return ExitCodes.Success;

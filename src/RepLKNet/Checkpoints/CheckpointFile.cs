@@ -139,7 +139,14 @@ public static class CheckpointFile
     /// <exception cref="CheckpointException">The file is missing, empty, truncated, corrupt or not a checkpoint, or a
     /// tensor's recorded layout reads outside its storage (the message names the file and the key); or <paramref name="ema"/>
     /// asks for EMA weights the file does not hold (<see cref="CheckpointException.ParamName"/> <c>ema</c>).</exception>
-    public static Checkpoint Read(string path, bool ema = false)
+    public static Checkpoint Read(string path, bool ema = false) => Read(path, ema, wholeModel: false);
+
+    /// <summary>
+    /// As <see cref="Read(string, bool)"/>; with <paramref name="wholeModel"/> an MMSeg/MMDet <c>{'state_dict'}</c> keeps
+    /// every key (<c>backbone.*</c>, <c>decode_head.*</c>, <c>auxiliary_head.*</c>) instead of only the backbone's.
+    /// </summary>
+    /// <exception cref="CheckpointException">As <see cref="Read(string, bool)"/>.</exception>
+    public static Checkpoint Read(string path, bool ema, bool wholeModel)
     {
         ArgumentNullException.ThrowIfNull(path);
         if (!File.Exists(path))
@@ -161,7 +168,7 @@ public static class CheckpointFile
 
         if (head[0] == (byte)'P' && head[1] == (byte)'K')
         {
-            return ReadPyTorch(path, ema);
+            return ReadPyTorch(path, ema, wholeModel);
         }
 
         if (SafetensorsFile.LooksLikeSafetensors(head, length))
@@ -235,7 +242,7 @@ public static class CheckpointFile
         }
     }
 
-    private static Checkpoint ReadPyTorch(string path, bool ema)
+    private static Checkpoint ReadPyTorch(string path, bool ema, bool wholeModel)
     {
         PyTorchArchive archive;
         try
@@ -255,7 +262,7 @@ public static class CheckpointFile
             }
 
             var (table, source) = Unwrap(root, path, ema);
-            string? keep = source.Contains("backbone.", StringComparison.Ordinal) ? "backbone." : null;
+            string? keep = !wholeModel && source.Contains("backbone.", StringComparison.Ordinal) ? "backbone." : null;
             var entries = new List<KeyValuePair<string, PickledTensor>>();
             foreach (DictionaryEntry entry in table)
             {

@@ -96,6 +96,46 @@ public static class SafetensorsFile
         });
     }
 
+    /// <summary>Reads only the <c>__metadata__</c> entries of the header (no tensor data).</summary>
+    /// <exception cref="CheckpointException">The file is truncated or its header is not a safetensors header.</exception>
+    public static Dictionary<string, string> ReadMetadata(string path)
+    {
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        long length = stream.Length;
+        Span<byte> prefix = stackalloc byte[8];
+        if (length < 8)
+        {
+            throw new CheckpointException($"'{path}' is truncated: {length} bytes, shorter than a safetensors header");
+        }
+
+        stream.ReadExactly(prefix);
+        ulong headerLength = BinaryPrimitives.ReadUInt64LittleEndian(prefix);
+        if (headerLength > (ulong)(length - 8) || headerLength > MaxHeaderBytes)
+        {
+            throw new CheckpointException($"'{path}' is truncated or not a safetensors file: its header claims {headerLength} bytes");
+        }
+
+        var headerBytes = new byte[headerLength];
+        stream.ReadExactly(headerBytes);
+        var metadata = new Dictionary<string, string>();
+        try
+        {
+            if (JsonNode.Parse(headerBytes, documentOptions: HeaderOptions) is JsonObject header && header["__metadata__"] is JsonObject meta)
+            {
+                foreach (var (mk, mv) in meta)
+                {
+                    metadata[mk] = mv is JsonValue v && v.TryGetValue(out string? s) ? s : mv?.ToJsonString() ?? string.Empty;
+                }
+            }
+        }
+        catch (Exception e) when (e is JsonException or InvalidOperationException)
+        {
+            throw new CheckpointException($"'{path}' is corrupt: its safetensors header is not valid JSON ({e.Message})", e);
+        }
+
+        return metadata;
+    }
+
     /// <summary>Reads every tensor (CPU) in file order, and the metadata.</summary>
     public static (Dictionary<string, Tensor> State, Dictionary<string, string> Metadata) Read(string path)
     {
