@@ -12,7 +12,7 @@ namespace RepLKNet.Segmentation;
 /// <param name="Number">Position of the batch in its epoch (0-based).</param>
 /// <param name="Images">Count·3·Height·Width normalized floats, planar RGB.</param>
 /// <param name="Labels">Count·LabelHeight·LabelWidth class indices (255 = ignore).</param>
-/// <param name="Count">Samples, after skipping unreadable ones.</param>
+/// <param name="Count">Samples, after skipping unreadable ones (0 when none could be read; the arrays are then empty).</param>
 /// <param name="Height">Image rows.</param>
 /// <param name="Width">Image columns.</param>
 /// <param name="LabelHeight">Label rows (= Height in the training view).</param>

@@ -91,8 +91,8 @@ public sealed record SegmentationTestView(float[] Image, int Height, int Width);
 public sealed class SegmentationPipeline
 {
     private readonly SegmentationPipelineOptions _o;
-    private readonly float[] _scale = new float[3];
-    private readonly float[] _shift = new float[3];
+    private readonly double[] _mean = new double[3];
+    private readonly double[] _stdInverse = new double[3];
 
     /// <summary>Creates the pipeline.</summary>
     /// <exception cref="ArgumentException">An option is out of range (<see cref="SegmentationPipelineOptions.Validate"/>).</exception>
@@ -102,9 +102,10 @@ public sealed class SegmentationPipeline
         options.Validate();
         for (int c = 0; c < 3; c++)
         {
-            // mmcv.imnormalize: (x − mean) / std in float32 (as x · (1/std) − mean/std; within an ulp or two).
-            _scale[c] = (float)(1.0 / options.Std[c]);
-            _shift[c] = (float)(options.Mean[c] / options.Std[c]);
+            // mmseg's Normalize holds mean and std as float32; mmcv.imnormalize subtracts float64(mean) and multiplies by
+            // 1 / float64(std), each result stored as float32 (cv2.subtract / cv2.multiply on a float32 image).
+            _mean[c] = (float)options.Mean[c];
+            _stdInverse[c] = 1.0 / (float)options.Std[c];
         }
     }
 
@@ -173,7 +174,7 @@ public sealed class SegmentationPipeline
             {
                 for (int x = 0; x < img.Width; x++)
                 {
-                    dst[y * cw + x] = src[y * img.Width + x] * _scale[c] - _shift[c];
+                    dst[y * cw + x] = Normalized(src[y * img.Width + x], c);
                 }
             }
         }
@@ -217,10 +218,12 @@ public sealed class SegmentationPipeline
             var dst = destination.Slice(c * image.Plane, image.Plane);
             for (int i = 0; i < src.Length; i++)
             {
-                dst[i] = src[i] * _scale[c] - _shift[c];
+                dst[i] = Normalized(src[i], c);
             }
         }
     }
+
+    private float Normalized(byte x, int c) => (float)((float)(x - _mean[c]) * _stdInverse[c]);
 
     /// <summary>
     /// mmcv's <c>rescale_size((w, h), scale)</c>: the factor min(long / max(h, w), short / min(h, w)) and the new size
