@@ -1,3 +1,5 @@
+using System.Runtime.InteropServices;
+using System.Text;
 using System.Text.Json.Nodes;
 using RepLKNet.Checkpoints;
 using RepLKNet.Segmentation;
@@ -6,8 +8,11 @@ using RepLKNet.Tests.Support;
 namespace RepLKNet.Tests.Cli;
 
 /// <summary><c>seg train</c> → <c>seg eval</c> (whole and slide) → <c>seg predict</c> end to end on a tiny folder-layout set.</summary>
-public sealed class SegCommandsTests
+public sealed partial class SegCommandsTests
 {
+    [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static partial int Kill(int pid, int signal);
+
     /// <summary>Writes <see cref="SegShapes"/> in the folder layout: images/{train,val}/*.png, masks/…/*.png, classes.txt.</summary>
     private static string WriteFolderSet(TempDirectory dir)
     {
@@ -76,5 +81,74 @@ public sealed class SegCommandsTests
         var badBatch = CliRunner.Run("seg", "train", "--arch", arch, "--data", data, "--batch-size", "1", "--out", dir.File("bad2"), "--device", "cpu", "--threads", "1");
         Assert.Equal(2, badBatch.ExitCode);
         Assert.Contains("--batch-size must be ≥ 2", badBatch.StdErr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Seg_train_stopped_by_SIGINT_saves_exits_130_and_resumes_to_the_uninterrupted_result()
+    {
+        using var dir = new TempDirectory();
+        string data = WriteFolderSet(dir);
+        string arch = dir.File("tiny.json");
+        File.WriteAllText(arch, SegShapes.TinyConfig().ToJson());
+        string[] common =
+        [
+            "seg", "train", "--arch", arch, "--dataset", "folder", "--data", data, "--crop-size", "24", "--scale", "40,32", "--batch-size", "2",
+            "--max-steps", "60", "--eval-every", "30", "--warmup-iters", "5", "--save-every", "5", "--ema-decay", "0.9", "--workers", "2",
+            "--device", "cpu", "--threads", "1",
+        ];
+        string straight = dir.File("straight");
+        var full = CliRunner.Run([.. common, "--out", straight]);
+        Assert.True(full.ExitCode == 0, full.StdErr + full.StdOut);
+
+        string stopped = dir.File("stopped");
+        var stdout = new StringBuilder();
+        var stderr = new StringBuilder();
+        using (var process = CliRunner.StartCapturing(stdout, stderr, [.. common, "--out", stopped]))
+        {
+            string state = Path.Combine(stopped, "state.json");
+            var deadline = DateTime.UtcNow.AddMinutes(2);
+            while (!(File.Exists(state) && Step(state) > 0))
+            {
+                Assert.True(DateTime.UtcNow < deadline, "the run never saved");
+                Assert.False(process.HasExited, "the run finished before it could be stopped: " + stderr);
+                Thread.Sleep(5);
+            }
+
+            Assert.Equal(0, Kill(process.Id, 2));
+            Assert.True(process.WaitForExit(TimeSpan.FromMinutes(2)), "the run did not stop");
+            process.WaitForExit();
+            Assert.True(process.ExitCode == 130, $"exit {process.ExitCode}: {stderr}{stdout}");
+        }
+
+        Assert.Contains("stopped by SIGINT after iteration", stdout.ToString(), StringComparison.Ordinal);
+        Assert.Contains("--resume", stdout.ToString(), StringComparison.Ordinal);
+        var resumed = CliRunner.Run([.. common, "--out", stopped, "--resume"]);
+        Assert.True(resumed.ExitCode == 0, resumed.StdErr + resumed.StdOut);
+        Assert.Contains("resumed from", resumed.StdOut, StringComparison.Ordinal);
+        foreach (string file in new[] { "last.pth", "last-ema.pth", "best.pth" })
+        {
+            using var a = CheckpointFile.Read(Path.Combine(straight, file), ema: false, wholeModel: true);
+            using var b = CheckpointFile.Read(Path.Combine(stopped, file), ema: false, wholeModel: true);
+            Assert.Equal(a.State.Keys, b.State.Keys);
+            foreach (var (key, tensor) in a.State)
+            {
+                Assert.True(tensor.equal(b.State[key]).all().item<bool>(), $"{file}: {key} differs after SIGINT and resume");
+            }
+        }
+
+        Assert.Equal(File.ReadAllLines(Path.Combine(straight, "metrics.csv")).Select(l => string.Join(',', l.Split(',')[..6])),
+            File.ReadAllLines(Path.Combine(stopped, "metrics.csv")).Select(l => string.Join(',', l.Split(',')[..6])));
+    }
+
+    private static long Step(string state)
+    {
+        try
+        {
+            return JsonNode.Parse(File.ReadAllText(state))!["step"]!.GetValue<long>();
+        }
+        catch (Exception e) when (e is IOException or System.Text.Json.JsonException)
+        {
+            return 0;
+        }
     }
 }
