@@ -258,7 +258,8 @@ public sealed class SegmentationTrainer
 
     /// <summary>
     /// Initialises <paramref name="model"/> from <paramref name="weights"/>: a segmenter checkpoint (it has
-    /// <c>decode_head.*</c> keys) loads strictly into the whole model; anything else is a classification checkpoint whose
+    /// <c>decode_head.*</c> keys) loads into the whole model, every key and shape matching except the heads'
+    /// <c>conv_seg</c> of a checkpoint trained on another number of classes (left random, reported); anything else is a classification checkpoint whose
     /// backbone initialises the segmenter's (<see cref="SegmentorCheckpoint.LoadBackbone"/>: the classifier's head and norm
     /// are skipped, the heads stay random). Returns a one-line report of what was loaded and skipped.
     /// </summary>
@@ -275,8 +276,17 @@ public sealed class SegmentationTrainer
                 whole = checkpoint.State.Keys.Any(k => k.StartsWith("decode_head.", StringComparison.Ordinal));
                 if (whole)
                 {
-                    var full = StateDictLoader.Load(model, checkpoint.State, strict: true, skipHead: false, $"InitialWeights '{weights}'");
-                    return $"initialized the whole segmenter from '{weights}' ({full.Loaded.Count} tensors)";
+                    // Everything must fit but the classifiers (conv_seg) of a checkpoint trained on other classes.
+                    var full = StateDictLoader.Load(model, checkpoint.State, strict: false, skipHead: false, $"InitialWeights '{weights}'");
+                    var otherClasses = full.ShapeMismatched.Where(m => m.Key.Contains(".conv_seg.", StringComparison.Ordinal)).Select(m => m.Key).ToList();
+                    if (full.Missing.Count > 0 || full.Unexpected.Count > 0 || full.ShapeMismatched.Count > otherClasses.Count)
+                    {
+                        throw new CheckpointException($"InitialWeights '{weights}' does not fit the segmenter: {full.Describe()}", nameof(SegmentationTrainOptions.InitialWeights));
+                    }
+
+                    return otherClasses.Count == 0
+                        ? $"initialized the whole segmenter from '{weights}' ({full.Loaded.Count} tensors)"
+                        : $"initialized the segmenter from '{weights}' ({full.Loaded.Count} tensors); its classifiers ({string.Join(", ", otherClasses)}) are for other classes and start random";
                 }
             }
 

@@ -5,7 +5,7 @@ using static TorchSharp.torch.nn;
 namespace RepLKNet.Training;
 
 /// <summary>
-/// What a task (classification now; segmentation next) tells the task-agnostic <see cref="TrainingLoop"/>: its training
+/// What a task (classification: <see cref="ClassificationTask"/>; segmentation: <c>RepLKNet.Segmentation.SegmentationTask</c>) tells the task-agnostic <see cref="TrainingLoop"/>: its training
 /// samples, its batches and loss, how to score a model, and its checkpoint format. Everything else — the optimizer, the
 /// schedule, accumulation, clipping, the EMA, evaluation cadence, checkpoints and exact resumption, progress events — is
 /// the loop's. Called on the loop's thread only.

@@ -105,6 +105,22 @@ public sealed class SegmentationTrainingTests
         var stem = StateDicts.Ordered(model).First(kv => kv.Key == "backbone.stem.0.conv.weight").Value;
         Assert.Equal(expected["stem.0.conv.weight"], stem.data<float>().ToArray());
 
+        // A segmenter trained on 4 classes initialises everything but its classifiers.
+        using (var other = new EncoderDecoder(SegShapes.TinyConfig(classes: 4)))
+        {
+            SegmentorCheckpoint.Save(dir.File("seg4.pth"), other, "tiny");
+        }
+
+        string full = SegmentationTrainer.LoadInitialWeights(model, dir.File("seg4.pth"));
+        Assert.Contains("decode_head.conv_seg.weight", full, StringComparison.Ordinal);
+        Assert.Contains("auxiliary_head.conv_seg.bias", full, StringComparison.Ordinal);
+        Assert.Equal(State(dir.File("seg4.pth"))["decode_head.bottleneck.conv.weight"],
+            StateDicts.Ordered(model).First(kv => kv.Key == "decode_head.bottleneck.conv.weight").Value.data<float>().ToArray());
+        using (var otherHead = new EncoderDecoder(SegShapes.TinyConfig() with { DecodeHead = SegShapes.TinyConfig().DecodeHead with { Channels = 24 } }))
+        {
+            Assert.Equal("InitialWeights", Assert.Throws<CheckpointException>(() => SegmentationTrainer.LoadInitialWeights(otherHead, dir.File("seg4.pth"))).ParamName);
+        }
+
         var e = Assert.Throws<CheckpointException>(() => SegmentationTrainer.LoadInitialWeights(model, dir.File("missing.pth")));
         Assert.Equal("InitialWeights", e.ParamName);
     }
