@@ -72,7 +72,29 @@ public sealed class SegEvalCommand(IAnsiConsole console) : Command<SegEvalComman
         SegmentationScores scores;
         try
         {
-            scores = evaluator.Evaluate(model, null, skipped.Add, cancellationToken);
+            if (Console.IsOutputRedirected || !console.Profile.Capabilities.Interactive)
+            {
+                var output = console.Profile.Out.Writer;
+                long every = Math.Max(1, evaluator.Count / 10);
+                scores = evaluator.Evaluate(model, (done, all) =>
+                {
+                    if (done % every == 0 && done < all)
+                    {
+                        output.WriteLine($"  {done}/{all} images");
+                    }
+                }, skipped.Add, cancellationToken);
+            }
+            else
+            {
+                SegmentationScores? result = null;
+                console.Progress().AutoClear(true).Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                    .Start(ctx =>
+                    {
+                        var task = ctx.AddTask("evaluating", maxValue: evaluator.Count);
+                        result = evaluator.Evaluate(model, (done, _) => task.Value = done, skipped.Add, cancellationToken);
+                    });
+                scores = result!;
+            }
         }
         catch (Data.DatasetException e) when (e.ParamName == "model")
         {
