@@ -41,6 +41,8 @@ public sealed class ArchitectureTests
         ["Erf"] = [.. BelowTraining, "Training"],
         ["Experiments"] = [.. BelowTraining, "Training"],
         ["Benchmarks"] = [.. BelowTraining, "Training"],
+        // Segmentation datasets, transforms and loader, the task, metric, evaluation and prediction (UperNet on RepLKNet).
+        ["Segmentation"] = [.. BelowTraining, "Training"],
     };
 
     private static readonly Lazy<IReadOnlyList<TypeReference>> Library =

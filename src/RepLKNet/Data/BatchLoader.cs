@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using System.Diagnostics;
 using RepLKNet.Data.Transforms;
 
 namespace RepLKNet.Data;
@@ -50,6 +49,42 @@ public sealed record LoaderPlan
 
     /// <summary>Ready batches kept ahead of the consumer.</summary>
     public int Prefetch { get; init; } = 4;
+
+    /// <summary>
+    /// Batches a loader hands out: <see cref="BatchCount"/> (or every batch of <see cref="Order"/>, a last partial one
+    /// included), at most what <see cref="Order"/> holds, from <see cref="FirstBatch"/> on.
+    /// </summary>
+    public long Batches
+    {
+        get
+        {
+            long available = (Order.LongLength + BatchSize - 1) / BatchSize;
+            return Math.Max(0, Math.Min(BatchCount ?? available, available) - FirstBatch);
+        }
+    }
+
+    /// <summary>The order positions of batch <paramref name="number"/>: (first position, samples).</summary>
+    public (long Start, int Count) Range(long number)
+    {
+        long start = number * BatchSize;
+        return (start, (int)Math.Max(0, Math.Min(BatchSize, Order.LongLength - start)));
+    }
+
+    /// <summary>
+    /// The generator of the sample at position <paramref name="position"/> of the epoch's order, keyed by (seed, epoch,
+    /// position, <paramref name="stream"/>): the same sample position draws the same numbers whatever the workers or resumption.
+    /// </summary>
+    public SampleRandom SampleRandom(long position, ulong stream) => new((ulong)Key.Seed, (ulong)Key.Epoch, (ulong)position, stream);
+
+    /// <summary>Checks the sizes.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><see cref="BatchSize"/>, <see cref="Workers"/> or <see cref="Prefetch"/> is not positive.</exception>
+    public void Check()
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(BatchSize, nameof(BatchSize));
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(Workers, nameof(Workers));
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(Prefetch, nameof(Prefetch));
+        ArgumentNullException.ThrowIfNull(Order, nameof(Order));
+    }
 }
 
 /// <summary>
@@ -60,98 +95,36 @@ public sealed record LoaderPlan
 /// </summary>
 public sealed class BatchLoader : IDisposable
 {
-    private readonly IImageDataset _data;
-    private readonly SamplePipeline _pipeline;
-    private readonly AugmentOptions _options;
-    private readonly LoaderPlan _plan;
-    private readonly int _classes;
-    private readonly BlockingCollection<LoadedBatch> _queue;
-    private readonly CancellationTokenSource _cancel = new();
-    private readonly Task _producer;
-    private readonly Stopwatch _waiting = new();
-    private Exception? _failure;
+    private readonly BackgroundBatches<LoadedBatch> _background;
 
     /// <summary>Starts preparing batches.</summary>
     public BatchLoader(IImageDataset data, SamplePipeline pipeline, AugmentOptions options, LoaderPlan plan)
     {
-        _data = data ?? throw new ArgumentNullException(nameof(data));
-        _pipeline = pipeline ?? throw new ArgumentNullException(nameof(pipeline));
-        _options = options ?? throw new ArgumentNullException(nameof(options));
-        _plan = plan ?? throw new ArgumentNullException(nameof(plan));
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(plan.BatchSize);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(plan.Workers);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(plan.Prefetch);
+        ArgumentNullException.ThrowIfNull(data);
+        ArgumentNullException.ThrowIfNull(pipeline);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(plan);
+        plan.Check();
         if (pipeline.Channels != data.Channels)
         {
             throw new ArgumentException($"the pipeline makes {pipeline.Channels}-channel samples but the dataset has {data.Channels} channels");
         }
 
-        _classes = data.ClassNames.Count;
-        long available = (plan.Order.LongLength + plan.BatchSize - 1) / plan.BatchSize;
-        BatchCount = Math.Min(plan.BatchCount ?? available, available) - plan.FirstBatch;
-        _queue = new BlockingCollection<LoadedBatch>(plan.Prefetch);
-        _producer = Task.Factory.StartNew(Produce, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        _background = new BackgroundBatches<LoadedBatch>(plan.FirstBatch, plan.Batches, plan.Prefetch,
+            (number, cancel) => Prepare(data, pipeline, options, plan, number, plan.Workers, cancel));
     }
 
     /// <summary>Batches this loader hands out.</summary>
-    public long BatchCount { get; }
+    public long BatchCount => _background.Count;
 
     /// <summary>Time the consumer spent waiting for a batch (ideally close to zero).</summary>
-    public TimeSpan WaitTime => _waiting.Elapsed;
+    public TimeSpan WaitTime => _background.WaitTime;
 
     /// <summary>The batches, in order; rethrows a failure of the background work.</summary>
-    public IEnumerable<LoadedBatch> Batches()
-    {
-        while (true)
-        {
-            LoadedBatch? batch;
-            _waiting.Start();
-            try
-            {
-                if (!_queue.TryTake(out batch, Timeout.Infinite, _cancel.Token))
-                {
-                    batch = null;
-                }
-            }
-            catch (OperationCanceledException)
-            {
-                batch = null;
-            }
-            finally
-            {
-                _waiting.Stop();
-            }
-
-            if (batch is null)
-            {
-                if (_failure is not null)
-                {
-                    System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(_failure).Throw();
-                }
-
-                yield break;
-            }
-
-            yield return batch;
-        }
-    }
+    public IEnumerable<LoadedBatch> Batches() => _background.Batches();
 
     /// <inheritdoc />
-    public void Dispose()
-    {
-        _cancel.Cancel();
-        try
-        {
-            _producer.Wait();
-        }
-        catch (AggregateException)
-        {
-            // Cancellation or a failure already reported through Batches().
-        }
-
-        _queue.Dispose();
-        _cancel.Dispose();
-    }
+    public void Dispose() => _background.Dispose();
 
     /// <summary>Prepares batch <paramref name="number"/> of the plan on the calling thread (what the workers run).</summary>
     public static LoadedBatch Prepare(IImageDataset data, SamplePipeline pipeline, AugmentOptions options, LoaderPlan plan, long number, int workers = 1, CancellationToken cancel = default)
@@ -184,7 +157,7 @@ public sealed class BatchLoader : IDisposable
             var destination = images.AsSpan(i * length, length);
             if (plan.Train)
             {
-                var rng = new SampleRandom((ulong)plan.Key.Seed, (ulong)plan.Key.Epoch, (ulong)(start + i), 0xA06);
+                var rng = plan.SampleRandom(start + i, 0xA06);
                 pipeline.Train(image, ref rng, destination);
             }
             else
@@ -230,30 +203,6 @@ public sealed class BatchLoader : IDisposable
 
         return new LoadedBatch(number, images, labels, targets, count, pipeline.Channels, pipeline.Size,
             [.. skipped.OrderBy(s => s.Index)]);
-    }
-
-    private void Produce()
-    {
-        try
-        {
-            for (long b = _plan.FirstBatch; b < _plan.FirstBatch + BatchCount; b++)
-            {
-                var batch = Prepare(_data, _pipeline, _options, _plan, b, _plan.Workers, _cancel.Token);
-                _queue.Add(batch, _cancel.Token);
-            }
-        }
-        catch (OperationCanceledException) when (_cancel.IsCancellationRequested)
-        {
-            // Disposed early (the consumer stopped).
-        }
-        catch (Exception e)
-        {
-            _failure = e is AggregateException { InnerExceptions.Count: 1 } a ? a.InnerExceptions[0] : e;
-        }
-        finally
-        {
-            _queue.CompleteAdding();
-        }
     }
 }
 
