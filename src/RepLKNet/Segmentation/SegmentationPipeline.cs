@@ -1,5 +1,6 @@
 using System.Globalization;
 using RepLKNet.Data;
+using RepLKNet.Models.Segmentation;
 
 namespace RepLKNet.Segmentation;
 
@@ -40,6 +41,16 @@ public sealed record SegmentationPipelineOptions
 
     /// <summary>The Cityscapes 769 config (scale (2049, 1025), ratio 0.5–2, crop 769).</summary>
     public static SegmentationPipelineOptions Cityscapes() => new() { Scale = (2049, 1025), CropSize = (769, 769) };
+
+    /// <summary>
+    /// The pipeline of a segmenter preset's recipe (<see cref="SegmentationRecipe"/>: its scale, crop, mean and std) with
+    /// the official augmentation (ratio 0.5–2, cat_max_ratio 0.75, flip 0.5, photometric distortion).
+    /// </summary>
+    public static SegmentationPipelineOptions FromRecipe(SegmentationRecipe recipe)
+    {
+        ArgumentNullException.ThrowIfNull(recipe);
+        return new() { Scale = recipe.Scale, CropSize = recipe.CropSize, Mean = recipe.Mean, Std = recipe.Std };
+    }
 
     /// <summary>Checks the values.</summary>
     /// <exception cref="ArgumentException">A value is out of range: the message starts with the property's name, which <see cref="ArgumentException.ParamName"/> holds.</exception>

@@ -64,6 +64,14 @@ public sealed class SegmentationDatasetTests
         File.WriteAllBytes(dir.File("cut.png"), bytes);
         Assert.Contains("cut.png' is a damaged PNG", Assert.Throws<DatasetException>(() => IndexPng.Read(dir.File("cut.png"))).Message, StringComparison.Ordinal);
         Assert.Contains("no such", Assert.Throws<DatasetException>(() => IndexPng.Read(dir.File("none.png"))).Message, StringComparison.Ordinal);
+
+        // A 16-bit greyscale PNG: the IHDR of a valid grey mask with bit depth 16 (CRC recomputed).
+        IndexPng.Write(dir.File("deep.png"), new ImageU8(1, 2, 2));
+        var deep = File.ReadAllBytes(dir.File("deep.png"));
+        deep[24] = 16;
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(deep.AsSpan(29), System.IO.Hashing.Crc32.HashToUInt32(deep.AsSpan(12, 17)));
+        File.WriteAllBytes(dir.File("deep.png"), deep);
+        Assert.Contains("deep.png' has 16-bit samples", Assert.Throws<DatasetException>(() => IndexPng.Read(dir.File("deep.png"))).Message, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -389,6 +389,17 @@ public sealed class SegmentationPipelineTests
     }
 
     [Fact]
+    public void A_presets_recipe_gives_its_scale_crop_and_normalization()
+    {
+        var recipe = RepLKNet.Models.Segmentation.SegmentorRegistry.Find("upernet-31B-cityscapes-769")!.Recipe;
+        var o = SegmentationPipelineOptions.FromRecipe(recipe);
+        Assert.Equal((2049, 1025), o.Scale);
+        Assert.Equal((769, 769), o.CropSize);
+        Assert.Equal(SegmentationPipelineOptions.Cityscapes() with { Mean = o.Mean, Std = o.Std }, o);
+        Assert.Equal([123.675, 116.28, 103.53], o.Mean);
+    }
+
+    [Fact]
     public void Options_out_of_range_name_the_property()
     {
         Assert.Equal("CatMaxRatio", Assert.Throws<ArgumentException>(() => new SegmentationPipeline(new SegmentationPipelineOptions { CatMaxRatio = 0 })).ParamName);
