@@ -122,6 +122,9 @@ public static class ReplknetApp
                 seg.AddCommand<Commands.Seg.SegPredictCommand>("predict")
                     .WithDescription("Segment images: a class-index PNG and a colour overlay per image.")
                     .WithExample("seg", "predict", "--weights", "runs/seg/best.pth", "street.jpg", "--out", "street-mask.png");
+                seg.AddCommand<Commands.Seg.SegSyntheticCommand>("synthetic")
+                    .WithDescription("Write a small synthetic set (coloured shapes on noise) in the ade20k, cityscapes or folder layout, to try the segmentation commands.")
+                    .WithExample("seg", "synthetic", "--out", "data/shapes", "--layout", "ade20k", "--train", "200", "--val", "50", "--size", "128");
             });
             config.AddCommand<ErfCommand>("erf")
                 .WithDescription("Effective receptive field (the paper's method): heatmap PNG with colour bar and high-contribution area ratios; --compare draws several models side by side.")

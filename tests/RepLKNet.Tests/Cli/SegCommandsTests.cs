@@ -84,6 +84,32 @@ public sealed partial class SegCommandsTests
     }
 
     [Fact]
+    public void Seg_synthetic_writes_an_ade20k_layout_that_seg_train_reads_with_its_150_classes()
+    {
+        using var dir = new TempDirectory();
+        string data = dir.File("ade");
+        var synthetic = CliRunner.Run("seg", "synthetic", "--out", data, "--layout", "ade20k", "--train", "6", "--val", "2", "--size", "32", "--seed", "3");
+        Assert.True(synthetic.ExitCode == 0, synthetic.StdErr + synthetic.StdOut);
+        Assert.Equal(6, Directory.GetFiles(Path.Combine(data, "images", "training")).Length);
+        Assert.Equal(2, Directory.GetFiles(Path.Combine(data, "annotations", "validation")).Length);
+
+        string arch = dir.File("tiny.json");
+        File.WriteAllText(arch, SegShapes.TinyConfig().ToJson());
+        string run = dir.File("run");
+        var train = CliRunner.Run("seg", "train", "--arch", arch, "--dataset", "ade20k", "--data", data, "--crop-size", "32", "--batch-size", "2",
+            "--max-steps", "2", "--warmup-iters", "1", "--workers", "1", "--out", run, "--device", "cpu", "--threads", "1");
+        Assert.True(train.ExitCode == 0, train.StdErr + train.StdOut);
+        Assert.Contains("(150 classes)", train.StdOut, StringComparison.Ordinal);
+        var info = SegmentorCheckpoint.ReadInfo(Path.Combine(run, "best.pth"));
+        Assert.Equal(150, info.Classes!.Count);
+        Assert.Equal("wall", info.Classes[0]);
+
+        var bad = CliRunner.Run("seg", "synthetic", "--out", dir.File("x"), "--train", "0");
+        Assert.Equal(2, bad.ExitCode);
+        Assert.Contains("--train must be ≥ 1", bad.StdErr, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Seg_train_stopped_by_SIGINT_saves_exits_130_and_resumes_to_the_uninterrupted_result()
     {
         using var dir = new TempDirectory();

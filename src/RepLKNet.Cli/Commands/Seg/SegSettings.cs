@@ -102,7 +102,7 @@ internal static class SegOptions
             s = ((int)Math.Round(recipe.Scale.Long * f), (int)Math.Round(recipe.Scale.Short * f));
         }
 
-        return new SegmentationPipelineOptions { CropSize = cropSize, Scale = s, Mean = recipe.Mean, Std = recipe.Std };
+        return SegmentationPipelineOptions.FromRecipe(recipe) with { CropSize = cropSize, Scale = s };
     }
 
     /// <summary>The test mode: <paramref name="mode"/> (whole/slide, with crop and stride) or the configuration's.</summary>
