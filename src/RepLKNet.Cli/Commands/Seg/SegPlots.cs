@@ -27,6 +27,7 @@ internal static class SegPlots
         plot.Axes.Bottom.Label.Text = "iteration";
         plot.Axes.Left.Label.Text = "loss";
         plot.Axes.Right.Label.Text = "mIoU";
+        plot.Axes.SetLimitsY(0, 1, plot.Axes.Right);
         plot.Title($"{title}: training");
         plot.ShowLegend(ScottPlot.Alignment.MiddleRight);
         plot.SavePng(path, 900, 550);
