@@ -230,7 +230,8 @@ internal sealed class RunState(RunFolder folder, ITrainingTask task, Module mode
     {
         // The score's columns carry its name (top1 for classification); the task's detail figures follow, in their order.
         string score = task.ScoreName;
-        var details = history.FirstOrDefault(m => m.Details is not null)?.Details?.Keys.ToList() ?? [];
+        // A detail named like the score (segmentation's mIoU) is the score's own column already.
+        var details = history.FirstOrDefault(m => m.Details is not null)?.Details?.Keys.Where(k => k != score).ToList() ?? [];
         var csv = new System.Text.StringBuilder($"epoch,step,train_loss,lr,{score},ema_{score},images_per_s,seconds,skipped,data_wait_s");
         foreach (var name in details)
         {

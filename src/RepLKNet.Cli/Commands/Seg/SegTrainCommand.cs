@@ -42,9 +42,8 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
 
         /// <summary>Learning rate.</summary>
         [CommandOption("--lr <LR>")]
-        [DefaultValue(SegmentationTrainOptions.DefaultLearningRate)]
-        [Description("AdamW base learning rate (official 2e-4).")]
-        public double Lr { get; init; } = SegmentationTrainOptions.DefaultLearningRate;
+        [Description("AdamW base learning rate (default: the preset's; every official config 2e-4, upernet-tiny 1e-3 as it trains from scratch).")]
+        public double? Lr { get; init; }
 
         /// <summary>Weight decay.</summary>
         [CommandOption("--weight-decay <WD>")]
@@ -127,7 +126,7 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
             Arch = name, Config = config, OutDir = settings.Out, Pipeline = SegOptions.Pipeline(name, settings.CropSize, settings.Scale),
             BatchSize = settings.BatchSize ?? recipe.BatchSize, MaxSteps = maxSteps,
             EvaluateEvery = settings.EvalEvery ?? Math.Min(SegmentationTrainOptions.DefaultEvaluateEvery, Math.Max(1, maxSteps / 4)),
-            LearningRate = settings.Lr, WeightDecay = settings.WeightDecay, WarmupIterations = settings.WarmupIters ?? recipe.WarmupIters,
+            LearningRate = settings.Lr ?? recipe.LearningRate, WeightDecay = settings.WeightDecay, WarmupIterations = settings.WarmupIters ?? recipe.WarmupIters,
             WarmupRatio = settings.WarmupRatio, AuxiliaryWeight = settings.AuxWeight, EmaDecay = settings.EmaDecay, Seed = settings.Seed,
             Workers = settings.Workers ?? Data.LoaderPlan.DefaultWorkers, Device = runtime.Device, Resume = settings.Resume,
             InitialWeights = settings.Weights, SaveEvery = settings.SaveEvery, EvalLimit = settings.EvalLimit,
