@@ -11,12 +11,12 @@ public class ArchSettings : GlobalSettings
 {
     /// <summary>Variant name or JSON configuration.</summary>
     [CommandOption("--arch <ARCH>")]
-    [Description("A variant name (RepLKNet-FMNIST, -31B, -31L, -XL; case-insensitive) or a JSON file of the official constructor's arguments; train defaults to RepLKNet-FMNIST.")]
+    [Description("A variant name (RepLKNet-FMNIST, -31B, -31L, -XL; case-insensitive) or a JSON file of the official constructor's arguments; train defaults to RepLKNet-FMNIST. Segmenters (describe, forward, export onnx, seg …): a preset (upernet-31B-ade20k-512, upernet-31B-ade20k-640, upernet-31L-ade20k-640, upernet-XL-ade20k-640, upernet-31B-cityscapes-769, upernet-tiny) or an MMSeg-style model JSON {backbone, decode_head, auxiliary_head}; seg train defaults to upernet-tiny.")]
     public string? Arch { get; init; }
 
     /// <summary>Classifier size override.</summary>
     [CommandOption("--num-classes <N>")]
-    [Description("Classifier size (default: the architecture's, or the checkpoint's head).")]
+    [Description("Classes of the classifier or segmenter (default: the architecture's, or the checkpoint's head).")]
     public int? NumClasses { get; init; }
 
     /// <inheritdoc />
@@ -29,7 +29,7 @@ public class WeightsSettings : ArchSettings
 {
     /// <summary>Checkpoint path.</summary>
     [CommandOption("--weights <FILE>")]
-    [Description("Checkpoint to load: PyTorch .pth (raw, {'model','model_ema'} or MMSeg {'state_dict'} with backbone.), safetensors, or the project's format. With train: the weights to fine-tune from (train form; a classifier of another size is skipped).")]
+    [Description("Checkpoint to load: PyTorch .pth (raw, {'model','model_ema'} or MMSeg {'meta','state_dict'}: its backbone.* for classifiers, everything for segmenters), safetensors, or the project's format. With train: the weights to fine-tune from (train form; a classifier of another size is skipped); with seg train: a classification checkpoint for the backbone, or a segmenter's.")]
     public string? Weights { get; init; }
 
     /// <summary>Use the EMA weights of a training checkpoint.</summary>
