@@ -88,7 +88,7 @@ public sealed class ExportOnnxCommand(IAnsiConsole console) : Command<ExportOnnx
         }
 
         var (height, width) = ParseSize(settings.InputSize);
-        if (SegmentorRegistry.IsSegmentor(settings.Arch) || (settings.Arch is null && IsSegmentorCheckpoint(settings.Weights!)))
+        if (SegmentorRegistry.IsSegmentor(settings.Arch) || (settings.Arch is null && SegmentorCheckpoint.IsSegmentorCheckpoint(settings.Weights!)))
         {
             return ExportSegmentor(settings, height, width);
         }
@@ -108,12 +108,6 @@ public sealed class ExportOnnxCommand(IAnsiConsole console) : Command<ExportOnnx
         var (h, w) = options.InputSizeFor(info);
         Report(console, report, settings, eval.Channels, settings.DynamicSize ? $"height×width (exported at {h}×{w})" : $"{h}×{w}");
         return ExitCodes.Success;
-    }
-
-    private static bool IsSegmentorCheckpoint(string weights)
-    {
-        using var checkpoint = CheckpointFile.Read(weights, ema: false, wholeModel: true);
-        return checkpoint.State.Keys.Any(k => k.StartsWith("decode_head.", StringComparison.Ordinal));
     }
 
     // The whole segmenter (MMSeg's encode_decode): input [N, 3, H, W] → logits [N, classes, H, W]; default size: the

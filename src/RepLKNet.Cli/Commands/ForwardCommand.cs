@@ -63,7 +63,7 @@ public sealed class ForwardCommand(IAnsiConsole console) : Command<ForwardComman
         long[] shape = CliParsing.Shape(settings.InputShape, "--input-shape");
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
         using var scope = NewDisposeScope();
-        if (SegmentorRegistry.IsSegmentor(settings.Arch) || (settings.Arch is null && IsSegmentorCheckpoint(settings.Weights!)))
+        if (SegmentorRegistry.IsSegmentor(settings.Arch) || (settings.Arch is null && SegmentorCheckpoint.IsSegmentorCheckpoint(settings.Weights!)))
         {
             return ForwardSegmentor(settings, shape, runtime.Device);
         }
@@ -117,12 +117,6 @@ public sealed class ForwardCommand(IAnsiConsole console) : Command<ForwardComman
         }
 
         return ExitCodes.Success;
-    }
-
-    private static bool IsSegmentorCheckpoint(string weights)
-    {
-        using var checkpoint = CheckpointFile.Read(weights, ema: false, wholeModel: true);
-        return checkpoint.State.Keys.Any(k => k.StartsWith("decode_head.", StringComparison.Ordinal));
     }
 
     // Segmenters: the (N, classes, H, W) logits of whole-image inference (MMSeg's encode_decode), eval mode.

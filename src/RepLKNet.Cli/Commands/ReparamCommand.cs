@@ -2,6 +2,7 @@ using System.ComponentModel;
 using System.Globalization;
 using RepLKNet.Checkpoints;
 using RepLKNet.Models;
+using RepLKNet.Models.Segmentation;
 using RepLKNet.Reparam;
 using RepLKNet.Runtime;
 using Spectre.Console;
@@ -32,7 +33,7 @@ public sealed class ReparamCommand(IAnsiConsole console) : Command<ReparamComman
 
         /// <summary>Verification input size.</summary>
         [CommandOption("--input-size <SIZE>")]
-        [Description("Resolution of the random verification batch (default: the variant's, else 224).")]
+        [Description("Resolution of the random verification batch (default: the variant's, else 224; segmenters: the preset's crop, else 96).")]
         public int? InputSize { get; init; }
 
         /// <summary>Verification batch size.</summary>
@@ -71,10 +72,19 @@ public sealed class ReparamCommand(IAnsiConsole console) : Command<ReparamComman
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
         var target = settings.FuseBn ? ModelForm.Fused : ModelForm.Deploy;
         // Already converted: an ArgumentException about 'weights', which the CLI reports as a usage error naming --weights.
-        var result = CheckpointReparameterization.Convert(settings.Weights!, settings.LoadOptions, settings.Out!, new ReparamOptions
+        var options = new ReparamOptions
         {
             Target = target, Batch = settings.Batch, InputSize = settings.InputSize, Seed = (ulong)settings.Seed, Tolerance = Tolerance, Device = runtime.Device,
-        });
+        };
+        bool segmenter = SegmentorRegistry.IsSegmentor(settings.Arch) || (settings.Arch is null && SegmentorCheckpoint.IsSegmentorCheckpoint(settings.Weights!));
+        if (segmenter && (settings.Ema || !settings.Strict || settings.NumClasses is not null))
+        {
+            throw new UsageException("--ema, --strict false and --num-classes do not apply to segmenter checkpoints");
+        }
+
+        var result = segmenter
+            ? CheckpointReparameterization.ConvertSegmentor(settings.Weights!, settings.Arch, settings.Out!, options)
+            : CheckpointReparameterization.Convert(settings.Weights!, settings.LoadOptions, settings.Out!, options);
 
         var report = result.Report;
         var table = new Table().AddColumns("module", "max |train − " + target.Name() + "|", "max |train|");

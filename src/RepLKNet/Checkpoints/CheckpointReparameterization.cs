@@ -84,4 +84,80 @@ public static class CheckpointReparameterization
         CheckpointFile.Write(outPath, state, metadata);
         return new ReparamResult(loaded.Arch, loaded.Form, report, resolution, Written: true, state.Count);
     }
+
+    /// <summary>
+    /// Converts a train-form segmenter checkpoint (any layout <see cref="SegmentorCheckpoint.Load"/> reads) into its deploy
+    /// or fused form, verified as for classifiers: the backbone's features, the decode head's logits and the input-size
+    /// logits of both forms are compared on a random batch, and <paramref name="outPath"/> is written (MMSeg layout for
+    /// .pth/.pt, else safetensors; classes and palette kept) only within the tolerance.
+    /// </summary>
+    /// <param name="weights">The train-form segmenter checkpoint.</param>
+    /// <param name="arch">Preset or model JSON; null: the checkpoint's recorded architecture.</param>
+    /// <param name="outPath">Destination.</param>
+    /// <param name="options">Target form, verification batch (side: <see cref="ReparamOptions.InputSize"/>, default the
+    /// preset's crop height) and tolerance.</param>
+    /// <exception cref="ArgumentException">Already in the target or fused form (ParamName <c>weights</c>), or a batch/size is not positive.</exception>
+    /// <exception cref="CheckpointException">The checkpoint cannot be read or does not fit.</exception>
+    public static ReparamResult ConvertSegmentor(string weights, string? arch, string outPath, ReparamOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(weights);
+        ArgumentNullException.ThrowIfNull(outPath);
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.Batch < 1 || options.InputSize is < 1)
+        {
+            throw new ArgumentException($"Batch and InputSize must be positive, got {options.Batch} and {options.InputSize}", nameof(options));
+        }
+
+        using var scope = NewDisposeScope();
+        var loaded = SegmentorCheckpoint.Load(weights, arch);
+        using var source = loaded.Model;
+        if (loaded.Info.Form == options.Target || loaded.Info.Form == ModelForm.Fused)
+        {
+            throw new ArgumentException($"weights '{weights}' is already in the {loaded.Info.Form.Name()} form: nothing to convert", nameof(weights));
+        }
+
+        var device = options.Device ?? CPU;
+        using var converted = SegmentorCheckpoint.Create(source.Config, ModelForm.Train, loaded.Arch);
+        using (no_grad())
+        {
+            var target = StateDicts.Ordered(converted).ToDictionary(kv => kv.Key, kv => kv.Value);
+            foreach (var (key, value) in StateDicts.Ordered(source))
+            {
+                target[key].copy_(value);
+            }
+        }
+
+        converted.Reparameterize(options.Target == ModelForm.Fused);
+        source.to(device).eval();
+        converted.to(device).eval();
+        int resolution = options.InputSize ?? Models.Segmentation.SegmentorRegistry.RecipeFor(loaded.Arch).CropSize.H;
+        using var generator = new Generator(options.Seed);
+        var input = randn([options.Batch, source.InChannels, resolution, resolution], generator: generator).to(device);
+        var steps = new List<StepDifference>();
+        StepDifference Diff(string module, Tensor reference, Tensor candidate) => new(module,
+            (reference - candidate).abs().max().item<float>(), reference.abs().max().item<float>());
+        StepDifference endToEnd;
+        using (no_grad())
+        {
+            var a = source.ExtractFeatures(input);
+            var b = converted.ExtractFeatures(input);
+            var indices = source.Config.Backbone.OutIndices!;
+            for (int i = 0; i < a.Count; i++)
+            {
+                steps.Add(Diff($"backbone stage {indices[i]}", a[i], b[i]));
+            }
+
+            steps.Add(Diff("decode_head", source.DecodeHead.call(a), converted.DecodeHead.call(b)));
+            endToEnd = Diff("logits", source.call(input), converted.call(input));
+        }
+
+        var report = new EquivalenceReport(steps, endToEnd);
+        if (!(report.RelativeEndToEnd <= options.Tolerance))
+        {
+            return new ReparamResult(loaded.Arch, loaded.Info.Form, report, resolution, Written: false, Entries: 0);
+        }
+
+        SegmentorCheckpoint.Save(outPath, converted, loaded.Arch, loaded.Info.Classes, loaded.Info.Palette);
+        return new ReparamResult(loaded.Arch, loaded.Info.Form, report, resolution, Written: true, StateDicts.Ordered(converted).Count);
+    }
 }

@@ -98,6 +98,14 @@ public static class SegmentorCheckpoint
         }
     }
 
+    /// <summary>Whether <paramref name="weights"/> holds a segmenter (any <c>decode_head.*</c> key).</summary>
+    /// <exception cref="CheckpointException">The file cannot be read.</exception>
+    public static bool IsSegmentorCheckpoint(string weights)
+    {
+        using var checkpoint = CheckpointFile.Read(weights, ema: false, wholeModel: true);
+        return checkpoint.State.Keys.Any(k => k.StartsWith("decode_head.", StringComparison.Ordinal));
+    }
+
     /// <summary>Builds <paramref name="config"/> in <paramref name="form"/> (the heads' ConvModules fused too for <see cref="ModelForm.Fused"/>).</summary>
     public static EncoderDecoder Create(SegmentorConfig config, ModelForm form, string? name = null, Device? device = null)
     {

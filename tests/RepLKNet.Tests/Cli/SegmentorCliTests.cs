@@ -71,4 +71,40 @@ public sealed class SegmentorCliTests
         Assert.NotEqual(0, bad.ExitCode);
         Assert.Contains("--input-shape", bad.StdErr, StringComparison.Ordinal);
     }
+
+    [Theory]
+    [InlineData(false, "deploy.pth")]
+    [InlineData(true, "fused.safetensors")]
+    public void Reparam_converts_a_segmenter_checkpoint_verified_and_keeps_its_records(bool fuse, string file)
+    {
+        using var dir = new TempDirectory();
+        using var scope = NewDisposeScope();
+        using var model = new EncoderDecoder(SegmentorTests.Small(classes: 3));
+        SegmentorTests.Randomize(model, 17);
+        model.eval();
+        SegmentorCheckpoint.Save(dir.File("train.pth"), model, "seg", ["a", "b", "c"], [(1, 2, 3), (4, 5, 6), (7, 8, 9)]);
+        string[] args = ["reparam", "--weights", dir.File("train.pth"), "--out", dir.File(file), "--input-size", "45"];
+        var result = CliRunner.Run(fuse ? [.. args, "--fuse-bn"] : args);
+        Assert.True(result.ExitCode == 0, result.StdErr);
+        Assert.Contains("decode_head", result.StdOut, StringComparison.Ordinal);
+        Assert.Contains("end to end: max abs diff", result.StdOut, StringComparison.Ordinal);
+
+        var loaded = SegmentorCheckpoint.Load(dir.File(file));
+        using var converted = loaded.Model;
+        converted.eval();
+        Assert.Equal(fuse ? RepLKNet.Models.ModelForm.Fused : RepLKNet.Models.ModelForm.Deploy, loaded.Info.Form);
+        Assert.Equal(["a", "b", "c"], loaded.Info.Classes!);
+        var input = randn([1, 3, 39, 52], generator: new Generator(6));
+        using (no_grad())
+        {
+            var reference = model.call(input);
+            double diff = (reference - converted.call(input)).abs().max().item<float>();
+            Assert.True(diff <= 1e-4 * Math.Max(1, reference.abs().max().item<float>()), $"converted vs train form: {diff:E3}");
+        }
+
+        var again = CliRunner.Run("reparam", "--weights", dir.File(file), "--out", dir.File("again.pth"));
+        Assert.Equal(2, again.ExitCode);
+        Assert.Contains("--weights", again.StdErr, StringComparison.Ordinal);
+        Assert.Contains("already in the", again.StdErr, StringComparison.Ordinal);
+    }
 }
