@@ -121,7 +121,8 @@ public sealed class ExportOnnxCommand(IAnsiConsole console) : Command<ExportOnnx
 
         var loaded = SegmentorCheckpoint.Load(settings.Weights!, settings.Arch, settings.Strict, settings.NumClasses);
         using var model = loaded.Model;
-        var recipe = SegmentorRegistry.RecipeFor(loaded.Arch);
+        // The input the checkpoint recorded in training, else its architecture's recipe's.
+        var recipe = loaded.Info.Input ?? SegmentationInput.Of(SegmentorRegistry.RecipeFor(loaded.Arch, model.Config, null).Recipe);
         int h = height ?? recipe.CropSize.H, w = width ?? recipe.CropSize.W;
         var info = new OnnxModelInfo(loaded.Arch, model.Config.ToJson(), h, model.InChannels, [.. recipe.Mean.Select(m => m / 255)], [.. recipe.Std.Select(v => v / 255)],
             1.0, loaded.Info.Classes, settings.FuseBn || loaded.Info.Form == Models.ModelForm.Fused ? "fused" : "deploy");

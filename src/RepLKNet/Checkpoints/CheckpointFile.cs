@@ -242,6 +242,62 @@ public static class CheckpointFile
         }
     }
 
+    /// <summary>
+    /// The state-dict keys of <paramref name="path"/> as <see cref="Read(string, bool, bool)"/> with <c>wholeModel</c> would
+    /// return them, read without loading any tensor data (the pickle or the safetensors header only).
+    /// </summary>
+    /// <exception cref="CheckpointException">The file is missing, damaged or not a checkpoint.</exception>
+    public static IReadOnlyList<string> ReadKeys(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        if (!File.Exists(path))
+        {
+            throw new CheckpointException($"'{path}': no such checkpoint file");
+        }
+
+        var head = new byte[16];
+        long length = new FileInfo(path).Length;
+        using (var probe = File.OpenRead(path))
+        {
+            _ = probe.ReadAtLeast(head, head.Length, throwOnEndOfStream: false);
+        }
+
+        if (head[0] == (byte)'P' && head[1] == (byte)'K')
+        {
+            PyTorchArchive archive;
+            try
+            {
+                archive = PyTorchArchive.Open(path);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                throw new CheckpointException($"'{path}' is not a readable PyTorch checkpoint (truncated or corrupt?): {e.Message}", e);
+            }
+
+            using (archive)
+            {
+                if (archive.Root is not Hashtable root)
+                {
+                    throw new CheckpointException($"'{path}' is a PyTorch file but holds a {archive.Root?.GetType().Name ?? "None"}, not a state dict or checkpoint dict");
+                }
+
+                var (table, _) = Unwrap(root, path, ema: false);
+                var keys = table.Cast<DictionaryEntry>().Where(e => e.Value is PickledTensor)
+                    .Select(e => KeyValuePair.Create(Convert.ToString(e.Key, CultureInfo.InvariantCulture) ?? string.Empty, 0));
+                return [.. StateDictKeys.Normalize(keys, keepPrefix: null).Select(k => k.Key.Normalized)];
+            }
+        }
+
+        if (SafetensorsFile.LooksLikeSafetensors(head, length))
+        {
+            return [.. StateDictKeys.Normalize(SafetensorsFile.ReadKeys(path).Select(k => KeyValuePair.Create(k, 0)), keepPrefix: null).Select(k => k.Key.Normalized)];
+        }
+
+        // Anything else: Read gives the precise error.
+        using var checkpoint = Read(path, ema: false, wholeModel: true);
+        return [.. checkpoint.State.Keys];
+    }
+
     private static Checkpoint ReadPyTorch(string path, bool ema, bool wholeModel)
     {
         PyTorchArchive archive;

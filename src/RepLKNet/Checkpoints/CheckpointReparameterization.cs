@@ -130,7 +130,7 @@ public static class CheckpointReparameterization
         converted.Reparameterize(options.Target == ModelForm.Fused);
         source.to(device).eval();
         converted.to(device).eval();
-        int resolution = options.InputSize ?? Models.Segmentation.SegmentorRegistry.RecipeFor(loaded.Arch).CropSize.H;
+        int resolution = options.InputSize ?? loaded.Info.Input?.CropSize.H ?? Models.Segmentation.SegmentorRegistry.RecipeFor(loaded.Arch, source.Config, null).Recipe.CropSize.H;
         using var generator = new Generator(options.Seed);
         var input = randn([options.Batch, source.InChannels, resolution, resolution], generator: generator).to(device);
         var steps = new List<StepDifference>();
@@ -157,7 +157,7 @@ public static class CheckpointReparameterization
             return new ReparamResult(loaded.Arch, loaded.Info.Form, report, resolution, Written: false, Entries: 0);
         }
 
-        SegmentorCheckpoint.Save(outPath, converted, loaded.Arch, loaded.Info.Classes, loaded.Info.Palette);
+        SegmentorCheckpoint.Save(outPath, converted, loaded.Arch, loaded.Info.Classes, loaded.Info.Palette, input: loaded.Info.Input);
         return new ReparamResult(loaded.Arch, loaded.Info.Form, report, resolution, Written: true, StateDicts.Ordered(converted).Count);
     }
 }

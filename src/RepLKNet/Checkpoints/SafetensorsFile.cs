@@ -96,9 +96,27 @@ public static class SafetensorsFile
         });
     }
 
+    /// <summary>Reads only the tensor names of the header, in header order (no tensor data).</summary>
+    /// <exception cref="CheckpointException">The file is truncated or its header is not a safetensors header.</exception>
+    public static List<string> ReadKeys(string path) => [.. ReadHeader(path).Select(kv => kv.Key).Where(k => k != "__metadata__")];
+
     /// <summary>Reads only the <c>__metadata__</c> entries of the header (no tensor data).</summary>
     /// <exception cref="CheckpointException">The file is truncated or its header is not a safetensors header.</exception>
     public static Dictionary<string, string> ReadMetadata(string path)
+    {
+        var metadata = new Dictionary<string, string>();
+        if (ReadHeader(path)["__metadata__"] is JsonObject meta)
+        {
+            foreach (var (mk, mv) in meta)
+            {
+                metadata[mk] = mv is JsonValue v && v.TryGetValue(out string? s) ? s : mv?.ToJsonString() ?? string.Empty;
+            }
+        }
+
+        return metadata;
+    }
+
+    private static JsonObject ReadHeader(string path)
     {
         using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
         long length = stream.Length;
@@ -117,23 +135,15 @@ public static class SafetensorsFile
 
         var headerBytes = new byte[headerLength];
         stream.ReadExactly(headerBytes);
-        var metadata = new Dictionary<string, string>();
         try
         {
-            if (JsonNode.Parse(headerBytes, documentOptions: HeaderOptions) is JsonObject header && header["__metadata__"] is JsonObject meta)
-            {
-                foreach (var (mk, mv) in meta)
-                {
-                    metadata[mk] = mv is JsonValue v && v.TryGetValue(out string? s) ? s : mv?.ToJsonString() ?? string.Empty;
-                }
-            }
+            return JsonNode.Parse(headerBytes, documentOptions: HeaderOptions) as JsonObject
+                ?? throw new CheckpointException($"'{path}': the safetensors header is not a JSON object");
         }
         catch (Exception e) when (e is JsonException or InvalidOperationException)
         {
             throw new CheckpointException($"'{path}' is corrupt: its safetensors header is not valid JSON ({e.Message})", e);
         }
-
-        return metadata;
     }
 
     /// <summary>Reads every tensor (CPU) in file order, and the metadata.</summary>

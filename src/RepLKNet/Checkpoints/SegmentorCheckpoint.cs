@@ -18,8 +18,9 @@ namespace RepLKNet.Checkpoints;
 /// <param name="Form">The backbone's form, recognized from the keys.</param>
 /// <param name="Classes">MMSeg's <c>meta['CLASSES']</c>, or null.</param>
 /// <param name="Palette">MMSeg's <c>meta['PALETTE']</c>: one (r, g, b) per class, or null.</param>
+/// <param name="Input">How training prepared the inputs (crop, test scale, normalization), when the file records it.</param>
 public sealed record SegmentorCheckpointInfo(string? Arch, SegmentorConfig? Config, ModelForm Form, IReadOnlyList<string>? Classes,
-    IReadOnlyList<(byte R, byte G, byte B)>? Palette);
+    IReadOnlyList<(byte R, byte G, byte B)>? Palette, SegmentationInput? Input = null);
 
 /// <summary>A segmenter built from a checkpoint, and what the loading found.</summary>
 /// <param name="Model">The segmenter (CPU, eval mode not set).</param>
@@ -31,8 +32,9 @@ public sealed record LoadedSegmentor(EncoderDecoder Model, string Arch, Segmento
 /// <summary>
 /// Segmenter checkpoints in MMSegmentation's layout: a <c>torch.save</c>d <c>{'meta': {'CLASSES', 'PALETTE', …},
 /// 'state_dict': {backbone.*, decode_head.*, auxiliary_head.*}, 'optimizer': …}</c> (mmcv's <c>save_checkpoint</c>), a
-/// raw full state dict, or safetensors with the project's metadata. Files written here load into MMSeg with
-/// <c>load_checkpoint(model, f, strict=True)</c>; official MMSeg files load here strictly.
+/// raw full state dict, or safetensors with the project's metadata. Train-form files written here load into MMSeg with
+/// <c>load_checkpoint(model, f, strict=True)</c> (deploy-form ones into a <c>small_kernel_merged</c> config; fused ones
+/// have no MMSeg counterpart); official MMSeg files load here strictly.
 /// </summary>
 public static class SegmentorCheckpoint
 {
@@ -100,11 +102,8 @@ public static class SegmentorCheckpoint
 
     /// <summary>Whether <paramref name="weights"/> holds a segmenter (any <c>decode_head.*</c> key).</summary>
     /// <exception cref="CheckpointException">The file cannot be read.</exception>
-    public static bool IsSegmentorCheckpoint(string weights)
-    {
-        using var checkpoint = CheckpointFile.Read(weights, ema: false, wholeModel: true);
-        return checkpoint.State.Keys.Any(k => k.StartsWith("decode_head.", StringComparison.Ordinal));
-    }
+    public static bool IsSegmentorCheckpoint(string weights) =>
+        CheckpointFile.ReadKeys(weights).Any(k => k.StartsWith("decode_head.", StringComparison.Ordinal));
 
     /// <summary>Builds <paramref name="config"/> in <paramref name="form"/> (the heads' ConvModules fused too for <see cref="ModelForm.Fused"/>).</summary>
     public static EncoderDecoder Create(SegmentorConfig config, ModelForm form, string? name = null, Device? device = null)
@@ -165,8 +164,9 @@ public static class SegmentorCheckpoint
     /// <param name="classes">Class names (MMSeg's CLASSES), or null.</param>
     /// <param name="palette">Colours per class, or null.</param>
     /// <param name="extra">More string entries for the project's record (e.g. the training-state file), or null.</param>
+    /// <param name="input">How the inputs were prepared in training (recorded for evaluation, prediction and export), or null.</param>
     public static void Save(string path, EncoderDecoder model, string arch, IReadOnlyList<string>? classes = null,
-        IReadOnlyList<(byte R, byte G, byte B)>? palette = null, IReadOnlyDictionary<string, string>? extra = null)
+        IReadOnlyList<(byte R, byte G, byte B)>? palette = null, IReadOnlyDictionary<string, string>? extra = null, SegmentationInput? input = null)
     {
         ArgumentNullException.ThrowIfNull(path);
         ArgumentNullException.ThrowIfNull(model);
@@ -177,6 +177,11 @@ public static class SegmentorCheckpoint
             ["config"] = model.Config.ToJson(),
             ["form"] = form.Name(),
         };
+        if (input is not null)
+        {
+            record["input"] = input.ToJson();
+        }
+
         foreach (var (k, v) in extra ?? new Dictionary<string, string>())
         {
             record[k] = v;
@@ -287,7 +292,10 @@ public static class SegmentorCheckpoint
             SegmentorConfig? config = record is not null && record.TryGetValue("config", out var json)
                 ? SegmentorConfig.FromJson(json, $"'{path}' (recorded config)")
                 : null;
-            return new SegmentorCheckpointInfo(record?.GetValueOrDefault("arch"), config, form, classes, palette);
+            var input = record is not null && record.TryGetValue("input", out var inputJson)
+                ? SegmentationInput.FromJson(inputJson, $"'{path}' (recorded input)")
+                : null;
+            return new SegmentorCheckpointInfo(record?.GetValueOrDefault("arch"), config, form, classes, palette, input);
         }
         catch (Exception e) when (e is JsonException or ConfigException or InvalidCastException or IndexOutOfRangeException or FormatException or OverflowException)
         {

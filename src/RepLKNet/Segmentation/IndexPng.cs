@@ -19,7 +19,7 @@ public static class IndexPng
 
     /// <summary>
     /// Reads the class indices of the mask <paramref name="path"/>: a (1, height, width) image whose bytes are the stored
-    /// values. Accepts greyscale (colour type 0) and palette (colour type 3) PNGs of bit depth 1, 2, 4 or 8, interlaced or not.
+    /// values. Accepts greyscale (colour type 0) PNGs of bit depth 1 or 8 and palette (colour type 3) PNGs of bit depth 1, 2, 4 or 8, interlaced or not (2- and 4-bit greyscale is refused: PIL scales it to grey levels).
     /// </summary>
     /// <param name="path">A PNG file.</param>
     /// <returns>A one-channel (1, H, W) image of raw indices (0–255).</returns>
@@ -180,6 +180,13 @@ public static class IndexPng
         if (depth is not (1 or 2 or 4 or 8))
         {
             throw new DatasetException($"mask '{path}' has {depth}-bit samples; class-index masks must have 8 bits (or 1, 2, 4) per sample");
+        }
+
+        if (colourType == 0 && depth is 2 or 4)
+        {
+            // PIL (MMSeg's loader) scales 2- and 4-bit grey samples to 0–255 (×85, ×17), so their values are grey levels,
+            // not class indices; refused rather than read differently from MMSeg.
+            throw new DatasetException($"mask '{path}' is a {depth}-bit greyscale PNG, which PIL/MMSeg read as scaled grey levels, not class indices; save it as an 8-bit greyscale or a palette PNG");
         }
 
         idat.Position = 0;

@@ -138,7 +138,7 @@ public sealed class SegmentationEvaluator
     /// <param name="pipeline">The test view's scale and normalization.</param>
     /// <param name="test">Mode, crop and stride; null: each model's own (<see cref="SegmentorConfig.Test"/>).</param>
     /// <param name="device">Where the model runs (null: the CPU).</param>
-    /// <param name="workers">Threads decoding and resizing images ahead of the model (≥ 1).</param>
+    /// <param name="workers">How many test images the background thread prepares ahead of the model (one image at a time; ≥ 1).</param>
     /// <param name="limit">Score only the first this many images (smoke runs); null: all.</param>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="workers"/> or <paramref name="limit"/> is not positive.</exception>
     public SegmentationEvaluator(ISegmentationDataset data, SegmentationPipeline pipeline, SegmentationTestConfig? test = null, Device? device = null,

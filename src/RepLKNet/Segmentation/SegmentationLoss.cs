@@ -49,6 +49,34 @@ public static class SegmentationLoss
     }
 
     /// <summary>
+    /// The training step's loss as MMSeg's <c>EncoderDecoder.forward_train</c> sums it: each head's <see cref="CrossEntropy"/>
+    /// at the label size with that head's own <c>align_corners</c>, times its <c>loss_weight</c>. No value is read back
+    /// from the device (no synchronisation per step).
+    /// </summary>
+    /// <param name="decode">Decode-head logits [N, classes, h, w].</param>
+    /// <param name="auxiliary">Auxiliary-head logits [N, classes, h', w'], or null.</param>
+    /// <param name="labels">Labels [N, H, W], int64 (255 = ignore).</param>
+    /// <param name="decodeAlignCorners">The decode head's <c>align_corners</c>.</param>
+    /// <param name="auxiliaryAlignCorners">The auxiliary head's <c>align_corners</c>.</param>
+    /// <param name="decodeWeight">The decode head's <c>loss_weight</c> (1.0).</param>
+    /// <param name="auxiliaryWeight">The auxiliary head's <c>loss_weight</c> (0.4 in the official configs).</param>
+    /// <returns>A scalar float tensor with a gradient function.</returns>
+    /// <exception cref="ArgumentException">As <see cref="CrossEntropy"/>.</exception>
+    public static Tensor Weighted(Tensor decode, Tensor? auxiliary, Tensor labels, bool decodeAlignCorners, bool auxiliaryAlignCorners,
+        double decodeWeight, double auxiliaryWeight)
+    {
+        using var scope = NewDisposeScope();
+        var decodeLoss = CrossEntropy(decode, labels, decodeAlignCorners);
+        var loss = decodeWeight == 1.0 ? decodeLoss : Scalars.Mul(decodeLoss, decodeWeight);
+        if (auxiliary is not null)
+        {
+            loss = Scalars.Add(loss, Scalars.Mul(CrossEntropy(auxiliary, labels, auxiliaryAlignCorners), auxiliaryWeight));
+        }
+
+        return loss.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
     /// The segmenter's training loss: <paramref name="decodeWeight"/> · CE(decode) + <paramref name="auxiliaryWeight"/> ·
     /// CE(auxiliary) (<see cref="CrossEntropy"/>; the auxiliary term only when <paramref name="auxiliary"/> is given).
     /// </summary>

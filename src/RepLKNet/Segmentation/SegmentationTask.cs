@@ -29,12 +29,13 @@ public sealed class SegmentationTask : ITrainingTask
     /// <param name="arch">Architecture name recorded in checkpoints.</param>
     /// <param name="classNames">Class names (MMSeg's CLASSES) recorded in checkpoints.</param>
     /// <param name="palette">Colours per class (MMSeg's PALETTE) recorded in checkpoints.</param>
-    /// <param name="auxiliaryWeight">Weight of the auxiliary head's loss (official 0.4; the decode head's is its config's <c>loss_weight</c>, 1.0).</param>
+    /// <param name="auxiliaryWeight">Weight of the auxiliary head's loss, overriding its config's <c>loss_weight</c> (0.4 in the
+    /// official configs); null: the config's. The decode head's weight is always its config's.</param>
     /// <param name="workers">Threads preparing training crops (≥ 1).</param>
     /// <param name="pool">Training indices to use (null: all).</param>
     /// <exception cref="DatasetException">The training set is empty.</exception>
     public SegmentationTask(ISegmentationDataset train, SegmentationPipeline pipeline, SegmentationEvaluator evaluator, string arch,
-        IReadOnlyList<string> classNames, IReadOnlyList<(byte R, byte G, byte B)> palette, double auxiliaryWeight = SegmentationLoss.DefaultAuxiliaryWeight,
+        IReadOnlyList<string> classNames, IReadOnlyList<(byte R, byte G, byte B)> palette, double? auxiliaryWeight = null,
         int workers = 1, long[]? pool = null)
     {
         _train = train ?? throw new ArgumentNullException(nameof(train));
@@ -65,8 +66,8 @@ public sealed class SegmentationTask : ITrainingTask
     /// <summary>Colours per class.</summary>
     public IReadOnlyList<(byte R, byte G, byte B)> Palette { get; }
 
-    /// <summary>Weight of the auxiliary loss.</summary>
-    public double AuxiliaryWeight { get; }
+    /// <summary>Weight of the auxiliary loss overriding the auxiliary head's <c>loss_weight</c>, or null (the config's).</summary>
+    public double? AuxiliaryWeight { get; }
 
     /// <summary>Loader threads.</summary>
     public int Workers { get; }
@@ -117,7 +118,8 @@ public sealed class SegmentationTask : ITrainingTask
     /// <exception cref="ArgumentException"><paramref name="model"/> is not an <see cref="EncoderDecoder"/>.</exception>
     public void SaveWeights(string path, Module model, string? trainingState = null) =>
         SegmentorCheckpoint.Save(path, AsSegmenter(model, nameof(model)), Arch, ClassNames, Palette,
-            trainingState is null ? null : new Dictionary<string, string> { ["training_state"] = trainingState });
+            trainingState is null ? null : new Dictionary<string, string> { ["training_state"] = trainingState },
+            new SegmentationInput(_pipeline.Options.CropSize, _pipeline.Options.Scale, _pipeline.Options.Mean, _pipeline.Options.Std));
 
     /// <inheritdoc />
     public void LoadWeights(string path, Module model)
@@ -133,31 +135,49 @@ public sealed class SegmentationTask : ITrainingTask
         return model as EncoderDecoder ?? throw new ArgumentException($"{name} must be an EncoderDecoder (a segmenter), got {model.GetType().Name}", name);
     }
 
-    private sealed class Epoch(SegmentationLoader loader, double auxiliaryWeight) : ITrainingEpoch
+    private sealed class Epoch(SegmentationLoader loader, double? auxiliaryWeight) : ITrainingEpoch
     {
         private readonly IEnumerator<SegmentationBatch> _batches = loader.Batches().GetEnumerator();
+        private IReadOnlyList<SkippedImage> _skipped = [];
 
-        public int Count => _batches.Current.Count;
+        // A batch left with one readable crop (the others unreadable) trains nothing: BatchNorm in training mode on the
+        // pyramid pooling's 1×1 branch would see a single value per channel and turn its running variance into NaN for
+        // good. Its crop is reported as left out, like the unreadable ones, and the step makes no update.
+        public int Count => _batches.Current.Count < 2 ? 0 : _batches.Current.Count;
 
-        public IReadOnlyList<SkippedImage> Skipped => _batches.Current.Skipped;
+        public IReadOnlyList<SkippedImage> Skipped => _skipped;
 
         public TimeSpan WaitTime => loader.WaitTime;
 
-        public bool MoveNext() => _batches.MoveNext();
+        public bool MoveNext()
+        {
+            if (!_batches.MoveNext())
+            {
+                return false;
+            }
+
+            var batch = _batches.Current;
+            _skipped = batch.Count != 1
+                ? batch.Skipped
+                : [.. batch.Skipped, new SkippedImage(batch.Indices[0], $"sample {batch.Indices[0]}",
+                    "left out: the only readable crop of its batch (BatchNorm cannot train on one crop)")];
+            return true;
+        }
 
         public Tensor Loss(Module<Tensor, Tensor> model, Device device)
         {
             var segmenter = AsSegmenter(model, nameof(model));
             var batch = _batches.Current;
-            if (batch.Count == 0)
+            if (batch.Count < 2)
             {
-                // Every sample of the batch was unreadable: a zero loss that still has a graph (no update but the decay).
+                // No usable sample: a zero loss that still has a graph (no update but the decay).
                 return segmenter.parameters().First().sum().mul(zeros(1, device: device).squeeze());
             }
 
             var (decode, auxiliary) = segmenter.ForwardTrain(batch.ImageTensor(device));
-            return SegmentationLoss.Total(decode, auxiliary, batch.LabelTensor(device), segmenter.AlignCorners,
-                segmenter.Config.DecodeHead.LossWeight, auxiliaryWeight).Loss;
+            var aux = segmenter.Config.AuxiliaryHead;
+            return SegmentationLoss.Weighted(decode, auxiliary, batch.LabelTensor(device), segmenter.AlignCorners, aux?.AlignCorners ?? false,
+                segmenter.Config.DecodeHead.LossWeight, auxiliaryWeight ?? aux?.LossWeight ?? 0);
         }
 
         public void Dispose()

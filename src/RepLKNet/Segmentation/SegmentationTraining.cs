@@ -85,8 +85,9 @@ public sealed record SegmentationTrainOptions
     /// <summary>The learning rate the poly schedule ends at.</summary>
     public double MinLearningRate { get; init; }
 
-    /// <summary>Weight of the auxiliary head's loss.</summary>
-    public double AuxiliaryWeight { get; init; } = DefaultAuxiliaryWeight;
+    /// <summary>Weight of the auxiliary head's loss, overriding its configuration's <c>loss_decode.loss_weight</c> (official
+    /// 0.4); null: the configuration's.</summary>
+    public double? AuxiliaryWeight { get; init; }
 
     /// <summary>Weight EMA decay; 0 (the official setting): none.</summary>
     public double EmaDecay { get; init; }
@@ -146,7 +147,7 @@ public sealed record SegmentationTrainOptions
         Check(WarmupRatio is > 0 and <= 1, nameof(WarmupRatio), $"must be in (0, 1], got {WarmupRatio}");
         Check(Power > 0 && double.IsFinite(Power), nameof(Power), $"must be positive, got {Power}");
         Check(MinLearningRate >= 0 && MinLearningRate <= LearningRate, nameof(MinLearningRate), $"must be in [0, LearningRate], got {MinLearningRate}");
-        Check(AuxiliaryWeight >= 0 && double.IsFinite(AuxiliaryWeight), nameof(AuxiliaryWeight), $"must be ≥ 0, got {AuxiliaryWeight}");
+        Check(AuxiliaryWeight is null || (AuxiliaryWeight >= 0 && double.IsFinite(AuxiliaryWeight.Value)), nameof(AuxiliaryWeight), $"must be ≥ 0, got {AuxiliaryWeight}");
         Check(EmaDecay is >= 0 and < 1, nameof(EmaDecay), $"must be in [0, 1), got {EmaDecay}");
         Check(ClipGradNorm is null or > 0, nameof(ClipGradNorm), $"must be positive, got {ClipGradNorm}");
         Check(Workers >= 1, nameof(Workers), $"must be ≥ 1, got {Workers}");

@@ -437,7 +437,8 @@ public sealed class TrainingLoop
                         }
 
                         bool evaluatesHere = every is not null && EvaluatesAt(step);
-                        if (saver is not null && _o.SaveEvery is long saveEvery && step % saveEvery == 0 && step % StepsPerEpoch != 0 && !evaluatesHere)
+                        // Classification's epoch ends save (or evaluate) anyway; under EvaluateEvery they are ordinary steps.
+                        if (saver is not null && _o.SaveEvery is long saveEvery && step % saveEvery == 0 && (every is not null || step % StepsPerEpoch != 0) && !evaluatesHere)
                         {
                             phase = TrainingPhase.Checkpoint;
                             Save((lossSum, seen));

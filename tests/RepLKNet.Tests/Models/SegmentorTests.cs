@@ -129,15 +129,35 @@ public sealed class SegmentorTests
         using var noGrad = no_grad();
         var features = model.ExtractFeatures(input);
         Assert.Equal(4, features.Count);
+        var state = StateDicts.Ordered(model).ToDictionary(kv => kv.Key, kv => kv.Value);
         for (int i = 0; i < 4; i++)
         {
             Assert.Equal(config.Backbone.Channels[i], features[i].shape[1]);
-            // The backbone's own forward_intermediates is checked against the official fixtures elsewhere; here the
-            // stage-i map must be what the backbone module returns (with norm_intermediate_features: its stage BN).
+        }
+
+        if (xlStyle)
+        {
+            // norm_intermediate_features: each returned map is the raw stage output through that stage's BN. The raw
+            // outputs come from the same weights in a backbone without the norms (the path the official fixtures check),
+            // the BN from libtorch's functional batch_norm on backbone.stages.i.norm.*.
+            using var plain = new RepLKNetModel(config.Backbone with { NormIntermediateFeatures = false });
+            var plainState = StateDicts.Ordered(plain);
+            foreach (var (key, value) in plainState)
+            {
+                value.copy_(state["backbone." + key]);
+            }
+
+            plain.eval();
+            var raw = plain.forward_intermediates(input);
+            for (int i = 0; i < 4; i++)
+            {
+                string n = $"backbone.stages.{i}.norm.";
+                var expected = functional.batch_norm(raw[i], state[n + "running_mean"], state[n + "running_var"], state[n + "weight"], state[n + "bias"], false, 0.1, 1e-5);
+                AssertClose(expected, features[i], $"stage {i} features with norm_intermediate_features");
+            }
         }
 
         var head = model.DecodeHead;
-        var state = StateDicts.Ordered(model).ToDictionary(kv => kv.Key, kv => kv.Value);
         Tensor Cm(string prefix, Tensor x)
         {
             var w = state[prefix + ".conv.weight"];

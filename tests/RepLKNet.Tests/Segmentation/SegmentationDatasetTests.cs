@@ -247,6 +247,36 @@ public sealed class SegmentationDatasetTests
         Assert.Contains("x.png': label 3 at row 0, column 3 is out of range for 3 classes (0–2, 255 = ignore)", e.Message, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData(2)]
+    [InlineData(4)]
+    public void A_2_or_4_bit_greyscale_mask_is_refused_as_pil_reads_it_as_grey_levels(int depth)
+    {
+        using var dir = new TempDirectory();
+        using var file = new MemoryStream();
+        file.Write([0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A]);
+        var header = new byte[13];
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(header, 2);
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(header.AsSpan(4), 1);
+        header[8] = (byte)depth;
+        Chunk(file, "IHDR", header);
+        using (var z = new MemoryStream())
+        {
+            using (var zs = new System.IO.Compression.ZLibStream(z, System.IO.Compression.CompressionLevel.Optimal, leaveOpen: true))
+            {
+                zs.Write([0, 0x12]);
+            }
+
+            Chunk(file, "IDAT", z.ToArray());
+        }
+
+        Chunk(file, "IEND", []);
+        string path = dir.File("m.png");
+        File.WriteAllBytes(path, file.ToArray());
+        var e = Assert.Throws<DatasetException>(() => IndexPng.Read(path));
+        Assert.Contains($"m.png' is a {depth}-bit greyscale PNG", e.Message, StringComparison.Ordinal);
+    }
+
     /// <summary>An Adam7-interlaced 8-bit greyscale PNG (filter 0), written here independently of IndexPng.</summary>
     private static byte[] Adam7Png(ImageU8 mask)
     {

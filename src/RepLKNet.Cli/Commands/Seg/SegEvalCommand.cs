@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text.Json.Nodes;
 using RepLKNet.Checkpoints;
 using RepLKNet.Runtime;
+using RepLKNet.Models.Segmentation;
 using RepLKNet.Segmentation;
 using Spectre.Console;
 using Spectre.Console.Cli;
@@ -66,7 +67,8 @@ public sealed class SegEvalCommand(IAnsiConsole console) : Command<SegEvalComman
         using var model = loaded.Model;
         model.to(runtime.Device);
         var test = SegOptions.Test(model.Config.Test, settings.Mode, settings.CropSize, settings.Stride);
-        var pipeline = new SegmentationPipeline(SegOptions.Pipeline(loaded.Arch, null, settings.Scale));
+        var recipe = SegmentorRegistry.RecipeFor(loaded.Arch, model.Config, SegmentationDataset.Canonical(settings.Dataset));
+        var pipeline = new SegmentationPipeline(SegOptions.Pipeline(recipe.Recipe, loaded.Info.Input, null, settings.Scale));
         var evaluator = new SegmentationEvaluator(val, pipeline, test, runtime.Device, settings.Workers ?? Data.LoaderPlan.DefaultWorkers, settings.Limit);
         var skipped = new List<Data.SkippedImage>();
         SegmentationScores scores;

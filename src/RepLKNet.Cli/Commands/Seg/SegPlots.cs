@@ -14,12 +14,12 @@ internal static class SegPlots
         double[] steps = [.. history.Select(h => (double)h.Step)];
         var loss = plot.Add.Scatter(steps, [.. history.Select(h => h.TrainLoss)]);
         loss.LegendText = "training loss (mean since the previous evaluation)";
-        var miou = plot.Add.Scatter(steps, [.. history.Select(h => h.Top1)]);
+        var miou = plot.Add.Scatter(steps, [.. history.Select(h => h.Score)]);
         miou.LegendText = "val mIoU";
         miou.Axes.YAxis = plot.Axes.Right;
-        if (history.Any(h => !double.IsNaN(h.EmaTop1)))
+        if (history.Any(h => !double.IsNaN(h.EmaScore)))
         {
-            var ema = plot.Add.Scatter(steps, [.. history.Select(h => h.EmaTop1)]);
+            var ema = plot.Add.Scatter(steps, [.. history.Select(h => h.EmaScore)]);
             ema.LegendText = "val mIoU (EMA)";
             ema.Axes.YAxis = plot.Axes.Right;
         }

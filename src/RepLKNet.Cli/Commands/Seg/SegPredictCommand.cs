@@ -3,6 +3,7 @@ using System.Globalization;
 using RepLKNet.Checkpoints;
 using RepLKNet.Data;
 using RepLKNet.Runtime;
+using RepLKNet.Models.Segmentation;
 using RepLKNet.Segmentation;
 using Spectre.Console;
 using Spectre.Console.Cli;
@@ -93,7 +94,8 @@ public sealed class SegPredictCommand(IAnsiConsole console) : Command<SegPredict
         model.to(runtime.Device);
         var palette = loaded.Info.Palette is { } p && p.Count >= model.NumClasses ? p : SegmentationClasses.DefaultPalette(model.NumClasses);
         var classes = loaded.Info.Classes is { } c && c.Count == model.NumClasses ? c : [.. Enumerable.Range(0, model.NumClasses).Select(i => i.ToString(CultureInfo.InvariantCulture))];
-        var pipeline = new SegmentationPipeline(SegOptions.Pipeline(loaded.Arch, null, settings.Scale));
+        var recipe = SegmentorRegistry.RecipeFor(loaded.Arch, model.Config, null);
+        var pipeline = new SegmentationPipeline(SegOptions.Pipeline(recipe.Recipe, loaded.Info.Input, null, settings.Scale));
         var predictor = new SegmentationPredictor(model, pipeline, palette, SegOptions.Test(model.Config.Test, settings.Mode, settings.CropSize, settings.Stride), runtime.Device);
         foreach (string file in files)
         {

@@ -29,7 +29,7 @@ public class SegDatasetSettings : WeightsSettings
 
     /// <summary>Loader threads.</summary>
     [CommandOption("--workers <N>")]
-    [Description("Threads preparing crops and test images (default: cores, at most 4).")]
+    [Description("Threads preparing training crops (default: cores, at most 4); test images are prepared one at a time on a background thread, ahead of the model.")]
     public int? Workers { get; init; }
 
     /// <summary>Test scale.</summary>
@@ -83,13 +83,14 @@ internal static class SegOptions
     }
 
     /// <summary>
-    /// The pipeline of <paramref name="arch"/>'s recipe (crop, scale, normalization), with <paramref name="crop"/> and
-    /// <paramref name="scale"/> overriding it; a crop without a scale scales the recipe's scale by the same factor.
+    /// The pipeline of <paramref name="recipe"/> (crop, scale, normalization) — or of the input a checkpoint recorded,
+    /// <paramref name="recorded"/>, which wins — with <paramref name="crop"/> and <paramref name="scale"/> overriding it; a
+    /// crop without a scale scales the base scale by the same factor.
     /// </summary>
-    public static SegmentationPipelineOptions Pipeline(string arch, string? crop, string? scale)
+    public static SegmentationPipelineOptions Pipeline(SegmentationRecipe recipe, SegmentationInput? recorded, string? crop, string? scale)
     {
-        var recipe = SegmentorRegistry.RecipeFor(arch);
-        var cropSize = crop is null ? recipe.CropSize : Pair("--crop-size", crop);
+        var input = recorded ?? SegmentationInput.Of(recipe);
+        var cropSize = crop is null ? input.CropSize : Pair("--crop-size", crop);
         (int Long, int Short) s;
         if (scale is not null)
         {
@@ -98,11 +99,11 @@ internal static class SegOptions
         }
         else
         {
-            double f = (double)cropSize.H / recipe.CropSize.H;
-            s = ((int)Math.Round(recipe.Scale.Long * f), (int)Math.Round(recipe.Scale.Short * f));
+            double f = (double)cropSize.H / input.CropSize.H;
+            s = ((int)Math.Round(input.Scale.Long * f), (int)Math.Round(input.Scale.Short * f));
         }
 
-        return SegmentationPipelineOptions.FromRecipe(recipe) with { CropSize = cropSize, Scale = s };
+        return SegmentationPipelineOptions.FromRecipe(recipe) with { CropSize = cropSize, Scale = s, Mean = input.Mean, Std = input.Std };
     }
 
     /// <summary>The test mode: <paramref name="mode"/> (whole/slide, with crop and stride) or the configuration's.</summary>

@@ -64,9 +64,8 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
 
         /// <summary>Auxiliary loss weight.</summary>
         [CommandOption("--aux-weight <W>")]
-        [DefaultValue(SegmentationTrainOptions.DefaultAuxiliaryWeight)]
-        [Description("Weight of the FCN auxiliary head's loss (official 0.4).")]
-        public double AuxWeight { get; init; } = SegmentationTrainOptions.DefaultAuxiliaryWeight;
+        [Description("Weight of the FCN auxiliary head's loss (default: the architecture's auxiliary_head.loss_decode.loss_weight, 0.4 in every preset).")]
+        public double? AuxWeight { get; init; }
 
         /// <summary>EMA.</summary>
         [CommandOption("--ema-decay <D>")]
@@ -119,12 +118,16 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
             config = config.WithNumClasses(train.ClassNames.Count);
         }
 
-        var recipe = SegmentorRegistry.RecipeFor(name);
+        var recipeSource = SegmentorRegistry.RecipeFor(name, config, train.Kind);
+        var recipe = recipeSource.Recipe;
         long maxSteps = settings.MaxSteps ?? recipe.MaxIters;
+        // Training needs two crops per batch (BatchNorm after the 1×1 pyramid pooling); the 31L config's one crop per
+        // GPU relied on SyncBN over 64 GPUs, so one process takes two.
+        int batchSize = settings.BatchSize ?? Math.Max(2, recipe.BatchSize);
         var options = new SegmentationTrainOptions
         {
-            Arch = name, Config = config, OutDir = settings.Out, Pipeline = SegOptions.Pipeline(name, settings.CropSize, settings.Scale),
-            BatchSize = settings.BatchSize ?? recipe.BatchSize, MaxSteps = maxSteps,
+            Arch = name, Config = config, OutDir = settings.Out, Pipeline = SegOptions.Pipeline(recipe, null, settings.CropSize, settings.Scale),
+            BatchSize = batchSize, MaxSteps = maxSteps,
             EvaluateEvery = settings.EvalEvery ?? Math.Min(SegmentationTrainOptions.DefaultEvaluateEvery, Math.Max(1, maxSteps / 4)),
             LearningRate = settings.Lr ?? recipe.LearningRate, WeightDecay = settings.WeightDecay, WarmupIterations = settings.WarmupIters ?? recipe.WarmupIters,
             WarmupRatio = settings.WarmupRatio, AuxiliaryWeight = settings.AuxWeight, EmaDecay = settings.EmaDecay, Seed = settings.Seed,
@@ -149,12 +152,14 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
             "[bold]seg train[/] {0} on {1} ({2} classes): {3:N0} training / {4:N0} val images, {5} iterations of batch {6} (crop {7}×{8}, scale {9}×{10}), eval every {11}, {12}, {13} threads → {14}",
             Markup.Escape(name), Markup.Escape($"{train.Kind} {settings.Data}"), train.ClassNames.Count, train.Count, val.Count, maxSteps, options.BatchSize,
             p.CropSize.Height, p.CropSize.Width, p.Scale.Long, p.Scale.Short, options.EvaluateEvery, runtime.Device, torch.get_num_threads(), Markup.Escape(settings.Out));
+        console.MarkupLine(CultureInfo.InvariantCulture, "  recipe defaults from {0} ({1})", Markup.Escape(recipeSource.Name),
+            Markup.Escape(recipeSource.Source == "project" ? "the project's small-scale recipe" : recipeSource.Source));
         console.MarkupLine(CultureInfo.InvariantCulture, "  AdamW lr {0:0.###e+00}, wd {1} (no decay on norms), poly power {2} with {3} warm-up iterations from ratio {4:0.#e+00}; aux loss × {5}",
-            options.LearningRate, options.WeightDecay, options.Power, options.WarmupIterations, options.WarmupRatio, options.AuxiliaryWeight);
+            options.LearningRate, options.WeightDecay, options.Power, options.WarmupIterations, options.WarmupRatio, options.AuxiliaryWeight ?? config.AuxiliaryHead?.LossWeight ?? 0);
 
         var history = new List<EpochMetrics>();
         void EvalLine(EpochMetrics m) => output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"iter {m.Step,6}/{maxSteps}: loss {m.TrainLoss:F4}  lr {m.LearningRate:0.00e+00}  val mIoU {m.Top1:P2}  aAcc {Detail(m, "aAcc"):P2}  mAcc {Detail(m, "mAcc"):P2}{(double.IsNaN(m.EmaTop1) ? "" : $"  EMA mIoU {m.EmaTop1:P2}")}  {m.ImagesPerSecond:F1} crops/s"));
+            $"iter {m.Step,6}/{maxSteps}: loss {m.TrainLoss:F4}  lr {m.LearningRate:0.00e+00}  val mIoU {m.Score:P2}  aAcc {Detail(m, "aAcc"):P2}  mAcc {Detail(m, "mAcc"):P2}{(double.IsNaN(m.EmaScore) ? "" : $"  EMA mIoU {m.EmaScore:P2}")}  {m.ImagesPerSecond:F1} crops/s"));
         void Notice(string text) => output.WriteLine(text);
         try
         {
@@ -206,11 +211,11 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
 
         string curves = Path.Combine(settings.Out, "curves.png");
         SegPlots.Curves(history, curves, name);
-        var best = history.MaxBy(h => Math.Max(h.Top1, double.IsNaN(h.EmaTop1) ? double.NegativeInfinity : h.EmaTop1))!;
+        var best = history.MaxBy(h => Math.Max(h.Score, double.IsNaN(h.EmaScore) ? double.NegativeInfinity : h.EmaScore))!;
         string bars = Path.Combine(settings.Out, "class-iou.png");
         var classIou = train.ClassNames.Select(c => best.Details is { } d && d.TryGetValue($"IoU.{c}", out double v) ? v : double.NaN).ToList();
-        SegPlots.ClassIoU(train.ClassNames, classIou, bars, string.Create(CultureInfo.InvariantCulture, $"{name}: val IoU per class at iteration {best.Step} (mIoU {best.Top1:P2})"));
-        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]done[/]: best val mIoU [bold]{0:P2}[/] at iteration {1} (last: {2:P2})", Math.Max(best.Top1, double.IsNaN(best.EmaTop1) ? 0 : best.EmaTop1), best.Step, history[^1].Top1);
+        SegPlots.ClassIoU(train.ClassNames, classIou, bars, string.Create(CultureInfo.InvariantCulture, $"{name}: val IoU per class at iteration {best.Step} (mIoU {best.Score:P2})"));
+        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]done[/]: best val mIoU [bold]{0:P2}[/] at iteration {1} (last: {2:P2})", Math.Max(best.Score, double.IsNaN(best.EmaScore) ? 0 : best.EmaScore), best.Step, history[^1].Score);
         foreach (var (what, file) in new[]
         {
             ("best (MMSeg .pth)", trainer.Folder.BestCheckpoint), ("last", trainer.Folder.LastCheckpoint), ("metrics", trainer.Folder.MetricsCsv),

@@ -180,6 +180,13 @@ public sealed record DecodeHeadConfig
         }
 
         CheckNorm(o, source);
+        if (o["sampler"] is JsonNode sampler && sampler.ToJsonString() != "null")
+        {
+            throw new ConfigException($"{source}: a pixel sampler ({sampler.ToJsonString()}) is not supported (the official configs use none)");
+        }
+
+        // Without loss_decode: the official configs' weights (decode 1.0, auxiliary 0.4), which the abbreviated
+        // model JSON leaves out; MMSeg itself would default both to 1.0.
         double lossWeight = auxiliary ? 0.4 : 1.0;
         if (o["loss_decode"] is JsonNode loss)
         {

@@ -22,6 +22,57 @@ public sealed record SegmentationRecipe(string? Dataset, (int H, int W) CropSize
     public static IReadOnlyList<double> ImageNetStd { get; } = [58.395, 57.12, 57.375];
 }
 
+/// <summary>
+/// How a segmenter's inputs were prepared in training, recorded in its checkpoints so that evaluation, prediction and
+/// export prepare images the same way.
+/// </summary>
+/// <param name="CropSize">Training crop (height, width) in pixels.</param>
+/// <param name="Scale">MMSeg <c>img_scale</c> (long edge, short edge) in pixels: the test resize.</param>
+/// <param name="Mean">Normalization mean per RGB channel on the 0–255 scale.</param>
+/// <param name="Std">Normalization std per RGB channel on the 0–255 scale.</param>
+public sealed record SegmentationInput((int H, int W) CropSize, (int Long, int Short) Scale, IReadOnlyList<double> Mean, IReadOnlyList<double> Std)
+{
+    /// <summary>The input of a recipe.</summary>
+    public static SegmentationInput Of(SegmentationRecipe recipe)
+    {
+        ArgumentNullException.ThrowIfNull(recipe);
+        return new(recipe.CropSize, recipe.Scale, recipe.Mean, recipe.Std);
+    }
+
+    /// <summary>JSON <c>{"crop_size": [h, w], "scale": [long, short], "mean": […], "std": […]}</c>.</summary>
+    public string ToJson() => new System.Text.Json.Nodes.JsonObject
+    {
+        ["crop_size"] = new System.Text.Json.Nodes.JsonArray(CropSize.H, CropSize.W),
+        ["scale"] = new System.Text.Json.Nodes.JsonArray(Scale.Long, Scale.Short),
+        ["mean"] = new System.Text.Json.Nodes.JsonArray([.. Mean.Select(v => (System.Text.Json.Nodes.JsonNode)v)]),
+        ["std"] = new System.Text.Json.Nodes.JsonArray([.. Std.Select(v => (System.Text.Json.Nodes.JsonNode)v)]),
+    }.ToJsonString();
+
+    /// <summary>Parses <see cref="ToJson"/>'s form.</summary>
+    /// <exception cref="ConfigException">The JSON is not that form (the message names <paramref name="source"/>).</exception>
+    public static SegmentationInput FromJson(string json, string source)
+    {
+        try
+        {
+            var o = System.Text.Json.Nodes.JsonNode.Parse(json)!.AsObject();
+            int[] crop = o["crop_size"]!.AsArray().Select(n => (int)n!).ToArray();
+            int[] scale = o["scale"]!.AsArray().Select(n => (int)n!).ToArray();
+            double[] mean = o["mean"]!.AsArray().Select(n => (double)n!).ToArray();
+            double[] std = o["std"]!.AsArray().Select(n => (double)n!).ToArray();
+            if (crop.Length != 2 || scale.Length != 2 || mean.Length != 3 || std.Length != 3 || crop.Min() <= 0 || scale.Min() <= 0 || std.Any(v => v <= 0))
+            {
+                throw new FormatException("crop_size and scale need two positive sizes, mean and std three values");
+            }
+
+            return new((crop[0], crop[1]), (scale[0], scale[1]), mean, std);
+        }
+        catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException or NullReferenceException or FormatException)
+        {
+            throw new ConfigException($"{source}: not a recorded segmentation input ({e.Message})", e);
+        }
+    }
+}
+
 /// <summary>A named segmenter: the model dict and the official recipe around it.</summary>
 /// <param name="Name">Preset name, e.g. <c>upernet-31B-ade20k-512</c>.</param>
 /// <param name="Config">The model.</param>
@@ -102,8 +153,41 @@ public static class SegmentorRegistry
             "nor an existing MMSeg-style model JSON file", nameof(arch));
     }
 
-    /// <summary>The preset's recipe for <paramref name="name"/>, or the project's defaults (<see cref="DefaultName"/>'s) for a JSON architecture.</summary>
-    public static SegmentationRecipe RecipeFor(string name) => (Find(name) ?? Find(DefaultName)!).Recipe;
+    /// <summary>The recipe <see cref="RecipeFor(string, SegmentorConfig?, string?)"/> picks, without a configuration or dataset.</summary>
+    public static SegmentationRecipe RecipeFor(string name) => RecipeFor(name, null, null).Recipe;
+
+    /// <summary>
+    /// The preset whose recipe (crop, scale, normalization, batch, iterations, warm-up, learning rate) an architecture
+    /// trains and is tested with: the preset named <paramref name="name"/>; for a JSON architecture whose backbone is an
+    /// official one (same channels, depths and kernels), that backbone's official config — the Cityscapes one for
+    /// <paramref name="dataset"/> <c>cityscapes</c>, else its first ADE20K one; any other architecture gets the project's
+    /// small-scale recipe (<see cref="DefaultName"/>'s).
+    /// </summary>
+    /// <param name="name">Architecture name (a preset's, or a JSON file's).</param>
+    /// <param name="config">The architecture, to match a JSON file's backbone against the official ones (null: no match).</param>
+    /// <param name="dataset">The dataset kind (ade20k, cityscapes, folder), or null.</param>
+    public static SegmentorPreset RecipeFor(string name, SegmentorConfig? config, string? dataset)
+    {
+        if (Find(name) is { } preset)
+        {
+            return preset;
+        }
+
+        if (config is not null)
+        {
+            static bool Same(RepLKNetConfig a, RepLKNetConfig b) =>
+                a.Channels.SequenceEqual(b.Channels) && a.Layers.SequenceEqual(b.Layers) && a.LargeKernelSizes.SequenceEqual(b.LargeKernelSizes);
+            var official = Presets.Where(p => p.Source != "project" && Same(p.Config.Backbone, config.Backbone)).ToList();
+            var match = official.FirstOrDefault(p => string.Equals(p.Recipe.Dataset, dataset, StringComparison.OrdinalIgnoreCase))
+                ?? official.FirstOrDefault(p => p.Recipe.Dataset == "ade20k");
+            if (match is not null)
+            {
+                return match;
+            }
+        }
+
+        return Find(DefaultName)!;
+    }
 
     private static SegmentorConfig UperNet(RepLKNetConfig backbone, int classes, bool alignCorners, int channels = 512, int auxChannels = 256,
         SegmentationTestConfig? test = null)
