@@ -233,7 +233,7 @@ public sealed class SegmentationTrainer
     public long UnscopedTensors => _loop.UnscopedTensors;
 
     /// <summary>
-    /// Trains. <paramref name="onEvaluation"/> gets each evaluation's metrics (Top1 = mIoU), <paramref name="onStep"/> each
+    /// Trains. <paramref name="onEvaluation"/> gets each evaluation's metrics (ScoreValue = Top1 = mIoU), <paramref name="onStep"/> each
     /// step's progress, <paramref name="onNotice"/> one-line notices (what the initial weights loaded and skipped, resumption,
     /// unreadable samples); <paramref name="cancel"/> stops after the current step with a resume state saved.
     /// </summary>

@@ -104,11 +104,13 @@ public sealed class TrainingFailedException : Exception
 public sealed record EpochMetrics(int Epoch, long Step, double TrainLoss, double LearningRate, double Top1, double EmaTop1, double ImagesPerSecond, double Seconds,
     long Skipped = 0, double DataWaitSeconds = 0)
 {
-    /// <summary>The task's score (<see cref="Top1"/> under its task-neutral name: top-1 for classification, mIoU for segmentation).</summary>
-    public double Score => Top1;
+    /// <summary>The task's score, named <see cref="Score"/> (<see cref="Top1"/> under a task-neutral name: top-1 for classification, mIoU for segmentation).</summary>
+    [JsonIgnore]
+    public double ScoreValue => Top1;
 
-    /// <summary>The EMA model's score (<see cref="EmaTop1"/> under its task-neutral name; NaN without EMA).</summary>
-    public double EmaScore => EmaTop1;
+    /// <summary>The EMA model's score (<see cref="EmaTop1"/> under a task-neutral name; NaN without EMA).</summary>
+    [JsonIgnore]
+    public double EmaScoreValue => EmaTop1;
 
     /// <summary>
     /// The name of the score in <see cref="Top1"/> and <see cref="EmaTop1"/> (<see cref="ITrainingTask.ScoreName"/>, e.g.

@@ -14,12 +14,12 @@ internal static class SegPlots
         double[] steps = [.. history.Select(h => (double)h.Step)];
         var loss = plot.Add.Scatter(steps, [.. history.Select(h => h.TrainLoss)]);
         loss.LegendText = "training loss (mean since the previous evaluation)";
-        var miou = plot.Add.Scatter(steps, [.. history.Select(h => h.Score)]);
+        var miou = plot.Add.Scatter(steps, [.. history.Select(h => h.ScoreValue)]);
         miou.LegendText = "val mIoU";
         miou.Axes.YAxis = plot.Axes.Right;
-        if (history.Any(h => !double.IsNaN(h.EmaScore)))
+        if (history.Any(h => !double.IsNaN(h.EmaScoreValue)))
         {
-            var ema = plot.Add.Scatter(steps, [.. history.Select(h => h.EmaScore)]);
+            var ema = plot.Add.Scatter(steps, [.. history.Select(h => h.EmaScoreValue)]);
             ema.LegendText = "val mIoU (EMA)";
             ema.Axes.YAxis = plot.Axes.Right;
         }

@@ -159,7 +159,7 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
 
         var history = new List<EpochMetrics>();
         void EvalLine(EpochMetrics m) => output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"iter {m.Step,6}/{maxSteps}: loss {m.TrainLoss:F4}  lr {m.LearningRate:0.00e+00}  val mIoU {m.Score:P2}  aAcc {Detail(m, "aAcc"):P2}  mAcc {Detail(m, "mAcc"):P2}{(double.IsNaN(m.EmaScore) ? "" : $"  EMA mIoU {m.EmaScore:P2}")}  {m.ImagesPerSecond:F1} crops/s"));
+            $"iter {m.Step,6}/{maxSteps}: loss {m.TrainLoss:F4}  lr {m.LearningRate:0.00e+00}  val mIoU {m.ScoreValue:P2}  aAcc {Detail(m, "aAcc"):P2}  mAcc {Detail(m, "mAcc"):P2}{(double.IsNaN(m.EmaScoreValue) ? "" : $"  EMA mIoU {m.EmaScoreValue:P2}")}  {m.ImagesPerSecond:F1} crops/s"));
         void Notice(string text) => output.WriteLine(text);
         try
         {
@@ -211,11 +211,11 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
 
         string curves = Path.Combine(settings.Out, "curves.png");
         SegPlots.Curves(history, curves, name);
-        var best = history.MaxBy(h => Math.Max(h.Score, double.IsNaN(h.EmaScore) ? double.NegativeInfinity : h.EmaScore))!;
+        var best = history.MaxBy(h => Math.Max(h.ScoreValue, double.IsNaN(h.EmaScoreValue) ? double.NegativeInfinity : h.EmaScoreValue))!;
         string bars = Path.Combine(settings.Out, "class-iou.png");
         var classIou = train.ClassNames.Select(c => best.Details is { } d && d.TryGetValue($"IoU.{c}", out double v) ? v : double.NaN).ToList();
-        SegPlots.ClassIoU(train.ClassNames, classIou, bars, string.Create(CultureInfo.InvariantCulture, $"{name}: val IoU per class at iteration {best.Step} (mIoU {best.Score:P2})"));
-        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]done[/]: best val mIoU [bold]{0:P2}[/] at iteration {1} (last: {2:P2})", Math.Max(best.Score, double.IsNaN(best.EmaScore) ? 0 : best.EmaScore), best.Step, history[^1].Score);
+        SegPlots.ClassIoU(train.ClassNames, classIou, bars, string.Create(CultureInfo.InvariantCulture, $"{name}: val IoU per class at iteration {best.Step} (mIoU {best.ScoreValue:P2})"));
+        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]done[/]: best val mIoU [bold]{0:P2}[/] at iteration {1} (last: {2:P2})", Math.Max(best.ScoreValue, double.IsNaN(best.EmaScoreValue) ? 0 : best.EmaScoreValue), best.Step, history[^1].ScoreValue);
         foreach (var (what, file) in new[]
         {
             ("best (MMSeg .pth)", trainer.Folder.BestCheckpoint), ("last", trainer.Folder.LastCheckpoint), ("metrics", trainer.Folder.MetricsCsv),
