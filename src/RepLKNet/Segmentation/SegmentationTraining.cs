@@ -197,6 +197,13 @@ public sealed class SegmentationTrainer
                 nameof(SegmentationTrainOptions.Config));
         }
 
+        long pool = Math.Min(train.Count, _o.TrainSubset ?? long.MaxValue);
+        if (pool < _o.BatchSize)
+        {
+            throw new ArgumentException($"BatchSize {_o.BatchSize} is larger than the {pool} training image(s): every batch would be incomplete",
+                nameof(SegmentationTrainOptions.BatchSize));
+        }
+
         Pipeline = new SegmentationPipeline(_o.Pipeline);
         var evaluator = new SegmentationEvaluator(val, Pipeline, _o.Test, _o.Device, _o.Workers, _o.EvalLimit);
         Task = new SegmentationTask(train, Pipeline, evaluator, _o.Arch, train.ClassNames, train.Palette, _o.AuxiliaryWeight, _o.Workers,
