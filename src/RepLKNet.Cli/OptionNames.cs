@@ -28,6 +28,8 @@ internal static class OptionNames
         ["DynamicSize"] = "--dynamic-size",
         ["DynamicBatch"] = "--dynamic-batch",
         ["BatchSize"] = "--batch-size",
+        ["CropSize"] = "--crop-size",
+        ["Scale"] = "--scale",
         ["LearningRate"] = "--lr",
         ["MinLearningRate"] = "--min-lr",
         ["WarmupEpochs"] = "--warmup-epochs",

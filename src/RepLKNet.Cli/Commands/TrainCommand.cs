@@ -284,7 +284,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         // A signal after the last step changes nothing: the run is complete and goes on to finish.
         if (signals.Received is { } signal && trainer.StepsDone < trainer.TotalSteps)
         {
-            console.WriteLine($"stopped by {(signal == System.Runtime.InteropServices.PosixSignal.SIGTERM ? "SIGTERM" : "SIGINT")} after step {trainer.StepsDone}; the resume state is saved in {settings.Out}. Continue with: {resumeCommand}");
+            console.Profile.Out.Writer.WriteLine($"stopped by {(signal == System.Runtime.InteropServices.PosixSignal.SIGTERM ? "SIGTERM" : "SIGINT")} after step {trainer.StepsDone}; the resume state is saved in {settings.Out}. Continue with: {resumeCommand}");
             return StopSignals.ExitCode(signal);
         }
 
@@ -295,7 +295,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         }
         else
         {
-            console.WriteLine($"stopped inside the first epoch (no evaluation, no best checkpoint yet; the weights so far are {Path.Combine(settings.Out, "last.safetensors")}). Continue with: {resumeCommand}");
+            console.Profile.Out.Writer.WriteLine($"stopped inside the first epoch (no evaluation, no best checkpoint yet; the weights so far are {Path.Combine(settings.Out, "last.safetensors")}). Continue with: {resumeCommand}");
         }
 
         return ExitCodes.Success;

@@ -59,6 +59,13 @@ public static class SegmentorCheckpoint
     {
         ArgumentNullException.ThrowIfNull(weights);
         using var checkpoint = CheckpointFile.Read(weights, ema: false, wholeModel: true);
+        if (!checkpoint.State.Keys.Any(k => k.StartsWith("decode_head.", StringComparison.Ordinal)))
+        {
+            string what = checkpoint.Metadata is { } classifier ? $"is a classification checkpoint ({classifier.Arch})" : $"holds no decode_head.* keys ({checkpoint.Source})";
+            throw new CheckpointException($"weights '{weights}' {what}: it is not a segmenter checkpoint " +
+                "(a classification or backbone checkpoint initialises a segmenter's backbone for training instead)", nameof(weights));
+        }
+
         var info = ReadInfo(weights, checkpoint);
         string name;
         SegmentorConfig config;
@@ -79,12 +86,6 @@ public static class SegmentorCheckpoint
         if (numClasses is int n)
         {
             config = config.WithNumClasses(n);
-        }
-
-        if (!checkpoint.State.Keys.Any(k => k.StartsWith("decode_head.", StringComparison.Ordinal)))
-        {
-            throw new CheckpointException($"weights '{weights}' holds no decode_head.* keys ({checkpoint.Source}): it is not a segmenter checkpoint " +
-                "(a classification or backbone checkpoint initialises a segmenter's backbone for training instead)", nameof(weights));
         }
 
         var model = Create(config, info.Form, name);

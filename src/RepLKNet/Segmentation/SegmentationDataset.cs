@@ -166,10 +166,16 @@ public sealed class SegmentationDataset : ISegmentationDataset
                 var classes = ReadClasses(Path.Combine(data, "classes.txt"));
                 var palette = ReadPalette(Path.Combine(data, "palette.txt"), classes.Count);
                 string images = Path.Combine(data, "images"), masks = Path.Combine(data, "masks");
-                if (Directory.Exists(Path.Combine(images, split)) || Directory.Exists(Path.Combine(masks, split)))
+                // Split folders, when any split has one; a flat images/ + masks/ (no split folder at all) serves every split.
+                bool splitLayout = Splits.Any(sp => Directory.Exists(Path.Combine(images, sp)) || Directory.Exists(Path.Combine(masks, sp)));
+                if (splitLayout)
                 {
                     images = Path.Combine(images, split);
                     masks = Path.Combine(masks, split);
+                    if (!Directory.Exists(images))
+                    {
+                        throw new DatasetException($"data '{data}': the '{split}' split has no folder '{images}' ({Layout(kind)})", nameof(data));
+                    }
                 }
 
                 var items = Pair(kind, images, masks, ImageDecoder.Extensions, "", "");

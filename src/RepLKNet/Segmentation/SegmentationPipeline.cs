@@ -52,6 +52,9 @@ public sealed record SegmentationPipelineOptions
         return new() { Scale = recipe.Scale, CropSize = recipe.CropSize, Mean = recipe.Mean, Std = recipe.Std };
     }
 
+    /// <summary>The largest scale or crop side accepted, in pixels.</summary>
+    public const int MaxSide = 16384;
+
     /// <summary>Checks the values.</summary>
     /// <exception cref="ArgumentException">A value is out of range: the message starts with the property's name, which <see cref="ArgumentException.ParamName"/> holds.</exception>
     public void Validate()
@@ -64,9 +67,10 @@ public sealed record SegmentationPipelineOptions
             }
         }
 
-        Check(Scale.Long > 0 && Scale.Short > 0, nameof(Scale), "must be two positive sizes");
+        Check(Scale.Long > 0 && Scale.Short > 0 && Scale.Long <= MaxSide && Scale.Short <= MaxSide, nameof(Scale), $"must be two sizes in 1 … {MaxSide} pixels");
         Check(RatioRange is null || (RatioRange.Value.Min > 0 && RatioRange.Value.Min <= RatioRange.Value.Max), nameof(RatioRange), "must be MIN,MAX with 0 < MIN ≤ MAX");
-        Check(CropSize.Height > 0 && CropSize.Width > 0, nameof(CropSize), "must be positive");
+        Check(CropSize.Height >= 8 && CropSize.Width >= 8 && CropSize.Height <= MaxSide && CropSize.Width <= MaxSide, nameof(CropSize),
+            $"must be 8 … {MaxSide} pixels on each side");
         Check(CatMaxRatio is > 0 and <= 1, nameof(CatMaxRatio), "must be in (0, 1]");
         Check(FlipProbability is >= 0 and <= 1, nameof(FlipProbability), "must be in [0, 1]");
         Check(Mean is { Count: 3 }, nameof(Mean), "must hold 3 values (R, G, B)");
@@ -245,7 +249,8 @@ public sealed class SegmentationPipeline
     {
         int longEdge = Math.Max(scale.Long, scale.Short), shortEdge = Math.Min(scale.Long, scale.Short);
         double factor = Math.Min((double)longEdge / Math.Max(height, width), (double)shortEdge / Math.Min(height, width));
-        return ((int)(width * factor + 0.5), (int)(height * factor + 0.5));
+        // mmcv rounds to the nearest pixel; a side that would round to 0 (a 3000×2 image) keeps one pixel.
+        return (Math.Max(1, (int)(width * factor + 0.5)), Math.Max(1, (int)(height * factor + 0.5)));
     }
 
     /// <summary>

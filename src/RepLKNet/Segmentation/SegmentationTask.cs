@@ -54,6 +54,11 @@ public sealed class SegmentationTask : ITrainingTask
         Pool = Array.AsReadOnly((long[]?)pool?.Clone() ?? TrainingPool.All(train.Count));
     }
 
+    // Training samples used and left out since the last evaluation (the loop's thread only): an evaluation after a
+    // window that trained on nothing is an error, not a score.
+    private long _usable;
+    private long _unusable;
+
     /// <summary>The score's name: <c>mIoU</c>.</summary>
     public const string MeanIoU = "mIoU";
 
@@ -86,7 +91,7 @@ public sealed class SegmentationTask : ITrainingTask
 
     /// <inheritdoc />
     public ITrainingEpoch OpenEpoch(long[] order, int epoch, int batchSize, long firstBatch, long batchCount, long seed) =>
-        new Epoch(SegmentationLoader.ForEpoch(_train, _pipeline, order, epoch, batchSize, firstBatch, batchCount, seed, Workers), AuxiliaryWeight);
+        new Epoch(this, SegmentationLoader.ForEpoch(_train, _pipeline, order, epoch, batchSize, firstBatch, batchCount, seed, Workers), AuxiliaryWeight);
 
     /// <inheritdoc />
     /// <exception cref="ArgumentException"><paramref name="model"/> is not an <see cref="EncoderDecoder"/>.</exception>
@@ -111,6 +116,18 @@ public sealed class SegmentationTask : ITrainingTask
         }
 
         LastScores = scores;
+        if (scores.Images == 0)
+        {
+            throw new DatasetException($"the validation split has no usable sample ({skipped} skipped{(example is null ? "" : $", e.g. {example}")})");
+        }
+
+        (long usable, long unusable) = (_usable, _unusable);
+        (_usable, _unusable) = (0, 0);
+        if (usable == 0 && unusable > 0)
+        {
+            throw new DatasetException($"no training crop could be used since the last evaluation ({unusable} sample(s) skipped: see the notices above)");
+        }
+
         return new TaskScore(scores.MeanIoU, scores.Details(ClassNames));
     }
 
@@ -135,7 +152,7 @@ public sealed class SegmentationTask : ITrainingTask
         return model as EncoderDecoder ?? throw new ArgumentException($"{name} must be an EncoderDecoder (a segmenter), got {model.GetType().Name}", name);
     }
 
-    private sealed class Epoch(SegmentationLoader loader, double? auxiliaryWeight) : ITrainingEpoch
+    private sealed class Epoch(SegmentationTask task, SegmentationLoader loader, double? auxiliaryWeight) : ITrainingEpoch
     {
         private readonly IEnumerator<SegmentationBatch> _batches = loader.Batches().GetEnumerator();
         private IReadOnlyList<SkippedImage> _skipped = [];
@@ -157,6 +174,12 @@ public sealed class SegmentationTask : ITrainingTask
             }
 
             var batch = _batches.Current;
+            if (batch.Count >= 2)
+            {
+                task._usable += batch.Count;
+            }
+
+            task._unusable += batch.Skipped.Count + (batch.Count == 1 ? 1 : 0);
             _skipped = batch.Count != 1
                 ? batch.Skipped
                 : [.. batch.Skipped, new SkippedImage(batch.Indices[0], $"sample {batch.Indices[0]}",

@@ -160,6 +160,12 @@ internal sealed class RunState(RunFolder folder, ITrainingTask task, Module mode
             ["pending_evaluation"] = pending is null ? null : JsonSerializer.SerializeToNode(pending, JsonOptions),
             ["history"] = JsonSerializer.SerializeToNode(history, JsonOptions),
         };
+        if (options.EvaluateEvery is not null)
+        {
+            // Iteration-based runs: the schedule (poly) is a function of the run's length, so a resume must keep it.
+            state["max_steps"] = options.MaxSteps;
+        }
+
         AtomicFile.Write(folder.StateFile, s => s.Write(System.Text.Encoding.UTF8.GetBytes(state.ToJsonString(JsonOptions))));
         LastSavedStep = step; // from here on a failure leaves this step's state as the resumable one
         foreach (var old in Directory.EnumerateDirectories(folder.ResumeRoot).Where(d => Path.GetFileName(d) != name))
@@ -193,6 +199,11 @@ internal sealed class RunState(RunFolder folder, ITrainingTask task, Module mode
         if (steps != stepsPerEpoch || (long)state["seed"]! != options.Seed || !sameBatches || !sameAccumulation)
         {
             throw new CheckpointException($"'{folder.StateFile}' was written with another batch size, accumulation, dataset size or seed ({steps} steps per epoch of batch {(long?)state["batch_size"]} × {(long?)state["accumulation_steps"]}, seed {(long)state["seed"]!}; now {stepsPerEpoch} of {options.BatchSize} × {options.AccumulationSteps}, seed {options.Seed}); resume with the same settings");
+        }
+
+        if (state["max_steps"] is JsonNode recorded && (long?)recorded != options.MaxSteps)
+        {
+            throw new CheckpointException($"MaxSteps: '{folder.StateFile}' was written by a run of {(long?)recorded} iterations, not {options.MaxSteps}; the learning-rate schedule depends on it: resume with the same number", nameof(options.MaxSteps));
         }
 
         string resume = Path.Combine(folder.Path, (string?)state["resume"] ?? throw new CheckpointException($"'{folder.StateFile}' names no resume folder"));

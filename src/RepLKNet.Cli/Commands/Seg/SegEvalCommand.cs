@@ -62,6 +62,8 @@ public sealed class SegEvalCommand(IAnsiConsole console) : Command<SegEvalComman
     {
         ArgumentNullException.ThrowIfNull(settings);
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
+        SegOptions.CheckOutputFile("--json", settings.Json);
+        SegOptions.CheckOutputFile("--plot", settings.Plot);
         var (_, val) = settings.Open();
         var loaded = SegmentorCheckpoint.Load(settings.Weights!, settings.Arch, strict: true, settings.NumClasses);
         using var model = loaded.Model;
@@ -100,7 +102,12 @@ public sealed class SegEvalCommand(IAnsiConsole console) : Command<SegEvalComman
         }
         catch (Data.DatasetException e) when (e.ParamName == "model")
         {
-            throw new UsageException($"--weights '{settings.Weights}' predicts {model.NumClasses} classes but --data has {val.ClassNames.Count}; pass --num-classes only to fit a head of another size", e);
+            throw new UsageException($"--weights '{settings.Weights}' predicts {model.NumClasses} classes but --data has {val.ClassNames.Count}: the checkpoint was trained for other classes", e);
+        }
+
+        if (scores.Images == 0)
+        {
+            throw new Data.DatasetException($"--data '{settings.Data}': no val sample could be scored ({skipped.Count} skipped{(skipped.Count > 0 ? $", e.g. {skipped[0].Source}: {skipped[0].Reason}" : "")})");
         }
 
         var names = val.ClassNames;
@@ -121,7 +128,7 @@ public sealed class SegEvalCommand(IAnsiConsole console) : Command<SegEvalComman
             absent > 0 ? $" ({absent} class(es) absent from labels and predictions left out)" : "");
         if (skipped.Count > 0)
         {
-            console.MarkupLine($"[yellow]skipped {skipped.Count} unreadable sample(s)[/], e.g. {Markup.Escape(skipped[0].Source)}: {Markup.Escape(skipped[0].Reason)}");
+            console.MarkupLine($"[yellow]skipped {skipped.Count} sample(s) that could not be used[/], e.g. {Markup.Escape(skipped[0].Source)}: {Markup.Escape(skipped[0].Reason)}");
         }
 
         if (settings.Json is { } json)
@@ -145,6 +152,13 @@ public sealed class SegEvalCommand(IAnsiConsole console) : Command<SegEvalComman
         {
             SegPlots.ClassIoU(names, scores.IoU, png, string.Create(CultureInfo.InvariantCulture, $"{loaded.Arch}: IoU per class (mIoU {scores.MeanIoU:P2})"));
             console.MarkupLine($"wrote [bold]{Markup.Escape(png)}[/]");
+        }
+
+        if (skipped.Count > 0)
+        {
+            // The figures cover part of the split only: say so in the exit status, as MMSeg (which stops at a bad sample) would.
+            Console.Error.WriteLine($"replknet: error: the scores cover {scores.Images} of {scores.Images + skipped.Count} val samples; {skipped.Count} could not be used (listed above)");
+            return ExitCodes.Failure;
         }
 
         return ExitCodes.Success;

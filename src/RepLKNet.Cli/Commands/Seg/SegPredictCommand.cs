@@ -82,11 +82,38 @@ public sealed class SegPredictCommand(IAnsiConsole console) : Command<SegPredict
             throw new UsageException($"no images found in {string.Join(", ", settings.Images)}");
         }
 
+        // --out: a .png file for one image, else a folder (created); checked before the model is loaded.
         string output = settings.Out!;
-        bool toFolder = files.Count > 1 || Directory.Exists(output) || !output.EndsWith(".png", StringComparison.OrdinalIgnoreCase);
+        string extension = Path.GetExtension(output);
+        bool toFolder = Directory.Exists(output) || extension.Length == 0;
+        if (!toFolder && !extension.Equals(".png", StringComparison.OrdinalIgnoreCase))
+        {
+            throw new UsageException($"--out '{output}': masks are written as PNG; give mask.png or a folder");
+        }
+
+        if (!toFolder && files.Count > 1)
+        {
+            throw new UsageException($"--out '{output}' names one file but {files.Count} images were given; give a folder");
+        }
+
         if (toFolder)
         {
+            if (File.Exists(output))
+            {
+                throw new UsageException($"--out '{output}' is a file; give a folder for several images");
+            }
+
+            var clash = files.GroupBy(f => Path.GetFileNameWithoutExtension(f), StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1);
+            if (clash is not null)
+            {
+                throw new UsageException($"--out '{output}': {clash.Count()} images are named '{clash.Key}' ({string.Join(", ", clash.Take(2))}); their masks would overwrite each other");
+            }
+
             Directory.CreateDirectory(output);
+        }
+        else
+        {
+            SegOptions.CheckOutputFile("--out", output);
         }
 
         var loaded = SegmentorCheckpoint.Load(settings.Weights!, settings.Arch, strict: true, settings.NumClasses);
@@ -97,10 +124,23 @@ public sealed class SegPredictCommand(IAnsiConsole console) : Command<SegPredict
         var recipe = SegmentorRegistry.RecipeFor(loaded.Arch, model.Config, null);
         var pipeline = new SegmentationPipeline(SegOptions.Pipeline(recipe.Recipe, loaded.Info.Input, null, settings.Scale));
         var predictor = new SegmentationPredictor(model, pipeline, palette, SegOptions.Test(model.Config.Test, settings.Mode, settings.CropSize, settings.Stride), runtime.Device);
+        var failed = new List<string>();
         foreach (string file in files)
         {
             cancellationToken.ThrowIfCancellationRequested();
-            var image = ImageDecoder.Decode(file, 3);
+            ImageU8 image;
+            try
+            {
+                image = ImageDecoder.Decode(file, 3);
+            }
+            catch (DatasetException e)
+            {
+                // One unreadable image does not stop the others; the exit status reports it.
+                Console.Error.WriteLine($"replknet: {e.Message}");
+                failed.Add(file);
+                continue;
+            }
+
             var prediction = predictor.Predict(image);
             string mask = toFolder ? Path.Combine(output, Path.GetFileNameWithoutExtension(file) + ".png") : output;
             string overlay = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(mask))!, Path.GetFileNameWithoutExtension(mask) + "-overlay.png");
@@ -109,6 +149,12 @@ public sealed class SegPredictCommand(IAnsiConsole console) : Command<SegPredict
             var top = prediction.PixelsPerClass.Select((n, i) => (n, i)).Where(x => x.n > 0).OrderByDescending(x => x.n).Take(5)
                 .Select(x => string.Create(CultureInfo.InvariantCulture, $"{classes[x.i]} {100.0 * x.n / total:F1}%"));
             console.MarkupLine($"{Markup.Escape(file)} → {Markup.Escape(mask)} (+ overlay): {Markup.Escape(string.Join(", ", top))}");
+        }
+
+        if (failed.Count > 0)
+        {
+            Console.Error.WriteLine($"replknet: error: {failed.Count} of {files.Count} image(s) could not be read (listed above); the others were written");
+            return ExitCodes.Failure;
         }
 
         return ExitCodes.Success;

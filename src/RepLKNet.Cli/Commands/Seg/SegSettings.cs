@@ -69,6 +69,35 @@ public class SegDatasetSettings : WeightsSettings
 /// <summary>Parsing and defaults shared by the segmentation commands.</summary>
 internal static class SegOptions
 {
+    /// <summary>
+    /// Checks an output file option before any work: not a folder, and its folder exists or can be created (it is
+    /// created); null does nothing.
+    /// </summary>
+    /// <exception cref="UsageException">The path is a folder, or its parent is a file.</exception>
+    public static void CheckOutputFile(string flag, string? path)
+    {
+        if (path is null)
+        {
+            return;
+        }
+
+        if (Directory.Exists(path))
+        {
+            throw new UsageException($"{flag} '{path}' is a folder; give a file path");
+        }
+
+        string? parent = Path.GetDirectoryName(Path.GetFullPath(path));
+        if (parent is not null && File.Exists(parent))
+        {
+            throw new UsageException($"{flag} '{path}': '{parent}' is a file, not a folder");
+        }
+
+        if (parent is not null)
+        {
+            Directory.CreateDirectory(parent);
+        }
+    }
+
     /// <summary>Parses "S" or "H,W" (pixels, positive).</summary>
     public static (int H, int W) Pair(string flag, string text)
     {
@@ -79,7 +108,9 @@ internal static class SegOptions
             return (a, parts.Length == 2 ? int.Parse(parts[1], CultureInfo.InvariantCulture) : a);
         }
 
-        throw new UsageException($"{flag} '{text}': expected a positive size S or H,W in pixels");
+        throw new UsageException(flag == "--scale"
+            ? $"{flag} '{text}': expected LONG,SHORT (or one size) in pixels, positive"
+            : $"{flag} '{text}': expected a positive size S or H,W in pixels");
     }
 
     /// <summary>
@@ -103,7 +134,17 @@ internal static class SegOptions
             s = ((int)Math.Round(input.Scale.Long * f), (int)Math.Round(input.Scale.Short * f));
         }
 
-        return SegmentationPipelineOptions.FromRecipe(recipe) with { CropSize = cropSize, Scale = s, Mean = input.Mean, Std = input.Std };
+        var options = SegmentationPipelineOptions.FromRecipe(recipe) with { CropSize = cropSize, Scale = s, Mean = input.Mean, Std = input.Std };
+        try
+        {
+            options.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            throw new UsageException(OptionNames.Rewrite(e, e.Message), e);
+        }
+
+        return options;
     }
 
     /// <summary>The test mode: <paramref name="mode"/> (whole/slide, with crop and stride) or the configuration's.</summary>

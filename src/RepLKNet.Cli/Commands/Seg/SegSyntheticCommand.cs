@@ -60,6 +60,16 @@ public sealed class SegSyntheticCommand(IAnsiConsole console) : Command<SegSynth
     public override int Execute(CommandContext context, Settings settings, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(settings);
+        if (File.Exists(settings.Out))
+        {
+            throw new UsageException($"--out '{settings.Out}' is a file; give a folder for the dataset");
+        }
+
+        if (Directory.Exists(settings.Out) && Directory.EnumerateFileSystemEntries(settings.Out!).Any())
+        {
+            throw new UsageException($"--out '{settings.Out}' is not empty; give a new or empty folder (a new set would mix with the files there)");
+        }
+
         SyntheticSegmentationSet set;
         try
         {

@@ -152,6 +152,12 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
             "[bold]seg train[/] {0} on {1} ({2} classes): {3:N0} training / {4:N0} val images, {5} iterations of batch {6} (crop {7}×{8}, scale {9}×{10}), eval every {11}, {12}, {13} threads → {14}",
             Markup.Escape(name), Markup.Escape($"{train.Kind} {settings.Data}"), train.ClassNames.Count, train.Count, val.Count, maxSteps, options.BatchSize,
             p.CropSize.Height, p.CropSize.Width, p.Scale.Long, p.Scale.Short, options.EvaluateEvery, runtime.Device, torch.get_num_threads(), Markup.Escape(settings.Out));
+        if (options.WarmupIterations > maxSteps)
+        {
+            console.MarkupLine(CultureInfo.InvariantCulture, "  [yellow]note[/]: the warm-up ({0} iterations) is longer than the run ({1}): the learning rate never reaches its base value; see --warmup-iters",
+                options.WarmupIterations, maxSteps);
+        }
+
         console.MarkupLine(CultureInfo.InvariantCulture, "  recipe defaults from {0} ({1})", Markup.Escape(recipeSource.Name),
             Markup.Escape(recipeSource.Source == "project" ? "the project's small-scale recipe" : recipeSource.Source));
         console.MarkupLine(CultureInfo.InvariantCulture, "  AdamW lr {0:0.###e+00}, wd {1} (no decay on norms), poly power {2} with {3} warm-up iterations from ratio {4:0.#e+00}; aux loss × {5}",
@@ -199,13 +205,13 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
 
         if (signals.Received is { } signal && trainer.StepsDone < trainer.TotalSteps)
         {
-            console.WriteLine($"stopped by {(signal == System.Runtime.InteropServices.PosixSignal.SIGTERM ? "SIGTERM" : "SIGINT")} after iteration {trainer.StepsDone}; the resume state is saved in {settings.Out}. Continue with: {resumeCommand}");
+            console.Profile.Out.Writer.WriteLine($"stopped by {(signal == System.Runtime.InteropServices.PosixSignal.SIGTERM ? "SIGTERM" : "SIGINT")} after iteration {trainer.StepsDone}; the resume state is saved in {settings.Out}. Continue with: {resumeCommand}");
             return StopSignals.ExitCode(signal);
         }
 
         if (history.Count == 0)
         {
-            console.WriteLine($"stopped before the first evaluation (the weights so far are {trainer.Folder.LastCheckpoint}). Continue with: {resumeCommand}");
+            console.Profile.Out.Writer.WriteLine($"stopped before the first evaluation (the weights so far are {trainer.Folder.LastCheckpoint}). Continue with: {resumeCommand}");
             return ExitCodes.Success;
         }
 
@@ -220,7 +226,7 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
         {
             ("best (MMSeg .pth)", trainer.Folder.BestCheckpoint), ("last", trainer.Folder.LastCheckpoint), ("metrics", trainer.Folder.MetricsCsv),
             ("curves", curves), ("IoU per class", bars),
-        })
+        }.Where(f => File.Exists(f.Item2)))
         {
             console.MarkupLine($"  {what,-20} {Markup.Escape(file)}");
         }

@@ -361,12 +361,12 @@ public sealed record SegmentorConfig
         return root.ToJsonString();
     }
 
-    /// <summary>Whether <paramref name="json"/> is a segmenter's model dict (it has a <c>decode_head</c>).</summary>
+    /// <summary>Whether <paramref name="json"/> is a segmenter's model dict (it has a <c>decode_head</c> or a <c>backbone</c>).</summary>
     public static bool LooksLikeSegmentor(string json)
     {
         try
         {
-            return JsonNode.Parse(json) is JsonObject o && o.ContainsKey("decode_head");
+            return JsonNode.Parse(json) is JsonObject o && (o.ContainsKey("decode_head") || o.ContainsKey("backbone"));
         }
         catch (JsonException)
         {
