@@ -262,7 +262,7 @@ public sealed class SegmentationDataset : ISegmentationDataset
             var parts = new List<string>();
             if (lonelyImages.Count > 0)
             {
-                parts.Add($"{lonelyImages.Count} image(s) in '{imageDir}' have no mask{maskSuffix}.png in '{maskDir}' ({Few(lonelyImages)})");
+                parts.Add($"{lonelyImages.Count} image(s) in '{imageDir}' have no mask (<stem>{maskSuffix}.png) in '{maskDir}' ({Few(lonelyImages)})");
             }
 
             if (lonelyMasks.Count > 0)
