@@ -192,7 +192,7 @@ public sealed class SegmentationDatasetTests
         Assert.Equal("data", e.ParamName);
         Assert.DoesNotContain('\n', e.Message);
         Assert.Contains("4 image(s) in '", e.Message, StringComparison.Ordinal);
-        Assert.Contains("have no mask.png in '", e.Message, StringComparison.Ordinal);
+        Assert.Contains("have no mask (<stem>.png) in '", e.Message, StringComparison.Ordinal);
         Assert.Contains("(img0, img1, img2, …)", e.Message, StringComparison.Ordinal);
         Assert.Contains("1 mask(s) in '", e.Message, StringComparison.Ordinal);
         Assert.Contains("(orphan)", e.Message, StringComparison.Ordinal);
