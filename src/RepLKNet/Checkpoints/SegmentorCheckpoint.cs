@@ -61,7 +61,10 @@ public static class SegmentorCheckpoint
         using var checkpoint = CheckpointFile.Read(weights, ema: false, wholeModel: true);
         if (!checkpoint.State.Keys.Any(k => k.StartsWith("decode_head.", StringComparison.Ordinal)))
         {
-            string what = checkpoint.Metadata is { } classifier ? $"is a classification checkpoint ({classifier.Arch})" : $"holds no decode_head.* keys ({checkpoint.Source})";
+            string what = checkpoint.Metadata is { } classifier ? $"is a classification checkpoint ({classifier.Arch})"
+                : checkpoint.State.Keys.Any(k => k.StartsWith("head.", StringComparison.Ordinal) || k.StartsWith("fc.", StringComparison.Ordinal) || k.StartsWith("classifier.", StringComparison.Ordinal))
+                    ? $"is a classification checkpoint (it has a classifier head and no decode_head.* keys; {checkpoint.Source})"
+                    : $"holds no decode_head.* keys ({checkpoint.Source})";
             throw new CheckpointException($"weights '{weights}' {what}: it is not a segmenter checkpoint " +
                 "(a classification or backbone checkpoint initialises a segmenter's backbone for training instead)", nameof(weights));
         }

@@ -58,6 +58,7 @@ public sealed class SegmentationTask : ITrainingTask
     // window that trained on nothing is an error, not a score.
     private long _usable;
     private long _unusable;
+    private SkippedImage? _lastUnusable;
 
     /// <summary>The score's name: <c>mIoU</c>.</summary>
     public const string MeanIoU = "mIoU";
@@ -125,7 +126,7 @@ public sealed class SegmentationTask : ITrainingTask
         (_usable, _unusable) = (0, 0);
         if (usable == 0 && unusable > 0)
         {
-            throw new DatasetException($"no training crop could be used since the last evaluation ({unusable} sample(s) skipped: see the notices above)");
+            throw new DatasetException($"no training crop could be used since the last evaluation ({unusable} sample(s) skipped{(_lastUnusable is { } first ? $", e.g. {first.Source}: {first.Reason}" : "")})");
         }
 
         return new TaskScore(scores.MeanIoU, scores.Details(ClassNames));
@@ -182,8 +183,9 @@ public sealed class SegmentationTask : ITrainingTask
             task._unusable += batch.Skipped.Count + (batch.Count == 1 ? 1 : 0);
             _skipped = batch.Count != 1
                 ? batch.Skipped
-                : [.. batch.Skipped, new SkippedImage(batch.Indices[0], $"sample {batch.Indices[0]}",
+                : [.. batch.Skipped, new SkippedImage(batch.Indices[0], task._train.Describe(batch.Indices[0]),
                     "left out: the only readable crop of its batch (BatchNorm cannot train on one crop)")];
+            task._lastUnusable = _skipped.Count > 0 ? _skipped[0] : task._lastUnusable;
             return true;
         }
 

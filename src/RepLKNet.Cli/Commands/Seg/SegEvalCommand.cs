@@ -157,7 +157,7 @@ public sealed class SegEvalCommand(IAnsiConsole console) : Command<SegEvalComman
         if (skipped.Count > 0)
         {
             // The figures cover part of the split only: say so in the exit status, as MMSeg (which stops at a bad sample) would.
-            Console.Error.WriteLine($"replknet: error: the scores cover {scores.Images} of {scores.Images + skipped.Count} val samples; {skipped.Count} could not be used (listed above)");
+            Console.Error.WriteLine($"replknet: error: the scores cover {scores.Images} of {scores.Images + skipped.Count} val samples; {skipped.Count} could not be used (the first is named above)");
             return ExitCodes.Failure;
         }
 

@@ -103,10 +103,13 @@ public sealed class SegPredictCommand(IAnsiConsole console) : Command<SegPredict
                 throw new UsageException($"--out '{output}' is a file; give a folder for several images");
             }
 
-            var clash = files.GroupBy(f => Path.GetFileNameWithoutExtension(f), StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1);
+            // Every output name (<stem>.png and <stem>-overlay.png) must be written once: a.png and a-overlay.png as inputs
+            // would otherwise overwrite one image's overlay with the other's mask.
+            var clash = files.SelectMany(f => new[] { (Name: Path.GetFileNameWithoutExtension(f) + ".png", File: f), (Name: Path.GetFileNameWithoutExtension(f) + "-overlay.png", File: f) })
+                .GroupBy(o => o.Name, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1);
             if (clash is not null)
             {
-                throw new UsageException($"--out '{output}': {clash.Count()} images are named '{clash.Key}' ({string.Join(", ", clash.Take(2))}); their masks would overwrite each other");
+                throw new UsageException($"--out '{output}': {string.Join(" and ", clash.Select(o => o.File).Distinct().Take(2))} would both write '{clash.Key}'; rename one or predict them into separate folders");
             }
 
             Directory.CreateDirectory(output);
