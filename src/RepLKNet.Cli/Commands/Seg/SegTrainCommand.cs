@@ -110,7 +110,6 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
     {
         ArgumentNullException.ThrowIfNull(settings);
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
-        RunFolder.EnsureWritable(settings.Out);
         var (name, config) = SegmentorRegistry.Resolve(settings.Arch ?? SegmentorRegistry.DefaultName);
         var (train, val) = settings.Open();
         if (config.NumClasses != train.ClassNames.Count)
@@ -134,9 +133,17 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
             Workers = settings.Workers ?? Data.LoaderPlan.DefaultWorkers, Device = runtime.Device, Resume = settings.Resume,
             InitialWeights = settings.Weights, SaveEvery = settings.SaveEvery, EvalLimit = settings.EvalLimit,
         };
+        // After the arguments and the data were checked, so that a usage error leaves no run folder behind.
+        if (File.Exists(settings.Out))
+        {
+            throw new UsageException($"--out '{settings.Out}' is a file; give a folder for the run");
+        }
+
         SegmentationTrainer trainer;
         try
         {
+            options.Validate();
+            RunFolder.EnsureWritable(settings.Out);
             trainer = new SegmentationTrainer(options, train, val);
         }
         catch (ArgumentException e)
