@@ -202,21 +202,30 @@ public static class CheckpointFile
     }
 
     /// <summary>Writes a PyTorch <c>.pth</c> state dict (loadable with <c>torch.load</c>) atomically.</summary>
-    public static void WritePyTorch(string path, IEnumerable<KeyValuePair<string, Tensor>> state)
+    public static void WritePyTorch(string path, IEnumerable<KeyValuePair<string, Tensor>> state) => WritePyTorch(path, state, stateDict => stateDict);
+
+    /// <summary>
+    /// Writes a <c>torch.save</c> archive atomically whose pickled root is <paramref name="wrap"/> of the state dict (an
+    /// ordered dict of contiguous CPU copies, in <paramref name="state"/>'s order): e.g. MMSeg's
+    /// <c>{'meta': …, 'state_dict': …}</c>. The root may hold dicts, lists, strings and numbers besides.
+    /// </summary>
+    internal static void WritePyTorch(string path, IEnumerable<KeyValuePair<string, Tensor>> state, Func<OrderedDictionary, IDictionary> wrap)
     {
         ArgumentNullException.ThrowIfNull(state);
+        ArgumentNullException.ThrowIfNull(wrap);
         var ordered = new OrderedDictionary();
         var copies = new List<Tensor>();
-        foreach (var (key, tensor) in state)
-        {
-            var cpu = tensor.detach().cpu().contiguous();
-            copies.Add(cpu);
-            ordered[key] = cpu;
-        }
-
         try
         {
-            AtomicFile.Write(path, stream => PyTorchPickler.PickleStateDict(stream, ordered, leaveOpen: true));
+            foreach (var (key, tensor) in state)
+            {
+                var cpu = tensor.detach().cpu().contiguous();
+                copies.Add(cpu);
+                ordered[key] = cpu;
+            }
+
+            var root = wrap(ordered);
+            AtomicFile.Write(path, stream => PyTorchPickler.PickleStateDict(stream, root, leaveOpen: true));
         }
         finally
         {

@@ -2,11 +2,9 @@ using System.Collections;
 using System.Collections.Specialized;
 using System.Globalization;
 using System.Text.Json;
-using RepLKNet.IO;
 using RepLKNet.Models;
 using RepLKNet.Models.Segmentation;
 using RepLKNet.Reparam;
-using TorchSharp.PyBridge;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
 
@@ -210,45 +208,25 @@ public static class SegmentorCheckpoint
             return;
         }
 
-        var copies = new List<Tensor>();
-        try
+        var meta = new OrderedDictionary();
+        if (classes is not null)
         {
-            var stateDict = new OrderedDictionary();
-            foreach (var (key, tensor) in state)
-            {
-                var cpu = tensor.detach().cpu().contiguous();
-                copies.Add(cpu);
-                stateDict[key] = cpu;
-            }
-
-            var meta = new OrderedDictionary();
-            if (classes is not null)
-            {
-                meta["CLASSES"] = classes.Cast<object>().ToArray();
-            }
-
-            if (palette is not null)
-            {
-                meta["PALETTE"] = new ArrayList(palette.Select(c => new ArrayList { (int)c.R, (int)c.G, (int)c.B }).ToArray());
-            }
-
-            var own = new OrderedDictionary();
-            foreach (var (k, v) in record)
-            {
-                own[k] = v;
-            }
-
-            meta[MetaKey] = own;
-            var root = new OrderedDictionary { ["meta"] = meta, ["state_dict"] = stateDict };
-            AtomicFile.Write(path, stream => PyTorchPickler.PickleStateDict(stream, root, leaveOpen: true));
+            meta["CLASSES"] = classes.Cast<object>().ToArray();
         }
-        finally
+
+        if (palette is not null)
         {
-            foreach (var t in copies)
-            {
-                t.Dispose();
-            }
+            meta["PALETTE"] = new ArrayList(palette.Select(c => new ArrayList { (int)c.R, (int)c.G, (int)c.B }).ToArray());
         }
+
+        var own = new OrderedDictionary();
+        foreach (var (k, v) in record)
+        {
+            own[k] = v;
+        }
+
+        meta[MetaKey] = own;
+        CheckpointFile.WritePyTorch(path, state, stateDict => new OrderedDictionary { ["meta"] = meta, ["state_dict"] = stateDict });
     }
 
     /// <summary>Reads only the records of <paramref name="weights"/> (architecture, classes, palette, form).</summary>
