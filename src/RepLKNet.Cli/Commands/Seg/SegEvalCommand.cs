@@ -65,12 +65,9 @@ public sealed class SegEvalCommand(IAnsiConsole console) : Command<SegEvalComman
         SegOptions.CheckOutputFile("--json", settings.Json);
         SegOptions.CheckOutputFile("--plot", settings.Plot);
         var (_, val) = settings.Open();
-        var loaded = SegmentorCheckpoint.Load(settings.Weights!, settings.Arch, strict: true, settings.NumClasses);
+        var (loaded, pipeline) = SegOptions.LoadForInference(settings, settings.Scale, SegmentationDataset.Canonical(settings.Dataset), runtime.Device);
         using var model = loaded.Model;
-        model.to(runtime.Device);
         var test = SegOptions.Test(model.Config.Test, settings.Mode, settings.CropSize, settings.Stride);
-        var recipe = SegmentorRegistry.RecipeFor(loaded.Arch, model.Config, SegmentationDataset.Canonical(settings.Dataset));
-        var pipeline = new SegmentationPipeline(SegOptions.Pipeline(recipe.Recipe, loaded.Info.Input, null, settings.Scale));
         var evaluator = new SegmentationEvaluator(val, pipeline, test, runtime.Device, settings.Workers ?? Data.LoaderPlan.DefaultWorkers, settings.Limit);
         var skipped = new List<Data.SkippedImage>();
         SegmentationScores scores;

@@ -119,13 +119,10 @@ public sealed class SegPredictCommand(IAnsiConsole console) : Command<SegPredict
             SegOptions.CheckOutputFile("--out", output);
         }
 
-        var loaded = SegmentorCheckpoint.Load(settings.Weights!, settings.Arch, strict: true, settings.NumClasses);
+        var (loaded, pipeline) = SegOptions.LoadForInference(settings, settings.Scale, null, runtime.Device);
         using var model = loaded.Model;
-        model.to(runtime.Device);
         var palette = loaded.Info.Palette is { } p && p.Count >= model.NumClasses ? p : SegmentationClasses.DefaultPalette(model.NumClasses);
         var classes = loaded.Info.Classes is { } c && c.Count == model.NumClasses ? c : [.. Enumerable.Range(0, model.NumClasses).Select(i => i.ToString(CultureInfo.InvariantCulture))];
-        var recipe = SegmentorRegistry.RecipeFor(loaded.Arch, model.Config, null);
-        var pipeline = new SegmentationPipeline(SegOptions.Pipeline(recipe.Recipe, loaded.Info.Input, null, settings.Scale));
         var predictor = new SegmentationPredictor(model, pipeline, palette, SegOptions.Test(model.Config.Test, settings.Mode, settings.CropSize, settings.Stride), runtime.Device);
         var failed = new List<string>();
         foreach (string file in files)

@@ -1,9 +1,11 @@
 using System.ComponentModel;
 using System.Globalization;
+using RepLKNet.Checkpoints;
 using RepLKNet.Models.Segmentation;
 using RepLKNet.Segmentation;
 using Spectre.Console;
 using Spectre.Console.Cli;
+using TorchSharp;
 
 namespace RepLKNet.Cli.Commands.Seg;
 
@@ -95,6 +97,27 @@ internal static class SegOptions
         if (parent is not null)
         {
             Directory.CreateDirectory(parent);
+        }
+    }
+
+    /// <summary>
+    /// The segmenter of <paramref name="settings"/>' checkpoint (strict, on <paramref name="device"/>) and the test-time
+    /// pipeline it was trained with: its recorded input, else its recipe's (by <paramref name="dataset"/> for a JSON
+    /// architecture), with <paramref name="scale"/> overriding the test scale. Shared by <c>seg eval</c> and <c>seg predict</c>.
+    /// </summary>
+    public static (LoadedSegmentor Loaded, SegmentationPipeline Pipeline) LoadForInference(WeightsSettings settings, string? scale, string? dataset, TorchSharp.torch.Device device)
+    {
+        var loaded = SegmentorCheckpoint.Load(settings.Weights!, settings.Arch, strict: true, settings.NumClasses);
+        try
+        {
+            loaded.Model.to(device);
+            var recipe = SegmentorRegistry.RecipeFor(loaded.Arch, loaded.Model.Config, dataset);
+            return (loaded, new SegmentationPipeline(Pipeline(recipe.Recipe, loaded.Info.Input, null, scale)));
+        }
+        catch
+        {
+            loaded.Model.Dispose();
+            throw;
         }
     }
 
