@@ -7,6 +7,7 @@ namespace RepLKNet.Tests.Cli;
 /// The <c>./replknet</c> launcher when several start at once (as <c>mpiexec -n N ./replknet …</c> starts them): a copy of
 /// the script in a scratch repository, with a stand-in <c>dotnet</c> on PATH that records every build and run.
 /// </summary>
+[System.Runtime.Versioning.SupportedOSPlatform("linux")]
 public sealed class LauncherTests
 {
     [Fact]
