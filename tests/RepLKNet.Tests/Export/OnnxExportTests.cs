@@ -9,6 +9,8 @@ using static TorchSharp.torch;
 
 namespace RepLKNet.Tests.Export;
 
+using static OnnxTestModels;
+
 /// <summary>ONNX export against the official fixture and TorchSharp, ONNX Runtime inference, bad input.</summary>
 public sealed class OnnxExportTests
 {
@@ -16,25 +18,6 @@ public sealed class OnnxExportTests
 
     private static OnnxModelInfo Info(RepLKNetModel model, int size, IReadOnlyList<string>? names = null, string form = "deploy") =>
         new("custom", model.Config.ToJson(), size, model.Config.InChannels, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 0.875, names, form);
-
-    private static RepLKNetModel OfficialTrainModel()
-    {
-        using var checkpoint = CheckpointFile.Read(OfficialFixture.File("small-train.pth"));
-        var model = new RepLKNetModel(OfficialFixture.Config);
-        StateDictLoader.Load(model, checkpoint.State, strict: true, skipHead: false, "small-train.pth");
-        model.eval();
-        return model;
-    }
-
-    /// <summary>Runs every output of an ONNX file on <paramref name="x"/> with ONNX Runtime.</summary>
-    private static List<Tensor> RunOrt(string path, Tensor x)
-    {
-        using var session = new InferenceSession(path);
-        var values = x.contiguous().data<float>().ToArray();
-        using var input = OrtValue.CreateTensorValueFromMemory(values, x.shape);
-        using var outputs = session.Run(new RunOptions(), [OnnxExporter.InputName], [input], session.OutputNames);
-        return [.. outputs.Select(o => tensor(o.GetTensorDataAsSpan<float>().ToArray(), o.GetTensorTypeAndShape().Shape))];
-    }
 
     private static double MaxAbs(Tensor a, Tensor b) => (a - b).abs().max().item<float>();
 

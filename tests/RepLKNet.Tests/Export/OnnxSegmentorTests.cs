@@ -39,11 +39,8 @@ public sealed class OnnxSegmentorTests
 
     private static Tensor RunOrt(string path, Tensor x)
     {
-        using var session = new InferenceSession(path);
-        using var input = OrtValue.CreateTensorValueFromMemory(x.contiguous().data<float>().ToArray(), x.shape);
-        using var outputs = session.Run(new RunOptions(), [OnnxExporter.InputName], [input], session.OutputNames);
-        Assert.Equal([OnnxExporter.LogitsName], session.OutputNames);
-        return tensor(outputs[0].GetTensorDataAsSpan<float>().ToArray(), outputs[0].GetTensorTypeAndShape().Shape);
+        Assert.Equal([OnnxExporter.LogitsName], OnnxTestModels.OutputNames(path));
+        return OnnxTestModels.RunOrt(path, x).Single();
     }
 
     [Theory]

@@ -9,6 +9,8 @@ using static TorchSharp.torch;
 
 namespace RepLKNet.Tests.Export;
 
+using static OnnxTestModels;
+
 /// <summary>Non-square and dynamic-size ONNX exports (<c>--input-size H,W</c>, <c>--dynamic-size</c>), checked with ONNX Runtime.</summary>
 public sealed class OnnxSizeTests
 {
@@ -16,25 +18,6 @@ public sealed class OnnxSizeTests
 
     private static OnnxModelInfo Info(RepLKNetModel model, int size) =>
         new("custom", model.Config.ToJson(), size, model.Config.InChannels, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 0.875, null, "deploy");
-
-    private static RepLKNetModel OfficialTrainModel(RepLKNetConfig? config = null)
-    {
-        using var checkpoint = CheckpointFile.Read(OfficialFixture.File("small-train.pth"));
-        var model = new RepLKNetModel(config ?? OfficialFixture.Config);
-        StateDictLoader.Load(model, checkpoint.State, strict: config is null, skipHead: config is not null, "small-train.pth");
-        model.eval();
-        return model;
-    }
-
-    /// <summary>Every output of an ONNX file on <paramref name="x"/>, run by ONNX Runtime.</summary>
-    private static List<Tensor> RunOrt(string path, Tensor x)
-    {
-        using var session = new InferenceSession(path);
-        var values = x.contiguous().data<float>().ToArray();
-        using var input = OrtValue.CreateTensorValueFromMemory(values, x.shape);
-        using var outputs = session.Run(new RunOptions(), [OnnxExporter.InputName], [input], session.OutputNames);
-        return [.. outputs.Select(o => tensor(o.GetTensorDataAsSpan<float>().ToArray(), o.GetTensorTypeAndShape().Shape))];
-    }
 
     private static void AssertClose(Tensor expected, Tensor actual, double tolerance, string what)
     {
