@@ -91,7 +91,7 @@ public sealed class SegmentationTask : ITrainingTask
     public string WeightsExtension => ".pth";
 
     /// <inheritdoc />
-    public ITrainingEpoch OpenEpoch(long[] order, int epoch, int batchSize, long firstBatch, long batchCount, long seed) =>
+    public ITrainingEpoch OpenEpoch(long[] order, int epoch, int batchSize, long firstBatch, long batchCount, long seed, DataShard shard) =>
         new Epoch(this, SegmentationLoader.ForEpoch(_train, _pipeline, order, epoch, batchSize, firstBatch, batchCount, seed, Workers), AuxiliaryWeight);
 
     /// <inheritdoc />

@@ -96,7 +96,7 @@ public sealed class ClassificationTask : ITrainingTask
     }
 
     /// <inheritdoc />
-    public ITrainingEpoch OpenEpoch(long[] order, int epoch, int batchSize, long firstBatch, long batchCount, long seed)
+    public ITrainingEpoch OpenEpoch(long[] order, int epoch, int batchSize, long firstBatch, long batchCount, long seed, DataShard shard)
     {
         var plan = new LoaderPlan
         {

@@ -26,7 +26,12 @@ public interface ITrainingTask
     /// <param name="firstBatch">First micro-batch to produce (0 unless resuming inside the epoch).</param>
     /// <param name="batchCount">Micro-batches in the epoch.</param>
     /// <param name="seed">The run's seed.</param>
-    ITrainingEpoch OpenEpoch(long[] order, int epoch, int batchSize, long firstBatch, long batchCount, long seed);
+    /// <param name="shard">
+    /// This process's part of each global batch in a data-parallel job (<see cref="DataShard.Whole"/> for one process):
+    /// micro-batch k holds the order positions <see cref="DataShard.Position"/>(k, batchSize, i), and every draw of a sample
+    /// is keyed by that global position.
+    /// </param>
+    ITrainingEpoch OpenEpoch(long[] order, int epoch, int batchSize, long firstBatch, long batchCount, long seed, DataShard shard);
 
     /// <summary>
     /// Scores <paramref name="model"/> on the held-out set: the task puts it in eval mode and runs without gradients (the
@@ -64,6 +69,15 @@ public interface ITrainingTask
     /// </summary>
     /// <exception cref="OperationCanceledException"><paramref name="cancel"/> was cancelled.</exception>
     TaskScore Score(Module<Tensor, Tensor> model, Action<string>? onNotice, CancellationToken cancel) => new(Evaluate(model, onNotice, cancel));
+
+    /// <summary>
+    /// <see cref="Score(Module{Tensor, Tensor}, Action{string}, CancellationToken)"/> in a data-parallel job: each process of <paramref name="group"/> scores its part of the held-out
+    /// set and the counts behind the score are summed over the processes, so every process returns the score of the whole
+    /// set (the same as one process would). The default scores the whole set on every process.
+    /// </summary>
+    /// <exception cref="OperationCanceledException"><paramref name="cancel"/> was cancelled.</exception>
+    /// <exception cref="Distributed.CollectiveException">A collective failed.</exception>
+    TaskScore Score(Module<Tensor, Tensor> model, Distributed.ProcessGroup group, Action<string>? onNotice, CancellationToken cancel) => Score(model, onNotice, cancel);
 }
 
 /// <summary>A task's score of a model and the figures behind it.</summary>

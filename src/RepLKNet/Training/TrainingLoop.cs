@@ -377,7 +377,7 @@ public sealed class TrainingLoop
                 long images = 0;
                 var skipped = new List<SkippedImage>();
                 TimeSpan waited;
-                using (var data = _task.OpenEpoch(EpochOrder(epoch), epoch, _o.BatchSize, first * _o.AccumulationSteps, StepsPerEpoch * _o.AccumulationSteps, _o.Seed))
+                using (var data = _task.OpenEpoch(EpochOrder(epoch), epoch, _o.BatchSize, first * _o.AccumulationSteps, StepsPerEpoch * _o.AccumulationSteps, _o.Seed, DataShard.Whole))
                 {
                     TimeSpan waitMark = TimeSpan.Zero; // the epoch's data wait already counted in an evaluation window
                     for (long b = first; b < StepsPerEpoch; b++)

@@ -25,7 +25,7 @@ public sealed class SegmentationTaskBatchTests
         model.train();
         var before = model.modules().OfType<RepLKNet.Layers.BatchNorm2d>().Select(bn => bn.running_var!.clone()).ToList();
 
-        using var epoch = task.OpenEpoch([2, 0, 1, 3], epoch: 0, batchSize: 2, firstBatch: 0, batchCount: 2, seed: 1);
+        using var epoch = task.OpenEpoch([2, 0, 1, 3], epoch: 0, batchSize: 2, firstBatch: 0, batchCount: 2, seed: 1, RepLKNet.Data.DataShard.Whole);
         Assert.True(epoch.MoveNext());
         Assert.Equal(0, epoch.Count);
         Assert.Equal(2, epoch.Skipped.Count);

@@ -40,7 +40,7 @@ public sealed class IterationLoopTests
             return (x, x.matmul(tensor(new float[] { 0.5f, -1f, 2f }).view(3, 1)).sub(0.7f));
         }
 
-        public ITrainingEpoch OpenEpoch(long[] order, int epoch, int batchSize, long firstBatch, long batchCount, long seed) =>
+        public ITrainingEpoch OpenEpoch(long[] order, int epoch, int batchSize, long firstBatch, long batchCount, long seed, DataShard shard) =>
             new Epoch(this, order, batchSize, firstBatch, batchCount);
 
         public double Evaluate(Module<Tensor, Tensor> model, Action<string>? onNotice, CancellationToken cancel) => Score(model, onNotice, cancel).Value;

@@ -40,7 +40,7 @@ public sealed class TrainingLoopTests
 
         public int EpochsOpened { get; private set; }
 
-        public ITrainingEpoch OpenEpoch(long[] order, int epoch, int batchSize, long firstBatch, long batchCount, long seed)
+        public ITrainingEpoch OpenEpoch(long[] order, int epoch, int batchSize, long firstBatch, long batchCount, long seed, DataShard shard)
         {
             EpochsOpened++;
             return new Epoch(this, order, batchSize, firstBatch, batchCount);
