@@ -17,7 +17,7 @@ public sealed class ArchitectureTests
     private const string Root = "RepLKNet";
 
     private static readonly string[] Bottom = ["Runtime", "IO"];
-    private static readonly string[] BelowTraining = [.. Bottom, "Ops", "Reparam", "Layers", "Models", "Data", "Checkpoints", "Inference", "Export"];
+    private static readonly string[] BelowTraining = [.. Bottom, "Distributed", "Ops", "Reparam", "Layers", "Models", "Data", "Checkpoints", "Inference", "Export"];
 
     /// <summary>
     /// The layering (docs/architecture.md, "Folders and their layering"): each folder and the folders it may use. A folder that is not here fails the
@@ -30,13 +30,15 @@ public sealed class ArchitectureTests
         ["IO"] = [],
         ["Ops"] = ["Runtime"],
         ["Reparam"] = ["Runtime"],
-        ["Layers"] = ["Ops", "Reparam", "Runtime"],
-        ["Models"] = ["Layers", "Reparam", "Ops", "Runtime"],
+        // Process groups on MPI/NCCL, the collective watchdog, gradient averaging, SyncBN's autograd function.
+        ["Distributed"] = ["Runtime"],
+        ["Layers"] = ["Ops", "Reparam", "Distributed", "Runtime"],
+        ["Models"] = ["Layers", "Reparam", "Ops", "Distributed", "Runtime"],
         ["Data"] = ["IO", "Runtime"],
         ["Checkpoints"] = ["Models", "Data", "IO", "Reparam", "Runtime"],
         // ImageClassifier: load a checkpoint, re-parameterize, preprocess, classify (ClassScore is shared with Export).
         ["Inference"] = ["Checkpoints", "Models", "Data", "Reparam", "Runtime"],
-        ["Export"] = ["Inference", "Checkpoints", "Models", "Data", "Layers", "Reparam", "Ops", "IO", "Runtime"],
+        ["Export"] = ["Inference", "Checkpoints", "Models", "Data", "Layers", "Reparam", "Ops", "Distributed", "IO", "Runtime"],
         ["Training"] = BelowTraining,
         ["Erf"] = [.. BelowTraining, "Training"],
         ["Experiments"] = [.. BelowTraining, "Training"],
