@@ -45,6 +45,8 @@ internal static class OptionNames
         ["Workers"] = "--workers",
         ["OutDir"] = "--out",
         ["Resume"] = "--resume",
+        ["AllowWorldSizeChange"] = "--allow-world-size-change",
+        ["SyncBatchNorm"] = "--sync-bn",
         ["CropScale"] = "--crop-scale",
         ["HorizontalFlip"] = "--hflip",
         ["RandAugment"] = "--randaug",

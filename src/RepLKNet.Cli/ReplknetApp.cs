@@ -1,4 +1,5 @@
 using RepLKNet.Cli.Commands;
+using RepLKNet.Distributed;
 using Spectre.Console;
 using Spectre.Console.Cli;
 
@@ -53,6 +54,33 @@ public static class ReplknetApp
         ArgumentNullException.ThrowIfNull(args);
         ArgumentNullException.ThrowIfNull(error);
         bool verbose = args.Contains("--verbose");
+        // Started by mpiexec? (docs/distributed.md) Only rank 0 prints; every rank reports its errors with its rank.
+        MpiLaunch? launch;
+        try
+        {
+            launch = DataParallel.Detect();
+        }
+        catch (CollectiveException e)
+        {
+            Report(error, "error", e, verbose);
+            return ExitCodes.Failure;
+        }
+
+        if (launch is { WorldSize: > 1 })
+        {
+            if (!DataParallel.Allows(args))
+            {
+                error.WriteLine($"replknet: usage: {DataParallel.Prefix}'{string.Join(' ', args.TakeWhile(a => !a.StartsWith('-')))}' does not run data-parallel: start it without mpiexec (under mpiexec with several processes: {string.Join(", ", DataParallel.Commands)})");
+                return ExitCodes.Usage;
+            }
+
+            DataParallel.ApplyDefaults(args);
+            if (launch.Rank != 0)
+            {
+                console = DataParallel.Silent();
+            }
+        }
+
         var app = new CommandApp();
         app.Configure(config =>
         {
@@ -165,17 +193,21 @@ public static class ReplknetApp
 
         try
         {
-            return app.Run(args);
+            int code = app.Run(args);
+            DataParallel.Close();
+            return code;
         }
         catch (Exception e) when (IsUsageError(e))
         {
             Report(error, "usage", e, verbose);
             error.WriteLine("Run 'replknet --help' (or 'replknet <command> --help') for usage.");
+            DataParallel.AbortAfterFailure(ExitCodes.Usage);
             return ExitCodes.Usage;
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
             Report(error, "error", e, verbose);
+            DataParallel.AbortAfterFailure(ExitCodes.Failure);
             return ExitCodes.Failure;
         }
     }
@@ -192,7 +224,7 @@ public static class ReplknetApp
         string message = verbose ? e.Message.ReplaceLineEndings(" ").Trim() : RepLKNet.Runtime.LibTorchLog.WithoutNativeStack(e.Message);
         message = OptionNames.Rewrite(e, message);
 
-        error.WriteLine($"replknet: {kind}: {message}");
+        error.WriteLine($"replknet: {kind}: {DataParallel.Prefix}{message}");
         if (verbose)
         {
             error.WriteLine(e.ToString());

@@ -165,6 +165,21 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         [Description("Also checkpoint every N steps (always at each epoch end).")]
         public long? SaveEvery { get; init; }
 
+        /// <summary>SyncBN.</summary>
+        [CommandOption("--sync-bn")]
+        [Description("Under mpiexec: BatchNorm statistics over the global batch of all processes (SyncBN); plain per-process BN otherwise.")]
+        public bool SyncBn { get; init; }
+
+        /// <summary>World-size change on resume.</summary>
+        [CommandOption("--allow-world-size-change")]
+        [Description("With --resume: continue a run written by another number of processes (the global batch, --batch-size × processes, must be the same).")]
+        public bool AllowWorldSizeChange { get; init; }
+
+        /// <summary>Collective timeout.</summary>
+        [CommandOption("--collective-timeout <SECONDS>")]
+        [Description("Under mpiexec: end the job when a collective waits longer than this (another process died or hangs); default 1800.")]
+        public double? CollectiveTimeout { get; init; }
+
         /// <summary>Soak mode.</summary>
         [CommandOption("--gc-stress")]
         [Description("Soak mode: force garbage collections and finalizer runs continuously during the run (finds objects freed while libtorch uses them; slower, same results).")]
@@ -193,8 +208,13 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
     public override int Execute(CommandContext context, Settings settings, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(settings);
+        var group = DataParallel.Open(settings.CollectiveTimeout);
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
-        RunFolder.EnsureWritable(settings.Out);
+        if (group.IsMain)
+        {
+            RunFolder.EnsureWritable(settings.Out);
+        }
+
         var (name, config) = ModelRegistry.Resolve(settings.Arch ?? "RepLKNet-FMNIST");
         using var data = settings.OpenData(settings.Seed);
         var train = data.Train;
@@ -208,8 +228,8 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
             WeightDecay = settings.WeightDecay, EmaDecay = settings.EmaDecay, Seed = settings.Seed, MaxSteps = settings.MaxSteps,
             SaveEvery = settings.SaveEvery, Resume = settings.Resume, Normalization = data.Normalization, Device = runtime.Device,
             Augment = augment, AccumulationSteps = settings.AccumSteps, ClipGradNorm = settings.ClipGrad, LayerDecay = settings.LayerDecay,
-            InitialWeights = settings.Weights, Workers = settings.Workers ?? LoaderPlan.DefaultWorkers, GcStress = settings.GcStress,
-            TrainSubset = settings.TrainSubset,
+            InitialWeights = settings.Weights, Workers = DataParallel.Workers(settings.Workers), GcStress = settings.GcStress,
+            TrainSubset = settings.TrainSubset, Group = group, SyncBatchNorm = settings.SyncBn, AllowWorldSizeChange = settings.AllowWorldSizeChange,
         };
         Trainer trainer;
         try
@@ -223,10 +243,11 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
 
         var output = console.Profile.Out.Writer;
         using var signals = new StopSignals(Console.Error, cancellationToken);
-        string resumeCommand = ResumeCommand(context.Arguments);
-        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]train[/] {0} on {1}: {2:N0} training / {3:N0} test images, {4} epochs × {5} steps, batch {6}{7}, {8}, {9} threads, {10} loader workers → {11}",
+        string resumeCommand = DataParallel.LaunchPrefix(group) + ResumeCommand(context.Arguments);
+        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]train[/] {0} on {1}: {2:N0} training / {3:N0} test images, {4} epochs × {5} steps, batch {6}{7}, {8}, {9} threads, {10} loader workers{11} → {12}",
             Markup.Escape(name), Markup.Escape(data.Name), Math.Min(train.Count, settings.TrainSubset ?? long.MaxValue), data.Test.Count, settings.Epochs, trainer.StepsPerEpoch, settings.BatchSize,
-            settings.AccumSteps > 1 ? $" × {settings.AccumSteps} accumulated" : "", runtime.Device, torch.get_num_threads(), options.Workers, Markup.Escape(settings.Out));
+            settings.AccumSteps > 1 ? $" × {settings.AccumSteps} accumulated" : "", runtime.Device, torch.get_num_threads(), options.Workers, Markup.Escape(DescribeJob(group, settings.BatchSize * settings.AccumSteps, settings.SyncBn)),
+            Markup.Escape(settings.Out));
         console.MarkupLine($"  data: {Markup.Escape(augment.Describe(trainer.Pipeline.Size))}; {Markup.Escape(data.Normalization.ToString())}");
         var history = new List<EpochMetrics>();
         var started = DateTime.UtcNow;
@@ -276,7 +297,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         }
         catch (TrainingFailedException e)
         {
-            string? log = CrashReport.Write(settings.Out, e, "./replknet " + string.Join(" ", context.Arguments), options, runtime, CpuFeatures.Describe());
+            string? log = group.IsMain ? CrashReport.Write(settings.Out, e, DataParallel.LaunchPrefix(group) + "./replknet " + string.Join(" ", context.Arguments), options, runtime, CpuFeatures.Describe()) : null;
             string state = e.LastSavedStep is long saved ? $"the resume state of step {saved} is intact; continue with: {resumeCommand}" : "no resume state was written yet; start again";
             throw new InvalidOperationException($"{e.Message}; {state}{(log is null ? "" : $"; details: {log}")}", e);
         }
@@ -286,6 +307,11 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         {
             console.Profile.Out.Writer.WriteLine($"stopped by {(signal == System.Runtime.InteropServices.PosixSignal.SIGTERM ? "SIGTERM" : "SIGINT")} after step {trainer.StepsDone}; the resume state is saved in {settings.Out}. Continue with: {resumeCommand}");
             return StopSignals.ExitCode(signal);
+        }
+
+        if (!group.IsMain)
+        {
+            return ExitCodes.Success; // rank 0 writes the plots and the deploy checkpoint
         }
 
         if (history.Count > 0)
@@ -300,6 +326,12 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
 
         return ExitCodes.Success;
     }
+
+    /// <summary>The header's description of a data-parallel job ("; 2 processes (mpi …), global batch 64, SyncBN"), empty for one process.</summary>
+    internal static string DescribeJob(RepLKNet.Distributed.ProcessGroup group, int perProcessBatch, bool syncBn) =>
+        group.IsDistributed
+            ? $"; {group.WorldSize} processes ({group.Backend}), global batch {(long)perProcessBatch * group.WorldSize} = {perProcessBatch} per process × {group.WorldSize}{(syncBn ? ", SyncBN" : "")}"
+            : "";
 
     /// <summary>The command that continues this run: the same arguments with --resume (shell-quoted where needed).</summary>
     internal static string ResumeCommand(IEnumerable<string> arguments)

@@ -107,6 +107,21 @@ public sealed record SegmentationTrainOptions
     /// <summary>Continue the run in <see cref="OutDir"/>.</summary>
     public bool Resume { get; init; }
 
+    /// <summary>
+    /// The processes of a data-parallel job (docs/distributed.md; <see cref="Distributed.ProcessGroup.Single"/>: one process).
+    /// BatchSize is per process, the global batch BatchSize × WorldSize (as in the official DDP code); only rank 0 writes.
+    /// </summary>
+    public Distributed.ProcessGroup Group { get; init; } = Distributed.ProcessGroup.Single;
+
+    /// <summary>
+    /// SyncBN: BatchNorm statistics over the global batch of a data-parallel job (the official segmentation configs'
+    /// <c>SyncBN</c>; <c>torch.nn.SyncBatchNorm</c>); plain per-process BatchNorm otherwise. No effect in one process.
+    /// </summary>
+    public bool SyncBatchNorm { get; init; }
+
+    /// <summary>Resume a state written by a job of another world size, provided the global batch is the same.</summary>
+    public bool AllowWorldSizeChange { get; init; }
+
     /// <summary>A classification checkpoint initialising the backbone, or a segmenter checkpoint initialising everything; null: random.</summary>
     public string? InitialWeights { get; init; }
 
@@ -215,6 +230,7 @@ public sealed class SegmentationTrainer
             Schedule = _ => new PolySchedule(_o.LearningRate, _o.MaxSteps, _o.Power, _o.MinLearningRate, _o.WarmupIterations, _o.WarmupRatio),
             ClipGradNorm = _o.ClipGradNorm, EmaDecay = _o.EmaDecay, Seed = _o.Seed, OutDir = _o.OutDir, SaveEvery = _o.SaveEvery, Resume = _o.Resume,
             GcStress = _o.GcStress, Device = _o.Device,
+            Group = _o.Group, AllowWorldSizeChange = _o.AllowWorldSizeChange,
         });
     }
 
@@ -251,7 +267,11 @@ public sealed class SegmentationTrainer
     public List<EpochMetrics> Run(Action<EpochMetrics>? onEvaluation = null, Action<StepProgress>? onStep = null, Action<string>? onNotice = null,
         CancellationToken cancel = default)
     {
-        Directory.CreateDirectory(_o.OutDir);
+        if (_o.Group.IsMain)
+        {
+            Directory.CreateDirectory(_o.OutDir);
+        }
+
         torch.manual_seed(_o.Seed);
         using var model = new EncoderDecoder(_o.Config, device: _o.Device, name: _o.Arch);
         using var emaModel = _o.EmaDecay > 0 ? new EncoderDecoder(_o.Config, device: _o.Device, name: _o.Arch) : null;

@@ -80,7 +80,9 @@ public sealed record RunFolder(string Path)
 /// <summary>
 /// Saving and restoring a run's complete state atomically: the resume set (model, EMA, optimizer, libtorch's generator) is
 /// written into a fresh folder, renamed into place, then pointed at by <c>state.json</c> (written atomically); the
-/// user-facing copies (<c>last*.safetensors</c>) follow. A failure anywhere leaves the previous state intact.
+/// user-facing copies (<c>last*.safetensors</c>) follow. A failure anywhere leaves the previous state intact. In a
+/// data-parallel job only rank 0 writes (every rank holds the same weights and optimizer state); every rank restores
+/// from the same files, and the state records the world size.
 /// </summary>
 internal sealed class RunState(RunFolder folder, ITrainingTask task, Module model, ModelEma? ema, AdamW optimizer, long stepsPerEpoch, TrainingLoopOptions options)
 {
@@ -93,8 +95,12 @@ internal sealed class RunState(RunFolder folder, ITrainingTask task, Module mode
     /// <summary>Creates the folder, removes half-written files of a killed run, and checks a requested resume has a state to use.</summary>
     public void Prepare()
     {
-        Directory.CreateDirectory(folder.Path);
-        AtomicFile.RemoveLeftovers(folder.Path);
+        if (Writes)
+        {
+            Directory.CreateDirectory(folder.Path);
+            AtomicFile.RemoveLeftovers(folder.Path);
+        }
+
         if (options.Resume && !File.Exists(folder.StateFile))
         {
             throw new CheckpointException($"resume was requested but '{folder.StateFile}' does not exist: there is no run to continue in '{folder.Path}' (start a new run without resuming)");
@@ -104,8 +110,17 @@ internal sealed class RunState(RunFolder folder, ITrainingTask task, Module mode
     /// <summary>The step <c>state.json</c> points at (set the moment it is replaced, or by <see cref="Restore"/>), or null.</summary>
     public long? LastSavedStep { get; private set; }
 
+    /// <summary>Whether this process writes (rank 0, or the only process).</summary>
+    public bool Writes => options.Group.IsMain;
+
     public void Save(long step, double best, List<EpochMetrics> history, (double LossSum, long Steps) epochSoFar = default, PendingEvaluation? pending = null)
     {
+        if (!Writes)
+        {
+            LastSavedStep = step; // rank 0 writes this very state
+            return;
+        }
+
         using var scope = NewDisposeScope();
         string name = string.Create(CultureInfo.InvariantCulture, $"step-{step:D9}");
         string target = Path.Combine(folder.ResumeRoot, name);
@@ -153,6 +168,7 @@ internal sealed class RunState(RunFolder folder, ITrainingTask task, Module mode
             ["seed"] = options.Seed,
             ["batch_size"] = options.BatchSize,
             ["accumulation_steps"] = options.AccumulationSteps,
+            ["world_size"] = options.Group.WorldSize,
             ["resume"] = Path.Combine("resume", name),
             ["best_" + task.ScoreName] = double.IsFinite(best) ? best : null,
             ["epoch_loss_sum"] = epochSoFar.LossSum,
@@ -194,11 +210,19 @@ internal sealed class RunState(RunFolder folder, ITrainingTask task, Module mode
         }
 
         long steps = (long)state["steps_per_epoch"]!;
-        bool sameBatches = (long?)state["batch_size"] is not long b0 || b0 == options.BatchSize;
+        int world = options.Group.WorldSize;
+        long savedWorld = (long?)state["world_size"] ?? 1;
+        if (savedWorld != world && !options.AllowWorldSizeChange)
+        {
+            throw new CheckpointException($"AllowWorldSizeChange: '{folder.StateFile}' was written by a job of {savedWorld} process(es), this one has {world}: resume with {savedWorld} process(es), or allow the change (the global batch, batch size × processes, must stay {(long?)state["batch_size"] * savedWorld})", nameof(options.AllowWorldSizeChange));
+        }
+
+        // Per-process batch × processes: the global batch, which fixes the data order and the steps (the processes may change when allowed).
+        bool sameBatches = (long?)state["batch_size"] is not long b0 || b0 * savedWorld == (long)options.BatchSize * world;
         bool sameAccumulation = (long?)state["accumulation_steps"] is not long a0 || a0 == options.AccumulationSteps;
         if (steps != stepsPerEpoch || (long)state["seed"]! != options.Seed || !sameBatches || !sameAccumulation)
         {
-            throw new CheckpointException($"'{folder.StateFile}' was written with another batch size, accumulation, dataset size or seed ({steps} steps per epoch of batch {(long?)state["batch_size"]} × {(long?)state["accumulation_steps"]}, seed {(long)state["seed"]!}; now {stepsPerEpoch} of {options.BatchSize} × {options.AccumulationSteps}, seed {options.Seed}); resume with the same settings");
+            throw new CheckpointException($"'{folder.StateFile}' was written with another batch size, accumulation, dataset size or seed ({steps} steps per epoch of batch {(long?)state["batch_size"]}{(savedWorld > 1 ? $" × {savedWorld} processes" : "")} × {(long?)state["accumulation_steps"]}, seed {(long)state["seed"]!}; now {stepsPerEpoch} of {options.BatchSize}{(world > 1 ? $" × {world} processes" : "")} × {options.AccumulationSteps}, seed {options.Seed}); resume with the same settings");
         }
 
         if (state["max_steps"] is JsonNode recorded && (long?)recorded != options.MaxSteps)
@@ -239,6 +263,11 @@ internal sealed class RunState(RunFolder folder, ITrainingTask task, Module mode
 
     public void WriteMetrics(List<EpochMetrics> history)
     {
+        if (!Writes)
+        {
+            return;
+        }
+
         // The score's columns carry its name (top1 for classification); the task's detail figures follow, in their order.
         string score = task.ScoreName;
         // A detail named like the score (segmentation's mIoU) is the score's own column already.

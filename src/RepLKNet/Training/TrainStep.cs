@@ -65,6 +65,15 @@ public sealed class TrainStep
     /// <summary>The weight EMA, or null.</summary>
     public ModelEma? Ema { get; }
 
+    /// <summary>Averages the gradients over the processes of a data-parallel job after the micro-batches (before clipping), or null.</summary>
+    public Distributed.GradientReducer? Reducer { get; init; }
+
+    /// <summary>
+    /// Fail on a micro-batch left with no readable sample instead of skipping it (a data-parallel job: the other processes'
+    /// forward, SyncBN's statistics included, waits for this one's).
+    /// </summary>
+    public bool RequireSamples { get; init; }
+
     /// <summary>What the step is doing now (for failure reports).</summary>
     public TrainingPhase Phase { get; private set; } = TrainingPhase.Data;
 
@@ -103,6 +112,11 @@ public sealed class TrainStep
 
             if (data.Count == 0)
             {
+                if (RequireSamples)
+                {
+                    throw new InvalidOperationException($"a micro-batch of step {stepNumber} has no readable sample on this process (e.g. {(data.Skipped.Count > 0 ? data.Skipped[0].Source : "none")}); a data-parallel job needs at least one per process and micro-batch");
+                }
+
                 continue;
             }
 
@@ -120,6 +134,12 @@ public sealed class TrainStep
             Ops.DepthwiseConv2d.ReleaseBackwardOutputs();
             value += microValue / AccumulationSteps;
             samples += data.Count;
+        }
+
+        if (Reducer is not null)
+        {
+            Phase = TrainingPhase.Collective;
+            Reducer.Reduce();
         }
 
         Phase = TrainingPhase.Optimizer;

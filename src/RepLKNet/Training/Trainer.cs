@@ -93,6 +93,21 @@ public sealed record TrainOptions : RecipeOptions
     /// </summary>
     public bool GcStress { get; init; }
 
+    /// <summary>
+    /// The processes of a data-parallel job (docs/distributed.md; <see cref="Distributed.ProcessGroup.Single"/>: one process).
+    /// BatchSize is per process, the global batch BatchSize × WorldSize (as in the official DDP code); only rank 0 writes.
+    /// </summary>
+    public Distributed.ProcessGroup Group { get; init; } = Distributed.ProcessGroup.Single;
+
+    /// <summary>
+    /// SyncBN: BatchNorm statistics over the global batch of a data-parallel job (the official segmentation configs'
+    /// <c>SyncBN</c>; <c>torch.nn.SyncBatchNorm</c>); plain per-process BatchNorm otherwise. No effect in one process.
+    /// </summary>
+    public bool SyncBatchNorm { get; init; }
+
+    /// <summary>Resume a state written by a job of another world size, provided the global batch is the same.</summary>
+    public bool AllowWorldSizeChange { get; init; }
+
     /// <inheritdoc />
     public override void Validate()
     {
@@ -156,6 +171,7 @@ public sealed class Trainer
             ParameterScale = _o.LayerDecay is double d && d != 1 ? name => LayerDecay.Scale(name, _o.Config.Layers, d) : null,
             AccumulationSteps = _o.AccumulationSteps, ClipGradNorm = _o.ClipGradNorm, EmaDecay = _o.EmaDecay, Seed = _o.Seed, MaxSteps = _o.MaxSteps,
             OutDir = _o.OutDir, SaveEvery = _o.SaveEvery, Resume = _o.Resume, GcStress = _o.GcStress, Device = _o.Device,
+            Group = _o.Group, AllowWorldSizeChange = _o.AllowWorldSizeChange,
         });
     }
 
@@ -208,7 +224,11 @@ public sealed class Trainer
     public List<EpochMetrics> Run(Action<EpochMetrics>? onEpoch = null, Action<StepProgress>? onStep = null, Action<string>? onNotice = null,
         CancellationToken cancel = default)
     {
-        Directory.CreateDirectory(_o.OutDir);
+        if (_o.Group.IsMain)
+        {
+            Directory.CreateDirectory(_o.OutDir);
+        }
+
         torch.manual_seed(_o.Seed);
         using var model = new RepLKNetModel(_o.Config).to(_o.Device);
         using var emaModel = _o.EmaDecay > 0 ? new RepLKNetModel(_o.Config).to(_o.Device) : null;

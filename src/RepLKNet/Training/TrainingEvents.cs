@@ -38,6 +38,9 @@ public enum TrainingPhase
 
     /// <summary>Reporting progress (the caller's step callback).</summary>
     Progress,
+
+    /// <summary>A collective with the other processes of a data-parallel job (gradient averaging, the per-step agreement).</summary>
+    Collective,
 }
 
 /// <summary>

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using RepLKNet.Checkpoints;
 using RepLKNet.Data;
+using RepLKNet.Distributed;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -105,6 +106,19 @@ public sealed record TrainingLoopOptions
 
     /// <summary>Device of the model and batches.</summary>
     public Device Device { get; init; } = CPU;
+
+    /// <summary>
+    /// The processes of a data-parallel job (docs/distributed.md); <see cref="ProcessGroup.Single"/> for one process.
+    /// With more than one: <see cref="BatchSize"/> is per process (the global batch is BatchSize × WorldSize, as in the
+    /// official DDP code), rank 0's initial weights are broadcast, each process reads its <see cref="DataShard"/> of every
+    /// global batch, gradients are averaged with bucketed allreduce before clipping and the (identical) optimizer step,
+    /// losses, sample counts, the stop decision and the time budget are agreed after every step, evaluation is sharded,
+    /// and only rank 0 writes files.
+    /// </summary>
+    public ProcessGroup Group { get; init; } = ProcessGroup.Single;
+
+    /// <summary>Resume a state written by a job of another world size, provided the global batch is the same.</summary>
+    public bool AllowWorldSizeChange { get; init; }
 }
 
 /// <summary>What a run of the loop did.</summary>
@@ -151,10 +165,11 @@ public sealed class TrainingLoop
         }
 
         // The pool does not change: the epoch length is fixed for the run.
-        StepsPerEpoch = Math.Max(1, _task.Pool.Count / ((long)_o.BatchSize * _o.AccumulationSteps));
+        ArgumentNullException.ThrowIfNull(_o.Group, nameof(options.Group));
+        StepsPerEpoch = Math.Max(1, _task.Pool.Count / ((long)_o.BatchSize * _o.AccumulationSteps * _o.Group.WorldSize));
     }
 
-    /// <summary>Optimizer steps per epoch (the last partial batch is dropped, as the official loader does).</summary>
+    /// <summary>Optimizer steps per epoch (the last partial global batch is dropped, as the official loader does).</summary>
     public long StepsPerEpoch { get; }
 
     /// <summary>Steps the whole run takes at most (a time budget may stop it sooner; long.MaxValue when only time bounds it).</summary>
@@ -183,6 +198,9 @@ public sealed class TrainingLoop
     /// <summary>The step of the resume state on disk, or null when none was written (set the moment <c>state.json</c> is replaced).</summary>
     public long? LastSavedStep => _saver?.LastSavedStep;
 
+    /// <summary>The gradient averaging of a data-parallel run (its last allreduce time and volume), or null for one process.</summary>
+    public GradientReducer? Reducer { get; private set; }
+
     /// <summary>The permutation of the pool for <paramref name="epoch"/>: a function of (seed, epoch) only.</summary>
     public long[] EpochOrder(int epoch)
     {
@@ -208,12 +226,22 @@ public sealed class TrainingLoop
         Action<StepProgress>? onStep = null, Action<string>? onNotice = null, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(model);
+        var group = _o.Group;
+        bool distributed = group.IsDistributed;
+        // DDP's start: every process begins from rank 0's weights and buffers (a resumed run then loads the same files everywhere).
+        GradientReducer.BroadcastState(group, model);
         var ema = _o.EmaDecay > 0
             ? new ModelEma(model, emaModel ?? throw new ArgumentException("an EMA decay needs an emaModel", nameof(emaModel)), _o.EmaDecay, warmup: true)
             : null;
         var (optimizer, scales) = TrainStep.CreateOptimizer(model, _o.LearningRate, _o.WeightDecay, _o.ParameterScale, _o.NoWeightDecay?.Invoke(model), _o.Betas);
         using var disposeOptimizer = optimizer; // its state (two tensors per parameter) is freed here, not by the finalizer
-        var trainStep = new TrainStep(model, optimizer, scales, _o.Device, _o.AccumulationSteps, _o.ClipGradNorm, ema);
+        Reducer = distributed ? new GradientReducer(group, model.parameters()) : null;
+        var trainStep = new TrainStep(model, optimizer, scales, _o.Device, _o.AccumulationSteps, _o.ClipGradNorm, ema) { Reducer = Reducer, RequireSamples = distributed };
+        var shard = new DataShard(group.Rank, group.WorldSize);
+        // A data-parallel job decides together: a stop (signal) and the time used (rank 0's clock) are agreed after every
+        // step, so that no process starts a step, an evaluation or a collective the others skip.
+        bool agreedStop = false;
+        double agreedSeconds = 0;
         var schedule = _o.Schedule(StepsPerEpoch);
         var saver = _saver = _folder is null ? null : new RunState(_folder, _task, model, ema, optimizer, StepsPerEpoch, _o);
 
@@ -265,10 +293,11 @@ public sealed class TrainingLoop
         double Fraction()
         {
             double bySteps = totalSteps == long.MaxValue ? 0 : (double)step / totalSteps;
-            return _o.Budget.Time is { } time ? Math.Max(trainClock.Elapsed.TotalSeconds / time.TotalSeconds, bySteps) : bySteps;
+            double seconds = distributed ? agreedSeconds : trainClock.Elapsed.TotalSeconds;
+            return _o.Budget.Time is { } time ? Math.Max(seconds / time.TotalSeconds, bySteps) : bySteps;
         }
 
-        bool Finished(double fraction) => step >= totalSteps || fraction >= 1 || cancel.IsCancellationRequested;
+        bool Finished(double fraction) => step >= totalSteps || fraction >= 1 || (distributed ? agreedStop : cancel.IsCancellationRequested);
 
         // Whether the evaluation follows step s: every N steps and at the run's last step (EvaluateEvery), or at epoch ends.
         bool EvaluatesAt(long s) => every is long n ? s % n == 0 || s == totalSteps : s % StepsPerEpoch == 0 && _o.EvaluateEachEpoch;
@@ -289,8 +318,11 @@ public sealed class TrainingLoop
             double emaTop1;
             try
             {
-                score = _task.Score(model, onNotice, cancel);
-                emaTop1 = ema is null ? double.NaN : _task.Score(emaModel!, null, cancel).Value;
+                // Sharded over the processes; a distributed evaluation runs to its end (a half-done collective would hang the
+                // others), and the stop is agreed after the next step.
+                var evalCancel = distributed ? CancellationToken.None : cancel;
+                score = _task.Score(model, group, onNotice, evalCancel);
+                emaTop1 = ema is null ? double.NaN : _task.Score(emaModel!, group, null, evalCancel).Value;
             }
             catch (OperationCanceledException) when (cancel.IsCancellationRequested)
             {
@@ -316,7 +348,7 @@ public sealed class TrainingLoop
             if (bestOfTwo > best)
             {
                 best = bestOfTwo;
-                if (saver is not null)
+                if (saver is { Writes: true })
                 {
                     _task.SaveWeights(_folder!.BestCheckpoint, ema is not null && emaTop1 >= top1 ? emaModel! : model);
                 }
@@ -377,7 +409,7 @@ public sealed class TrainingLoop
                 long images = 0;
                 var skipped = new List<SkippedImage>();
                 TimeSpan waited;
-                using (var data = _task.OpenEpoch(EpochOrder(epoch), epoch, _o.BatchSize, first * _o.AccumulationSteps, StepsPerEpoch * _o.AccumulationSteps, _o.Seed, DataShard.Whole))
+                using (var data = _task.OpenEpoch(EpochOrder(epoch), epoch, _o.BatchSize, first * _o.AccumulationSteps, StepsPerEpoch * _o.AccumulationSteps, _o.Seed, shard))
                 {
                     TimeSpan waitMark = TimeSpan.Zero; // the epoch's data wait already counted in an evaluation window
                     for (long b = first; b < StepsPerEpoch; b++)
@@ -399,7 +431,19 @@ public sealed class TrainingLoop
                         StepOutcome outcome;
                         try
                         {
+                            if (distributed)
+                            {
+                                // Each process draws its own drop-path masks (the official code seeds seed + rank), keyed by the
+                                // step so that a resumed job draws the same ones without the other ranks' generator states.
+                                torch.manual_seed(StepSeed(_o.Seed, step, group.Rank));
+                            }
+
                             outcome = trainStep.Run(data, lr, step + 1);
+                            if (distributed)
+                            {
+                                phase = TrainingPhase.Collective;
+                                (outcome, agreedStop, agreedSeconds) = Agree(group, outcome, cancel.IsCancellationRequested, trainClock.Elapsed.TotalSeconds);
+                            }
                         }
                         finally
                         {
@@ -521,7 +565,34 @@ public sealed class TrainingLoop
             throw new TrainingFailedException(failingStep, currentEpoch, phase, LastSavedStep, e);
         }
 
+        if (distributed)
+        {
+            group.Barrier(); // rank 0 has written the last files when every process returns
+        }
+
         return new TrainingRun(history, step, step - startStep, trainClock.Elapsed.TotalSeconds, imagesThisRun);
+    }
+
+    /// <summary>The drop-path seed of process <paramref name="rank"/> at step <paramref name="step"/> of a data-parallel run (SplitMix64 of the three).</summary>
+    internal static long StepSeed(long seed, long step, int rank)
+    {
+        ulong z = unchecked((ulong)seed * 0x9E3779B97F4A7C15UL ^ (ulong)step * 0xBF58476D1CE4E5B9UL ^ (ulong)(rank + 1) * 0x94D049BB133111EBUL);
+        z = unchecked((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL);
+        z = unchecked((z ^ (z >> 27)) * 0x94D049BB133111EBUL);
+        return (long)((z ^ (z >> 31)) & 0x7FFF_FFFF_FFFF_FFFFUL);
+    }
+
+    /// <summary>
+    /// After each step of a data-parallel run, one small allreduce: the loss (mean over processes, each its local mean, as
+    /// DDP's averaged gradient implies), the samples (summed), whether any process was asked to stop, and rank 0's training
+    /// time (which decides a time budget for all).
+    /// </summary>
+    private static (StepOutcome Outcome, bool Stop, double Seconds) Agree(ProcessGroup group, StepOutcome local, bool stop, double seconds)
+    {
+        var values = new[] { local.Loss, local.Samples, stop ? 1.0 : 0.0, group.IsMain ? seconds : 0.0 };
+        group.AllReduce(values);
+        var outcome = local with { Loss = values[0] / group.WorldSize, Samples = (long)values[1] };
+        return (outcome, values[2] > 0, values[3]);
     }
 
     /// <summary>Forces collections and finalizer runs back to back on a background thread (soak mode).</summary>

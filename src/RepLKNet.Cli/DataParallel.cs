@@ -1,0 +1,112 @@
+using System.Globalization;
+using RepLKNet.Distributed;
+using RepLKNet.Runtime;
+using Spectre.Console;
+
+namespace RepLKNet.Cli;
+
+/// <summary>
+/// The CLI's side of a data-parallel job (docs/distributed.md): <c>mpiexec -n N ./replknet train …</c> starts N copies of
+/// the tool; each finds its rank in the launcher's environment (<see cref="MpiLaunch.Detect"/>), only rank 0 prints and
+/// writes, every rank reports its own errors prefixed with its rank, libtorch's threads default to the cores divided among
+/// the processes of the machine, and a failure on one rank ends the whole job (<c>MPI_Abort</c>).
+/// </summary>
+internal static class DataParallel
+{
+    /// <summary>Commands that run data-parallel (the others refuse to run under a launcher with more than one process).</summary>
+    public static readonly string[] Commands = ["train", "seg train", "bench scale"];
+
+    /// <summary>The launcher's view of this process, or null when no MPI launcher started it (read by <see cref="Detect"/>).</summary>
+    public static MpiLaunch? Launch { get; private set; }
+
+    /// <summary>The job's process group once a command opened it (<see cref="Open"/>), or null.</summary>
+    public static ProcessGroup? Current { get; private set; }
+
+    /// <summary>"[rank r] " in a job of several processes, else empty: the prefix of this process's error lines.</summary>
+    public static string Prefix => Launch is { WorldSize: > 1 } l ? $"[rank {l.Rank}] " : "";
+
+    /// <summary>Reads the launcher's environment (once, at start; no MPI call).</summary>
+    /// <exception cref="CollectiveException">An unsupported launcher (Open MPI) or malformed variables.</exception>
+    public static MpiLaunch? Detect(Func<string, string?>? environment = null) => Launch = MpiLaunch.Detect(environment);
+
+    /// <summary>
+    /// Whether <paramref name="args"/> name a command that may run under a launcher with several processes (help and
+    /// version requests always may).
+    /// </summary>
+    public static bool Allows(string[] args)
+    {
+        ArgumentNullException.ThrowIfNull(args);
+        var words = args.TakeWhile(a => !a.StartsWith('-')).ToArray();
+        string first = words.Length > 0 ? words[0] : "", two = words.Length > 1 ? $"{first} {words[1]}" : first;
+        return words.Length == 0 || args.Any(a => a is "--help" or "-h" or "--version" or "-v") || first == "train" || two is "seg train" or "bench scale";
+    }
+
+    /// <summary>
+    /// The cores libtorch and the loaders use by default on this process: all of them for one process, else the machine's
+    /// cores divided among its processes (at least 1), so N ranks on one machine do not oversubscribe it.
+    /// </summary>
+    public static int DefaultThreads(MpiLaunch launch)
+    {
+        ArgumentNullException.ThrowIfNull(launch);
+        return Math.Max(1, Environment.ProcessorCount / Math.Max(1, launch.LocalWorldSize));
+    }
+
+    /// <summary>Applies the per-process defaults of a job at start: libtorch threads (unless <c>--threads</c> is given).</summary>
+    public static void ApplyDefaults(string[] args)
+    {
+        ArgumentNullException.ThrowIfNull(args);
+        if (Launch is { WorldSize: > 1 } launch && !args.Contains("--threads"))
+        {
+            TorchRuntime.SetThreads(DefaultThreads(launch));
+        }
+    }
+
+    /// <summary>Loader threads of this process: <paramref name="given"/>, else the default shared among the machine's processes.</summary>
+    public static int Workers(int? given) =>
+        given ?? (Launch is { WorldSize: > 1 } launch ? Math.Max(1, Data.LoaderPlan.DefaultWorkers / launch.LocalWorldSize) : Data.LoaderPlan.DefaultWorkers);
+
+    /// <summary>
+    /// The job's process group: <see cref="ProcessGroup.Single"/> without a launcher, else MPI (initialized here, once) with
+    /// <paramref name="timeoutSeconds"/> as the collective timeout (null: 30 min).
+    /// </summary>
+    /// <exception cref="UsageException"><paramref name="timeoutSeconds"/> is not positive.</exception>
+    /// <exception cref="CollectiveException">MPI cannot start (e.g. MPICH is not installed).</exception>
+    public static ProcessGroup Open(double? timeoutSeconds)
+    {
+        if (timeoutSeconds is { } t && !(t > 0 && double.IsFinite(t)))
+        {
+            throw new UsageException(string.Create(CultureInfo.InvariantCulture, $"--collective-timeout {t} must be a positive number of seconds"));
+        }
+
+        if (Launch is null)
+        {
+            return ProcessGroup.Single;
+        }
+
+        Current = MpiProcessGroup.Initialize(Launch, timeoutSeconds is { } s ? TimeSpan.FromSeconds(s) : null);
+        return Current;
+    }
+
+    /// <summary>A console that prints nothing (ranks other than 0).</summary>
+    public static IAnsiConsole Silent() => AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(TextWriter.Null), Interactive = InteractionSupport.No });
+
+    /// <summary>Ends the job after a failure on this process (others would otherwise wait in a collective until their timeout).</summary>
+    public static void AbortAfterFailure(int exitCode)
+    {
+        if (Current is { IsDistributed: true } group)
+        {
+            group.Abort(exitCode);
+        }
+    }
+
+    /// <summary>Releases MPI at the end of a successful command (MPI_Finalize).</summary>
+    public static void Close()
+    {
+        Current?.Dispose();
+        Current = null;
+    }
+
+    /// <summary>The launch prefix a resume command needs in a job (e.g. "mpiexec -n 2 "), else empty.</summary>
+    public static string LaunchPrefix(ProcessGroup group) =>
+        group is { IsDistributed: true } ? $"mpiexec -n {group.WorldSize} " : "";
+}
