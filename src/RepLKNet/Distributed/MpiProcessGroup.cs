@@ -78,7 +78,7 @@ public sealed class MpiProcessGroup : ProcessGroup
         }
 
         _watchdog = new CollectiveWatchdog(timeout, rank, onTimeout ?? AbortJob);
-        Backend = $"mpi ({LibraryVersion()})";
+        Backend = $"mpi, {LibraryVersion()}";
     }
 
     /// <summary>The default collective timeout: 30 minutes, <c>torch.distributed</c>'s.</summary>
@@ -398,7 +398,9 @@ public sealed class MpiProcessGroup : ProcessGroup
                     var get = (delegate* unmanaged<byte*, int*, int>)entry;
                     if (get(b, &length) == 0 && length > 0)
                     {
-                        return System.Text.Encoding.ASCII.GetString(buffer, 0, Math.Min(length, buffer.Length)).Split('\n')[0].Trim();
+                        // "MPICH Version:\t4.0.2\n…" → "MPICH 4.0.2".
+                        string first = System.Text.Encoding.ASCII.GetString(buffer, 0, Math.Min(length, buffer.Length)).Split('\n')[0];
+                        return string.Join(' ', first.Replace("Version:", "", StringComparison.Ordinal).Split((char[])[' ', '\t'], StringSplitOptions.RemoveEmptyEntries));
                     }
                 }
             }

@@ -95,6 +95,21 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
         [Description("Also save the resume state every N iterations (it is saved at every evaluation and on stops).")]
         public long? SaveEvery { get; init; }
 
+        /// <summary>SyncBN.</summary>
+        [CommandOption("--sync-bn")]
+        [Description("Under mpiexec: BatchNorm statistics over the global batch of all processes (the official configs' SyncBN); plain per-process BN otherwise.")]
+        public bool SyncBn { get; init; }
+
+        /// <summary>World-size change on resume.</summary>
+        [CommandOption("--allow-world-size-change")]
+        [Description("With --resume: continue a run written by another number of processes (the global batch, --batch-size × processes, must be the same).")]
+        public bool AllowWorldSizeChange { get; init; }
+
+        /// <summary>Collective timeout.</summary>
+        [CommandOption("--collective-timeout <SECONDS>")]
+        [Description("Under mpiexec: end the job when a collective waits longer than this (another process died or hangs); default 1800.")]
+        public double? CollectiveTimeout { get; init; }
+
         /// <summary>Evaluation subset.</summary>
         [CommandOption("--eval-limit <N>")]
         [Description("Evaluate on the first N val images only (smoke runs).")]
@@ -109,6 +124,7 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
     public override int Execute(CommandContext context, Settings settings, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(settings);
+        var group = DataParallel.Open(settings.CollectiveTimeout);
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
         var (name, config) = SegmentorRegistry.Resolve(settings.Arch ?? SegmentorRegistry.DefaultName);
         var (train, val) = settings.Open();
@@ -130,8 +146,9 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
             EvaluateEvery = settings.EvalEvery ?? Math.Min(SegmentationTrainOptions.DefaultEvaluateEvery, Math.Max(1, maxSteps / 4)),
             LearningRate = settings.Lr ?? recipe.LearningRate, WeightDecay = settings.WeightDecay, WarmupIterations = settings.WarmupIters ?? recipe.WarmupIters,
             WarmupRatio = settings.WarmupRatio, AuxiliaryWeight = settings.AuxWeight, EmaDecay = settings.EmaDecay, Seed = settings.Seed,
-            Workers = settings.Workers ?? Data.LoaderPlan.DefaultWorkers, Device = runtime.Device, Resume = settings.Resume,
+            Workers = DataParallel.Workers(settings.Workers), Device = runtime.Device, Resume = settings.Resume,
             InitialWeights = settings.Weights, SaveEvery = settings.SaveEvery, EvalLimit = settings.EvalLimit,
+            Group = group, SyncBatchNorm = settings.SyncBn, AllowWorldSizeChange = settings.AllowWorldSizeChange,
         };
         // After the arguments and the data were checked, so that a usage error leaves no run folder behind.
         if (File.Exists(settings.Out))
@@ -143,7 +160,11 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
         try
         {
             options.Validate();
-            RunFolder.EnsureWritable(settings.Out);
+            if (group.IsMain)
+            {
+                RunFolder.EnsureWritable(settings.Out);
+            }
+
             trainer = new SegmentationTrainer(options, train, val);
         }
         catch (ArgumentException e)
@@ -153,12 +174,13 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
 
         var output = console.Profile.Out.Writer;
         using var signals = new StopSignals(Console.Error, cancellationToken);
-        string resumeCommand = ResumeCommand(context.Arguments);
+        string resumeCommand = DataParallel.LaunchPrefix(group) + ResumeCommand(context.Arguments);
         var p = options.Pipeline;
         console.MarkupLine(CultureInfo.InvariantCulture,
-            "[bold]seg train[/] {0} on {1} ({2} classes): {3:N0} training / {4:N0} val images, {5} iterations of batch {6} (crop {7}×{8}, scale {9}×{10}), eval every {11}, {12}, {13} threads → {14}",
+            "[bold]seg train[/] {0} on {1} ({2} classes): {3:N0} training / {4:N0} val images, {5} iterations of batch {6} (crop {7}×{8}, scale {9}×{10}), eval every {11}, {12}, {13} threads{14} → {15}",
             Markup.Escape(name), Markup.Escape($"{train.Kind} {settings.Data}"), train.ClassNames.Count, train.Count, val.Count, maxSteps, options.BatchSize,
-            p.CropSize.Height, p.CropSize.Width, p.Scale.Long, p.Scale.Short, options.EvaluateEvery, runtime.Device, torch.get_num_threads(), Markup.Escape(settings.Out));
+            p.CropSize.Height, p.CropSize.Width, p.Scale.Long, p.Scale.Short, options.EvaluateEvery, runtime.Device, torch.get_num_threads(),
+            Markup.Escape(TrainCommand.DescribeJob(group, options.BatchSize, settings.SyncBn)), Markup.Escape(settings.Out));
         if (options.WarmupIterations > maxSteps)
         {
             console.MarkupLine(CultureInfo.InvariantCulture, "  [yellow]note[/]: the warm-up ({0} iterations) is longer than the run ({1}): the learning rate never reaches its base value; see --warmup-iters",
@@ -214,6 +236,11 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
         {
             console.Profile.Out.Writer.WriteLine($"stopped by {(signal == System.Runtime.InteropServices.PosixSignal.SIGTERM ? "SIGTERM" : "SIGINT")} after iteration {trainer.StepsDone}; the resume state is saved in {settings.Out}. Continue with: {resumeCommand}");
             return StopSignals.ExitCode(signal);
+        }
+
+        if (!group.IsMain)
+        {
+            return ExitCodes.Success; // rank 0 writes the plots
         }
 
         if (history.Count == 0)
