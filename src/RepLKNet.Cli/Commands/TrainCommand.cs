@@ -242,7 +242,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         }
 
         var output = console.Profile.Out.Writer;
-        using var signals = new StopSignals(Console.Error, cancellationToken);
+        using var signals = new StopSignals(group.IsMain ? Console.Error : TextWriter.Null, cancellationToken);
         string resumeCommand = DataParallel.LaunchPrefix(group) + ResumeCommand(context.Arguments);
         console.MarkupLine(CultureInfo.InvariantCulture, "[bold]train[/] {0} on {1}: {2:N0} training / {3:N0} test images, {4} epochs × {5} steps, batch {6}{7}, {8}, {9} threads, {10} loader workers{11} → {12}",
             Markup.Escape(name), Markup.Escape(data.Name), Math.Min(train.Count, settings.TrainSubset ?? long.MaxValue), data.Test.Count, settings.Epochs, trainer.StepsPerEpoch, settings.BatchSize,

@@ -173,7 +173,7 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
         }
 
         var output = console.Profile.Out.Writer;
-        using var signals = new StopSignals(Console.Error, cancellationToken);
+        using var signals = new StopSignals(group.IsMain ? Console.Error : TextWriter.Null, cancellationToken);
         string resumeCommand = DataParallel.LaunchPrefix(group) + ResumeCommand(context.Arguments);
         var p = options.Pipeline;
         console.MarkupLine(CultureInfo.InvariantCulture,
