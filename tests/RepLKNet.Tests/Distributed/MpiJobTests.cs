@@ -1,0 +1,245 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json.Nodes;
+using RepLKNet.Checkpoints;
+using RepLKNet.Tests.Support;
+using Xunit.Abstractions;
+using static TorchSharp.torch;
+
+namespace RepLKNet.Tests.Distributed;
+
+/// <summary>
+/// Data-parallel jobs of the real CLI under MPICH's <c>mpiexec</c> (2 ranks on this 2-core machine): equivalence with one
+/// process of the global batch, a killed and a hung rank, resuming with another world size, and what refuses to run.
+/// </summary>
+[Collection(SerialTests.Name)]
+public sealed class MpiJobTests(ITestOutputHelper output)
+{
+    /// <summary>
+    /// The issue's equivalence: 2 ranks × batch 32 with SyncBN end with the weights of 1 process × batch 64 after 20 steps
+    /// (augmentation and drop path off), and report the same metrics. Everything that makes data-parallel training right
+    /// is on this path: rank 0's weights broadcast, the shards of each global batch, SyncBN's global statistics and
+    /// backward, the averaged gradients, the agreed loss, the sharded evaluation.
+    /// </summary>
+    [MpiFact]
+    public void Two_ranks_of_batch_32_with_SyncBN_end_where_one_process_of_batch_64_ends()
+    {
+        using var dir = new TempDirectory();
+        string data = dir.File("data");
+        Directory.CreateDirectory(data);
+        FakeFashionMnist.Write(data, train: 1280, test: 200);
+        string[] common = ["train", "--data", data, "--epochs", "1", "--aug", "none", "--drop-path", "0", "--seed", "3", "--sync-bn", "--device", "cpu"];
+
+        var one = CliRunner.Run([.. common, "--batch-size", "64", "--out", dir.File("one")]);
+        Assert.True(one.ExitCode == 0, one.StdErr + one.StdOut);
+        var two = MpiRunner.Run(2, [.. common, "--batch-size", "32", "--out", dir.File("two")]);
+        Assert.True(two.ExitCode == 0, two.StdErr + two.StdOut);
+        Assert.Contains("2 processes (mpi", two.StdOut, StringComparison.Ordinal);
+        Assert.Contains("global batch 64 = 32 per process × 2, SyncBN", two.StdOut, StringComparison.Ordinal);
+        Assert.Contains("1 epochs × 20 steps", two.StdOut, StringComparison.Ordinal);
+        Assert.Contains("1 epochs × 20 steps", one.StdOut, StringComparison.Ordinal);
+
+        double worst = MaxRelativeDifference(Path.Combine(dir.File("one"), "last.safetensors"), Path.Combine(dir.File("two"), "last.safetensors"), output);
+        output.WriteLine($"max relative difference of the weights after 20 steps: {worst:E2}");
+        Assert.True(worst <= 1e-3, $"weights differ by {worst:E2} (relative to each tensor's largest value)");
+
+        // The same metrics: the loss of the epoch and the test top-1 (sharded evaluation, counts summed over the ranks).
+        var m1 = File.ReadAllLines(Path.Combine(dir.File("one"), "metrics.csv"))[1].Split(',');
+        var m2 = File.ReadAllLines(Path.Combine(dir.File("two"), "metrics.csv"))[1].Split(',');
+        double loss1 = double.Parse(m1[2], CultureInfo.InvariantCulture), loss2 = double.Parse(m2[2], CultureInfo.InvariantCulture);
+        output.WriteLine($"epoch loss: one process {loss1:R}, two ranks {loss2:R}; top-1 {m1[4]} vs {m2[4]}");
+        Assert.True(Math.Abs(loss1 - loss2) <= 1e-4 * Math.Abs(loss1), $"epoch loss {loss1} vs {loss2}");
+        Assert.True(Math.Abs(double.Parse(m1[4], CultureInfo.InvariantCulture) - double.Parse(m2[4], CultureInfo.InvariantCulture)) <= 1.0 / 200 + 1e-12,
+            $"test top-1 {m1[4]} vs {m2[4]} (more than one test image apart)");
+
+        // Only rank 0 wrote: one set of files, a state that records the world size.
+        var state = JsonNode.Parse(File.ReadAllText(Path.Combine(dir.File("two"), "state.json")))!;
+        Assert.Equal(2, (int)state["world_size"]!);
+        Assert.Equal(32, (int)state["batch_size"]!);
+    }
+
+    /// <summary>Without SyncBN each rank normalizes its own half: the weights must then differ from the global-batch run (the SyncBN test above is not vacuous).</summary>
+    [MpiFact]
+    public void Without_SyncBN_two_ranks_normalize_their_own_halves()
+    {
+        using var dir = new TempDirectory();
+        string data = dir.File("data");
+        Directory.CreateDirectory(data);
+        FakeFashionMnist.Write(data, train: 640, test: 40);
+        string[] common = ["train", "--data", data, "--epochs", "1", "--aug", "none", "--drop-path", "0", "--seed", "3", "--device", "cpu"];
+        var one = CliRunner.Run([.. common, "--batch-size", "64", "--out", dir.File("one")]);
+        Assert.True(one.ExitCode == 0, one.StdErr + one.StdOut);
+        var two = MpiRunner.Run(2, [.. common, "--batch-size", "32", "--out", dir.File("two")]);
+        Assert.True(two.ExitCode == 0, two.StdErr + two.StdOut);
+        double worst = MaxRelativeDifference(Path.Combine(dir.File("one"), "last.safetensors"), Path.Combine(dir.File("two"), "last.safetensors"), null);
+        output.WriteLine($"max relative difference without SyncBN: {worst:E2}");
+        Assert.True(worst > 1e-3, $"per-rank BatchNorm should change the result, got {worst:E2}");
+    }
+
+    /// <summary>A rank killed mid-run ends the job at once (the launcher ends the others), and the run resumes from the intact checkpoint.</summary>
+    [MpiFact]
+    public void A_killed_rank_ends_the_job_and_the_checkpoint_stays_resumable()
+    {
+        using var dir = new TempDirectory();
+        string data = dir.File("data");
+        Directory.CreateDirectory(data);
+        FakeFashionMnist.Write(data, train: 2048, test: 40);
+        string run = dir.File("killed-run");
+        string[] args = ["train", "--data", data, "--epochs", "2", "--batch-size", "16", "--save-every", "4", "--collective-timeout", "60", "--out", run, "--device", "cpu"];
+        var stdout = new StringBuilder();
+        var stderr = new StringBuilder();
+        using (var job = MpiRunner.Start(2, stdout, stderr, args))
+        {
+            string state = Path.Combine(run, "state.json");
+            var clock = Stopwatch.StartNew();
+            while (!File.Exists(state) && clock.Elapsed < TimeSpan.FromMinutes(2) && !job.HasExited)
+            {
+                Thread.Sleep(100);
+            }
+
+            Assert.True(File.Exists(state), $"no state after {clock.Elapsed}: {stderr}");
+            int victim = MpiRunner.RankProcess(1, run) ?? throw new InvalidOperationException($"rank 1 not found: {stderr}");
+            Process.GetProcessById(victim).Kill();
+            clock.Restart();
+            Assert.True(job.WaitForExit(TimeSpan.FromSeconds(60)), "the job did not end after a rank was killed");
+            output.WriteLine($"the job ended {clock.Elapsed.TotalSeconds:F1} s after rank 1 was killed, exit code {job.ExitCode}");
+            Assert.NotEqual(0, job.ExitCode);
+        }
+
+        Assert.Null(MpiRunner.RankProcess(0, run));
+        var saved = JsonNode.Parse(File.ReadAllText(Path.Combine(run, "state.json")))!;
+        long step = (long)saved["step"]!;
+        Assert.True(Directory.Exists(Path.Combine(run, (string)saved["resume"]!)));
+        var resumed = MpiRunner.Run(2, [.. args, "--resume"]);
+        Assert.True(resumed.ExitCode == 0, resumed.StdErr + resumed.StdOut);
+        Assert.Contains($"resumed from '{Path.Combine(run, "state.json")}' at step {step}", resumed.StdOut, StringComparison.Ordinal);
+        Assert.Matches(@"epoch\s+2/2: loss", resumed.StdOut);
+    }
+
+    /// <summary>A rank that hangs (stopped with SIGSTOP: alive, silent) makes the others end within the collective timeout, with a message.</summary>
+    [MpiFact]
+    public void A_hung_rank_ends_the_job_within_the_collective_timeout()
+    {
+        using var dir = new TempDirectory();
+        string data = dir.File("data");
+        Directory.CreateDirectory(data);
+        FakeFashionMnist.Write(data, train: 2048, test: 40);
+        string run = dir.File("hung-run");
+        var stdout = new StringBuilder();
+        var stderr = new StringBuilder();
+        using var job = MpiRunner.Start(2, stdout, stderr, "train", "--data", data, "--epochs", "2", "--batch-size", "16", "--save-every", "4",
+            "--collective-timeout", "5", "--out", run, "--device", "cpu");
+        try
+        {
+            var clock = Stopwatch.StartNew();
+            while (!File.Exists(Path.Combine(run, "state.json")) && clock.Elapsed < TimeSpan.FromMinutes(2) && !job.HasExited)
+            {
+                Thread.Sleep(100);
+            }
+
+            int victim = MpiRunner.RankProcess(1, run) ?? throw new InvalidOperationException($"rank 1 not found: {stderr}");
+            Assert.Equal(0, Kill(victim, "STOP"));
+            clock.Restart();
+            Assert.True(job.WaitForExit(TimeSpan.FromSeconds(60)), "the job did not end after a rank hung");
+            job.WaitForExit();
+            output.WriteLine($"the job ended {clock.Elapsed.TotalSeconds:F1} s after rank 1 stopped (timeout 5 s), exit code {job.ExitCode}");
+            Assert.NotEqual(0, job.ExitCode);
+            Assert.Contains("rank 0: the collective", stderr.ToString(), StringComparison.Ordinal);
+            Assert.Contains("did not complete within 5 s", stderr.ToString(), StringComparison.Ordinal);
+            Assert.NotNull(JsonNode.Parse(File.ReadAllText(Path.Combine(run, "state.json")))!["step"]);
+        }
+        finally
+        {
+            if (MpiRunner.RankProcess(1, run) is int left)
+            {
+                Kill(left, "KILL");
+            }
+        }
+    }
+
+    /// <summary>A run of 2 ranks resumes in 1 process only when allowed, and only with the same global batch.</summary>
+    [MpiFact]
+    public void Resuming_with_another_world_size_needs_the_flag_and_the_same_global_batch()
+    {
+        using var dir = new TempDirectory();
+        string data = dir.File("data");
+        Directory.CreateDirectory(data);
+        FakeFashionMnist.Write(data, train: 512, test: 40);
+        string run = dir.File("run");
+        string[] common = ["train", "--data", data, "--epochs", "2", "--aug", "none", "--out", run, "--device", "cpu"];
+        var first = MpiRunner.Run(2, [.. common, "--batch-size", "32", "--max-steps", "3"]);
+        Assert.True(first.ExitCode == 0, first.StdErr + first.StdOut);
+
+        var refused = CliRunner.Run([.. common, "--batch-size", "64", "--resume"]);
+        Assert.Equal(1, refused.ExitCode);
+        Assert.Contains("--allow-world-size-change", refused.StdErr, StringComparison.Ordinal);
+        Assert.Contains("2 process(es), this one has 1", refused.StdErr, StringComparison.Ordinal);
+
+        var otherBatch = CliRunner.Run([.. common, "--batch-size", "32", "--resume", "--allow-world-size-change"]);
+        Assert.Equal(1, otherBatch.ExitCode);
+        Assert.Contains("another batch size", otherBatch.StdErr, StringComparison.Ordinal);
+
+        var allowed = CliRunner.Run([.. common, "--batch-size", "64", "--resume", "--allow-world-size-change"]);
+        Assert.True(allowed.ExitCode == 0, allowed.StdErr + allowed.StdOut);
+        Assert.Contains("at step 3", allowed.StdOut, StringComparison.Ordinal);
+        Assert.Matches(@"epoch\s+2/2: loss", allowed.StdOut);
+    }
+
+    /// <summary>Commands that do not run data-parallel refuse to run as several processes; Open MPI's launcher is named.</summary>
+    [MpiFact]
+    public void Commands_that_are_not_data_parallel_refuse_several_processes()
+    {
+        var eval = MpiRunner.Run(2, "models");
+        Assert.Equal(2, eval.ExitCode);
+        Assert.Contains("'models' does not run data-parallel", eval.StdErr, StringComparison.Ordinal);
+
+        var help = MpiRunner.Run(2, "train", "--help");
+        Assert.True(help.ExitCode == 0, help.StdErr);
+        Assert.Contains("--sync-bn", help.StdOut, StringComparison.Ordinal);
+
+        var openMpi = CliRunner.Run(new Dictionary<string, string?> { ["OMPI_COMM_WORLD_SIZE"] = "2", ["OMPI_COMM_WORLD_RANK"] = "0" }, "train", "--max-steps", "1");
+        Assert.Equal(1, openMpi.ExitCode);
+        Assert.Contains("Open MPI", openMpi.StdErr, StringComparison.Ordinal);
+        Assert.Contains("mpiexec.mpich", openMpi.StdErr, StringComparison.Ordinal);
+    }
+
+    /// <summary>The largest |a − b| / max|a| over the tensors of two checkpoints (the same keys required).</summary>
+    internal static double MaxRelativeDifference(string a, string b, ITestOutputHelper? log, bool wholeModel = false)
+    {
+        using var x = CheckpointFile.Read(a, false, wholeModel);
+        using var y = CheckpointFile.Read(b, false, wholeModel);
+        Assert.Equal(x.State.Keys.Order(StringComparer.Ordinal), y.State.Keys.Order(StringComparer.Ordinal));
+        double worst = 0;
+        string worstKey = "";
+        foreach (var (key, t) in x.State)
+        {
+            if (!t.is_floating_point())
+            {
+                Assert.True(TorchSharp.torch.equal(t, y.State[key]), $"{key} differs");
+                continue;
+            }
+
+            using var scope = NewDisposeScope();
+            var u = t.to(ScalarType.Float64);
+            var v = y.State[key].to(ScalarType.Float64);
+            double scale = Math.Max(u.abs().max().item<double>(), 1e-12);
+            double diff = (u - v).abs().max().item<double>() / scale;
+            if (diff > worst)
+            {
+                worst = diff;
+                worstKey = key;
+            }
+        }
+
+        log?.WriteLine($"largest relative difference at {worstKey}");
+        return worst;
+    }
+
+    private static int Kill(int pid, string signal)
+    {
+        using var kill = Process.Start("kill", ["-" + signal, pid.ToString(CultureInfo.InvariantCulture)])!;
+        kill.WaitForExit();
+        return kill.ExitCode;
+    }
+}
