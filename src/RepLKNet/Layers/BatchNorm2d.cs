@@ -1,3 +1,4 @@
+using RepLKNet.Distributed;
 using RepLKNet.Runtime;
 using static TorchSharp.torch;
 
@@ -9,15 +10,21 @@ namespace RepLKNet.Layers;
 /// (<c>F.batch_norm</c> with batch statistics in training and the running ones in eval, <c>num_batches_tracked</c> counted
 /// in training), but safe against the GC: TorchSharp's own <c>BatchNorm.forward</c> increments the counter with
 /// <c>add_(1)</c>, which creates two temporary Scalars the finalizer thread may free while libtorch reads them
-/// (<see cref="Scalars"/>). Input (N, C, H, W); throws <see cref="ArgumentException"/> for another rank.
+/// (<see cref="Scalars"/>). Input (N, C, H, W); throws <see cref="ArgumentException"/> for another rank. With a
+/// distributed <see cref="SyncGroup"/>, training batches are normalized with the statistics of all processes' batches
+/// (<c>torch.nn.SyncBatchNorm</c>, <see cref="SyncBatchNorm"/>); eval mode and one-process groups are unchanged.
 /// </summary>
-public sealed class BatchNorm2d : TorchSharp.Modules.BatchNorm
+public sealed class BatchNorm2d : TorchSharp.Modules.BatchNorm, ISyncBatchNorm
 {
     /// <summary>Creates the layer (PyTorch's defaults: eps 1e-5, momentum 0.1, affine, tracking running statistics).</summary>
     public BatchNorm2d(long numFeatures, double eps = 1e-5, double momentum = 0.1, bool affine = true, bool trackRunningStats = true, Device? device = null)
         : base(numFeatures, eps, momentum, affine, trackRunningStats, device, null, "BatchNorm2d")
     {
     }
+
+    /// <inheritdoc />
+    /// <remarks>Not a parameter or buffer: state_dict keys are those of the plain layer.</remarks>
+    public ProcessGroup? SyncGroup { get; set; }
 
     /// <inheritdoc />
     public override Tensor forward(Tensor input)
@@ -29,6 +36,13 @@ public sealed class BatchNorm2d : TorchSharp.Modules.BatchNorm
             num_batches_tracked.add_(Scalars.One, Scalars.One);
             // momentum None: a cumulative moving average, as PyTorch's _BatchNorm.forward does.
             factor = momentum ?? 1.0 / num_batches_tracked.item<long>();
+        }
+
+        if (training && SyncGroup is { IsDistributed: true } group)
+        {
+            // PyTorch's SyncBatchNorm: running statistics passed only when tracked.
+            return SyncBatchNorm.Forward(input, track_running_stats ? running_mean : null, track_running_stats ? running_var : null, weight, bias,
+                factor, eps, group);
         }
 
         bool useBatchStatistics = training || (running_mean is null && running_var is null);
