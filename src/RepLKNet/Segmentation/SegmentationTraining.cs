@@ -275,6 +275,13 @@ public sealed class SegmentationTrainer
         torch.manual_seed(_o.Seed);
         using var model = new EncoderDecoder(_o.Config, device: _o.Device, name: _o.Arch);
         using var emaModel = _o.EmaDecay > 0 ? new EncoderDecoder(_o.Config, device: _o.Device, name: _o.Arch) : null;
+        if (_o.SyncBatchNorm && _o.Group.IsDistributed)
+        {
+            // torch.nn.SyncBatchNorm.convert_sync_batchnorm, in place: every BatchNorm2d of the trained model (the EMA only averages).
+            int layers = Distributed.SyncBatchNorm.Convert(model, _o.Group);
+            onNotice?.Invoke($"SyncBN: {layers} BatchNorm layers normalize over the global batch of {_o.Group.WorldSize} processes");
+        }
+
         bool resuming = _o.Resume && File.Exists(_loop.Folder!.StateFile);
         if (_o.InitialWeights is { } weights && !resuming)
         {

@@ -132,6 +132,7 @@ public sealed class TrainStep
             Phase = TrainingPhase.Backward;
             (AccumulationSteps == 1 ? loss : Scalars.Div(loss, AccumulationSteps)).backward();
             Ops.DepthwiseConv2d.ReleaseBackwardOutputs();
+            Distributed.SyncBatchNorm.ReleaseBackwardOutputs();
             value += microValue / AccumulationSteps;
             samples += data.Count;
         }

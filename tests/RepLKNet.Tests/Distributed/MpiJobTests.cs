@@ -216,7 +216,7 @@ public sealed class MpiJobTests(ITestOutputHelper output)
         {
             if (!t.is_floating_point())
             {
-                Assert.True(TorchSharp.torch.equal(t, y.State[key]), $"{key} differs");
+                Assert.True(t.equal(y.State[key]).item<bool>(), $"{key} differs");
                 continue;
             }
 
