@@ -51,7 +51,7 @@ public sealed record MpiLaunch(int Rank, int WorldSize, int LocalRank, int Local
 /// A <see cref="ProcessGroup"/> on MPI through the MPI.NET binding (NuGet <c>MPI.NET</c> 1.4.0, built for MS-MPI) running on
 /// Debian's MPICH (<c>libmpich.so.12</c>; MS-MPI's ABI is MPICH's: integer handles): host-memory collectives on tensor
 /// storage without copies (<c>MPI_Allreduce</c> with <c>MPI_IN_PLACE</c>, <c>MPI_Bcast</c>); CUDA tensors go through NCCL when
-/// <c>libnccl.so.2</c> loads, else through host memory. Every collective is guarded by a <see cref="CollectiveWatchdog"/>.
+/// <c>libnccl.so.2</c> loads on every rank (<see cref="NcclLibrary"/>, <see cref="NcclCommunicator"/>), else through host memory. Every collective is guarded by a <see cref="CollectiveWatchdog"/>.
 /// One per process (MPI is initialized once): <see cref="Initialize"/>.
 /// </summary>
 public sealed class MpiProcessGroup : ProcessGroup
@@ -64,6 +64,10 @@ public sealed class MpiProcessGroup : ProcessGroup
     private readonly MpiLaunch _launch;
     private readonly CollectiveWatchdog _watchdog;
     private readonly int _comm = MPI.Unsafe.MPI_COMM_WORLD;
+    private readonly string _mpiBackend;
+    private NcclCommunicator? _nccl;
+    private string? _ncclOff;
+    private bool _ncclDecided;
     private bool _disposed;
 
     private MpiProcessGroup(MPI.Environment environment, MpiLaunch launch, TimeSpan timeout, Action<string>? onTimeout)
@@ -78,7 +82,7 @@ public sealed class MpiProcessGroup : ProcessGroup
         }
 
         _watchdog = new CollectiveWatchdog(timeout, rank, onTimeout ?? AbortJob);
-        Backend = $"mpi, {LibraryVersion()}";
+        _mpiBackend = $"mpi, {LibraryVersion()}";
     }
 
     /// <summary>The default collective timeout: 30 minutes, <c>torch.distributed</c>'s.</summary>
@@ -96,8 +100,16 @@ public sealed class MpiProcessGroup : ProcessGroup
     /// <inheritdoc />
     public override int LocalWorldSize => _launch.LocalWorldSize;
 
-    /// <inheritdoc />
-    public override string Backend { get; }
+    /// <summary>
+    /// <c>mpi, MPICH 4.0.2</c>; once CUDA collectives ran: <c>nccl 2.x.y (cuda:N) + mpi, …</c>, or
+    /// <c>mpi, …; CUDA tensors staged through host memory</c> (<see cref="NcclUnavailableReason"/> says why).
+    /// </summary>
+    public override string Backend => _nccl is { } nccl
+        ? $"nccl {NcclLibrary.VersionText(nccl.Version)} (cuda:{nccl.Device}) + {_mpiBackend}"
+        : _ncclDecided ? $"{_mpiBackend}; CUDA tensors staged through host memory" : _mpiBackend;
+
+    /// <summary>Why CUDA collectives are staged through host memory rather than run on NCCL; null while NCCL is used or not yet decided.</summary>
+    public string? NcclUnavailableReason => _ncclOff;
 
     /// <summary>The watchdog of this group's collectives.</summary>
     public CollectiveWatchdog Watchdog => _watchdog;
@@ -176,7 +188,20 @@ public sealed class MpiProcessGroup : ProcessGroup
         CheckTensor(tensor);
         if (tensor.device_type != TorchSharp.DeviceType.CPU)
         {
-            StagedThroughHost(tensor, t => AllReduce(t, op));
+            if (!UseNccl(tensor))
+            {
+                StagedThroughHost(tensor, t => AllReduce(t, op));
+            }
+            else if (tensor.dtype is ScalarType.BFloat16 or ScalarType.Float16)
+            {
+                StagedAsFloat(tensor, t => AllReduce(t, op));
+            }
+            else
+            {
+                using var ncclWatch = _watchdog.Enter(Describe("NCCL allreduce", tensor.numel() * tensor.element_size()));
+                _nccl!.AllReduce(tensor, op);
+            }
+
             return;
         }
 
@@ -218,7 +243,20 @@ public sealed class MpiProcessGroup : ProcessGroup
         CheckRoot(root);
         if (tensor.device_type != TorchSharp.DeviceType.CPU)
         {
-            StagedThroughHost(tensor, t => Broadcast(t, root));
+            if (!UseNccl(tensor))
+            {
+                StagedThroughHost(tensor, t => Broadcast(t, root));
+            }
+            else if (tensor.dtype is ScalarType.BFloat16 or ScalarType.Float16)
+            {
+                StagedAsFloat(tensor, t => Broadcast(t, root));
+            }
+            else
+            {
+                using var ncclWatch = _watchdog.Enter(Describe("NCCL broadcast", tensor.numel() * tensor.element_size()));
+                _nccl!.Broadcast(tensor, root);
+            }
+
             return;
         }
 
@@ -298,6 +336,8 @@ public sealed class MpiProcessGroup : ProcessGroup
         _disposed = true;
         if (disposing)
         {
+            _nccl?.Dispose();
+            _nccl = null;
             _watchdog.Dispose();
             _environment.Dispose();
         }
@@ -314,6 +354,34 @@ public sealed class MpiProcessGroup : ProcessGroup
         abort.Start();
         abort.Join(TimeSpan.FromSeconds(10));
         Environment.Exit(1);
+    }
+
+    /// <summary>
+    /// Whether this CUDA collective runs on NCCL. The first CUDA collective decides, on every rank together (all ranks make
+    /// it at the same point): NCCL must load on every rank (<see cref="NcclLibrary"/>; <c>REPLKNET_NCCL=0</c> disables it),
+    /// the tensor must be a CUDA one and no two local ranks may share a device; then the communicator is created on the
+    /// tensor's device (unique id from rank 0 over MPI). Otherwise every CUDA collective is staged through host memory.
+    /// </summary>
+    private bool UseNccl(Tensor tensor)
+    {
+        if (!_ncclDecided)
+        {
+            string? local = NcclLibrary.UnavailableReason;
+            if (local is null && tensor.device_type != TorchSharp.DeviceType.CUDA)
+            {
+                local = $"tensors on {tensor.device_type}";
+            }
+
+            local ??= GpuPlacement.Oversubscribed(this, (int)TorchSharp.torch.cuda.device_count());
+            _ncclOff = NcclAgreement.Agree(this, local);
+            _ncclDecided = true;
+            if (_ncclOff is null)
+            {
+                _nccl = NcclCommunicator.Create(this, tensor.device_index, _watchdog);
+            }
+        }
+
+        return _nccl is not null;
     }
 
     private static readonly IntPtr InPlace = new(-1); // MPICH's (and MS-MPI's) MPI_IN_PLACE
