@@ -163,10 +163,40 @@ public sealed class ShardingTests
     }
 
     // A classifier whose predictions spread over the classes: a random linear map of the flattened image.
-    private static TorchSharp.Modules.Sequential Classifier(int classes)
+    private static TorchSharp.Modules.Sequential Classifier(int classes) => Randomized(Sequential(Flatten(), Linear(256, classes)), 0.05);
+
+    // Weights drawn from a local generator (the global one is shared with tests running in parallel).
+    private static T Randomized<T>(T model, double scale)
+        where T : Module
     {
-        manual_seed(12);
-        return Sequential(Flatten(), Linear(256, classes));
+        var g = new Generator(12);
+        using var noGrad = no_grad();
+        foreach (var p in model.parameters())
+        {
+            using var draw = randn(p.shape, generator: g);
+            Scalars.AddInPlace(p, Scalars.MulInPlace(draw, scale));
+        }
+
+        return model;
+    }
+
+    // Copies of one model (one per rank; the global generator is shared with tests running in parallel, so the copies are
+    // made by copying the weights, not by re-seeding).
+    private static T[] Copies<T>(int count, Func<T> make)
+        where T : Module
+    {
+        var models = Enumerable.Range(0, count).Select(_ => make()).ToArray();
+        using var noGrad = no_grad();
+        var reference = models[0].state_dict();
+        foreach (var model in models.Skip(1))
+        {
+            foreach (var (name, value) in model.state_dict())
+            {
+                value.copy_(reference[name]);
+            }
+        }
+
+        return models;
     }
 
     private sealed class Unreadable(IImageDataset inner, IReadOnlySet<long> bad, bool fatal = false) : IImageDataset
@@ -210,7 +240,7 @@ public sealed class ShardingTests
         var test = new Unreadable(FourClasses(29, 8), new HashSet<long> { 4, 22 });
         var task = Task(test, evalBatch: 4);
         var pipeline = task.Pipeline;
-        var models = Enumerable.Range(0, world + 1).Select(_ => Classifier(4)).ToArray();
+        var models = Copies(world + 1, () => Classifier(4));
         var one = Evaluation.Run(models[world], 4, test, pipeline, 4, CPU, 1, CancellationToken.None);
         var oneNotices = new List<string>();
         double oneScore = task.Score(models[world], ProcessGroup.Single, oneNotices.Add, CancellationToken.None).Value;
@@ -253,7 +283,7 @@ public sealed class ShardingTests
         const int world = 3;
         var test = FourClasses(24, 3);
         var task = Task(test, evalBatch: 4);
-        var models = Enumerable.Range(0, world).Select(_ => Classifier(4)).ToArray();
+        var models = Copies(world, () => Classifier(4));
         var errors = new Exception?[world];
         using var cancelled = new CancellationTokenSource();
         cancelled.Cancel();
@@ -276,15 +306,7 @@ public sealed class ShardingTests
 
     private static EncoderDecoder Segmenter()
     {
-        manual_seed(4);
-        var model = new EncoderDecoder(SegShapes.TinyConfig());
-        using var noGrad = no_grad();
-        foreach (var p in model.parameters())
-        {
-            Scalars.AddInPlace(p, randn_like(p)); // far from the initialisation: predictions mix the classes
-        }
-
-        return model;
+        return Randomized(new EncoderDecoder(SegShapes.TinyConfig()), 1.0); // far from the initialisation: predictions mix the classes
     }
 
     private sealed class BrokenSeg(ISegmentationDataset inner, long bad) : ISegmentationDataset
@@ -310,7 +332,7 @@ public sealed class ShardingTests
         var pipeline = new SegmentationPipeline(new SegmentationPipelineOptions { Scale = (48, 24), CropSize = (24, 24) });
         var evaluator = new SegmentationEvaluator(val, pipeline, SegmentationTestConfig.Whole);
         var task = new SegmentationTask(train, pipeline, evaluator, "tiny", train.ClassNames, train.Palette);
-        var models = Enumerable.Range(0, world + 1).Select(_ => Segmenter()).ToArray();
+        var models = Copies(world + 1, Segmenter);
         var oneNotices = new List<string>();
         var one = task.Score(models[world], oneNotices.Add, CancellationToken.None);
         var oneScores = task.LastScores!;
