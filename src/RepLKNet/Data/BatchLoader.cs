@@ -51,24 +51,46 @@ public sealed record LoaderPlan
     public int Prefetch { get; init; } = 4;
 
     /// <summary>
-    /// Batches a loader hands out: <see cref="BatchCount"/> (or every batch of <see cref="Order"/>, a last partial one
-    /// included), at most what <see cref="Order"/> holds, from <see cref="FirstBatch"/> on.
+    /// This process's part of each global batch in a data-parallel job (<see cref="DataShard.Whole"/>, the default: one
+    /// process reads everything). With a shard of <see cref="DataShard.Count"/> = W, batch k holds the order positions
+    /// <see cref="DataShard.Position"/>(k, <see cref="BatchSize"/>, i) = (k·W + Index)·B + i, every per-sample draw is keyed by
+    /// that global position (so the union over the shards of batch k is, pixel for pixel, what one process with batch B·W
+    /// reads at step k), and Mixup/CutMix of batch k (one λ per micro-batch, as timm under DDP) by (k·W + Index).
+    /// </summary>
+    public DataShard Shard { get; init; } = DataShard.Whole;
+
+    /// <summary>
+    /// Batches a loader hands out, from <see cref="FirstBatch"/> on, at most <see cref="BatchCount"/> in all: for the whole
+    /// data, every batch of <see cref="Order"/> (a last partial one included); for a shard, only the full global batches
+    /// (⌊|Order| / (B·W)⌋: every process gets the same number of full micro-batches, as <c>DistributedSampler</c> with
+    /// <c>drop_last</c>).
     /// </summary>
     public long Batches
     {
         get
         {
-            long available = (Order.LongLength + BatchSize - 1) / BatchSize;
+            long available = Shard.IsWhole
+                ? (Order.LongLength + BatchSize - 1) / BatchSize
+                : Order.LongLength / ((long)BatchSize * Shard.Count);
             return Math.Max(0, Math.Min(BatchCount ?? available, available) - FirstBatch);
         }
     }
 
-    /// <summary>The order positions of batch <paramref name="number"/>: (first position, samples).</summary>
+    /// <summary>
+    /// The order positions of batch <paramref name="number"/>: (first position, samples); the batch holds positions
+    /// Start … Start + Count − 1 (Start = <see cref="DataShard.Position"/>(number, B, 0); for the whole data number·B).
+    /// </summary>
     public (long Start, int Count) Range(long number)
     {
-        long start = number * BatchSize;
+        long start = Shard.Position(number, BatchSize, 0);
         return (start, (int)Math.Max(0, Math.Min(BatchSize, Order.LongLength - start)));
     }
+
+    /// <summary>
+    /// The key of batch <paramref name="number"/>'s batch-level draws (Mixup/CutMix): number·W + Index, the global
+    /// micro-batch number (number itself for the whole data).
+    /// </summary>
+    public long BatchKey(long number) => number * Math.Max(1, Shard.Count) + Shard.Index;
 
     /// <summary>
     /// The generator of the sample at position <paramref name="position"/> of the epoch's order, keyed by (seed, epoch,
@@ -76,14 +98,15 @@ public sealed record LoaderPlan
     /// </summary>
     public SampleRandom SampleRandom(long position, ulong stream) => new((ulong)Key.Seed, (ulong)Key.Epoch, (ulong)position, stream);
 
-    /// <summary>Checks the sizes.</summary>
-    /// <exception cref="ArgumentOutOfRangeException"><see cref="BatchSize"/>, <see cref="Workers"/> or <see cref="Prefetch"/> is not positive.</exception>
+    /// <summary>Checks the sizes and the shard.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><see cref="BatchSize"/>, <see cref="Workers"/> or <see cref="Prefetch"/> is not positive, or <see cref="Shard"/> does not exist.</exception>
     public void Check()
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(BatchSize, nameof(BatchSize));
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(Workers, nameof(Workers));
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(Prefetch, nameof(Prefetch));
         ArgumentNullException.ThrowIfNull(Order, nameof(Order));
+        Shard.Check();
     }
 }
 
@@ -126,15 +149,17 @@ public sealed class BatchLoader : IDisposable
     /// <inheritdoc />
     public void Dispose() => _background.Dispose();
 
-    /// <summary>Prepares batch <paramref name="number"/> of the plan on the calling thread (what the workers run).</summary>
+    /// <summary>
+    /// Prepares batch <paramref name="number"/> of the plan on the calling thread (what the workers run): the samples at
+    /// the order positions of <see cref="LoaderPlan.Range"/>, each training draw keyed by its global position.
+    /// </summary>
     public static LoadedBatch Prepare(IImageDataset data, SamplePipeline pipeline, AugmentOptions options, LoaderPlan plan, long number, int workers = 1, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(data);
         ArgumentNullException.ThrowIfNull(pipeline);
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(plan);
-        long start = number * plan.BatchSize;
-        int n = (int)Math.Min(plan.BatchSize, plan.Order.LongLength - start);
+        var (start, n) = plan.Range(number);
         int length = pipeline.SampleLength;
         var images = new float[(long)n * length];
         var labels = new long[n];
@@ -197,7 +222,7 @@ public sealed class BatchLoader : IDisposable
         float[]? targets = null;
         if (plan.Train && options.Mixes && count > 0)
         {
-            var rng = new SampleRandom((ulong)plan.Key.Seed, (ulong)plan.Key.Epoch, (ulong)number, 0x3117);
+            var rng = new SampleRandom((ulong)plan.Key.Seed, (ulong)plan.Key.Epoch, (ulong)plan.BatchKey(number), 0x3117);
             targets = Mixing.Apply(images, labels, count, pipeline.Channels, pipeline.Size, data.ClassNames.Count, options, ref rng);
         }
 

@@ -41,11 +41,11 @@ public sealed record SegmentationBatch(long Number, float[] Images, long[] Label
 /// The segmentation batch loader: the classification loader's plan (<see cref="LoaderPlan"/>: order, batch size, first
 /// batch, batch count, train/test view, (seed, epoch) key, workers, prefetch) and background machinery
 /// (<see cref="BackgroundBatches{TBatch}"/>), with <see cref="SegmentationPipeline"/> samples. Sample k of the epoch's
-/// order draws from <see cref="LoaderPlan.SampleRandom"/>(k, …), so batches do not depend on the worker count and a run
+/// order draws from <see cref="LoaderPlan.SampleRandom"/>(k, …) (k the global position, also under a <see cref="LoaderPlan.Shard"/>), so batches do not depend on the worker count and a run
 /// resumed inside an epoch sees what it would have seen. Samples whose image or mask cannot be read (a
 /// <see cref="DatasetException"/>: damaged files, mask of another size, labels out of range) are left out of their batch
 /// and reported in <see cref="SegmentationBatch.Skipped"/>. A training task's <c>OpenEpoch(order, epoch, batchSize,
-/// firstBatch, batchCount, seed)</c> maps one to one onto <see cref="ForEpoch"/>.
+/// firstBatch, batchCount, seed, shard)</c> maps one to one onto <see cref="ForEpoch"/>.
 /// </summary>
 public sealed class SegmentationLoader : IDisposable
 {
@@ -77,13 +77,27 @@ public sealed class SegmentationLoader : IDisposable
 
     /// <summary>
     /// The training loader of one epoch, as <c>ITrainingTask.OpenEpoch</c> asks: batch k holds
-    /// <c>order[k·batchSize .. (k+1)·batchSize)</c>, from <paramref name="firstBatch"/>, <paramref name="batchCount"/> batches.
+    /// <c>order[k·batchSize .. (k+1)·batchSize)</c> (with a <paramref name="shard"/> of W processes, the order positions
+    /// <see cref="DataShard.Position"/>(k, batchSize, i) = (k·W + Index)·batchSize + i, each crop drawn by its global position,
+    /// and only full global batches), from <paramref name="firstBatch"/>, at most <paramref name="batchCount"/> batches.
     /// </summary>
-    public static SegmentationLoader ForEpoch(ISegmentationDataset data, SegmentationPipeline pipeline, long[] order, int epoch, int batchSize, long firstBatch, long batchCount, long seed, int? workers = null) =>
+    /// <param name="data">Training set.</param>
+    /// <param name="pipeline">Training pipeline.</param>
+    /// <param name="order">The epoch's order of dataset indices.</param>
+    /// <param name="epoch">Epoch (keys the draws with <paramref name="seed"/>).</param>
+    /// <param name="batchSize">Crops per (micro-)batch.</param>
+    /// <param name="firstBatch">First batch to produce.</param>
+    /// <param name="batchCount">Batches in the epoch.</param>
+    /// <param name="seed">The run's seed.</param>
+    /// <param name="workers">Threads preparing crops; null: <see cref="LoaderPlan.DefaultWorkers"/>.</param>
+    /// <param name="shard">This process's part of each global batch; null: the whole data (<see cref="DataShard.Whole"/>).</param>
+    /// <exception cref="ArgumentOutOfRangeException">A size is not positive or the shard does not exist.</exception>
+    public static SegmentationLoader ForEpoch(ISegmentationDataset data, SegmentationPipeline pipeline, long[] order, int epoch, int batchSize, long firstBatch, long batchCount, long seed, int? workers = null,
+        DataShard? shard = null) =>
         new(data, pipeline, new LoaderPlan
         {
             Order = order, BatchSize = batchSize, FirstBatch = firstBatch, BatchCount = batchCount, Train = true, Key = (seed, epoch),
-            Workers = workers ?? LoaderPlan.DefaultWorkers,
+            Workers = workers ?? LoaderPlan.DefaultWorkers, Shard = shard ?? DataShard.Whole,
         });
 
     /// <summary>The batches, in order; rethrows a failure of the background work.</summary>

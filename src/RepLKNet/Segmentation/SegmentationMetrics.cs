@@ -144,6 +144,55 @@ public sealed class SegmentationMetrics
         Images += other.Images;
     }
 
+    /// <summary>
+    /// The accumulated counts as float64 values, for a sum over the processes of a data-parallel job: the intersection,
+    /// prediction and label areas of each class, then the images (3·classes + 1 values; exact while a count stays below 2⁵³).
+    /// </summary>
+    public double[] ToCounts()
+    {
+        var counts = new double[3 * NumClasses + 1];
+        for (int c = 0; c < NumClasses; c++)
+        {
+            counts[c] = _intersect[c];
+            counts[NumClasses + c] = _prediction[c];
+            counts[2 * NumClasses + c] = _label[c];
+        }
+
+        counts[3 * NumClasses] = Images;
+        return counts;
+    }
+
+    /// <summary>An accumulation holding <paramref name="counts"/> as <see cref="ToCounts"/> lays them out (e.g. summed over processes).</summary>
+    /// <param name="numClasses">Classes (≥ 1).</param>
+    /// <param name="counts">3·classes + 1 non-negative whole numbers.</param>
+    /// <param name="ignoreIndex">The label value left out.</param>
+    /// <exception cref="ArgumentException"><paramref name="counts"/> has another length or holds a value that is not a non-negative whole number.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="numClasses"/> &lt; 1.</exception>
+    public static SegmentationMetrics FromCounts(int numClasses, IReadOnlyList<double> counts, int ignoreIndex = SegmentationDataset.Ignore)
+    {
+        ArgumentNullException.ThrowIfNull(counts);
+        var metrics = new SegmentationMetrics(numClasses, ignoreIndex);
+        if (counts.Count != 3 * numClasses + 1)
+        {
+            throw new ArgumentException($"counts must hold 3·{numClasses} + 1 values, got {counts.Count}", nameof(counts));
+        }
+
+        if (counts.Any(v => !(v >= 0) || v != Math.Floor(v) || v > 9.007199254740992e15))
+        {
+            throw new ArgumentException("counts must be non-negative whole numbers below 2^53", nameof(counts));
+        }
+
+        for (int c = 0; c < numClasses; c++)
+        {
+            metrics._intersect[c] = (long)counts[c];
+            metrics._prediction[c] = (long)counts[numClasses + c];
+            metrics._label[c] = (long)counts[2 * numClasses + c];
+        }
+
+        metrics.Images = (long)counts[3 * numClasses];
+        return metrics;
+    }
+
     /// <summary>The scores of what was accumulated (<c>total_area_to_metrics</c>).</summary>
     public SegmentationScores Compute()
     {

@@ -1,5 +1,6 @@
 using RepLKNet.Checkpoints;
 using RepLKNet.Data;
+using RepLKNet.Distributed;
 using RepLKNet.Models.Segmentation;
 using RepLKNet.Training;
 using static TorchSharp.torch;
@@ -92,7 +93,7 @@ public sealed class SegmentationTask : ITrainingTask
 
     /// <inheritdoc />
     public ITrainingEpoch OpenEpoch(long[] order, int epoch, int batchSize, long firstBatch, long batchCount, long seed, DataShard shard) =>
-        new Epoch(this, SegmentationLoader.ForEpoch(_train, _pipeline, order, epoch, batchSize, firstBatch, batchCount, seed, Workers), AuxiliaryWeight);
+        new Epoch(this, SegmentationLoader.ForEpoch(_train, _pipeline, order, epoch, batchSize, firstBatch, batchCount, seed, Workers, shard), AuxiliaryWeight);
 
     /// <inheritdoc />
     /// <exception cref="ArgumentException"><paramref name="model"/> is not an <see cref="EncoderDecoder"/>.</exception>
@@ -101,16 +102,32 @@ public sealed class SegmentationTask : ITrainingTask
     /// <summary>Scores <paramref name="model"/> on the validation set: mIoU, with aAcc, mAcc and per-class IoU as details.</summary>
     /// <exception cref="ArgumentException"><paramref name="model"/> is not an <see cref="EncoderDecoder"/>.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancel"/> was cancelled.</exception>
-    public TaskScore Score(Module<Tensor, Tensor> model, Action<string>? onNotice, CancellationToken cancel)
+    public TaskScore Score(Module<Tensor, Tensor> model, Action<string>? onNotice, CancellationToken cancel) => Score(model, ProcessGroup.Single, onNotice, cancel);
+
+    /// <summary>
+    /// <see cref="Score(Module{Tensor, Tensor}, Action{string}, CancellationToken)"/> in a data-parallel job: each process of
+    /// <paramref name="group"/> scores a contiguous block of the validation images and the per-class areas are summed
+    /// (<see cref="SegmentationEvaluator.Evaluate(EncoderDecoder, Action{long, long}, Action{SkippedImage}, ProcessGroup, CancellationToken)"/>),
+    /// so every process returns the one-process mIoU and details (per-class IoU included) and the same skipped-sample
+    /// notice. The training crops used and left out since the last evaluation are summed in the same reduction, so every
+    /// process reaches the same verdict on a window that trained on nothing. A cancellation or failure on one process
+    /// reaches all at the reduction (<see cref="ShardedEvaluation"/>).
+    /// </summary>
+    /// <exception cref="ArgumentException"><paramref name="model"/> is not an <see cref="EncoderDecoder"/>.</exception>
+    /// <exception cref="DatasetException">No validation sample could be used, or no training crop since the last evaluation.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancel"/> was cancelled (on this or another process).</exception>
+    /// <exception cref="CollectiveException">Another process failed, or a collective failed.</exception>
+    public TaskScore Score(Module<Tensor, Tensor> model, ProcessGroup group, Action<string>? onNotice, CancellationToken cancel)
     {
         var segmenter = AsSegmenter(model, nameof(model));
+        ArgumentNullException.ThrowIfNull(group);
         int skipped = 0;
         string? example = null;
-        var scores = _evaluator.Evaluate(segmenter, null, s =>
+        var (scores, training) = _evaluator.Evaluate(segmenter, null, s =>
         {
             skipped++;
             example ??= $"{s.Source}: {s.Reason}";
-        }, cancel);
+        }, group, [_usable, _unusable], cancel);
         if (skipped > 0)
         {
             onNotice?.Invoke($"evaluation skipped {skipped} unreadable sample(s), e.g. {example}");
@@ -122,7 +139,7 @@ public sealed class SegmentationTask : ITrainingTask
             throw new DatasetException($"the validation split has no usable sample ({skipped} skipped{(example is null ? "" : $", e.g. {example}")})");
         }
 
-        (long usable, long unusable) = (_usable, _unusable);
+        (long usable, long unusable) = ((long)training[0], (long)training[1]);
         (_usable, _unusable) = (0, 0);
         if (usable == 0 && unusable > 0)
         {

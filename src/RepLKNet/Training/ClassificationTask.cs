@@ -101,6 +101,7 @@ public sealed class ClassificationTask : ITrainingTask
         var plan = new LoaderPlan
         {
             Order = order, BatchSize = batchSize, FirstBatch = firstBatch, BatchCount = batchCount, Train = true, Key = (seed, epoch), Workers = Workers,
+            Shard = shard,
         };
         return new Epoch(new BatchLoader(_train, Pipeline, _augment, plan), _augment.LabelSmoothing);
     }
@@ -108,15 +109,30 @@ public sealed class ClassificationTask : ITrainingTask
     /// <inheritdoc />
     /// <exception cref="InvalidOperationException"><paramref name="model"/> is a backbone (no classifier).</exception>
     /// <exception cref="DatasetException">Its classifier's size differs from the test set's classes.</exception>
-    public double Evaluate(Module<Tensor, Tensor> model, Action<string>? onNotice, CancellationToken cancel)
+    public double Evaluate(Module<Tensor, Tensor> model, Action<string>? onNotice, CancellationToken cancel) =>
+        Notify(Evaluation.Run(model, Evaluation.OutputClasses(model, _test.ClassNames.Count), _test, Pipeline, EvalBatchSize, Device, Workers, cancel), onNotice).Top1;
+
+    /// <summary>
+    /// Test top-1 in a data-parallel job: each process of <paramref name="group"/> scores its block of whole evaluation
+    /// batches and the counts are summed (<see cref="Evaluation.Run(Module{Tensor, Tensor}, int, IImageDataset, SamplePipeline, int, Device, int?, Distributed.ProcessGroup, CancellationToken)"/>),
+    /// so every process returns the one-process score, and the same skipped-image notice; a one-process group is
+    /// <see cref="Evaluate"/>. A cancellation or failure on one process is passed to all at the reduction (<see cref="ShardedEvaluation"/>).
+    /// </summary>
+    /// <exception cref="InvalidOperationException"><paramref name="model"/> is a backbone (no classifier).</exception>
+    /// <exception cref="DatasetException">Its classifier's size differs from the test set's classes, or no test image could be read.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancel"/> was cancelled (on this or another process).</exception>
+    /// <exception cref="Distributed.CollectiveException">Another process failed, or a collective failed.</exception>
+    public TaskScore Score(Module<Tensor, Tensor> model, Distributed.ProcessGroup group, Action<string>? onNotice, CancellationToken cancel) =>
+        new(Notify(Evaluation.Run(model, Evaluation.OutputClasses(model, _test.ClassNames.Count), _test, Pipeline, EvalBatchSize, Device, Workers, group, cancel), onNotice).Top1);
+
+    private static EvaluationResult Notify(EvaluationResult result, Action<string>? onNotice)
     {
-        var result = Evaluation.Run(model, Evaluation.OutputClasses(model, _test.ClassNames.Count), _test, Pipeline, EvalBatchSize, Device, Workers, cancel);
         if (result.Skipped.Count > 0)
         {
             onNotice?.Invoke($"evaluation skipped {result.Skipped.Count} unreadable image(s), e.g. {result.Skipped[0].Source}: {result.Skipped[0].Reason}");
         }
 
-        return result.Top1;
+        return result;
     }
 
     /// <inheritdoc />

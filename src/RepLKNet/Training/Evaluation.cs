@@ -93,6 +93,55 @@ public static class Evaluation
     public static EvaluationResult Run(Module<Tensor, Tensor> model, int classes, IImageDataset data, SamplePipeline pipeline, int batchSize, Device device, int? workers,
         CancellationToken cancel)
     {
+        Validate(model, classes, data, pipeline);
+        return Finish(Accumulate(model, classes, data, pipeline, batchSize, device, workers, 0, data.Count, cancel), data.Count);
+    }
+
+    /// <summary>
+    /// As <see cref="Run(Module{Tensor, Tensor}, int, IImageDataset, SamplePipeline, int, Device, int?, CancellationToken)"/>
+    /// in a data-parallel job: each process of <paramref name="group"/> runs its block of whole batches
+    /// (<see cref="ShardedEvaluation.Block"/>), and the counts (top-1 and top-5 hits, images, the loss sum and the confusion
+    /// matrix) are summed over the processes, so every process returns the whole set's metrics: the same counts, accuracies
+    /// and skipped images as one process (the batches are the same; only the loss sum is added in another order, a
+    /// difference of the order of 1e-16). A one-process group runs the one-process evaluation.
+    /// </summary>
+    /// <param name="model">Maps a batch [N, C, S, S] (S = the pipeline's size, in pixels) to logits [N, <paramref name="classes"/>].</param>
+    /// <param name="classes">The model's output count; must equal the dataset's class count.</param>
+    /// <param name="data">The labelled images (the same on every process).</param>
+    /// <param name="pipeline">The eval view turning images into normalized float batches; its channel count must be the dataset's.</param>
+    /// <param name="batchSize">Images per batch (≥ 1); the last batch may be smaller.</param>
+    /// <param name="device">Where the batches go; must be the model's device.</param>
+    /// <param name="workers">Background threads preparing batches (≥ 1); null: <see cref="LoaderPlan.DefaultWorkers"/>.</param>
+    /// <param name="group">The job's processes (every one calls this with the same arguments).</param>
+    /// <param name="cancel">Checked before each batch; see <see cref="ShardedEvaluation"/> for how a cancellation reaches the other processes.</param>
+    /// <returns>The metrics over the whole set's readable images.</returns>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    /// <exception cref="DatasetException"><paramref name="classes"/> differs from the dataset's class count, or no image of <paramref name="data"/> could be read.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="batchSize"/> or <paramref name="workers"/> is 0 or negative.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancel"/> was cancelled (on this or another process).</exception>
+    /// <exception cref="Distributed.CollectiveException">Another process's part failed, or a collective failed.</exception>
+    public static EvaluationResult Run(Module<Tensor, Tensor> model, int classes, IImageDataset data, SamplePipeline pipeline, int batchSize, Device device, int? workers,
+        Distributed.ProcessGroup group, CancellationToken cancel)
+    {
+        ArgumentNullException.ThrowIfNull(group);
+        if (!group.IsDistributed)
+        {
+            return Run(model, classes, data, pipeline, batchSize, device, workers, cancel);
+        }
+
+        Validate(model, classes, data, pipeline);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batchSize);
+        var (first, count) = ShardedEvaluation.Block(data.Count, batchSize, ShardedEvaluation.ShardOf(group));
+        var (sums, skipped) = ShardedEvaluation.Reduce(group, Tally.Length(classes), () =>
+        {
+            var part = Accumulate(model, classes, data, pipeline, batchSize, device, workers, first, count, cancel);
+            return (part.ToCounts(), part.Skipped);
+        });
+        return Finish(Tally.FromCounts(classes, sums, skipped), data.Count);
+    }
+
+    private static void Validate(Module<Tensor, Tensor> model, int classes, IImageDataset data, SamplePipeline pipeline)
+    {
         ArgumentNullException.ThrowIfNull(pipeline);
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(data);
@@ -100,26 +149,27 @@ public static class Evaluation
         {
             throw new DatasetException($"the model has {classes} classes but the dataset has {data.ClassNames.Count}");
         }
+    }
 
+    // Images [first, first + count) of the set in index order.
+    private static Tally Accumulate(Module<Tensor, Tensor> model, int classes, IImageDataset data, SamplePipeline pipeline, int batchSize, Device device, int? workers,
+        long first, long count, CancellationToken cancel)
+    {
         model.eval();
         using var noGrad = no_grad();
-        long top1 = 0, top5 = 0;
-        double lossSum = 0;
-        var confusion = new long[classes, classes];
+        var tally = new Tally(classes);
         int k = Math.Min(5, classes);
         var plan = new LoaderPlan
         {
-            Order = [.. Enumerable.Range(0, checked((int)data.Count)).Select(i => (long)i)], BatchSize = batchSize,
+            Order = [.. Enumerable.Range(0, checked((int)count)).Select(i => first + i)], BatchSize = batchSize,
             Workers = workers ?? LoaderPlan.DefaultWorkers,
         };
-        var skipped = new List<SkippedImage>();
-        long count = 0;
         using (var loader = new BatchLoader(data, pipeline, new AugmentOptions(), plan))
         {
             foreach (var batch in loader.Batches())
             {
                 cancel.ThrowIfCancellationRequested();
-                skipped.AddRange(batch.Skipped);
+                tally.Skipped.AddRange(batch.Skipped);
                 if (batch.Count == 0)
                 {
                     continue;
@@ -129,38 +179,89 @@ public static class Evaluation
                 var x = tensor(batch.Images, [batch.Count, batch.Channels, batch.Size, batch.Size]).to(device);
                 var y = tensor(batch.Labels).to(device);
                 var logits = model.call(x);
-                lossSum += nn.functional.cross_entropy(logits, y, reduction: nn.Reduction.Sum).item<float>();
+                tally.LossSum += nn.functional.cross_entropy(logits, y, reduction: nn.Reduction.Sum).item<float>();
                 var predicted = logits.argmax(1).cpu();
                 var topk = logits.topk(k, 1).indexes;
-                top5 += topk.eq(y.unsqueeze(1)).any(1).sum().item<long>();
-                top1 += predicted.eq(y.cpu()).sum().item<long>();
+                tally.Top5 += topk.eq(y.unsqueeze(1)).any(1).sum().item<long>();
+                tally.Top1 += predicted.eq(y.cpu()).sum().item<long>();
                 var p = predicted.data<long>().ToArray();
                 for (int i = 0; i < p.Length; i++)
                 {
-                    confusion[batch.Labels[i], p[i]]++;
+                    tally.Confusion[batch.Labels[i], p[i]]++;
                 }
 
-                count += batch.Count;
+                tally.Count += batch.Count;
             }
         }
 
-        if (count == 0)
+        return tally;
+    }
+
+    private static EvaluationResult Finish(Tally tally, long setCount)
+    {
+        if (tally.Count == 0)
         {
-            throw new DatasetException($"none of the {data.Count} evaluation images could be read (first: {skipped.FirstOrDefault()?.Reason})");
+            throw new DatasetException($"none of the {setCount} evaluation images could be read (first: {tally.Skipped.FirstOrDefault()?.Reason})");
         }
 
+        int classes = tally.Classes;
         var perClass = new double[classes];
         for (int c = 0; c < classes; c++)
         {
             long total = 0;
             for (int j = 0; j < classes; j++)
             {
-                total += confusion[c, j];
+                total += tally.Confusion[c, j];
             }
 
-            perClass[c] = total == 0 ? double.NaN : (double)confusion[c, c] / total;
+            perClass[c] = total == 0 ? double.NaN : (double)tally.Confusion[c, c] / total;
         }
 
-        return new EvaluationResult(count, (double)top1 / count, (double)top5 / count, lossSum / count, perClass, confusion, skipped);
+        return new EvaluationResult(tally.Count, (double)tally.Top1 / tally.Count, (double)tally.Top5 / tally.Count, tally.LossSum / tally.Count, perClass,
+            tally.Confusion, tally.Skipped);
+    }
+
+    // The counts behind the metrics; as float64 values: [top1, top5, count, loss sum, confusion row by row].
+    private sealed class Tally(int classes)
+    {
+        public int Classes => classes;
+
+        public long Top1 { get; set; }
+
+        public long Top5 { get; set; }
+
+        public long Count { get; set; }
+
+        public double LossSum { get; set; }
+
+        public long[,] Confusion { get; } = new long[classes, classes];
+
+        public List<SkippedImage> Skipped { get; } = [];
+
+        public static int Length(int classes) => 4 + classes * classes;
+
+        public static Tally FromCounts(int classes, double[] counts, IReadOnlyList<SkippedImage> skipped)
+        {
+            var tally = new Tally(classes) { Top1 = (long)counts[0], Top5 = (long)counts[1], Count = (long)counts[2], LossSum = counts[3] };
+            for (int i = 0; i < classes * classes; i++)
+            {
+                tally.Confusion[i / classes, i % classes] = (long)counts[4 + i];
+            }
+
+            tally.Skipped.AddRange(skipped);
+            return tally;
+        }
+
+        public double[] ToCounts()
+        {
+            var counts = new double[Length(classes)];
+            (counts[0], counts[1], counts[2], counts[3]) = (Top1, Top5, Count, LossSum);
+            for (int i = 0; i < classes * classes; i++)
+            {
+                counts[4 + i] = Confusion[i / classes, i % classes];
+            }
+
+            return counts;
+        }
     }
 }
