@@ -87,6 +87,28 @@ internal static class DataParallel
         return Current;
     }
 
+    /// <summary>
+    /// The device of this process: on CUDA in a job, one GPU per process of the machine (<c>cuda:{local rank % GPUs}</c>,
+    /// <see cref="GpuPlacement"/>, whatever index was asked for); otherwise <paramref name="device"/> as it is.
+    /// </summary>
+    public static TorchSharp.torch.Device Place(TorchSharp.torch.Device device, ProcessGroup group, Action<string>? notice)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        ArgumentNullException.ThrowIfNull(group);
+        if (!group.IsDistributed || device.type != TorchSharp.DeviceType.CUDA)
+        {
+            return device;
+        }
+
+        int count = (int)TorchSharp.torch.cuda.device_count();
+        if (GpuPlacement.Oversubscribed(group, count) is { } shared)
+        {
+            notice?.Invoke($"note: {shared}; CUDA gradients are then reduced through host memory");
+        }
+
+        return new TorchSharp.torch.Device(GpuPlacement.DeviceName(group, count));
+    }
+
     /// <summary>A console that prints nothing (ranks other than 0).</summary>
     public static IAnsiConsole Silent() => AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(TextWriter.Null), Interactive = InteractionSupport.No });
 

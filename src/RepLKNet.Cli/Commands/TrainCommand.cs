@@ -210,6 +210,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         ArgumentNullException.ThrowIfNull(settings);
         var group = DataParallel.Open(settings.CollectiveTimeout);
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
+        var device = DataParallel.Place(runtime.Device, group, text => console.MarkupLine(Markup.Escape(text)));
         if (group.IsMain)
         {
             RunFolder.EnsureWritable(settings.Out);
@@ -226,7 +227,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
             Arch = name, Config = config, OutDir = settings.Out, Epochs = settings.Epochs, BatchSize = settings.BatchSize,
             LearningRate = settings.Lr, MinLearningRate = settings.MinLr, WarmupEpochs = settings.WarmupEpochs,
             WeightDecay = settings.WeightDecay, EmaDecay = settings.EmaDecay, Seed = settings.Seed, MaxSteps = settings.MaxSteps,
-            SaveEvery = settings.SaveEvery, Resume = settings.Resume, Normalization = data.Normalization, Device = runtime.Device,
+            SaveEvery = settings.SaveEvery, Resume = settings.Resume, Normalization = data.Normalization, Device = device,
             Augment = augment, AccumulationSteps = settings.AccumSteps, ClipGradNorm = settings.ClipGrad, LayerDecay = settings.LayerDecay,
             InitialWeights = settings.Weights, Workers = DataParallel.Workers(settings.Workers), GcStress = settings.GcStress,
             TrainSubset = settings.TrainSubset, Group = group, SyncBatchNorm = settings.SyncBn, AllowWorldSizeChange = settings.AllowWorldSizeChange,
@@ -246,7 +247,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         string resumeCommand = DataParallel.LaunchPrefix(group) + ResumeCommand(context.Arguments);
         console.MarkupLine(CultureInfo.InvariantCulture, "[bold]train[/] {0} on {1}: {2:N0} training / {3:N0} test images, {4} epochs × {5} steps, batch {6}{7}, {8}, {9} threads, {10} loader workers{11} → {12}",
             Markup.Escape(name), Markup.Escape(data.Name), Math.Min(train.Count, settings.TrainSubset ?? long.MaxValue), data.Test.Count, settings.Epochs, trainer.StepsPerEpoch, settings.BatchSize,
-            settings.AccumSteps > 1 ? $" × {settings.AccumSteps} accumulated" : "", runtime.Device, torch.get_num_threads(), options.Workers, Markup.Escape(DescribeJob(group, settings.BatchSize * settings.AccumSteps, settings.SyncBn)),
+            settings.AccumSteps > 1 ? $" × {settings.AccumSteps} accumulated" : "", device, torch.get_num_threads(), options.Workers, Markup.Escape(DescribeJob(group, settings.BatchSize * settings.AccumSteps, settings.SyncBn)),
             Markup.Escape(settings.Out));
         console.MarkupLine($"  data: {Markup.Escape(augment.Describe(trainer.Pipeline.Size))}; {Markup.Escape(data.Normalization.ToString())}");
         var history = new List<EpochMetrics>();

@@ -126,6 +126,7 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
         ArgumentNullException.ThrowIfNull(settings);
         var group = DataParallel.Open(settings.CollectiveTimeout);
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
+        var device = DataParallel.Place(runtime.Device, group, text => console.MarkupLine(Markup.Escape(text)));
         var (name, config) = SegmentorRegistry.Resolve(settings.Arch ?? SegmentorRegistry.DefaultName);
         var (train, val) = settings.Open();
         if (config.NumClasses != train.ClassNames.Count)
@@ -146,7 +147,7 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
             EvaluateEvery = settings.EvalEvery ?? Math.Min(SegmentationTrainOptions.DefaultEvaluateEvery, Math.Max(1, maxSteps / 4)),
             LearningRate = settings.Lr ?? recipe.LearningRate, WeightDecay = settings.WeightDecay, WarmupIterations = settings.WarmupIters ?? recipe.WarmupIters,
             WarmupRatio = settings.WarmupRatio, AuxiliaryWeight = settings.AuxWeight, EmaDecay = settings.EmaDecay, Seed = settings.Seed,
-            Workers = DataParallel.Workers(settings.Workers), Device = runtime.Device, Resume = settings.Resume,
+            Workers = DataParallel.Workers(settings.Workers), Device = device, Resume = settings.Resume,
             InitialWeights = settings.Weights, SaveEvery = settings.SaveEvery, EvalLimit = settings.EvalLimit,
             Group = group, SyncBatchNorm = settings.SyncBn, AllowWorldSizeChange = settings.AllowWorldSizeChange,
         };
@@ -179,7 +180,7 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
         console.MarkupLine(CultureInfo.InvariantCulture,
             "[bold]seg train[/] {0} on {1} ({2} classes): {3:N0} training / {4:N0} val images, {5} iterations of batch {6} (crop {7}×{8}, scale {9}×{10}), eval every {11}, {12}, {13} threads{14} → {15}",
             Markup.Escape(name), Markup.Escape($"{train.Kind} {settings.Data}"), train.ClassNames.Count, train.Count, val.Count, maxSteps, options.BatchSize,
-            p.CropSize.Height, p.CropSize.Width, p.Scale.Long, p.Scale.Short, options.EvaluateEvery, runtime.Device, torch.get_num_threads(),
+            p.CropSize.Height, p.CropSize.Width, p.Scale.Long, p.Scale.Short, options.EvaluateEvery, device, torch.get_num_threads(),
             Markup.Escape(TrainCommand.DescribeJob(group, options.BatchSize, settings.SyncBn)), Markup.Escape(settings.Out));
         if (options.WarmupIterations > maxSteps)
         {
