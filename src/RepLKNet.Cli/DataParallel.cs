@@ -14,7 +14,7 @@ namespace RepLKNet.Cli;
 internal static class DataParallel
 {
     /// <summary>Commands that run data-parallel (the others refuse to run under a launcher with more than one process).</summary>
-    public static readonly string[] Commands = ["train", "seg train", "bench scale"];
+    public static readonly string[] Commands = ["train", "seg train", "bench scale", "distributed check"];
 
     /// <summary>The launcher's view of this process, or null when no MPI launcher started it (read by <see cref="Detect"/>).</summary>
     public static MpiLaunch? Launch { get; private set; }
@@ -38,7 +38,7 @@ internal static class DataParallel
         ArgumentNullException.ThrowIfNull(args);
         var words = args.TakeWhile(a => !a.StartsWith('-')).ToArray();
         string first = words.Length > 0 ? words[0] : "", two = words.Length > 1 ? $"{first} {words[1]}" : first;
-        return words.Length == 0 || args.Any(a => a is "--help" or "-h" or "--version" or "-v") || first == "train" || two is "seg train" or "bench scale";
+        return words.Length == 0 || args.Any(a => a is "--help" or "-h" or "--version" or "-v") || first == "train" || two is "seg train" or "bench scale" or "distributed check";
     }
 
     /// <summary>

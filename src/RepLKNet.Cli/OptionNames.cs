@@ -47,6 +47,7 @@ internal static class OptionNames
         ["Resume"] = "--resume",
         ["AllowWorldSizeChange"] = "--allow-world-size-change",
         ["SyncBatchNorm"] = "--sync-bn",
+        ["Precision"] = "--dtype",
         ["CropScale"] = "--crop-scale",
         ["HorizontalFlip"] = "--hflip",
         ["RandAugment"] = "--randaug",

@@ -185,6 +185,14 @@ public static class ReplknetApp
                     .WithDescription("Time every candidate tile per (R, K) and report the fastest; --out writes a tuning table.")
                     .WithExample("cuda", "tune", "--device", "cuda", "--sizes", "32,64", "--kernels", "13,31");
             });
+            config.AddBranch("distributed", distributed =>
+            {
+                distributed.SetDescription("Data-parallel jobs under mpiexec (docs/distributed.md).");
+                distributed.AddCommand<DistributedCheckCommand>("check")
+                    .WithDescription("Check the job's collectives (MPI; NCCL on CUDA) against a float64 reference on every process: run it under mpiexec before a long job.")
+                    .WithExample("distributed", "check")
+                    .WithExample("distributed", "check", "--device", "cuda");
+            });
             config.AddCommand<InfoCommand>("info")
                 .WithDescription("Print the .NET, TorchSharp and libtorch versions, threads, CPU vector support, the GLIBCXX fix and CUDA devices.")
                 .WithExample("info")

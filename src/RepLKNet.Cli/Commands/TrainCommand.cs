@@ -165,6 +165,12 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         [Description("Also checkpoint every N steps (always at each epoch end).")]
         public long? SaveEvery { get; init; }
 
+        /// <summary>Training dtype.</summary>
+        [CommandOption("--dtype <TYPE>")]
+        [DefaultValue("float32")]
+        [Description("float32 (default) or float64: train in double precision for numerical verification (slower).")]
+        public string Dtype { get; init; } = "float32";
+
         /// <summary>SyncBN.</summary>
         [CommandOption("--sync-bn")]
         [Description("Under mpiexec: BatchNorm statistics over the global batch of all processes (SyncBN); plain per-process BN otherwise.")]
@@ -192,6 +198,11 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
             if (DropPath is < 0 or >= 1)
             {
                 return ValidationResult.Error($"--drop-path must be in [0, 1), got {DropPath}");
+            }
+
+            if (Dtype is not ("float32" or "float64"))
+            {
+                return ValidationResult.Error($"--dtype '{Dtype}': use float32 or float64");
             }
 
             if (Aug is not ("default" or "none" or "official"))
@@ -231,6 +242,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
             Augment = augment, AccumulationSteps = settings.AccumSteps, ClipGradNorm = settings.ClipGrad, LayerDecay = settings.LayerDecay,
             InitialWeights = settings.Weights, Workers = DataParallel.Workers(settings.Workers), GcStress = settings.GcStress,
             TrainSubset = settings.TrainSubset, Group = group, SyncBatchNorm = settings.SyncBn, AllowWorldSizeChange = settings.AllowWorldSizeChange,
+            Precision = settings.Dtype == "float64" ? ScalarType.Float64 : ScalarType.Float32,
         };
         Trainer trainer;
         try

@@ -185,7 +185,7 @@ public sealed class ClassificationTask : ITrainingTask
         public Tensor Loss(Module<Tensor, Tensor> model, Device device)
         {
             var b = _batches.Current;
-            var x = tensor(b.Images, [b.Count, b.Channels, b.Size, b.Size]).to(device);
+            var x = tensor(b.Images, [b.Count, b.Channels, b.Size, b.Size]).to(ModelInputs.FloatType(model), device);
             var logits = model.call(x);
             return b.Targets is { } soft
                 ? ClassificationTask.Loss(logits, null, tensor(soft, [b.Count, soft.Length / b.Count]).to(device), smoothing)

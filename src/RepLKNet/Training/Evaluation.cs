@@ -157,6 +157,7 @@ public static class Evaluation
     {
         model.eval();
         using var noGrad = no_grad();
+        var inputType = ModelInputs.FloatType(model);
         var tally = new Tally(classes);
         int k = Math.Min(5, classes);
         var plan = new LoaderPlan
@@ -176,10 +177,10 @@ public static class Evaluation
                 }
 
                 using var scope = NewDisposeScope();
-                var x = tensor(batch.Images, [batch.Count, batch.Channels, batch.Size, batch.Size]).to(device);
+                var x = tensor(batch.Images, [batch.Count, batch.Channels, batch.Size, batch.Size]).to(inputType, device);
                 var y = tensor(batch.Labels).to(device);
                 var logits = model.call(x);
-                tally.LossSum += nn.functional.cross_entropy(logits, y, reduction: nn.Reduction.Sum).item<float>();
+                tally.LossSum += nn.functional.cross_entropy(logits, y, reduction: nn.Reduction.Sum).to(ScalarType.Float64).item<double>();
                 var predicted = logits.argmax(1).cpu();
                 var topk = logits.topk(k, 1).indexes;
                 tally.Top5 += topk.eq(y.unsqueeze(1)).any(1).sum().item<long>();

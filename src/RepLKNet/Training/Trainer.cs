@@ -87,6 +87,13 @@ public sealed record TrainOptions : RecipeOptions
     public string? InitialWeights { get; init; }
 
     /// <summary>
+    /// The parameters' and activations' dtype: float32 (the default, the official recipe's) or float64, for numerical
+    /// verification (<c>model.double()</c>): e.g. the data-parallel equivalence, where float32 rounding differences are
+    /// amplified by AdamW on parameters whose gradient is only rounding noise (docs/distributed.md). Slower (libtorch's depthwise conv).
+    /// </summary>
+    public ScalarType Precision { get; init; } = ScalarType.Float32;
+
+    /// <summary>
     /// Soak mode: a background thread forces garbage collections (young generation back to back, a full one every 64th) and
     /// runs finalizers without pause for the whole run, and the training thread forces a full one between steps, so a TorchSharp object the GC could free while libtorch uses it
     /// shows up within minutes instead of once in hours (docs/training.md, "Dependable runs"). Results are unchanged; slower.
@@ -120,6 +127,7 @@ public sealed record TrainOptions : RecipeOptions
         Check(ClipGradNorm is null or > 0, nameof(ClipGradNorm), $"must be positive, got {ClipGradNorm}");
         Check(LayerDecay is null or (> 0 and <= 1), nameof(LayerDecay), $"must be in (0, 1], got {LayerDecay}");
         Check(SaveEvery is null or >= 1, nameof(SaveEvery), $"must be ≥ 1, got {SaveEvery}");
+        Check(Precision is ScalarType.Float32 or ScalarType.Float64, nameof(Precision), $"must be float32 or float64, got {Precision}");
     }
 }
 
@@ -230,8 +238,8 @@ public sealed class Trainer
         }
 
         torch.manual_seed(_o.Seed);
-        using var model = new RepLKNetModel(_o.Config).to(_o.Device);
-        using var emaModel = _o.EmaDecay > 0 ? new RepLKNetModel(_o.Config).to(_o.Device) : null;
+        using var model = new RepLKNetModel(_o.Config).to(_o.Precision).to(_o.Device);
+        using var emaModel = _o.EmaDecay > 0 ? new RepLKNetModel(_o.Config).to(_o.Precision).to(_o.Device) : null;
         if (_o.SyncBatchNorm && _o.Group.IsDistributed)
         {
             // torch.nn.SyncBatchNorm.convert_sync_batchnorm, in place: every BatchNorm2d of the trained model (the EMA only averages).

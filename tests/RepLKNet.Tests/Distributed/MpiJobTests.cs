@@ -20,7 +20,10 @@ public sealed class MpiJobTests(ITestOutputHelper output)
     /// The issue's equivalence: 2 ranks × batch 32 with SyncBN end with the weights of 1 process × batch 64 after 20 steps
     /// (augmentation and drop path off), and report the same metrics. Everything that makes data-parallel training right
     /// is on this path: rank 0's weights broadcast, the shards of each global batch, SyncBN's global statistics and
-    /// backward, the averaged gradients, the agreed loss, the sharded evaluation.
+    /// backward, the averaged gradients, the agreed loss, the sharded evaluation. In float64 (<c>--dtype float64</c>): in
+    /// float32, AdamW turns the rounding noise of parameters whose true gradient is zero (a BatchNorm bias feeding another
+    /// BatchNorm) into full-size steps, and the runs drift apart as much as one process with 1 or 2 threads does
+    /// (docs/distributed.md, "Equivalence").
     /// </summary>
     [MpiFact]
     public void Two_ranks_of_batch_32_with_SyncBN_end_where_one_process_of_batch_64_ends()
@@ -29,29 +32,32 @@ public sealed class MpiJobTests(ITestOutputHelper output)
         string data = dir.File("data");
         Directory.CreateDirectory(data);
         FakeFashionMnist.Write(data, train: 1280, test: 200);
-        string[] common = ["train", "--data", data, "--epochs", "1", "--aug", "none", "--drop-path", "0", "--seed", "3", "--sync-bn", "--device", "cpu"];
+        string[] common = ["train", "--data", data, "--epochs", "1", "--aug", "none", "--drop-path", "0", "--seed", "3", "--sync-bn", "--device", "cpu", "--dtype", "float64"];
 
         var one = CliRunner.Run([.. common, "--batch-size", "64", "--out", dir.File("one")]);
         Assert.True(one.ExitCode == 0, one.StdErr + one.StdOut);
         var two = MpiRunner.Run(2, [.. common, "--batch-size", "32", "--out", dir.File("two")]);
         Assert.True(two.ExitCode == 0, two.StdErr + two.StdOut);
-        Assert.Contains("2 processes (mpi", two.StdOut, StringComparison.Ordinal);
-        Assert.Contains("global batch 64 = 32 per process × 2, SyncBN", two.StdOut, StringComparison.Ordinal);
-        Assert.Contains("1 epochs × 20 steps", two.StdOut, StringComparison.Ordinal);
+        string header = System.Text.RegularExpressions.Regex.Replace(two.StdOut, @"\s+", " "); // the console wraps long lines
+        Assert.Contains("2 processes (mpi, MPICH", header, StringComparison.Ordinal);
+        Assert.Contains("global batch 64 = 32 per process × 2, SyncBN", header, StringComparison.Ordinal);
+        Assert.Contains("1 epochs × 20 steps", header, StringComparison.Ordinal);
+        Assert.Contains("SyncBN: ", two.StdOut, StringComparison.Ordinal);
         Assert.Contains("1 epochs × 20 steps", one.StdOut, StringComparison.Ordinal);
 
         double worst = MaxRelativeDifference(Path.Combine(dir.File("one"), "last.safetensors"), Path.Combine(dir.File("two"), "last.safetensors"), output);
         output.WriteLine($"max relative difference of the weights after 20 steps: {worst:E2}");
         Assert.True(worst <= 1e-3, $"weights differ by {worst:E2} (relative to each tensor's largest value)");
+        Assert.True(worst <= 1e-8, $"in float64 the weights should agree to rounding, differ by {worst:E2}");
 
         // The same metrics: the loss of the epoch and the test top-1 (sharded evaluation, counts summed over the ranks).
         var m1 = File.ReadAllLines(Path.Combine(dir.File("one"), "metrics.csv"))[1].Split(',');
         var m2 = File.ReadAllLines(Path.Combine(dir.File("two"), "metrics.csv"))[1].Split(',');
         double loss1 = double.Parse(m1[2], CultureInfo.InvariantCulture), loss2 = double.Parse(m2[2], CultureInfo.InvariantCulture);
         output.WriteLine($"epoch loss: one process {loss1:R}, two ranks {loss2:R}; top-1 {m1[4]} vs {m2[4]}");
-        Assert.True(Math.Abs(loss1 - loss2) <= 1e-4 * Math.Abs(loss1), $"epoch loss {loss1} vs {loss2}");
-        Assert.True(Math.Abs(double.Parse(m1[4], CultureInfo.InvariantCulture) - double.Parse(m2[4], CultureInfo.InvariantCulture)) <= 1.0 / 200 + 1e-12,
-            $"test top-1 {m1[4]} vs {m2[4]} (more than one test image apart)");
+        Assert.True(Math.Abs(loss1 - loss2) <= 1e-9 * Math.Abs(loss1), $"epoch loss {loss1} vs {loss2}");
+        Assert.Equal(m1[4], m2[4]); // test top-1: the same count of the 200 test images
+        Assert.Equal(m1[5], m2[5]); // and of the EMA
 
         // Only rank 0 wrote: one set of files, a state that records the world size.
         var state = JsonNode.Parse(File.ReadAllText(Path.Combine(dir.File("two"), "state.json")))!;
@@ -186,6 +192,22 @@ public sealed class MpiJobTests(ITestOutputHelper output)
         Assert.Matches(@"epoch\s+2/2: loss", allowed.StdOut);
     }
 
+    /// <summary>
+    /// <c>distributed check</c> over 2 MPI ranks: MpiProcessGroup's allreduce (sum, max) and broadcast of every dtype,
+    /// on 1 M elements and on a view, exact against the float64 result every rank computes itself.
+    /// </summary>
+    [MpiFact]
+    public void The_MPI_collectives_are_exact_over_two_ranks()
+    {
+        var result = MpiRunner.Run(2, "distributed", "check", "--device", "cpu");
+        Assert.True(result.ExitCode == 0, result.StdErr + result.StdOut);
+        Assert.Contains("2 process(es), mpi, MPICH", result.StdOut, StringComparison.Ordinal);
+        Assert.Contains("allreduce sum Float32 1048576: ok", result.StdOut, StringComparison.Ordinal);
+        Assert.Contains("broadcast from 1 Int64 7 (offset view): ok", result.StdOut, StringComparison.Ordinal);
+        Assert.Contains("all collectives exact", result.StdOut, StringComparison.Ordinal);
+        Assert.DoesNotContain(": differ", result.StdOut, StringComparison.Ordinal);
+    }
+
     /// <summary>Commands that do not run data-parallel refuse to run as several processes; Open MPI's launcher is named.</summary>
     [MpiFact]
     public void Commands_that_are_not_data_parallel_refuse_several_processes()
@@ -204,7 +226,11 @@ public sealed class MpiJobTests(ITestOutputHelper output)
         Assert.Contains("mpiexec.mpich", openMpi.StdErr, StringComparison.Ordinal);
     }
 
-    /// <summary>The largest |a − b| / max|a| over the tensors of two checkpoints (the same keys required).</summary>
+    /// <summary>
+    /// The largest |a − b| / max|a| over the tensors of two checkpoints (the same keys required). A tensor whose values are
+    /// all below 1e-6 in magnitude (in float64: a parameter only rounding noise ever moved, e.g. a BatchNorm bias feeding
+    /// another BatchNorm, whose gradient is zero) counts as zero: its absolute difference over 1e-6 is compared instead.
+    /// </summary>
     internal static double MaxRelativeDifference(string a, string b, ITestOutputHelper? log, bool wholeModel = false)
     {
         using var x = CheckpointFile.Read(a, false, wholeModel);
@@ -223,7 +249,7 @@ public sealed class MpiJobTests(ITestOutputHelper output)
             using var scope = NewDisposeScope();
             var u = t.to(ScalarType.Float64);
             var v = y.State[key].to(ScalarType.Float64);
-            double scale = Math.Max(u.abs().max().item<double>(), 1e-12);
+            double scale = Math.Max(u.abs().max().item<double>(), 1e-6);
             double diff = (u - v).abs().max().item<double>() / scale;
             if (diff > worst)
             {
