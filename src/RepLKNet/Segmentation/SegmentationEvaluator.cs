@@ -278,7 +278,7 @@ public sealed class SegmentationEvaluator
             if (batch.Count > 0)
             {
                 using var scope = NewDisposeScope();
-                var image = batch.ImageTensor(Device);
+                var image = batch.ImageTensor(Device).to(Training.ModelInputs.FloatType(model));
                 var prediction = SegmentationInference.Predict(model, image, (batch.LabelHeight, batch.LabelWidth), Test);
                 metrics.Update(prediction.reshape(batch.LabelHeight, batch.LabelWidth), batch.LabelTensor().reshape(batch.LabelHeight, batch.LabelWidth));
             }

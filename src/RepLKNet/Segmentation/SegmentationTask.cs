@@ -216,7 +216,7 @@ public sealed class SegmentationTask : ITrainingTask
                 return segmenter.parameters().First().sum().mul(zeros(1, device: device).squeeze());
             }
 
-            var (decode, auxiliary) = segmenter.ForwardTrain(batch.ImageTensor(device));
+            var (decode, auxiliary) = segmenter.ForwardTrain(batch.ImageTensor(device).to(ModelInputs.FloatType(segmenter)));
             var aux = segmenter.Config.AuxiliaryHead;
             return SegmentationLoss.Weighted(decode, auxiliary, batch.LabelTensor(device), segmenter.AlignCorners, aux?.AlignCorners ?? false,
                 segmenter.Config.DecodeHead.LossWeight, auxiliaryWeight ?? aux?.LossWeight ?? 0);

@@ -122,6 +122,9 @@ public sealed record SegmentationTrainOptions
     /// <summary>Resume a state written by a job of another world size, provided the global batch is the same.</summary>
     public bool AllowWorldSizeChange { get; init; }
 
+    /// <summary>Parameter and activation dtype: float32 (the official recipe's) or float64 for numerical verification (see <c>TrainOptions.Precision</c>).</summary>
+    public ScalarType Precision { get; init; } = ScalarType.Float32;
+
     /// <summary>A classification checkpoint initialising the backbone, or a segmenter checkpoint initialising everything; null: random.</summary>
     public string? InitialWeights { get; init; }
 
@@ -152,7 +155,11 @@ public sealed record SegmentationTrainOptions
             }
         }
 
-        Check(BatchSize >= 2, nameof(BatchSize), $"must be ≥ 2 (batch norm after the 1×1 pyramid pooling needs two samples), got {BatchSize}");
+        // SyncBN over several processes normalizes over the global batch: then one crop per process will do (the 31L config's).
+        bool globalBatchNorm = SyncBatchNorm && Group.IsDistributed;
+        Check(BatchSize >= (globalBatchNorm ? 1 : 2), nameof(BatchSize),
+            $"must be ≥ {(globalBatchNorm ? 1 : 2)} (batch norm after the 1×1 pyramid pooling needs two samples{(globalBatchNorm ? "" : " per process, or SyncBN over several")}), got {BatchSize}");
+        Check(Precision is ScalarType.Float32 or ScalarType.Float64, nameof(Precision), $"must be float32 or float64, got {Precision}");
         Check(LearningRate > 0 && double.IsFinite(LearningRate), nameof(LearningRate), $"must be positive, got {LearningRate}");
         Check(WeightDecay >= 0 && double.IsFinite(WeightDecay), nameof(WeightDecay), $"must be ≥ 0, got {WeightDecay}");
         Check(Betas.Beta1 is >= 0 and < 1 && Betas.Beta2 is >= 0 and < 1, nameof(Betas), $"must be in [0, 1), got ({Betas.Beta1}, {Betas.Beta2})");
@@ -275,6 +282,11 @@ public sealed class SegmentationTrainer
         torch.manual_seed(_o.Seed);
         using var model = new EncoderDecoder(_o.Config, device: _o.Device, name: _o.Arch);
         using var emaModel = _o.EmaDecay > 0 ? new EncoderDecoder(_o.Config, device: _o.Device, name: _o.Arch) : null;
+        if (_o.Precision != ScalarType.Float32)
+        {
+            model.to(_o.Precision);
+            emaModel?.to(_o.Precision);
+        }
         if (_o.SyncBatchNorm && _o.Group.IsDistributed)
         {
             // torch.nn.SyncBatchNorm.convert_sync_batchnorm, in place: every BatchNorm2d of the trained model (the EMA only averages).

@@ -95,6 +95,12 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
         [Description("Also save the resume state every N iterations (it is saved at every evaluation and on stops).")]
         public long? SaveEvery { get; init; }
 
+        /// <summary>Training dtype.</summary>
+        [CommandOption("--dtype <TYPE>")]
+        [DefaultValue("float32")]
+        [Description("float32 (default) or float64: train in double precision for numerical verification (slower).")]
+        public string Dtype { get; init; } = "float32";
+
         /// <summary>SyncBN.</summary>
         [CommandOption("--sync-bn")]
         [Description("Under mpiexec: BatchNorm statistics over the global batch of all processes (the official configs' SyncBN); plain per-process BN otherwise.")]
@@ -117,7 +123,9 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
 
         /// <inheritdoc />
         public override ValidationResult Validate() =>
-            NumClasses is not null ? ValidationResult.Error("--num-classes does not apply: seg train takes the dataset's classes") : base.Validate();
+            NumClasses is not null ? ValidationResult.Error("--num-classes does not apply: seg train takes the dataset's classes")
+            : Dtype is not ("float32" or "float64") ? ValidationResult.Error($"--dtype '{Dtype}': use float32 or float64")
+            : base.Validate();
     }
 
     /// <inheritdoc />
@@ -139,7 +147,7 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
         long maxSteps = settings.MaxSteps ?? recipe.MaxIters;
         // Training needs two crops per batch (BatchNorm after the 1×1 pyramid pooling); the 31L config's one crop per
         // GPU relied on SyncBN over 64 GPUs, so one process takes two.
-        int batchSize = settings.BatchSize ?? Math.Max(2, recipe.BatchSize);
+        int batchSize = settings.BatchSize ?? (settings.SyncBn && group.IsDistributed ? recipe.BatchSize : Math.Max(2, recipe.BatchSize));
         var options = new SegmentationTrainOptions
         {
             Arch = name, Config = config, OutDir = settings.Out, Pipeline = SegOptions.Pipeline(recipe, null, settings.CropSize, settings.Scale),
@@ -150,6 +158,7 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
             Workers = DataParallel.Workers(settings.Workers), Device = device, Resume = settings.Resume,
             InitialWeights = settings.Weights, SaveEvery = settings.SaveEvery, EvalLimit = settings.EvalLimit,
             Group = group, SyncBatchNorm = settings.SyncBn, AllowWorldSizeChange = settings.AllowWorldSizeChange,
+            Precision = settings.Dtype == "float64" ? TorchSharp.torch.ScalarType.Float64 : TorchSharp.torch.ScalarType.Float32,
         };
         // After the arguments and the data were checked, so that a usage error leaves no run folder behind.
         if (File.Exists(settings.Out))
