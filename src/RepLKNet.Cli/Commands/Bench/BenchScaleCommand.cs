@@ -282,17 +282,20 @@ public sealed class BenchScaleCommand(IAnsiConsole console) : Command<BenchScale
         var baseline = rows.FirstOrDefault(r => r.Ranks == 1);
         output.WriteLine();
         output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{name}, {rows[0].Resolution}×{rows[0].Resolution}, {rows[0].Steps} timed steps × {rows[0].ImagesPerSecond.Count} repeats after {rows[0].Warmup} warm-up (time of a step: the slowest rank's)"));
-        output.WriteLine("| ranks | batch/process | global batch | threads/rank | images/s (median) | images/s (min–max) | step ms | allreduce ms/step | allreduce MB/step | efficiency vs 1 rank |");
-        output.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        output.WriteLine("| ranks | batch/process | global batch | threads/rank | images/s (median) | images/s (min–max) | step ms | allreduce ms/step | allreduce MB/step | images/s vs 1 rank | efficiency vs 1 rank |");
+        output.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         foreach (var r in rows)
         {
             string efficiency = baseline is null ? "–" : string.Create(CultureInfo.InvariantCulture, $"{Efficiency(r, baseline) * 100:F0} %");
+            string ratio = baseline is null ? "–" : string.Create(CultureInfo.InvariantCulture, $"{r.MedianImagesPerSecond / baseline.MedianImagesPerSecond:F2}×");
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {r.Ranks} | {r.Batch} | {r.GlobalBatch} | {r.Threads} | {r.MedianImagesPerSecond:F1} | {r.ImagesPerSecond.Min():F1}–{r.ImagesPerSecond.Max():F1} | {r.StepMs:F1} | {(r.Ranks > 1 ? r.AllReduceMs.ToString("F1", CultureInfo.InvariantCulture) : "–")} | {(r.Ranks > 1 ? (r.AllReduceBytes / 1e6).ToString("F2", CultureInfo.InvariantCulture) : "–")} | {efficiency} |"));
+                $"| {r.Ranks} | {r.Batch} | {r.GlobalBatch} | {r.Threads} | {r.MedianImagesPerSecond:F1} | {r.ImagesPerSecond.Min():F1}–{r.ImagesPerSecond.Max():F1} | {r.StepMs:F1} | {(r.Ranks > 1 ? r.AllReduceMs.ToString("F1", CultureInfo.InvariantCulture) : "–")} | {(r.Ranks > 1 ? (r.AllReduceBytes / 1e6).ToString("F2", CultureInfo.InvariantCulture) : "–")} | {ratio} | {efficiency} |"));
         }
 
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"Efficiency = images/s of N ranks / (N × images/s of 1 rank). This machine has {Environment.ProcessorCount} cores: the ranks share them (each gets cores / ranks threads), so more ranks here show the data-parallel overhead (allreduce, synchronization), not a speed-up; a speed-up needs a core set or a GPU per rank."));
+            $"Efficiency = images/s of N ranks / (N × images/s of 1 rank); allreduce ms includes waiting for the slower rank (the collective is where the ranks meet)."));
+        output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"On this machine ({Environment.ProcessorCount} cores) the ranks share the same cores (each gets cores / ranks libtorch threads): N ranks add no hardware, so the table shows the data-parallel overhead (allreduce, synchronization), not a speed-up. images/s above one rank's only mean that cores / N threads in each of N processes are used better than all cores in one; a speed-up needs a core set or a GPU per rank."));
 
         var big = ModelRegistry.Find("RepLKNet-31B")!;
         long parameters = Complexity.Parameters(big.Config, ModelForm.Train);
@@ -314,7 +317,7 @@ public sealed class BenchScaleCommand(IAnsiConsole console) : Command<BenchScale
             ["resolution"] = rows[0].Resolution,
             ["cores"] = Environment.ProcessorCount,
             ["device"] = settings.Device,
-            ["note"] = $"{Environment.ProcessorCount} cores shared by the ranks: more ranks show the overhead, not a speed-up",
+            ["note"] = $"{Environment.ProcessorCount} cores shared by the ranks (cores / ranks threads each): more ranks add no hardware, so this shows the data-parallel overhead, not a speed-up",
             ["rows"] = new JsonArray([.. rows.Select(r => (JsonNode)new JsonObject
             {
                 ["ranks"] = r.Ranks, ["batch_per_process"] = r.Batch, ["global_batch"] = r.GlobalBatch, ["threads_per_rank"] = r.Threads,
@@ -322,6 +325,7 @@ public sealed class BenchScaleCommand(IAnsiConsole console) : Command<BenchScale
                 ["images_per_s_repeats"] = new JsonArray([.. r.ImagesPerSecond.Select(v => (JsonNode)Math.Round(v, 3))]),
                 ["step_ms"] = Math.Round(r.StepMs, 3), ["allreduce_ms"] = Math.Round(r.AllReduceMs, 3), ["allreduce_bytes"] = r.AllReduceBytes,
                 ["efficiency"] = baseline is null ? null : Math.Round(Efficiency(r, baseline), 4),
+                ["vs_one_rank"] = baseline is null ? null : Math.Round(r.MedianImagesPerSecond / baseline.MedianImagesPerSecond, 4),
                 ["steps"] = r.Steps, ["warmup"] = r.Warmup, ["backend"] = r.Backend,
             })]),
             ["estimate"] = new JsonObject
