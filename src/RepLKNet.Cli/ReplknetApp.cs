@@ -126,7 +126,7 @@ public static class ReplknetApp
             });
             config.AddBranch("bench", bench =>
             {
-                bench.SetDescription("Benchmarks: the paper's depthwise-conv latency table and whole-model speed.");
+                bench.SetDescription("Benchmarks: the paper's depthwise-conv latency table, whole-model speed and data-parallel scaling.");
                 bench.AddCommand<Commands.Bench.BenchDwconvCommand>("dwconv")
                     .WithDescription("Time a stack of depthwise layers per (R, K), ours vs libtorch (the paper's Table 1).")
                     .WithExample("bench", "dwconv", "--device", "cpu", "--sizes", "32", "--kernels", "7,31", "--layers", "4");
@@ -136,6 +136,10 @@ public static class ReplknetApp
                 bench.AddCommand<Commands.Bench.BenchModelCommand>("model")
                     .WithDescription("Time a whole model (inference or a training step), ours vs libtorch's depthwise conv.")
                     .WithExample("bench", "model", "--arch", "RepLKNet-31B", "--batch", "8", "--mode", "infer");
+                bench.AddCommand<Commands.Bench.BenchScaleCommand>("scale")
+                    .WithDescription("Data-parallel training images/s for 1, 2, … MPI processes side by side (each an mpiexec job it starts itself), the allreduce time per step, and a paper estimate of 8- and 64-GPU RepLKNet-31B steps over NVLink and InfiniBand.")
+                    .WithExample("bench", "scale", "--ranks", "1,2", "--steps", "30", "--repeat", "3")
+                    .WithExample("bench", "scale", "--arch", "RepLKNet-31B", "--batch", "2", "--ranks", "1,2", "--steps", "3", "--json", "scale.json");
             });
             config.AddBranch("seg", seg =>
             {

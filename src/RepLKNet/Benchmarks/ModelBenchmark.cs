@@ -162,22 +162,22 @@ public static class ModelBenchmark
             return null;
         }
     }
+}
 
-    /// <summary>The same batch again and again, as the training step's data.</summary>
-    private sealed class SyntheticBatch(Tensor x, Tensor labels) : ITrainingEpoch
+/// <summary>The same batch again and again, as the training step's data (<see cref="ModelBenchmark"/>, <see cref="ScaleBenchmark"/>).</summary>
+internal sealed class SyntheticBatch(Tensor x, Tensor labels) : ITrainingEpoch
+{
+    public int Count => (int)x.shape[0];
+
+    public IReadOnlyList<SkippedImage> Skipped => [];
+
+    public TimeSpan WaitTime => TimeSpan.Zero;
+
+    public bool MoveNext() => true;
+
+    public Tensor Loss(nn.Module<Tensor, Tensor> model, Device device) => ClassificationTask.Loss(model.call(x), labels, null, 0);
+
+    public void Dispose()
     {
-        public int Count => (int)x.shape[0];
-
-        public IReadOnlyList<SkippedImage> Skipped => [];
-
-        public TimeSpan WaitTime => TimeSpan.Zero;
-
-        public bool MoveNext() => true;
-
-        public Tensor Loss(nn.Module<Tensor, Tensor> model, Device device) => ClassificationTask.Loss(model.call(x), labels, null, 0);
-
-        public void Dispose()
-        {
-        }
     }
 }
