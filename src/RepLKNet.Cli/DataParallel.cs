@@ -55,7 +55,8 @@ internal static class DataParallel
     public static void ApplyDefaults(string[] args)
     {
         ArgumentNullException.ThrowIfNull(args);
-        if (Launch is { WorldSize: > 1 } launch && !args.Contains("--threads"))
+        // Every launch: libtorch alone picks 1 intra-op thread under mpiexec.mpich even for one process (measured), so say it.
+        if (Launch is { } launch && !args.Contains("--threads"))
         {
             TorchRuntime.SetThreads(DefaultThreads(launch));
         }

@@ -66,6 +66,7 @@ public static class ReplknetApp
             return ExitCodes.Failure;
         }
 
+        DataParallel.ApplyDefaults(args);
         if (launch is { WorldSize: > 1 })
         {
             if (!DataParallel.Allows(args))
@@ -74,7 +75,6 @@ public static class ReplknetApp
                 return ExitCodes.Usage;
             }
 
-            DataParallel.ApplyDefaults(args);
             if (launch.Rank != 0)
             {
                 console = DataParallel.Silent();
