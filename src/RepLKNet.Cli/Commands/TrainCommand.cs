@@ -100,7 +100,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         /// <summary>Batch size.</summary>
         [CommandOption("--batch-size <B>")]
         [DefaultValue(TrainOptions.DefaultBatchSize)]
-        [Description("Batch size.")]
+        [Description("Batch size (per process under mpiexec: the global batch is this × processes, and --lr is not rescaled).")]
         public int BatchSize { get; init; } = TrainOptions.DefaultBatchSize;
 
         /// <summary>Peak learning rate.</summary>

@@ -27,7 +27,7 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
 
         /// <summary>Batch.</summary>
         [CommandOption("--batch-size <B>")]
-        [Description("Crops per iteration (≥ 2; default: the preset's, upernet-tiny 8, official 2 per GPU).")]
+        [Description("Crops per iteration (≥ 2; 1 with --sync-bn under mpiexec; per process under mpiexec, the global batch is this × processes; default: the preset's, upernet-tiny 8, official 2 per GPU).")]
         public int? BatchSize { get; init; }
 
         /// <summary>Iterations.</summary>
