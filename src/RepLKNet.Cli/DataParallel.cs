@@ -110,6 +110,17 @@ internal static class DataParallel
         return new TorchSharp.torch.Device(GpuPlacement.DeviceName(group, count));
     }
 
+    /// <summary>
+    /// The stop a process of a job takes part in without having received the signal itself (the ranks agree to stop after
+    /// the same step when any of them got SIGINT or SIGTERM): SIGINT, so that every rank exits alike (130) and the launcher
+    /// reports the job's stop; null for one process or a run that finished.
+    /// </summary>
+    public static System.Runtime.InteropServices.PosixSignal? StopOfOthers(ProcessGroup group, long stepsDone, long totalSteps)
+    {
+        ArgumentNullException.ThrowIfNull(group);
+        return group.IsDistributed && stepsDone < totalSteps ? System.Runtime.InteropServices.PosixSignal.SIGINT : null;
+    }
+
     /// <summary>A console that prints nothing (ranks other than 0).</summary>
     public static IAnsiConsole Silent() => AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(TextWriter.Null), Interactive = InteractionSupport.No });
 

@@ -316,7 +316,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         }
 
         // A signal after the last step changes nothing: the run is complete and goes on to finish.
-        if (signals.Received is { } signal && trainer.StepsDone < trainer.TotalSteps)
+        if ((signals.Received ?? DataParallel.StopOfOthers(group, trainer.StepsDone, trainer.TotalSteps)) is { } signal && trainer.StepsDone < trainer.TotalSteps)
         {
             console.Profile.Out.Writer.WriteLine($"stopped by {(signal == System.Runtime.InteropServices.PosixSignal.SIGTERM ? "SIGTERM" : "SIGINT")} after step {trainer.StepsDone}; the resume state is saved in {settings.Out}. Continue with: {resumeCommand}");
             return StopSignals.ExitCode(signal);

@@ -242,7 +242,7 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
             throw new InvalidOperationException($"{e.Message}; {state}", e);
         }
 
-        if (signals.Received is { } signal && trainer.StepsDone < trainer.TotalSteps)
+        if ((signals.Received ?? DataParallel.StopOfOthers(group, trainer.StepsDone, trainer.TotalSteps)) is { } signal && trainer.StepsDone < trainer.TotalSteps)
         {
             console.Profile.Out.Writer.WriteLine($"stopped by {(signal == System.Runtime.InteropServices.PosixSignal.SIGTERM ? "SIGTERM" : "SIGINT")} after iteration {trainer.StepsDone}; the resume state is saved in {settings.Out}. Continue with: {resumeCommand}");
             return StopSignals.ExitCode(signal);
