@@ -34,7 +34,7 @@ public sealed class MpiJobTests(ITestOutputHelper output)
         FakeFashionMnist.Write(data, train: 1280, test: 200);
         string[] common = ["train", "--data", data, "--epochs", "1", "--aug", "none", "--drop-path", "0", "--seed", "3", "--sync-bn", "--device", "cpu", "--dtype", "float64"];
 
-        var one = CliRunner.Run([.. common, "--batch-size", "64", "--out", dir.File("one")]);
+        var one = CliRunner.Run([.. common, "--threads", "1", "--batch-size", "64", "--out", dir.File("one")]);
         Assert.True(one.ExitCode == 0, one.StdErr + one.StdOut);
         var two = MpiRunner.Run(2, [.. common, "--batch-size", "32", "--out", dir.File("two")]);
         Assert.True(two.ExitCode == 0, two.StdErr + two.StdOut);
@@ -88,7 +88,7 @@ public sealed class MpiJobTests(ITestOutputHelper output)
         string[] common = ["seg", "train", "--arch", arch, "--dataset", "ade20k", "--data", data, "--crop-size", "40", "--max-steps", "8", "--eval-every", "8",
             "--lr", "1e-3", "--warmup-iters", "2", "--sync-bn", "--dtype", "float64", "--seed", "1", "--device", "cpu"];
 
-        var one = CliRunner.Run([.. common, "--batch-size", "4", "--out", dir.File("one")]);
+        var one = CliRunner.Run([.. common, "--threads", "1", "--batch-size", "4", "--out", dir.File("one")]);
         Assert.True(one.ExitCode == 0, one.StdErr + one.StdOut);
         var two = MpiRunner.Run(2, [.. common, "--batch-size", "2", "--out", dir.File("two")]);
         Assert.True(two.ExitCode == 0, two.StdErr + two.StdOut);
@@ -111,7 +111,7 @@ public sealed class MpiJobTests(ITestOutputHelper output)
         Directory.CreateDirectory(data);
         FakeFashionMnist.Write(data, train: 640, test: 40);
         string[] common = ["train", "--data", data, "--epochs", "1", "--aug", "none", "--drop-path", "0", "--seed", "3", "--device", "cpu", "--dtype", "float64"];
-        var one = CliRunner.Run([.. common, "--batch-size", "64", "--out", dir.File("one")]);
+        var one = CliRunner.Run([.. common, "--threads", "1", "--batch-size", "64", "--out", dir.File("one")]);
         Assert.True(one.ExitCode == 0, one.StdErr + one.StdOut);
         var two = MpiRunner.Run(2, [.. common, "--batch-size", "32", "--out", dir.File("two")]);
         Assert.True(two.ExitCode == 0, two.StdErr + two.StdOut);
@@ -258,16 +258,16 @@ public sealed class MpiJobTests(ITestOutputHelper output)
         var first = MpiRunner.Run(2, [.. common, "--batch-size", "32", "--max-steps", "3"]);
         Assert.True(first.ExitCode == 0, first.StdErr + first.StdOut);
 
-        var refused = CliRunner.Run([.. common, "--batch-size", "64", "--resume"]);
+        var refused = CliRunner.Run([.. common, "--threads", "1", "--batch-size", "64", "--resume"]);
         Assert.Equal(1, refused.ExitCode);
         Assert.Contains("--allow-world-size-change", refused.StdErr, StringComparison.Ordinal);
         Assert.Contains("2 process(es), this one has 1", refused.StdErr, StringComparison.Ordinal);
 
-        var otherBatch = CliRunner.Run([.. common, "--batch-size", "32", "--resume", "--allow-world-size-change"]);
+        var otherBatch = CliRunner.Run([.. common, "--threads", "1", "--batch-size", "32", "--resume", "--allow-world-size-change"]);
         Assert.Equal(1, otherBatch.ExitCode);
         Assert.Contains("another batch size", otherBatch.StdErr, StringComparison.Ordinal);
 
-        var allowed = CliRunner.Run([.. common, "--batch-size", "64", "--resume", "--allow-world-size-change"]);
+        var allowed = CliRunner.Run([.. common, "--threads", "1", "--batch-size", "64", "--resume", "--allow-world-size-change"]);
         Assert.True(allowed.ExitCode == 0, allowed.StdErr + allowed.StdOut);
         Assert.Contains("at step 3", allowed.StdOut, StringComparison.Ordinal);
         Assert.Matches(@"epoch\s+2/2: loss", allowed.StdOut);
