@@ -74,9 +74,9 @@ internal static class DataParallel
     /// <exception cref="CollectiveException">MPI cannot start (e.g. MPICH is not installed).</exception>
     public static ProcessGroup Open(double? timeoutSeconds)
     {
-        if (timeoutSeconds is { } t && !(t > 0 && double.IsFinite(t)))
+        if (timeoutSeconds is { } t && !(t >= 0.1 && t <= MaxTimeoutSeconds))
         {
-            throw new UsageException(string.Create(CultureInfo.InvariantCulture, $"--collective-timeout {t} must be a positive number of seconds"));
+            throw new UsageException(string.Create(CultureInfo.InvariantCulture, $"--collective-timeout {t} must be a number of seconds in [0.1, {MaxTimeoutSeconds}] (7 days)"));
         }
 
         if (Launch is null)
@@ -119,6 +119,19 @@ internal static class DataParallel
     {
         ArgumentNullException.ThrowIfNull(group);
         return group.IsDistributed && stepsDone < totalSteps ? System.Runtime.InteropServices.PosixSignal.SIGINT : null;
+    }
+
+    /// <summary>The longest collective timeout accepted: 7 days.</summary>
+    public const double MaxTimeoutSeconds = 7 * 24 * 3600;
+
+    /// <summary>
+    /// The note for data-parallel flags given to one process (they change nothing there), or null:
+    /// <c>--sync-bn</c> (BatchNorm already sees the whole batch).
+    /// </summary>
+    public static string? OneProcessNote(ProcessGroup group, bool syncBn)
+    {
+        ArgumentNullException.ThrowIfNull(group);
+        return !group.IsDistributed && syncBn ? "note: --sync-bn changes nothing in one process (BatchNorm already sees the whole batch); it applies under mpiexec" : null;
     }
 
     /// <summary>A console that prints nothing (ranks other than 0).</summary>

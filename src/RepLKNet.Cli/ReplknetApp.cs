@@ -211,7 +211,7 @@ public static class ReplknetApp
         }
         catch (Exception e) when (IsUsageError(e))
         {
-            Report(error, "usage", e, verbose);
+            Report(error, "usage", e, verbose, args);
             error.WriteLine("Run 'replknet --help' (or 'replknet <command> --help') for usage.");
             DataParallel.AbortAfterFailure(ExitCodes.Usage);
             return ExitCodes.Usage;
@@ -224,17 +224,40 @@ public static class ReplknetApp
         }
     }
 
+    /// <summary>
+    /// Spectre's "Failed to convert 'abc' to Double." names no option: put the flag the value was given to in front
+    /// ("--lr 'abc' is not a number").
+    /// </summary>
+    internal static string NameTheFlag(string message, string[]? args)
+    {
+        var m = System.Text.RegularExpressions.Regex.Match(message, @"^Failed to convert '(.*)' to (.+?)\.?$");
+        if (!m.Success || args is null)
+        {
+            return message;
+        }
+
+        string value = m.Groups[1].Value;
+        int at = Array.FindIndex(args, 1, a => a == value);
+        string kind = m.Groups[2].Value switch
+        {
+            "Int32" or "Int64" => "an integer",
+            "Double" or "Single" or "Decimal" or "Nullable`1" => "a number",
+            var other => $"a valid {other}",
+        };
+        return at > 0 && args[at - 1].StartsWith("--", StringComparison.Ordinal) ? $"{args[at - 1]} '{value}' is not {kind}" : message;
+    }
+
     private static bool IsUsageError(Exception e) =>
         e is CommandAppException or UsageException or RepLKNet.Models.ConfigException
         || e is ArgumentException && e.TargetSite?.DeclaringType?.Namespace?.StartsWith("Spectre", StringComparison.Ordinal) == true
         // A library argument the user gave through a flag, with a value the library refused.
         || e is ArgumentException { ParamName: { } name } and not ArgumentNullException && OptionNames.Flag(name) is not null;
 
-    private static void Report(TextWriter error, string kind, Exception e, bool verbose)
+    private static void Report(TextWriter error, string kind, Exception e, bool verbose, string[]? args = null)
     {
         // libtorch appends its C++ stack to every error: keep it for --verbose.
         string message = verbose ? e.Message.ReplaceLineEndings(" ").Trim() : RepLKNet.Runtime.LibTorchLog.WithoutNativeStack(e.Message);
-        message = OptionNames.Rewrite(e, message);
+        message = NameTheFlag(OptionNames.Rewrite(e, message), args);
 
         error.WriteLine($"replknet: {kind}: {DataParallel.Prefix}{message}");
         if (verbose)

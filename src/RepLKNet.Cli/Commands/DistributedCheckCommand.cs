@@ -33,13 +33,24 @@ public sealed class DistributedCheckCommand(IAnsiConsole console) : Command<Dist
         var device = DataParallel.Place(runtime.Device, group, text => console.MarkupLine(Markup.Escape(text)));
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var lines = new List<string>(CollectiveCheck.Run(group, device));
-        if (device.type == TorchSharp.DeviceType.CUDA && NcclLibrary.UnavailableReason is null)
+        // Whether to check NCCL too is decided by every process together (it is a collective: a process without NCCL must
+        // not skip what the others do).
+        string? lacking = device.type != TorchSharp.DeviceType.CUDA ? "not on CUDA"
+            : NcclLibrary.UnavailableReason ?? GpuPlacement.Oversubscribed(group, (int)TorchSharp.torch.cuda.device_count());
+        var anyLacking = new double[] { lacking is null ? 0 : 1 };
+        group.AllReduce(anyLacking, ReduceOp.Max);
+        if (anyLacking[0] == 0)
         {
             using var nccl = NcclCommunicator.Create(group, device.index < 0 ? 0 : device.index);
             lines.AddRange(CollectiveCheck.Run(group, nccl).Select(l => "nccl " + l));
         }
 
-        int failures = CollectiveCheck.Failures(lines);
+        else if (device.type == TorchSharp.DeviceType.CUDA)
+        {
+            lines.Add($"nccl: not checked ({lacking ?? "another process cannot use it"})");
+        }
+
+        int failures = CollectiveCheck.Failures(lines.Where(l => !l.StartsWith("nccl: not checked", StringComparison.Ordinal)));
         var all = new double[] { failures };
         group.AllReduce(all); // every rank's failures, so that every rank exits alike
         console.MarkupLine(CultureInfo.InvariantCulture, "[bold]distributed check[/]: {0} process(es), {1}, {2}; {3} cases per process in {4:F2} s",

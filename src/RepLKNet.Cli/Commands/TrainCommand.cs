@@ -210,6 +210,11 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
                 return ValidationResult.Error($"--aug '{Aug}': use default, none or official");
             }
 
+            if (AllowWorldSizeChange && !Resume)
+            {
+                return ValidationResult.Error("--allow-world-size-change does not apply without --resume: it lets a resumed run have another number of processes");
+            }
+
             return Inapplicable("train fine-tunes from the train-form 'model' weights of --weights, skipping a classifier of another size", (Ema, "--ema"), (!Strict, "--strict"))
                 ?? base.Validate();
         }
@@ -222,6 +227,11 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         var group = DataParallel.Open(settings.CollectiveTimeout);
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
         var device = DataParallel.Place(runtime.Device, group, text => console.MarkupLine(Markup.Escape(text)));
+        if (DataParallel.OneProcessNote(group, settings.SyncBn) is { } note)
+        {
+            console.MarkupLine(Markup.Escape(note));
+        }
+
         if (group.IsMain)
         {
             RunFolder.EnsureWritable(settings.Out);

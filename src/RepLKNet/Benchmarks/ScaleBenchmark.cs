@@ -150,7 +150,7 @@ public static class ScaleBenchmark
         var (optimizer, scales) = TrainStep.CreateOptimizer(model, 1e-6, TrainOptions.DefaultWeightDecay);
         using var disposeOptimizer = optimizer;
         var reducer = group.IsDistributed ? new GradientReducer(group, model.parameters()) : null;
-        var step = new TrainStep(model, optimizer, scales, device) { Reducer = reducer, RequireSamples = group.IsDistributed };
+        var step = new TrainStep(model, optimizer, scales, device) { Reducer = reducer, Group = group };
         using var synthetic = new SyntheticBatch(x, labels);
 
         (double StepMs, double ReduceMs) Once(long number)

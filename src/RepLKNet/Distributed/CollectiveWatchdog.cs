@@ -103,7 +103,7 @@ public sealed class CollectiveWatchdog : IDisposable
                 {
                     _fired = true;
                     message = string.Create(CultureInfo.InvariantCulture,
-                        $"rank {_rank}: the collective '{what}' did not complete within {Timeout.TotalSeconds:0.#} s: another process of the job has probably died or hangs; ending the job (files already written, the last checkpoint included, are intact)");
+                        $"rank {_rank}: the collective '{what}' did not complete within {Timeout.TotalSeconds:0.###} s: another process of the job has probably died or hangs; ending the job (files already written, the last checkpoint included, are intact)");
                     break;
                 }
 

@@ -12,12 +12,16 @@ namespace RepLKNet.Distributed;
 /// allreduce and divided by the world size, and the averages are copied back. The order and the buckets are the same
 /// on every process and in every step, so the sums are deterministic. A parameter without a gradient in this step (none
 /// of its outputs reached the loss on this process) takes part with zeros and then holds the average, so every process
-/// makes the same optimizer update.
+/// makes the same optimizer update (unlike DDP with <c>find_unused_parameters</c>, which leaves an unused parameter's
+/// gradient None: AdamW then applies its weight decay and moments to such a parameter; the project's models use every
+/// parameter). The layout (sizes and dtypes in order) is checked once, before the first allreduce, to be the same on every
+/// process.
 /// </summary>
 public sealed class GradientReducer
 {
     private readonly ProcessGroup _group;
     private readonly Parameter[] _parameters;
+    private bool _layoutChecked;
 
     /// <summary>Creates the reducer.</summary>
     /// <param name="group">The job's processes.</param>
@@ -60,11 +64,16 @@ public sealed class GradientReducer
 
         var clock = System.Diagnostics.Stopwatch.StartNew();
         using var noGrad = no_grad();
+        if (!_layoutChecked)
+        {
+            CheckLayout();
+            _layoutChecked = true;
+        }
+
         long bytes = 0;
         // Group gradients by dtype and device (each bucket is one flat tensor), keeping the parameter order within a bucket.
         var bucket = new List<Tensor>();
         long bucketBytes = 0;
-        long layout = 17;
         foreach (var p in _parameters)
         {
             var grad = p.grad;
@@ -74,7 +83,6 @@ public sealed class GradientReducer
                 p.grad = grad;
             }
 
-            layout = unchecked(layout * 31 + grad.numel() * 7 + (long)grad.dtype);
             long size = grad.numel() * grad.element_size();
             if (bucket.Count > 0 && (bucketBytes + size > BucketBytes || bucket[0].dtype != grad.dtype || bucket[0].device != grad.device))
             {
@@ -86,7 +94,6 @@ public sealed class GradientReducer
             bucketBytes += size;
         }
 
-        CheckLayout(layout);
         bytes += Flush(bucket);
         LastReduceBytes = bytes;
         LastReduceTime = clock.Elapsed;
@@ -119,12 +126,62 @@ public sealed class GradientReducer
         }
     }
 
-    private void CheckLayout(long layout)
+    /// <summary>
+    /// Copies rank 0's floating-point buffers of <paramref name="model"/> (BatchNorm running statistics) into every process,
+    /// flattened into one broadcast per dtype: PyTorch DDP's <c>broadcast_buffers=True</c> before each forward, so that the
+    /// processes evaluate and save the same statistics without SyncBN. Integer buffers (<c>num_batches_tracked</c>) are
+    /// the same everywhere already.
+    /// </summary>
+    /// <exception cref="CollectiveException">A collective failed or timed out.</exception>
+    public static void BroadcastBuffers(ProcessGroup group, TorchSharp.torch.nn.Module model)
     {
-        // Max of (layout) and of (−layout) tell whether every process has the same one.
-        var check = new double[] { layout, -(double)layout };
+        ArgumentNullException.ThrowIfNull(group);
+        ArgumentNullException.ThrowIfNull(model);
+        if (!group.IsDistributed)
+        {
+            return;
+        }
+
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        foreach (var buffers in model.buffers().Where(b => b.is_floating_point()).GroupBy(b => (b.dtype, b.device.ToString())))
+        {
+            var list = buffers.ToList();
+            var flat = cat([.. list.Select(b => b.reshape(-1))]);
+            group.Broadcast(flat, 0);
+            long offset = 0;
+            foreach (var b in list)
+            {
+                long n = b.numel();
+                b.copy_(flat.narrow(0, offset, n).view_as(b));
+                offset += n;
+            }
+        }
+    }
+
+    private void CheckLayout()
+    {
+        // Every parameter's size and dtype in order, as exact small numbers: (count, Σ i·size mod 2^24, Σ dtype·(i+1)
+        // mod 2^24, Σ size mod 2^40), compared through max of (x) and max of (−x) over the processes.
+        double count = _parameters.Length, weighted = 0, types = 0, total = 0;
+        for (int i = 0; i < _parameters.Length; i++)
+        {
+            long size = _parameters[i].numel();
+            weighted = (weighted + (double)((i + 1L) * (size % (1 << 24)) % (1 << 24))) % (1 << 24);
+            types = (types + (double)((long)_parameters[i].dtype * (i + 1L) % (1 << 24))) % (1 << 24);
+            total = (total + size) % (1L << 40);
+        }
+
+        var mine = new[] { count, weighted, types, total };
+        var check = new double[8];
+        for (int k = 0; k < 4; k++)
+        {
+            check[k] = mine[k];
+            check[k + 4] = -mine[k];
+        }
+
         _group.AllReduce(check, ReduceOp.Max);
-        if (check[0] != -check[1])
+        if (Enumerable.Range(0, 4).Any(k => check[k] != -check[k + 4]))
         {
             throw new InvalidOperationException(string.Create(CultureInfo.InvariantCulture,
                 $"rank {_group.Rank}: the processes' gradients differ in layout ({_parameters.Length} parameters here): every process must train the same model"));

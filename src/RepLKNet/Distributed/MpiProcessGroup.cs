@@ -23,13 +23,14 @@ public sealed record MpiLaunch(int Rank, int WorldSize, int LocalRank, int Local
     public static MpiLaunch? Detect(Func<string, string?>? environment = null)
     {
         environment ??= Environment.GetEnvironmentVariable;
-        if (environment("OMPI_COMM_WORLD_SIZE") is not null)
-        {
-            throw new CollectiveException("this process was started by Open MPI's mpirun/mpiexec; replknet runs on MPICH (Debian: apt install mpich): launch with mpiexec.mpich -n N …");
-        }
-
         if (environment("PMI_SIZE") is not string size || environment("PMI_RANK") is not string rank)
         {
+            // No MPICH launcher. Open MPI's starts several processes with OMPI_COMM_WORLD_SIZE > 1 (a stray 1 is one process).
+            if (environment("OMPI_COMM_WORLD_SIZE") is { } ompi && ompi.Trim() != "1")
+            {
+                throw new CollectiveException($"this process was started by Open MPI's mpirun/mpiexec (OMPI_COMM_WORLD_SIZE={ompi}); replknet runs on MPICH (Debian: apt install mpich): launch with mpiexec.mpich -n N …");
+            }
+
             return null;
         }
 
@@ -115,7 +116,7 @@ public sealed class MpiProcessGroup : ProcessGroup
     public CollectiveWatchdog Watchdog => _watchdog;
 
     /// <summary>
-    /// Initializes MPI (thread level <c>MPI_THREAD_SERIALIZED</c>) for a process an MPI launcher started and returns its
+    /// Initializes MPI (thread level <c>MPI_THREAD_MULTIPLE</c> asked, at least <c>MPI_THREAD_SERIALIZED</c> required) for a process an MPI launcher started and returns its
     /// group; once per process (a second call returns the same group).
     /// </summary>
     /// <param name="launch">From <see cref="MpiLaunch.Detect"/>.</param>
@@ -137,7 +138,8 @@ public sealed class MpiProcessGroup : ProcessGroup
             MPI.Environment environment;
             try
             {
-                environment = new MPI.Environment(ref args, MPI.Threading.Serialized);
+                // Multiple: the collective watchdog may call MPI_Abort while the training thread waits in a collective.
+                environment = new MPI.Environment(ref args, MPI.Threading.Multiple);
             }
             catch (DllNotFoundException e)
             {
@@ -321,6 +323,9 @@ public sealed class MpiProcessGroup : ProcessGroup
     {
         Console.Error.Flush();
         Console.Out.Flush();
+        // The launcher forwards this process's output asynchronously and drops what is still in flight when it ends the
+        // job: give the last lines (the error) time to arrive. The others are waiting for this process anyway.
+        Thread.Sleep(TimeSpan.FromSeconds(1));
         _ = MPI.Unsafe.MPI_Abort(_comm, exitCode);
         Environment.Exit(exitCode);
     }
@@ -350,9 +355,16 @@ public sealed class MpiProcessGroup : ProcessGroup
     {
         Console.Error.WriteLine($"replknet: {message}");
         Console.Error.Flush();
-        var abort = new Thread(() => _ = MPI.Unsafe.MPI_Abort(_comm, 1)) { IsBackground = true };
-        abort.Start();
-        abort.Join(TimeSpan.FromSeconds(10));
+        Thread.Sleep(TimeSpan.FromSeconds(1)); // let the launcher forward the line (see Abort)
+        if (MPI.Environment.Threading == MPI.Threading.Multiple)
+        {
+            // Safe while the training thread is inside a collective only at MPI_THREAD_MULTIPLE.
+            var abort = new Thread(() => _ = MPI.Unsafe.MPI_Abort(_comm, 1)) { IsBackground = true };
+            abort.Start();
+            abort.Join(TimeSpan.FromSeconds(10));
+        }
+
+        // Without MPI_Abort, exiting makes the launcher end the others (a process that leaves without MPI_Finalize).
         Environment.Exit(1);
     }
 

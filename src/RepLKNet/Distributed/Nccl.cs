@@ -641,7 +641,10 @@ public static class GpuPlacement
     public static string? Oversubscribed(ProcessGroup group, int deviceCount)
     {
         ArgumentNullException.ThrowIfNull(group);
-        return group.LocalWorldSize > deviceCount
+        // A scheduler that gives each process its own GPUs (per-process CUDA_VISIBLE_DEVICES, e.g. SLURM's
+        // --gpus-per-task) shows every process fewer devices than processes without any sharing.
+        bool perProcessDevices = !string.IsNullOrEmpty(Environment.GetEnvironmentVariable("CUDA_VISIBLE_DEVICES")) && deviceCount >= 1;
+        return group.LocalWorldSize > deviceCount && !perProcessDevices
             ? string.Create(CultureInfo.InvariantCulture, $"{group.LocalWorldSize} processes share {deviceCount} CUDA device(s) on this machine; NCCL needs one device per process")
             : null;
     }

@@ -55,6 +55,13 @@ public sealed class SegmentationTask : ITrainingTask
         Pool = Array.AsReadOnly((long[]?)pool?.Clone() ?? TrainingPool.All(train.Count));
     }
 
+    /// <summary>
+    /// The fewest readable crops a micro-batch needs to train: 2 (BatchNorm in training mode on the pyramid pooling's 1×1
+    /// branch needs two values per channel), or 1 when SyncBN normalizes over several processes' crops (the 31L config's
+    /// one crop per GPU; SyncBN itself fails when the global batch holds fewer than 2).
+    /// </summary>
+    public int MinimumCrops { get; init; } = 2;
+
     // Training samples used and left out since the last evaluation (the loop's thread only): an evaluation after a
     // window that trained on nothing is an error, not a score.
     private long _usable;
@@ -178,7 +185,7 @@ public sealed class SegmentationTask : ITrainingTask
         // A batch left with one readable crop (the others unreadable) trains nothing: BatchNorm in training mode on the
         // pyramid pooling's 1×1 branch would see a single value per channel and turn its running variance into NaN for
         // good. Its crop is reported as left out, like the unreadable ones, and the step makes no update.
-        public int Count => _batches.Current.Count < 2 ? 0 : _batches.Current.Count;
+        public int Count => _batches.Current.Count < task.MinimumCrops ? 0 : _batches.Current.Count;
 
         public IReadOnlyList<SkippedImage> Skipped => _skipped;
 
@@ -192,13 +199,13 @@ public sealed class SegmentationTask : ITrainingTask
             }
 
             var batch = _batches.Current;
-            if (batch.Count >= 2)
+            if (batch.Count >= task.MinimumCrops)
             {
                 task._usable += batch.Count;
             }
 
-            task._unusable += batch.Skipped.Count + (batch.Count == 1 ? 1 : 0);
-            _skipped = batch.Count != 1
+            task._unusable += batch.Skipped.Count + (batch.Count > 0 && batch.Count < task.MinimumCrops ? batch.Count : 0);
+            _skipped = batch.Count != 1 || task.MinimumCrops <= 1
                 ? batch.Skipped
                 : [.. batch.Skipped, new SkippedImage(batch.Indices[0], task._train.Describe(batch.Indices[0]),
                     "left out: the only readable crop of its batch (BatchNorm cannot train on one crop)")];

@@ -229,7 +229,10 @@ public sealed class SegmentationTrainer
         Pipeline = new SegmentationPipeline(_o.Pipeline);
         var evaluator = new SegmentationEvaluator(val, Pipeline, _o.Test, _o.Device, _o.Workers, _o.EvalLimit);
         Task = new SegmentationTask(train, Pipeline, evaluator, _o.Arch, train.ClassNames, train.Palette, _o.AuxiliaryWeight, _o.Workers,
-            TrainingPool.First(train.Count, _o.TrainSubset));
+            TrainingPool.First(train.Count, _o.TrainSubset))
+        {
+            MinimumCrops = _o.SyncBatchNorm && _o.Group.IsDistributed ? 1 : 2,
+        };
         _loop = new TrainingLoop(Task, new TrainingLoopOptions
         {
             Budget = new TrainingBudget(null, null), MaxSteps = _o.MaxSteps, EvaluateEvery = _o.EvaluateEvery, BatchSize = _o.BatchSize,

@@ -168,7 +168,6 @@ internal sealed class RunState(RunFolder folder, ITrainingTask task, Module mode
             ["seed"] = options.Seed,
             ["batch_size"] = options.BatchSize,
             ["accumulation_steps"] = options.AccumulationSteps,
-            ["world_size"] = options.Group.WorldSize,
             ["resume"] = Path.Combine("resume", name),
             ["best_" + task.ScoreName] = double.IsFinite(best) ? best : null,
             ["epoch_loss_sum"] = epochSoFar.LossSum,
@@ -176,6 +175,12 @@ internal sealed class RunState(RunFolder folder, ITrainingTask task, Module mode
             ["pending_evaluation"] = pending is null ? null : JsonSerializer.SerializeToNode(pending, JsonOptions),
             ["history"] = JsonSerializer.SerializeToNode(history, JsonOptions),
         };
+        if (options.Group.IsDistributed)
+        {
+            // A data-parallel run records its processes (one-process states keep their keys; absent means 1).
+            state["world_size"] = options.Group.WorldSize;
+        }
+
         if (options.EvaluateEvery is not null)
         {
             // Iteration-based runs: the schedule (poly) is a function of the run's length, so a resume must keep it.

@@ -69,10 +69,12 @@ public sealed class TrainStep
     public Distributed.GradientReducer? Reducer { get; init; }
 
     /// <summary>
-    /// Fail on a micro-batch left with no readable sample instead of skipping it (a data-parallel job: the other processes'
-    /// forward, SyncBN's statistics included, waits for this one's).
+    /// The processes of a data-parallel job, or null (one process). With several: each step starts from rank 0's
+    /// floating-point buffers (BatchNorm running statistics; DDP's <c>broadcast_buffers=True</c>), and a micro-batch left
+    /// with no usable sample on any process is skipped by every process (agreed with one small allreduce), since the
+    /// others' forward (SyncBN) and gradient averaging wait for each process.
     /// </summary>
-    public bool RequireSamples { get; init; }
+    public Distributed.ProcessGroup? Group { get; init; }
 
     /// <summary>What the step is doing now (for failure reports).</summary>
     public TrainingPhase Phase { get; private set; } = TrainingPhase.Data;
@@ -94,6 +96,14 @@ public sealed class TrainStep
         }
 
         _optimizer.zero_grad();
+        var group = Group is { IsDistributed: true } job ? job : null;
+        if (group is not null)
+        {
+            Phase = TrainingPhase.Collective;
+            Distributed.GradientReducer.BroadcastBuffers(group, _model);
+        }
+
+        bool trained = false;
         double value = 0;
         long samples = 0;
         List<SkippedImage>? skipped = null;
@@ -110,13 +120,19 @@ public sealed class TrainStep
                 (skipped ??= []).AddRange(data.Skipped);
             }
 
-            if (data.Count == 0)
+            if (group is not null)
             {
-                if (RequireSamples)
+                // Every process skips a micro-batch that one of them cannot train on (so that no collective waits).
+                Phase = TrainingPhase.Collective;
+                var empty = new[] { data.Count == 0 ? 1.0 : 0.0 };
+                group.AllReduce(empty, Distributed.ReduceOp.Max);
+                if (empty[0] > 0)
                 {
-                    throw new InvalidOperationException($"a micro-batch of step {stepNumber} has no readable sample on this process (e.g. {(data.Skipped.Count > 0 ? data.Skipped[0].Source : "none")}); a data-parallel job needs at least one per process and micro-batch");
+                    continue;
                 }
-
+            }
+            else if (data.Count == 0)
+            {
                 continue;
             }
 
@@ -135,9 +151,11 @@ public sealed class TrainStep
             Distributed.SyncBatchNorm.ReleaseBackwardOutputs();
             value += microValue / AccumulationSteps;
             samples += data.Count;
+            trained = true;
         }
 
-        if (Reducer is not null)
+        // Skipped micro-batches were agreed on, so every process takes part here alike (or none does).
+        if (Reducer is not null && trained)
         {
             Phase = TrainingPhase.Collective;
             Reducer.Reduce();

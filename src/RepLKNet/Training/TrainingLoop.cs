@@ -166,6 +166,15 @@ public sealed class TrainingLoop
 
         // The pool does not change: the epoch length is fixed for the run.
         ArgumentNullException.ThrowIfNull(_o.Group, nameof(options.Group));
+        long globalBatch = (long)_o.BatchSize * _o.AccumulationSteps * _o.Group.WorldSize;
+        if (_o.Group.IsDistributed && _task.Pool.Count < globalBatch)
+        {
+            // One process trains a last partial batch; the shards of a job need one whole global batch.
+            throw new ArgumentException(
+                $"BatchSize {_o.BatchSize} × {_o.AccumulationSteps} accumulated × {_o.Group.WorldSize} processes = a global batch of {globalBatch}, more than the {_task.Pool.Count} training images",
+                nameof(options.BatchSize));
+        }
+
         StepsPerEpoch = Math.Max(1, _task.Pool.Count / ((long)_o.BatchSize * _o.AccumulationSteps * _o.Group.WorldSize));
     }
 
@@ -236,7 +245,7 @@ public sealed class TrainingLoop
         var (optimizer, scales) = TrainStep.CreateOptimizer(model, _o.LearningRate, _o.WeightDecay, _o.ParameterScale, _o.NoWeightDecay?.Invoke(model), _o.Betas);
         using var disposeOptimizer = optimizer; // its state (two tensors per parameter) is freed here, not by the finalizer
         Reducer = distributed ? new GradientReducer(group, model.parameters()) : null;
-        var trainStep = new TrainStep(model, optimizer, scales, _o.Device, _o.AccumulationSteps, _o.ClipGradNorm, ema) { Reducer = Reducer, RequireSamples = distributed };
+        var trainStep = new TrainStep(model, optimizer, scales, _o.Device, _o.AccumulationSteps, _o.ClipGradNorm, ema) { Reducer = Reducer, Group = group };
         var shard = new DataShard(group.Rank, group.WorldSize);
         // A data-parallel job decides together: a stop (signal) and the time used (rank 0's clock) are agreed after every
         // step, so that no process starts a step, an evaluation or a collective the others skip.
@@ -302,8 +311,15 @@ public sealed class TrainingLoop
         // Whether the evaluation follows step s: every N steps and at the run's last step (EvaluateEvery), or at epoch ends.
         bool EvaluatesAt(long s) => every is long n ? s % n == 0 || s == totalSteps : s % StepsPerEpoch == 0 && _o.EvaluateEachEpoch;
 
-        void Save((double LossSum, long Steps) epochSoFar = default, PendingEvaluation? pending = null) =>
+        void Save((double LossSum, long Steps) epochSoFar = default, PendingEvaluation? pending = null)
+        {
             saver!.Save(step, best, history, epochSoFar, pending);
+            if (distributed)
+            {
+                // Every process knows the state is on disk before it goes on (a failure report names it as intact).
+                group.Barrier();
+            }
+        }
 
         // The evaluation work (at an epoch end, or every N steps): evaluate model and EMA, keep the best, save, report. A
         // stop requested during the evaluation saves the figures as a pending evaluation, which a resumed run does first

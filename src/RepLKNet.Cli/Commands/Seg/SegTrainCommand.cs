@@ -125,6 +125,7 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
         public override ValidationResult Validate() =>
             NumClasses is not null ? ValidationResult.Error("--num-classes does not apply: seg train takes the dataset's classes")
             : Dtype is not ("float32" or "float64") ? ValidationResult.Error($"--dtype '{Dtype}': use float32 or float64")
+            : AllowWorldSizeChange && !Resume ? ValidationResult.Error("--allow-world-size-change does not apply without --resume: it lets a resumed run have another number of processes")
             : base.Validate();
     }
 
@@ -135,6 +136,11 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
         var group = DataParallel.Open(settings.CollectiveTimeout);
         var runtime = TorchRuntime.Initialize(settings.DeviceRequest);
         var device = DataParallel.Place(runtime.Device, group, text => console.MarkupLine(Markup.Escape(text)));
+        if (DataParallel.OneProcessNote(group, settings.SyncBn) is { } note)
+        {
+            console.MarkupLine(Markup.Escape(note));
+        }
+
         var (name, config) = SegmentorRegistry.Resolve(settings.Arch ?? SegmentorRegistry.DefaultName);
         var (train, val) = settings.Open();
         if (config.NumClasses != train.ClassNames.Count)
