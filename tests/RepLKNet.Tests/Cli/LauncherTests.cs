@@ -5,13 +5,14 @@ namespace RepLKNet.Tests.Cli;
 
 /// <summary>
 /// The <c>./replknet</c> launcher when several start at once (as <c>mpiexec -n N ./replknet …</c> starts them): a copy of
-/// the script in a scratch repository, with a stand-in <c>dotnet</c> on PATH that records every build and run.
+/// the script in a scratch repository, with a stand-in <c>dotnet</c> on PATH that records every build and run and writes
+/// to both streams.
 /// </summary>
 [System.Runtime.Versioning.SupportedOSPlatform("linux")]
 public sealed class LauncherTests
 {
     [Fact]
-    public void Launchers_started_together_build_the_cli_once_and_all_run_it()
+    public async Task Launchers_started_together_build_the_cli_once_and_all_run_it()
     {
         using var dir = new TempDirectory();
         string repo = dir.File("repo");
@@ -37,6 +38,8 @@ public sealed class LauncherTests
             fi
             [ -f "$1" ] || { echo "run without $1" >> '{{log}}'; exit 3; }
             echo "run $3" >> '{{log}}'
+            echo "stdout of $3"
+            echo "stderr of $3" >&2
             """.Replace("\r", "", StringComparison.Ordinal));
         File.SetUnixFileMode(Path.Combine(bin, "dotnet"), UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
 
@@ -49,10 +52,17 @@ public sealed class LauncherTests
             start.Environment["PATH"] = bin + ":" + Environment.GetEnvironmentVariable("PATH");
             return Process.Start(start)!;
         }).ToList();
-        foreach (var p in launchers)
+        for (int i = 0; i < launchers.Count; i++)
         {
+            var p = launchers[i];
+            var stdout = p.StandardOutput.ReadToEndAsync();
+            var stderr = p.StandardError.ReadToEndAsync();
             Assert.True(p.WaitForExit(60_000), "a launcher did not finish");
-            Assert.True(p.ExitCode == 0, p.StandardError.ReadToEnd());
+            string errors = await stderr;
+            Assert.True(p.ExitCode == 0, errors);
+            // The program's own output passes through the launcher (its error lines above all).
+            Assert.Contains($"stdout of rank{i}", await stdout, StringComparison.Ordinal);
+            Assert.Contains($"stderr of rank{i}", errors, StringComparison.Ordinal);
         }
 
         var calls = File.ReadAllLines(log);
