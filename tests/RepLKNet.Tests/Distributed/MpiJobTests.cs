@@ -102,6 +102,33 @@ public sealed class MpiJobTests(ITestOutputHelper output)
         Assert.Equal(m1[4], m2[4]);
     }
 
+    /// <summary>
+    /// SyncBN over the processes lets each take one crop (the 31L config's one per GPU); without it one crop per process is
+    /// refused up front; data smaller than one global batch is refused naming the flags.
+    /// </summary>
+    [MpiFact]
+    public void Segmentation_takes_one_crop_per_process_with_SyncBN_and_refuses_a_global_batch_larger_than_the_data()
+    {
+        using var dir = new TempDirectory();
+        string data = dir.File("data");
+        var synth = CliRunner.Run("seg", "synthetic", "--out", data, "--layout", "ade20k", "--train", "6", "--val", "2", "--size", "48", "--seed", "4");
+        Assert.True(synth.ExitCode == 0, synth.StdErr);
+        string[] common = ["seg", "train", "--dataset", "ade20k", "--data", data, "--crop-size", "32", "--max-steps", "3", "--eval-every", "3", "--device", "cpu"];
+
+        var one = MpiRunner.Run(2, [.. common, "--batch-size", "1", "--sync-bn", "--out", dir.File("one-crop")]);
+        Assert.True(one.ExitCode == 0, one.StdErr + one.StdOut);
+        Assert.Contains("global batch 2 = 1 per process × 2, SyncBN", System.Text.RegularExpressions.Regex.Replace(one.StdOut, @"\s+", " "), StringComparison.Ordinal);
+        Assert.Matches(@"iter\s+3/3: loss \d", one.StdOut);
+
+        var noSync = MpiRunner.Run(2, [.. common, "--batch-size", "1", "--out", dir.File("no-sync")]);
+        Assert.Equal(2, noSync.ExitCode);
+        Assert.Contains("--batch-size must be ≥ 2", noSync.StdErr, StringComparison.Ordinal);
+
+        var tooBig = MpiRunner.Run(2, [.. common, "--batch-size", "4", "--out", dir.File("too-big")]);
+        Assert.Equal(2, tooBig.ExitCode);
+        Assert.Contains("--batch-size 4 × 1 accumulated × 2 processes = a global batch of 8, more than the 6 training images", tooBig.StdErr, StringComparison.Ordinal);
+    }
+
     /// <summary>Without SyncBN each rank normalizes its own half: the weights must then differ from the global-batch run (the SyncBN test above is not vacuous).</summary>
     [MpiFact]
     public void Without_SyncBN_two_ranks_normalize_their_own_halves()
