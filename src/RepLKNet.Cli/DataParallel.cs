@@ -121,6 +121,12 @@ internal static class DataParallel
         return group.IsDistributed && stepsDone < totalSteps ? System.Runtime.InteropServices.PosixSignal.SIGINT : null;
     }
 
+    /// <summary>The settings' check of <c>--collective-timeout</c> (null: fine).</summary>
+    public static Spectre.Console.ValidationResult? CheckTimeout(double? seconds) =>
+        seconds is { } t && !(t >= 0.1 && t <= MaxTimeoutSeconds)
+            ? Spectre.Console.ValidationResult.Error(string.Create(CultureInfo.InvariantCulture, $"--collective-timeout {t} must be a number of seconds in [0.1, {MaxTimeoutSeconds}] (7 days)"))
+            : null;
+
     /// <summary>The longest collective timeout accepted: 7 days.</summary>
     public const double MaxTimeoutSeconds = 7 * 24 * 3600;
 

@@ -211,6 +211,12 @@ public static class ReplknetApp
         }
         catch (Exception e) when (IsUsageError(e))
         {
+            // A command line Spectre refuses is the same on every process of a job: rank 0 says it once.
+            if (e is CommandAppException && DataParallel.Launch is { Rank: > 0 } && DataParallel.Current is null)
+            {
+                return ExitCodes.Usage;
+            }
+
             Report(error, "usage", e, verbose, args);
             error.WriteLine("Run 'replknet --help' (or 'replknet <command> --help') for usage.");
             DataParallel.AbortAfterFailure(ExitCodes.Usage);

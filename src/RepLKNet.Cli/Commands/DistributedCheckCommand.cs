@@ -22,6 +22,9 @@ public sealed class DistributedCheckCommand(IAnsiConsole console) : Command<Dist
         [CommandOption("--collective-timeout <SECONDS>")]
         [Description("End the job when a collective waits longer than this (default 1800).")]
         public double? CollectiveTimeout { get; init; }
+
+        /// <inheritdoc />
+        public override ValidationResult Validate() => DataParallel.CheckTimeout(CollectiveTimeout) ?? base.Validate();
     }
 
     /// <inheritdoc />

@@ -210,6 +210,11 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
                 return ValidationResult.Error($"--aug '{Aug}': use default, none or official");
             }
 
+            if (DataParallel.CheckTimeout(CollectiveTimeout) is { } timeout)
+            {
+                return timeout;
+            }
+
             if (AllowWorldSizeChange && !Resume)
             {
                 return ValidationResult.Error("--allow-world-size-change does not apply without --resume: it lets a resumed run have another number of processes");

@@ -133,6 +133,11 @@ public sealed class MpiProcessGroup : ProcessGroup
                 return _current;
             }
 
+            if (_current is not null)
+            {
+                throw new CollectiveException("MPI was finalized in this process and cannot start again (MPI allows one MPI_Init per process)");
+            }
+
             SetResolver();
             var args = Array.Empty<string>();
             MPI.Environment environment;

@@ -131,3 +131,37 @@ public sealed class DataParallelStepTests
         }
     }
 }
+
+/// <summary>The data-parallel flags' bad values, in one process: one line naming the flag, exit 2.</summary>
+public sealed class DataParallelFlagTests
+{
+    [Theory]
+    [InlineData("--collective-timeout 0 must be a number of seconds in [0.1, 604800]", "train", "--collective-timeout", "0")]
+    [InlineData("--collective-timeout 1E+300 must be", "train", "--collective-timeout", "1e300")]
+    [InlineData("--collective-timeout 'abc' is not a number", "train", "--collective-timeout", "abc")]
+    [InlineData("--collective-timeout -1 must be", "seg", "train", "--collective-timeout", "-1")]
+    [InlineData("--collective-timeout 0 must be", "distributed", "check", "--collective-timeout", "0")]
+    [InlineData("--allow-world-size-change does not apply without --resume", "train", "--allow-world-size-change")]
+    [InlineData("--allow-world-size-change does not apply without --resume", "seg", "train", "--allow-world-size-change")]
+    [InlineData("--dtype 'float16': use float32 or float64", "train", "--dtype", "float16")]
+    [InlineData("--dtype 'half': use float32 or float64", "seg", "train", "--dtype", "half")]
+    [InlineData("--lr 'abc' is not a number", "train", "--lr", "abc")]
+    [InlineData("--epochs 'x' is not an integer", "train", "--epochs", "x")]
+    public void Bad_values_name_the_flag(string expected, params string[] args)
+    {
+        var result = CliRunner.Run([.. args, "--device", "cpu"]);
+        Assert.Equal(2, result.ExitCode);
+        Assert.Contains(expected, result.StdErr, StringComparison.Ordinal);
+        Assert.Single(result.StdErr.Split('\n', StringSplitOptions.RemoveEmptyEntries), l => l.StartsWith("replknet: usage:", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void Open_MPIs_launcher_is_named_and_a_stray_variable_of_one_process_is_ignored()
+    {
+        var several = CliRunner.Run(new Dictionary<string, string?> { ["OMPI_COMM_WORLD_SIZE"] = "4" }, "models");
+        Assert.Equal(1, several.ExitCode);
+        Assert.Contains("Open MPI", several.StdErr, StringComparison.Ordinal);
+        var one = CliRunner.Run(new Dictionary<string, string?> { ["OMPI_COMM_WORLD_SIZE"] = "1" }, "models");
+        Assert.True(one.ExitCode == 0, one.StdErr);
+    }
+}
