@@ -97,10 +97,10 @@ public static class SyncBatchNorm
     }
 
     /// <summary>
-    /// Frees the gradient wrappers the backward keeps reachable until libtorch has copied them (see
-    /// <c>DepthwiseConv2d.ReleaseBackwardOutputs</c>). Call after <c>backward()</c> returns.
+    /// Frees the gradient wrappers the backward keeps reachable until libtorch has copied them (one holder for every custom
+    /// function: <c>DepthwiseConv2d.ReleaseBackwardOutputs</c> does the same). Call after <c>backward()</c> returns.
     /// </summary>
-    public static void ReleaseBackwardOutputs() => SyncBatchNormFunction.ReleaseAll();
+    public static void ReleaseBackwardOutputs() => Runtime.BackwardOutputs.ReleaseAll();
 }
 
 /// <summary>The autograd function behind <see cref="SyncBatchNorm.Forward"/> (PyTorch's <c>SyncBatchNorm</c> function).</summary>
@@ -254,52 +254,8 @@ internal sealed class SyncBatchNormFunction : autograd.SingleTensorFunction<Sync
             t?.MoveToOuterDisposeScope();
         }
 
-        HandBack(result);
+        Runtime.BackwardOutputs.HandBack(result);
         GC.KeepAlive(grad);
         return result;
-    }
-
-    private static readonly System.Threading.Lock HeldGate = new();
-    private static readonly Dictionary<int, List<Tensor>> Held = [];
-
-    /// <summary>Keeps this call's gradients reachable until libtorch has copied them (as DepthwiseConvFunction does).</summary>
-    private static void HandBack(List<Tensor> gradients)
-    {
-        List<Tensor>? previous;
-        lock (HeldGate)
-        {
-            int thread = Environment.CurrentManagedThreadId;
-            Held.TryGetValue(thread, out previous);
-            Held[thread] = gradients;
-        }
-
-        Dispose(previous);
-    }
-
-    /// <summary>Releases every held gradient (after backward() has returned).</summary>
-    internal static void ReleaseAll()
-    {
-        List<List<Tensor>> all;
-        lock (HeldGate)
-        {
-            all = [.. Held.Values];
-            Held.Clear();
-        }
-
-        foreach (var list in all)
-        {
-            Dispose(list);
-        }
-    }
-
-    private static void Dispose(List<Tensor>? tensors)
-    {
-        if (tensors is not null)
-        {
-            foreach (var t in tensors)
-            {
-                t?.Dispose();
-            }
-        }
     }
 }

@@ -173,7 +173,7 @@ public static class DepthwiseConv2d
     /// docs/runtime.md, "Object lifetimes"). Call after <c>backward()</c> returns; without it each thread that ran a
     /// backward keeps its last call's gradients until its next one (on CUDA: libtorch's device threads, i.e. GPU memory).
     /// </summary>
-    public static void ReleaseBackwardOutputs() => DepthwiseConvFunction.ReleaseAll();
+    public static void ReleaseBackwardOutputs() => Runtime.BackwardOutputs.ReleaseAll();
 
     private sealed class Restore(Action restore) : IDisposable
     {
@@ -236,56 +236,8 @@ internal sealed class DepthwiseConvFunction : torch.autograd.SingleTensorFunctio
             t?.MoveToOuterDisposeScope();
         }
 
-        HandBack(result);
+        Runtime.BackwardOutputs.HandBack(result);
         GC.KeepAlive(grad);
         return result;
-    }
-
-    private static readonly System.Threading.Lock HeldGate = new();
-    private static readonly Dictionary<int, List<Tensor>> Held = [];
-
-    /// <summary>
-    /// Keeps this call's gradients reachable after it returns: libtorch copies them right after, and only then may our
-    /// wrappers go (on a thread without a dispose scope the GC could otherwise free one in between). Released at this
-    /// thread's next call, or all at once by <see cref="DepthwiseConv2d.ReleaseBackwardOutputs"/> once backward() returned.
-    /// </summary>
-    private static void HandBack(List<Tensor> gradients)
-    {
-        List<Tensor>? previous;
-        lock (HeldGate)
-        {
-            int thread = Environment.CurrentManagedThreadId;
-            Held.TryGetValue(thread, out previous);
-            Held[thread] = gradients;
-        }
-
-        Dispose(previous);
-    }
-
-    /// <summary>Releases every held gradient (call after backward() has returned: libtorch has copied them all).</summary>
-    internal static void ReleaseAll()
-    {
-        List<List<Tensor>> all;
-        lock (HeldGate)
-        {
-            all = [.. Held.Values];
-            Held.Clear();
-        }
-
-        foreach (var list in all)
-        {
-            Dispose(list);
-        }
-    }
-
-    private static void Dispose(List<Tensor>? tensors)
-    {
-        if (tensors is not null)
-        {
-            foreach (var t in tensors)
-            {
-                t?.Dispose();
-            }
-        }
     }
 }

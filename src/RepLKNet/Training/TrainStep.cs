@@ -147,8 +147,7 @@ public sealed class TrainStep
 
             Phase = TrainingPhase.Backward;
             (AccumulationSteps == 1 ? loss : Scalars.Div(loss, AccumulationSteps)).backward();
-            Ops.DepthwiseConv2d.ReleaseBackwardOutputs();
-            Distributed.SyncBatchNorm.ReleaseBackwardOutputs();
+            Ops.DepthwiseConv2d.ReleaseBackwardOutputs(); // every custom function's (depthwise conv, SyncBN): one holder
             value += microValue / AccumulationSteps;
             samples += data.Count;
             trained = true;
