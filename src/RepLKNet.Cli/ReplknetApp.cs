@@ -71,6 +71,11 @@ public static class ReplknetApp
         {
             if (!DataParallel.Allows(args))
             {
+                if (launch.Rank != 0)
+                {
+                    return ExitCodes.Usage; // rank 0 says why
+                }
+
                 error.WriteLine($"replknet: usage: {DataParallel.Prefix}'{string.Join(' ', args.TakeWhile(a => !a.StartsWith('-')))}' does not run data-parallel: start it without mpiexec (under mpiexec with several processes: {string.Join(", ", DataParallel.Commands)})");
                 return ExitCodes.Usage;
             }
@@ -211,9 +216,10 @@ public static class ReplknetApp
         }
         catch (Exception e) when (IsUsageError(e))
         {
-            // A command line Spectre refuses is the same on every process of a job: rank 0 says it once.
-            if (e is CommandAppException && DataParallel.Launch is { Rank: > 0 } && DataParallel.Current is null)
+            // A usage error is about the command line, the same on every process of a job: rank 0 says it once.
+            if (DataParallel.Launch is { Rank: > 0, WorldSize: > 1 })
             {
+                DataParallel.AbortAfterFailure(ExitCodes.Usage);
                 return ExitCodes.Usage;
             }
 

@@ -217,7 +217,7 @@ public sealed class SegmentationTask : ITrainingTask
         {
             var segmenter = AsSegmenter(model, nameof(model));
             var batch = _batches.Current;
-            if (batch.Count < 2)
+            if (batch.Count < task.MinimumCrops)
             {
                 // No usable sample: a zero loss that still has a graph (no update but the decay).
                 return segmenter.parameters().First().sum().mul(zeros(1, device: device).squeeze());
