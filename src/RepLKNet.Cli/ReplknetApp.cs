@@ -219,7 +219,12 @@ public static class ReplknetApp
             // A usage error is about the command line, the same on every process of a job: rank 0 says it once.
             if (DataParallel.Launch is { Rank: > 0, WorldSize: > 1 })
             {
-                DataParallel.AbortAfterFailure(ExitCodes.Usage);
+                if (DataParallel.Current is { IsDistributed: true })
+                {
+                    Thread.Sleep(TimeSpan.FromSeconds(3)); // rank 0 prints and ends the job first; this is the fallback
+                    DataParallel.AbortAfterFailure(ExitCodes.Usage);
+                }
+
                 return ExitCodes.Usage;
             }
 
