@@ -167,6 +167,10 @@ public static class ReplknetApp
                 .WithDescription("Effective receptive field (the paper's method): heatmap PNG with colour bar and high-contribution area ratios; --compare draws several models side by side.")
                 .WithExample("erf", "--arch", "RepLKNet-31B", "--num-images", "2", "--out", "erf-31b.png")
                 .WithExample("erf", "--compare", "resnet18@resnet18.safetensors", "--compare", "@runs/fmnist/best.safetensors", "--size", "224", "--out", "erf.png");
+            config.AddCommand<ShapeBiasCommand>("shape-bias")
+                .WithDescription("The cue-conflict shape bias (Geirhos et al.): each stimulus decided among 16 categories by any ImageNet-1k classifier (RepLKNet, ResNet, MobileNetV2, ONNX); table, JSON and the paper-style figure, --compare beside other models.")
+                .WithExample("shape-bias", "--data", "cue-conflict", "--arch", "RepLKNet-31B", "--weights", "RepLKNet-31B_ImageNet-1K_224.pth", "--json", "31b.json")
+                .WithExample("shape-bias", "--data", "cue-conflict", "--arch", "resnet50", "--weights", "resnet50.safetensors", "--compare", "31b.json", "--plot", "shape-bias.png");
             config.AddBranch("experiment", experiment =>
             {
                 experiment.SetDescription("The paper's guideline experiments on MobileNetV2, and one-recipe training of other classifiers.");
