@@ -112,7 +112,14 @@ public sealed class ShapeBiasCommand(IAnsiConsole console) : Command<ShapeBiasCo
 
         if (settings.Plot is { } plot)
         {
-            ShapeBiasPlot.Write([report, .. compared], plot);
+            try
+            {
+                ShapeBiasPlot.Write([report, .. compared], plot);
+            }
+            catch (ArgumentException e) when (e.ParamName == "path")
+            {
+                throw new IOException($"--plot '{plot}': cannot write the figure ({(e.InnerException ?? e).Message.TrimEnd('.')})", e);
+            }
             console.MarkupLine($"  figure  {Markup.Escape(plot)}");
         }
 

@@ -250,6 +250,44 @@ public sealed partial class ShapeBiasTests
         Assert.Contains("ImageNet-1k classifier", fmnist.StdErr, StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// An ImageNet-1k checkpoint (a tiny RepLKNet with 1,000 classes and a recorded 64-pixel eval transform) decides the
+    /// same on TorchSharp and as an ONNX export on ONNX Runtime, each with the preprocessing its file records.
+    /// </summary>
+    [Fact]
+    public void A_checkpoint_and_its_onnx_export_decide_alike()
+    {
+        using var dir = new TempDirectory();
+        string data = WriteStimuli(dir.File("stimuli"));
+        var config = new RepLKNet.Models.RepLKNetConfig
+        {
+            LargeKernelSizes = [7, 5], Layers = [1, 1], Channels = [8, 16], SmallKernel = 3, InChannels = 3, NumClasses = 1000,
+        };
+        string checkpoint = dir.File("tiny1k.safetensors");
+        manual_seed(3);
+        using (var model = new RepLKNet.Models.RepLKNetModel(config))
+        {
+            RandomModels.RandomizeBatchNorms(model, new Generator(seed: 4));
+            RepLKNet.Checkpoints.CheckpointFile.WriteRepLKNet(checkpoint, RepLKNet.Checkpoints.StateDicts.Ordered(model),
+                new RepLKNet.Checkpoints.CheckpointMetadata("tiny1k", config, RepLKNet.Models.ModelForm.Train,
+                    Preprocessing: new RepLKNet.Checkpoints.Preprocessing(64, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3], 0.9)));
+        }
+
+        string onnx = dir.File("tiny1k.onnx");
+        var export = CliRunner.Run("export", "onnx", "--weights", checkpoint, "--out", onnx, "--dynamic-batch", "--device", "cpu");
+        Assert.True(export.ExitCode == 0, export.StdErr + export.StdOut);
+        var torch = CliRunner.Run("shape-bias", "--data", data, "--weights", checkpoint, "--json", dir.File("t.json"), "--device", "cpu");
+        Assert.True(torch.ExitCode == 0, torch.StdErr + torch.StdOut);
+        Assert.Contains("eval transform 64×64, crop 0.9", torch.StdOut, StringComparison.Ordinal);
+        var ort = CliRunner.Run("shape-bias", "--data", data, "--onnx", onnx, "--batch-size", "3", "--json", dir.File("o.json"));
+        Assert.True(ort.ExitCode == 0, ort.StdErr + ort.StdOut);
+        Assert.Contains("eval transform 64×64, crop 0.9", ort.StdOut, StringComparison.Ordinal);
+        var a = ShapeBiasJson.Read(dir.File("t.json"));
+        var b = ShapeBiasJson.Read(dir.File("o.json"));
+        Assert.Equal(a.Decisions.Select(d => d.Decision), b.Decisions.Select(d => d.Decision));
+        Assert.Null(a.Note); // trained (here: given) weights carry no random-initialization note
+    }
+
     /// <summary>4 categories × 2 stimuli of 96×96 coloured noise (one of each pair same-category for cat and car).</summary>
     private static string WriteStimuli(string root)
     {
