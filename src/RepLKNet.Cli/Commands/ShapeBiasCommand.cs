@@ -55,6 +55,12 @@ public sealed class ShapeBiasCommand(IAnsiConsole console) : Command<ShapeBiasCo
         [Description("Images per forward pass.")]
         public int BatchSize { get; init; } = 16;
 
+        /// <summary>How images reach the model.</summary>
+        [CommandOption("--eval-transform <MODE>")]
+        [DefaultValue("reference")]
+        [Description("reference (default: model-vs-human's, the toolbox behind published shape-bias figures: the 224-pixel stimuli as they are, normalized) or recorded (the checkpoint's eval transform: resize to size / crop_pct, centre crop).")]
+        public string EvalTransform { get; init; } = "reference";
+
         /// <summary>Figure.</summary>
         [CommandOption("--plot <FILE>")]
         [Description("Write the per-category figure (shape vs texture decisions, the paper's style) as PNG.")]
@@ -83,6 +89,11 @@ public sealed class ShapeBiasCommand(IAnsiConsole console) : Command<ShapeBiasCo
                 return ValidationResult.Error("name a model: --arch (with --weights for trained weights), --weights of a checkpoint that records it, or --onnx");
             }
 
+            if (EvalTransform is not ("reference" or "recorded"))
+            {
+                return ValidationResult.Error($"--eval-transform '{EvalTransform}': use reference or recorded");
+            }
+
             return BatchSize < 1 ? ValidationResult.Error($"--batch-size {BatchSize} must be positive") : base.Validate();
         }
     }
@@ -93,10 +104,8 @@ public sealed class ShapeBiasCommand(IAnsiConsole console) : Command<ShapeBiasCo
         ArgumentNullException.ThrowIfNull(settings);
         var stimuli = CueConflictSet.Read(settings.Data!);
         var compared = settings.Compare.Select(ShapeBiasJson.Read).ToList();
-        foreach (var path in new[] { settings.Json, settings.Plot }.Where(p => p is not null))
-        {
-            CheckWritable(path!);
-        }
+        CheckWritable("--json", settings.Json);
+        CheckWritable("--plot", settings.Plot);
 
         var report = settings.Onnx is { } onnx ? RunOnnx(settings, stimuli, onnx) : RunTorch(settings, stimuli);
         PrintTable(report);
@@ -105,7 +114,9 @@ public sealed class ShapeBiasCommand(IAnsiConsole console) : Command<ShapeBiasCo
             console.MarkupLine(CultureInfo.InvariantCulture, "  compared: {0}: shape bias {1}", Markup.Escape(other.Model), Format(other.ShapeBias));
         }
 
-        if (settings.WriteJson(ShapeBiasJson.ToJson(report)))
+        var document = ShapeBiasJson.ToJson(report, settings.Data);
+        document["eval_transform"] = settings.EvalTransform;
+        if (settings.WriteJson(document))
         {
             console.MarkupLine($"  JSON    {Markup.Escape(settings.Json!)}");
         }
@@ -161,20 +172,23 @@ public sealed class ShapeBiasCommand(IAnsiConsole console) : Command<ShapeBiasCo
             var pre = recorded ?? new EvalPreprocessing(224, channels, normalization ?? Normalization.ImageNet, 0.875);
             if (pre.Channels != 3)
             {
-                throw new UsageException($"--arch: the model takes {pre.Channels}-channel images; the stimuli are RGB and need an ImageNet-1k classifier");
+                string what = settings.Arch is null ? $"--weights '{settings.Weights}'" : $"--arch {settings.Arch}";
+                throw new UsageException($"{what}: the model takes {pre.Channels}-channel images; the stimuli are RGB and need an ImageNet-1k classifier");
             }
 
             string? note = settings.Weights is null ? "random initialization: no --weights, so the decisions (and the shape bias) mean nothing" : null;
             label = settings.Label ?? label;
-            Header(label, settings.Weights ?? "random weights", stimuli, pre.InputSize, pre.CropPct, pre.Normalization, runtime.Device.ToString(), note);
+            var transform = Transform(settings);
+            Header(label, settings.Weights ?? "random weights", stimuli, pre.InputSize, pre.CropPct, pre.Normalization, runtime.Device.ToString(), note, transform);
             module.eval();
-            return Evaluate(stimuli, label, pre.InputSize, pre.CropPct, pre.Normalization, settings.BatchSize, note, (samples, n, logits) =>
+            string source = settings.Arch is null ? $"--weights '{settings.Weights}'" : $"--arch {settings.Arch}";
+            return Evaluate(stimuli, label, pre.InputSize, pre.CropPct, pre.Normalization, settings.BatchSize, note, transform, (samples, n, logits) =>
             {
                 using var scope = NewDisposeScope();
                 using var noGrad = no_grad();
                 var x = tensor(samples, [n, 3, pre.InputSize, pre.InputSize]).to(runtime.Device);
                 var y = module.call(x);
-                CheckClasses(y.shape[^1]);
+                CheckClasses(source, y.shape[^1]);
                 y.to(ScalarType.Float32).cpu().contiguous().data<float>().CopyTo(logits);
             });
         }
@@ -184,7 +198,7 @@ public sealed class ShapeBiasCommand(IAnsiConsole console) : Command<ShapeBiasCo
     {
         using var onnx = new OnnxClassifier(path, GlobalThreads(settings));
         var info = onnx.Info;
-        CheckClasses(onnx.Classes);
+        CheckClasses($"--onnx '{path}'", onnx.Classes);
         if (info.Channels != 3)
         {
             throw new UsageException($"--onnx '{path}': the model takes {info.Channels}-channel images; the stimuli are RGB and need an ImageNet-1k classifier");
@@ -192,10 +206,11 @@ public sealed class ShapeBiasCommand(IAnsiConsole console) : Command<ShapeBiasCo
 
         var normalization = new Normalization(info.Mean, info.Std);
         string label = settings.Label ?? $"{info.Arch} (ONNX)";
-        Header(label, path, stimuli, onnx.InputSize, info.CropPct, normalization, "ONNX Runtime (CPU)", null);
+        var transform = Transform(settings);
+        Header(label, path, stimuli, onnx.InputSize, info.CropPct, normalization, "ONNX Runtime (CPU)", null, transform);
         int batch = onnx.FixedBatch ?? settings.BatchSize;
         int length = 3 * onnx.InputSize * onnx.InputSize;
-        return Evaluate(stimuli, label, onnx.InputSize, info.CropPct, normalization, batch, null, (samples, n, logits) =>
+        return Evaluate(stimuli, label, onnx.InputSize, info.CropPct, normalization, batch, null, transform, (samples, n, logits) =>
         {
             if (onnx.FixedBatch is int fixedBatch && n < fixedBatch)
             {
@@ -213,27 +228,35 @@ public sealed class ShapeBiasCommand(IAnsiConsole console) : Command<ShapeBiasCo
         });
     }
 
+    private static ShapeBiasTransform Transform(Settings settings) =>
+        settings.EvalTransform == "recorded" ? ShapeBiasTransform.Recorded : ShapeBiasTransform.Reference;
+
     private ShapeBiasReport Evaluate(IReadOnlyList<CueConflictStimulus> stimuli, string label, int size, double cropPct, Normalization normalization, int batch,
-        string? note, Action<float[], int, float[]> logits)
+        string? note, ShapeBiasTransform transform, Action<float[], int, float[]> logits)
     {
         ShapeBiasReport? report = null;
         if (Console.IsOutputRedirected || !console.Profile.Capabilities.Interactive)
         {
-            return ShapeBiasEvaluation.Run(stimuli, label, size, cropPct, normalization, logits, batch, null, note);
+            return ShapeBiasEvaluation.Run(stimuli, label, size, cropPct, normalization, logits, batch, null, note, transform);
         }
 
         console.Progress().AutoClear(true).Start(ctx =>
         {
             var task = ctx.AddTask("cue-conflict images", maxValue: stimuli.Count);
-            report = ShapeBiasEvaluation.Run(stimuli, label, size, cropPct, normalization, logits, batch, done => task.Value = done, note);
+            report = ShapeBiasEvaluation.Run(stimuli, label, size, cropPct, normalization, logits, batch, done => task.Value = done, note, transform);
         });
         return report!;
     }
 
-    private void Header(string label, string weights, IReadOnlyList<CueConflictStimulus> stimuli, int size, double cropPct, Normalization normalization, string device, string? note)
+    private void Header(string label, string weights, IReadOnlyList<CueConflictStimulus> stimuli, int size, double cropPct, Normalization normalization, string device, string? note,
+        ShapeBiasTransform transform)
     {
-        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]shape-bias[/] {0} ({1}): {2} cue-conflict image(s) ({3} same-category, left out of the bias); eval transform {4}×{4}, crop {5}, {6}; {7}",
-            Markup.Escape(label), Markup.Escape(weights), stimuli.Count, stimuli.Count(s => !s.IsConflict), size, cropPct, Markup.Escape(normalization.ToString()), Markup.Escape(device));
+        string how = transform == ShapeBiasTransform.Recorded
+            ? string.Create(CultureInfo.InvariantCulture, $"recorded eval transform {size}×{size}, crop {cropPct}")
+            : string.Create(CultureInfo.InvariantCulture, $"reference transform: {size}×{size} as they are (resized only if another size), no crop");
+        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]shape-bias[/] {0} ({1}): {2} image(s), {3} cue-conflict and {4} same-category (left out of the bias); {5}, {6}; {7}",
+            Markup.Escape(label), Markup.Escape(weights), stimuli.Count, stimuli.Count(s => s.IsConflict), stimuli.Count(s => !s.IsConflict), Markup.Escape(how),
+            Markup.Escape(normalization.ToString()), Markup.Escape(device));
         if (note is not null)
         {
             console.MarkupLine($"  [yellow]note[/]: {Markup.Escape(note)}");
@@ -262,22 +285,32 @@ public sealed class ShapeBiasCommand(IAnsiConsole console) : Command<ShapeBiasCo
 
     private static string Format(double v) => double.IsFinite(v) ? v.ToString("0.000", CultureInfo.InvariantCulture) : "–";
 
-    private static void CheckClasses(long classes)
+    private static void CheckClasses(string source, long classes)
     {
         if (classes != CueConflictCategories.ImageNetClasses)
         {
-            throw new UsageException($"the model predicts {classes} classes; shape bias needs an ImageNet-1k classifier ({CueConflictCategories.ImageNetClasses} logits)");
+            throw new UsageException($"{source}: the model predicts {classes} classes; shape bias needs an ImageNet-1k classifier ({CueConflictCategories.ImageNetClasses} logits)");
         }
     }
 
     private static int GlobalThreads(Settings settings) => settings.Threads ?? 0;
 
-    private static void CheckWritable(string path)
+    private static void CheckWritable(string flag, string? path)
     {
+        if (path is null)
+        {
+            return;
+        }
+
+        if (Directory.Exists(path))
+        {
+            throw new UsageException($"{flag} '{path}' is a folder; give a file");
+        }
+
         string? dir = Path.GetDirectoryName(Path.GetFullPath(path));
         if (dir is not null && !Directory.Exists(dir))
         {
-            throw new UsageException($"'{path}': its folder '{dir}' does not exist");
+            throw new UsageException($"{flag} '{path}': its folder '{dir}' does not exist");
         }
     }
 }

@@ -225,9 +225,12 @@ public sealed partial class ShapeBiasTests
         var first = CliRunner.Run("shape-bias", "--data", data, "--arch", "resnet18", "--json", json, "--device", "cpu");
         Assert.True(first.ExitCode == 0, first.StdErr + first.StdOut);
         Assert.Contains("random initialization", first.StdOut, StringComparison.Ordinal);
-        Assert.Contains("8 cue-conflict image(s) (2 same-category", first.StdOut, StringComparison.Ordinal);
+        Assert.Contains("8 image(s), 6 cue-conflict and 2 same-category", Flat(first.StdOut), StringComparison.Ordinal);
+        Assert.Contains("reference transform: 224×224 as they are", Flat(first.StdOut), StringComparison.Ordinal);
         var doc = JsonNode.Parse(File.ReadAllText(json))!;
         Assert.Equal(8, doc["decisions"]!.AsArray().Count);
+        Assert.Equal(Path.Combine("car", "car1-bird1.png"), (string)doc["decisions"]![0]!["file"]!); // relative to --data
+        Assert.Equal("reference", (string)doc["eval_transform"]!);
         Assert.Equal(16, doc["mapping"]!.AsObject().Count);
         Assert.Equal(2, (int)doc["same_category_left_out"]!);
         int shape = (int)doc["shape_decisions"]!, texture = (int)doc["texture_decisions"]!;
@@ -276,17 +279,50 @@ public sealed partial class ShapeBiasTests
         string onnx = dir.File("tiny1k.onnx");
         var export = CliRunner.Run("export", "onnx", "--weights", checkpoint, "--out", onnx, "--dynamic-batch", "--device", "cpu");
         Assert.True(export.ExitCode == 0, export.StdErr + export.StdOut);
-        var torch = CliRunner.Run("shape-bias", "--data", data, "--weights", checkpoint, "--json", dir.File("t.json"), "--device", "cpu");
+        var torch = CliRunner.Run("shape-bias", "--data", data, "--weights", checkpoint, "--eval-transform", "recorded", "--json", dir.File("t.json"), "--device", "cpu");
         Assert.True(torch.ExitCode == 0, torch.StdErr + torch.StdOut);
-        Assert.Contains("eval transform 64×64, crop 0.9", torch.StdOut, StringComparison.Ordinal);
-        var ort = CliRunner.Run("shape-bias", "--data", data, "--onnx", onnx, "--batch-size", "3", "--json", dir.File("o.json"));
+        Assert.Contains("recorded eval transform 64×64, crop 0.9", Flat(torch.StdOut), StringComparison.Ordinal);
+        var ort = CliRunner.Run("shape-bias", "--data", data, "--onnx", onnx, "--eval-transform", "recorded", "--batch-size", "3", "--json", dir.File("o.json"));
         Assert.True(ort.ExitCode == 0, ort.StdErr + ort.StdOut);
-        Assert.Contains("eval transform 64×64, crop 0.9", ort.StdOut, StringComparison.Ordinal);
+        Assert.Contains("recorded eval transform 64×64, crop 0.9", Flat(ort.StdOut), StringComparison.Ordinal);
         var a = ShapeBiasJson.Read(dir.File("t.json"));
         var b = ShapeBiasJson.Read(dir.File("o.json"));
         Assert.Equal(a.Decisions.Select(d => d.Decision), b.Decisions.Select(d => d.Decision));
         Assert.Null(a.Note); // trained (here: given) weights carry no random-initialization note
     }
+
+    /// <summary>
+    /// The reference transform (model-vs-human's for its 224-pixel stimuli) hands an image of the model's size to it
+    /// unresampled: exactly (pixel / 255 − mean) / std; the recorded one resizes and crops (here: differs).
+    /// </summary>
+    [Fact]
+    public void The_reference_transform_only_normalizes_an_image_of_the_models_size()
+    {
+        using var dir = new TempDirectory();
+        string data = WriteStimuli(dir.File("stimuli"));
+        var stimuli = CueConflictSet.Read(data).Take(1).ToList();
+        var normalization = new Normalization([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+        float[]? seen = null;
+        void Capture(float[] samples, int n, float[] logits) => seen = (float[])samples.Clone();
+        ShapeBiasEvaluation.Run(stimuli, "m", 96, 0.875, normalization, Capture);
+        var image = ImageDecoder.Decode(stimuli[0].File, 3);
+        for (int c = 0; c < 3; c++)
+        {
+            var plane = image.Channel(c);
+            for (int i = 0; i < 96 * 96; i++)
+            {
+                double expected = (plane[i] / 255.0 - normalization.Mean[c]) / normalization.Std[c];
+                Assert.Equal(expected, seen![c * 96 * 96 + i], 1e-5);
+            }
+        }
+
+        float[] reference = seen!;
+        ShapeBiasEvaluation.Run(stimuli, "m", 96, 0.875, normalization, Capture, transform: ShapeBiasTransform.Recorded);
+        Assert.NotEqual(reference, seen);
+    }
+
+    /// <summary>The console wraps long lines: compare with runs of white space as one space.</summary>
+    private static string Flat(string text) => Regex.Replace(text, @"\s+", " ");
 
     /// <summary>4 categories × 2 stimuli of 96×96 coloured noise (one of each pair same-category for cat and car).</summary>
     private static string WriteStimuli(string root)

@@ -297,6 +297,13 @@ public sealed class SamplePipeline
         return result;
     }
 
+    /// <summary>
+    /// Normalizes an image that already has the pipeline's size and channels, without any resize or crop (what a
+    /// <c>ToTensor</c> + <c>Normalize</c> transform does, e.g. model-vs-human's for its 224-pixel stimuli).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The image has another size or channel count.</exception>
+    public void EvalAsIs(ImageU8 image, Span<float> destination) => Normalize(image, destination);
+
     private void Normalize(ImageU8 image, Span<float> destination)
     {
         if (image.Channels != Channels || image.Height != Size || image.Width != Size || destination.Length != SampleLength)

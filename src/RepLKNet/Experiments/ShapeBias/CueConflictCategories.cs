@@ -5,8 +5,9 @@ namespace RepLKNet.Experiments.ShapeBias;
 /// exactly as the reference implementation lists them (model-vs-human, <c>modelvshuman/helper/human_categories.py</c>,
 /// <c>HumanCategories.&lt;category&gt;_indices</c>; the same lists as texture-vs-shape's), and its decision rule
 /// (<c>ImageNetProbabilitiesTo16ClassesMapping</c> with the default aggregation, the mean): softmax over the 1,000
-/// logits, the mean probability over each category's indices, the category with the largest mean (the first in
-/// alphabetical order on a tie, as the reference's strict comparison).
+/// logits, the mean probability over each category's indices, the category with the largest mean. A tie (in practice
+/// never) goes to the first in alphabetical order, as texture-vs-shape's <c>probabilities_to_decision.py</c> (strict
+/// comparison); model-vs-human's <c>np.flip(np.argsort(…))</c> would take the last.
 /// </summary>
 public static class CueConflictCategories
 {

@@ -36,6 +36,11 @@ public static partial class CueConflictSet
     public static IReadOnlyList<CueConflictStimulus> Read(string folder)
     {
         ArgumentNullException.ThrowIfNull(folder);
+        if (File.Exists(folder))
+        {
+            throw new DatasetException($"--data '{folder}': a file, not the folder of cue-conflict stimuli (16 category folders airplane … truck)", "data");
+        }
+
         if (!Directory.Exists(folder))
         {
             throw new DatasetException($"--data '{folder}': no such folder (the cue-conflict stimuli: 16 category folders airplane … truck)", "data");

@@ -75,12 +75,26 @@ public sealed record ShapeBiasReport(string Model, IReadOnlyList<ShapeBiasDecisi
     private static double Ratio(int a, int b) => b == 0 ? double.NaN : (double)a / b;
 }
 
+/// <summary>How the stimuli reach the model.</summary>
+public enum ShapeBiasTransform
+{
+    /// <summary>
+    /// model-vs-human's (the toolbox behind the published shape-bias figures): the stimuli (224 × 224) go in as they are,
+    /// only normalized; an image of another size than the model's input is resized to it, without a crop.
+    /// </summary>
+    Reference,
+
+    /// <summary>The model's recorded eval transform: the short side resized to size / crop_pct, a centre crop, normalization.</summary>
+    Recorded,
+}
+
 /// <summary>Runs a classifier over the cue-conflict stimuli and collects its 16-category decisions.</summary>
 public static class ShapeBiasEvaluation
 {
     /// <summary>
-    /// Decides every stimulus: each image is decoded as RGB, put through the model's eval transform (<paramref name="size"/>,
-    /// resize of the short side to size / <paramref name="cropPct"/>, centre crop, <paramref name="normalization"/>) and
+    /// Decides every stimulus: each image is decoded as RGB, brought to <paramref name="size"/> × <paramref name="size"/> by
+    /// <paramref name="transform"/> (the reference's: as it is, normalized; or the recorded eval transform: resize of the
+    /// short side to size / <paramref name="cropPct"/>, centre crop), normalized with <paramref name="normalization"/>, and
     /// given in batches to <paramref name="logits"/>, which fills (batch × 1000) logits for (batch × 3 × size × size)
     /// samples; the decision is <see cref="CueConflictCategories.Decide"/>.
     /// </summary>
@@ -93,9 +107,11 @@ public static class ShapeBiasEvaluation
     /// <param name="batchSize">Images per call.</param>
     /// <param name="onProgress">Images done so far, after each batch.</param>
     /// <param name="note">Note for the report (e.g. random weights).</param>
+    /// <param name="transform">How images reach the model (default: the reference's).</param>
     /// <exception cref="DatasetException">An image cannot be read (the message names it).</exception>
     public static ShapeBiasReport Run(IReadOnlyList<CueConflictStimulus> stimuli, string model, int size, double cropPct, Normalization normalization,
-        Action<float[], int, float[]> logits, int batchSize = 16, Action<int>? onProgress = null, string? note = null)
+        Action<float[], int, float[]> logits, int batchSize = 16, Action<int>? onProgress = null, string? note = null,
+        ShapeBiasTransform transform = ShapeBiasTransform.Reference)
     {
         ArgumentNullException.ThrowIfNull(stimuli);
         ArgumentNullException.ThrowIfNull(logits);
@@ -107,11 +123,26 @@ public static class ShapeBiasEvaluation
         {
             int n = Math.Min(batchSize, stimuli.Count - start);
             var samples = new float[(long)n * length];
-            Parallel.For(0, n, i =>
+            try
             {
-                var image = ImageDecoder.Decode(stimuli[start + i].File, 3);
-                pipeline.Eval(image, samples.AsSpan(i * length, length));
-            });
+                Parallel.For(0, n, i =>
+                {
+                    var image = ImageDecoder.Decode(stimuli[start + i].File, 3);
+                    var destination = samples.AsSpan(i * length, length);
+                    if (transform == ShapeBiasTransform.Recorded)
+                    {
+                        pipeline.Eval(image, destination);
+                    }
+                    else
+                    {
+                        pipeline.EvalAsIs(image.Height == size && image.Width == size ? image : ImageOps.Resize(image, size, size), destination);
+                    }
+                });
+            }
+            catch (AggregateException e) when (e.InnerExceptions.FirstOrDefault(x => x is DatasetException) is DatasetException first)
+            {
+                throw first; // the unreadable image's own message
+            }
             var output = new float[n * CueConflictCategories.ImageNetClasses];
             logits(samples, n, output);
             for (int i = 0; i < n; i++)
@@ -136,8 +167,8 @@ public static class ShapeBiasEvaluation
 /// </summary>
 public static class ShapeBiasJson
 {
-    /// <summary>The document of <paramref name="report"/>.</summary>
-    public static System.Text.Json.Nodes.JsonObject ToJson(ShapeBiasReport report)
+    /// <summary>The document of <paramref name="report"/>; files are written relative to <paramref name="root"/> when given (the stimulus folder).</summary>
+    public static System.Text.Json.Nodes.JsonObject ToJson(ShapeBiasReport report, string? root = null)
     {
         ArgumentNullException.ThrowIfNull(report);
         static System.Text.Json.Nodes.JsonNode? Number(double v) => double.IsFinite(v) ? v : null;
@@ -165,11 +196,11 @@ public static class ShapeBiasJson
                 ["category"] = c.Category, ["images"] = c.Images, ["shape_decisions"] = c.ShapeDecisions, ["texture_decisions"] = c.TextureDecisions,
                 ["shape_bias"] = Number(c.ShapeBias),
             })]),
-            ["decision_rule"] = "softmax over the 1000 ImageNet logits, mean probability over each category's indices (mapping), argmax over the 16 categories (first in alphabetical order on a tie); model-vs-human's ImageNetProbabilitiesTo16ClassesMapping",
+            ["decision_rule"] = "softmax over the 1000 ImageNet logits, mean probability over each category's indices (mapping), argmax over the 16 categories (model-vs-human's ImageNetProbabilitiesTo16ClassesMapping; a tie goes to the first in alphabetical order, as texture-vs-shape's strict comparison)",
             ["mapping"] = mapping,
             ["decisions"] = new System.Text.Json.Nodes.JsonArray([.. report.Decisions.Select(d => (System.Text.Json.Nodes.JsonNode)new System.Text.Json.Nodes.JsonObject
             {
-                ["file"] = d.File, ["shape"] = d.Shape, ["texture"] = d.Texture, ["decision"] = d.Decision,
+                ["file"] = root is null ? d.File : Path.GetRelativePath(root, d.File), ["shape"] = d.Shape, ["texture"] = d.Texture, ["decision"] = d.Decision,
             })]),
         };
     }
