@@ -321,6 +321,34 @@ public sealed partial class ShapeBiasTests
         Assert.NotEqual(reference, seen);
     }
 
+    [Theory]
+    [InlineData(2, "--plot '{dir}' is a folder", "--arch", "resnet18", "--plot", "{dir}")]
+    [InlineData(2, "--json '{dir}/none/x.json': its folder", "--arch", "resnet18", "--json", "{dir}/none/x.json")]
+    [InlineData(2, "--eval-transform 'crop': use reference or recorded", "--arch", "resnet18", "--eval-transform", "crop")]
+    [InlineData(2, "--onnx runs an export on its own", "--arch", "resnet18", "--onnx", "m.onnx")]
+    [InlineData(2, "--batch-size 0 must be positive", "--arch", "resnet18", "--batch-size", "0")]
+    [InlineData(1, "not a readable shape-bias report", "--arch", "resnet18", "--compare", "{dir}/stimuli/car/car1-bird1.png")]
+    [InlineData(1, "could not be decoded", "--arch", "resnet18", "--data", "{dir}/corrupt")]
+    [InlineData(1, "a file, not the folder of cue-conflict stimuli", "--arch", "resnet18", "--data", "{dir}/stimuli/car/car1-bird1.png")]
+    public void Bad_input_is_one_line_naming_the_flag_or_file(int exitCode, string expected, params string[] args)
+    {
+        using var dir = new TempDirectory();
+        string data = WriteStimuli(dir.File("stimuli"));
+        Directory.CreateDirectory(Path.Combine(dir.File("corrupt"), "cat"));
+        File.WriteAllBytes(Path.Combine(dir.File("corrupt"), "cat", "cat1-bird1.png"), File.ReadAllBytes(Path.Combine(data, "car", "car1-bird1.png"))[..100]);
+        var full = args.Select(a => a.Replace("{dir}", dir.Path, StringComparison.Ordinal)).ToList();
+        if (!full.Contains("--data"))
+        {
+            full.InsertRange(0, ["--data", data]);
+        }
+
+        var result = CliRunner.Run(["shape-bias", .. full, "--device", "cpu"]);
+        Assert.Equal(exitCode, result.ExitCode);
+        Assert.Contains(expected.Replace("{dir}", dir.Path, StringComparison.Ordinal), result.StdErr, StringComparison.Ordinal);
+        Assert.Single(result.StdErr.Split('\n', StringSplitOptions.RemoveEmptyEntries), l => l.StartsWith("replknet:", StringComparison.Ordinal));
+        Assert.DoesNotContain("   at ", result.StdErr, StringComparison.Ordinal);
+    }
+
     /// <summary>The console wraps long lines: compare with runs of white space as one space.</summary>
     private static string Flat(string text) => Regex.Replace(text, @"\s+", " ");
 
