@@ -12,13 +12,14 @@ public sealed class DepthwiseConvTests
     public DepthwiseConvTests() => Torch.EnsureLoaded();
 
     [Fact]
-    public void Tiny_maps_take_libtorchs_forward_and_input_grad_but_keep_our_weight_grad()
+    public void Small_maps_take_libtorchs_forward_and_input_grad_but_keep_our_weight_grad()
     {
         var generator = new Generator((ulong)Environment.TickCount);
-        foreach (var (h, w, k) in new[] { (7, 7, 13), (4, 4, 9), (2, 3, 5), (8, 8, 3) })
+        foreach (var (h, w, k) in new[] { (7, 7, 13), (4, 4, 9), (2, 3, 5), (8, 8, 3), (14, 14, 3), (20, 17, 13) })
         {
             using var scope = NewDisposeScope();
-            Assert.True(CpuDepthwise.TinyMapForLibtorch(h, w, k));
+            Assert.True(CpuDepthwise.ForwardOnLibtorch(h, w, k));
+            Assert.True(CpuDepthwise.InputGradOnLibtorch(h, w, k));
             var x = randn([3, 5, h, w], generator: generator).requires_grad_(true);
             var weight = randn([5, 1, k, k], generator: generator).requires_grad_(true);
             var upstream = randn([3, 5, h, w], generator: generator);
@@ -34,8 +35,27 @@ public sealed class DepthwiseConvTests
             Assert.True(weight.grad!.eq(ours).all().item<bool>(), $"{h}×{w} K={k}: weight grad is ours");
         }
 
-        Assert.False(CpuDepthwise.TinyMapForLibtorch(9, 8, 13));
-        Assert.False(CpuDepthwise.TinyMapForLibtorch(7, 7, 15));
+        // The measured crossovers: forward up to 20, input gradient up to 24, K ≤ 13 (docs/perf-notes.md).
+        Assert.False(CpuDepthwise.ForwardOnLibtorch(21, 8, 13));
+        Assert.True(CpuDepthwise.InputGradOnLibtorch(24, 24, 13));
+        Assert.False(CpuDepthwise.InputGradOnLibtorch(25, 24, 3));
+        Assert.False(CpuDepthwise.ForwardOnLibtorch(7, 7, 15));
+        Assert.False(CpuDepthwise.InputGradOnLibtorch(7, 7, 15));
+
+        // Between the two crossovers: our forward (bit-identical to the raw kernel), libtorch's input gradient.
+        using (var scope = NewDisposeScope())
+        {
+            var x = randn([2, 3, 22, 22], generator: generator).requires_grad_(true);
+            var weight = randn([3, 1, 5, 5], generator: generator).requires_grad_(true);
+            var upstream = randn([2, 3, 22, 22], generator: generator);
+            var y = DepthwiseConv2d.Forward(x, weight);
+            using var raw = CpuDepthwise.ForwardRaw(x.detach(), weight.detach(), null);
+            Assert.True(y.detach().eq(raw).all().item<bool>(), "22×22 K=5: forward is ours");
+            y.backward([upstream]);
+            using var flipped = weight.detach().flip(2, 3);
+            using var expected = nn.functional.conv2d(upstream, flipped, padding: [2, 2], groups: 3);
+            Assert.True(x.grad!.eq(expected).all().item<bool>(), "22×22 K=5: input grad is libtorch's");
+        }
     }
 
     public static TheoryData<string> Isas => [.. CpuIsas.Supported.Select(i => i.ToString())];

@@ -20,18 +20,26 @@ public static class CpuDepthwise
     public static bool Fits(Tensor input, Tensor weight, Tensor? bias) => DepthwiseConv2d.FitsOn(input, weight, bias, DeviceType.CPU);
 
     /// <summary>
-    /// Maps of at most 8×8 with K ≤ 13 (pad ≤ 6: oneDNN's direct depthwise path): libtorch's forward and input gradient
-    /// are 3–10× faster than ours there (measured at batch 128 on 7×7/K=13, 4×4/K=9, 2×2/K=5 — RepLKNet-FMNIST's stages:
-    /// our kernels pay per-plane setup and padded taps that dominate such maps), while our weight gradient stays 4–9×
-    /// faster than libtorch's. So <see cref="Forward"/> and <see cref="InputGrad"/> use libtorch for such maps (inside the
-    /// dispatcher's autograd function all the same); the raw kernels stay ours on every map (the instruction-set checks
-    /// call them directly).
+    /// Small maps with K ≤ 13 (pad ≤ 6: oneDNN's direct depthwise path), where libtorch's forward is faster than ours:
+    /// H, W ≤ 20. Measured (docs/perf-notes.md, 2026-11-30, AVX-512, `bench dwconv --pass all`): at batch 8, C 384
+    /// libtorch's forward wins at R 12/16/20 for every K 3…13 (e.g. R 16 K 13: 3.0 vs 4.7 ms per 4 layers), ties at R 24
+    /// and loses from R 32 (K 13: 18.2 vs 12.4); at batch 128, C 32 (RepLKNet-FMNIST's stem and stages) it wins at R 14
+    /// and on the 7×7/4×4/2×2 maps 3–10×. Our kernels pay per-plane setup and padded taps that dominate such maps. The raw
+    /// kernels stay ours on every map (the instruction-set checks call them directly).
     /// </summary>
-    internal static bool TinyMapForLibtorch(long h, long w, long k) => h <= 8 && w <= 8 && k <= 13;
+    internal static bool ForwardOnLibtorch(long h, long w, long k) => h <= 20 && w <= 20 && k <= 13;
 
     /// <summary>
-    /// y = depthwise_conv(x, w) + b as the dispatch runs it on the CPU: libtorch's on tiny maps
-    /// (<see cref="TinyMapForLibtorch"/>), our kernels otherwise. No autograd.
+    /// Maps where libtorch's input gradient is faster than ours, with K ≤ 13: H, W ≤ 24 (measured as
+    /// <see cref="ForwardOnLibtorch"/>: libtorch wins at R 12…24 for every K 3…13, e.g. R 20 K 9: 4.6 vs 8.9 ms, and loses
+    /// at R 32 except K 5). The weight gradient stays ours on every map from K 5 on (2–20× faster than libtorch's);
+    /// libtorch's is faster at K 3 (R 12: 0.5 vs 4.3 ms) but has no direct entry point here.
+    /// </summary>
+    internal static bool InputGradOnLibtorch(long h, long w, long k) => h <= 24 && w <= 24 && k <= 13;
+
+    /// <summary>
+    /// y = depthwise_conv(x, w) + b as the dispatch runs it on the CPU: libtorch's on small maps
+    /// (<see cref="ForwardOnLibtorch"/>), our kernels otherwise. No autograd.
     /// </summary>
     /// <param name="x">Input (N, C, H, W).</param>
     /// <param name="w">Filter (C, 1, K, K).</param>
@@ -41,11 +49,11 @@ public static class CpuDepthwise
     {
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(w);
-        return TinyMapForLibtorch(x.shape[2], x.shape[3], w.shape[2]) ? DepthwiseConv2d.Libtorch(x, w, b) : ForwardRaw(x, w, b);
+        return ForwardOnLibtorch(x.shape[2], x.shape[3], w.shape[2]) ? DepthwiseConv2d.Libtorch(x, w, b) : ForwardRaw(x, w, b);
     }
 
     /// <summary>
-    /// The input gradient as the dispatch runs it on the CPU: libtorch's on tiny maps (<see cref="TinyMapForLibtorch"/>),
+    /// The input gradient as the dispatch runs it on the CPU: libtorch's on small maps (<see cref="InputGradOnLibtorch"/>),
     /// our kernels otherwise. No autograd.
     /// </summary>
     /// <param name="gradOutput">Gradient of the output (N, C, H, W).</param>
@@ -55,7 +63,7 @@ public static class CpuDepthwise
     {
         ArgumentNullException.ThrowIfNull(gradOutput);
         ArgumentNullException.ThrowIfNull(w);
-        if (!TinyMapForLibtorch(gradOutput.shape[2], gradOutput.shape[3], w.shape[2]))
+        if (!InputGradOnLibtorch(gradOutput.shape[2], gradOutput.shape[3], w.shape[2]))
         {
             return InputGradRaw(gradOutput, w);
         }
@@ -65,7 +73,7 @@ public static class CpuDepthwise
         return DepthwiseConv2d.Libtorch(gradOutput, flipped, null);
     }
 
-    /// <summary>The weight gradient on our kernels (on every map: ours is the faster one even on tiny maps). No autograd.</summary>
+    /// <summary>The weight gradient on our kernels on every map (faster than libtorch's from K 5 on, even on tiny maps). No autograd.</summary>
     /// <param name="x">Input of the forward (N, C, H, W).</param>
     /// <param name="gradOutput">Gradient of the output (N, C, H, W).</param>
     /// <param name="k">Kernel size K.</param>
