@@ -240,7 +240,7 @@ public sealed class SegmentationTrainer
             Schedule = _ => new PolySchedule(_o.LearningRate, _o.MaxSteps, _o.Power, _o.MinLearningRate, _o.WarmupIterations, _o.WarmupRatio),
             ClipGradNorm = _o.ClipGradNorm, EmaDecay = _o.EmaDecay, Seed = _o.Seed, OutDir = _o.OutDir, SaveEvery = _o.SaveEvery, Resume = _o.Resume,
             GcStress = _o.GcStress, Device = _o.Device,
-            Group = _o.Group, AllowWorldSizeChange = _o.AllowWorldSizeChange,
+            Group = _o.Group, SyncBatchNorm = _o.SyncBatchNorm, AllowWorldSizeChange = _o.AllowWorldSizeChange,
         });
     }
 
@@ -290,13 +290,6 @@ public sealed class SegmentationTrainer
             model.to(_o.Precision);
             emaModel?.to(_o.Precision);
         }
-        if (_o.SyncBatchNorm && _o.Group.IsDistributed)
-        {
-            // torch.nn.SyncBatchNorm.convert_sync_batchnorm, in place: every BatchNorm2d of the trained model (the EMA only averages).
-            int layers = Distributed.SyncBatchNorm.Convert(model, _o.Group);
-            onNotice?.Invoke($"SyncBN: {layers} BatchNorm layers normalize over the global batch of {_o.Group.WorldSize} processes");
-        }
-
         bool resuming = _o.Resume && File.Exists(_loop.Folder!.StateFile);
         if (_o.InitialWeights is { } weights && !resuming)
         {

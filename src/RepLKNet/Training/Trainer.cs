@@ -179,7 +179,7 @@ public sealed class Trainer
             ParameterScale = _o.LayerDecay is double d && d != 1 ? name => LayerDecay.Scale(name, _o.Config.Layers, d) : null,
             AccumulationSteps = _o.AccumulationSteps, ClipGradNorm = _o.ClipGradNorm, EmaDecay = _o.EmaDecay, Seed = _o.Seed, MaxSteps = _o.MaxSteps,
             OutDir = _o.OutDir, SaveEvery = _o.SaveEvery, Resume = _o.Resume, GcStress = _o.GcStress, Device = _o.Device,
-            Group = _o.Group, AllowWorldSizeChange = _o.AllowWorldSizeChange,
+            Group = _o.Group, SyncBatchNorm = _o.SyncBatchNorm, AllowWorldSizeChange = _o.AllowWorldSizeChange,
         });
     }
 
@@ -240,13 +240,6 @@ public sealed class Trainer
         torch.manual_seed(_o.Seed);
         using var model = new RepLKNetModel(_o.Config).to(_o.Precision).to(_o.Device);
         using var emaModel = _o.EmaDecay > 0 ? new RepLKNetModel(_o.Config).to(_o.Precision).to(_o.Device) : null;
-        if (_o.SyncBatchNorm && _o.Group.IsDistributed)
-        {
-            // torch.nn.SyncBatchNorm.convert_sync_batchnorm, in place: every BatchNorm2d of the trained model (the EMA only averages).
-            int layers = Distributed.SyncBatchNorm.Convert(model, _o.Group);
-            onNotice?.Invoke($"SyncBN: {layers} BatchNorm layers normalize over the global batch of {_o.Group.WorldSize} processes");
-        }
-
         bool resuming = _o.Resume && File.Exists(_loop.Folder!.StateFile);
         if (_o.InitialWeights is { } weights && !resuming)
         {

@@ -119,6 +119,13 @@ public sealed record TrainingLoopOptions
 
     /// <summary>Resume a state written by a job of another world size, provided the global batch is the same.</summary>
     public bool AllowWorldSizeChange { get; init; }
+
+    /// <summary>
+    /// SyncBN: the trained model's BatchNorm layers normalize over the global batch of <see cref="Group"/>
+    /// (<c>torch.nn.SyncBatchNorm.convert_sync_batchnorm</c>, in place, when <see cref="TrainingLoop.Run"/> starts; the EMA
+    /// only averages). No effect in one process.
+    /// </summary>
+    public bool SyncBatchNorm { get; init; }
 }
 
 /// <summary>What a run of the loop did.</summary>
@@ -239,6 +246,11 @@ public sealed class TrainingLoop
         bool distributed = group.IsDistributed;
         // DDP's start: every process begins from rank 0's weights and buffers (a resumed run then loads the same files everywhere).
         GradientReducer.BroadcastState(group, model);
+        if (_o.SyncBatchNorm && distributed)
+        {
+            int layers = Distributed.SyncBatchNorm.Convert(model, group);
+            onNotice?.Invoke($"SyncBN: {layers} BatchNorm layers normalize over the global batch of {group.WorldSize} processes");
+        }
         var ema = _o.EmaDecay > 0
             ? new ModelEma(model, emaModel ?? throw new ArgumentException("an EMA decay needs an emaModel", nameof(emaModel)), _o.EmaDecay, warmup: true)
             : null;
