@@ -35,6 +35,9 @@ public sealed class InfoCommand(IAnsiConsole console) : Command<InfoCommand.Sett
             ("LibTorchSharp", runtime.NativeLibrary),
             ("GLIBCXX fix", DescribeFix(runtime)),
             ("threads", $"{torch.get_num_threads()} intra-op (libtorch), {Environment.ProcessorCount} logical CPUs"),
+            ("kernel threads", OpenMpTeam.Library is { } omp
+                ? $"libtorch's OpenMP team ({Path.GetFileName(omp)}; {OpenMpTeam.EnvironmentVariable}=dotnet for .NET's thread pool)"
+                : ".NET's thread pool"),
             ("CPU vectors", CpuFeatures.Describe()),
             ("device", runtime.Device.ToString()),
             ("libtorch log", LibTorchLog.Current() is { } level

@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Ops.Cpu;
 
@@ -860,9 +861,10 @@ public static unsafe class DepthwiseConvCpu
             return;
         }
 
-        // Thread-pool workers (no thread creation per call); each takes contiguous chunks until none is left.
+        // libtorch's OpenMP team (the caller and the workers libtorch's own ops use; .NET's thread pool where that runtime is
+        // not found): each thread takes contiguous chunks until none is left, so a smaller team than asked still does it all.
         int nextChunk = -1;
-        Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, _ =>
+        OpenMpTeam.Run(workers, () =>
         {
             float* scratch = (float*)NativeMemory.AlignedAlloc(bytes, 64);
             try
