@@ -133,16 +133,16 @@ public static class ReplknetApp
             {
                 bench.SetDescription("Benchmarks: the paper's depthwise-conv latency table, whole-model speed and data-parallel scaling.");
                 bench.AddCommand<Commands.Bench.BenchDwconvCommand>("dwconv")
-                    .WithDescription("Time a stack of depthwise layers per (R, K), ours vs libtorch (the paper's Table 1).")
+                    .WithDescription("Time a stack of depthwise layers per (R, K), ours vs libtorch (the paper's Table 1), with the peak resident memory of each cell.")
                     .WithExample("bench", "dwconv", "--device", "cpu", "--sizes", "32", "--kernels", "7,31", "--layers", "4");
                 bench.AddCommand<Commands.Bench.BenchOnnxCommand>("onnx")
-                    .WithDescription("Images/s of an ONNX export on ONNX Runtime against the TorchSharp deploy model of the same architecture, both engines on the same CPU threads (--threads).")
+                    .WithDescription("Images/s and peak resident memory of an ONNX export on ONNX Runtime against the TorchSharp deploy model of the same architecture, both engines on the same CPU threads (--threads).")
                     .WithExample("bench", "onnx", "--onnx", "fmnist.onnx", "--batch", "32");
                 bench.AddCommand<Commands.Bench.BenchModelCommand>("model")
-                    .WithDescription("Time a whole model (inference or a training step), ours vs libtorch's depthwise conv.")
+                    .WithDescription("Time a whole model (inference or a training step), ours vs libtorch's depthwise conv, with the peak resident memory of each.")
                     .WithExample("bench", "model", "--arch", "RepLKNet-31B", "--batch", "8", "--mode", "infer");
                 bench.AddCommand<Commands.Bench.BenchScaleCommand>("scale")
-                    .WithDescription("Data-parallel training images/s for 1, 2, … MPI processes side by side (each an mpiexec job it starts itself), the allreduce time per step, and a paper estimate of 8- and 64-GPU RepLKNet-31B steps over NVLink and InfiniBand.")
+                    .WithDescription("Data-parallel training images/s for 1, 2, … MPI processes side by side (each an mpiexec job it starts itself), the allreduce time per step, the peak resident memory per process, and a paper estimate of 8- and 64-GPU RepLKNet-31B steps over NVLink and InfiniBand.")
                     .WithExample("bench", "scale", "--ranks", "1,2", "--steps", "30", "--repeat", "3")
                     .WithExample("bench", "scale", "--arch", "RepLKNet-31B", "--batch", "2", "--ranks", "1,2", "--steps", "3", "--json", "scale.json");
             });

@@ -196,7 +196,7 @@ public sealed class ExperimentKernelSizeCommand(IAnsiConsole console) : Command<
                 if (p.Step % 100 == 0)
                 {
                     output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"  {cell.Id} seed {seed}: step {p.Step}, {p.Fraction:P0} of the budget, loss {p.Loss:F4}, lr {p.LearningRate:0.00e+00}, {p.ImagesPerSecond:F0} images/s"));
+                        $"  {cell.Id} seed {seed}: step {p.Step}, {p.Fraction:P0} of the budget, loss {p.Loss:F4}, lr {p.LearningRate:0.00e+00}, {p.ImagesPerSecond:F0} images/s{TrainCommand.PeakRss(PeakMemory.ProcessPeak()?.Bytes, ", ")}"));
                 }
             },
             r => output.WriteLine(string.Create(CultureInfo.InvariantCulture,

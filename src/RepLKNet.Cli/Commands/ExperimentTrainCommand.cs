@@ -68,12 +68,12 @@ public sealed class ExperimentTrainCommand(IAnsiConsole console) : Command<Exper
             if (p.Step % 100 == 0)
             {
                 writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"  step {p.Step}: {p.Fraction:P0} of the budget, loss {p.Loss:F4}, lr {p.LearningRate:0.00e+00}, {p.ImagesPerSecond:F0} images/s"));
+                    $"  step {p.Step}: {p.Fraction:P0} of the budget, loss {p.Loss:F4}, lr {p.LearningRate:0.00e+00}, {p.ImagesPerSecond:F0} images/s{TrainCommand.PeakRss(PeakMemory.ProcessPeak()?.Bytes, ", ")}"));
             }
         }, cancellationToken);
         ImageModelCheckpoint.Write(output, built, model, data.Train.ClassNames, data.Name);
         writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"{model}: test top-1 {100 * result.Top1:F2} % after {result.Steps} steps ({result.Epochs:F2} epochs) in {result.Seconds / 60:F1} min, {result.ImagesPerSecond:F0} images/s; weights: {output}"));
+            $"{model}: test top-1 {100 * result.Top1:F2} % after {result.Steps} steps ({result.Epochs:F2} epochs) in {result.Seconds / 60:F1} min, {result.ImagesPerSecond:F0} images/s{TrainCommand.PeakRss(PeakMemory.ProcessPeak()?.Bytes, ", ")}; weights: {output}"));
         return ExitCodes.Success;
     }
 }

@@ -280,7 +280,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         var history = new List<EpochMetrics>();
         var started = DateTime.UtcNow;
         void EpochLine(EpochMetrics m) => output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"epoch {m.Epoch,3}/{settings.Epochs}: loss {m.TrainLoss:F4}  lr {m.LearningRate:0.00e+00}  test top-1 {m.Top1:P2}  EMA {m.EmaTop1:P2}  {m.ImagesPerSecond:F0} images/s  {m.Seconds:F0} s{(m.Skipped > 0 ? $"  ({m.Skipped} unreadable skipped)" : "")}"));
+            $"epoch {m.Epoch,3}/{settings.Epochs}: loss {m.TrainLoss:F4}  lr {m.LearningRate:0.00e+00}  test top-1 {m.Top1:P2}  EMA {m.EmaTop1:P2}  {m.ImagesPerSecond:F0} images/s{PeakRss(m.PeakResidentBytes)}  {m.Seconds:F0} s{(m.Skipped > 0 ? $"  ({m.Skipped} unreadable skipped)" : "")}"));
         void Notice(string text) => output.WriteLine(text);
         try
         {
@@ -292,7 +292,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
                     if (p.Step % 100 == 0)
                     {
                         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                            $"  step {p.Step}/{p.TotalSteps}: loss {p.Loss:F4}  lr {p.LearningRate:0.00e+00}  {p.ImagesPerSecond:F0} images/s  ETA {Eta(p.Remaining)}"));
+                            $"  step {p.Step}/{p.TotalSteps}: loss {p.Loss:F4}  lr {p.LearningRate:0.00e+00}  {p.ImagesPerSecond:F0} images/s{PeakRss(PeakMemory.ProcessPeak()?.Bytes)}  ETA {Eta(p.Remaining)}"));
                     }
                 }, Notice, signals.Token);
             }
@@ -381,6 +381,13 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
     private static string Quote(string arg) =>
         arg.Length > 0 && arg.All(c => char.IsAsciiLetterOrDigit(c) || "_./:=,+-@%".Contains(c)) ? arg : "'" + arg.Replace("'", "'\\''", StringComparison.Ordinal) + "'";
 
+    /// <summary>
+    /// "peak RSS 812 MiB" after <paramref name="prefix"/> for a peak of the process in bytes
+    /// (<see cref="EpochMetrics.PeakResidentBytes"/>, <see cref="PeakMemory.ProcessPeak"/>); empty when there is none.
+    /// </summary>
+    internal static string PeakRss(long? bytes, string prefix = "  ") =>
+        bytes is long b ? string.Create(CultureInfo.InvariantCulture, $"{prefix}peak RSS {b / 1048576.0:F0} MiB") : "";
+
     private static string Eta(TimeSpan t) => t.TotalHours >= 1 ? $"{(int)t.TotalHours}h{t.Minutes:D2}m" : $"{t.Minutes}m{t.Seconds:D2}s";
 
     /// <summary>The dataset's defaults (or a preset), with every option the user gave applied on top.</summary>
@@ -443,8 +450,8 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         var deploy = trainer.WriteDeploy();
         var last = history[^1];
         double bestTop1 = history.Max(h => Math.Max(h.Top1, double.IsNaN(h.EmaTop1) ? 0 : h.EmaTop1));
-        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]done[/] in {0:F1} min: best test top-1 [bold]{1:P2}[/] (last epoch: {2:P2}, EMA {3:P2}); deploy form verified (max rel. diff {4:E1})",
-            (DateTime.UtcNow - started).TotalMinutes, bestTop1, last.Top1, last.EmaTop1, deploy.RelativeEndToEnd);
+        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]done[/] in {0:F1} min: best test top-1 [bold]{1:P2}[/] (last epoch: {2:P2}, EMA {3:P2}); deploy form verified (max rel. diff {4:E1}){5}",
+            (DateTime.UtcNow - started).TotalMinutes, bestTop1, last.Top1, last.EmaTop1, deploy.RelativeEndToEnd, Markup.Escape(PeakRss(PeakMemory.ProcessPeak()?.Bytes, "; ")));
         foreach (var (what, file) in new[]
         {
             ("best (train form)", trainer.BestCheckpoint), ("best (deploy form)", trainer.DeployCheckpoint), ("last", trainer.LastCheckpoint),

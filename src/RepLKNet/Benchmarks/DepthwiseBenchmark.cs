@@ -51,7 +51,13 @@ public static class BenchPasses
 /// <param name="Gflops">Nominal GFLOP/s: 2·N·C·R²·K² per layer and pass (padded taps counted, as the paper does).</param>
 /// <param name="Reps">Timed repetitions behind the median.</param>
 /// <param name="CheckError">For "ours": max |ours − libtorch| / max |libtorch| on the first layer of the timed stack (NaN when not checked).</param>
-public sealed record DepthwiseBenchResult(string Implementation, string Pass, int N, int C, int R, int K, int Layers, double Ms, double Gflops, int Reps, double CheckError = double.NaN);
+/// <param name="PeakMemory">
+/// Peak resident memory of the whole process during the cell's timed runs (<see cref="Runtime.PeakMemory"/>: Linux
+/// <c>VmHWM</c>, reset after the warm-up; it includes what the allocator kept from earlier cells); null on CUDA (host
+/// memory says little there) or where the system reports none.
+/// </param>
+public sealed record DepthwiseBenchResult(string Implementation, string Pass, int N, int C, int R, int K, int Layers, double Ms, double Gflops, int Reps,
+    double CheckError = double.NaN, PeakResidentMemory? PeakMemory = null);
 
 /// <summary>What to time.</summary>
 public sealed record DepthwiseBenchOptions
@@ -148,6 +154,7 @@ public static class DepthwiseBenchmark
             check = (ours - reference).abs().max().item<float>() / Math.Max(reference.abs().max().item<float>(), 1e-30);
         }
 
+        var memory = PeakMemory.Start();
         var times = new List<double>();
         var budget = Stopwatch.StartNew();
         for (int rep = 0; rep < o.Reps; rep++)
@@ -162,7 +169,8 @@ public static class DepthwiseBenchmark
         times.Sort();
         double ms = times[times.Count / 2];
         double gflops = LayerFlops(o.Batch, o.Channels, r, k) * o.Layers / (ms / 1e3) / 1e9;
-        return new DepthwiseBenchResult(impl == DepthwiseBackend.Ours ? "ours" : "torch", pass, o.Batch, o.Channels, r, k, o.Layers, ms, gflops, times.Count, check);
+        var peak = device.type == DeviceType.CPU ? memory.Read() : null;
+        return new DepthwiseBenchResult(impl == DepthwiseBackend.Ours ? "ours" : "torch", pass, o.Batch, o.Channels, r, k, o.Layers, ms, gflops, times.Count, check, peak);
     }
 
     private static double ForwardStack(Tensor x, Tensor[] weights, Device device)

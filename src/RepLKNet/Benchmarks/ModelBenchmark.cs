@@ -1,8 +1,8 @@
 using System.Diagnostics;
-using System.Globalization;
 using RepLKNet.Models;
 using RepLKNet.Data;
 using RepLKNet.Ops;
+using RepLKNet.Runtime;
 using RepLKNet.Training;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -16,9 +16,13 @@ namespace RepLKNet.Benchmarks;
 /// <param name="Resolution">Input resolution.</param>
 /// <param name="Ms">Median milliseconds per batch.</param>
 /// <param name="ImagesPerSecond">Throughput.</param>
-/// <param name="PeakMemoryBytes">Peak resident memory of the process during the timed runs (CPU), or null.</param>
+/// <param name="PeakMemory">
+/// Peak resident memory of the whole process during the timed runs, after the warm-up (<see cref="Runtime.PeakMemory"/>:
+/// bytes, Linux <c>VmHWM</c> reset before this implementation's runs); null on CUDA (host memory says little there) or
+/// where the system reports none.
+/// </param>
 /// <param name="Reps">Timed repetitions.</param>
-public sealed record ModelBenchResult(string Implementation, string Mode, int Batch, int Resolution, double Ms, double ImagesPerSecond, long? PeakMemoryBytes, int Reps);
+public sealed record ModelBenchResult(string Implementation, string Mode, int Batch, int Resolution, double Ms, double ImagesPerSecond, PeakResidentMemory? PeakMemory, int Reps);
 
 /// <summary>Times a whole RepLKNet with each depthwise implementation in the same process.</summary>
 public static class ModelBenchmark
@@ -104,7 +108,7 @@ public static class ModelBenchmark
             }
 
             Once(); // warm-up
-            ResetPeakMemory();
+            var memory = PeakMemory.Start();
             var times = new List<double>();
             var budget = Stopwatch.StartNew();
             for (int rep = 0; rep < reps; rep++)
@@ -119,48 +123,12 @@ public static class ModelBenchmark
             times.Sort();
             double ms = times[times.Count / 2];
             var result = new ModelBenchResult(impl == DepthwiseBackend.Ours ? "ours" : "torch", mode, batch, resolution, ms, batch / (ms / 1e3),
-                device.type == DeviceType.CPU ? PeakResidentBytes() : null, times.Count);
+                device.type == DeviceType.CPU ? memory.Read() : null, times.Count);
             results.Add(result);
             onResult?.Invoke(result);
         }
 
         return results;
-    }
-
-    /// <summary>Resets the kernel's peak-RSS counter for this process (Linux: write 5 to /proc/self/clear_refs).</summary>
-    private static void ResetPeakMemory()
-    {
-        try
-        {
-            File.WriteAllText("/proc/self/clear_refs", "5");
-        }
-        catch (IOException)
-        {
-            // Not available: the peak then covers the whole process so far.
-        }
-        catch (UnauthorizedAccessException)
-        {
-            // Same.
-        }
-    }
-
-    private static long? PeakResidentBytes()
-    {
-        try
-        {
-            var line = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
-            if (line is null)
-            {
-                return null;
-            }
-
-            var kb = line["VmHWM:".Length..].Trim().Split(' ')[0];
-            return long.Parse(kb, CultureInfo.InvariantCulture) * 1024;
-        }
-        catch (IOException)
-        {
-            return null;
-        }
     }
 }
 

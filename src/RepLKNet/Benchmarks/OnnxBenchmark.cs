@@ -4,12 +4,17 @@ using RepLKNet.Export;
 using RepLKNet.Models;
 using RepLKNet.Ops;
 using RepLKNet.Reparam;
+using RepLKNet.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace RepLKNet.Benchmarks;
 
-/// <summary>What <see cref="OnnxBenchmark.Run"/> measured: median milliseconds per batch of each engine.</summary>
+/// <summary>
+/// What <see cref="OnnxBenchmark.Run"/> measured: median milliseconds per batch and peak resident memory of each engine.
+/// The peaks are the whole process's (<see cref="PeakMemory"/>: Linux <c>VmHWM</c>, reset after each engine's warm-up),
+/// so each includes what is resident throughout: the runtime, the ONNX session and the TorchSharp model.
+/// </summary>
 /// <param name="Model">The export's recorded architecture, form and input size.</param>
 /// <param name="Batch">Images per run.</param>
 /// <param name="Threads">CPU threads of both engines.</param>
@@ -17,7 +22,11 @@ namespace RepLKNet.Benchmarks;
 /// <param name="OrtMs">ONNX Runtime, ms per batch.</param>
 /// <param name="TorchSharpMs">The TorchSharp deploy model with our depthwise convolution, ms per batch.</param>
 /// <param name="LibTorchDepthwiseMs">The same model with libtorch's depthwise convolution, ms per batch.</param>
-public sealed record OnnxBenchResult(OnnxModelInfo Model, int Batch, int Threads, string OrtVersion, double OrtMs, double TorchSharpMs, double LibTorchDepthwiseMs)
+/// <param name="OrtPeakMemory">Peak resident memory during ONNX Runtime's timed runs; null where the system reports none.</param>
+/// <param name="TorchSharpPeakMemory">Peak resident memory during the timed runs with our depthwise convolution; null likewise.</param>
+/// <param name="LibTorchDepthwisePeakMemory">Peak resident memory during the timed runs with libtorch's depthwise convolution; null likewise.</param>
+public sealed record OnnxBenchResult(OnnxModelInfo Model, int Batch, int Threads, string OrtVersion, double OrtMs, double TorchSharpMs, double LibTorchDepthwiseMs,
+    PeakResidentMemory? OrtPeakMemory = null, PeakResidentMemory? TorchSharpPeakMemory = null, PeakResidentMemory? LibTorchDepthwisePeakMemory = null)
 {
     /// <summary>ONNX Runtime's images per second.</summary>
     public double OrtImagesPerSecond => Batch / (OrtMs / 1e3);
@@ -92,7 +101,10 @@ public sealed class OnnxBenchmark : IDisposable
         }
     }
 
-    /// <summary>Times each engine: two warm-up runs, then the median of <paramref name="reps"/> timed runs.</summary>
+    /// <summary>
+    /// Times each engine: two warm-up runs, then the median of <paramref name="reps"/> timed runs, with the process's
+    /// peak resident memory over the timed runs (the counter reset after each engine's warm-up where the system allows it).
+    /// </summary>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="reps"/> is not positive.</exception>
     public OnnxBenchResult Run(int reps)
     {
@@ -142,7 +154,8 @@ public sealed class OnnxBenchmark : IDisposable
             return sw.Elapsed.TotalMilliseconds;
         }
 
-        double ort = Median(OrtOnce, reps), ours, theirs;
+        var ort = Median(OrtOnce, reps);
+        (double Ms, PeakResidentMemory? Peak) ours, theirs;
         using (DepthwiseConv2d.Use(DepthwiseBackend.Ours))
         {
             ours = Median(TorchOnce, reps);
@@ -153,17 +166,18 @@ public sealed class OnnxBenchmark : IDisposable
             theirs = Median(TorchOnce, reps);
         }
 
-        return new OnnxBenchResult(Model, Batch, Threads, OrtEnv.Instance().GetVersionString(), ort, ours, theirs);
+        return new OnnxBenchResult(Model, Batch, Threads, OrtEnv.Instance().GetVersionString(), ort.Ms, ours.Ms, theirs.Ms, ort.Peak, ours.Peak, theirs.Peak);
     }
 
     /// <inheritdoc />
     public void Dispose() => _session.Dispose();
 
-    private static double Median(Func<double> once, int reps)
+    private static (double Ms, PeakResidentMemory? Peak) Median(Func<double> once, int reps)
     {
         once();
         once();
+        var memory = PeakMemory.Start();
         var times = Enumerable.Range(0, reps).Select(_ => once()).Order().ToList();
-        return times[times.Count / 2];
+        return (times[times.Count / 2], memory.Read());
     }
 }

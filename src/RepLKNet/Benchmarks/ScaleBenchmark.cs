@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using RepLKNet.Distributed;
 using RepLKNet.Models;
+using RepLKNet.Runtime;
 using RepLKNet.Training;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -19,8 +20,13 @@ namespace RepLKNet.Benchmarks;
 /// <param name="Warmup">Untimed steps before the first repeat.</param>
 /// <param name="Threads">libtorch threads of each process.</param>
 /// <param name="Backend">The process group's engine (<see cref="ProcessGroup.Backend"/>).</param>
+/// <param name="PeakMemory">
+/// The largest peak resident memory of one process over the timed steps (<see cref="Runtime.PeakMemory"/>: each rank's
+/// Linux <c>VmHWM</c>, reset after the warm-up; the maximum over the ranks); null on CUDA (host memory says little there)
+/// or where the system reports none.
+/// </param>
 public sealed record ScaleBenchResult(int Ranks, int Batch, int Resolution, IReadOnlyList<double> ImagesPerSecond, double StepMs, double AllReduceMs,
-    long AllReduceBytes, int Steps, int Warmup, int Threads, string Backend)
+    long AllReduceBytes, int Steps, int Warmup, int Threads, string Backend, PeakResidentMemory? PeakMemory = null)
 {
     /// <summary>Images per step over all processes.</summary>
     public int GlobalBatch => Batch * Ranks;
@@ -169,6 +175,7 @@ public static class ScaleBenchmark
             Once(++n);
         }
 
+        var memory = PeakMemory.Start();
         var imagesPerSecond = new List<double>();
         var stepTimes = new List<double>();
         var reduceTimes = new List<double>();
@@ -187,8 +194,18 @@ public static class ScaleBenchmark
             reduceTimes.AddRange(times.Skip(steps));
         }
 
+        PeakResidentMemory? peak = null;
+        if (device.type == DeviceType.CPU)
+        {
+            // The largest rank's peak; "since reset" only when every rank could reset its counter.
+            var own = memory.Read();
+            double[] agreed = [own?.Bytes ?? -1, own is { SinceReset: true } ? 0 : 1];
+            group.AllReduce(agreed, ReduceOp.Max);
+            peak = agreed[0] < 0 ? null : new PeakResidentMemory((long)agreed[0], agreed[1] == 0);
+        }
+
         return new ScaleBenchResult(group.WorldSize, batch, resolution, imagesPerSecond, Median(stepTimes), Median(reduceTimes),
-            reducer?.LastReduceBytes ?? 0, steps, warmup, get_num_threads(), group.Backend);
+            reducer?.LastReduceBytes ?? 0, steps, warmup, get_num_threads(), group.Backend, peak);
     }
 
     /// <summary>The median of <paramref name="values"/> (the mean of the middle two for an even count).</summary>

@@ -283,7 +283,7 @@ internal sealed class RunState(RunFolder folder, ITrainingTask task, Module mode
             csv.Append(',').Append(name);
         }
 
-        csv.Append('\n');
+        csv.Append(",peak_rss_bytes\n");
         foreach (var m in history)
         {
             csv.Append(string.Create(CultureInfo.InvariantCulture,
@@ -293,6 +293,7 @@ internal sealed class RunState(RunFolder folder, ITrainingTask task, Module mode
                 csv.Append(string.Create(CultureInfo.InvariantCulture, $",{(m.Details is { } d && d.TryGetValue(name, out double v) ? v : double.NaN):R}"));
             }
 
+            csv.Append(string.Create(CultureInfo.InvariantCulture, $",{m.PeakResidentBytes}"));
             csv.AppendLine();
         }
 

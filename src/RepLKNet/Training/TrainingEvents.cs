@@ -126,6 +126,15 @@ public sealed record EpochMetrics(int Epoch, long Step, double TrainLoss, double
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public IReadOnlyDictionary<string, double>? Details { get; init; }
 
+    /// <summary>
+    /// Peak resident memory of the training process when this evaluation was reported, in bytes
+    /// (<see cref="Runtime.PeakMemory.ProcessPeak"/>: Linux <c>VmHWM</c>, the process's peak since it started unless
+    /// something reset the counter; elsewhere the peak working set). In a data-parallel job, the process that wrote the
+    /// metrics (rank 0). Null where the system reports none, and in histories written before the figure existed.
+    /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public long? PeakResidentBytes { get; init; }
+
     /// <summary>The score's name: <see cref="ScoreName"/>, or <c>top1</c>.</summary>
     [JsonIgnore]
     public string Score => ScoreName ?? ITrainingTask.DefaultScoreName;

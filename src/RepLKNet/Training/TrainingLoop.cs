@@ -2,6 +2,7 @@ using System.Diagnostics;
 using RepLKNet.Checkpoints;
 using RepLKNet.Data;
 using RepLKNet.Distributed;
+using RepLKNet.Runtime;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -368,7 +369,7 @@ public sealed class TrainingLoop
             var metrics = new EpochMetrics(epoch + 1, step, done.Steps == 0 ? double.NaN : done.LossSum / done.Steps, schedule.At(step - 1, Fraction()), top1, emaTop1,
                 done.Images / Math.Max(done.Seconds, 1e-9), done.Seconds, done.Skipped, done.WaitSeconds)
             {
-                ScoreName = scoreName, Details = score.Details,
+                ScoreName = scoreName, Details = score.Details, PeakResidentBytes = PeakMemory.ProcessPeak()?.Bytes,
             };
             history.Add(metrics);
             double bestOfTwo = Math.Max(top1, double.IsNaN(emaTop1) ? double.NegativeInfinity : emaTop1);

@@ -7,6 +7,9 @@ public sealed class BenchCommandsTests
 {
     private static readonly string[] Implementations = ["ours", "torch"];
 
+    /// <summary>Bounds of a small run's peak RSS: above any .NET process with libtorch loaded, below this machine's memory (bytes, not KiB or MiB).</summary>
+    internal const long MinProcessBytes = 50L << 20, MaxProcessBytes = 64L << 30;
+
     [Fact]
     public void Bench_dwconv_checks_times_both_implementations_and_writes_the_documented_json()
     {
@@ -35,7 +38,12 @@ public sealed class BenchCommandsTests
             Assert.Equal(2, r.GetProperty("layers").GetInt32());
             Assert.True(r.GetProperty("ms").GetDouble() > 0);
             Assert.True(r.GetProperty("gflops").GetDouble() > 0);
+            // The process's peak RSS over the cell's timed runs: a .NET + libtorch process, in bytes, since a reset.
+            Assert.InRange(r.GetProperty("peak_rss_bytes").GetInt64(), MinProcessBytes, MaxProcessBytes);
+            Assert.True(r.GetProperty("peak_rss_since_reset").GetBoolean());
         });
+        Assert.Contains("peak RSS", result.StdOut, StringComparison.Ordinal);
+        Assert.Matches(@"\d+ MiB", result.StdOut);
         Assert.True(new FileInfo(png).Length > 1000);
         Assert.Equal([0x89, (byte)'P', (byte)'N', (byte)'G'], File.ReadAllBytes(png)[..4]);
     }
@@ -54,7 +62,12 @@ public sealed class BenchCommandsTests
         using var doc = JsonDocument.Parse(File.ReadAllText(json));
         var rows = doc.RootElement.GetProperty("results").EnumerateArray().ToList();
         Assert.Equal(["ours", "torch"], rows.Select(r => r.GetProperty("impl").GetString()));
-        Assert.All(rows, r => Assert.True(r.GetProperty("images_per_s").GetDouble() > 0));
+        Assert.All(rows, r =>
+        {
+            Assert.True(r.GetProperty("images_per_s").GetDouble() > 0);
+            Assert.InRange(r.GetProperty("peak_rss_bytes").GetInt64(), MinProcessBytes, MaxProcessBytes);
+            Assert.True(r.GetProperty("peak_rss_since_reset").GetBoolean());
+        });
     }
 
     [Theory]

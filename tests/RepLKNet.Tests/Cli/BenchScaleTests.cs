@@ -78,6 +78,8 @@ public sealed class BenchScaleTests
             Assert.True(r.GetProperty("step_ms").GetDouble() > 0);
             Assert.True(r.GetProperty("efficiency").GetDouble() > 0);
             Assert.Equal(1, r.GetProperty("images_per_s_repeats").GetArrayLength());
+            Assert.InRange(r.GetProperty("peak_rss_bytes").GetInt64(), BenchCommandsTests.MinProcessBytes, BenchCommandsTests.MaxProcessBytes);
+            Assert.True(r.GetProperty("peak_rss_since_reset").GetBoolean());
         });
         Assert.Equal(0, rows[0].GetProperty("allreduce_bytes").GetInt64());
         Assert.True(rows[1].GetProperty("allreduce_ms").GetDouble() > 0);

@@ -46,6 +46,8 @@ public sealed partial class SegCommandsTests
             "--batch-size", "2", "--max-steps", "4", "--eval-every", "2", "--warmup-iters", "1", "--workers", "1", "--out", run, "--device", "cpu", "--threads", "1");
         Assert.True(train.ExitCode == 0, train.StdErr + train.StdOut);
         Assert.Contains("val mIoU", train.StdOut, StringComparison.Ordinal);
+        Assert.Matches(@"crops/s  peak RSS \d+ MiB", train.StdOut);
+        Assert.Matches(@"best val mIoU .*; peak RSS \d+ MiB", System.Text.RegularExpressions.Regex.Replace(train.StdOut, @"\s+", " ")); // the console wraps long lines
         foreach (string file in new[] { "best.pth", "last.pth", "metrics.csv", "metrics.json", "curves.png", "class-iou.png", "state.json" })
         {
             Assert.True(File.Exists(Path.Combine(run, file)), $"{file} missing; {train.StdOut}");

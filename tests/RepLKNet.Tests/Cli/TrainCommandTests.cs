@@ -27,6 +27,11 @@ public sealed class TrainCommandTests
         Assert.Equal("Ankle boot", deploy.Metadata.ClassNames![9]);
         Assert.True(new FileInfo(Path.Combine(run, "curves.png")).Length > 1000);
         Assert.Equal(3, File.ReadAllLines(Path.Combine(run, "metrics.csv")).Length);
+        // The run's peak RSS: on each epoch line, in the done line and in metrics.csv (bytes).
+        Assert.Matches(@"epoch\s+2/2: .* images/s  peak RSS \d+ MiB", result.StdOut);
+        Assert.Matches(@"deploy form verified \(max rel\. diff [^)]*\); peak RSS \d+ MiB", System.Text.RegularExpressions.Regex.Replace(result.StdOut, @"\s+", " ")); // the console wraps long lines
+        Assert.All(File.ReadAllLines(Path.Combine(run, "metrics.csv")).Skip(1),
+            l => Assert.InRange(long.Parse(l.Split(',')[^1], System.Globalization.CultureInfo.InvariantCulture), BenchCommandsTests.MinProcessBytes, BenchCommandsTests.MaxProcessBytes));
 
         // eval of the deploy checkpoint reproduces the best top-1 the training reported (re-param is exact on real data).
         string best = System.Text.RegularExpressions.Regex.Match(result.StdOut, @"best test top-1 (\d+\.\d+) %").Groups[1].Value;

@@ -212,7 +212,17 @@ public sealed class OnnxExportTests
         var bench = CliRunner.Run("bench", "onnx", "--onnx", dir.File("m.onnx"), "--batch", "2", "--reps", "1", "--json", dir.File("b.json"));
         Assert.True(bench.ExitCode == 0, bench.StdOut + bench.StdErr);
         Assert.Contains("ONNX Runtime / TorchSharp", bench.StdOut, StringComparison.Ordinal);
-        Assert.True(File.Exists(dir.File("b.json")));
+        Assert.Contains("peak RSS", bench.StdOut, StringComparison.Ordinal);
+        using (var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllText(dir.File("b.json"))))
+        {
+            foreach (string engine in new[] { "ort", "torchsharp", "torchsharp_libtorch_dw" })
+            {
+                Assert.True(doc.RootElement.GetProperty($"{engine}_images_per_s").GetDouble() > 0);
+                Assert.InRange(doc.RootElement.GetProperty($"{engine}_peak_rss_bytes").GetInt64(), RepLKNet.Tests.Cli.BenchCommandsTests.MinProcessBytes, RepLKNet.Tests.Cli.BenchCommandsTests.MaxProcessBytes);
+            }
+
+            Assert.True(doc.RootElement.GetProperty("peak_rss_since_reset").GetBoolean());
+        }
 
         var missing = CliRunner.Run("export", "onnx", "--arch", dir.File("arch.json"), "--weights", dir.File("nope.pth"), "--out", dir.File("n.onnx"));
         Assert.NotEqual(0, missing.ExitCode);

@@ -1,6 +1,8 @@
+using System.Globalization;
 using System.Text.Json.Nodes;
 using RepLKNet.Checkpoints;
 using RepLKNet.Data;
+using RepLKNet.Runtime;
 using RepLKNet.Tests.Support;
 using RepLKNet.Training;
 using static TorchSharp.torch;
@@ -149,8 +151,13 @@ public sealed class IterationLoopTests
         Assert.True(run.History[^1].Top1 > run.History[0].Top1);
 
         string[] csv = File.ReadAllLines(Path.Combine(dir.Path, "metrics.csv"));
-        Assert.Equal("epoch,step,train_loss,lr,negmse,ema_negmse,images_per_s,seconds,skipped,data_wait_s,mse,mae", csv[0]);
+        Assert.Equal("epoch,step,train_loss,lr,negmse,ema_negmse,images_per_s,seconds,skipped,data_wait_s,mse,mae,peak_rss_bytes", csv[0]);
         Assert.Equal(4, csv.Length);
+        // Each report carries the process's peak RSS so far (VmHWM; nothing reset it during the run): resident memory
+        // of a .NET + libtorch process, never above the peak read after the run, in the file as in the history.
+        long peakAfter = PeakMemory.ProcessPeak()!.Value.Bytes;
+        Assert.All(run.History, h => Assert.InRange(h.PeakResidentBytes!.Value, 50L << 20, peakAfter));
+        Assert.Equal(run.History.Select(h => h.PeakResidentBytes!.Value), csv.Skip(1).Select(l => long.Parse(l.Split(',')[^1], CultureInfo.InvariantCulture)));
         var state = JsonNode.Parse(File.ReadAllText(Path.Combine(dir.Path, "state.json")))!.AsObject();
         Assert.Equal(17, (long)state["step"]!);
         Assert.Equal(run.History.Max(h => Math.Max(h.Top1, h.EmaTop1)), (double)state["best_negmse"]!, 12);
@@ -232,13 +239,13 @@ public sealed class IterationLoopTests
         var run = new TrainingLoop(task, Options(dir.Path) with { EvaluateEvery = null, EmaDecay = 0, MaxSteps = null, Budget = new TrainingBudget(2, null) }).Run(model);
         Assert.Equal([5L, 10], run.History.Select(h => h.Step));
         Assert.All(run.History, h => Assert.Null(h.ScoreName));
-        Assert.Equal("epoch,step,train_loss,lr,top1,ema_top1,images_per_s,seconds,skipped,data_wait_s", File.ReadLines(Path.Combine(dir.Path, "metrics.csv")).First());
+        Assert.Equal("epoch,step,train_loss,lr,top1,ema_top1,images_per_s,seconds,skipped,data_wait_s,peak_rss_bytes", File.ReadLines(Path.Combine(dir.Path, "metrics.csv")).First());
         var state = JsonNode.Parse(File.ReadAllText(Path.Combine(dir.Path, "state.json")))!.AsObject();
         Assert.Equal(
             ["step", "steps_per_epoch", "seed", "batch_size", "accumulation_steps", "resume", "best_top1", "epoch_loss_sum", "epoch_steps", "pending_evaluation", "history"],
             state.Select(p => p.Key));
         Assert.Equal(
-            ["Epoch", "Step", "TrainLoss", "LearningRate", "Top1", "EmaTop1", "ImagesPerSecond", "Seconds", "Skipped", "DataWaitSeconds"],
+            ["Epoch", "Step", "TrainLoss", "LearningRate", "Top1", "EmaTop1", "ImagesPerSecond", "Seconds", "Skipped", "DataWaitSeconds", "PeakResidentBytes"],
             state["history"]![0]!.AsObject().Select(p => p.Key));
         Assert.True(File.Exists(Path.Combine(dir.Path, "best.safetensors")));
     }

@@ -168,7 +168,7 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
                 if (Console.IsOutputRedirected)
                 {
                     console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"  {r.Implementation,-5} {r.Pass,-5} R={r.R,-3} K={r.K,-3} {r.Ms,10:F1} ms {r.Gflops,8:F1} GFLOP/s{(double.IsNaN(r.CheckError) ? string.Empty : $"  check {r.CheckError:0.0e+00}")}"));
+                        $"  {r.Implementation,-5} {r.Pass,-5} R={r.R,-3} K={r.K,-3} {r.Ms,10:F1} ms {r.Gflops,8:F1} GFLOP/s  peak RSS {r.PeakMemory?.ToString() ?? "n/a"}{(double.IsNaN(r.CheckError) ? string.Empty : $"  check {r.CheckError:0.0e+00}")}"));
                 }
             });
         });
@@ -176,6 +176,12 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
         foreach (string pass in passes)
         {
             RenderTable(pass, results.Where(r => r.Pass == pass).ToList(), sizes, kernels, impls, peak);
+        }
+
+        if (results.Select(r => r.PeakMemory).FirstOrDefault(m => m is not null) is { } memory)
+        {
+            console.MarkupLine(CultureInfo.InvariantCulture, "peak RSS: the largest of the row's cells, each the whole process's during its timed runs, with what the allocator kept from earlier cells ({0})",
+                Markup.Escape(memory.Source));
         }
 
         if (settings.Json is { } json)
@@ -198,6 +204,7 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
                     ["impl"] = r.Implementation, ["pass"] = r.Pass, ["N"] = r.N, ["C"] = r.C, ["R"] = r.R, ["K"] = r.K,
                     ["layers"] = r.Layers, ["ms"] = Math.Round(r.Ms, 3), ["gflops"] = r.Gflops, ["reps"] = r.Reps,
                     ["check_error"] = double.IsNaN(r.CheckError) ? null : r.CheckError,
+                    ["peak_rss_bytes"] = r.PeakMemory?.Bytes, ["peak_rss_since_reset"] = r.PeakMemory?.SinceReset,
                 })]),
             };
             settings.WriteJson(root);
@@ -234,6 +241,12 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
             table.AddColumn(new TableColumn($"K={k}").RightAligned());
         }
 
+        bool memory = results.Any(x => x.PeakMemory is not null);
+        if (memory)
+        {
+            table.AddColumn(new TableColumn("peak RSS").RightAligned());
+        }
+
         foreach (int r in sizes)
         {
             foreach (var impl in impls)
@@ -242,7 +255,9 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
                 var cells = kernels.Select(k => results.FirstOrDefault(x => x.R == r && x.K == k && x.Implementation == name) is { } c
                     ? string.Create(CultureInfo.InvariantCulture, $"{c.Ms:F1} ({c.Gflops:F0}{(double.IsNaN(peak) ? string.Empty : $", {100 * c.Gflops / peak:F0}%")})")
                     : "-");
-                table.AddPlainRow([r.ToString(CultureInfo.InvariantCulture), name, .. cells]);
+                var row = results.Where(x => x.R == r && x.Implementation == name && x.PeakMemory is not null).Select(x => x.PeakMemory!.Value).ToList();
+                string[] rowPeak = !memory ? [] : [row.Count == 0 ? "-" : row.MaxBy(m => m.Bytes).ToString()];
+                table.AddPlainRow([r.ToString(CultureInfo.InvariantCulture), name, .. cells, .. rowPeak]);
             }
 
             if (impls.Length == 2)
@@ -253,7 +268,7 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
                     var theirs = results.FirstOrDefault(x => x.R == r && x.K == k && x.Implementation == "torch");
                     return ours is null || theirs is null ? "-" : string.Create(CultureInfo.InvariantCulture, $"{theirs.Ms / ours.Ms:F1}×");
                 });
-                table.AddRow([r.ToString(CultureInfo.InvariantCulture), "[bold]speed-up[/]", .. ratios.Select(x => $"[bold]{x}[/]")]);
+                table.AddRow([r.ToString(CultureInfo.InvariantCulture), "[bold]speed-up[/]", .. ratios.Select(x => $"[bold]{x}[/]"), .. (memory ? new[] { string.Empty } : [])]);
             }
         }
 

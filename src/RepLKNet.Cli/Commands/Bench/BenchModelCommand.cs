@@ -81,7 +81,7 @@ public sealed class BenchModelCommand(IAnsiConsole console) : Command<BenchModel
             Markup.Escape(name), mode, settings.Batch, resolution, runtime.Device, torch.get_num_threads(), settings.Deploy ? " (deploy form)" : string.Empty);
         var results = ModelBenchmark.Run(config, settings.Batch, resolution, mode, impls, runtime.Device, settings.Reps, 60, r =>
             console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"  {r.Implementation,-5} {r.Mode}: {r.Ms,10:F1} ms/batch  {r.ImagesPerSecond,8:F2} images/s  peak RSS {(r.PeakMemoryBytes is long b ? $"{b / 1048576.0:F0} MiB" : "n/a")}  ({r.Reps} reps)")), settings.Deploy);
+                $"  {r.Implementation,-5} {r.Mode}: {r.Ms,10:F1} ms/batch  {r.ImagesPerSecond,8:F2} images/s  peak RSS {r.PeakMemory?.ToString() ?? "n/a"}  ({r.Reps} reps)")), settings.Deploy);
         var ours = results.FirstOrDefault(r => r.Implementation == "ours");
         var theirs = results.FirstOrDefault(r => r.Implementation == "torch");
         if (ours is not null && theirs is not null)
@@ -98,7 +98,7 @@ public sealed class BenchModelCommand(IAnsiConsole console) : Command<BenchModel
             ["results"] = new JsonArray([.. results.Select(r => (JsonNode)new JsonObject
             {
                 ["impl"] = r.Implementation, ["mode"] = r.Mode, ["batch"] = r.Batch, ["resolution"] = r.Resolution,
-                ["ms"] = Math.Round(r.Ms, 1), ["images_per_s"] = Math.Round(r.ImagesPerSecond, 3), ["peak_rss_bytes"] = r.PeakMemoryBytes, ["reps"] = r.Reps,
+                ["ms"] = Math.Round(r.Ms, 1), ["images_per_s"] = Math.Round(r.ImagesPerSecond, 3), ["peak_rss_bytes"] = r.PeakMemory?.Bytes, ["peak_rss_since_reset"] = r.PeakMemory?.SinceReset, ["reps"] = r.Reps,
             })]),
         });
         return ExitCodes.Success;

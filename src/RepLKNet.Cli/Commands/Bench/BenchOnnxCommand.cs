@@ -48,11 +48,16 @@ public sealed class BenchOnnxCommand(IAnsiConsole console) : Command<BenchOnnxCo
         console.MarkupLine(CultureInfo.InvariantCulture, "[bold]{0}[/] ({1}, {2}), batch {3} at {4}×{5}, {6} threads, CPU",
             Markup.Escape(Path.GetFileName(settings.Onnx!)), Markup.Escape(info.Arch), info.Form, settings.Batch, info.InputHeight, info.InputWidth, bench.Threads);
         var r = bench.Run(settings.Reps);
-        var table = new Table().AddColumns("engine", "ms/batch", "images/s");
-        table.AddRow($"ONNX Runtime {Markup.Escape(r.OrtVersion)}", F(r.OrtMs, "F1"), F(r.OrtImagesPerSecond, "F2"));
-        table.AddRow("TorchSharp deploy, our depthwise conv", F(r.TorchSharpMs, "F1"), F(r.TorchSharpImagesPerSecond, "F2"));
-        table.AddRow("TorchSharp deploy, libtorch's depthwise conv", F(r.LibTorchDepthwiseMs, "F1"), F(r.LibTorchDepthwiseImagesPerSecond, "F2"));
+        var table = new Table().AddColumns("engine", "ms/batch", "images/s", "peak RSS");
+        table.AddRow($"ONNX Runtime {Markup.Escape(r.OrtVersion)}", F(r.OrtMs, "F1"), F(r.OrtImagesPerSecond, "F2"), Peak(r.OrtPeakMemory));
+        table.AddRow("TorchSharp deploy, our depthwise conv", F(r.TorchSharpMs, "F1"), F(r.TorchSharpImagesPerSecond, "F2"), Peak(r.TorchSharpPeakMemory));
+        table.AddRow("TorchSharp deploy, libtorch's depthwise conv", F(r.LibTorchDepthwiseMs, "F1"), F(r.LibTorchDepthwiseImagesPerSecond, "F2"), Peak(r.LibTorchDepthwisePeakMemory));
         console.Write(table);
+        if ((r.OrtPeakMemory ?? r.TorchSharpPeakMemory) is { } memory)
+        {
+            console.MarkupLine(CultureInfo.InvariantCulture, "peak RSS: the whole process's during each engine's timed runs, both engines' weights loaded ({0})", Markup.Escape(memory.Source));
+        }
+
         console.MarkupLine(CultureInfo.InvariantCulture, "[bold]ONNX Runtime / TorchSharp: {0:F2}× (ours), {1:F2}× (libtorch's)[/] (images/s)",
             r.OrtImagesPerSecond / r.TorchSharpImagesPerSecond, r.OrtImagesPerSecond / r.LibTorchDepthwiseImagesPerSecond);
         settings.WriteJson(new JsonObject
@@ -62,9 +67,13 @@ public sealed class BenchOnnxCommand(IAnsiConsole console) : Command<BenchOnnxCo
             ["ort_ms"] = Math.Round(r.OrtMs, 2), ["ort_images_per_s"] = Math.Round(r.OrtImagesPerSecond, 3),
             ["torchsharp_ms"] = Math.Round(r.TorchSharpMs, 2), ["torchsharp_images_per_s"] = Math.Round(r.TorchSharpImagesPerSecond, 3),
             ["torchsharp_libtorch_dw_ms"] = Math.Round(r.LibTorchDepthwiseMs, 2), ["torchsharp_libtorch_dw_images_per_s"] = Math.Round(r.LibTorchDepthwiseImagesPerSecond, 3),
+            ["ort_peak_rss_bytes"] = r.OrtPeakMemory?.Bytes, ["torchsharp_peak_rss_bytes"] = r.TorchSharpPeakMemory?.Bytes,
+            ["torchsharp_libtorch_dw_peak_rss_bytes"] = r.LibTorchDepthwisePeakMemory?.Bytes, ["peak_rss_since_reset"] = (r.OrtPeakMemory ?? r.TorchSharpPeakMemory)?.SinceReset,
         });
         return ExitCodes.Success;
     }
 
     private static string F(double value, string format) => value.ToString(format, CultureInfo.InvariantCulture);
+
+    private static string Peak(PeakResidentMemory? memory) => memory is { } m ? Markup.Escape(m.ToString()) : "n/a";
 }

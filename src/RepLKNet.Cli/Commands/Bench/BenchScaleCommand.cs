@@ -282,14 +282,19 @@ public sealed class BenchScaleCommand(IAnsiConsole console) : Command<BenchScale
         var baseline = rows.FirstOrDefault(r => r.Ranks == 1);
         output.WriteLine();
         output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{name}, {rows[0].Resolution}×{rows[0].Resolution}, {rows[0].Steps} timed steps × {rows[0].ImagesPerSecond.Count} repeats after {rows[0].Warmup} warm-up (time of a step: the slowest rank's)"));
-        output.WriteLine("| ranks | batch/process | global batch | threads/rank | images/s (median) | images/s (min–max) | step ms | allreduce ms/step | allreduce MB/step | images/s vs 1 rank | efficiency vs 1 rank |");
-        output.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        output.WriteLine("| ranks | batch/process | global batch | threads/rank | images/s (median) | images/s (min–max) | step ms | allreduce ms/step | allreduce MB/step | images/s vs 1 rank | efficiency vs 1 rank | peak RSS/rank |");
+        output.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         foreach (var r in rows)
         {
             string efficiency = baseline is null ? "–" : string.Create(CultureInfo.InvariantCulture, $"{Efficiency(r, baseline) * 100:F0} %");
             string ratio = baseline is null ? "–" : string.Create(CultureInfo.InvariantCulture, $"{r.MedianImagesPerSecond / baseline.MedianImagesPerSecond:F2}×");
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {r.Ranks} | {r.Batch} | {r.GlobalBatch} | {r.Threads} | {r.MedianImagesPerSecond:F1} | {r.ImagesPerSecond.Min():F1}–{r.ImagesPerSecond.Max():F1} | {r.StepMs:F1} | {(r.Ranks > 1 ? r.AllReduceMs.ToString("F1", CultureInfo.InvariantCulture) : "–")} | {(r.Ranks > 1 ? (r.AllReduceBytes / 1e6).ToString("F2", CultureInfo.InvariantCulture) : "–")} | {ratio} | {efficiency} |"));
+                $"| {r.Ranks} | {r.Batch} | {r.GlobalBatch} | {r.Threads} | {r.MedianImagesPerSecond:F1} | {r.ImagesPerSecond.Min():F1}–{r.ImagesPerSecond.Max():F1} | {r.StepMs:F1} | {(r.Ranks > 1 ? r.AllReduceMs.ToString("F1", CultureInfo.InvariantCulture) : "–")} | {(r.Ranks > 1 ? (r.AllReduceBytes / 1e6).ToString("F2", CultureInfo.InvariantCulture) : "–")} | {ratio} | {efficiency} | {r.PeakMemory?.ToString() ?? "n/a"} |"));
+        }
+
+        if (rows.Select(r => r.PeakMemory).FirstOrDefault(m => m is not null) is { } memory)
+        {
+            output.WriteLine($"peak RSS/rank: the largest process's over the timed steps ({memory.Source}).");
         }
 
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
@@ -324,6 +329,7 @@ public sealed class BenchScaleCommand(IAnsiConsole console) : Command<BenchScale
                 ["images_per_s"] = Math.Round(r.MedianImagesPerSecond, 3),
                 ["images_per_s_repeats"] = new JsonArray([.. r.ImagesPerSecond.Select(v => (JsonNode)Math.Round(v, 3))]),
                 ["step_ms"] = Math.Round(r.StepMs, 3), ["allreduce_ms"] = Math.Round(r.AllReduceMs, 3), ["allreduce_bytes"] = r.AllReduceBytes,
+                ["peak_rss_bytes"] = r.PeakMemory?.Bytes, ["peak_rss_since_reset"] = r.PeakMemory?.SinceReset,
                 ["efficiency"] = baseline is null ? null : Math.Round(Efficiency(r, baseline), 4),
                 ["vs_one_rank"] = baseline is null ? null : Math.Round(r.MedianImagesPerSecond / baseline.MedianImagesPerSecond, 4),
                 ["steps"] = r.Steps, ["warmup"] = r.Warmup, ["backend"] = r.Backend,

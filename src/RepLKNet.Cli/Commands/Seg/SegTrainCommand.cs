@@ -211,7 +211,7 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
 
         var history = new List<EpochMetrics>();
         void EvalLine(EpochMetrics m) => output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"iter {m.Step,6}/{maxSteps}: loss {m.TrainLoss:F4}  lr {m.LearningRate:0.00e+00}  val mIoU {m.ScoreValue:P2}  aAcc {Detail(m, "aAcc"):P2}  mAcc {Detail(m, "mAcc"):P2}{(double.IsNaN(m.EmaScoreValue) ? "" : $"  EMA mIoU {m.EmaScoreValue:P2}")}  {m.ImagesPerSecond:F1} crops/s"));
+            $"iter {m.Step,6}/{maxSteps}: loss {m.TrainLoss:F4}  lr {m.LearningRate:0.00e+00}  val mIoU {m.ScoreValue:P2}  aAcc {Detail(m, "aAcc"):P2}  mAcc {Detail(m, "mAcc"):P2}{(double.IsNaN(m.EmaScoreValue) ? "" : $"  EMA mIoU {m.EmaScoreValue:P2}")}  {m.ImagesPerSecond:F1} crops/s{TrainCommand.PeakRss(m.PeakResidentBytes)}"));
         void Notice(string text) => output.WriteLine(text);
         try
         {
@@ -223,7 +223,7 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
                     if (s.Step % every == 0)
                     {
                         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                            $"  iter {s.Step}/{s.TotalSteps}: loss {s.Loss:F4}  lr {s.LearningRate:0.00e+00}  {s.ImagesPerSecond:F1} crops/s  ETA {Eta(s.Remaining)}"));
+                            $"  iter {s.Step}/{s.TotalSteps}: loss {s.Loss:F4}  lr {s.LearningRate:0.00e+00}  {s.ImagesPerSecond:F1} crops/s{TrainCommand.PeakRss(PeakMemory.ProcessPeak()?.Bytes)}  ETA {Eta(s.Remaining)}"));
                     }
                 }, Notice, signals.Token);
             }
@@ -272,7 +272,8 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
         string bars = Path.Combine(settings.Out, "class-iou.png");
         var classIou = train.ClassNames.Select(c => best.Details is { } d && d.TryGetValue($"IoU.{c}", out double v) ? v : double.NaN).ToList();
         SegPlots.ClassIoU(train.ClassNames, classIou, bars, string.Create(CultureInfo.InvariantCulture, $"{name}: val IoU per class at iteration {best.Step} (mIoU {best.ScoreValue:P2})"));
-        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]done[/]: best val mIoU [bold]{0:P2}[/] at iteration {1} (last: {2:P2})", Math.Max(best.ScoreValue, double.IsNaN(best.EmaScoreValue) ? 0 : best.EmaScoreValue), best.Step, history[^1].ScoreValue);
+        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]done[/]: best val mIoU [bold]{0:P2}[/] at iteration {1} (last: {2:P2}){3}", Math.Max(best.ScoreValue, double.IsNaN(best.EmaScoreValue) ? 0 : best.EmaScoreValue), best.Step, history[^1].ScoreValue,
+            Markup.Escape(TrainCommand.PeakRss(PeakMemory.ProcessPeak()?.Bytes, "; ")));
         foreach (var (what, file) in new[]
         {
             ("best (MMSeg .pth)", trainer.Folder.BestCheckpoint), ("last", trainer.Folder.LastCheckpoint), ("metrics", trainer.Folder.MetricsCsv),
