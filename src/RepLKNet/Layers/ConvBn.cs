@@ -63,7 +63,8 @@ public sealed class ConvBn : Module<Tensor, Tensor>, IBatchNormFoldable
             x = bn.call(x);
         }
 
-        return nonlinear is null ? x : nonlinear.call(x);
+        // Without autograd the conv/BN output is ours alone: its ReLU runs in place (bit-identical, no new buffer).
+        return nonlinear is null ? x : !is_grad_enabled() ? x.relu_() : nonlinear.call(x);
     }
 
     /// <summary>The (kernel, bias) of one conv equivalent to this conv + BN in eval mode.</summary>

@@ -41,12 +41,15 @@ public sealed class RepLKBlock : Module<Tensor, Tensor>
     public override Tensor forward(Tensor input)
     {
         using var scope = NewDisposeScope();
+        // Without autograd every intermediate here is ours alone: the activation and the residual sum run in place (no
+        // new buffer, one pass over memory instead of two; bit-identical results).
+        bool inPlace = !is_grad_enabled();
         var y = prelkb_bn.call(input);
         y = pw1.call(y);
         y = large_kernel.call(y);
-        y = lk_nonlinear.call(y);
-        y = pw2.call(y);
-        return Scalars.Add(input, drop_path.call(y)).MoveToOuterDisposeScope();
+        y = inPlace ? y.relu_() : lk_nonlinear.call(y);
+        y = drop_path.call(pw2.call(y));
+        return (inPlace ? Scalars.AddInPlace(y, input) : Scalars.Add(input, y)).MoveToOuterDisposeScope();
     }
 }
 
@@ -75,11 +78,12 @@ public sealed class ConvFFN : Module<Tensor, Tensor>
     public override Tensor forward(Tensor input)
     {
         using var scope = NewDisposeScope();
+        bool inPlace = !is_grad_enabled(); // as in the RepLK block
         var y = preffn_bn.call(input);
         y = pw1.call(y);
-        y = nonlinear.call(y);
-        y = pw2.call(y);
-        return Scalars.Add(input, drop_path.call(y)).MoveToOuterDisposeScope();
+        y = inPlace ? y.gelu_() : nonlinear.call(y);
+        y = drop_path.call(pw2.call(y));
+        return (inPlace ? Scalars.AddInPlace(y, input) : Scalars.Add(input, y)).MoveToOuterDisposeScope();
     }
 }
 

@@ -39,6 +39,46 @@ public sealed class OfficialParityTests
         }
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Without_autograd_the_in_place_activations_and_residual_sums_give_bit_identical_outputs(bool deploy)
+    {
+        // No gradient: ReLU, GELU and the residual add run in place (RepLKBlock, ConvFFN, ConvBn); with autograd they
+        // do not. Both must agree bit for bit, at every stage, and leave the caller's input as it was.
+        using var scope = NewDisposeScope();
+        using var checkpoint = CheckpointFile.Read(OfficialFixture.File("small-train.pth"));
+        var model = new RepLKNetModel(OfficialFixture.Config);
+        StateDictLoader.Load(model, checkpoint.State, strict: true, skipHead: false, "small-train.pth");
+        model.eval();
+        if (deploy)
+        {
+            Reparameterizer.Reparameterize(model, fuseBn: true);
+        }
+
+        var x = randn([3, 3, 48, 40], generator: new Generator((ulong)Environment.TickCount));
+        var copy = x.clone();
+        Tensor[] tracked, inPlace;
+        using (enable_grad())
+        {
+            Assert.True(is_grad_enabled());
+            tracked = [model.call(x), .. model.forward_intermediates(x)];
+        }
+
+        using (no_grad())
+        {
+            inPlace = [model.call(x), .. model.forward_intermediates(x)];
+        }
+
+        Assert.True(x.eq(copy).all().item<bool>(), "the input is not modified");
+        Assert.Equal(tracked.Length, inPlace.Length);
+        for (int i = 0; i < tracked.Length; i++)
+        {
+            Assert.True(tracked[i].requires_grad, "the first pass ran with autograd");
+            Assert.True(tracked[i].detach().eq(inPlace[i]).all().item<bool>(), $"output {i} differs between the in-place and autograd paths");
+        }
+    }
+
     [Fact]
     public void Deploy_checkpoint_loads_strictly_into_a_deploy_built_model_and_reproduces_its_logits()
     {
