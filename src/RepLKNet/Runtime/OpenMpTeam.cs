@@ -17,7 +17,9 @@ namespace RepLKNet.Runtime;
 /// <para>
 /// How: <c>GOMP_parallel(fn, data, num_threads, flags)</c> (the libgomp ABI the compiler emits for <c>#pragma omp
 /// parallel</c>; libiomp5 and LLVM's libomp export it too) is called with an <see cref="UnmanagedCallersOnlyAttribute"/>
-/// entry point; every team thread runs the worker delegate once, the caller as thread 0. Thread safety: the delegate
+/// entry point, for the default-size team (as libtorch starts it: another size makes libgomp end or create pool threads at
+/// each switch); up to the requested number of team threads run the worker delegate once, the caller as thread 0, the
+/// others return at once. Thread safety: the delegate
 /// is reached through a <see cref="GCHandle"/> that the caller keeps alive until <c>GOMP_parallel</c> returns (it
 /// returns only after every team thread finished); team threads are ordinary native threads that the .NET runtime attaches
 /// on their first entry and that take part in garbage collections like any other; an exception on any thread is caught
@@ -38,25 +40,33 @@ public static unsafe class OpenMpTeam
     // File-name prefixes of the OpenMP runtimes that export GOMP_parallel: GCC's, Intel's, LLVM's.
     private static readonly string[] OpenMpRuntimes = ["libgomp", "libiomp5", "libomp"];
 
-    private static readonly Lazy<(nint Entry, string? Library)> Gomp = new(Find, LazyThreadSafetyMode.ExecutionAndPublication);
+    private static readonly Lock Gate = new();
+    private static (nint Entry, string? Library)? _found;
 
     /// <summary>The OpenMP runtime whose <c>GOMP_parallel</c> <see cref="Run"/> uses, or null when it uses .NET's thread pool.</summary>
-    /// <remarks>Call after libtorch has been loaded (any tensor op); before that no OpenMP runtime is mapped.</remarks>
-    public static string? Library => Gomp.Value.Library;
+    /// <remarks>Meaningful once libtorch has been loaded (any tensor op); before that no OpenMP runtime is mapped.</remarks>
+    /// <exception cref="InvalidOperationException"><c>REPLKNET_CPU_POOL</c> is set to something other than <c>openmp</c> or <c>dotnet</c>.</exception>
+    public static string? Library => Gomp().Library;
 
     /// <summary>Whether <see cref="Run"/> starts its threads through libtorch's OpenMP runtime.</summary>
-    public static bool IsActive => Gomp.Value.Entry != 0;
+    /// <exception cref="InvalidOperationException"><c>REPLKNET_CPU_POOL</c> is set to something other than <c>openmp</c> or <c>dotnet</c>.</exception>
+    public static bool IsActive => Gomp().Entry != 0;
 
     /// <summary>
     /// Runs <paramref name="worker"/> once on each of up to <paramref name="threads"/> threads — the calling thread and
-    /// members of its OpenMP team — and returns when all have finished. The team may be smaller than asked (OpenMP
-    /// decides; never larger), so <paramref name="worker"/> must pull its share of the work from shared state (a counter)
-    /// rather than assume a thread count.
+    /// members of its OpenMP team — and returns when all have finished. The team is started at its default size (OpenMP's
+    /// <c>omp_get_max_threads()</c> on this thread: libtorch's thread count), as libtorch's own ops start it, because a
+    /// team of another size makes libgomp end or create pool threads on every switch; members beyond
+    /// <paramref name="threads"/> return at once. So fewer threads than asked may run (a smaller team, or OpenMP's dynamic
+    /// adjustment), and <paramref name="worker"/> must pull its share of the work from shared state (a counter) rather than
+    /// assume a thread count. Team threads do not carry the caller's <see cref="ExecutionContext"/> (AsyncLocal values,
+    /// culture): read such state on the caller, before the call.
     /// </summary>
     /// <param name="threads">Threads wanted, ≥ 1; 1 runs <paramref name="worker"/> on the caller only.</param>
     /// <param name="worker">The per-thread body. It must not block waiting for another team thread.</param>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="threads"/> is not positive.</exception>
     /// <exception cref="ArgumentNullException"><paramref name="worker"/> is null.</exception>
+    /// <exception cref="InvalidOperationException"><c>REPLKNET_CPU_POOL</c> is set to something other than <c>openmp</c> or <c>dotnet</c>.</exception>
     /// <remarks>The first exception <paramref name="worker"/> throws on any thread is rethrown here, after all threads ended.</remarks>
     public static void Run(int threads, Action worker)
     {
@@ -68,8 +78,8 @@ public static unsafe class OpenMpTeam
             return;
         }
 
-        var state = new TeamState(worker);
-        nint entry = Gomp.Value.Entry;
+        var state = new TeamState(worker, threads);
+        nint entry = Gomp().Entry;
         if (entry == 0)
         {
             Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, _ => state.RunGuarded());
@@ -80,8 +90,9 @@ public static unsafe class OpenMpTeam
         var handle = GCHandle.Alloc(state);
         try
         {
+            // num_threads 0: the default team, the one libtorch's parallel regions use (no pool resizing).
             var gompParallel = (delegate* unmanaged[Cdecl]<delegate* unmanaged[Cdecl]<nint, void>, nint, uint, uint, void>)entry;
-            gompParallel(&TeamEntry, GCHandle.ToIntPtr(handle), (uint)threads, 0);
+            gompParallel(&TeamEntry, GCHandle.ToIntPtr(handle), 0, 0);
         }
         finally
         {
@@ -98,17 +109,53 @@ public static unsafe class OpenMpTeam
         ((TeamState)GCHandle.FromIntPtr(data).Target!).RunGuarded();
     }
 
-    private static (nint, string?) Find()
+    // The runtime, found once libtorch is loaded (a "not found" before that is not kept: the next call looks again).
+    private static (nint Entry, string? Library) Gomp()
     {
-        if (!OperatingSystem.IsLinux() ||
-            string.Equals(Environment.GetEnvironmentVariable(EnvironmentVariable), "dotnet", StringComparison.OrdinalIgnoreCase))
+        if (_found is { } found)
         {
-            return (0, null);
+            return found;
+        }
+
+        lock (Gate)
+        {
+            if (_found is { } again)
+            {
+                return again;
+            }
+
+            var (result, final) = Find();
+            if (final)
+            {
+                _found = result;
+            }
+
+            return result;
+        }
+    }
+
+    private static ((nint, string?) Result, bool Final) Find()
+    {
+        var setting = Environment.GetEnvironmentVariable(EnvironmentVariable);
+        if (!string.IsNullOrEmpty(setting) && !setting.Equals("openmp", StringComparison.OrdinalIgnoreCase) &&
+            !setting.Equals("dotnet", StringComparison.OrdinalIgnoreCase))
+        {
+            throw new InvalidOperationException($"{EnvironmentVariable}='{setting}': expected openmp (the default) or dotnet");
+        }
+
+        if (!OperatingSystem.IsLinux() || string.Equals(setting, "dotnet", StringComparison.OrdinalIgnoreCase))
+        {
+            return ((0, null), true);
         }
 
         // The runtime libtorch_cpu.so itself loaded: beside it in its package (libgomp-<hash>.so.1 in the pip/NuGet
         // builds), else any OpenMP runtime mapped into the process.
         var torchDirs = NativeLibraries.MappedLibraries("libtorch_cpu").Select(Path.GetDirectoryName).ToList();
+        if (torchDirs.Count == 0)
+        {
+            return ((0, null), false);
+        }
+
         var candidates = OpenMpRuntimes.SelectMany(NativeLibraries.MappedLibraries)
             .OrderByDescending(path => torchDirs.Contains(Path.GetDirectoryName(path)))
             .ToList();
@@ -116,23 +163,32 @@ public static unsafe class OpenMpTeam
         {
             if (NativeLibrary.TryLoad(path, out var library) && NativeLibrary.TryGetExport(library, "GOMP_parallel", out var export))
             {
-                return (export, path);
+                return ((export, path), true);
             }
         }
 
-        return (0, null);
+        return ((0, null), true);
     }
 
-    private sealed class TeamState(Action worker)
+    private sealed class TeamState(Action worker, int threads)
     {
         private ExceptionDispatchInfo? _error;
+        private int _started;
 
         /// <summary>The first exception any thread's worker threw, or null.</summary>
         public ExceptionDispatchInfo? Error => Volatile.Read(ref _error);
 
-        /// <summary>Runs the worker on this thread; an exception is kept (the first one wins), not thrown.</summary>
+        /// <summary>
+        /// Runs the worker on this thread unless <c>threads</c> threads already did; an exception is kept (the first one
+        /// wins), not thrown.
+        /// </summary>
         public void RunGuarded()
         {
+            if (Interlocked.Increment(ref _started) > threads)
+            {
+                return;
+            }
+
             try
             {
                 worker();

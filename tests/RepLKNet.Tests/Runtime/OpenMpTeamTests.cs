@@ -1,7 +1,9 @@
 using System.Collections.Concurrent;
+using System.Runtime.InteropServices;
 using RepLKNet.Ops.Cpu;
 using RepLKNet.Runtime;
 using RepLKNet.Tests.Support;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace RepLKNet.Tests.Runtime;
@@ -11,7 +13,7 @@ namespace RepLKNet.Tests.Runtime;
 /// libtorch's ops use), exceptions cross back to the caller, and the kernels stay exact under concurrent callers and
 /// garbage collections.
 /// </summary>
-public sealed class OpenMpTeamTests
+public sealed partial class OpenMpTeamTests
 {
     public OpenMpTeamTests() => Torch.EnsureLoaded();
 
@@ -26,28 +28,63 @@ public sealed class OpenMpTeamTests
         Assert.Equal(torchDir, Path.GetDirectoryName(OpenMpTeam.Library));
     }
 
-    [Fact]
-    public void Each_team_thread_runs_the_worker_once_the_caller_included_and_the_team_is_reused()
+    [Theory]
+    [InlineData(2)]
+    [InlineData(3)]
+    [InlineData(8)]
+    public void The_team_is_libtorchs_reused_between_its_ops_and_ours_and_runs_up_to_the_threads_asked(int threads)
     {
+        int team = torch.get_num_threads(); // also sets this thread's OpenMP team size to libtorch's
+        Assert.True(team >= 2, $"this test needs 2 threads, libtorch has {team}");
         int caller = Environment.CurrentManagedThreadId;
-        var everyone = new ConcurrentDictionary<int, bool>();
+        var osThreads = new ConcurrentDictionary<int, bool>();
+        using var a = randn(1 << 22);
+        using var b = randn(1 << 22);
         for (int call = 0; call < 200; call++)
         {
-            var ids = new ConcurrentBag<(int Id, bool Pool)>();
-            OpenMpTeam.Run(3, () => ids.Add((Environment.CurrentManagedThreadId, Thread.CurrentThread.IsThreadPoolThread)));
-            Assert.Equal(3, ids.Count);
-            Assert.Equal(3, ids.Select(i => i.Id).Distinct().Count());
-            Assert.Contains(caller, ids.Select(i => i.Id));
-            Assert.All(ids.Where(i => i.Id != caller), i => Assert.False(i.Pool, "a team thread is not a .NET pool thread"));
-            foreach (var (id, _) in ids)
+            // A libtorch op that runs on the team between our calls: a pool resized to another size would end or
+            // create OS threads here, every time.
+            using (var sum = a.add(b, Scalars.One))
             {
-                everyone[id] = true;
+            }
+
+            var ran = new ConcurrentBag<(int Managed, int Os, bool Pool)>();
+            OpenMpTeam.Run(threads, () => ran.Add((Environment.CurrentManagedThreadId, gettid(), Thread.CurrentThread.IsThreadPoolThread)));
+            Assert.Equal(Math.Min(threads, team), ran.Count);
+            Assert.Equal(ran.Count, ran.Select(r => r.Os).Distinct().Count());
+            Assert.Contains(caller, ran.Select(r => r.Managed));
+            Assert.All(ran.Where(r => r.Managed != caller), r => Assert.False(r.Pool, "a team thread is not a .NET pool thread"));
+            foreach (var r in ran)
+            {
+                osThreads[r.Os] = true;
             }
         }
 
-        // The same OpenMP workers every call: no thread is created per call.
-        Assert.Equal(3, everyone.Count);
+        // The same OS threads on every call (gettid: managed ids are recycled and would hide new threads).
+        Assert.Equal(Math.Min(threads, team), osThreads.Count);
     }
+
+    [Fact]
+    public void A_kernel_started_inside_a_team_thread_runs_on_that_thread_alone_and_stays_exact()
+    {
+        // Nested: the inner team has one thread, so the kernel's chunk loop must do all the work on it.
+        var errors = new ConcurrentBag<string>();
+        OpenMpTeam.Run(2, () =>
+        {
+            try
+            {
+                CheckOnce(new Random(Environment.CurrentManagedThreadId));
+            }
+            catch (Exception e)
+            {
+                errors.Add(e.Message);
+            }
+        });
+        Assert.Empty(errors);
+    }
+
+    [LibraryImport("libc", EntryPoint = "gettid")]
+    private static partial int gettid();
 
     [Fact]
     public void An_exception_on_any_thread_reaches_the_caller_and_the_team_keeps_working()

@@ -866,16 +866,23 @@ public static unsafe class DepthwiseConvCpu
         int nextChunk = -1;
         OpenMpTeam.Run(workers, () =>
         {
+            // A thread that finds no chunk left allocates nothing.
+            int chunk = Interlocked.Increment(ref nextChunk);
+            if (chunk >= chunks)
+            {
+                return;
+            }
+
             float* scratch = (float*)NativeMemory.AlignedAlloc(bytes, 64);
             try
             {
-                int chunk;
-                while ((chunk = Interlocked.Increment(ref nextChunk)) < chunks)
+                do
                 {
                     int first = (int)((long)count * chunk / chunks);
                     int last = (int)((long)count * (chunk + 1) / chunks);
                     body(scratch, first, last);
                 }
+                while ((chunk = Interlocked.Increment(ref nextChunk)) < chunks);
             }
             finally
             {
