@@ -53,6 +53,11 @@ public sealed class ConvBn : Module<Tensor, Tensor>, IBatchNormFoldable
     public bool HasRelu => nonlinear is not null;
 
     /// <summary>Runs conv → BN (unless fused) → ReLU (if any); a depthwise stride-1 "same" conv runs on <see cref="DepthwiseConv2d.Forward"/>.</summary>
+    /// <remarks>
+    /// Without autograd (<c>no_grad</c>, inference mode) the ReLU runs in place on the conv/BN output (bit-identical): the
+    /// <c>nonlinear</c> child is then not called, so a forward hook on it does not fire, and a hook that kept the
+    /// <c>conv</c> or <c>bn</c> output sees it rectified.
+    /// </remarks>
     /// <param name="input">[N, inChannels, H, W].</param>
     /// <returns>[N, outChannels, ⌊(H + 2·padding − k)/stride⌋ + 1, ⌊(W + 2·padding − k)/stride⌋ + 1].</returns>
     public override Tensor forward(Tensor input)
