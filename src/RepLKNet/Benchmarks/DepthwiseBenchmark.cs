@@ -195,7 +195,11 @@ public static class DepthwiseBenchmark
         return timer.Stop();
     }
 
-    // Each layer is its own one-conv graph so dgrad, wgrad and bwd each time exactly the gradients they name.
+    // Each layer is its own one-conv graph so dgrad, wgrad and bwd each time exactly the gradients they name. The
+    // gradients are taken with autograd.grad, not accumulated into .grad: the stack's input is a leaf here, as a
+    // network's activations are not, and accumulating a custom function's gradient into a leaf copies it (our wrappers
+    // still hold it when libtorch's AccumulateGrad runs, so it cannot take it over): 1.6 ms per layer at R = 32 that
+    // no training step pays (docs/perf-notes.md, "Table 1 on AVX2 and AVX-512").
     private static double BackwardStack(Tensor x, Tensor[] weights, Tensor upstream, string pass, Device device)
     {
         bool inputGrad = pass is BenchPasses.InputGrad or BenchPasses.Backward;
@@ -207,8 +211,9 @@ public static class DepthwiseBenchmark
             var xi = x.detach().requires_grad_(inputGrad);
             var wi = w.detach().requires_grad_(weightGrad);
             var y = DepthwiseConv2d.Forward(xi, wi);
+            Tensor[] wrt = inputGrad && weightGrad ? [xi, wi] : inputGrad ? [xi] : [wi];
             using var timer = StackTimer.Start(device);
-            y.backward([upstream]);
+            torch.autograd.grad([y], wrt, [upstream]);
             DepthwiseConv2d.ReleaseBackwardOutputs();
             total += timer.Stop();
         }
