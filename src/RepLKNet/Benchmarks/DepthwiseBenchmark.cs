@@ -23,19 +23,30 @@ public static class BenchPasses
 
     /// <summary>
     /// The passes of <paramref name="pass"/> (case-insensitive): <c>fwd</c> (<see cref="Forward"/>), <c>bwd</c> (the gradients:
-    /// <see cref="InputGrad"/>, <see cref="WeightGrad"/>, <see cref="Backward"/>) or <c>all</c> (all four).
+    /// <see cref="InputGrad"/>, <see cref="WeightGrad"/>, <see cref="Backward"/>), <c>all</c> (all four), or a comma-separated
+    /// list of these and of <c>dgrad</c> and <c>wgrad</c> alone (e.g. <c>fwd,dgrad</c>: libtorch's weight gradient is slow
+    /// enough to dominate a sweep), in the order fwd, dgrad, wgrad, bwd.
     /// </summary>
     /// <exception cref="ArgumentException">Another text; the message starts with <c>pass</c>.</exception>
     public static IReadOnlyList<string> Parse(string pass)
     {
         ArgumentNullException.ThrowIfNull(pass);
-        return pass.ToLowerInvariant() switch
+        var chosen = new HashSet<string>();
+        foreach (string part in pass.Split(',', StringSplitOptions.TrimEntries))
         {
-            "fwd" => [Forward],
-            "bwd" => [InputGrad, WeightGrad, Backward],
-            "all" => [Forward, InputGrad, WeightGrad, Backward],
-            _ => throw new ArgumentException($"{nameof(pass)} '{pass}': use fwd, bwd or all", nameof(pass)),
-        };
+            string[] passes = part.ToLowerInvariant() switch
+            {
+                "fwd" => [Forward],
+                "dgrad" => [InputGrad],
+                "wgrad" => [WeightGrad],
+                "bwd" => [InputGrad, WeightGrad, Backward],
+                "all" => [Forward, InputGrad, WeightGrad, Backward],
+                _ => throw new ArgumentException($"{nameof(pass)} '{pass}': use fwd, bwd, all, or a list of fwd, dgrad, wgrad, bwd", nameof(pass)),
+            };
+            chosen.UnionWith(passes);
+        }
+
+        return [.. new[] { Forward, InputGrad, WeightGrad, Backward }.Where(chosen.Contains)];
     }
 }
 
@@ -192,7 +203,11 @@ public static class DepthwiseBenchmark
         return timer.Stop();
     }
 
-    // Each layer is its own one-conv graph so dgrad, wgrad and bwd each time exactly the gradients they name.
+    // Each layer is its own one-conv graph so dgrad, wgrad and bwd each time exactly the gradients they name. The
+    // gradients are taken with autograd.grad, not accumulated into .grad: the stack's input is a leaf here, as a
+    // network's activations are not, and accumulating a custom function's gradient into a leaf copies it (our wrappers
+    // still hold it when libtorch's AccumulateGrad runs, so it cannot take it over): 1.6 ms per layer at R = 32 that
+    // no training step pays (docs/perf-notes.md, "Table 1 on AVX2 and AVX-512").
     private static double BackwardStack(Tensor x, Tensor[] weights, Tensor upstream, string pass, Device device)
     {
         bool inputGrad = pass is BenchPasses.InputGrad or BenchPasses.Backward;
@@ -204,8 +219,9 @@ public static class DepthwiseBenchmark
             var xi = x.detach().requires_grad_(inputGrad);
             var wi = w.detach().requires_grad_(weightGrad);
             var y = DepthwiseConv2d.Forward(xi, wi);
+            Tensor[] wrt = inputGrad && weightGrad ? [xi, wi] : inputGrad ? [xi] : [wi];
             using var timer = StackTimer.Start(device);
-            y.backward([upstream]);
+            torch.autograd.grad([y], wrt, [upstream]);
             DepthwiseConv2d.ReleaseBackwardOutputs();
             total += timer.Stop();
         }

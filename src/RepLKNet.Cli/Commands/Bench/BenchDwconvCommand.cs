@@ -47,7 +47,7 @@ public sealed class BenchDwconvCommand(IAnsiConsole console) : Command<BenchDwco
 
         /// <summary>Pass.</summary>
         [CommandOption("--pass <PASS>")]
-        [Description("fwd, bwd (input-grad, weight-grad, and both together) or all.")]
+        [Description("fwd, bwd (input-grad, weight-grad, and both together), all, or a comma-separated list of fwd, dgrad, wgrad, bwd.")]
         [DefaultValue("fwd")]
         public string Pass { get; init; } = "fwd";
 

@@ -16,8 +16,9 @@ namespace RepLKNet.Ops.Cpu;
 /// Input rows and kernel columns that only see zero padding are skipped.</item>
 /// <item>Input-grad: the forward kernel with the kernel rotated by 180°.</item>
 /// <item>Weight-grad: per channel, a correlation of the padded input with the output gradient into K×K sums, blocked as
-/// 2 kernel rows × 4 kernel columns of vector accumulators, reduced at the end; channels are split across threads
-/// (or (n, c) planes with per-thread partial sums when there are few channels).</item>
+/// 2 kernel rows × 4 kernel columns of vector accumulators, reduced at the end (K = 3: one accumulator per tap, vectors
+/// along x); channels are split across threads (or (n, c) planes with per-thread partial sums when there are few
+/// channels).</item>
 /// </list>
 /// </summary>
 public static unsafe class DepthwiseConvCpu
@@ -507,6 +508,12 @@ public static unsafe class DepthwiseConvCpu
         where TV : struct
     {
         int k = g.K, p = g.Pad, vl = TOps.Count;
+        if (k == 3)
+        {
+            WeightGradPlane3<TOps, TV>(xS, dy, dw, g);
+            return;
+        }
+
         for (int ky0 = 0; ky0 < g.KRows; ky0 += g.KyBlock)
         {
             // Output-gradient rows whose input rows y+ky0 … y+ky0+KyBlock−1 hold data.
@@ -543,6 +550,68 @@ public static unsafe class DepthwiseConvCpu
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// K = 3: vectors run along x instead of kx (a 3-wide kernel row would use 3 lanes of a vector, and the 8-row block
+    /// 3 of 8 rows). Nine accumulators, one per tap: acc[ky, kx] += dy[y, x..x+VL) · xpad[y+ky, x+kx..x+kx+VL), i.e. per
+    /// output-gradient vector 1 + 9 loads feed 9 FMAs (every lane useful), summed horizontally once per plane. Columns
+    /// past the last whole vector are done in scalar code (exact: no lane sees a column outside the map).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void WeightGradPlane3<TOps, TV>(float* xS, float* dy, float* dw, in GradGeometry g)
+        where TOps : struct, IVectorOps<TV>
+        where TV : struct
+    {
+        int vl = TOps.Count, s = g.InStride, wv = g.W / vl * vl;
+        TV a00 = TOps.Zero, a01 = TOps.Zero, a02 = TOps.Zero;
+        TV a10 = TOps.Zero, a11 = TOps.Zero, a12 = TOps.Zero;
+        TV a20 = TOps.Zero, a21 = TOps.Zero, a22 = TOps.Zero;
+        float t00 = 0, t01 = 0, t02 = 0, t10 = 0, t11 = 0, t12 = 0, t20 = 0, t21 = 0, t22 = 0;
+        for (int y = 0; y < g.H; y++)
+        {
+            float* dyRow = dy + (long)y * g.W;
+            float* r0 = xS + (long)y * s;
+            float* r1 = r0 + s;
+            float* r2 = r1 + s;
+            for (int x = 0; x < wv; x += vl)
+            {
+                TV d = TOps.Load(dyRow + x);
+                a00 = TOps.Fma(d, TOps.Load(r0 + x), a00);
+                a01 = TOps.Fma(d, TOps.Load(r0 + x + 1), a01);
+                a02 = TOps.Fma(d, TOps.Load(r0 + x + 2), a02);
+                a10 = TOps.Fma(d, TOps.Load(r1 + x), a10);
+                a11 = TOps.Fma(d, TOps.Load(r1 + x + 1), a11);
+                a12 = TOps.Fma(d, TOps.Load(r1 + x + 2), a12);
+                a20 = TOps.Fma(d, TOps.Load(r2 + x), a20);
+                a21 = TOps.Fma(d, TOps.Load(r2 + x + 1), a21);
+                a22 = TOps.Fma(d, TOps.Load(r2 + x + 2), a22);
+            }
+
+            for (int x = wv; x < g.W; x++)
+            {
+                float d = dyRow[x];
+                t00 = MathF.FusedMultiplyAdd(d, r0[x], t00);
+                t01 = MathF.FusedMultiplyAdd(d, r0[x + 1], t01);
+                t02 = MathF.FusedMultiplyAdd(d, r0[x + 2], t02);
+                t10 = MathF.FusedMultiplyAdd(d, r1[x], t10);
+                t11 = MathF.FusedMultiplyAdd(d, r1[x + 1], t11);
+                t12 = MathF.FusedMultiplyAdd(d, r1[x + 2], t12);
+                t20 = MathF.FusedMultiplyAdd(d, r2[x], t20);
+                t21 = MathF.FusedMultiplyAdd(d, r2[x + 1], t21);
+                t22 = MathF.FusedMultiplyAdd(d, r2[x + 2], t22);
+            }
+        }
+
+        dw[0] += TOps.Sum(a00) + t00;
+        dw[1] += TOps.Sum(a01) + t01;
+        dw[2] += TOps.Sum(a02) + t02;
+        dw[3] += TOps.Sum(a10) + t10;
+        dw[4] += TOps.Sum(a11) + t11;
+        dw[5] += TOps.Sum(a12) + t12;
+        dw[6] += TOps.Sum(a20) + t20;
+        dw[7] += TOps.Sum(a21) + t21;
+        dw[8] += TOps.Sum(a22) + t22;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
