@@ -71,6 +71,15 @@ public sealed class BenchCommandsTests
     }
 
     [Theory]
+    [InlineData("fwd", "fwd")]
+    [InlineData("bwd", "dgrad,wgrad,bwd")]
+    [InlineData("all", "fwd,dgrad,wgrad,bwd")]
+    [InlineData("wgrad, FWD", "fwd,wgrad")]
+    [InlineData("dgrad,bwd", "dgrad,wgrad,bwd")]
+    public void Bench_passes_parse_lists_in_a_fixed_order(string pass, string expected) =>
+        Assert.Equal(expected.Split(','), RepLKNet.Benchmarks.BenchPasses.Parse(pass));
+
+    [Theory]
     [InlineData("--kernels", "4")]
     [InlineData("--pass", "sideways")]
     [InlineData("--impl", "cudnn")]

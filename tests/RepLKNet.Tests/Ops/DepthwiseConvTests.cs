@@ -11,51 +11,109 @@ public sealed class DepthwiseConvTests
 {
     public DepthwiseConvTests() => Torch.EnsureLoaded();
 
-    [Fact]
-    public void Small_maps_take_libtorchs_forward_and_input_grad_but_keep_our_weight_grad()
+    /// <summary>The vector instruction sets this machine runs: the dispatch rules differ between them.</summary>
+    public static TheoryData<string> VectorIsas => [.. new[] { CpuIsa.Vector512, CpuIsa.Vector256 }.Where(CpuIsas.IsSupported).Select(i => i.ToString())];
+
+    [Theory]
+    [MemberData(nameof(VectorIsas))]
+    public void The_dispatch_takes_the_measured_routes_and_each_matches_libtorch(string isaName)
     {
+        var isa = Enum.Parse<CpuIsa>(isaName);
+        using var scopedIsa = DepthwiseConv2d.UseIsa(isa);
+        Assert.Equal(isa, CpuDepthwise.RuleIsa);
+        bool wide = isa == CpuIsa.Vector512;
+
+        // The measured crossovers (docs/perf-notes.md, "Table 1 on AVX2 and AVX-512"). libtorch's forward is direct up to
+        // K 13 on AVX-512 and K 9 on AVX2 (and K/2 ≤ H, W); past that it is a GEMM, never taken.
+        Assert.Equal(wide, CpuDepthwise.LibtorchForwardIsDirect(isa, 16, 16, 13));
+        Assert.True(CpuDepthwise.LibtorchForwardIsDirect(isa, 16, 16, 9));
+        Assert.False(CpuDepthwise.LibtorchForwardIsDirect(isa, 4, 4, 13));
+        Assert.True(CpuDepthwise.LibtorchForwardIsDirect(isa, 2, 2, 5));
+        Assert.False(CpuDepthwise.LibtorchForwardIsDirect(isa, 64, 64, 17));
+        Assert.True(CpuDepthwise.ForwardOnLibtorch(isa, 16, 16, 9));
+        Assert.Equal(wide, CpuDepthwise.ForwardOnLibtorch(isa, 16, 16, 13));
+        Assert.Equal(wide, CpuDepthwise.ForwardOnLibtorch(isa, 7, 7, 13));
+        Assert.False(CpuDepthwise.ForwardOnLibtorch(isa, 21, 8, 3));
+        Assert.False(CpuDepthwise.ForwardOnLibtorch(isa, 32, 32, 3));
+        Assert.False(CpuDepthwise.ForwardOnLibtorch(isa, 16, 16, 17));
+
+        // Tiny maps (≤ 12 on AVX-512, ≤ 8 on AVX2): libtorch's input gradient for K ≤ 13, and at K = 3 (maps of at least
+        // 3×3, where its weight gradient is direct) the whole tracked call. Table 1's R 16 keeps ours.
+        Assert.True(CpuDepthwise.InputGradOnLibtorch(isa, 7, 7, 13));
+        Assert.True(CpuDepthwise.InputGradOnLibtorch(isa, 8, 8, 3));
+        Assert.Equal(wide, CpuDepthwise.InputGradOnLibtorch(isa, 12, 10, 9));
+        Assert.False(CpuDepthwise.InputGradOnLibtorch(isa, 13, 13, 3));
+        Assert.False(CpuDepthwise.InputGradOnLibtorch(isa, 16, 16, 5));
+        Assert.False(CpuDepthwise.InputGradOnLibtorch(isa, 7, 7, 15));
+        Assert.True(CpuDepthwise.TrainingOnLibtorch(isa, 4, 4, 3));
+        Assert.True(CpuDepthwise.TrainingOnLibtorch(isa, 8, 3, 3));
+        Assert.False(CpuDepthwise.TrainingOnLibtorch(isa, 2, 2, 3));
+        Assert.Equal(wide, CpuDepthwise.TrainingOnLibtorch(isa, 12, 10, 3));
+        Assert.False(CpuDepthwise.TrainingOnLibtorch(isa, 16, 16, 3));
+        Assert.False(CpuDepthwise.TrainingOnLibtorch(isa, 7, 7, 5));
+
+        // Shapes on both sides of each crossover, N = 2, C = 3 (odd widths included): forward, input gradient and weight
+        // gradient through autograd, each bit-identical to the route the rules pick and close to libtorch in float64.
         var generator = new Generator((ulong)Environment.TickCount);
-        foreach (var (h, w, k) in new[] { (7, 7, 13), (4, 4, 9), (2, 3, 5), (8, 8, 3), (14, 14, 3), (20, 17, 13) })
+        foreach (var (h, w, k) in new[]
         {
-            using var scope = NewDisposeScope();
-            Assert.True(CpuDepthwise.ForwardOnLibtorch(h, w, k));
-            Assert.True(CpuDepthwise.InputGradOnLibtorch(h, w, k));
-            var x = randn([3, 5, h, w], generator: generator).requires_grad_(true);
-            var weight = randn([5, 1, k, k], generator: generator).requires_grad_(true);
-            var upstream = randn([3, 5, h, w], generator: generator);
-            var y = DepthwiseConv2d.Forward(x, weight);
-            y.backward([upstream]);
+            (2, 2, 3), (2, 2, 5), (4, 4, 3), (4, 4, 9), (4, 4, 13), (7, 7, 13), (8, 8, 13), (9, 9, 3), (12, 10, 3), (12, 12, 13),
+            (13, 13, 5), (14, 14, 3), (16, 16, 3), (16, 16, 9), (16, 16, 13), (16, 16, 17), (16, 16, 31), (20, 17, 13), (21, 21, 5),
+            (24, 24, 13), (32, 32, 3), (32, 31, 13), (33, 33, 3),
+        })
+        {
+            CheckRoute(isa, h, w, k, generator);
+        }
+    }
+
+    private static void CheckRoute(CpuIsa isa, int h, int w, int k, Generator generator)
+    {
+        using var scope = NewDisposeScope();
+        const int n = 2, c = 3;
+        string what = $"{isa} {h}×{w} K={k}";
+        var x = randn([n, c, h, w], generator: generator).requires_grad_(true);
+        var weight = randn([c, 1, k, k], generator: generator).requires_grad_(true);
+        var upstream = randn([n, c, h, w], generator: generator);
+        var y = DepthwiseConv2d.Forward(x, weight);
+        var grads = torch.autograd.grad([y], [x, weight], [upstream]);
+        DepthwiseConv2d.ReleaseBackwardOutputs();
+
+        // The route's own results.
+        Tensor yRoute, dxRoute, dwRoute;
+        if (CpuDepthwise.TrainingOnLibtorch(isa, h, w, k))
+        {
+            Assert.Null(DepthwiseConv2d.Select(x, weight, null, tracked: true));
             var xt = x.detach().requires_grad_(true);
             var wt = weight.detach().requires_grad_(true);
-            var yt = nn.functional.conv2d(xt, wt, padding: [k / 2, k / 2], groups: 5);
-            yt.backward([upstream]);
-            Assert.True(y.eq(yt).all().item<bool>(), $"{h}×{w} K={k}: forward is libtorch's");
-            Assert.True((x.grad! - xt.grad!).abs().max().item<float>() <= 1e-5f * xt.grad!.abs().max().item<float>(), $"{h}×{w} K={k}: input grad");
-            using var ours = CpuDepthwise.WeightGrad(x.detach(), upstream, k);
-            Assert.True(weight.grad!.eq(ours).all().item<bool>(), $"{h}×{w} K={k}: weight grad is ours");
+            yRoute = nn.functional.conv2d(xt, wt, padding: [k / 2, k / 2], groups: c);
+            var torchGrads = torch.autograd.grad([yRoute], [xt, wt], [upstream]);
+            (dxRoute, dwRoute) = (torchGrads[0], torchGrads[1]);
         }
-
-        // The measured crossovers: forward up to 20, input gradient up to 24, K ≤ 13 (docs/perf-notes.md).
-        Assert.False(CpuDepthwise.ForwardOnLibtorch(21, 8, 13));
-        Assert.True(CpuDepthwise.InputGradOnLibtorch(24, 24, 13));
-        Assert.False(CpuDepthwise.InputGradOnLibtorch(25, 24, 3));
-        Assert.False(CpuDepthwise.ForwardOnLibtorch(7, 7, 15));
-        Assert.False(CpuDepthwise.InputGradOnLibtorch(7, 7, 15));
-
-        // Between the two crossovers: our forward (bit-identical to the raw kernel), libtorch's input gradient.
-        using (var scope = NewDisposeScope())
+        else
         {
-            var x = randn([2, 3, 22, 22], generator: generator).requires_grad_(true);
-            var weight = randn([3, 1, 5, 5], generator: generator).requires_grad_(true);
-            var upstream = randn([2, 3, 22, 22], generator: generator);
-            var y = DepthwiseConv2d.Forward(x, weight);
-            using var raw = CpuDepthwise.ForwardRaw(x.detach(), weight.detach(), null);
-            Assert.True(y.detach().eq(raw).all().item<bool>(), "22×22 K=5: forward is ours");
-            y.backward([upstream]);
-            using var flipped = weight.detach().flip(2, 3);
-            using var expected = nn.functional.conv2d(upstream, flipped, padding: [2, 2], groups: 3);
-            Assert.True(x.grad!.eq(expected).all().item<bool>(), "22×22 K=5: input grad is libtorch's");
+            Assert.Same(CpuDepthwise.Kernels, DepthwiseConv2d.Select(x, weight, null, tracked: true));
+            using var noGrad = no_grad();
+            var xd = x.detach();
+            var wd = weight.detach();
+            yRoute = CpuDepthwise.ForwardOnLibtorch(isa, h, w, k) ? nn.functional.conv2d(xd, wd, padding: [k / 2, k / 2], groups: c) : CpuDepthwise.ForwardRaw(xd, wd, null);
+            dxRoute = CpuDepthwise.InputGradOnLibtorch(isa, h, w, k)
+                ? CpuDepthwise.LibtorchInputGrad(upstream, wd, CpuDepthwise.LibtorchForwardIsDirect(isa, h, w, k))
+                : CpuDepthwise.InputGradRaw(upstream, wd);
+            dwRoute = CpuDepthwise.WeightGrad(xd, upstream, k);
         }
+
+        Assert.True(y.detach().eq(yRoute).all().item<bool>(), what + ": forward is the route's");
+        Assert.True(grads[0].eq(dxRoute).all().item<bool>(), what + ": input grad is the route's");
+        Assert.True(grads[1].eq(dwRoute).all().item<bool>(), what + ": weight grad is the route's");
+
+        // Reference: libtorch's conv2d in float64 on the same values.
+        var x64 = x.detach().to(float64).requires_grad_(true);
+        var w64 = weight.detach().to(float64).requires_grad_(true);
+        var y64 = nn.functional.conv2d(x64, w64, padding: [k / 2, k / 2], groups: c);
+        var grads64 = torch.autograd.grad([y64], [x64, w64], [upstream.to(float64)]);
+        AssertClose(y64, y, what + " forward");
+        AssertClose(grads64[0], grads[0], what + " input-grad");
+        AssertClose(grads64[1], grads[1], what + " weight-grad");
     }
 
     public static TheoryData<string> Isas => [.. CpuIsas.Supported.Select(i => i.ToString())];
@@ -83,6 +141,27 @@ public sealed class DepthwiseConvTests
         foreach (var (n, c, h, w, k, hasBias) in cases)
         {
             CheckCase(n, c, h, w, k, hasBias, seed, isa);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Isas))]
+    public void The_k3_weight_gradient_matches_libtorch_at_widths_off_the_vector_length(string isaName)
+    {
+        // K = 3 has its own kernel (vectors along x over a zero-padded copy of the output gradient); the dispatch sends
+        // small K = 3 maps to libtorch whole, so call the kernel directly, on both channel splits (C ≥ 2·threads and C = 1).
+        using var scopedIsa = DepthwiseConv2d.UseIsa(Enum.Parse<CpuIsa>(isaName));
+        var generator = new Generator((ulong)Environment.TickCount);
+        foreach (var (n, c, h, w) in new[] { (2, 5, 1, 1), (3, 4, 5, 7), (2, 6, 12, 12), (1, 5, 9, 17), (2, 4, 23, 31), (2, 1, 33, 40), (1, 8, 16, 64) })
+        {
+            using var scope = NewDisposeScope();
+            var x = randn([n, c, h, w], generator: generator);
+            var upstream = randn([n, c, h, w], generator: generator);
+            var dw = CpuDepthwise.WeightGrad(x, upstream, 3);
+            var w64 = zeros([c, 1, 3, 3], dtype: float64).requires_grad_(true);
+            var y64 = nn.functional.conv2d(x.to(float64), w64, padding: [1, 1], groups: c);
+            var expected = torch.autograd.grad([y64], [w64], [upstream.to(float64)])[0];
+            AssertClose(expected, dw, $"{isaName} N={n} C={c} {h}×{w}");
         }
     }
 

@@ -20,22 +20,60 @@ public static class CpuDepthwise
     public static bool Fits(Tensor input, Tensor weight, Tensor? bias) => DepthwiseConv2d.FitsOn(input, weight, bias, DeviceType.CPU);
 
     /// <summary>
-    /// Small maps with K ≤ 13 (pad ≤ 6: oneDNN's direct depthwise path), where libtorch's forward is faster than ours:
-    /// H, W ≤ 20. Measured (docs/perf-notes.md, 2026-11-30, AVX-512, `bench dwconv --pass all`): at batch 8, C 384
-    /// libtorch's forward wins at R 12/16/20 for every K 3…13 (e.g. R 16 K 13: 3.0 vs 4.7 ms per 4 layers), ties at R 24
-    /// and loses from R 32 (K 13: 18.2 vs 12.4); at batch 128, C 32 (RepLKNet-FMNIST's stem and stages) it wins at R 14
-    /// and on the 7×7/4×4/2×2 maps 3–10×. Our kernels pay per-plane setup and padded taps that dominate such maps. The raw
-    /// kernels stay ours on every map (the instruction-set checks call them directly).
+    /// The instruction set the dispatch rules below are measured for: the one our kernels run
+    /// (<see cref="DepthwiseConv2d.Isa"/>, resolved). The crossovers were measured with libtorch (oneDNN) on the same
+    /// instruction set (docs/perf-notes.md, "Table 1 on AVX2 and AVX-512"); any ISA other than Vector512 gets the AVX2 rules.
     /// </summary>
-    internal static bool ForwardOnLibtorch(long h, long w, long k) => h <= 20 && w <= 20 && k <= 13;
+    internal static CpuIsa RuleIsa => CpuIsas.Resolve(DepthwiseConv2d.Isa);
 
     /// <summary>
-    /// Maps where libtorch's input gradient is faster than ours, with K ≤ 13: H, W ≤ 24 (measured as
-    /// <see cref="ForwardOnLibtorch"/>: libtorch wins at R 12…24 for every K 3…13, e.g. R 20 K 9: 4.6 vs 8.9 ms, and loses
-    /// at R 32 except K 5). The weight gradient stays ours on every map from K 5 on (2–20× faster than libtorch's);
-    /// libtorch's is faster at K 3 (R 12: 0.5 vs 4.3 ms) but has no direct entry point here.
+    /// Whether libtorch's forward of this shape runs oneDNN's direct depthwise kernel (<c>jit_dw</c>) rather than its GEMM
+    /// path (10–50× slower than ours): padding K/2 at most 6 with AVX-512, 4 with AVX2 (K ≤ 13, K ≤ 9), and at most the
+    /// map's height and width. Read off <c>ONEDNN_VERBOSE=1</c> (oneDNN 3.7.1 in libtorch 2.10) for K 3…31 on maps 2…64
+    /// with <c>ONEDNN_MAX_CPU_ISA</c> unset and <c>AVX2</c>. Its input gradient (<c>backward_data</c>) is <c>jit_dw</c>
+    /// for every K.
     /// </summary>
-    internal static bool InputGradOnLibtorch(long h, long w, long k) => h <= 24 && w <= 24 && k <= 13;
+    internal static bool LibtorchForwardIsDirect(CpuIsa isa, long h, long w, long k) =>
+        k / 2 <= Math.Min(Math.Min(h, w), isa == CpuIsa.Vector512 ? 6 : 4);
+
+    /// <summary>
+    /// Maps where libtorch's forward is faster than ours: H, W ≤ 20 where its forward is direct
+    /// (<see cref="LibtorchForwardIsDirect"/>). Measured (docs/perf-notes.md, "Table 1 on AVX2 and AVX-512"; `bench dwconv`,
+    /// our raw kernels vs libtorch, ms per layer, medians of 3 runs): batch 8, C 384 — AVX-512 R 16 libtorch wins at K 3…13
+    /// (K 9: 0.69 vs 0.42, K 13: 1.22 vs 0.67), R 32 ours at every K (K 3: 0.61 vs 1.95, K 13: 3.26 vs 4.12); AVX2 R 16
+    /// libtorch wins at K 5 and 9 (K 9: 0.95 vs 0.69), ties at K 3 and 7, and at K 13 its GEMM forward takes 32.7 ms against
+    /// our 1.7; batch 128, C 32 (RepLKNet-FMNIST's maps) — libtorch wins 1.1–8× on 7…14-wide maps where direct (AVX2 7×7
+    /// K 13: GEMM, 9.3 ms against our 0.5). Our kernels pay per-plane setup and padded taps that dominate such maps. The raw
+    /// kernels stay ours on every map (the instruction-set checks call them directly).
+    /// </summary>
+    internal static bool ForwardOnLibtorch(CpuIsa isa, long h, long w, long k) => h <= 20 && w <= 20 && LibtorchForwardIsDirect(isa, h, w, k);
+
+    /// <summary>
+    /// Tiny maps, where libtorch's input gradient (and at K = 3 its whole training step) beats ours: H, W ≤ 12 with
+    /// AVX-512, ≤ 8 with AVX2. Measured as <see cref="ForwardOnLibtorch"/> (input gradients with autograd.grad): batch
+    /// 128, C 32 — AVX-512 7×7 K 13 0.78 vs 0.32 ms per layer, 10×10 K 13 1.02 vs 0.74, 12×12 a tie (K 3 0.25 vs 0.24,
+    /// K 13 1.15 vs 1.21), 14×14 ours or a tie; AVX2 7×7 K 13 0.68 vs 0.62, from 8×8 on ours (K 3 0.14 vs 0.22, K 13
+    /// 0.73 vs 0.89); 4×4 K 9 and 2×2 K 5 libtorch 2–4× on both. Batch 8, C 384, R 16 (Table 1): ours at every K on both
+    /// (AVX-512 K 3 0.24 vs 0.26, K 5 0.36 vs 0.35, K 13 1.26 vs 2.09; K 17…31 0.65–0.77×; AVX2 0.55–0.96×).
+    /// </summary>
+    internal static bool TinyMap(CpuIsa isa, long h, long w) => Math.Max(h, w) <= (isa == CpuIsa.Vector512 ? 12 : 8);
+
+    /// <summary>
+    /// Maps where libtorch's input gradient is faster than ours: tiny maps (<see cref="TinyMap"/>) with K ≤ 13 (larger
+    /// kernels on such maps are not measured), through <see cref="LibtorchInputGrad"/>.
+    /// </summary>
+    internal static bool InputGradOnLibtorch(CpuIsa isa, long h, long w, long k) => TinyMap(isa, h, w) && k <= 13;
+
+    /// <summary>
+    /// Tracked calls (training) that go to libtorch whole, forward and both gradients: K = 3 on tiny maps
+    /// (<see cref="TinyMap"/>) of at least 3×3. Its K = 3 weight gradient is oneDNN's direct kernel there (from K 5 on, and
+    /// on maps narrower than the kernel, a GEMM path 5–30× slower than ours) and TorchSharp has no entry to libtorch's
+    /// weight gradient alone. Measured (batch 128, C 32, ms per layer, ours vs libtorch): AVX-512 4×4 weight gradient
+    /// 0.18 vs 0.08 and both gradients 0.38 vs 0.17, 12×12 0.22 vs 0.15 and 0.45 vs 0.41, 14×14 0.26 vs 0.20 and a tie;
+    /// AVX2 8×8 0.11 vs 0.11 and 0.43 vs 0.33, 10×10 ours for both gradients (0.38 vs 0.42); 2×2 libtorch's is 4–8×
+    /// slower (GEMM). At Table 1's R 16 ours wins (weight gradient 0.18 vs 0.31 on AVX-512).
+    /// </summary>
+    internal static bool TrainingOnLibtorch(CpuIsa isa, long h, long w, long k) => k == 3 && Math.Min(h, w) >= 3 && TinyMap(isa, h, w);
 
     /// <summary>
     /// y = depthwise_conv(x, w) + b as the dispatch runs it on the CPU: libtorch's on small maps
@@ -49,11 +87,11 @@ public static class CpuDepthwise
     {
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(w);
-        return ForwardOnLibtorch(x.shape[2], x.shape[3], w.shape[2]) ? DepthwiseConv2d.Libtorch(x, w, b) : ForwardRaw(x, w, b);
+        return ForwardOnLibtorch(RuleIsa, x.shape[2], x.shape[3], w.shape[2]) ? DepthwiseConv2d.Libtorch(x, w, b) : ForwardRaw(x, w, b);
     }
 
     /// <summary>
-    /// The input gradient as the dispatch runs it on the CPU: libtorch's on small maps (<see cref="InputGradOnLibtorch"/>),
+    /// The input gradient as the dispatch runs it on the CPU: libtorch's where it is faster (<see cref="InputGradOnLibtorch"/>),
     /// our kernels otherwise. No autograd.
     /// </summary>
     /// <param name="gradOutput">Gradient of the output (N, C, H, W).</param>
@@ -63,17 +101,34 @@ public static class CpuDepthwise
     {
         ArgumentNullException.ThrowIfNull(gradOutput);
         ArgumentNullException.ThrowIfNull(w);
-        if (!InputGradOnLibtorch(gradOutput.shape[2], gradOutput.shape[3], w.shape[2]))
-        {
-            return InputGradRaw(gradOutput, w);
-        }
-
-        // The transpose of a "same" depthwise convolution is the same convolution with the filter rotated by 180°.
-        using var flipped = w.flip(2, 3);
-        return DepthwiseConv2d.Libtorch(gradOutput, flipped, null);
+        var isa = RuleIsa;
+        long h = gradOutput.shape[2], wd = gradOutput.shape[3], k = w.shape[2];
+        return !InputGradOnLibtorch(isa, h, wd, k) ? InputGradRaw(gradOutput, w) : LibtorchInputGrad(gradOutput, w, LibtorchForwardIsDirect(isa, h, wd, k));
     }
 
-    /// <summary>The weight gradient on our kernels on every map (faster than libtorch's from K 5 on, even on tiny maps). No autograd.</summary>
+    /// <summary>
+    /// libtorch's input gradient of a depthwise "same" convolution. With <paramref name="viaForward"/>: its forward with
+    /// each kernel rotated by 180° (the transpose of a "same" depthwise convolution), faster than its own
+    /// <c>backward_data</c> where the forward is direct (harness, AVX-512, R 32 K 3: 2.06 vs 2.51 ms per layer); else
+    /// <c>conv_transpose2d</c>, i.e. oneDNN's direct <c>backward_data</c> kernel at every K (R 16 K 31: 6.9 ms per layer, the
+    /// rotated forward on the GEMM path 189).
+    /// </summary>
+    internal static Tensor LibtorchInputGrad(Tensor gradOutput, Tensor w, bool viaForward)
+    {
+        long k = w.shape[2];
+        if (viaForward)
+        {
+            using var flipped = w.flip(2, 3);
+            return DepthwiseConv2d.Libtorch(gradOutput, flipped, null);
+        }
+
+        return nn.functional.conv_transpose2d(gradOutput, w, padding: [k / 2, k / 2], groups: w.shape[0]);
+    }
+
+    /// <summary>
+    /// The weight gradient on our kernels on every map (faster than libtorch's from K 5 on, even on tiny maps; at K = 3 on
+    /// small maps the whole tracked call goes to libtorch instead: <see cref="TrainingOnLibtorch"/>). No autograd.
+    /// </summary>
     /// <param name="x">Input of the forward (N, C, H, W).</param>
     /// <param name="gradOutput">Gradient of the output (N, C, H, W).</param>
     /// <param name="k">Kernel size K.</param>
@@ -130,7 +185,8 @@ public static class CpuDepthwise
 
     private sealed class Adapter : IDepthwiseKernels
     {
-        public bool Takes(Tensor input, Tensor weight, Tensor? bias, bool tracked) => Fits(input, weight, bias);
+        public bool Takes(Tensor input, Tensor weight, Tensor? bias, bool tracked) =>
+            Fits(input, weight, bias) && !(tracked && TrainingOnLibtorch(RuleIsa, input.shape[2], input.shape[3], weight.shape[2]));
 
         public Tensor Forward(Tensor input, Tensor weight, Tensor? bias) => CpuDepthwise.Forward(input, weight, bias);
 

@@ -362,7 +362,10 @@ public static unsafe class DepthwiseConvCpu
             (KyBlock, KxBlock) = KxVectors switch { 1 => (8, 1), 2 => (6, 2), _ => (3, 4) };
             KxBlocks = (KxVectors + KxBlock - 1) / KxBlock;
             KRows = RoundUp(k, KyBlock);
-            InStride = w + KxBlocks * KxBlock * vectorLength;
+            // K = 3 (vectors along x): the output gradient is copied into rows of DyStride floats, zero past W, and a
+            // vector starting at the last of them reads input columns up to DyStride + K − 2.
+            DyStride = RoundUp(w, vectorLength);
+            InStride = Math.Max(w + KxBlocks * KxBlock * vectorLength, DyStride + k - 1);
             InRows = h + KRows - 1;
         }
 
@@ -395,10 +398,16 @@ public static unsafe class DepthwiseConvCpu
 
         public int InRows { get; }
 
+        /// <summary>K = 3: row stride of the plane's output gradient copy.</summary>
+        public int DyStride { get; }
+
         public long InputFloats => (long)InRows * InStride;
 
-        /// <summary>The plane's output gradient is read in place; this holds one block's accumulators for the epilogue.</summary>
-        public long BlockFloats => (long)KyBlock * KxBlock * VectorLength;
+        /// <summary>
+        /// One block's accumulators for the epilogue (the plane's output gradient is read in place), or for K = 3 the
+        /// zero-padded copy of the plane's output gradient.
+        /// </summary>
+        public long BlockFloats => K == 3 ? (long)H * DyStride : (long)KyBlock * KxBlock * VectorLength;
     }
 
     private static void WeightGradAll<TOps, TV>(float* input, float* gradOutput, float* gradWeight, int n, int c, int h, int w, int k, int threads)
@@ -459,7 +468,7 @@ public static unsafe class DepthwiseConvCpu
     {
         long planeSize = (long)g.H * g.W;
         long kk = (long)g.K * g.K;
-        NativeMemory.Clear(scratch, (nuint)(g.InputFloats * sizeof(float)));
+        NativeMemory.Clear(scratch, (nuint)((g.InputFloats + g.BlockFloats) * sizeof(float)));
         for (int channel = first; channel < last; channel++)
         {
             float* dw = gradWeight + channel * kk;
@@ -481,7 +490,7 @@ public static unsafe class DepthwiseConvCpu
     {
         long planeSize = (long)g.H * g.W;
         long kk = (long)g.K * g.K;
-        NativeMemory.Clear(scratch, (nuint)(g.InputFloats * sizeof(float)));
+        NativeMemory.Clear(scratch, (nuint)((g.InputFloats + g.BlockFloats) * sizeof(float)));
         for (int plane = first; plane < last; plane++)
         {
             LoadGradInput(input + plane * planeSize, scratch, g);
@@ -489,6 +498,9 @@ public static unsafe class DepthwiseConvCpu
         }
     }
 
+    // Called per plane: fully optimized from the first call (at tier 0 its row copies are calls, and the tiering delay
+    // keeps it there for seconds while a process still compiles new code: K = 3 weight gradients took 2–4× longer then).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void LoadGradInput(float* x, float* xS, in GradGeometry g)
     {
         for (int y = 0; y < g.H; y++)
@@ -510,7 +522,7 @@ public static unsafe class DepthwiseConvCpu
         int k = g.K, p = g.Pad, vl = TOps.Count;
         if (k == 3)
         {
-            WeightGradPlane3<TOps, TV>(xS, dy, dw, g);
+            WeightGradPlane3<TOps, TV>(xS, dy, dw, block, g);
             return;
         }
 
@@ -555,26 +567,31 @@ public static unsafe class DepthwiseConvCpu
     /// <summary>
     /// K = 3: vectors run along x instead of kx (a 3-wide kernel row would use 3 lanes of a vector, and the 8-row block
     /// 3 of 8 rows). Nine accumulators, one per tap: acc[ky, kx] += dy[y, x..x+VL) · xpad[y+ky, x+kx..x+kx+VL), i.e. per
-    /// output-gradient vector 1 + 9 loads feed 9 FMAs (every lane useful), summed horizontally once per plane. Columns
-    /// past the last whole vector are done in scalar code (exact: no lane sees a column outside the map).
+    /// output-gradient vector 1 + 9 loads feed 9 FMAs, summed horizontally once per plane. The output gradient is first
+    /// copied into <paramref name="dyS"/> with rows padded to whole vectors by zeros (cleared once per call), so widths
+    /// that are not a multiple of the vector need no scalar tail: the padding lanes add 0 · x (exact for finite inputs).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void WeightGradPlane3<TOps, TV>(float* xS, float* dy, float* dw, in GradGeometry g)
+    private static void WeightGradPlane3<TOps, TV>(float* xS, float* dy, float* dw, float* dyS, in GradGeometry g)
         where TOps : struct, IVectorOps<TV>
         where TV : struct
     {
-        int vl = TOps.Count, s = g.InStride, wv = g.W / vl * vl;
+        int vl = TOps.Count, s = g.InStride, ds = g.DyStride;
+        for (int y = 0; y < g.H; y++)
+        {
+            CopyRow(dy + (long)y * g.W, dyS + (long)y * ds, g.W);
+        }
+
         TV a00 = TOps.Zero, a01 = TOps.Zero, a02 = TOps.Zero;
         TV a10 = TOps.Zero, a11 = TOps.Zero, a12 = TOps.Zero;
         TV a20 = TOps.Zero, a21 = TOps.Zero, a22 = TOps.Zero;
-        float t00 = 0, t01 = 0, t02 = 0, t10 = 0, t11 = 0, t12 = 0, t20 = 0, t21 = 0, t22 = 0;
         for (int y = 0; y < g.H; y++)
         {
-            float* dyRow = dy + (long)y * g.W;
+            float* dyRow = dyS + (long)y * ds;
             float* r0 = xS + (long)y * s;
             float* r1 = r0 + s;
             float* r2 = r1 + s;
-            for (int x = 0; x < wv; x += vl)
+            for (int x = 0; x < ds; x += vl)
             {
                 TV d = TOps.Load(dyRow + x);
                 a00 = TOps.Fma(d, TOps.Load(r0 + x), a00);
@@ -587,31 +604,17 @@ public static unsafe class DepthwiseConvCpu
                 a21 = TOps.Fma(d, TOps.Load(r2 + x + 1), a21);
                 a22 = TOps.Fma(d, TOps.Load(r2 + x + 2), a22);
             }
-
-            for (int x = wv; x < g.W; x++)
-            {
-                float d = dyRow[x];
-                t00 = MathF.FusedMultiplyAdd(d, r0[x], t00);
-                t01 = MathF.FusedMultiplyAdd(d, r0[x + 1], t01);
-                t02 = MathF.FusedMultiplyAdd(d, r0[x + 2], t02);
-                t10 = MathF.FusedMultiplyAdd(d, r1[x], t10);
-                t11 = MathF.FusedMultiplyAdd(d, r1[x + 1], t11);
-                t12 = MathF.FusedMultiplyAdd(d, r1[x + 2], t12);
-                t20 = MathF.FusedMultiplyAdd(d, r2[x], t20);
-                t21 = MathF.FusedMultiplyAdd(d, r2[x + 1], t21);
-                t22 = MathF.FusedMultiplyAdd(d, r2[x + 2], t22);
-            }
         }
 
-        dw[0] += TOps.Sum(a00) + t00;
-        dw[1] += TOps.Sum(a01) + t01;
-        dw[2] += TOps.Sum(a02) + t02;
-        dw[3] += TOps.Sum(a10) + t10;
-        dw[4] += TOps.Sum(a11) + t11;
-        dw[5] += TOps.Sum(a12) + t12;
-        dw[6] += TOps.Sum(a20) + t20;
-        dw[7] += TOps.Sum(a21) + t21;
-        dw[8] += TOps.Sum(a22) + t22;
+        dw[0] += TOps.Sum(a00);
+        dw[1] += TOps.Sum(a01);
+        dw[2] += TOps.Sum(a02);
+        dw[3] += TOps.Sum(a10);
+        dw[4] += TOps.Sum(a11);
+        dw[5] += TOps.Sum(a12);
+        dw[6] += TOps.Sum(a20);
+        dw[7] += TOps.Sum(a21);
+        dw[8] += TOps.Sum(a22);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
