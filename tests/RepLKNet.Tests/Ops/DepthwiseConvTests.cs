@@ -165,6 +165,43 @@ public sealed class DepthwiseConvTests
         }
     }
 
+    /// <summary>
+    /// Our forward and input-gradient kernels themselves (not the dispatch, which sends some tiny maps to libtorch), on
+    /// every register-tile shape: widths around one and two vector lengths (the 4 × 2, 4 × 1 and 8 × 1 tiles), heights
+    /// off the 4- and 8-row blocks, kernels of the direct tap loop (K ≤ 5) and of the row band, K larger than the map.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Isas))]
+    public void The_raw_kernels_match_libtorch_on_every_tile_shape(string isaName)
+    {
+        var isa = Enum.Parse<CpuIsa>(isaName);
+        int vl = isa switch { CpuIsa.Vector512 => 16, CpuIsa.Vector256 => 8, _ => 1 };
+        int[] widths = [.. new[] { 1, vl - 1, vl, vl + 1, 2 * vl, 2 * vl + 3 }.Where(v => v >= 1).Distinct()];
+        int[] heights = [1, 5, 8, 9, 14];
+        int[] kernels = [3, 5, 7, 13, 27];
+        using var scopedIsa = DepthwiseConv2d.UseIsa(isa);
+        foreach (int w in widths)
+        {
+            foreach (int h in heights)
+            {
+                foreach (int k in kernels)
+                {
+                    using var scope = NewDisposeScope();
+                    string what = $"{isa} N=2 C=3 H={h} W={w} K={k}";
+                    var x = randn(2, 3, h, w);
+                    var weight = randn(3, 1, k, k);
+                    var bias = randn(3);
+                    var upstream = randn(2, 3, h, w);
+                    var x64 = x.to(float64).requires_grad_(true);
+                    var y64 = nn.functional.conv2d(x64, weight.to(float64), bias.to(float64), padding: [k / 2, k / 2], groups: 3);
+                    y64.backward([upstream.to(float64)]);
+                    AssertClose(y64, CpuDepthwise.ForwardRaw(x, weight, bias), what + " forward");
+                    AssertClose(x64.grad!, CpuDepthwise.InputGradRaw(upstream, weight), what + " input-grad");
+                }
+            }
+        }
+    }
+
     private static void CheckCase(int n, int c, int h, int w, int k, bool hasBias, int seed, CpuIsa isa)
     {
         using var scope = NewDisposeScope();

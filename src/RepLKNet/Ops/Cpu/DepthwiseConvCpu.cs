@@ -11,8 +11,9 @@ namespace RepLKNet.Ops.Cpu;
 /// <list type="bullet">
 /// <item>Each (n, c) plane is copied once into a zero-padded per-thread scratch, so the inner loops have no bounds
 /// checks; the zero border is written once per call, only the data region per plane.</item>
-/// <item>Forward: register tiles of 4 output rows × 1–2 vectors. Each input row of the band is loaded once per kernel
-/// column and feeds the 4 output rows it touches (weights padded with zero rows so edge rows need no branch).
+/// <item>Forward: register tiles of 4 output rows × 2 vectors, or 8 rows × 1 vector on maps one vector wide. Each input
+/// row of the band is loaded once per kernel column and feeds the output rows it touches (weights stored column by
+/// column, padded with zero rows so edge rows need no branch and a tile's weights for one column are adjacent).
 /// Input rows and kernel columns that only see zero padding are skipped.</item>
 /// <item>Input-grad: the forward kernel with the kernel rotated by 180°.</item>
 /// <item>Weight-grad: per channel, a correlation of the padded input with the output gradient into K×K sums, blocked as
@@ -23,7 +24,14 @@ namespace RepLKNet.Ops.Cpu;
 /// </summary>
 public static unsafe class DepthwiseConvCpu
 {
+    /// <summary>Output rows per register tile two vectors wide (4 × 2 = 8 accumulators).</summary>
     private const int RowBlock = 4;
+
+    /// <summary>Output rows per band tile one vector wide (8 × 1 = 8 accumulators; maps up to one vector wide).</summary>
+    private const int NarrowRowBlock = 8;
+
+    /// <summary>Zero kernel rows stored above and below each kernel: enough for the tallest row block.</summary>
+    private const int WeightPad = NarrowRowBlock - 1;
 
     /// <summary>Largest kernel for which the direct tap loop beats the row band (measured: docs/perf-notes.md).</summary>
     internal static int DirectMaxKernel { get; set; } = 5;
@@ -93,11 +101,12 @@ public static unsafe class DepthwiseConvCpu
             Pad = k / 2;
             VectorsPerTile = w > vectorLength ? 2 : 1;
             TileWidth = VectorsPerTile * vectorLength;
+            Rows = VectorsPerTile == 1 && k > DirectMaxKernel ? NarrowRowBlock : RowBlock;
             PaddedW = RoundUp(w, TileWidth);
-            PaddedH = RoundUp(h, RowBlock);
+            PaddedH = RoundUp(h, Rows);
             InStride = PaddedW + k - 1;
             InRows = PaddedH + k - 1;
-            WeightRows = k + 2 * (RowBlock - 1);
+            WeightRows = k + 2 * WeightPad;
         }
 
         public int H { get; }
@@ -109,6 +118,9 @@ public static unsafe class DepthwiseConvCpu
         public int Pad { get; }
 
         public int VectorsPerTile { get; }
+
+        /// <summary>Output rows per register tile.</summary>
+        public int Rows { get; }
 
         public int TileWidth { get; }
 
@@ -159,13 +171,13 @@ public static unsafe class DepthwiseConvCpu
             int channel = plane % c;
             if (channel != loadedChannel)
             {
-                // Kernel rows sit between RowBlock−1 zero rows above and below (so edge output rows need no branch).
+                // Kernel rows sit between WeightPad zero rows above and below (so edge output rows need no branch).
                 float* kernel = weight + (long)channel * k * k;
                 for (int ky = 0; ky < k; ky++)
                 {
                     for (int kx = 0; kx < k; kx++)
                     {
-                        wz[(ky + RowBlock - 1) * k + kx] = rotate ? kernel[(k - 1 - ky) * k + (k - 1 - kx)] : kernel[ky * k + kx];
+                        wz[kx * g.WeightRows + ky + WeightPad] = rotate ? kernel[(k - 1 - ky) * k + (k - 1 - kx)] : kernel[ky * k + kx];
                     }
                 }
 
@@ -197,11 +209,12 @@ public static unsafe class DepthwiseConvCpu
         where TV : struct
     {
         int k = g.K, p = g.Pad, tile = g.TileWidth;
-        for (int y0 = 0; y0 < g.PaddedH; y0 += RowBlock)
+        int rows = g.Rows;
+        for (int y0 = 0; y0 < g.PaddedH; y0 += rows)
         {
             // Only input rows holding data contribute: the rest is zero padding.
             int rowLo = Math.Max(y0, p);
-            int rowHi = Math.Min(y0 + RowBlock - 1 + k - 1, p + g.H - 1);
+            int rowHi = Math.Min(y0 + rows - 1 + k - 1, p + g.H - 1);
             for (int x0 = 0; x0 < g.PaddedW; x0 += tile)
             {
                 // Kernel columns whose input span [x0+kx, x0+kx+tile) misses every data column are skipped.
@@ -214,6 +227,10 @@ public static unsafe class DepthwiseConvCpu
                     int kyLo = Math.Max(0, p - y0 - (RowBlock - 1));
                     int kyHi = Math.Min(k - 1, p + g.H - 1 - y0);
                     Tile4x2Direct<TOps, TV>(inS, wz, o, g, y0, x0, kyLo, kyHi, kxLo, kxHi);
+                }
+                else if (rows == 8)
+                {
+                    Tile8x1<TOps, TV>(inS, wz, o, g, y0, x0, rowLo, rowHi, kxLo, kxHi);
                 }
                 else if (g.VectorsPerTile == 2)
                 {
@@ -232,30 +249,27 @@ public static unsafe class DepthwiseConvCpu
         where TOps : struct, IVectorOps<TV>
         where TV : struct
     {
-        int k = g.K, vl = TOps.Count;
+        int wr = g.WeightRows, vl = TOps.Count;
         TV a00 = TOps.Zero, a01 = TOps.Zero, a10 = TOps.Zero, a11 = TOps.Zero;
         TV a20 = TOps.Zero, a21 = TOps.Zero, a30 = TOps.Zero, a31 = TOps.Zero;
         for (int r = rowLo; r <= rowHi; r++)
         {
-            float* row = inS + (long)r * g.InStride + x0;
-            float* w0 = wz + (r - y0 + RowBlock - 1) * k;
-            float* w1 = w0 - k;
-            float* w2 = w1 - k;
-            float* w3 = w2 - k;
-            for (int kx = kxLo; kx <= kxHi; kx++)
+            float* x = inS + (long)r * g.InStride + x0 + kxLo;
+            float* wc = wz + (long)kxLo * wr + (r - y0 + WeightPad);
+            for (int kx = kxLo; kx <= kxHi; kx++, x++, wc += wr)
             {
-                TV v0 = TOps.Load(row + kx);
-                TV v1 = TOps.Load(row + kx + vl);
-                TV b = TOps.Broadcast(w0[kx]);
+                TV v0 = TOps.Load(x);
+                TV v1 = TOps.Load(x + vl);
+                TV b = TOps.Broadcast(wc[0]);
                 a00 = TOps.Fma(b, v0, a00);
                 a01 = TOps.Fma(b, v1, a01);
-                b = TOps.Broadcast(w1[kx]);
+                b = TOps.Broadcast(wc[-1]);
                 a10 = TOps.Fma(b, v0, a10);
                 a11 = TOps.Fma(b, v1, a11);
-                b = TOps.Broadcast(w2[kx]);
+                b = TOps.Broadcast(wc[-2]);
                 a20 = TOps.Fma(b, v0, a20);
                 a21 = TOps.Fma(b, v1, a21);
-                b = TOps.Broadcast(w3[kx]);
+                b = TOps.Broadcast(wc[-3]);
                 a30 = TOps.Fma(b, v0, a30);
                 a31 = TOps.Fma(b, v1, a31);
             }
@@ -281,16 +295,16 @@ public static unsafe class DepthwiseConvCpu
         where TOps : struct, IVectorOps<TV>
         where TV : struct
     {
-        int k = g.K, vl = TOps.Count, s = g.InStride;
+        int vl = TOps.Count, s = g.InStride;
         TV a00 = TOps.Zero, a01 = TOps.Zero, a10 = TOps.Zero, a11 = TOps.Zero;
         TV a20 = TOps.Zero, a21 = TOps.Zero, a30 = TOps.Zero, a31 = TOps.Zero;
         for (int ky = kyLo; ky <= kyHi; ky++)
         {
             float* row = inS + (long)(y0 + ky) * s + x0;
-            float* wr = wz + (ky + RowBlock - 1) * k;
-            for (int kx = kxLo; kx <= kxHi; kx++)
+            float* wk = wz + (long)kxLo * g.WeightRows + ky + WeightPad;
+            for (int kx = kxLo; kx <= kxHi; kx++, wk += g.WeightRows)
             {
-                TV b = TOps.Broadcast(wr[kx]);
+                TV b = TOps.Broadcast(*wk);
                 float* c = row + kx;
                 a00 = TOps.Fma(b, TOps.Load(c), a00);
                 a01 = TOps.Fma(b, TOps.Load(c + vl), a01);
@@ -314,27 +328,66 @@ public static unsafe class DepthwiseConvCpu
         TOps.Store(o + 3 * os + vl, a31);
     }
 
+    /// <summary>
+    /// 8 output rows × 1 vector, for maps one vector wide (W ≤ 16 with AVX-512, ≤ 8 with AVX2; RepLKNet-31B's 14×14 and
+    /// 7×7 stages): 8 independent FMA chains where <c>Tile4x1</c> has 4, which cannot cover the FMA latency on two pipes
+    /// (R 14 K 27: 12.3–12.5 → 9.2–9.5 ms per 4 layers; docs/perf-notes.md). Costs K+7 band rows for K instead of K+3.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile8x1<TOps, TV>(float* inS, float* wz, float* o, in ConvGeometry g, int y0, int x0, int rowLo, int rowHi, int kxLo, int kxHi)
+        where TOps : struct, IVectorOps<TV>
+        where TV : struct
+    {
+        int wr = g.WeightRows;
+        TV a0 = TOps.Zero, a1 = TOps.Zero, a2 = TOps.Zero, a3 = TOps.Zero;
+        TV a4 = TOps.Zero, a5 = TOps.Zero, a6 = TOps.Zero, a7 = TOps.Zero;
+        for (int r = rowLo; r <= rowHi; r++)
+        {
+            float* x = inS + (long)r * g.InStride + x0 + kxLo;
+            float* wc = wz + (long)kxLo * wr + (r - y0 + WeightPad);
+            for (int kx = kxLo; kx <= kxHi; kx++, x++, wc += wr)
+            {
+                TV v = TOps.Load(x);
+                a0 = TOps.Fma(TOps.Broadcast(wc[0]), v, a0);
+                a1 = TOps.Fma(TOps.Broadcast(wc[-1]), v, a1);
+                a2 = TOps.Fma(TOps.Broadcast(wc[-2]), v, a2);
+                a3 = TOps.Fma(TOps.Broadcast(wc[-3]), v, a3);
+                a4 = TOps.Fma(TOps.Broadcast(wc[-4]), v, a4);
+                a5 = TOps.Fma(TOps.Broadcast(wc[-5]), v, a5);
+                a6 = TOps.Fma(TOps.Broadcast(wc[-6]), v, a6);
+                a7 = TOps.Fma(TOps.Broadcast(wc[-7]), v, a7);
+            }
+        }
+
+        int s = g.PaddedW;
+        TOps.Store(o, a0);
+        TOps.Store(o + s, a1);
+        TOps.Store(o + 2 * s, a2);
+        TOps.Store(o + 3 * s, a3);
+        TOps.Store(o + 4 * s, a4);
+        TOps.Store(o + 5 * s, a5);
+        TOps.Store(o + 6 * s, a6);
+        TOps.Store(o + 7 * s, a7);
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Tile4x1<TOps, TV>(float* inS, float* wz, float* o, in ConvGeometry g, int y0, int x0, int rowLo, int rowHi, int kxLo, int kxHi)
         where TOps : struct, IVectorOps<TV>
         where TV : struct
     {
-        int k = g.K;
+        int wr = g.WeightRows;
         TV a0 = TOps.Zero, a1 = TOps.Zero, a2 = TOps.Zero, a3 = TOps.Zero;
         for (int r = rowLo; r <= rowHi; r++)
         {
-            float* row = inS + (long)r * g.InStride + x0;
-            float* w0 = wz + (r - y0 + RowBlock - 1) * k;
-            float* w1 = w0 - k;
-            float* w2 = w1 - k;
-            float* w3 = w2 - k;
-            for (int kx = kxLo; kx <= kxHi; kx++)
+            float* x = inS + (long)r * g.InStride + x0 + kxLo;
+            float* wc = wz + (long)kxLo * wr + (r - y0 + WeightPad);
+            for (int kx = kxLo; kx <= kxHi; kx++, x++, wc += wr)
             {
-                TV v = TOps.Load(row + kx);
-                a0 = TOps.Fma(TOps.Broadcast(w0[kx]), v, a0);
-                a1 = TOps.Fma(TOps.Broadcast(w1[kx]), v, a1);
-                a2 = TOps.Fma(TOps.Broadcast(w2[kx]), v, a2);
-                a3 = TOps.Fma(TOps.Broadcast(w3[kx]), v, a3);
+                TV v = TOps.Load(x);
+                a0 = TOps.Fma(TOps.Broadcast(wc[0]), v, a0);
+                a1 = TOps.Fma(TOps.Broadcast(wc[-1]), v, a1);
+                a2 = TOps.Fma(TOps.Broadcast(wc[-2]), v, a2);
+                a3 = TOps.Fma(TOps.Broadcast(wc[-3]), v, a3);
             }
         }
 
