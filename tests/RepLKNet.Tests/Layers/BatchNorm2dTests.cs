@@ -10,15 +10,30 @@ public sealed class BatchNorm2dTests
     public BatchNorm2dTests() => Torch.EnsureLoaded();
 
     [Fact]
-    public void The_row_layout_is_taken_exactly_on_maps_of_2_to_15_pixels()
+    public void The_row_layout_is_taken_exactly_on_maps_of_2_to_15_pixels_with_2_or_more_channels()
     {
         using var scope = NewDisposeScope();
-        Assert.True(BatchNorm2d.UsesRowsLayout(zeros(2, 3, 2, 1), 2));
-        Assert.True(BatchNorm2d.UsesRowsLayout(zeros(2, 3, 3, 5), 15));
-        Assert.False(BatchNorm2d.UsesRowsLayout(zeros(2, 3, 1, 1), 1));
-        Assert.False(BatchNorm2d.UsesRowsLayout(zeros(2, 3, 4, 4), 16));
-        Assert.False(BatchNorm2d.UsesRowsLayout(zeros(2, 3, 2, 2, dtype: float64), 4));
-        Assert.False(BatchNorm2d.UsesRowsLayout(zeros(2, 2, 3, 3).transpose(2, 3), 9));
+        Assert.True(BatchNorm2d.UsesRowsLayout(zeros(2, 3, 2, 1)));
+        Assert.True(BatchNorm2d.UsesRowsLayout(zeros(2, 3, 3, 5)));
+        Assert.False(BatchNorm2d.UsesRowsLayout(zeros(2, 3, 1, 1)));
+        Assert.False(BatchNorm2d.UsesRowsLayout(zeros(2, 3, 4, 4)));
+        Assert.False(BatchNorm2d.UsesRowsLayout(zeros(2, 1, 2, 2)));
+        Assert.False(BatchNorm2d.UsesRowsLayout(zeros(2, 3, 2, 2, dtype: float64)));
+        Assert.False(BatchNorm2d.UsesRowsLayout(zeros(2, 2, 3, 3).transpose(2, 3)));
+    }
+
+    [Fact]
+    public void The_output_has_the_strides_of_libtorchs_nchw_call_also_with_one_channel()
+    {
+        using var scope = NewDisposeScope();
+        foreach (var shape in new long[][] { [4, 1, 2, 3], [4, 3, 2, 3], [1, 5, 3, 3] })
+        {
+            using var layer = new BatchNorm2d(shape[1]);
+            layer.train();
+            var x = randn(shape);
+            var expected = nn.functional.batch_norm(x, zeros(shape[1]), ones(shape[1]), ones(shape[1]), zeros(shape[1]), true, 0.1, 1e-5);
+            Assert.Equal(expected.stride(), layer.forward(x).stride());
+        }
     }
 
     [Theory]

@@ -177,8 +177,10 @@ public sealed class DepthwiseConvTests
         var isa = Enum.Parse<CpuIsa>(isaName);
         int vl = isa switch { CpuIsa.Vector512 => 16, CpuIsa.Vector256 => 8, _ => 1 };
         int[] widths = [.. new[] { 1, vl - 1, vl, vl + 1, 2 * vl, 2 * vl + 3 }.Where(v => v >= 1).Distinct()];
-        int[] heights = [1, 5, 8, 9, 14];
+        int[] heights = [1, 5, 8, 9, 12, 13, 14];
         int[] kernels = [3, 5, 7, 13, 27];
+        int seed = Environment.TickCount;
+        manual_seed(seed);
         using var scopedIsa = DepthwiseConv2d.UseIsa(isa);
         foreach (int w in widths)
         {
@@ -187,7 +189,7 @@ public sealed class DepthwiseConvTests
                 foreach (int k in kernels)
                 {
                     using var scope = NewDisposeScope();
-                    string what = $"{isa} N=2 C=3 H={h} W={w} K={k}";
+                    string what = $"{isa} N=2 C=3 H={h} W={w} K={k} (seed {seed})";
                     var x = randn(2, 3, h, w);
                     var weight = randn(3, 1, k, k);
                     var bias = randn(3);

@@ -11,7 +11,9 @@ namespace RepLKNet.Ops.Cpu;
 /// <list type="bullet">
 /// <item>Each (n, c) plane is copied once into a zero-padded per-thread scratch, so the inner loops have no bounds
 /// checks; the zero border is written once per call, only the data region per plane.</item>
-/// <item>Forward: register tiles of 4 output rows × 2 vectors, or 8 rows × 1 vector on maps one vector wide. Each input
+/// <item>Forward: register tiles of 4 output rows × 2 vectors, or on maps one vector wide 8 rows × 1 vector (4 × 1 for
+/// K ≤ <see cref="DirectMaxKernel"/> and a last block of ≤ 4 rows); for K ≤ <see cref="DirectMaxKernel"/> on wider maps
+/// the 4 × 2 tile loops over the kernel taps directly instead of the row band. Each input
 /// row of the band is loaded once per kernel column and feeds the output rows it touches (weights stored column by
 /// column, padded with zero rows so edge rows need no branch and a tile's weights for one column are adjacent).
 /// Input rows and kernel columns that only see zero padding are skipped.</item>
@@ -27,7 +29,10 @@ public static unsafe class DepthwiseConvCpu
     /// <summary>Output rows per register tile two vectors wide (4 × 2 = 8 accumulators).</summary>
     private const int RowBlock = 4;
 
-    /// <summary>Output rows per band tile one vector wide (8 × 1 = 8 accumulators; maps up to one vector wide).</summary>
+    /// <summary>
+    /// Output rows per band tile one vector wide (8 × 1 = 8 accumulators), on maps up to one vector wide with
+    /// K &gt; <see cref="DirectMaxKernel"/>; such a map's last block of at most 4 rows takes the 4 × 1 tile.
+    /// </summary>
     private const int NarrowRowBlock = 8;
 
     /// <summary>Zero kernel rows stored above and below each kernel: enough for the tallest row block.</summary>
@@ -103,7 +108,7 @@ public static unsafe class DepthwiseConvCpu
             TileWidth = VectorsPerTile * vectorLength;
             Rows = VectorsPerTile == 1 && k > DirectMaxKernel ? NarrowRowBlock : RowBlock;
             PaddedW = RoundUp(w, TileWidth);
-            PaddedH = RoundUp(h, Rows);
+            PaddedH = RoundUp(h, RowBlock);
             InStride = PaddedW + k - 1;
             InRows = PaddedH + k - 1;
             WeightRows = k + 2 * WeightPad;
@@ -209,9 +214,10 @@ public static unsafe class DepthwiseConvCpu
         where TV : struct
     {
         int k = g.K, p = g.Pad, tile = g.TileWidth;
-        int rows = g.Rows;
-        for (int y0 = 0; y0 < g.PaddedH; y0 += rows)
+        for (int y0 = 0; y0 < g.PaddedH;)
         {
+            // The 8-row tile's last block takes 4 rows when at most 4 are left (PaddedH is a multiple of 4, not 8).
+            int rows = g.Rows == NarrowRowBlock && g.H - y0 <= RowBlock ? RowBlock : g.Rows;
             // Only input rows holding data contribute: the rest is zero padding.
             int rowLo = Math.Max(y0, p);
             int rowHi = Math.Min(y0 + rows - 1 + k - 1, p + g.H - 1);
@@ -241,6 +247,8 @@ public static unsafe class DepthwiseConvCpu
                     Tile4x1<TOps, TV>(inS, wz, o, g, y0, x0, rowLo, rowHi, kxLo, kxHi);
                 }
             }
+
+            y0 += rows;
         }
     }
 
@@ -329,9 +337,11 @@ public static unsafe class DepthwiseConvCpu
     }
 
     /// <summary>
-    /// 8 output rows × 1 vector, for maps one vector wide (W ≤ 16 with AVX-512, ≤ 8 with AVX2; RepLKNet-31B's 14×14 and
-    /// 7×7 stages): 8 independent FMA chains where <c>Tile4x1</c> has 4, which cannot cover the FMA latency on two pipes
-    /// (R 14 K 27: 12.3–12.5 → 9.2–9.5 ms per 4 layers; docs/perf-notes.md). Costs K+7 band rows for K instead of K+3.
+    /// 8 output rows × 1 vector, for maps one vector wide (W ≤ 16 with AVX-512, ≤ 8 with AVX2, 1 on the scalar path;
+    /// RepLKNet-31B's 14×14 and 7×7 stages) with K &gt; <see cref="DirectMaxKernel"/>: 8 independent FMA chains where
+    /// <c>Tile4x1</c> has 4, which cannot cover the FMA latency on two pipes (R 14 K 27: 12.3–12.5 → 9.2–9.5 ms per 4
+    /// layers; docs/perf-notes.md). The band is K+7 rows for 8 output rows instead of K+3 for 4: (K+7)/(K+3) as many FMAs
+    /// per output row, half the input loads.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Tile8x1<TOps, TV>(float* inS, float* wz, float* o, in ConvGeometry g, int y0, int x0, int rowLo, int rowHi, int kxLo, int kxHi)

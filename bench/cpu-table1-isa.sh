@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The paper's Table 1 on the CPU, every pass (forward, input gradient, weight gradient), ours (with its dispatch: libtorch
+# where the measured rules say it is faster) against libtorch, once per instruction set: AVX-512 where the CPU has it, and
+# AVX2 on the same machine by capping all three code generators (our kernels, ATen's, oneDNN's) at AVX2.
+# Writes docs/benchmarks/table1-cpu-<isa>.{json,txt}; then prints the speed-up tables (bench/render_table1_isa.py).
+# About 15–25 minutes per instruction set on the 2-core project machine (libtorch's large-kernel cells dominate).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=docs/benchmarks
+mkdir -p "$out"
+./replknet info > /dev/null   # builds the CLI once, outside the timed runs
+
+sweep() {
+  local name=$1
+  shift
+  env "$@" ./replknet bench dwconv --device cpu --sizes 16,32,64 --layers 2 --reps 3 --pass fwd,dgrad,wgrad \
+    --json "$out/table1-cpu-$name.json" | tee "$out/table1-cpu-$name.txt"
+}
+
+if grep -q avx512f /proc/cpuinfo; then
+  sweep avx512
+else
+  echo "no AVX-512 on this CPU: skipping that sweep" >&2
+fi
+sweep avx2 REPLKNET_CPU_ISA=vector256 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+python3 bench/render_table1_isa.py "$out"
