@@ -112,9 +112,11 @@ public static class DepthwiseConv2d
             return false;
         }
 
-        long c = input.shape[1], k = weight.shape[2];
-        return weight.shape[0] == c && weight.shape[1] == 1 && weight.shape[3] == k && k % 2 == 1 && k is >= MinKernel and <= MaxKernel &&
-               input.shape[0] > 0 && input.shape[2] > 0 && input.shape[3] > 0 && c > 0 && input.numel() < int.MaxValue &&
+        // Each .shape is a native call and an array: read once (this runs on every call, tiny maps included).
+        long[] xs = input.shape, ws = weight.shape;
+        long c = xs[1], k = ws[2];
+        return ws[0] == c && ws[1] == 1 && ws[3] == k && k % 2 == 1 && k is >= MinKernel and <= MaxKernel &&
+               xs[0] > 0 && xs[2] > 0 && xs[3] > 0 && c > 0 && xs[0] * c * xs[2] * xs[3] < int.MaxValue &&
                (bias is null || bias.dtype == ScalarType.Float32 && bias.device_type == device && bias.device_index == input.device_index && bias.numel() == c);
     }
 
@@ -161,8 +163,8 @@ public static class DepthwiseConv2d
     /// <summary>libtorch's depthwise "same" convolution.</summary>
     internal static Tensor Libtorch(Tensor x, Tensor w, Tensor? b)
     {
-        long k = w.shape[2];
-        return nn.functional.conv2d(x, w, b, padding: [k / 2, k / 2], groups: w.shape[0]);
+        long[] ws = w.shape;
+        return nn.functional.conv2d(x, w, b, padding: [ws[2] / 2, ws[2] / 2], groups: ws[0]);
     }
 
     /// <summary>Worker threads our CPU kernels run on: <see cref="Threads"/>, or libtorch's <c>get_num_threads()</c> when 0.</summary>

@@ -87,7 +87,8 @@ public static class CpuDepthwise
     {
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(w);
-        return ForwardOnLibtorch(RuleIsa, x.shape[2], x.shape[3], w.shape[2]) ? DepthwiseConv2d.Libtorch(x, w, b) : ForwardRaw(x, w, b);
+        long[] xs = x.shape;
+        return ForwardOnLibtorch(RuleIsa, xs[2], xs[3], w.size(2)) ? DepthwiseConv2d.Libtorch(x, w, b) : ForwardRaw(x, w, b);
     }
 
     /// <summary>
@@ -102,7 +103,8 @@ public static class CpuDepthwise
         ArgumentNullException.ThrowIfNull(gradOutput);
         ArgumentNullException.ThrowIfNull(w);
         var isa = RuleIsa;
-        long h = gradOutput.shape[2], wd = gradOutput.shape[3], k = w.shape[2];
+        long[] gs = gradOutput.shape;
+        long h = gs[2], wd = gs[3], k = w.size(2);
         return !InputGradOnLibtorch(isa, h, wd, k) ? InputGradRaw(gradOutput, w) : LibtorchInputGrad(gradOutput, w, LibtorchForwardIsDirect(isa, h, wd, k));
     }
 
@@ -115,14 +117,14 @@ public static class CpuDepthwise
     /// </summary>
     internal static Tensor LibtorchInputGrad(Tensor gradOutput, Tensor w, bool viaForward)
     {
-        long k = w.shape[2];
         if (viaForward)
         {
             using var flipped = w.flip(2, 3);
             return DepthwiseConv2d.Libtorch(gradOutput, flipped, null);
         }
 
-        return nn.functional.conv_transpose2d(gradOutput, w, padding: [k / 2, k / 2], groups: w.shape[0]);
+        long[] ws = w.shape;
+        return nn.functional.conv_transpose2d(gradOutput, w, padding: [ws[2] / 2, ws[2] / 2], groups: ws[0]);
     }
 
     /// <summary>
@@ -186,7 +188,7 @@ public static class CpuDepthwise
     private sealed class Adapter : IDepthwiseKernels
     {
         public bool Takes(Tensor input, Tensor weight, Tensor? bias, bool tracked) =>
-            Fits(input, weight, bias) && !(tracked && TrainingOnLibtorch(RuleIsa, input.shape[2], input.shape[3], weight.shape[2]));
+            Fits(input, weight, bias) && !(tracked && TrainingOnLibtorch(RuleIsa, input.size(2), input.size(3), weight.size(2)));
 
         public Tensor Forward(Tensor input, Tensor weight, Tensor? bias) => CpuDepthwise.Forward(input, weight, bias);
 
