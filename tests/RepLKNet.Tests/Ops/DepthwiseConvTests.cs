@@ -66,6 +66,45 @@ public sealed class DepthwiseConvTests
         }
     }
 
+    [Theory]
+    [MemberData(nameof(VectorIsas))]
+    public void With_a_frozen_weight_small_kernels_on_avx512_maps_up_to_20_go_to_libtorch_whole_and_match_it(string isaName)
+    {
+        var isa = Enum.Parse<CpuIsa>(isaName);
+        using var scopedIsa = DepthwiseConv2d.UseIsa(isa);
+        bool wide = isa == CpuIsa.Vector512;
+        Assert.Equal(wide, CpuDepthwise.InputGradientOnlyOnLibtorch(isa, 16, 16, 3));
+        Assert.Equal(wide, CpuDepthwise.InputGradientOnlyOnLibtorch(isa, 20, 17, 9));
+        Assert.False(CpuDepthwise.InputGradientOnlyOnLibtorch(isa, 16, 16, 13));
+        Assert.False(CpuDepthwise.InputGradientOnlyOnLibtorch(isa, 21, 21, 5));
+        Assert.False(CpuDepthwise.InputGradientOnlyOnLibtorch(isa, 32, 32, 3));
+
+        var generator = new Generator((ulong)Environment.TickCount);
+        foreach (var (h, k) in new[] { (16, 5), (16, 13), (20, 9), (24, 5) })
+        {
+            using var scope = NewDisposeScope();
+            string what = $"{isa} {h}×{h} K={k}";
+            var x = randn([2, 3, h, h], generator: generator).requires_grad_(true);
+            var frozen = randn([3, 1, k, k], generator: generator);
+            var trained = frozen.clone().requires_grad_(true);
+            var bias = randn([3], generator: generator);
+            bool libtorchWhole = CpuDepthwise.InputGradientOnlyOnLibtorch(isa, h, h, k);
+            Assert.Equal(libtorchWhole, DepthwiseConv2d.Select(x, frozen, bias, tracked: true) is null);
+            Assert.NotNull(DepthwiseConv2d.Select(x, trained, bias, tracked: true));
+
+            // Input gradient only: whichever route, the values are libtorch's in float64 to float rounding.
+            var y = DepthwiseConv2d.Forward(x, frozen, bias);
+            var upstream = randn([2, 3, h, h], generator: generator);
+            var dx = torch.autograd.grad([y], [x], [upstream])[0];
+            DepthwiseConv2d.ReleaseBackwardOutputs();
+            var x64 = x.detach().to(float64).requires_grad_(true);
+            var y64 = nn.functional.conv2d(x64, frozen.to(float64), bias.to(float64), padding: [k / 2, k / 2], groups: 3);
+            var dx64 = torch.autograd.grad([y64], [x64], [upstream.to(float64)])[0];
+            AssertClose(y64, y, what + " forward");
+            AssertClose(dx64, dx, what + " input-grad");
+        }
+    }
+
     private static void CheckRoute(CpuIsa isa, int h, int w, int k, Generator generator)
     {
         using var scope = NewDisposeScope();
@@ -303,7 +342,8 @@ public sealed class DepthwiseConvTests
         var x = randn(2, 4, 9, 9);
         var w = randn(4, 1, 5, 5);
         Assert.Same(CpuDepthwise.Kernels, DepthwiseConv2d.Select(x, w, null, tracked: false));
-        Assert.Same(CpuDepthwise.Kernels, DepthwiseConv2d.Select(x, w, randn(4), tracked: true));
+        // Tracked with a trained weight (a frozen one on this small map may go to libtorch whole: the frozen-weight test).
+        Assert.Same(CpuDepthwise.Kernels, DepthwiseConv2d.Select(x, w.clone().requires_grad_(true), randn(4), tracked: true));
         Assert.Null(DepthwiseConv2d.Select(x.to(float64), w.to(float64), null, tracked: false));
         Assert.Null(DepthwiseConv2d.Select(x, randn(4, 1, 4, 4), null, tracked: false));
         using (DepthwiseConv2d.Use(DepthwiseBackend.Torch))

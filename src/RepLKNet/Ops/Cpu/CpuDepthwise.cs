@@ -65,6 +65,20 @@ public static class CpuDepthwise
     internal static bool InputGradOnLibtorch(CpuIsa isa, long h, long w, long k) => TinyMap(isa, h, w) && k <= 13;
 
     /// <summary>
+    /// Tracked calls whose weight and bias need no gradient (frozen layers, ERF maps: only the input gradient) that go to
+    /// libtorch whole: with AVX-512, K ≤ 9 where its forward runs (<see cref="ForwardOnLibtorch"/>, maps up to 20×20).
+    /// There libtorch's autograd runs oneDNN's direct input-gradient kernel with no managed callback, which neither our
+    /// kernel behind the autograd function nor libtorch's input gradient called from TorchSharp (a forward with the
+    /// flipped kernel, or <c>conv_transpose2d</c>) matches. Measured (Table 1's R 16, batch 8, C 384, 4 layers, three
+    /// runs, ms, input gradient only, ours vs libtorch): K 3 1.0 vs 0.9–1.2, K 5 1.5–2.0 vs 1.2–1.6, K 7 2.0–2.7 vs 1.8–2.0,
+    /// K 9 2.6–2.7 vs 2.6–2.8 (the flipped forward 5.1–6.2, <c>conv_transpose2d</c> 3.4–6.1), K 13 4.5 vs 7.8–17.5 (ours);
+    /// AVX2 ours at every K (K 3 1.0–1.5 vs 1.4–1.7, K 9 3.4–3.6 vs 4.5–5.1). With the weight trained too, our weight
+    /// gradient (7–17× libtorch's at K 5–9) decides, and the call stays ours.
+    /// </summary>
+    internal static bool InputGradientOnlyOnLibtorch(CpuIsa isa, long h, long w, long k) =>
+        isa == CpuIsa.Vector512 && k <= 9 && ForwardOnLibtorch(isa, h, w, k);
+
+    /// <summary>
     /// Tracked calls (training) that go to libtorch whole, forward and both gradients: K = 3 on tiny maps
     /// (<see cref="TinyMap"/>) of at least 3×3. Its K = 3 weight gradient is oneDNN's direct kernel there (from K 5 on, and
     /// on maps narrower than the kernel, a GEMM path 5–30× slower than ours) and TorchSharp has no entry to libtorch's
@@ -187,8 +201,23 @@ public static class CpuDepthwise
 
     private sealed class Adapter : IDepthwiseKernels
     {
-        public bool Takes(Tensor input, Tensor weight, Tensor? bias, bool tracked) =>
-            Fits(input, weight, bias) && !(tracked && TrainingOnLibtorch(RuleIsa, input.size(2), input.size(3), weight.size(2)));
+        public bool Takes(Tensor input, Tensor weight, Tensor? bias, bool tracked)
+        {
+            if (!Fits(input, weight, bias))
+            {
+                return false;
+            }
+
+            if (!tracked)
+            {
+                return true;
+            }
+
+            var isa = RuleIsa;
+            long h = input.size(2), w = input.size(3), k = weight.size(2);
+            bool inputGradientOnly = !weight.requires_grad && bias?.requires_grad != true;
+            return !(TrainingOnLibtorch(isa, h, w, k) || inputGradientOnly && InputGradientOnlyOnLibtorch(isa, h, w, k));
+        }
 
         public Tensor Forward(Tensor input, Tensor weight, Tensor? bias) => CpuDepthwise.Forward(input, weight, bias);
 
