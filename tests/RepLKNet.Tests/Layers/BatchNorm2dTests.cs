@@ -80,7 +80,12 @@ public sealed class BatchNorm2dTests
 
             Assert.True(y.is_contiguous(), what);
             AssertClose(y64, y, $"{what} step {step} output");
-            AssertClose(x64.grad!, x.grad!, $"{what} step {step} input grad");
+            // The input gradient's natural scale is |upstream|·γ/σ per channel (σ the batch's): with few values per
+            // channel σ can be small and the float32 rounding of both libtorch paths grows with 1/σ (N·H·W = 2 makes the
+            // exact gradient 0, all rounding).
+            var sigma = (x64.detach().var([0, 2, 3], unbiased: false) + 1e-5).sqrt();
+            double natural = (gamma.abs() / sigma).max().item<double>() * upstream.abs().max().item<float>();
+            AssertClose(x64.grad!, x.grad!, $"{what} step {step} input grad", natural);
             AssertClose(refGamma.grad!, layer.weight!.grad!, $"{what} step {step} weight grad");
             AssertClose(refBeta.grad!, layer.bias!.grad!, $"{what} step {step} bias grad");
             AssertClose(refMean, layer.running_mean!, $"{what} step {step} running_mean");
@@ -93,11 +98,10 @@ public sealed class BatchNorm2dTests
         AssertClose(nn.functional.batch_norm(xe.to(float64), refMean, refVar, gamma, beta, false, 0.3, 1e-5), layer.forward(xe), what + " eval");
     }
 
-    private static void AssertClose(Tensor expected, Tensor actual, string what)
+    private static void AssertClose(Tensor expected, Tensor actual, string what, double naturalScale = 1.0)
     {
         var e = expected.detach().to(float64);
-        // At least 1: with N·H·W of 2 the normalized values cancel, and a gradient's natural scale is the upstream's (~1).
-        double scale = Math.Max(e.abs().max().item<double>(), 1.0);
+        double scale = Math.Max(e.abs().max().item<double>(), naturalScale);
         double diff = (e - actual.detach().to(float64)).abs().max().item<double>();
         Assert.True(diff <= 2e-5 * scale, $"{what}: max abs diff {diff:E3}, scale {scale:E3}");
     }
