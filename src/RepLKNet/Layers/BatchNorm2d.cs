@@ -55,7 +55,8 @@ public sealed class BatchNorm2d : TorchSharp.Modules.BatchNorm, ISyncBatchNorm
             // The same statistics over the same N·H·W values per channel, as (N·H·W, C) rows: libtorch's NCHW kernels
             // walk each channel's maps H·W floats at a time, which on maps of 2…15 pixels costs 2–6× the whole copy
             // and the row-layout call (docs/perf-notes.md, "BatchNorm on tiny maps").
-            long n = input.shape[0], c = input.shape[1], h = input.shape[2], w = input.shape[3];
+            long[] shape = input.shape;
+            long n = shape[0], c = shape[1], h = shape[2], w = shape[3];
             using var nhwcIn = input.permute(0, 2, 3, 1);
             using var rows = nhwcIn.reshape(-1, c);
             using var normalized = nn.functional.batch_norm(rows, runningMean, runningVar, weight, bias, true, factor, eps);
@@ -84,8 +85,9 @@ public sealed class BatchNorm2d : TorchSharp.Modules.BatchNorm, ISyncBatchNorm
             return false;
         }
 
-        long c = input.shape[1], pixels = input.shape[2] * input.shape[3];
-        return c >= 2 && pixels is >= 2 and <= 15;
+        long[] shape = input.shape;
+        long pixels = shape[2] * shape[3];
+        return shape[1] >= 2 && pixels is >= 2 and <= 15;
     }
 
     /// <inheritdoc />

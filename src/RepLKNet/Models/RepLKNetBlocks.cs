@@ -84,8 +84,8 @@ public sealed class ConvFFN : Module<Tensor, Tensor>
     /// <remarks>
     /// Without autograd (<c>no_grad</c>, inference mode) the activation and the residual sum run in place on this
     /// block's own intermediates (bit-identical; the input is never written): the activation child is then not called,
-    /// so a forward hook on it does not fire, and a hook that kept the output of <c>large_kernel</c>/<c>pw1</c> or
-    /// <c>pw2</c> sees it changed.
+    /// so a forward hook on it does not fire, and a hook that kept the output of <c>pw1</c> or <c>pw2</c> sees it
+    /// changed.
     /// </remarks>
     public override Tensor forward(Tensor input)
     {

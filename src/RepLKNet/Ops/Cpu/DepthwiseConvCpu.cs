@@ -234,7 +234,7 @@ public static unsafe class DepthwiseConvCpu
                     int kyHi = Math.Min(k - 1, p + g.H - 1 - y0);
                     Tile4x2Direct<TOps, TV>(inS, wz, o, g, y0, x0, kyLo, kyHi, kxLo, kxHi);
                 }
-                else if (rows == 8)
+                else if (rows == NarrowRowBlock)
                 {
                     Tile8x1<TOps, TV>(inS, wz, o, g, y0, x0, rowLo, rowHi, kxLo, kxHi);
                 }
