@@ -10,6 +10,8 @@ import sys
 
 root = sys.argv[1] if len(sys.argv) > 1 else "docs/benchmarks"
 names = {"fwd": "forward", "dgrad": "input gradient", "wgrad": "weight gradient"}
+if not any(os.path.exists(f"{root}/table1-cpu-{isa}.json") for isa in ("avx512", "avx2")):
+    sys.exit(f"render_table1_isa.py: no table1-cpu-avx512.json or table1-cpu-avx2.json in {root}")
 for isa in ("avx512", "avx2"):
     path = f"{root}/table1-cpu-{isa}.json"
     if not os.path.exists(path):

@@ -10,10 +10,17 @@ import re
 import sys
 
 line_re = re.compile(r"^\s+(ours|torch)\s+(fwd|dgrad|wgrad)\s+R=(\d+)\s+K=(\d+)\s+([\d.]+) ms")
+if len(sys.argv) < 2:
+    print("usage: python3 bench/render_table1_runs.py run1.txt [run2.txt ...]", file=sys.stderr)
+    sys.exit(2)
 cells = collections.defaultdict(lambda: collections.defaultdict(dict))  # (isa, pass) -> (R, K, run) -> impl -> ms
 for run, path in enumerate(sys.argv[1:]):
     isa = None
-    for line in open(path):
+    try:
+        lines = open(path).readlines()
+    except OSError as e:
+        sys.exit(f"render_table1_runs.py: {path}: {e.strerror}")
+    for line in lines:
         if "Measured FMA peak" in line:
             isa = "AVX-512" if "Vector512" in line else "AVX2" if "Vector256" in line else "scalar"
         m = line_re.match(line)
@@ -30,7 +37,7 @@ for isa in ("AVX-512", "AVX2"):
             continue
         rs = sorted({r for r, _, _ in c})
         ks = sorted({k for _, k, _ in c})
-        print(f"**{isa}, {names[p]}**: libtorch ms / our ms, lowest–highest over {runs} runs\n")
+        print(f"**{isa}, {names[p]}**: libtorch ms / our ms, lowest–highest over the runs that measured the cell ({runs} given)\n")
         print("| R | " + " | ".join(f"K={k}" for k in ks) + " |")
         print("|---|" + "---|" * len(ks))
         any_below, all_below = [], []
@@ -38,6 +45,9 @@ for isa in ("AVX-512", "AVX2"):
             row = []
             for k in ks:
                 q = [c[(r, k, i)]["torch"] / c[(r, k, i)]["ours"] for i in range(runs) if len(c.get((r, k, i), {})) == 2]
+                if not q:  # a cut-off log: neither run has both sides of this cell
+                    row.append("–")
+                    continue
                 lo, hi = min(q), max(q)
                 row.append(f"{lo:.2f}–{hi:.2f}" if hi - lo >= 0.005 else f"{lo:.2f}")
                 if lo < 1:
