@@ -25,8 +25,10 @@ namespace RepLKNet.Benchmarks;
 /// <param name="OrtPeakMemory">Peak resident memory during ONNX Runtime's timed runs; null where the system reports none.</param>
 /// <param name="TorchSharpPeakMemory">Peak resident memory during the timed runs with our depthwise convolution; null likewise.</param>
 /// <param name="LibTorchDepthwisePeakMemory">Peak resident memory during the timed runs with libtorch's depthwise convolution; null likewise.</param>
+/// <param name="Frozen">The frozen model's settings and figures (<see cref="FrozenRepLKNet"/>, our depthwise convolution); null where not measured.</param>
 public sealed record OnnxBenchResult(OnnxModelInfo Model, int Batch, int Threads, string OrtVersion, double OrtMs, double TorchSharpMs, double LibTorchDepthwiseMs,
-    PeakResidentMemory? OrtPeakMemory = null, PeakResidentMemory? TorchSharpPeakMemory = null, PeakResidentMemory? LibTorchDepthwisePeakMemory = null)
+    PeakResidentMemory? OrtPeakMemory = null, PeakResidentMemory? TorchSharpPeakMemory = null, PeakResidentMemory? LibTorchDepthwisePeakMemory = null,
+    FrozenBenchFigures? Frozen = null)
 {
     /// <summary>ONNX Runtime's images per second.</summary>
     public double OrtImagesPerSecond => Batch / (OrtMs / 1e3);
@@ -37,6 +39,14 @@ public sealed record OnnxBenchResult(OnnxModelInfo Model, int Batch, int Threads
     /// <summary>TorchSharp's images per second with libtorch's depthwise convolution.</summary>
     public double LibTorchDepthwiseImagesPerSecond => Batch / (LibTorchDepthwiseMs / 1e3);
 }
+
+/// <summary>What <see cref="OnnxBenchmark.Run"/> measured for the frozen model (<see cref="FrozenRepLKNet.Freeze"/> of the same deploy model).</summary>
+/// <param name="ChannelsLast">Whether its activations ran as channels_last.</param>
+/// <param name="BatchParallel">Whether the batch was cut into one slice per thread.</param>
+/// <param name="Ms">Median milliseconds per batch.</param>
+/// <param name="PeakMemory">Peak resident memory during its timed runs; null where the system reports none.</param>
+/// <param name="MaxLogitDifference">Largest |Δ| between its outputs and the TorchSharp deploy model's on the benchmark's batch (same weights).</param>
+public sealed record FrozenBenchFigures(bool ChannelsLast, bool BatchParallel, double Ms, PeakResidentMemory? PeakMemory, double MaxLogitDifference);
 
 /// <summary>
 /// Images/s of an ONNX export (<see cref="OnnxExport"/>) on ONNX Runtime against the TorchSharp deploy model of the same
@@ -154,6 +164,32 @@ public sealed class OnnxBenchmark : IDisposable
             return sw.Elapsed.TotalMilliseconds;
         }
 
+        // The frozen model of the same (random) weights, and how far its outputs are from the deploy model's on this batch.
+        using var frozen = FrozenRepLKNet.Freeze(model, inputSize: Model.InputHeight);
+        double frozenDiff;
+        using (no_grad())
+        {
+            using var reference = features ? model.forward_intermediates(x)[^1] : model.call(x);
+            using var frozenOut = features ? frozen.forward_intermediates(x)[^1] : frozen.call(x);
+            frozenDiff = (reference - frozenOut).abs().max().item<float>();
+        }
+
+        double FrozenOnce()
+        {
+            using var scope = NewDisposeScope();
+            var sw = Stopwatch.StartNew();
+            if (features)
+            {
+                _ = frozen.forward_intermediates(x);
+            }
+            else
+            {
+                _ = frozen.call(x);
+            }
+
+            return sw.Elapsed.TotalMilliseconds;
+        }
+
         var ort = Median(OrtOnce, reps);
         (double Ms, PeakResidentMemory? Peak) ours, theirs;
         using (DepthwiseConv2d.Use(DepthwiseBackend.Ours))
@@ -166,7 +202,14 @@ public sealed class OnnxBenchmark : IDisposable
             theirs = Median(TorchOnce, reps);
         }
 
-        return new OnnxBenchResult(Model, Batch, Threads, OrtEnv.Instance().GetVersionString(), ort.Ms, ours.Ms, theirs.Ms, ort.Peak, ours.Peak, theirs.Peak);
+        (double Ms, PeakResidentMemory? Peak) frozenTime;
+        using (DepthwiseConv2d.Use(DepthwiseBackend.Ours))
+        {
+            frozenTime = Median(FrozenOnce, reps);
+        }
+
+        var frozenFigures = new FrozenBenchFigures(frozen.ChannelsLast, frozen.BatchParallel, frozenTime.Ms, frozenTime.Peak, frozenDiff);
+        return new OnnxBenchResult(Model, Batch, Threads, OrtEnv.Instance().GetVersionString(), ort.Ms, ours.Ms, theirs.Ms, ort.Peak, ours.Peak, theirs.Peak, frozenFigures);
     }
 
     /// <inheritdoc />

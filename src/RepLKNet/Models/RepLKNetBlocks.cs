@@ -37,6 +37,12 @@ public sealed class RepLKBlock : Module<Tensor, Tensor>
     /// <summary>The large-kernel module.</summary>
     public ReparamLargeKernelConv LargeKernel => large_kernel;
 
+    internal BatchNorm2d PreBn => prelkb_bn;
+
+    internal ConvBn Pw1 => pw1;
+
+    internal ConvBn Pw2 => pw2;
+
     /// <inheritdoc />
     /// <remarks>
     /// Without autograd (<c>no_grad</c>, inference mode) the activation and the residual sum run in place on this
@@ -79,6 +85,12 @@ public sealed class ConvFFN : Module<Tensor, Tensor>
         nonlinear = GELU();
         RegisterComponents();
     }
+
+    internal BatchNorm2d PreBn => preffn_bn;
+
+    internal ConvBn Pw1 => pw1;
+
+    internal ConvBn Pw2 => pw2;
 
     /// <inheritdoc />
     /// <remarks>

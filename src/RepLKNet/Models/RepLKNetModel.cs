@@ -102,6 +102,13 @@ public sealed class RepLKNetModel : Module<Tensor, Tensor>, IImageModel
     /// <summary>The stages, in order.</summary>
     public IReadOnlyList<RepLKNetStage> Stages => [.. stages];
 
+    internal IReadOnlyList<ConvBn> StemLayers => [.. stem];
+
+    internal IReadOnlyList<(ConvBn Pointwise, ConvBn Depthwise)> TransitionLayers =>
+        [.. transitions.Select(t => ((ConvBn)t.children().First(), (ConvBn)t.children().Last()))];
+
+    internal (BatchNorm2d Norm, Linear Head)? Classifier => norm is not null && head is not null ? (norm, head) : null;
+
     /// <summary>
     /// Stem (stride 4), then every stage with its transition (stride 2 each): the last stage's feature map, before <c>norm</c>
     /// (the official <c>forward_features</c> of a classifier).

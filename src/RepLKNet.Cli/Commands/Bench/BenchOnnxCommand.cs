@@ -52,6 +52,12 @@ public sealed class BenchOnnxCommand(IAnsiConsole console) : Command<BenchOnnxCo
         table.AddRow($"ONNX Runtime {Markup.Escape(r.OrtVersion)}", F(r.OrtMs, "F1"), F(r.OrtImagesPerSecond, "F2"), Peak(r.OrtPeakMemory));
         table.AddRow("TorchSharp deploy, our depthwise conv", F(r.TorchSharpMs, "F1"), F(r.TorchSharpImagesPerSecond, "F2"), Peak(r.TorchSharpPeakMemory));
         table.AddRow("TorchSharp deploy, libtorch's depthwise conv", F(r.LibTorchDepthwiseMs, "F1"), F(r.LibTorchDepthwiseImagesPerSecond, "F2"), Peak(r.LibTorchDepthwisePeakMemory));
+        if (r.Frozen is { } frozen)
+        {
+            table.AddRow($"TorchSharp frozen ({(frozen.ChannelsLast ? "channels_last" : "NCHW")}{(frozen.BatchParallel ? ", batch-parallel" : "")}), our depthwise conv",
+                F(frozen.Ms, "F1"), F(r.Batch / (frozen.Ms / 1e3), "F2"), Peak(frozen.PeakMemory));
+        }
+
         console.Write(table);
         if ((r.OrtPeakMemory ?? r.TorchSharpPeakMemory) is { } memory)
         {
@@ -60,6 +66,11 @@ public sealed class BenchOnnxCommand(IAnsiConsole console) : Command<BenchOnnxCo
 
         console.MarkupLine(CultureInfo.InvariantCulture, "[bold]ONNX Runtime / TorchSharp: {0:F2}× (ours), {1:F2}× (libtorch's)[/] (images/s)",
             r.OrtImagesPerSecond / r.TorchSharpImagesPerSecond, r.OrtImagesPerSecond / r.LibTorchDepthwiseImagesPerSecond);
+        if (r.Frozen is { } f)
+        {
+            console.MarkupLine(CultureInfo.InvariantCulture, "[bold]TorchSharp frozen / ONNX Runtime: {0:F2}×[/] (images/s); frozen vs deploy model outputs: max |Δ| {1:E1}",
+                r.OrtMs / f.Ms, f.MaxLogitDifference);
+        }
         settings.WriteJson(new JsonObject
         {
             ["onnx"] = settings.Onnx, ["arch"] = info.Arch, ["form"] = info.Form, ["batch"] = settings.Batch, ["input_size"] = info.InputSize, ["input_height"] = info.InputHeight, ["input_width"] = info.InputWidth,
@@ -69,6 +80,9 @@ public sealed class BenchOnnxCommand(IAnsiConsole console) : Command<BenchOnnxCo
             ["torchsharp_libtorch_dw_ms"] = Math.Round(r.LibTorchDepthwiseMs, 2), ["torchsharp_libtorch_dw_images_per_s"] = Math.Round(r.LibTorchDepthwiseImagesPerSecond, 3),
             ["ort_peak_rss_bytes"] = r.OrtPeakMemory?.Bytes, ["torchsharp_peak_rss_bytes"] = r.TorchSharpPeakMemory?.Bytes,
             ["torchsharp_libtorch_dw_peak_rss_bytes"] = r.LibTorchDepthwisePeakMemory?.Bytes, ["peak_rss_since_reset"] = (r.OrtPeakMemory ?? r.TorchSharpPeakMemory)?.SinceReset,
+            ["frozen_ms"] = r.Frozen is { } fj ? Math.Round(fj.Ms, 2) : null, ["frozen_images_per_s"] = r.Frozen is { } fi ? Math.Round(r.Batch / (fi.Ms / 1e3), 3) : null,
+            ["frozen_channels_last"] = r.Frozen?.ChannelsLast, ["frozen_batch_parallel"] = r.Frozen?.BatchParallel,
+            ["frozen_peak_rss_bytes"] = r.Frozen?.PeakMemory?.Bytes, ["frozen_max_abs_diff"] = r.Frozen?.MaxLogitDifference,
         });
         return ExitCodes.Success;
     }

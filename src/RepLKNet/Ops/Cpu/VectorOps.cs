@@ -42,6 +42,12 @@ internal unsafe interface IVectorOps<TV>
     static abstract TV Fma(TV a, TV b, TV c);
 
     static abstract float Sum(TV v);
+
+    /// <summary>a + b.</summary>
+    static abstract TV Add(TV a, TV b);
+
+    /// <summary>max(a, 0) (ReLU).</summary>
+    static abstract TV Relu(TV a);
 }
 
 internal unsafe struct Ops512 : IVectorOps<Vector512<float>>
@@ -64,6 +70,12 @@ internal unsafe struct Ops512 : IVectorOps<Vector512<float>>
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Sum(Vector512<float> v) => Vector512.Sum(v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Add(Vector512<float> a, Vector512<float> b) => a + b;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Relu(Vector512<float> a) => Vector512.Max(a, Vector512<float>.Zero);
 }
 
 internal unsafe struct Ops256 : IVectorOps<Vector256<float>>
@@ -86,6 +98,12 @@ internal unsafe struct Ops256 : IVectorOps<Vector256<float>>
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Sum(Vector256<float> v) => Vector256.Sum(v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Add(Vector256<float> a, Vector256<float> b) => a + b;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Relu(Vector256<float> a) => Vector256.Max(a, Vector256<float>.Zero);
 }
 
 internal unsafe struct OpsScalar : IVectorOps<float>
@@ -108,6 +126,12 @@ internal unsafe struct OpsScalar : IVectorOps<float>
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Sum(float v) => v;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Add(float a, float b) => a + b;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Relu(float a) => MathF.Max(a, 0f);
 }
 
 /// <summary>Which <see cref="CpuIsa"/> the machine can run.</summary>
