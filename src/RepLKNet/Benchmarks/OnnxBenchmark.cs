@@ -164,13 +164,27 @@ public sealed class OnnxBenchmark : IDisposable
             return sw.Elapsed.TotalMilliseconds;
         }
 
-        // The frozen model of the same (random) weights, and how far its outputs are from the deploy model's on this batch.
+        var ort = Median(OrtOnce, reps);
+        (double Ms, PeakResidentMemory? Peak) ours, theirs;
+        using (DepthwiseConv2d.Use(DepthwiseBackend.Ours))
+        {
+            ours = Median(TorchOnce, reps);
+        }
+
+        using (DepthwiseConv2d.Use(DepthwiseBackend.Torch))
+        {
+            theirs = Median(TorchOnce, reps);
+        }
+
+        // Then the frozen model of the same (random) weights, made only now so that the rows above do not carry its copy,
+        // and how far its outputs are from the deploy model's on this batch.
         using var frozen = FrozenRepLKNet.Freeze(model, inputSize: Model.InputHeight);
         double frozenDiff;
+        using (NewDisposeScope())
         using (no_grad())
         {
-            using var reference = features ? model.forward_intermediates(x)[^1] : model.call(x);
-            using var frozenOut = features ? frozen.forward_intermediates(x)[^1] : frozen.call(x);
+            var reference = features ? model.forward_intermediates(x)[^1] : model.call(x);
+            var frozenOut = features ? frozen.forward_intermediates(x)[^1] : frozen.call(x);
             frozenDiff = (reference - frozenOut).abs().max().item<float>();
         }
 
@@ -188,18 +202,6 @@ public sealed class OnnxBenchmark : IDisposable
             }
 
             return sw.Elapsed.TotalMilliseconds;
-        }
-
-        var ort = Median(OrtOnce, reps);
-        (double Ms, PeakResidentMemory? Peak) ours, theirs;
-        using (DepthwiseConv2d.Use(DepthwiseBackend.Ours))
-        {
-            ours = Median(TorchOnce, reps);
-        }
-
-        using (DepthwiseConv2d.Use(DepthwiseBackend.Torch))
-        {
-            theirs = Median(TorchOnce, reps);
         }
 
         (double Ms, PeakResidentMemory? Peak) frozenTime;
