@@ -45,7 +45,7 @@ public sealed record OnnxBenchResult(OnnxModelInfo Model, int Batch, int Threads
 /// <param name="BatchParallel">Whether the batch was cut into one slice per thread.</param>
 /// <param name="Ms">Median milliseconds per batch.</param>
 /// <param name="PeakMemory">Peak resident memory during its timed runs; null where the system reports none.</param>
-/// <param name="MaxLogitDifference">Largest |Δ| between its outputs and the TorchSharp deploy model's on the benchmark's batch (same weights).</param>
+/// <param name="MaxLogitDifference">Largest |Δ| between its outputs and the TorchSharp deploy model's on the benchmark's batch (same weights, random BatchNorm statistics).</param>
 public sealed record FrozenBenchFigures(bool ChannelsLast, bool BatchParallel, double Ms, PeakResidentMemory? PeakMemory, double MaxLogitDifference);
 
 /// <summary>
@@ -140,6 +140,21 @@ public sealed class OnnxBenchmark : IDisposable
         var config = RepLKNetConfig.FromJson(Model.Config, "the ONNX metadata");
         using var model = new RepLKNetModel(config with { DropPathRate = 0 }, deploy: true);
         model.eval();
+        // BatchNorm statistics as a trained model has them (not the identity of a fresh one), so that the frozen copy's
+        // difference below tests its folds; speed does not depend on the values.
+        using (no_grad())
+        {
+            var generator = new Generator(0);
+            foreach (var bn in model.modules().OfType<TorchSharp.Modules.BatchNorm>())
+            {
+                long c = bn.running_mean!.shape[0];
+                bn.weight?.copy_(Scalars.Add(rand(c, generator: generator), 0.5));
+                bn.bias?.copy_(Scalars.Mul(randn(c, generator: generator), 0.2));
+                bn.running_mean.copy_(Scalars.Mul(randn(c, generator: generator), 0.5));
+                bn.running_var!.copy_(Scalars.Add(rand(c, generator: generator), 0.5));
+            }
+        }
+
         if (Model.Form == "fused")
         {
             Reparameterizer.Reparameterize(model, fuseBn: true);
@@ -147,22 +162,25 @@ public sealed class OnnxBenchmark : IDisposable
 
         using var x = tensor(input, shape);
         bool features = !_session.OutputNames.Contains(OnnxExporter.LogitsName);
-        double TorchOnce()
+        // One timed forward of either TorchSharp model, its outputs freed at once.
+        double TimeForward(Func<Tensor, IReadOnlyList<Tensor>> intermediates, Func<Tensor, Tensor> logits)
         {
             using var scope = NewDisposeScope();
             using var noGrad = no_grad();
             var sw = Stopwatch.StartNew();
             if (features)
             {
-                _ = model.forward_intermediates(x);
+                _ = intermediates(x);
             }
             else
             {
-                _ = model.call(x);
+                _ = logits(x);
             }
 
             return sw.Elapsed.TotalMilliseconds;
         }
+
+        double TorchOnce() => TimeForward(t => model.forward_intermediates(t), t => model.call(t));
 
         var ort = Median(OrtOnce, reps);
         (double Ms, PeakResidentMemory? Peak) ours, theirs;
@@ -178,7 +196,13 @@ public sealed class OnnxBenchmark : IDisposable
 
         // Then the frozen model of the same (random) weights, made only now so that the rows above do not carry its copy,
         // and how far its outputs are from the deploy model's on this batch.
-        using var frozen = FrozenRepLKNet.Freeze(model, inputSize: Model.InputHeight);
+        FrozenRepLKNet frozen;
+        using (DepthwiseConv2d.Use(DepthwiseBackend.Ours))
+        {
+            frozen = FrozenRepLKNet.Freeze(model, inputSize: Math.Max(Model.InputHeight, Model.InputWidth));
+        }
+
+        using var frozenScope = frozen;
         double frozenDiff;
         using (NewDisposeScope())
         using (no_grad())
@@ -188,21 +212,7 @@ public sealed class OnnxBenchmark : IDisposable
             frozenDiff = (reference - frozenOut).abs().max().item<float>();
         }
 
-        double FrozenOnce()
-        {
-            using var scope = NewDisposeScope();
-            var sw = Stopwatch.StartNew();
-            if (features)
-            {
-                _ = frozen.forward_intermediates(x);
-            }
-            else
-            {
-                _ = frozen.call(x);
-            }
-
-            return sw.Elapsed.TotalMilliseconds;
-        }
+        double FrozenOnce() => TimeForward(t => frozen.forward_intermediates(t), t => frozen.call(t));
 
         (double Ms, PeakResidentMemory? Peak) frozenTime;
         using (DepthwiseConv2d.Use(DepthwiseBackend.Ours))

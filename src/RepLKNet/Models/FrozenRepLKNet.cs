@@ -21,27 +21,31 @@ namespace RepLKNet.Models;
 /// </summary>
 /// <remarks>
 /// <para>
-/// The frozen model holds its own tensors, computed once by <see cref="Freeze"/> (folds in float64, then rounded to the
-/// model's dtype): later changes to the source model do not reach it, and it has no state_dict of its own — save the
-/// source model. Results equal the source model's eval-mode forward up to float rounding (the folds change the order of
-/// a few multiplications: logits agree to ~1e-6, tested against the deploy, fused and training forms and float64).
+/// The frozen model holds its own tensors, computed once by <see cref="Freeze"/> (each fold in float64 from the model's
+/// values, rounded to the model's dtype; a conv+BN pair is rounded once before its pre-BN is folded in): later changes to
+/// the source model do not reach it. It registers no parameters or buffers, so <c>state_dict</c>, <c>load_state_dict</c>,
+/// <c>to</c>, <c>cuda</c> and <c>half</c> see nothing: save the source model, and freeze a model already on the device
+/// and dtype wanted. Results equal the source model's eval-mode forward up to float rounding (tested for the train,
+/// deploy and fused forms with random BatchNorm statistics, against float64 and the official fixtures).
 /// </para>
 /// <para>
-/// With <see cref="ChannelsLast"/>, activations run in PyTorch's channels_last memory format (NHWC strides): every 1×1
-/// conv then runs our fused product (<c>Ops/Cpu/PointwiseConvCpu</c>: one register-tiled GEMM over rows of pixels with
+/// With <see cref="ChannelsLast"/>, activations run in PyTorch's channels_last memory format (NHWC strides): every float32
+/// CPU 1×1 conv then runs our fused product (<c>Ops/Cpu/PointwiseConvCpu</c>: one register-tiled GEMM over rows of pixels with
 /// the bias, ReLU and the block's residual sum in its epilogue, the sum written into the block's input, which is dead by
 /// then), and libtorch's other convolutions keep the format (no reorders to and from NCHW). That pays where maps are
-/// small and every depthwise conv runs libtorch's code (the default model at 28×28: 2.5 → 1.4 ms per batch of 64, docs/perf-notes.md);
-/// our SIMD depthwise kernels read NCHW, so where they run (large maps, RepLKNet-31B at 224) it would add two layout
-/// conversions per block. With <see cref="BatchParallel"/>, a batch is cut into one slice per thread of libtorch's OpenMP
-/// team and each thread runs its slice start to end with every op single-threaded: on small maps an op spread over
-/// threads costs a fork and a join for a few microseconds of work each. <see cref="Freeze"/> chooses both by the
-/// depthwise dispatch's rule unless told.
+/// small (every op lasts microseconds); our SIMD depthwise kernels read NCHW, so on large maps, where they run
+/// (RepLKNet-31B at 224), it would add two layout conversions per block. With <see cref="BatchParallel"/>, a batch is cut
+/// into one slice per thread of libtorch's OpenMP team and each thread runs its slice start to end with every op
+/// single-threaded: on small maps an op spread over threads costs a fork and a join for a few microseconds of work each
+/// (our depthwise kernels inside a slice start a nested team, which libgomp runs on the calling thread unless nested
+/// parallelism is switched on). <see cref="Freeze"/> turns both on for inputs whose stage-0 maps are at most 20×20 (the
+/// default model at 28×28: the three changes together take a batch of 64 from 2.3–2.7 to 1.3–1.4 ms, docs/perf-notes.md)
+/// unless told.
 /// </para>
 /// <para>
-/// Calls may come from several threads at once: the frozen tensors are only read, each call allocates its own
-/// intermediates, and a slice's threads carry the caller's depthwise backend and instruction set (tested under forced
-/// garbage collection with two concurrent callers).
+/// Calls may come from several threads at once (not with <c>Dispose</c>): the frozen tensors are only read, each call
+/// allocates its own intermediates, and a slice's threads carry the caller's depthwise backend and instruction set
+/// (tested under forced garbage collection with two concurrent callers).
 /// </para>
 /// </remarks>
 public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
@@ -90,10 +94,10 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
     /// </summary>
     /// <param name="model">The source model; must be in eval mode (<c>model.eval()</c>), as <c>torch.jit.freeze</c> requires.</param>
     /// <param name="channelsLast">
-    /// Run activations as channels_last (see the remarks); null: when every stride-1 depthwise conv of the model would run
-    /// libtorch's code at <paramref name="inputSize"/> (the CPU dispatch's rule for maps where libtorch's forward is faster, or the libtorch backend selected); never on a GPU.
+    /// Run activations as channels_last (see the remarks); null: on the CPU when <paramref name="inputSize"/> gives stage-0
+    /// maps (a quarter of the input) of at most 20×20; never on a GPU.
     /// </param>
-    /// <param name="inputSize">Input height and width (pixels) the automatic <paramref name="channelsLast"/> choice assumes; null: 224.</param>
+    /// <param name="inputSize">The larger input side (pixels) the automatic <paramref name="channelsLast"/> choice assumes; null: 224.</param>
     /// <param name="batchParallel">Cut batches into one slice per thread (<see cref="BatchParallel"/>); null: as <paramref name="channelsLast"/> resolves (the small-map regime).</param>
     /// <exception cref="ArgumentNullException"><paramref name="model"/> is null.</exception>
     /// <exception cref="InvalidOperationException">
@@ -111,7 +115,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
         // Temporaries die with this scope; what the frozen model keeps is detached from it (and from any caller's scope).
         using var scope = NewDisposeScope();
         var device = model.StemLayers[0].Conv.weight!.device;
-        bool cl = channelsLast ?? (device.type == DeviceType.CPU && AllDepthwiseOnLibtorch(model, inputSize ?? 224));
+        bool cl = channelsLast ?? (device.type == DeviceType.CPU && SmallMaps(inputSize ?? 224));
         var stem = model.StemLayers.Select(layer => FrozenConv.Of(layer, null, cl)).ToArray();
         var stages = model.Stages.Select(stage => stage.Blocks.Select(block => block switch
         {
@@ -125,7 +129,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
             if (model.Stages[i].Norm is BatchNorm2d bn)
             {
                 var (s, t, dtype) = Affine(bn);
-                norms[i] = (Keep(ToLayout(s.reshape(1, -1, 1, 1).to(dtype), cl)), Keep(ToLayout(t.reshape(1, -1, 1, 1).to(dtype), cl)));
+                norms[i] = ((ToLayout(s.reshape(1, -1, 1, 1).to(dtype), cl)), (ToLayout(t.reshape(1, -1, 1, 1).to(dtype), cl)));
             }
         }
 
@@ -134,13 +138,21 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
         if (model.Classifier is var (norm, linear))
         {
             // head(avgpool(s⊙x + t)) = (W·diag(s))·avgpool(x) + (W·t + b).
-            var (s, t, dtype) = Affine(norm);
+            var (s, t, _) = Affine(norm);
+            var dtype = linear.weight!.dtype;
             var w = linear.weight!.to(float64);
             var b = linear.bias is { } lb ? lb.to(float64) : zeros(w.shape[0], float64, w.device);
-            head = (Keep((w * s.unsqueeze(0)).to(dtype)), Keep((b + w.matmul(t)).to(dtype)));
+            head = (((w * s.unsqueeze(0)).to(dtype)), (Scalars.Add(b, w.matmul(t)).to(dtype)));
         }
 
-        return new FrozenRepLKNet("FrozenRepLKNet", stem, stages, norms, transitions, head, model.Config.OutIndices, cl, batchParallel ?? cl);
+        var frozen = new FrozenRepLKNet("FrozenRepLKNet", stem, stages, norms, transitions, head, model.Config.OutIndices, cl, batchParallel ?? cl);
+        // Built without an exception: what it holds leaves this scope (and any caller's); otherwise the scope frees it all.
+        foreach (var t in frozen.Tensors())
+        {
+            t.DetachFromDisposeScope();
+        }
+
+        return frozen;
     }
 
     /// <summary>
@@ -148,6 +160,8 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
     /// <see cref="RepLKNetModel.forward"/>). Runs without autograd whatever the caller's grad mode.
     /// </summary>
     /// <param name="input">Images [N, C_in, H, W], normalized as in training, on the model's device.</param>
+    /// <returns>Classifier: logits [N, num_classes]. Backbone: [N, Channels[i], ⌈H/s⌉, ⌈W/s⌉] for the deepest out_index i, s = 4·2^i.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="input"/> is null.</exception>
     public override Tensor forward(Tensor input)
     {
         ArgumentNullException.ThrowIfNull(input);
@@ -211,7 +225,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
                 x = Stage(i, x);
                 if (wanted.Contains(i))
                 {
-                    outputs.Add((_stageNorms[i] is { } norm ? x * norm.Scale + norm.Shift : x).contiguous());
+                    outputs.Add((_stageNorms[i] is { } norm ? Scalars.Add(x * norm.Scale, norm.Shift) : x).contiguous());
                 }
 
                 if (i < _transitions.Length && i < last)
@@ -259,6 +273,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
                 using var threadNoGrad = no_grad();
                 using var useBackend = DepthwiseConv2d.Use(backend);
                 using var useIsa = DepthwiseConv2d.UseIsa(isa);
+                bool wasInSlice = InSlice;
                 InSlice = true;
                 try
                 {
@@ -270,7 +285,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
                 }
                 finally
                 {
-                    InSlice = false;
+                    InSlice = wasInSlice;
                 }
             });
 
@@ -285,60 +300,32 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
         }
     }
 
-    /// <summary>Whether every stride-1 "same" depthwise conv of <paramref name="model"/> runs libtorch's code for an input of <paramref name="inputSize"/>².</summary>
-    internal static bool AllDepthwiseOnLibtorch(RepLKNetModel model, int inputSize)
-    {
-        int size = inputSize;
-        foreach (var layer in model.StemLayers)
-        {
-            if (layer.Conv.groups > 1 && !RunsOnLibtorch(size, layer.Conv.kernel_size[0], layer.Conv.stride[0]))
-            {
-                return false;
-            }
+    /// <summary>
+    /// Largest stage-0 map (pixels a side, the input / 4) of the small-map regime: at most the size under which the CPU
+    /// dispatch sends depthwise forwards of K ≤ 13 to libtorch (<c>CpuDepthwise.ForwardOnLibtorch</c>), where ops last
+    /// microseconds and their fixed cost dominates.
+    /// </summary>
+    internal const int SmallMap = 20;
 
-            size = (size + 2 * (int)layer.Conv.padding![0] - (int)layer.Conv.kernel_size[0]) / (int)layer.Conv.stride[0] + 1;
-        }
+    /// <summary>Whether an input of <paramref name="inputSize"/> pixels a side gives stage-0 maps of at most <see cref="SmallMap"/>.</summary>
+    internal static bool SmallMaps(int inputSize) => (inputSize + 3) / 4 <= SmallMap;
 
-        for (int i = 0; i < model.Stages.Count; i++)
-        {
-            foreach (var block in model.Stages[i].Blocks.OfType<RepLKBlock>())
-            {
-                if (!RunsOnLibtorch(size, block.LargeKernel.KernelSize, block.LargeKernel.Stride))
-                {
-                    return false;
-                }
-            }
-
-            size = (size + 1) / 2;
-        }
-
-        return true;
-    }
-
-    // A depthwise conv runs libtorch's code unless it is stride-1 "same" with a kernel ours take, our backend is selected and
-    // the map is larger than the CPU dispatch's libtorch rule (CpuDepthwise.ForwardOnLibtorch).
-    private static bool RunsOnLibtorch(int size, long kernel, long stride) =>
-        stride != 1 || kernel < DepthwiseConv2d.MinKernel || kernel > DepthwiseConv2d.MaxKernel ||
-        DepthwiseConv2d.CurrentBackend == DepthwiseBackend.Torch || CpuDepthwise.ForwardOnLibtorch(CpuDepthwise.RuleIsa, size, size, kernel);
+    // Every tensor the frozen model holds.
+    private IEnumerable<Tensor> Tensors() =>
+        _stem.Concat(_stages.SelectMany(s => s).SelectMany(b => b.Convs)).Concat(_transitions.SelectMany(t => new[] { t.Pointwise, t.Depthwise }))
+            .SelectMany(c => c.Tensors)
+            .Concat(_stageNorms.Where(n => n is not null).SelectMany(n => new[] { n!.Value.Scale, n.Value.Shift }))
+            .Concat(_head is { } h ? [h.Weight, h.Bias] : []);
 
     /// <inheritdoc />
     protected override void Dispose(bool disposing)
     {
         if (disposing)
         {
-            foreach (var conv in _stem.Concat(_stages.SelectMany(s => s).SelectMany(b => b.Convs)).Concat(_transitions.SelectMany(t => new[] { t.Pointwise, t.Depthwise })))
+            foreach (var t in Tensors())
             {
-                conv.Dispose();
+                t.Dispose();
             }
-
-            foreach (var norm in _stageNorms)
-            {
-                norm?.Scale.Dispose();
-                norm?.Shift.Dispose();
-            }
-
-            _head?.Weight.Dispose();
-            _head?.Bias.Dispose();
         }
 
         base.Dispose(disposing);
@@ -371,8 +358,6 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
     [ThreadStatic]
     private static bool InSlice;
 
-    private static Tensor Keep(Tensor t) => t.DetachFromDisposeScope();
-
     // BN(x) = s⊙x + t in eval mode, in float64: s = γ / sqrt(σ² + ε), t = β − μ·s.
     private static (Tensor Scale, Tensor Shift, ScalarType Dtype) Affine(BatchNorm2d bn)
     {
@@ -391,7 +376,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
         var t = -mean * s;
         if (bn.bias is { } beta)
         {
-            t = t + beta.to(float64);
+            t = Scalars.Add(t, beta.to(float64));
         }
 
         return (s, t, bn.running_mean.dtype);
@@ -401,7 +386,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
         channelsLast ? weight.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2) : weight.contiguous();
 
     /// <summary>One biased conv [+ ReLU], the pre-BN folded in when given.</summary>
-    private sealed class FrozenConv : IDisposable
+    private sealed class FrozenConv
     {
         private readonly Tensor _weight;
         private readonly Tensor _bias;
@@ -416,12 +401,12 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
 
         private FrozenConv(Tensor weight, Tensor bias, long stride, long padding, long groups, bool relu, bool channelsLast)
         {
-            _weight = Keep(weight);
-            _bias = Keep(bias);
+            _weight = (weight);
+            _bias = (bias);
             if (channelsLast && weight.shape[2] == 1 && weight.shape[3] == 1 && groups == 1 && stride == 1 && padding == 0 &&
                 weight.dtype == ScalarType.Float32 && weight.device_type == DeviceType.CPU)
             {
-                _packed = Keep(PointwiseConvCpu.PackWeight(weight));
+                _packed = (PointwiseConvCpu.PackWeight(weight));
             }
 
             _stride = [stride, stride];
@@ -448,10 +433,11 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
                     throw new InvalidOperationException("a pre-BN folds only into a 1×1 conv without groups or padding");
                 }
 
-                var (s, t, dtype) = Affine(preBn);
+                var (s, t, _) = Affine(preBn);
+                var dtype = kernel.dtype;
                 var w = kernel.to(float64);
                 var folded = (w * s.reshape(1, -1, 1, 1)).to(dtype);
-                var foldedBias = (bias.to(float64) + w.flatten(1).matmul(t)).to(dtype);
+                var foldedBias = Scalars.Add(bias.to(float64), w.flatten(1).matmul(t)).to(dtype);
                 kernel.Dispose();
                 bias.Dispose();
                 (kernel, bias) = (folded, foldedBias);
@@ -465,7 +451,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
         /// <summary>conv(x) [→ ReLU] [+ residual, written into <paramref name="residual"/> when the fused product runs].</summary>
         public Tensor Run(Tensor x, Tensor? residual = null)
         {
-            if (_packed is not null)
+            if (_packed is not null && PointwiseConvCpu.Fits(x, _packed.shape[1]))
             {
                 // Our product reads the channels_last input and adds the residual in its epilogue.
                 return PointwiseConvCpu.Forward(x, _packed, _bias, _relu, residual, CpuDepthwise.RuleIsa, InSlice ? 1 : DepthwiseConv2d.ThreadCount);
@@ -478,12 +464,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
             return residual is null ? y : Scalars.AddInPlace(y, residual);
         }
 
-        public void Dispose()
-        {
-            _weight.Dispose();
-            _bias.Dispose();
-            _packed?.Dispose();
-        }
+        public IEnumerable<Tensor> Tensors => _packed is null ? [_weight, _bias] : [_weight, _bias, _packed];
     }
 
     /// <summary>A RepLK block (pw1 → large kernel → ReLU → pw2, + x) or a ConvFFN (pw1 → GELU → pw2, + x), pre-BN folded into pw1.</summary>

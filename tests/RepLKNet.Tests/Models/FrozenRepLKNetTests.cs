@@ -57,30 +57,33 @@ public sealed class FrozenRepLKNetTests
         }
     }
 
-    public static TheoryData<bool, bool, int> Settings => new()
+    public static TheoryData<bool, bool, int, ModelForm> Settings => new()
     {
-        { false, false, 5 }, { true, false, 5 }, { false, true, 5 }, { true, true, 5 }, { true, true, 1 }, { false, true, 3 },
+        { false, false, 5, ModelForm.Train }, { true, false, 5, ModelForm.Deploy }, { false, true, 5, ModelForm.Fused }, { true, true, 5, ModelForm.Train },
+        { true, true, 1, ModelForm.Deploy }, { false, true, 3, ModelForm.Deploy }, { true, true, 3, ModelForm.Fused }, { false, false, 2, ModelForm.Fused },
     };
 
     [Theory]
     [MemberData(nameof(Settings))]
-    public void Frozen_classifier_and_backbone_match_the_model_evaluated_in_float64(bool channelsLast, bool batchParallel, int batch)
+    public void Frozen_classifier_and_backbones_match_the_model_evaluated_in_float64(bool channelsLast, bool batchParallel, int batch, ModelForm form)
     {
-        // Random weights and BatchNorm statistics (fresh each run), both heads: a classifier (norm folded into the head) and
-        // a backbone with norm_intermediate_features and out_indices. Reference: the same model in float64. The frozen
-        // float32 model may not be further from it than a few float32 roundings beyond the model's own float32 forward.
+        // Random weights and BatchNorm statistics (fresh each run), the model in the given form, three heads: a classifier
+        // (norm folded into the head), a backbone with norm_intermediate_features and out_indices, and one without a norm
+        // whose last stage is 1×1. Reference: the same model in float64. The frozen float32 model may not be further from
+        // it than a few float32 roundings beyond the model's own float32 forward.
         ulong seed = (ulong)Environment.TickCount64;
         using var scope = NewDisposeScope();
-        var configs = new[]
+        var cases = new (RepLKNetConfig Config, int Height, int Width)[]
         {
-            new RepLKNetConfig { LargeKernelSizes = [13, 9, 5], Layers = [1, 2, 1], Channels = [16, 32, 48], SmallKernel = 3, DwRatio = 1, FfnRatio = 2, InChannels = 1, NumClasses = 7 },
-            new RepLKNetConfig
+            (new RepLKNetConfig { LargeKernelSizes = [13, 9, 5], Layers = [1, 2, 1], Channels = [16, 32, 48], SmallKernel = 3, DwRatio = 1, FfnRatio = 2, InChannels = 1, NumClasses = 7 }, 40, 36),
+            (new RepLKNetConfig
             {
                 LargeKernelSizes = [11, 7, 5], Layers = [1, 1, 1], Channels = [16, 24, 32], SmallKernel = null, DwRatio = 1.5, FfnRatio = 3, InChannels = 3,
                 NumClasses = null, OutIndices = [0, 2], NormIntermediateFeatures = true,
-            },
+            }, 40, 36),
+            (new RepLKNetConfig { LargeKernelSizes = [7, 5, 3], Layers = [1, 1, 1], Channels = [16, 32, 32], SmallKernel = 3, DwRatio = 1, FfnRatio = 2, InChannels = 2, NumClasses = null, OutIndices = [0, 1, 2] }, 16, 16),
         };
-        foreach (var config in configs)
+        foreach (var (config, height, width) in cases)
         {
             var generator = new Generator(seed);
             var model = new RepLKNetModel(config);
@@ -94,7 +97,12 @@ public sealed class FrozenRepLKNetTests
 
             RandomModels.RandomizeBatchNorms(model, generator);
             model.eval();
-            var x = randn([batch, config.InChannels, 40, 36], generator: generator);
+            if (form != ModelForm.Train)
+            {
+                Reparameterizer.Reparameterize(model, fuseBn: form == ModelForm.Fused);
+            }
+
+            var x = randn([batch, config.InChannels, height, width], generator: generator);
             var input = x.clone();
             using var frozen = FrozenRepLKNet.Freeze(model, channelsLast, batchParallel: batchParallel);
             using var noGrad = no_grad();
@@ -110,7 +118,7 @@ public sealed class FrozenRepLKNetTests
                 double scale = reference[i].abs().max().item<double>();
                 double own = MaxDiff(reference[i], single[i]);
                 double diff = MaxDiff(reference[i], ours[i]);
-                Assert.True(diff <= 2 * own + 1e-6 * scale, $"seed {seed}, output {i}: frozen {diff:E2} vs the float32 model's {own:E2} (scale {scale:E1})");
+                Assert.True(diff <= 2 * own + 1e-6 * scale, $"seed {seed}, {form}, output {i}: frozen {diff:E2} vs the float32 model's {own:E2} (scale {scale:E1})");
             }
         }
     }
@@ -145,32 +153,24 @@ public sealed class FrozenRepLKNetTests
         Assert.False(model.call(x).allclose(first), "the source model did change");
     }
 
-    [Fact]
-    public void The_automatic_settings_follow_the_depthwise_dispatch()
+    [Theory]
+    [InlineData(28, true)]
+    [InlineData(80, true)]
+    [InlineData(84, false)]
+    [InlineData(224, false)]
+    public void The_automatic_settings_follow_the_map_size(int inputSize, bool small)
     {
-        // The default model at 28×28: every depthwise conv runs libtorch's code (maps of 14, 7, 4, 2) → channels_last
-        // and batch-parallel. At 224 its large kernels run ours (56×56) → NCHW, one batch. With libtorch's backend chosen,
-        // every depthwise conv is libtorch's.
+        // Stage-0 maps (a quarter of the input) of at most 20×20 run channels_last and batch-parallel, larger ones NCHW and
+        // whole batches, whatever the instruction set.
         using var scope = NewDisposeScope();
         var model = new RepLKNetModel(ModelRegistry.Find("RepLKNet-FMNIST")!.Config, deploy: true);
         model.eval();
-        using (var small = FrozenRepLKNet.Freeze(model, inputSize: 28))
-        {
-            Assert.True(small.ChannelsLast);
-            Assert.True(small.BatchParallel);
-        }
-
-        using (var large = FrozenRepLKNet.Freeze(model, inputSize: 224))
-        {
-            Assert.False(large.ChannelsLast);
-            Assert.False(large.BatchParallel);
-        }
-
-        using (DepthwiseConv2d.Use(DepthwiseBackend.Torch))
-        {
-            using var torchOnly = FrozenRepLKNet.Freeze(model, inputSize: 224);
-            Assert.True(torchOnly.ChannelsLast);
-        }
+        using var frozen = FrozenRepLKNet.Freeze(model, inputSize: inputSize);
+        Assert.Equal(small, frozen.ChannelsLast);
+        Assert.Equal(small, frozen.BatchParallel);
+        using var forced = FrozenRepLKNet.Freeze(model, channelsLast: !small, inputSize: inputSize);
+        Assert.Equal(!small, forced.ChannelsLast);
+        Assert.Equal(!small, forced.BatchParallel);
     }
 
     [Fact]

@@ -43,7 +43,7 @@ internal static unsafe class PointwiseConvCpu
     /// <param name="relu">Apply ReLU to the convolution.</param>
     /// <param name="residual">
     /// Null, or (N, C_out, H, W) channels_last float32 added to the result: the result is then written into it (in
-    /// place; its owner must not need it afterwards) and it is returned.
+    /// place; its owner must not need it afterwards, and it must not share memory with <paramref name="x"/>) and it is returned.
     /// </param>
     /// <param name="isa">Instruction set (resolved).</param>
     /// <param name="threads">Threads of libtorch's OpenMP team to spread the rows over (1: the caller only).</param>
@@ -66,9 +66,9 @@ internal static unsafe class PointwiseConvCpu
 
         long n = xs[0], k = xs[1], h = xs[2], w = xs[3], cOut = ws[1];
         long m = n * h * w;
-        if (m > int.MaxValue || k > int.MaxValue || cOut > int.MaxValue)
+        if (!Fits(x, cOut))
         {
-            throw new ArgumentException($"a pointwise conv of {Shape(xs)} → {cOut} channels is too large", nameof(x));
+            throw new ArgumentException($"a pointwise conv of {Shape(xs)} → {cOut} channels is too large (input and output must each be below 2 GiB)", nameof(x));
         }
 
         using var rows = ChannelsLastView(x);
@@ -97,6 +97,18 @@ internal static unsafe class PointwiseConvCpu
         }
 
         return output;
+    }
+
+    /// <summary>
+    /// Whether <see cref="Forward"/> takes <paramref name="x"/> (N, C_in, H, W) to <paramref name="outChannels"/>: input and
+    /// output each below 2 GiB (TorchSharp hands a tensor's memory over as a span of at most int.MaxValue bytes).
+    /// </summary>
+    public static bool Fits(Tensor x, long outChannels)
+    {
+        ArgumentNullException.ThrowIfNull(x);
+        long[] xs = x.shape;
+        long pixels = xs.Length == 4 ? xs[0] * xs[2] * xs[3] : 0;
+        return xs.Length == 4 && pixels * xs[1] * sizeof(float) <= int.MaxValue && pixels * outChannels * sizeof(float) <= int.MaxValue;
     }
 
     /// <summary>Whether (N, C, H, W) has channels_last strides (its NHWC view is contiguous).</summary>
