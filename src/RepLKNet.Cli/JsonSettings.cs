@@ -23,6 +23,39 @@ public class JsonFileSettings : GlobalSettings
     [Description("Also write the results as JSON to FILE.")]
     public string? Json { get; init; }
 
+    /// <inheritdoc />
+    /// <remarks>Checks <c>--json</c> before the command runs (a benchmark can take minutes): not a folder, and no existing parent of it a file.</remarks>
+    public override ValidationResult Validate()
+    {
+        if (Json is { } path)
+        {
+            if (string.IsNullOrWhiteSpace(path))
+            {
+                return ValidationResult.Error("--json needs a file name");
+            }
+
+            if (Directory.Exists(path))
+            {
+                return ValidationResult.Error($"--json '{path}' is a folder, not a file");
+            }
+
+            for (var parent = Path.GetDirectoryName(Path.GetFullPath(path)); !string.IsNullOrEmpty(parent); parent = Path.GetDirectoryName(parent))
+            {
+                if (File.Exists(parent))
+                {
+                    return ValidationResult.Error($"--json '{path}': '{parent}' is a file, not a folder");
+                }
+
+                if (Directory.Exists(parent))
+                {
+                    break;
+                }
+            }
+        }
+
+        return base.Validate();
+    }
+
     /// <summary>Writes <paramref name="document"/> to <see cref="Json"/> when it was given (see <see cref="JsonOutput.Write"/>); returns whether it did.</summary>
     internal bool WriteJson(object document)
     {

@@ -42,7 +42,7 @@ public sealed record OnnxBenchResult(OnnxModelInfo Model, int Batch, int Threads
 
 /// <summary>What <see cref="OnnxBenchmark.Run"/> measured for the frozen model (<see cref="FrozenRepLKNet.Freeze"/> of the same deploy model).</summary>
 /// <param name="ChannelsLast">Whether its activations ran as channels_last.</param>
-/// <param name="BatchParallel">Whether the batch was cut into one slice per thread.</param>
+/// <param name="BatchParallel">Whether the batch was cut into one slice per thread (<see cref="FrozenRepLKNet.SlicesBatch"/>: the setting, a batch of 2 or more, 2 or more threads).</param>
 /// <param name="Ms">Median milliseconds per batch.</param>
 /// <param name="PeakMemory">Peak resident memory during its timed runs; null where the system reports none.</param>
 /// <param name="MaxLogitDifference">Largest |Δ| between its outputs and the TorchSharp deploy model's on the benchmark's batch (same weights, random BatchNorm statistics).</param>
@@ -220,7 +220,7 @@ public sealed class OnnxBenchmark : IDisposable
             frozenTime = Median(FrozenOnce, reps);
         }
 
-        var frozenFigures = new FrozenBenchFigures(frozen.ChannelsLast, frozen.BatchParallel, frozenTime.Ms, frozenTime.Peak, frozenDiff);
+        var frozenFigures = new FrozenBenchFigures(frozen.ChannelsLast, frozen.SlicesBatch(Batch), frozenTime.Ms, frozenTime.Peak, frozenDiff);
         return new OnnxBenchResult(Model, Batch, Threads, OrtEnv.Instance().GetVersionString(), ort.Ms, ours.Ms, theirs.Ms, ort.Peak, ours.Peak, theirs.Peak, frozenFigures);
     }
 

@@ -82,6 +82,12 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
     /// </summary>
     public bool BatchParallel { get; }
 
+    /// <summary>
+    /// Whether a CPU batch of <paramref name="batchSize"/> images is cut into slices now: <see cref="BatchParallel"/>, at
+    /// least 2 images and 2 libtorch threads, and libtorch's OpenMP runtime found.
+    /// </summary>
+    public bool SlicesBatch(long batchSize) => BatchParallel && Math.Min(batchSize, torch.get_num_threads()) >= 2 && OpenMpTeam.IsActive;
+
     /// <summary>Number of stages.</summary>
     public int NumStages => _stages.Length;
 
@@ -247,9 +253,8 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
     {
         using var noGrad = no_grad();
         long n = input.shape[0];
-        int threads = torch.get_num_threads();
-        int slices = (int)Math.Min(n, threads);
-        if (!BatchParallel || slices < 2 || input.device_type != DeviceType.CPU || !OpenMpTeam.IsActive)
+        int slices = (int)Math.Min(n, torch.get_num_threads());
+        if (!SlicesBatch(n) || input.device_type != DeviceType.CPU)
         {
             using var scope = NewDisposeScope();
             return [.. body(input).Select(t => t.MoveToOuterDisposeScope())];

@@ -222,7 +222,20 @@ public sealed class OnnxExportTests
             }
 
             Assert.True(doc.RootElement.GetProperty("peak_rss_since_reset").GetBoolean());
+            // The frozen copy (64×64: stage-0 maps of 16, the small-map regime), its outputs against the deploy model's.
+            Assert.True(doc.RootElement.GetProperty("frozen_images_per_s").GetDouble() > 0);
+            Assert.True(doc.RootElement.GetProperty("frozen_channels_last").GetBoolean());
+            Assert.Equal(get_num_threads() >= 2, doc.RootElement.GetProperty("frozen_batch_parallel").GetBoolean());
+            Assert.InRange(doc.RootElement.GetProperty("frozen_max_abs_diff").GetDouble(), 0, 1e-3);
         }
+
+        // Bad options are refused before anything runs, naming the option.
+        var parentIsFile = CliRunner.Run("bench", "onnx", "--onnx", dir.File("m.onnx"), "--json", Path.Combine(dir.File("a.png"), "b.json"));
+        Assert.Equal(2, parentIsFile.ExitCode);
+        Assert.Contains("--json", parentIsFile.StdErr + parentIsFile.StdOut, StringComparison.Ordinal);
+        var zeroBatch = CliRunner.Run("bench", "onnx", "--onnx", dir.File("m.onnx"), "--batch", "0");
+        Assert.Equal(2, zeroBatch.ExitCode);
+        Assert.Contains("--batch 0", zeroBatch.StdErr + zeroBatch.StdOut, StringComparison.Ordinal);
 
         var missing = CliRunner.Run("export", "onnx", "--arch", dir.File("arch.json"), "--weights", dir.File("nope.pth"), "--out", dir.File("n.onnx"));
         Assert.NotEqual(0, missing.ExitCode);

@@ -168,6 +168,8 @@ public sealed class FrozenRepLKNetTests
         using var frozen = FrozenRepLKNet.Freeze(model, inputSize: inputSize);
         Assert.Equal(small, frozen.ChannelsLast);
         Assert.Equal(small, frozen.BatchParallel);
+        Assert.False(frozen.SlicesBatch(1), "one image is never cut");
+        Assert.Equal(small && get_num_threads() >= 2, frozen.SlicesBatch(2));
         using var forced = FrozenRepLKNet.Freeze(model, channelsLast: !small, inputSize: inputSize);
         Assert.Equal(!small, forced.ChannelsLast);
         Assert.Equal(!small, forced.BatchParallel);

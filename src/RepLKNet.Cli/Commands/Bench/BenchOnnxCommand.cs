@@ -34,7 +34,8 @@ public sealed class BenchOnnxCommand(IAnsiConsole console) : Command<BenchOnnxCo
         /// <inheritdoc />
         public override ValidationResult Validate() =>
             string.IsNullOrWhiteSpace(Onnx) ? ValidationResult.Error("--onnx is required")
-            : Batch <= 0 || Reps <= 0 ? ValidationResult.Error("--batch and --reps must be positive")
+            : Batch <= 0 ? ValidationResult.Error($"--batch {Batch} must be positive")
+            : Reps <= 0 ? ValidationResult.Error($"--reps {Reps} must be positive")
             : base.Validate();
     }
 
