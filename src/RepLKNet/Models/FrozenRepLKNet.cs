@@ -1,6 +1,7 @@
 using RepLKNet.Layers;
 using RepLKNet.Ops;
 using RepLKNet.Ops.Cpu;
+using RepLKNet.Reparam;
 using RepLKNet.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -135,7 +136,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
             if (model.Stages[i].Norm is BatchNorm2d bn)
             {
                 var (s, t, dtype) = Affine(bn);
-                norms[i] = ((ToLayout(s.reshape(1, -1, 1, 1).to(dtype), cl)), (ToLayout(t.reshape(1, -1, 1, 1).to(dtype), cl)));
+                norms[i] = (ToLayout(s.reshape(1, -1, 1, 1).to(dtype), cl), ToLayout(t.reshape(1, -1, 1, 1).to(dtype), cl));
             }
         }
 
@@ -148,7 +149,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
             var dtype = linear.weight!.dtype;
             var w = linear.weight!.to(float64);
             var b = linear.bias is { } lb ? lb.to(float64) : zeros(w.shape[0], float64, w.device);
-            head = (((w * s.unsqueeze(0)).to(dtype)), (Scalars.Add(b, w.matmul(t)).to(dtype)));
+            head = ((w * s.unsqueeze(0)).to(dtype), Scalars.Add(b, w.matmul(t)).to(dtype));
         }
 
         var frozen = new FrozenRepLKNet("FrozenRepLKNet", stem, stages, norms, transitions, head, model.Config.OutIndices, cl, batchParallel ?? cl);
@@ -207,20 +208,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
     public IReadOnlyList<Tensor> forward_intermediates(Tensor input, IReadOnlyList<int>? indices = null)
     {
         ArgumentNullException.ThrowIfNull(input);
-        var wanted = indices ?? _outIndices ?? Enumerable.Range(0, _stages.Length).ToArray();
-        if (wanted.Count == 0)
-        {
-            throw new ArgumentException("indices names no stage", nameof(indices));
-        }
-
-        foreach (int i in wanted)
-        {
-            if (i < 0 || i >= _stages.Length)
-            {
-                throw new ArgumentOutOfRangeException(nameof(indices), i, $"the model has {_stages.Length} stages");
-            }
-        }
-
+        var wanted = RepLKNetModel.StageIndices(indices, _outIndices, _stages.Length);
         int last = wanted.Max();
         return Sliced(input, x =>
         {
@@ -363,7 +351,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
     [ThreadStatic]
     private static bool InSlice;
 
-    // BN(x) = s⊙x + t in eval mode, in float64: s = γ / sqrt(σ² + ε), t = β − μ·s.
+    // BN(x) = s⊙x + t in eval mode, in float64 (BnFusion.ScaleShift), and the statistics' dtype.
     private static (Tensor Scale, Tensor Shift, ScalarType Dtype) Affine(BatchNorm2d bn)
     {
         if (bn.running_mean is null || bn.running_var is null)
@@ -371,19 +359,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
             throw new InvalidOperationException("a BatchNorm without running statistics normalizes by the batch in eval mode: it cannot be frozen");
         }
 
-        var mean = bn.running_mean.to(float64);
-        var s = Scalars.Add(bn.running_var.to(float64), bn.eps).rsqrt();
-        if (bn.weight is { } gamma)
-        {
-            s = s * gamma.to(float64);
-        }
-
-        var t = -mean * s;
-        if (bn.bias is { } beta)
-        {
-            t = Scalars.Add(t, beta.to(float64));
-        }
-
+        var (s, t) = BnFusion.ScaleShift(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps);
         return (s, t, bn.running_mean.dtype);
     }
 
@@ -406,12 +382,12 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
 
         private FrozenConv(Tensor weight, Tensor bias, long stride, long padding, long groups, bool relu, bool channelsLast)
         {
-            _weight = (weight);
-            _bias = (bias);
+            _weight = weight;
+            _bias = bias;
             if (channelsLast && weight.shape[2] == 1 && weight.shape[3] == 1 && groups == 1 && stride == 1 && padding == 0 &&
                 weight.dtype == ScalarType.Float32 && weight.device_type == DeviceType.CPU)
             {
-                _packed = (PointwiseConvCpu.PackWeight(weight));
+                _packed = PointwiseConvCpu.PackWeight(weight);
             }
 
             _stride = [stride, stride];
@@ -419,7 +395,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
             _groups = groups;
             _relu = relu;
             long k = weight.shape[2];
-            _depthwiseSame = k > 1 && DepthwiseConv2d.IsDepthwiseSame(weight.shape[0] , weight.shape[0], groups, k, weight.shape[3], stride, padding, 1)
+            _depthwiseSame = k > 1 && DepthwiseConv2d.IsDepthwiseSame(weight.shape[0], weight.shape[0], groups, k, weight.shape[3], stride, padding, 1)
                 && weight.shape[1] == 1;
         }
 

@@ -146,19 +146,7 @@ public sealed class RepLKNetModel : Module<Tensor, Tensor>, IImageModel
     /// <exception cref="ArgumentException"><paramref name="indices"/> is empty.</exception>
     public IReadOnlyList<Tensor> forward_intermediates(Tensor input, IReadOnlyList<int>? indices = null)
     {
-        var wanted = indices ?? Config.OutIndices ?? Enumerable.Range(0, stages.Count).ToArray();
-        if (wanted.Count == 0)
-        {
-            throw new ArgumentException("indices names no stage", nameof(indices));
-        }
-
-        foreach (int i in wanted)
-        {
-            if (i < 0 || i >= stages.Count)
-            {
-                throw new ArgumentOutOfRangeException(nameof(indices), i, $"the model has {stages.Count} stages");
-            }
-        }
+        var wanted = StageIndices(indices, Config.OutIndices, stages.Count);
 
         using var scope = NewDisposeScope();
         var outputs = new List<Tensor>();
@@ -179,6 +167,31 @@ public sealed class RepLKNetModel : Module<Tensor, Tensor>, IImageModel
         }
 
         return outputs;
+    }
+
+    /// <summary>
+    /// The stages forward_intermediates returns: <paramref name="indices"/>, else <paramref name="configured"/> (out_indices),
+    /// else all of <paramref name="stageCount"/>; checked (the parameter named is <c>indices</c>).
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">An index is negative or not below <paramref name="stageCount"/>.</exception>
+    /// <exception cref="ArgumentException">The list is empty.</exception>
+    internal static IReadOnlyList<int> StageIndices(IReadOnlyList<int>? indices, IReadOnlyList<int>? configured, int stageCount)
+    {
+        var wanted = indices ?? configured ?? Enumerable.Range(0, stageCount).ToArray();
+        if (wanted.Count == 0)
+        {
+            throw new ArgumentException("indices names no stage", nameof(indices));
+        }
+
+        foreach (int i in wanted)
+        {
+            if (i < 0 || i >= stageCount)
+            {
+                throw new ArgumentOutOfRangeException(nameof(indices), i, $"the model has {stageCount} stages");
+            }
+        }
+
+        return wanted;
     }
 
     /// <summary><c>norm</c> (BN) → global average pool → flatten → <c>head</c>; with <paramref name="preLogits"/> stops before the head.</summary>

@@ -194,7 +194,8 @@ internal static unsafe class PointwiseConvCpu
 
             for (; r < last; r++)
             {
-                Tile1x2<TOps, TV>(x + (long)r * k, w + c, b + c, y + (long)r * n + c, accumulate, relu, k, n);
+                Tile1x1<TOps, TV>(x + (long)r * k, w + c, b + c, y + (long)r * n + c, accumulate, relu, k, n);
+                Tile1x1<TOps, TV>(x + (long)r * k, w + c + v, b + c + v, y + (long)r * n + c + v, accumulate, relu, k, n);
             }
         }
 
@@ -274,24 +275,6 @@ internal static unsafe class PointwiseConvCpu
         TOps.Store(y4 + v, Finish<TOps, TV>(a41, y4 + v, accumulate, relu));
         TOps.Store(y5, Finish<TOps, TV>(a50, y5, accumulate, relu));
         TOps.Store(y5 + v, Finish<TOps, TV>(a51, y5 + v, accumulate, relu));
-    }
-
-    private static void Tile1x2<TOps, TV>(float* x, float* w, float* b, float* y, bool accumulate, bool relu, int k, int n)
-        where TOps : struct, IVectorOps<TV>
-        where TV : struct
-    {
-        int v = TOps.Count;
-        TV a0 = TOps.Load(b), a1 = TOps.Load(b + v);
-        float* wp = w;
-        for (int i = 0; i < k; i++, wp += n)
-        {
-            TV s = TOps.Broadcast(x[i]);
-            a0 = TOps.Fma(s, TOps.Load(wp), a0);
-            a1 = TOps.Fma(s, TOps.Load(wp + v), a1);
-        }
-
-        TOps.Store(y, Finish<TOps, TV>(a0, y, accumulate, relu));
-        TOps.Store(y + v, Finish<TOps, TV>(a1, y + v, accumulate, relu));
     }
 
     private static void Tile1x1<TOps, TV>(float* x, float* w, float* b, float* y, bool accumulate, bool relu, int k, int n)
