@@ -161,6 +161,7 @@ internal static unsafe class PointwiseConvCpu
         });
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RunRows(CpuIsa isa, float* x, float* w, float* b, float* y, bool accumulate, bool relu, int first, int last, int k, int n)
     {
         switch (isa)
@@ -178,6 +179,7 @@ internal static unsafe class PointwiseConvCpu
     }
 
     // Output columns in blocks of 2 vectors, then 1 vector, then single floats; rows in blocks of 6, then one at a time.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Rows<TOps, TV>(float* x, float* w, float* b, float* y, bool accumulate, bool relu, int first, int last, int k, int n)
         where TOps : struct, IVectorOps<TV>
         where TV : struct
@@ -229,7 +231,10 @@ internal static unsafe class PointwiseConvCpu
         return accumulate ? TOps.Add(acc, TOps.Load(y)) : acc;
     }
 
+    // Fully optimized from the first call (AggressiveOptimization, as the depthwise kernels): at tier 0 these loops ran
+    // 3–12× slower, and a benchmark of a few repetitions timed that.
     // 6 rows × 2 vectors: 12 accumulators, 2 weight vectors and a broadcast live (15 registers: fits AVX2's 16).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Tile6x2<TOps, TV>(float* x, float* w, float* b, float* y, bool accumulate, bool relu, int k, int n)
         where TOps : struct, IVectorOps<TV>
         where TV : struct
@@ -277,6 +282,7 @@ internal static unsafe class PointwiseConvCpu
         TOps.Store(y5 + v, Finish<TOps, TV>(a51, y5 + v, accumulate, relu));
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Tile1x1<TOps, TV>(float* x, float* w, float* b, float* y, bool accumulate, bool relu, int k, int n)
         where TOps : struct, IVectorOps<TV>
         where TV : struct
