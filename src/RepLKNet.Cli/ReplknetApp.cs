@@ -136,7 +136,7 @@ public static class ReplknetApp
                     .WithDescription("Time a stack of depthwise layers per (R, K), ours vs libtorch (the paper's Table 1), with the peak resident memory of each cell.")
                     .WithExample("bench", "dwconv", "--device", "cpu", "--sizes", "32", "--kernels", "7,31", "--layers", "4");
                 bench.AddCommand<Commands.Bench.BenchOnnxCommand>("onnx")
-                    .WithDescription("Images/s and peak resident memory of an ONNX export on ONNX Runtime against the TorchSharp deploy model of the same architecture, both engines on the same CPU threads (--threads).")
+                    .WithDescription("Images/s and peak resident memory of an ONNX export on ONNX Runtime against the TorchSharp deploy model of the same architecture (our and libtorch's depthwise conv) and its frozen inference copy (FrozenRepLKNet), all on the same CPU threads (--threads).")
                     .WithExample("bench", "onnx", "--onnx", "fmnist.onnx", "--batch", "32");
                 bench.AddCommand<Commands.Bench.BenchModelCommand>("model")
                     .WithDescription("Time a whole model (inference or a training step), ours vs libtorch's depthwise conv, with the peak resident memory of each.")

@@ -236,6 +236,9 @@ public sealed class OnnxExportTests
         var zeroBatch = CliRunner.Run("bench", "onnx", "--onnx", dir.File("m.onnx"), "--batch", "0");
         Assert.Equal(2, zeroBatch.ExitCode);
         Assert.Contains("--batch 0", zeroBatch.StdErr + zeroBatch.StdOut, StringComparison.Ordinal);
+        var cuda = CliRunner.Run("bench", "onnx", "--onnx", dir.File("m.onnx"), "--device", "cuda");
+        Assert.Equal(2, cuda.ExitCode);
+        Assert.Contains("--device cuda", cuda.StdErr + cuda.StdOut, StringComparison.Ordinal);
 
         var missing = CliRunner.Run("export", "onnx", "--arch", dir.File("arch.json"), "--weights", dir.File("nope.pth"), "--out", dir.File("n.onnx"));
         Assert.NotEqual(0, missing.ExitCode);

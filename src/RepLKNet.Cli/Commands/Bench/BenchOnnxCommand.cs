@@ -36,7 +36,9 @@ public sealed class BenchOnnxCommand(IAnsiConsole console) : Command<BenchOnnxCo
             string.IsNullOrWhiteSpace(Onnx) ? ValidationResult.Error("--onnx is required")
             : Batch <= 0 ? ValidationResult.Error($"--batch {Batch} must be positive")
             : Reps <= 0 ? ValidationResult.Error($"--reps {Reps} must be positive")
-            : base.Validate();
+            : base.Validate() is { Successful: false } failed ? failed
+            : DeviceRequest.Kind == DeviceRequestKind.Cuda ? ValidationResult.Error($"--device {Device}: bench onnx runs both engines on the CPU (ONNX Runtime's CPU provider)")
+            : ValidationResult.Success();
     }
 
     /// <inheritdoc />
