@@ -64,6 +64,9 @@ public static unsafe class DepthwiseConvCpu
     {
         switch (isa)
         {
+            case CpuIsa.Vector512 when DepthwiseConvBlocked.ConvApplies(isa, c, h, w, k):
+                DepthwiseConvBlocked.Convolve(input, weight, bias, output, n, c, h, w, k, rotate, threads);
+                break;
             case CpuIsa.Vector512:
                 Convolve<Ops512, Vector512<float>>(input, weight, bias, output, n, c, h, w, k, rotate, threads);
                 break;
@@ -79,8 +82,13 @@ public static unsafe class DepthwiseConvCpu
     /// <summary>Weight gradient: gradWeight[c,ky,kx] = Σ_n Σ_y Σ_x gradOutput[n,c,y,x]·x_padded[n,c,y+ky,x+kx].</summary>
     public static void WeightGrad(float* input, float* gradOutput, float* gradWeight, int n, int c, int h, int w, int k, CpuIsa isa, int threads)
     {
-        switch (CpuIsas.Resolve(isa))
+        var resolved = CpuIsas.Resolve(isa);
+        switch (resolved)
         {
+            // Blocked jobs are whole 16-channel blocks: only where there are enough of them for every thread.
+            case CpuIsa.Vector512 when DepthwiseConvBlocked.WeightGradApplies(resolved, c, h, w, k) && c / 16 >= threads:
+                DepthwiseConvBlocked.WeightGrad(input, gradOutput, gradWeight, n, c, h, w, k, threads);
+                break;
             case CpuIsa.Vector512:
                 WeightGradAll<Ops512, Vector512<float>>(input, gradOutput, gradWeight, n, c, h, w, k, threads);
                 break;
@@ -970,13 +978,13 @@ public static unsafe class DepthwiseConvCpu
     // ---------------------------------------------------------------------------------------------------------------
     // Threading
 
-    private delegate void ChunkBody(float* scratch, int first, int last);
+    internal delegate void ChunkBody(float* scratch, int first, int last);
 
     /// <summary>
     /// Runs <paramref name="body"/> over [0, count) in contiguous chunks on up to <paramref name="threads"/> workers, each
     /// with its own 64-byte-aligned scratch of <paramref name="scratchFloats"/> floats (plus slack for vector over-reads).
     /// </summary>
-    private static void ParallelPlanes(int count, int threads, long scratchFloats, ChunkBody body, int maxChunks = 0)
+    internal static void ParallelPlanes(int count, int threads, long scratchFloats, ChunkBody body, int maxChunks = 0)
     {
         int workers = Math.Max(1, Math.Min(threads, count));
         int chunks = maxChunks > 0 ? Math.Min(maxChunks, count) : Math.Min(count, workers * 4);
