@@ -67,7 +67,7 @@ internal static unsafe class DepthwiseConvBlocked
         long accFloats = (long)tiled * V;
         long weightFloats = (long)k * (k + 2 * Pad) * V;
         int blocks = c / V;
-        DepthwiseConvCpu.ParallelPlanes(n * blocks, threads, inFloats + accFloats + weightFloats + V, (scratch, first, last) =>
+        DepthwiseConvCpu.ParallelPlanes(n * blocks, threads, inFloats + accFloats + weightFloats + V + (long)k * k * V, (scratch, first, last) =>
             ConvolveJobs(input, weight, bias, output, n, c, h, w, k, rotate, scratch, first, last));
     }
 
@@ -80,6 +80,9 @@ internal static unsafe class DepthwiseConvBlocked
             WeightGradJobs(input, gradOutput, gradWeight, n, c, h, w, k, scratch, first, last));
     }
 
+    // Every loop here and in the helpers it calls is compiled fully optimized from the first call (as in
+    // DepthwiseConvCpu): at tier 0 the transposes' intrinsics are not inlined, and a benchmark of a few calls, or a
+    // short run, measured them instead of the kernels.
     // Jobs are (channel block, image) with the image fastest, so a thread's consecutive jobs share the packed kernel.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void ConvolveJobs(float* input, float* weight, float* bias, float* output, int n, int c, int h, int w, int k,
@@ -91,6 +94,7 @@ internal static unsafe class DepthwiseConvBlocked
         float* acc = inS + (long)h * rowFloats;
         float* wS = acc + (long)tiled * V;
         float* biasS = wS + k * weightRow;
+        float* taps = biasS + V;
         NativeMemory.Clear(inS, (nuint)(h * rowFloats * sizeof(float)));
         int packed = -1;
         for (int job = first; job < last; job++)
@@ -98,7 +102,7 @@ internal static unsafe class DepthwiseConvBlocked
             int block = job / n, image = job % n, c0 = block * V;
             if (block != packed)
             {
-                PackKernel(weight + (long)c0 * k * k, wS, k, rotate);
+                PackKernel(weight + (long)c0 * k * k, wS, taps, k, rotate);
                 for (int ch = 0; ch < V; ch++)
                 {
                     biasS[ch] = bias == null ? 0f : bias[c0 + ch];
@@ -217,23 +221,36 @@ internal static unsafe class DepthwiseConvBlocked
         }
     }
 
-    /// <summary>Kernels c0..c0+15 (K×K each, contiguous) → [ky][Pad + kx][16], rotated 180° for the input gradient.</summary>
-    private static void PackKernel(float* kernels, float* packed, int k, bool rotate)
+    /// <summary>
+    /// Kernels c0..c0+15 (K×K each, contiguous) → [ky][Pad + kx][16] with zero columns on both sides, rotated 180° for
+    /// the input gradient; <paramref name="taps"/> is K·K·16 floats of scratch (the taps transposed 16 at a time).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PackKernel(float* kernels, float* packed, float* taps, int k, bool rotate)
     {
-        int kk = k * k, row = k + 2 * Pad;
-        NativeMemory.Clear(packed, (nuint)((long)k * row * V * sizeof(float)));
+        int kk = k * k, row = k + 2 * Pad, kk16 = kk & ~15;
+        for (int t = 0; t < kk16; t += 16)
+        {
+            Transpose16(kernels + t, kk, taps + (long)t * V, V);
+        }
+
         for (int ch = 0; ch < V; ch++)
         {
-            float* src = kernels + (long)ch * kk;
-            for (int t = 0; t < kk; t++)
+            for (int t = kk16; t < kk; t++)
             {
-                int u = rotate ? kk - 1 - t : t;
-                packed[((long)(u / k) * row + Pad + u % k) * V + ch] = src[t];
+                taps[(long)t * V + ch] = kernels[(long)ch * kk + t];
             }
+        }
+
+        NativeMemory.Clear(packed, (nuint)((long)k * row * V * sizeof(float)));
+        for (int u = 0; u < kk; u++)
+        {
+            Vector512.Load(taps + (long)(rotate ? kk - 1 - u : u) * V).Store(packed + ((long)(u / k) * row + Pad + u % k) * V);
         }
     }
 
     /// <summary>16 planes of H×W (contiguous) → rows of W pixels × 16 channels, <paramref name="rowFloats"/> apart.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void ToBlocked(float* planes, float* dst, int h, int w, long rowFloats)
     {
         long plane = (long)h * w;
@@ -258,6 +275,7 @@ internal static unsafe class DepthwiseConvBlocked
     }
 
     /// <summary>One row of W pixels × 16 channels → row y of 16 planes (<paramref name="dst"/> points at plane 0's row).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void FromBlockedRow(float* row, float* dst, int w, long plane)
     {
         int w16 = w & ~15;
