@@ -25,6 +25,7 @@ public sealed class Avx512FactAttribute : FactAttribute
 /// two padding triangles overlap, widths off 8 and 16, K from 1 to 31 and larger than the map, 1–3 threads), and through
 /// the public op where the dispatch picks them. Skipped where the CPU has no AVX-512.
 /// </summary>
+[Collection(SerialTests.Name)] // switches DepthwiseConvBlocked.Enabled and the kernel thread count, process-wide
 public sealed unsafe class DepthwiseConvBlockedTests
 {
     public DepthwiseConvBlockedTests() => Torch.EnsureLoaded();
@@ -84,8 +85,30 @@ public sealed unsafe class DepthwiseConvBlockedTests
         Assert.False(DepthwiseConvBlocked.ConvApplies(CpuIsa.Vector512, 24, 32, 32, 31));
         Assert.False(DepthwiseConvBlocked.ConvApplies(CpuIsa.Vector512, 32, 32, 32, 7));
         Assert.False(DepthwiseConvBlocked.WeightGradApplies(CpuIsa.Vector512, 32, 7, 7, 13));
+        // Where libtorch's direct forward would run, the blocked kernels take over on 16-multiple widths only.
+        Assert.True(CpuDepthwise.ForwardOnLibtorch(CpuIsa.Vector512, 16, 16, 13));
+        Assert.True(CpuDepthwise.BlockedBeatsLibtorch(CpuIsa.Vector512, 32, 16, 16, 13));
+        Assert.True(CpuDepthwise.BlockedBeatsLibtorch(CpuIsa.Vector512, 32, 16, 16, 5));
+        Assert.False(CpuDepthwise.BlockedBeatsLibtorch(CpuIsa.Vector512, 32, 14, 14, 13));
+        Assert.False(CpuDepthwise.BlockedBeatsLibtorch(CpuIsa.Vector512, 24, 16, 16, 13));
+        Assert.False(CpuDepthwise.BlockedBeatsLibtorch(CpuIsa.Vector256, 32, 16, 16, 13));
 
         using var scopedIsa = DepthwiseConv2d.UseIsa(CpuIsa.Vector512);
+        // Two 16-channel blocks: the blocked weight gradient needs at least as many blocks as threads.
+        int threads = DepthwiseConv2d.Threads;
+        DepthwiseConv2d.Threads = 2;
+        try
+        {
+            CompareWithRowKernels();
+        }
+        finally
+        {
+            DepthwiseConv2d.Threads = threads;
+        }
+    }
+
+    private static void CompareWithRowKernels()
+    {
         foreach (var (h, k) in new[] { (32, 31), (14, 27), (16, 5) })
         {
             using var scope = NewDisposeScope();
@@ -113,8 +136,7 @@ public sealed unsafe class DepthwiseConvBlockedTests
                 AssertClose(results[1][i], results[0][i], $"R {h} K {k} output {i}");
             }
 
-            // The weight gradient sums in another order than the row kernel's: equal to rounding, not bit for bit (so the
-            // switch did switch; forward and input gradient may be bit-identical: same order per output).
+            // Another summation order than the row kernels': equal to rounding, not bit for bit (so the switch did switch).
             Assert.True(results[1][2].sub(results[0][2]).abs().max().item<float>() > 0, $"R {h} K {k}: identical weight gradients");
         }
     }

@@ -49,6 +49,16 @@ public static class CpuDepthwise
     internal static bool ForwardOnLibtorch(CpuIsa isa, long h, long w, long k) => h <= 20 && w <= 20 && LibtorchForwardIsDirect(isa, h, w, k);
 
     /// <summary>
+    /// Where the channel-blocked AVX-512 kernels (<see cref="DepthwiseConvBlocked"/>) beat libtorch's direct forward and
+    /// input gradient, so that <see cref="ForwardOnLibtorch"/> and <see cref="InputGradientOnlyOnLibtorch"/> yield to
+    /// them: the blocked rule holds and W is a multiple of 16 (whole 16 × 16 transposes). Measured (batch 8, C 384,
+    /// 2 threads, ms per layer, blocked vs libtorch): R 16 forward K 5 0.22 vs 0.24, K 7 0.27 vs 0.31, K 13 0.46 vs 0.63;
+    /// input gradient K 9 0.32 vs 0.41, K 13 0.46 vs 0.65; but R 14 K 13 0.61 vs 0.51–0.54 and R 8 K 13 a tie.
+    /// </summary>
+    internal static bool BlockedBeatsLibtorch(CpuIsa isa, long c, long h, long w, long k) =>
+        w % 16 == 0 && DepthwiseConvBlocked.ConvApplies(isa, (int)Math.Min(c, int.MaxValue), (int)Math.Min(h, int.MaxValue), (int)Math.Min(w, int.MaxValue), (int)Math.Min(k, int.MaxValue));
+
+    /// <summary>
     /// Tiny maps, where libtorch's input gradient (and at K = 3 its whole training step) beats ours: H, W ≤ 12 with
     /// AVX-512, ≤ 8 with AVX2. Measured as <see cref="ForwardOnLibtorch"/> (input gradients with autograd.grad): batch
     /// 128, C 32 — AVX-512 7×7 K 13 0.78 vs 0.32 ms per layer, 10×10 K 13 1.02 vs 0.74, 12×12 a tie (K 3 0.25 vs 0.24,
@@ -102,7 +112,9 @@ public static class CpuDepthwise
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(w);
         long[] xs = x.shape;
-        return ForwardOnLibtorch(RuleIsa, xs[2], xs[3], w.size(2)) ? DepthwiseConv2d.Libtorch(x, w, b) : ForwardRaw(x, w, b);
+        var isa = RuleIsa;
+        bool libtorch = ForwardOnLibtorch(isa, xs[2], xs[3], w.size(2)) && !BlockedBeatsLibtorch(isa, xs[1], xs[2], xs[3], w.size(2));
+        return libtorch ? DepthwiseConv2d.Libtorch(x, w, b) : ForwardRaw(x, w, b);
     }
 
     /// <summary>
@@ -216,7 +228,8 @@ public static class CpuDepthwise
             var isa = RuleIsa;
             long h = input.size(2), w = input.size(3), k = weight.size(2);
             bool inputGradientOnly = !weight.requires_grad && bias?.requires_grad != true;
-            return !(TrainingOnLibtorch(isa, h, w, k) || inputGradientOnly && InputGradientOnlyOnLibtorch(isa, h, w, k));
+            return !(TrainingOnLibtorch(isa, h, w, k)
+                || inputGradientOnly && InputGradientOnlyOnLibtorch(isa, h, w, k) && !BlockedBeatsLibtorch(isa, input.size(1), h, w, k));
         }
 
         public Tensor Forward(Tensor input, Tensor weight, Tensor? bias) => CpuDepthwise.Forward(input, weight, bias);

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
@@ -9,8 +10,8 @@ namespace RepLKNet.Ops.Cpu;
 /// Depthwise "same" convolution (stride 1, padding K/2, odd K) with vectors along channels, for AVX-512 and large
 /// kernels on small maps (docs/perf-notes.md, "Vectors along channels"). NCHW tensors in and out; inside, each job takes
 /// one image and 16 channels and transposes them into a per-thread scratch of H rows × (W + 14) columns × 16 channels
-/// (7 zero columns each side), so that every tap is one 16-wide FMA of real data and every tap that reads padding is
-/// skipped by loop bounds (with vectors along x, as <see cref="DepthwiseConvCpu"/> has them, a 32-wide row needs every
+/// (7 zero columns each side), so that every tap is one 16-wide FMA of real data and the taps that read padding are
+/// skipped by loop bounds (all but at most 6 steps at each end of a row, see <see cref="Slide"/>) (with vectors along x, as <see cref="DepthwiseConvCpu"/> has them, a 32-wide row needs every
 /// kernel column for both of its vectors: ~24 % of the FMAs at R 32, K 31 read zeros).
 /// <list type="bullet">
 /// <item>Forward and input gradient (the forward with each kernel rotated 180°): per output row, tiles of 8 output
@@ -22,8 +23,10 @@ namespace RepLKNet.Ops.Cpu;
 /// <item>The next job's input is prefetched into L2 while the current one computes, and its output lines into L1 row by
 /// row, so the NCHW ↔ blocked transposes (16 × 16 in registers) mostly overlap the arithmetic.</item>
 /// </list>
-/// Floating-point sums run in the same order as <see cref="DepthwiseConvCpu"/>'s forward for each output (kernel rows,
-/// then columns), not libtorch's; results agree to float32 rounding.
+/// Sums run in another order than <see cref="DepthwiseConvCpu"/>'s and libtorch's: results agree to float32 rounding
+/// (measured ≤ 1.1e-4 of the output's scale at R 32, K 31 against the row kernels), not bit for bit. A non-finite input
+/// can turn outputs it does not reach into NaN (a widened triangle multiplies it by a zero of the kernel's padding; the
+/// row kernels do the same at fewer outputs, libtorch does not).
 /// </summary>
 internal static unsafe class DepthwiseConvBlocked
 {
@@ -39,29 +42,32 @@ internal static unsafe class DepthwiseConvBlocked
     /// <summary>Test and benchmark switch: false sends every call to <see cref="DepthwiseConvCpu"/>'s row kernels.</summary>
     internal static bool Enabled { get; set; } = Environment.GetEnvironmentVariable("REPLKNET_DW_BLOCKED") != "0";
 
-    /// <summary>Test switch: true takes the blocked path for every shape it can run (AVX-512, channels a multiple of 16).</summary>
-    internal static bool Forced { get; set; }
-
     /// <summary>
     /// Whether the forward and input gradient run here: AVX-512, channels a multiple of 16, maps at least 8 × 8, and
     /// K ≥ 9, or K ≥ 5 on maps up to 16 × 16. Measured crossovers (batch 8, C 384, 2 threads, docs/perf-notes.md): the
     /// blocked kernels are 1.1–2.2× the row kernels there, 0.95–0.98× at R 32 K 7 and 1.04–1.08× at R 32–64 K 5.
     /// </summary>
     internal static bool ConvApplies(CpuIsa isa, int c, int h, int w, int k) =>
-        Runs(isa, c) && (Forced || (h >= T && w >= T && (k >= 9 || (k >= 5 && h <= 16 && w <= 16))));
+        Runs(isa, c) && h >= T && w >= T && (k >= 9 || (k >= 5 && h <= 16 && w <= 16));
 
     /// <summary>
-    /// Whether the weight gradient runs here: AVX-512, channels a multiple of 16, maps at least 8 × 8, K ≥ 5
-    /// (measured 1.4–3.3× the row kernel's from K 5 to 31, R 8 to 64).
+    /// Whether the weight gradient can run here: AVX-512, channels a multiple of 16, maps at least 8 × 8, K ≥ 5
+    /// (measured 1.4–3.3× the row kernel's from K 5 to 31, R 8 to 64); the caller also requires at least as many
+    /// 16-channel blocks as threads (a block is one thread's job).
     /// </summary>
     internal static bool WeightGradApplies(CpuIsa isa, int c, int h, int w, int k) =>
-        Runs(isa, c) && (Forced || (h >= T && w >= T && k >= 5));
+        Runs(isa, c) && h >= T && w >= T && k >= 5;
 
     private static bool Runs(CpuIsa isa, int c) => Enabled && isa == CpuIsa.Vector512 && Avx512F.IsSupported && c % V == 0;
 
-    /// <summary>Forward (rotate false) or input gradient (rotate true); same contract as <see cref="DepthwiseConvCpu.Forward"/>.</summary>
+    /// <summary>
+    /// Forward (rotate false) or input gradient (rotate true); the contract of <see cref="DepthwiseConvCpu.Forward"/>
+    /// (NCHW float32, odd K, output written) plus what <see cref="ConvApplies"/> checks first: AVX-512 and C a multiple
+    /// of 16 (any map size and K run correctly; the rule only picks where it is faster).
+    /// </summary>
     internal static void Convolve(float* input, float* weight, float* bias, float* output, int n, int c, int h, int w, int k, bool rotate, int threads)
     {
+        Debug.Assert(Avx512F.IsSupported && c % V == 0 && k % 2 == 1, "blocked depthwise: AVX-512, C % 16 == 0, odd K");
         int tiled = RoundUp(w, T);
         long inFloats = (long)h * (w + 2 * Pad) * V;
         long accFloats = (long)tiled * V;
@@ -71,9 +77,13 @@ internal static unsafe class DepthwiseConvBlocked
             ConvolveJobs(input, weight, bias, output, n, c, h, w, k, rotate, scratch, first, last));
     }
 
-    /// <summary>Weight gradient; same contract as <see cref="DepthwiseConvCpu.WeightGrad"/> (gradWeight is overwritten).</summary>
+    /// <summary>
+    /// Weight gradient; the contract of <see cref="DepthwiseConvCpu.WeightGrad"/> (gradWeight, C × K × K, is overwritten)
+    /// plus AVX-512 and C a multiple of 16.
+    /// </summary>
     internal static void WeightGrad(float* input, float* gradOutput, float* gradWeight, int n, int c, int h, int w, int k, int threads)
     {
+        Debug.Assert(Avx512F.IsSupported && c % V == 0 && k % 2 == 1, "blocked depthwise: AVX-512, C % 16 == 0, odd K");
         long planeFloats = (long)h * (w + 2 * Pad) * V;
         long accFloats = (long)k * RoundUp(k, T) * V;
         DepthwiseConvCpu.ParallelPlanes(c / V, threads, 2 * planeFloats + accFloats, (scratch, first, last) =>
@@ -360,7 +370,8 @@ internal static unsafe class DepthwiseConvBlocked
     /// </summary>
     /// <remarks>
     /// The skipped pairs form two triangles: before the first column where all 8 see data and after the last. Both are
-    /// widened to exactly 7 steps (b and a are padded with 7 zero vectors on each side, so the extra steps add zeros) and
+    /// widened to exactly 7 steps (b and a are padded with 7 zero vectors on each side, so the up to 6 extra steps add
+    /// zeros: FMAs not skipped) and
     /// computed by straight-line code into separate accumulators (their dependency chains then overlap the main loop's);
     /// between them the main loop slides 8 input vectors in registers, unrolled by 8 so the rotation is static. When the
     /// two triangles overlap (rows shorter than ~15 columns) the pairs are tested one by one (<see cref="SlideEdges"/>).
@@ -368,6 +379,9 @@ internal static unsafe class DepthwiseConvBlocked
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Slide(float* a, long aStride, float* b, long bStride, int rows, int len, int ustart, int width, float* acc)
     {
+        // Both callers clip m to the pairs' union: the first step has a column ≥ −7, the last one ≤ width − 1 (so the
+        // right triangle, once widened, ends exactly at width − 1 + 7).
+        Debug.Assert(ustart >= -Pad && ustart + len <= width, "Slide: m range outside the padded columns");
         if (ustart < 0 && ustart > -Pad)
         {
             int d = Pad + ustart;
