@@ -22,7 +22,8 @@ public sealed class Avx512FactAttribute : FactAttribute
 /// <summary>
 /// The channel-blocked AVX-512 kernels (<see cref="DepthwiseConvBlocked"/>) against libtorch's conv2d and its autograd in
 /// float64: called directly on every shape class the tiles have (maps narrower than one 8-column tile, rows where the
-/// two padding triangles overlap, widths off 8 and 16, K from 1 to 31 and larger than the map, 1–3 threads), and through
+/// two padding triangles overlap — for the 12-wide tile too, with K &gt; 2W —, 12- and 8-wide tiles side by side, widths
+/// off 8 and 16, K from 1 to 53 and larger than the map, 1–3 threads), and through
 /// the public op where the dispatch picks them. Skipped where the CPU has no AVX-512.
 /// </summary>
 [Collection(SerialTests.Name)] // switches DepthwiseConvBlocked.Enabled and the kernel thread count, process-wide
@@ -41,6 +42,7 @@ public sealed unsafe class DepthwiseConvBlockedTests
             (1, 16, 1, 1, 3, 1), (2, 16, 3, 5, 31, 2), (1, 32, 7, 7, 13, 3), (2, 16, 8, 8, 1, 2), (1, 16, 9, 15, 9, 1),
             (2, 32, 16, 16, 31, 2), (1, 16, 32, 32, 31, 2), (1, 48, 14, 14, 27, 3), (2, 16, 28, 28, 29, 2),
             (1, 16, 17, 40, 5, 2), (1, 16, 40, 17, 7, 1), (2, 16, 33, 31, 31, 2), (1, 16, 12, 24, 3, 2),
+            (1, 16, 17, 17, 41, 2), (1, 32, 20, 18, 53, 2), (1, 16, 56, 56, 31, 2), (2, 16, 19, 29, 17, 1),
         };
         for (int i = 0; i < 10; i++)
         {

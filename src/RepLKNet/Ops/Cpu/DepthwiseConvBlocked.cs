@@ -14,12 +14,13 @@ namespace RepLKNet.Ops.Cpu;
 /// skipped by loop bounds (all but at most 6 steps at each end of a row, see <see cref="Slide"/>) (with vectors along x, as <see cref="DepthwiseConvCpu"/> has them, a 32-wide row needs every
 /// kernel column for both of its vectors: ~24 % of the FMAs at R 32, K 31 read zeros).
 /// <list type="bullet">
-/// <item>Forward and input gradient (the forward with each kernel rotated 180°): per output row, tiles of 8 output
-/// columns; the tile's 8 accumulators run over the valid kernel rows and, along each row, over the kernel columns, with
-/// the 8 input vectors kept in registers and slid by one per column (2 loads per 8 FMAs); the triangles where part of
-/// the tile would read padding are computed pair by pair.</item>
-/// <item>Weight gradient: the same kernel with the roles exchanged — 8 accumulators are 8 kernel columns of one kernel
-/// row, the sum runs over the output pixels that see data; each thread owns whole channel blocks (no reduction).</item>
+/// <item>Forward and input gradient (the forward with each kernel rotated 180°): per output row, tiles of 12 output
+/// columns (8 for the last ≤ 16 columns and for K ≤ 16); the tile's accumulators run over the valid kernel rows and,
+/// along each row, over the kernel columns, with the tile's input vectors kept in registers and slid by one per column
+/// (2 loads per 12 or 8 FMAs); the triangles where part of the tile would read padding run as straight-line code.</item>
+/// <item>Weight gradient: the same kernels with the roles exchanged — the accumulators are 12 (or 8) kernel columns of
+/// one kernel row, the sum runs over the output pixels that see data; each thread owns whole channel blocks (no
+/// reduction).</item>
 /// <item>The next job's input is prefetched into L2 while the current one computes, and its output lines into L1 row by
 /// row, so the NCHW ↔ blocked transposes (16 × 16 in registers) mostly overlap the arithmetic.</item>
 /// </list>
@@ -33,11 +34,17 @@ internal static unsafe class DepthwiseConvBlocked
     /// <summary>Channels per vector (AVX-512 float32).</summary>
     private const int V = 16;
 
-    /// <summary>Accumulators per tile (output columns, or kernel columns for the weight gradient).</summary>
+    /// <summary>Accumulators of the narrow tile (output columns, or kernel columns for the weight gradient).</summary>
     private const int T = 8;
 
-    /// <summary>Zero columns on each side of a scratch row and of a packed kernel row (T − 1).</summary>
-    private const int Pad = T - 1;
+    /// <summary>Accumulators of the wide tile (12 output or kernel columns).</summary>
+    private const int T12 = 12;
+
+    /// <summary>Zero columns on each side of a scratch row and of a packed kernel row (the wide tile's T − 1).</summary>
+    private const int Pad = T12 - 1;
+
+    /// <summary>Steps of the 8-wide tile's triangles (T − 1).</summary>
+    private const int Ramp = T - 1;
 
     /// <summary>Test and benchmark switch: false sends every call to <see cref="DepthwiseConvCpu"/>'s row kernels.</summary>
     internal static bool Enabled { get; set; } = Environment.GetEnvironmentVariable("REPLKNET_DW_BLOCKED") != "0";
@@ -68,7 +75,7 @@ internal static unsafe class DepthwiseConvBlocked
     internal static void Convolve(float* input, float* weight, float* bias, float* output, int n, int c, int h, int w, int k, bool rotate, int threads)
     {
         Debug.Assert(Avx512F.IsSupported && c % V == 0 && k % 2 == 1, "blocked depthwise: AVX-512, C % 16 == 0, odd K");
-        int tiled = RoundUp(w, T);
+        int tiled = w + T12;
         long inFloats = (long)h * (w + 2 * Pad) * V;
         long accFloats = (long)tiled * V;
         long weightFloats = (long)k * (k + 2 * Pad) * V;
@@ -85,7 +92,7 @@ internal static unsafe class DepthwiseConvBlocked
     {
         Debug.Assert(Avx512F.IsSupported && c % V == 0 && k % 2 == 1, "blocked depthwise: AVX-512, C % 16 == 0, odd K");
         long planeFloats = (long)h * (w + 2 * Pad) * V;
-        long accFloats = (long)k * RoundUp(k, T) * V;
+        long accFloats = (long)k * (k + T12) * V;
         DepthwiseConvCpu.ParallelPlanes(c / V, threads, 2 * planeFloats + accFloats, (scratch, first, last) =>
             WeightGradJobs(input, gradOutput, gradWeight, n, c, h, w, k, scratch, first, last));
     }
@@ -98,7 +105,7 @@ internal static unsafe class DepthwiseConvBlocked
     private static void ConvolveJobs(float* input, float* weight, float* bias, float* output, int n, int c, int h, int w, int k,
         bool rotate, float* scratch, int first, int last)
     {
-        int p = k / 2, tiled = RoundUp(w, T), stride = w + 2 * Pad;
+        int p = k / 2, tiled = w + T12, stride = w + 2 * Pad;
         long rowFloats = (long)stride * V, plane = (long)h * w, weightRow = (long)(k + 2 * Pad) * V;
         float* inS = scratch;
         float* acc = inS + (long)h * rowFloats;
@@ -139,13 +146,25 @@ internal static unsafe class DepthwiseConvBlocked
                 }
 
                 int kyLo = Math.Max(0, p - y), kyHi = Math.Min(k - 1, h - 1 + p - y);
-                for (int x0 = 0; x0 < tiled; x0 += T)
+                for (int x0 = 0; x0 < w;)
                 {
-                    // Kernel columns whose 8 input columns all fall in the padding are skipped; the rest run exactly.
-                    int kxLo = Math.Max(0, p - x0 - (T - 1)), kxHi = Math.Min(k - 1, p + w - 1 - x0);
-                    Slide(inS + (long)(y + kyLo - p) * rowFloats + (long)(x0 + Pad - p + kxLo) * V, rowFloats,
-                        wS + kyLo * weightRow + (long)(Pad + kxLo) * V, weightRow, kyHi - kyLo + 1, kxHi - kxLo + 1,
-                        x0 - p + kxLo, w, acc + (long)x0 * V);
+                    // 12-wide tiles while more than 16 columns are left (and K > 16: shorter kernel rows would mostly
+                    // be the 12-wide triangles), then 8-wide ones. Kernel columns whose input columns all fall in the
+                    // padding are skipped; the rest run exactly.
+                    int t = w - x0 > 16 && k > 16 ? T12 : T;
+                    int kxLo = Math.Max(0, p - x0 - (t - 1)), kxHi = Math.Min(k - 1, p + w - 1 - x0);
+                    float* pa = inS + (long)(y + kyLo - p) * rowFloats + (long)(x0 + Pad - p + kxLo) * V;
+                    float* pb = wS + kyLo * weightRow + (long)(Pad + kxLo) * V;
+                    if (t == T12)
+                    {
+                        Slide12(pa, rowFloats, pb, weightRow, kyHi - kyLo + 1, kxHi - kxLo + 1, x0 - p + kxLo, w, acc + (long)x0 * V);
+                    }
+                    else
+                    {
+                        Slide(pa, rowFloats, pb, weightRow, kyHi - kyLo + 1, kxHi - kxLo + 1, x0 - p + kxLo, w, acc + (long)x0 * V);
+                    }
+
+                    x0 += t;
                 }
 
                 FromBlockedRow(acc, dst + (long)y * w, w, plane);
@@ -158,7 +177,7 @@ internal static unsafe class DepthwiseConvBlocked
     private static void WeightGradJobs(float* input, float* gradOutput, float* gradWeight, int n, int c, int h, int w, int k,
         float* scratch, int first, int last)
     {
-        int p = k / 2, k8 = RoundUp(k, T);
+        int p = k / 2, k8 = k + T12;
         long rowFloats = (long)(w + 2 * Pad) * V, plane = (long)h * w, planeFloats = h * rowFloats;
         float* xS = scratch;
         float* gS = xS + planeFloats;
@@ -177,17 +196,27 @@ internal static unsafe class DepthwiseConvBlocked
                 {
                     // Output rows whose input row ky − p away holds data.
                     int yLo = Math.Max(0, p - ky), yHi = Math.Min(h - 1, h - 1 + p - ky);
-                    for (int k0 = 0; k0 < k; k0 += T)
+                    for (int k0 = 0; k0 < k;)
                     {
-                        int xLo = Math.Max(0, p - k0 - (T - 1)), xHi = Math.Min(w - 1, p + w - 1 - k0);
-                        if (xLo > xHi)
+                        // 12 kernel columns at a time while more than 16 are left (and W > 16, for the same reason), then 8.
+                        int t = k - k0 > 16 && w > 16 ? T12 : T;
+                        int xLo = Math.Max(0, p - k0 - (t - 1)), xHi = Math.Min(w - 1, p + w - 1 - k0);
+                        if (xLo <= xHi)
                         {
-                            continue;
+                            float* pa = xS + (long)(yLo + ky - p) * rowFloats + (long)(xLo + k0 - p + Pad) * V;
+                            float* pb = gS + yLo * rowFloats + (long)(xLo + Pad) * V;
+                            float* pacc = acc + ((long)ky * k8 + k0) * V;
+                            if (t == T12)
+                            {
+                                Slide12(pa, rowFloats, pb, rowFloats, yHi - yLo + 1, xHi - xLo + 1, xLo + k0 - p, w, pacc);
+                            }
+                            else
+                            {
+                                Slide(pa, rowFloats, pb, rowFloats, yHi - yLo + 1, xHi - xLo + 1, xLo + k0 - p, w, pacc);
+                            }
                         }
 
-                        Slide(xS + (long)(yLo + ky - p) * rowFloats + (long)(xLo + k0 - p + Pad) * V, rowFloats,
-                            gS + yLo * rowFloats + (long)(xLo + Pad) * V, rowFloats, yHi - yLo + 1, xHi - xLo + 1,
-                            xLo + k0 - p, w, acc + ((long)ky * k8 + k0) * V);
+                        k0 += t;
                     }
                 }
             }
@@ -381,25 +410,25 @@ internal static unsafe class DepthwiseConvBlocked
     {
         // Both callers clip m to the pairs' union: the first step has a column ≥ −7, the last one ≤ width − 1 (so the
         // right triangle, once widened, ends exactly at width − 1 + 7).
-        Debug.Assert(ustart >= -Pad && ustart + len <= width, "Slide: m range outside the padded columns");
-        if (ustart < 0 && ustart > -Pad)
+        Debug.Assert(ustart >= -Ramp && ustart + len <= width, "Slide: m range outside the padded columns");
+        if (ustart < 0 && ustart > -Ramp)
         {
-            int d = Pad + ustart;
+            int d = Ramp + ustart;
             a -= d * V;
             b -= d * V;
             len += d;
-            ustart = -Pad;
+            ustart = -Ramp;
         }
 
-        int over = ustart + Pad + len - width;
-        if (over > 0 && over < Pad)
+        int over = ustart + Ramp + len - width;
+        if (over > 0 && over < Ramp)
         {
-            len += Pad - over;
-            over = Pad;
+            len += Ramp - over;
+            over = Ramp;
         }
 
         bool left = ustart < 0, right = over > 0;
-        int mid = len - (left ? Pad : 0) - (right ? Pad : 0);
+        int mid = len - (left ? Ramp : 0) - (right ? Ramp : 0);
         if (mid < 0)
         {
             SlideEdges(a, aStride, b, bStride, rows, len, ustart, width, acc);
@@ -695,6 +724,559 @@ internal static unsafe class DepthwiseConvBlocked
         a5.Store(acc + 5 * V);
         a6.Store(acc + 6 * V);
         a7.Store(acc + 7 * V);
+    }
+
+    /// <summary><see cref="Slide"/> with 12 accumulators and 11-step triangles (more FMA chains in flight).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Slide12(float* a, long aStride, float* b, long bStride, int rows, int len, int ustart, int width, float* acc)
+    {
+        if (ustart < 0 && ustart > -11)
+        {
+            int d = 11 + ustart;
+            a -= d * V;
+            b -= d * V;
+            len += d;
+            ustart = -11;
+        }
+
+        int over = ustart + 11 + len - width;
+        if (over > 0 && over < 11)
+        {
+            len += 11 - over;
+            over = 11;
+        }
+
+        bool left = ustart < 0, right = over > 0;
+        int mid = len - (left ? 11 : 0) - (right ? 11 : 0);
+        if (mid < 0)
+        {
+            Slide12Edges(a, aStride, b, bStride, rows, len, ustart, width, acc);
+            return;
+        }
+
+        int main = mid / 12 * 12, tail = mid - main;
+        var a0 = Vector512.Load(acc + 0 * V);
+        var a1 = Vector512.Load(acc + 1 * V);
+        var a2 = Vector512.Load(acc + 2 * V);
+        var a3 = Vector512.Load(acc + 3 * V);
+        var a4 = Vector512.Load(acc + 4 * V);
+        var a5 = Vector512.Load(acc + 5 * V);
+        var a6 = Vector512.Load(acc + 6 * V);
+        var a7 = Vector512.Load(acc + 7 * V);
+        var a8 = Vector512.Load(acc + 8 * V);
+        var a9 = Vector512.Load(acc + 9 * V);
+        var a10 = Vector512.Load(acc + 10 * V);
+        var a11 = Vector512.Load(acc + 11 * V);
+        Vector512<float> i0, i1, i2, i3, i4, i5, i6, i7, i8, i9, i10, i11, w;
+        for (int r = 0; r < rows; r++, a += aStride, b += bStride)
+        {
+            float* pa = a;
+            float* pb = b;
+            if (left)
+            {
+                i0 = Vector512.Load(pa + 11 * V);
+                w = Vector512.Load(pb + 0 * V);
+                a11 = Avx512F.FusedMultiplyAdd(i0, w, a11);
+                i1 = Vector512.Load(pa + 12 * V);
+                w = Vector512.Load(pb + 1 * V);
+                a10 = Avx512F.FusedMultiplyAdd(i0, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i1, w, a11);
+                i2 = Vector512.Load(pa + 13 * V);
+                w = Vector512.Load(pb + 2 * V);
+                a9 = Avx512F.FusedMultiplyAdd(i0, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i1, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i2, w, a11);
+                i3 = Vector512.Load(pa + 14 * V);
+                w = Vector512.Load(pb + 3 * V);
+                a8 = Avx512F.FusedMultiplyAdd(i0, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i1, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i2, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i3, w, a11);
+                i4 = Vector512.Load(pa + 15 * V);
+                w = Vector512.Load(pb + 4 * V);
+                a7 = Avx512F.FusedMultiplyAdd(i0, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i1, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i2, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i3, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i4, w, a11);
+                i5 = Vector512.Load(pa + 16 * V);
+                w = Vector512.Load(pb + 5 * V);
+                a6 = Avx512F.FusedMultiplyAdd(i0, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i1, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i2, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i3, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i4, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i5, w, a11);
+                i6 = Vector512.Load(pa + 17 * V);
+                w = Vector512.Load(pb + 6 * V);
+                a5 = Avx512F.FusedMultiplyAdd(i0, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i1, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i2, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i3, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i4, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i5, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i6, w, a11);
+                i7 = Vector512.Load(pa + 18 * V);
+                w = Vector512.Load(pb + 7 * V);
+                a4 = Avx512F.FusedMultiplyAdd(i0, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i1, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i2, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i3, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i4, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i5, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i6, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i7, w, a11);
+                i8 = Vector512.Load(pa + 19 * V);
+                w = Vector512.Load(pb + 8 * V);
+                a3 = Avx512F.FusedMultiplyAdd(i0, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i1, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i2, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i3, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i4, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i5, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i6, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i7, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i8, w, a11);
+                i9 = Vector512.Load(pa + 20 * V);
+                w = Vector512.Load(pb + 9 * V);
+                a2 = Avx512F.FusedMultiplyAdd(i0, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i1, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i2, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i3, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i4, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i5, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i6, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i7, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i8, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i9, w, a11);
+                i10 = Vector512.Load(pa + 21 * V);
+                w = Vector512.Load(pb + 10 * V);
+                a1 = Avx512F.FusedMultiplyAdd(i0, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i1, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i2, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i3, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i4, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i5, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i6, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i7, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i8, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i9, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i10, w, a11);
+                pa += 11 * V;
+                pb += 11 * V;
+            }
+            else
+            {
+                i0 = Vector512.Load(pa + 0 * V);
+                i1 = Vector512.Load(pa + 1 * V);
+                i2 = Vector512.Load(pa + 2 * V);
+                i3 = Vector512.Load(pa + 3 * V);
+                i4 = Vector512.Load(pa + 4 * V);
+                i5 = Vector512.Load(pa + 5 * V);
+                i6 = Vector512.Load(pa + 6 * V);
+                i7 = Vector512.Load(pa + 7 * V);
+                i8 = Vector512.Load(pa + 8 * V);
+                i9 = Vector512.Load(pa + 9 * V);
+                i10 = Vector512.Load(pa + 10 * V);
+            }
+
+            for (int m = 0; m < main; m += 12, pa += 12 * V, pb += 12 * V)
+            {
+                i11 = Vector512.Load(pa + 11 * V);
+                w = Vector512.Load(pb + 0 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i0, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i1, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i2, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i3, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i4, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i5, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i6, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i7, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i8, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i9, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i10, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i11, w, a11);
+                i0 = Vector512.Load(pa + 12 * V);
+                w = Vector512.Load(pb + 1 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i1, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i2, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i3, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i4, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i5, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i6, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i7, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i8, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i9, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i10, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i11, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i0, w, a11);
+                i1 = Vector512.Load(pa + 13 * V);
+                w = Vector512.Load(pb + 2 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i2, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i3, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i4, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i5, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i6, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i7, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i8, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i9, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i10, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i11, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i0, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i1, w, a11);
+                i2 = Vector512.Load(pa + 14 * V);
+                w = Vector512.Load(pb + 3 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i3, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i4, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i5, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i6, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i7, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i8, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i9, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i10, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i11, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i0, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i1, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i2, w, a11);
+                i3 = Vector512.Load(pa + 15 * V);
+                w = Vector512.Load(pb + 4 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i4, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i5, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i6, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i7, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i8, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i9, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i10, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i11, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i0, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i1, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i2, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i3, w, a11);
+                i4 = Vector512.Load(pa + 16 * V);
+                w = Vector512.Load(pb + 5 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i5, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i6, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i7, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i8, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i9, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i10, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i11, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i0, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i1, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i2, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i3, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i4, w, a11);
+                i5 = Vector512.Load(pa + 17 * V);
+                w = Vector512.Load(pb + 6 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i6, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i7, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i8, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i9, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i10, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i11, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i0, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i1, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i2, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i3, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i4, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i5, w, a11);
+                i6 = Vector512.Load(pa + 18 * V);
+                w = Vector512.Load(pb + 7 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i7, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i8, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i9, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i10, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i11, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i0, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i1, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i2, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i3, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i4, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i5, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i6, w, a11);
+                i7 = Vector512.Load(pa + 19 * V);
+                w = Vector512.Load(pb + 8 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i8, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i9, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i10, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i11, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i0, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i1, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i2, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i3, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i4, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i5, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i6, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i7, w, a11);
+                i8 = Vector512.Load(pa + 20 * V);
+                w = Vector512.Load(pb + 9 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i9, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i10, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i11, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i0, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i1, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i2, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i3, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i4, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i5, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i6, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i7, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i8, w, a11);
+                i9 = Vector512.Load(pa + 21 * V);
+                w = Vector512.Load(pb + 10 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i10, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i11, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i0, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i1, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i2, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i3, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i4, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i5, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i6, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i7, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i8, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i9, w, a11);
+                i10 = Vector512.Load(pa + 22 * V);
+                w = Vector512.Load(pb + 11 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i11, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i0, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i1, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i2, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i3, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i4, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i5, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i6, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i7, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i8, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i9, w, a10);
+                a11 = Avx512F.FusedMultiplyAdd(i10, w, a11);
+            }
+
+            if (tail > 0)
+            {
+                for (int m = 0; m < tail; m++, pa += V, pb += V)
+                {
+                    w = Vector512.Load(pb);
+                    a0 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 0 * V), w, a0);
+                    a1 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 1 * V), w, a1);
+                    a2 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 2 * V), w, a2);
+                    a3 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 3 * V), w, a3);
+                    a4 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 4 * V), w, a4);
+                    a5 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 5 * V), w, a5);
+                    a6 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 6 * V), w, a6);
+                    a7 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 7 * V), w, a7);
+                    a8 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 8 * V), w, a8);
+                    a9 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 9 * V), w, a9);
+                    a10 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 10 * V), w, a10);
+                    a11 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 11 * V), w, a11);
+                }
+
+                i0 = Vector512.Load(pa + 0 * V);
+                i1 = Vector512.Load(pa + 1 * V);
+                i2 = Vector512.Load(pa + 2 * V);
+                i3 = Vector512.Load(pa + 3 * V);
+                i4 = Vector512.Load(pa + 4 * V);
+                i5 = Vector512.Load(pa + 5 * V);
+                i6 = Vector512.Load(pa + 6 * V);
+                i7 = Vector512.Load(pa + 7 * V);
+                i8 = Vector512.Load(pa + 8 * V);
+                i9 = Vector512.Load(pa + 9 * V);
+                i10 = Vector512.Load(pa + 10 * V);
+            }
+
+            if (right)
+            {
+                w = Vector512.Load(pb + 0 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i0, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i1, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i2, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i3, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i4, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i5, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i6, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i7, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i8, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i9, w, a9);
+                a10 = Avx512F.FusedMultiplyAdd(i10, w, a10);
+                w = Vector512.Load(pb + 1 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i1, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i2, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i3, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i4, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i5, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i6, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i7, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i8, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i9, w, a8);
+                a9 = Avx512F.FusedMultiplyAdd(i10, w, a9);
+                w = Vector512.Load(pb + 2 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i2, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i3, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i4, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i5, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i6, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i7, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i8, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i9, w, a7);
+                a8 = Avx512F.FusedMultiplyAdd(i10, w, a8);
+                w = Vector512.Load(pb + 3 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i3, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i4, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i5, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i6, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i7, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i8, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i9, w, a6);
+                a7 = Avx512F.FusedMultiplyAdd(i10, w, a7);
+                w = Vector512.Load(pb + 4 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i4, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i5, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i6, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i7, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i8, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i9, w, a5);
+                a6 = Avx512F.FusedMultiplyAdd(i10, w, a6);
+                w = Vector512.Load(pb + 5 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i5, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i6, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i7, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i8, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i9, w, a4);
+                a5 = Avx512F.FusedMultiplyAdd(i10, w, a5);
+                w = Vector512.Load(pb + 6 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i6, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i7, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i8, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i9, w, a3);
+                a4 = Avx512F.FusedMultiplyAdd(i10, w, a4);
+                w = Vector512.Load(pb + 7 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i7, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i8, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i9, w, a2);
+                a3 = Avx512F.FusedMultiplyAdd(i10, w, a3);
+                w = Vector512.Load(pb + 8 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i8, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i9, w, a1);
+                a2 = Avx512F.FusedMultiplyAdd(i10, w, a2);
+                w = Vector512.Load(pb + 9 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i9, w, a0);
+                a1 = Avx512F.FusedMultiplyAdd(i10, w, a1);
+                w = Vector512.Load(pb + 10 * V);
+                a0 = Avx512F.FusedMultiplyAdd(i10, w, a0);
+            }
+        }
+
+        a0.Store(acc + 0 * V);
+        a1.Store(acc + 1 * V);
+        a2.Store(acc + 2 * V);
+        a3.Store(acc + 3 * V);
+        a4.Store(acc + 4 * V);
+        a5.Store(acc + 5 * V);
+        a6.Store(acc + 6 * V);
+        a7.Store(acc + 7 * V);
+        a8.Store(acc + 8 * V);
+        a9.Store(acc + 9 * V);
+        a10.Store(acc + 10 * V);
+        a11.Store(acc + 11 * V);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Slide12Edges(float* a, long aStride, float* b, long bStride, int rows, int len, int ustart, int width, float* acc)
+    {
+        var a0 = Vector512.Load(acc + 0 * V);
+        var a1 = Vector512.Load(acc + 1 * V);
+        var a2 = Vector512.Load(acc + 2 * V);
+        var a3 = Vector512.Load(acc + 3 * V);
+        var a4 = Vector512.Load(acc + 4 * V);
+        var a5 = Vector512.Load(acc + 5 * V);
+        var a6 = Vector512.Load(acc + 6 * V);
+        var a7 = Vector512.Load(acc + 7 * V);
+        var a8 = Vector512.Load(acc + 8 * V);
+        var a9 = Vector512.Load(acc + 9 * V);
+        var a10 = Vector512.Load(acc + 10 * V);
+        var a11 = Vector512.Load(acc + 11 * V);
+        for (int r = 0; r < rows; r++, a += aStride, b += bStride)
+        {
+            for (int m = 0; m < len; m++)
+            {
+                int jlo = -ustart - m, jhi = width - 1 - ustart - m;
+                float* pa = a + (long)m * V;
+                var w = Vector512.Load(b + (long)m * V);
+                if (jlo <= 0 && 0 <= jhi)
+                {
+                    a0 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 0 * V), w, a0);
+                }
+
+                if (jlo <= 1 && 1 <= jhi)
+                {
+                    a1 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 1 * V), w, a1);
+                }
+
+                if (jlo <= 2 && 2 <= jhi)
+                {
+                    a2 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 2 * V), w, a2);
+                }
+
+                if (jlo <= 3 && 3 <= jhi)
+                {
+                    a3 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 3 * V), w, a3);
+                }
+
+                if (jlo <= 4 && 4 <= jhi)
+                {
+                    a4 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 4 * V), w, a4);
+                }
+
+                if (jlo <= 5 && 5 <= jhi)
+                {
+                    a5 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 5 * V), w, a5);
+                }
+
+                if (jlo <= 6 && 6 <= jhi)
+                {
+                    a6 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 6 * V), w, a6);
+                }
+
+                if (jlo <= 7 && 7 <= jhi)
+                {
+                    a7 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 7 * V), w, a7);
+                }
+
+                if (jlo <= 8 && 8 <= jhi)
+                {
+                    a8 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 8 * V), w, a8);
+                }
+
+                if (jlo <= 9 && 9 <= jhi)
+                {
+                    a9 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 9 * V), w, a9);
+                }
+
+                if (jlo <= 10 && 10 <= jhi)
+                {
+                    a10 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 10 * V), w, a10);
+                }
+
+                if (jlo <= 11 && 11 <= jhi)
+                {
+                    a11 = Avx512F.FusedMultiplyAdd(Vector512.Load(pa + 11 * V), w, a11);
+                }
+
+            }
+        }
+
+        a0.Store(acc + 0 * V);
+        a1.Store(acc + 1 * V);
+        a2.Store(acc + 2 * V);
+        a3.Store(acc + 3 * V);
+        a4.Store(acc + 4 * V);
+        a5.Store(acc + 5 * V);
+        a6.Store(acc + 6 * V);
+        a7.Store(acc + 7 * V);
+        a8.Store(acc + 8 * V);
+        a9.Store(acc + 9 * V);
+        a10.Store(acc + 10 * V);
+        a11.Store(acc + 11 * V);
     }
 
     private static int RoundUp(int value, int multiple) => (value + multiple - 1) / multiple * multiple;
