@@ -72,9 +72,9 @@ public sealed unsafe class DepthwiseConvBlockedTests
                 DepthwiseConvBlocked.WeightGrad((float*)px, (float*)pg, (float*)pdw, n, c, h, w, k, threads);
             }
 
-            AssertClose(y64, y, what + " forward");
-            AssertClose(x64.grad!, dx, what + " input-grad");
-            AssertClose(w64.grad!, dw, what + " weight-grad");
+            DepthwiseConvTests.AssertClose(y64, y, what + " forward");
+            DepthwiseConvTests.AssertClose(x64.grad!, dx, what + " input-grad");
+            DepthwiseConvTests.AssertClose(w64.grad!, dw, what + " weight-grad");
         }
     }
 
@@ -135,19 +135,11 @@ public sealed unsafe class DepthwiseConvBlockedTests
 
             for (int i = 0; i < 3; i++)
             {
-                AssertClose(results[1][i], results[0][i], $"R {h} K {k} output {i}");
+                DepthwiseConvTests.AssertClose(results[1][i], results[0][i], $"R {h} K {k} output {i}");
             }
 
             // Another summation order than the row kernels': equal to rounding, not bit for bit (so the switch did switch).
             Assert.True(results[1][2].sub(results[0][2]).abs().max().item<float>() > 0, $"R {h} K {k}: identical weight gradients");
         }
-    }
-
-    private static void AssertClose(Tensor expected, Tensor actual, string what)
-    {
-        var e = expected.to(float64);
-        double scale = Math.Max(e.abs().max().item<double>(), 1e-12);
-        double diff = (e - actual.to(float64)).abs().max().item<double>();
-        Assert.True(diff <= 1e-5 * scale, $"{what}: max abs diff {diff:E3}, scale {scale:E3}, relative {diff / scale:E2}");
     }
 }

@@ -387,7 +387,8 @@ public sealed class DepthwiseConvTests
         }
     }
 
-    private static void AssertClose(Tensor expected, Tensor actual, string what)
+    /// <summary>Max |expected − actual| within 1e-5 of max |expected| (float64), naming <paramref name="what"/> when not.</summary>
+    internal static void AssertClose(Tensor expected, Tensor actual, string what)
     {
         var e = expected.to(float64);
         double scale = Math.Max(e.abs().max().item<double>(), 1e-12);
