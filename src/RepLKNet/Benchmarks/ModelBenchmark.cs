@@ -22,7 +22,13 @@ namespace RepLKNet.Benchmarks;
 /// where the system reports none.
 /// </param>
 /// <param name="Reps">Timed repetitions.</param>
-public sealed record ModelBenchResult(string Implementation, string Mode, int Batch, int Resolution, double Ms, double ImagesPerSecond, PeakResidentMemory? PeakMemory, int Reps);
+/// <param name="Warmup">Untimed runs of this implementation before the timed ones.</param>
+/// <param name="MinorFaultsPerRep">
+/// The median count of minor page faults (first touches of fresh memory, <see cref="PageFaults"/>) of the whole process
+/// per timed run; null where the system reports none. Far above zero means the heap was still growing while timed.
+/// </param>
+public sealed record ModelBenchResult(string Implementation, string Mode, int Batch, int Resolution, double Ms, double ImagesPerSecond, PeakResidentMemory? PeakMemory, int Reps,
+    int Warmup = 1, long? MinorFaultsPerRep = null);
 
 /// <summary>Times a whole RepLKNet with each depthwise implementation in the same process.</summary>
 public static class ModelBenchmark
@@ -30,8 +36,16 @@ public static class ModelBenchmark
     /// <summary>
     /// Times <paramref name="config"/> for each implementation on a random batch [<paramref name="batch"/>, C,
     /// <paramref name="resolution"/>, <paramref name="resolution"/>]: the median of up to <paramref name="reps"/> runs
-    /// (stopping after <paramref name="maxSeconds"/>) after one warm-up, in milliseconds per batch.
+    /// (stopping after <paramref name="maxSeconds"/>) after <paramref name="warmup"/> untimed ones, in milliseconds per
+    /// batch.
     /// </summary>
+    /// <remarks>
+    /// Training needs more than one warm-up step (<see cref="DefaultWarmup"/>): the first steps also create the gradients
+    /// and AdamW's state, and the process heap keeps growing for a few steps as persistent and per-step tensors settle
+    /// into it; every page of that growth is a first-touch fault (RepLKNet-31B, batch 8, 2 threads, minor faults per
+    /// step: ~1.2 M, ~0.55 M, ~18 k, then a few hundred). Timing those steps times the kernel's page clearing, not the
+    /// model; timm's <c>benchmark.py</c> warms up for the same reason.
+    /// </remarks>
     /// <param name="config">The architecture (drop path off while timing).</param>
     /// <param name="batch">Images per batch.</param>
     /// <param name="resolution">Input side in pixels.</param>
@@ -42,11 +56,17 @@ public static class ModelBenchmark
     /// <param name="maxSeconds">Stop repeating after this many seconds of timed runs.</param>
     /// <param name="onResult">Called with each implementation's result as it is ready.</param>
     /// <param name="deploy">Re-parameterize first (inference only).</param>
-    /// <exception cref="ArgumentException"><paramref name="mode"/> is neither, or <paramref name="deploy"/> is asked for training.</exception>
+    /// <param name="warmup">Untimed runs per implementation; null: <see cref="DefaultWarmup"/> of <paramref name="mode"/>.</param>
+    /// <exception cref="ArgumentException"><paramref name="mode"/> is neither, <paramref name="deploy"/> is asked for training, or <paramref name="warmup"/> is negative.</exception>
     public static List<ModelBenchResult> Run(RepLKNetConfig config, int batch, int resolution, string mode, IReadOnlyList<DepthwiseBackend> impls,
-        Device device, int reps, double maxSeconds, Action<ModelBenchResult>? onResult = null, bool deploy = false)
+        Device device, int reps, double maxSeconds, Action<ModelBenchResult>? onResult = null, bool deploy = false, int? warmup = null)
     {
         ArgumentNullException.ThrowIfNull(impls);
+        if (warmup < 0)
+        {
+            throw new ArgumentException($"warmup {warmup}: must be 0 or more", nameof(warmup));
+        }
+
         if (mode is not ("infer" or "train"))
         {
             throw new ArgumentException($"mode '{mode}': use infer or train", nameof(mode));
@@ -107,13 +127,25 @@ public static class ModelBenchmark
                 return sw.Elapsed.TotalMilliseconds;
             }
 
-            Once(); // warm-up
+            int untimed = warmup ?? DefaultWarmup(mode);
+            for (int i = 0; i < untimed; i++)
+            {
+                Once();
+            }
+
             var memory = PeakMemory.Start();
             var times = new List<double>();
+            var faults = new List<long>();
             var budget = Stopwatch.StartNew();
             for (int rep = 0; rep < reps; rep++)
             {
+                long? before = PageFaults.Minor();
                 times.Add(Once());
+                if (before is long b && PageFaults.Minor() is long a)
+                {
+                    faults.Add(a - b);
+                }
+
                 if (budget.Elapsed.TotalSeconds > maxSeconds)
                 {
                     break;
@@ -121,15 +153,20 @@ public static class ModelBenchmark
             }
 
             times.Sort();
+            faults.Sort();
             double ms = times[times.Count / 2];
             var result = new ModelBenchResult(impl == DepthwiseBackend.Ours ? "ours" : "torch", mode, batch, resolution, ms, batch / (ms / 1e3),
-                device.type == DeviceType.CPU ? memory.Read() : null, times.Count);
+                device.type == DeviceType.CPU ? memory.Read() : null, times.Count, untimed, faults.Count > 0 ? faults[faults.Count / 2] : null);
             results.Add(result);
             onResult?.Invoke(result);
         }
 
         return results;
     }
+
+    /// <summary>Untimed runs before timing when none are asked for: 3 training steps (see the remarks of <see cref="Run"/>), 1 inference.</summary>
+    /// <param name="mode"><c>train</c> or <c>infer</c>.</param>
+    public static int DefaultWarmup(string mode) => mode == "train" ? 3 : 1;
 }
 
 /// <summary>The same batch again and again, as the training step's data (<see cref="ModelBenchmark"/>, <see cref="ScaleBenchmark"/>).</summary>

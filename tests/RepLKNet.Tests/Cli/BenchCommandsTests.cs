@@ -67,7 +67,21 @@ public sealed class BenchCommandsTests
             Assert.True(r.GetProperty("images_per_s").GetDouble() > 0);
             Assert.InRange(r.GetProperty("peak_rss_bytes").GetInt64(), MinProcessBytes, MaxProcessBytes);
             Assert.True(r.GetProperty("peak_rss_since_reset").GetBoolean());
+            Assert.Equal(3, r.GetProperty("warmup").GetInt32()); // training's default
+            Assert.True(r.GetProperty("minor_faults_per_rep").GetInt64() >= 0);
         });
+        Assert.Contains("page faults/rep", result.StdOut, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("--warmup", "-1")]
+    [InlineData("--reps", "0")]
+    [InlineData("--mode", "sideways")]
+    public void Bench_model_rejects_bad_options_with_exit_2(string option, string value)
+    {
+        var result = CliRunner.Run("bench", "model", "--device", "cpu", option, value);
+        Assert.Equal(2, result.ExitCode);
+        Assert.Contains(option, result.StdErr, StringComparison.Ordinal);
     }
 
     [Theory]

@@ -51,6 +51,38 @@ public sealed partial class PeakMemoryTests
     }
 
     [Fact]
+    public unsafe void Each_first_touch_of_a_fresh_page_counts_one_minor_fault_and_a_second_touch_none()
+    {
+        const int bytes = 64 << 20, page = 4096, pages = bytes / page;
+        byte* buffer = Map(bytes);
+        try
+        {
+            // 4 KiB pages, so that one fault is one page whatever the machine's transparent-huge-page setting.
+            Assert.Equal(0, Advise((nint)buffer, bytes, 15)); // MADV_NOHUGEPAGE
+            long before = PageFaults.Minor()!.Value;
+            for (int i = 0; i < bytes; i += page)
+            {
+                buffer[i] = 1;
+            }
+
+            long first = PageFaults.Minor()!.Value - before;
+            for (int i = 0; i < bytes; i += page)
+            {
+                buffer[i] = 2;
+            }
+
+            long second = PageFaults.Minor()!.Value - before - first;
+            // The other threads of the process (GC, libtorch's) may fault meanwhile: a little slack above, none below.
+            Assert.InRange(first, pages, pages + (pages / 20));
+            Assert.InRange(second, 0, pages / 100);
+        }
+        finally
+        {
+            Assert.Equal(0, Unmap((nint)buffer, bytes));
+        }
+    }
+
+    [Fact]
     public void The_figure_prints_in_MiB_and_says_when_it_is_the_process_peak()
     {
         Assert.Equal("3 MiB", new PeakResidentMemory(3 << 20, true).ToString());
@@ -71,6 +103,9 @@ public sealed partial class PeakMemoryTests
 
     [LibraryImport("libc.so.6", EntryPoint = "mmap", SetLastError = true)]
     private static partial nint MapMemory(nint address, nuint length, int protection, int flags, int fd, nint offset);
+
+    [LibraryImport("libc.so.6", EntryPoint = "madvise", SetLastError = true)]
+    private static partial int Advise(nint address, nuint length, int advice);
 
     [LibraryImport("libc.so.6", EntryPoint = "munmap", SetLastError = true)]
     private static partial int Unmap(nint address, nuint length);

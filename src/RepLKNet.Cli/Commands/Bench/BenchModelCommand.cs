@@ -52,6 +52,11 @@ public sealed class BenchModelCommand(IAnsiConsole console) : Command<BenchModel
         [DefaultValue(3)]
         public int Reps { get; init; } = 3;
 
+        /// <summary>Warm-up runs.</summary>
+        [CommandOption("--warmup <N>")]
+        [Description("Untimed runs per implementation before timing (default: 3 in train mode, where the heap still grows over the first steps and their page faults would be timed; 1 in infer mode).")]
+        public int? Warmup { get; init; }
+
         /// <summary>Deploy form.</summary>
         [CommandOption("--deploy")]
         [Description("Re-parameterize first (infer only): the small-kernel branches and their BNs merged into the large kernels.")]
@@ -71,6 +76,11 @@ public sealed class BenchModelCommand(IAnsiConsole console) : Command<BenchModel
             throw new UsageException("--batch, --reps and --resolution must be positive");
         }
 
+        if (settings.Warmup is < 0)
+        {
+            throw new UsageException($"--warmup {settings.Warmup}: must be 0 or more");
+        }
+
         if (settings.Deploy && mode != "infer")
         {
             throw new UsageException("--deploy times inference only; drop it or use --mode infer");
@@ -81,7 +91,7 @@ public sealed class BenchModelCommand(IAnsiConsole console) : Command<BenchModel
             Markup.Escape(name), mode, settings.Batch, resolution, runtime.Device, torch.get_num_threads(), settings.Deploy ? " (deploy form)" : string.Empty);
         var results = ModelBenchmark.Run(config, settings.Batch, resolution, mode, impls, runtime.Device, settings.Reps, 60, r =>
             console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"  {r.Implementation,-5} {r.Mode}: {r.Ms,10:F1} ms/batch  {r.ImagesPerSecond,8:F2} images/s  peak RSS {r.PeakMemory?.ToString() ?? "n/a"}  ({r.Reps} reps)")), settings.Deploy);
+                $"  {r.Implementation,-5} {r.Mode}: {r.Ms,10:F1} ms/batch  {r.ImagesPerSecond,8:F2} images/s  peak RSS {r.PeakMemory?.ToString() ?? "n/a"}  page faults/rep {r.MinorFaultsPerRep?.ToString(CultureInfo.InvariantCulture) ?? "n/a"}  ({r.Reps} reps after {r.Warmup} warm-up)")), settings.Deploy, settings.Warmup);
         var ours = results.FirstOrDefault(r => r.Implementation == "ours");
         var theirs = results.FirstOrDefault(r => r.Implementation == "torch");
         if (ours is not null && theirs is not null)
@@ -99,6 +109,7 @@ public sealed class BenchModelCommand(IAnsiConsole console) : Command<BenchModel
             {
                 ["impl"] = r.Implementation, ["mode"] = r.Mode, ["batch"] = r.Batch, ["resolution"] = r.Resolution,
                 ["ms"] = Math.Round(r.Ms, 1), ["images_per_s"] = Math.Round(r.ImagesPerSecond, 3), ["peak_rss_bytes"] = r.PeakMemory?.Bytes, ["peak_rss_since_reset"] = r.PeakMemory?.SinceReset, ["reps"] = r.Reps,
+                ["warmup"] = r.Warmup, ["minor_faults_per_rep"] = r.MinorFaultsPerRep,
             })]),
         });
         return ExitCodes.Success;
