@@ -28,7 +28,7 @@ namespace RepLKNet.Benchmarks;
 /// per timed run; null where the system reports none. Far above zero means the heap was still growing while timed.
 /// </param>
 public sealed record ModelBenchResult(string Implementation, string Mode, int Batch, int Resolution, double Ms, double ImagesPerSecond, PeakResidentMemory? PeakMemory, int Reps,
-    int Warmup = 1, long? MinorFaultsPerRep = null);
+    int Warmup, long? MinorFaultsPerRep);
 
 /// <summary>Times a whole RepLKNet with each depthwise implementation in the same process.</summary>
 public static class ModelBenchmark
@@ -43,8 +43,9 @@ public static class ModelBenchmark
     /// Training needs more than one warm-up step (<see cref="DefaultWarmup"/>): the first steps also create the gradients
     /// and AdamW's state, and the process heap keeps growing for a few steps as persistent and per-step tensors settle
     /// into it; every page of that growth is a first-touch fault (RepLKNet-31B, batch 8, 2 threads, minor faults per
-    /// step: ~1.2 M, ~0.55 M, ~18 k, then a few hundred). Timing those steps times the kernel's page clearing, not the
-    /// model; timm's <c>benchmark.py</c> warms up for the same reason.
+    /// step: ~1.2 M, ~0.55 M, ~18 k, then 10⁴ or fewer, docs/perf-notes.md, 2026-12-01). Timing those steps times the
+    /// kernel's page clearing (~6 µs a fault on the project's VMs), not the model. timm's <c>benchmark.py</c> also warms
+    /// up before it times.
     /// </remarks>
     /// <param name="config">The architecture (drop path off while timing).</param>
     /// <param name="batch">Images per batch.</param>
@@ -164,9 +165,16 @@ public static class ModelBenchmark
         return results;
     }
 
-    /// <summary>Untimed runs before timing when none are asked for: 3 training steps (see the remarks of <see cref="Run"/>), 1 inference.</summary>
+    /// <summary>Untimed runs before timing when none are asked for (see the remarks of <see cref="Run"/>).</summary>
     /// <param name="mode"><c>train</c> or <c>infer</c>.</param>
-    public static int DefaultWarmup(string mode) => mode == "train" ? 3 : 1;
+    /// <returns>3 for <c>train</c>, 1 for <c>infer</c>.</returns>
+    /// <exception cref="ArgumentException"><paramref name="mode"/> is neither.</exception>
+    public static int DefaultWarmup(string mode) => mode switch
+    {
+        "train" => 3,
+        "infer" => 1,
+        _ => throw new ArgumentException($"mode '{mode}': use infer or train", nameof(mode)),
+    };
 }
 
 /// <summary>The same batch again and again, as the training step's data (<see cref="ModelBenchmark"/>, <see cref="ScaleBenchmark"/>).</summary>

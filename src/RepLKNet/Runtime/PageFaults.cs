@@ -4,9 +4,10 @@ namespace RepLKNet.Runtime;
 
 /// <summary>
 /// The page faults of this process as the kernel counts them (Linux <c>/proc/self/stat</c>, field 10 of proc(5):
-/// <c>minflt</c>). A minor fault is a first touch of a page the process has not used before (or
-/// got back from the kernel): on the project's VMs each costs several microseconds, so a timed section that allocates
-/// fresh memory times the kernel as well (docs/perf-notes.md, "Page faults"). Process-wide: every thread's faults count.
+/// <c>minflt</c>). A minor fault is a first touch of a page the process has not used before (or got back from the
+/// kernel): on the project's VMs each costs several microseconds, so a timed section that allocates fresh memory times
+/// the kernel as well (docs/perf-notes.md: "Page faults: glibc returning tensor memory to the kernel" and "2026-12-01:
+/// the RepLKNet-31B training step was timed while its heap grew"). Process-wide: every thread's faults count.
 /// </summary>
 public static class PageFaults
 {

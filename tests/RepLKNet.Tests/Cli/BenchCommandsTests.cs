@@ -74,6 +74,34 @@ public sealed class BenchCommandsTests
     }
 
     [Theory]
+    [InlineData("infer", null, 1)]
+    [InlineData("infer", "0", 0)]
+    [InlineData("train", "2", 2)]
+    public void Bench_model_warms_up_as_asked_or_by_mode(string mode, string? warmup, int expected)
+    {
+        using var dir = new TempDirectory();
+        string config = dir.File("tiny.json");
+        File.WriteAllText(config, """{"large_kernel_sizes":[7,5],"layers":[1,1],"channels":[8,16],"small_kernel":3,"num_classes":5}""");
+        string json = dir.File("model.json");
+        string[] args = ["bench", "model", "--arch", config, "--batch", "2", "--resolution", "32", "--mode", mode, "--impl", "ours", "--reps", "1", "--json", json];
+        var result = CliRunner.Run(warmup is null ? args : [.. args, "--warmup", warmup]);
+
+        Assert.True(result.ExitCode == 0, result.StdErr);
+        Assert.Contains($"after {expected} warm-up", result.StdOut, StringComparison.Ordinal);
+        using var doc = JsonDocument.Parse(File.ReadAllText(json));
+        var row = Assert.Single(doc.RootElement.GetProperty("results").EnumerateArray());
+        Assert.Equal(expected, row.GetProperty("warmup").GetInt32());
+    }
+
+    [Fact]
+    public void The_library_rejects_a_negative_warmup_and_an_unknown_mode()
+    {
+        var config = RepLKNet.Models.ModelRegistry.Resolve("RepLKNet-FMNIST").Config;
+        Assert.Throws<ArgumentException>("warmup", () => RepLKNet.Benchmarks.ModelBenchmark.Run(config, 1, 28, "train", [RepLKNet.Ops.DepthwiseBackend.Ours], TorchSharp.torch.CPU, 1, 1, warmup: -1));
+        Assert.Throws<ArgumentException>("mode", () => RepLKNet.Benchmarks.ModelBenchmark.DefaultWarmup("sideways"));
+    }
+
+    [Theory]
     [InlineData("--warmup", "-1")]
     [InlineData("--reps", "0")]
     [InlineData("--mode", "sideways")]

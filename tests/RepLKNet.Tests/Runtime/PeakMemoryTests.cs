@@ -47,39 +47,11 @@ public sealed partial class PeakMemoryTests
         Assert.True(peak - after.Bytes >= Rise - (20 << 20), $"peak {after} after a reset, {peak >> 20} MiB with the buffer");
         var process = PeakMemory.ProcessPeak()!.Value;
         Assert.False(process.SinceReset);
-        Assert.True(process.Bytes >= after.Bytes && process.Bytes < peak - Rise / 2, $"process peak {process} after the reset");
-    }
-
-    [Fact]
-    public unsafe void Each_first_touch_of_a_fresh_page_counts_one_minor_fault_and_a_second_touch_none()
-    {
-        const int bytes = 64 << 20, page = 4096, pages = bytes / page;
-        byte* buffer = Map(bytes);
-        try
-        {
-            // 4 KiB pages, so that one fault is one page whatever the machine's transparent-huge-page setting.
-            Assert.Equal(0, Advise((nint)buffer, bytes, 15)); // MADV_NOHUGEPAGE
-            long before = PageFaults.Minor()!.Value;
-            for (int i = 0; i < bytes; i += page)
-            {
-                buffer[i] = 1;
-            }
-
-            long first = PageFaults.Minor()!.Value - before;
-            for (int i = 0; i < bytes; i += page)
-            {
-                buffer[i] = 2;
-            }
-
-            long second = PageFaults.Minor()!.Value - before - first;
-            // The other threads of the process (GC, libtorch's) may fault meanwhile: a little slack above, none below.
-            Assert.InRange(first, pages, pages + (pages / 20));
-            Assert.InRange(second, 0, pages / 100);
-        }
-        finally
-        {
-            Assert.Equal(0, Unmap((nint)buffer, bytes));
-        }
+        // Two reads of VmHWM need not be ordered to the page: the kernel counts RSS per thread and folds the counts in
+        // batches ("some of these values are inaccurate", proc(5)), so a read may fall a few pages short of the last one.
+        const long countingSlack = 4 << 20;
+        Assert.True(process.Bytes >= after.Bytes - countingSlack && process.Bytes < peak - Rise / 2,
+            $"process peak {process.Bytes} B after the reset (that read {after.Bytes} B); {before.Bytes} B before, {peak} B with the buffer");
     }
 
     [Fact]
@@ -92,7 +64,7 @@ public sealed partial class PeakMemoryTests
         Assert.Contains("cannot reset", new PeakResidentMemory(1, false).Source, StringComparison.Ordinal);
     }
 
-    private static unsafe byte* Map(int bytes)
+    internal static unsafe byte* Map(int bytes)
     {
         const int readWrite = 0x1 | 0x2; // PROT_READ | PROT_WRITE
         const int privateAnonymous = 0x02 | 0x20; // MAP_PRIVATE | MAP_ANONYMOUS
@@ -104,9 +76,6 @@ public sealed partial class PeakMemoryTests
     [LibraryImport("libc.so.6", EntryPoint = "mmap", SetLastError = true)]
     private static partial nint MapMemory(nint address, nuint length, int protection, int flags, int fd, nint offset);
 
-    [LibraryImport("libc.so.6", EntryPoint = "madvise", SetLastError = true)]
-    private static partial int Advise(nint address, nuint length, int advice);
-
     [LibraryImport("libc.so.6", EntryPoint = "munmap", SetLastError = true)]
-    private static partial int Unmap(nint address, nuint length);
+    internal static partial int Unmap(nint address, nuint length);
 }
