@@ -1,4 +1,7 @@
 using RepLKNet.Checkpoints;
+using System.Runtime.InteropServices;
+using RepLKNet.Ops;
+using RepLKNet.Ops.Cpu;
 using RepLKNet.Runtime;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
@@ -81,11 +84,19 @@ public sealed class ModelEma
         double decay = Warmup ? Math.Min(Decay, (1.0 + Updates) / (10.0 + Updates)) : Decay;
         Updates++;
         var current = StateDicts.Ordered(model).ToDictionary();
+        // CPU float32 pairs in one fused pass (Ops.Cpu.OptimizerCpu); the rest (CUDA, other dtypes) through libtorch's ops.
+        var fused = AdamWStep.UseFused ? new List<OptimizerCpu.EmaSegment>() : null;
         foreach (var (key, tensor) in StateDicts.Ordered(_average))
         {
             var value = current[key];
             if (tensor.is_floating_point())
             {
+                if (fused is not null && FusablePair(tensor, value) is { } pair)
+                {
+                    fused.Add(pair);
+                    continue;
+                }
+
                 Scalars.AddInPlace(Scalars.MulInPlace(tensor, decay), value.detach(), 1 - decay);
             }
             else
@@ -93,5 +104,21 @@ public sealed class ModelEma
                 tensor.copy_(value);
             }
         }
+
+        if (fused is { Count: > 0 })
+        {
+            // The tensors stay alive until here: both models hold them, and their wrappers belong to this scope.
+            OptimizerCpu.Ema(CollectionsMarshal.AsSpan(fused), decay, DepthwiseConv2d.ThreadCount);
+        }
+
+        GC.KeepAlive(current);
+    }
+
+    private static unsafe OptimizerCpu.EmaSegment? FusablePair(Tensor average, Tensor current)
+    {
+        float* a = OptimizerCpu.FloatData(average);
+        float* c = a is null ? null : OptimizerCpu.FloatData(current);
+        long n = average.numel();
+        return c is null || current.numel() != n ? null : new OptimizerCpu.EmaSegment(a, c, n);
     }
 }
