@@ -50,6 +50,12 @@ public sealed class BatchNorm2d : TorchSharp.Modules.BatchNorm, ISyncBatchNorm
         bool passRunning = !training || track_running_stats;
         var runningMean = passRunning ? running_mean : null;
         var runningVar = passRunning ? running_var : null;
+        if (useBatchStatistics && Ops.BatchNormTraining.Takes(input, runningMean, runningVar, weight, bias))
+        {
+            // Our one-pass-per-channel kernels (docs/perf-notes.md, "BatchNorm as one pass per channel").
+            return Ops.BatchNormTraining.Forward(input, runningMean, runningVar, weight, bias, factor, eps);
+        }
+
         if (useBatchStatistics && UsesRowsLayout(input))
         {
             // The same statistics over the same N·H·W values per channel, as (N·H·W, C) rows: libtorch's NCHW kernels

@@ -1,0 +1,190 @@
+using RepLKNet.Ops.Cpu;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace RepLKNet.Ops;
+
+/// <summary>
+/// Batch normalization of a training batch (batch statistics, running statistics updated) on our CPU kernels
+/// (<see cref="BatchNormCpu"/>), as an autograd function: the same results as <c>F.batch_norm(…, training=True)</c> to
+/// float32 rounding, forward and backward. Taken for contiguous NCHW float32 CPU inputs when
+/// <see cref="Enabled"/>; <c>Layers.BatchNorm2d</c> decides.
+/// </summary>
+internal static class BatchNormTraining
+{
+    /// <summary>Environment variable: <c>libtorch</c> sends every batch norm to <c>F.batch_norm</c>.</summary>
+    public const string EnvironmentVariable = "REPLKNET_BATCHNORM";
+
+    /// <summary>Whether <see cref="Takes"/> may answer true (false with <c>REPLKNET_BATCHNORM=libtorch</c>).</summary>
+    public static bool Enabled { get; set; } =
+        !string.Equals(Environment.GetEnvironmentVariable(EnvironmentVariable), "libtorch", StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>
+    /// Whether our kernels take this call: <see cref="Enabled"/>; a 4-D contiguous float32 CPU input with more than one
+    /// value per channel; weight, bias and running statistics (where given) float32 CPU contiguous of length C.
+    /// </summary>
+    public static bool Takes(Tensor input, Tensor? runningMean, Tensor? runningVar, Tensor? weight, Tensor? bias)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        if (!Enabled || input.ndim != 4 || input.device_type != DeviceType.CPU || input.dtype != ScalarType.Float32 || !input.is_contiguous())
+        {
+            return false;
+        }
+
+        long[] shape = input.shape;
+        long c = shape[1];
+        if (c < 1 || shape[0] * shape[2] * shape[3] <= 1 || input.numel() > int.MaxValue)
+        {
+            return false;
+        }
+
+        return Fits(runningMean, c) && Fits(runningVar, c) && Fits(weight, c) && Fits(bias, c);
+    }
+
+    private static bool Fits(Tensor? t, long c) =>
+        t is null || (t.device_type == DeviceType.CPU && t.dtype == ScalarType.Float32 && t.is_contiguous() && t.ndim == 1 && t.shape[0] == c);
+
+    /// <summary>
+    /// Normalizes <paramref name="input"/> (N, C, H, W) with its own per-channel mean and biased variance and updates the
+    /// running statistics in place: running_mean ← (1 − momentum)·running_mean + momentum·mean, running_var ←
+    /// (1 − momentum)·running_var + momentum·var·M/(M − 1), M = N·H·W (PyTorch's). Call only where <see cref="Takes"/>.
+    /// </summary>
+    /// <returns>(N, C, H, W), contiguous, with a gradient function when an input requires one.</returns>
+    public static Tensor Forward(Tensor input, Tensor? runningMean, Tensor? runningVar, Tensor? weight, Tensor? bias, double momentum, double eps)
+    {
+        var options = new BatchNormFunction.Options(runningMean, runningVar, momentum, eps, weight is not null, bias is not null);
+        var args = new List<object> { options, input };
+        if (weight is not null)
+        {
+            args.Add(weight);
+        }
+
+        if (bias is not null)
+        {
+            args.Add(bias);
+        }
+
+        return BatchNormFunction.apply([.. args]);
+    }
+}
+
+/// <summary>The autograd function behind <see cref="BatchNormTraining.Forward"/>.</summary>
+internal sealed class BatchNormFunction : autograd.SingleTensorFunction<BatchNormFunction>
+{
+    private const string StateKey = "state";
+
+    public override string Name => "ReplknetBatchNorm";
+
+    /// <summary>What forward needs besides the tensors (TorchSharp passes it through).</summary>
+    internal sealed record Options(Tensor? RunningMean, Tensor? RunningVar, double Momentum, double Eps, bool HasWeight, bool HasBias);
+
+    private sealed record BackwardState(bool HasWeight, bool HasBias);
+
+    public override unsafe Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+    {
+        var options = (Options)vars[0];
+        var x = (Tensor)vars[1];
+        int next = 2;
+        var w = options.HasWeight ? (Tensor)vars[next++] : null;
+        var b = options.HasBias ? (Tensor)vars[next] : null;
+        using var noGrad = no_grad();
+        long[] shape = x.shape;
+        int n = (int)shape[0], c = (int)shape[1];
+        long hw = shape[2] * shape[3];
+        var y = empty(shape, dtype: ScalarType.Float32);
+        var mean = empty([c], dtype: ScalarType.Float32);
+        var invstd = empty([c], dtype: ScalarType.Float32);
+        var variance = new double[c];
+        fixed (double* pv = variance)
+        {
+            BatchNormCpu.Forward(OptimizerCpu.FloatData(x), OptimizerCpu.FloatData(y), w is null ? null : OptimizerCpu.FloatData(w),
+                b is null ? null : OptimizerCpu.FloatData(b), OptimizerCpu.FloatData(mean), OptimizerCpu.FloatData(invstd), pv, n, c, hw, options.Eps,
+                DepthwiseConv2d.ThreadCount);
+        }
+
+        // The running statistics, in float64 as F.batch_norm computes them (unbiased variance).
+        long count = n * hw;
+        double m = options.Momentum;
+        if (options.RunningMean is { } runningMean)
+        {
+            float* rm = OptimizerCpu.FloatData(runningMean);
+            float* mu = OptimizerCpu.FloatData(mean);
+            for (int ch = 0; ch < c; ch++)
+            {
+                rm[ch] = (float)(((1 - m) * rm[ch]) + (m * mu[ch]));
+            }
+        }
+
+        if (options.RunningVar is { } runningVar)
+        {
+            float* rv = OptimizerCpu.FloatData(runningVar);
+            double unbias = count / (count - 1.0);
+            for (int ch = 0; ch < c; ch++)
+            {
+                rv[ch] = (float)(((1 - m) * rv[ch]) + (m * variance[ch] * unbias));
+            }
+        }
+
+        var saved = new List<Tensor> { x };
+        if (w is not null)
+        {
+            saved.Add(w);
+        }
+
+        saved.Add(mean);
+        saved.Add(invstd);
+        ctx.save_for_backward(saved);
+        ctx.save_data(StateKey, new BackwardState(w is not null, b is not null));
+        GC.KeepAlive(x);
+        GC.KeepAlive(w);
+        GC.KeepAlive(b);
+        GC.KeepAlive(options);
+        return y;
+    }
+
+    public override unsafe List<Tensor> backward(autograd.AutogradContext ctx, Tensor grad)
+    {
+        // Lifetimes as in DepthwiseConvFunction.backward (docs/runtime.md, "Object lifetimes").
+        using var scope = NewDisposeScope();
+        var state = (BackwardState)ctx.get_data(StateKey);
+        var saved = ctx.get_saved_variables();
+        int next = 0;
+        var x = saved[next++];
+        var w = state.HasWeight ? saved[next++] : null;
+        var mean = saved[next++];
+        var invstd = saved[next];
+        using var noGrad = no_grad();
+        var dy = grad.dtype == ScalarType.Float32 ? grad.contiguous() : grad.to(ScalarType.Float32).contiguous();
+        long[] shape = x.shape;
+        int n = (int)shape[0], c = (int)shape[1];
+        long hw = shape[2] * shape[3];
+        var dx = x.requires_grad ? empty(shape, dtype: ScalarType.Float32) : null;
+        var dw = w is not null && w.requires_grad ? empty([c], dtype: ScalarType.Float32) : null;
+        var db = state.HasBias ? empty([c], dtype: ScalarType.Float32) : null;
+        BatchNormCpu.Backward(OptimizerCpu.FloatData(dy), OptimizerCpu.FloatData(x), w is null ? null : OptimizerCpu.FloatData(w),
+            OptimizerCpu.FloatData(mean), OptimizerCpu.FloatData(invstd), dx is null ? null : OptimizerCpu.FloatData(dx),
+            dw is null ? null : OptimizerCpu.FloatData(dw), db is null ? null : OptimizerCpu.FloatData(db), n, c, hw, DepthwiseConv2d.ThreadCount);
+
+        // One entry per forward argument: none for the options, then x, (weight), (bias).
+        var result = new List<Tensor> { null!, dx! };
+        if (state.HasWeight)
+        {
+            result.Add(dw!);
+        }
+
+        if (state.HasBias)
+        {
+            result.Add(db!);
+        }
+
+        foreach (var t in result)
+        {
+            t?.MoveToOuterDisposeScope();
+        }
+
+        Runtime.BackwardOutputs.HandBack(result);
+        GC.KeepAlive(grad);
+        GC.KeepAlive(dy);
+        return result;
+    }
+}

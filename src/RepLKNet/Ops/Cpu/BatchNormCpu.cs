@@ -1,0 +1,274 @@
+using System.Runtime.Intrinsics;
+
+namespace RepLKNet.Ops.Cpu;
+
+/// <summary>
+/// Batch normalization with batch statistics (training) on contiguous NCHW float32: the forward (statistics, normalized
+/// output) and the backward (input, weight and bias gradients). The formulas are libtorch's CPU kernels'
+/// (<c>batch_norm_cpu_collect_stats</c>, <c>batch_norm_cpu_backward</c>): two-pass statistics (the mean, then
+/// Σ(x − mean)²), the biased variance for normalization; backward dx = w·invstd·(dy − Σdy/M − (x − mean)·invstd²·Σdy(x −
+/// mean)/M) with M = N·H·W. The traversal is not: each thread takes a range of channels and walks the batch image by
+/// image, adding each image's contiguous run of C·H·W/threads floats into a float32 row of per-position sums (one vector
+/// add per 8 floats, whatever H·W is), then sums each channel's H·W positions in float64. So every pass streams the
+/// tensor once in order, and 2×2 maps vectorize as well as 14×14 ones. The order of every sum is fixed (image 0, 1, …;
+/// then position 0, 1, …), so results do not depend on the thread count.
+/// </summary>
+/// <remarks>
+/// Why our own: libtorch's NCHW kernels reduce each (n, c) plane of H·W floats separately, and on the default model's
+/// maps (2×2 … 14×14, 32–256 channels, batch 128) its training forward + backward took 1.6–11× ours
+/// (docs/perf-notes.md, "BatchNorm by rows of the batch"). Precision: each position's sum over the N images is float32
+/// (N terms), the rest float64; outputs and gradients are within 1e-5 of float64 (BatchNormTrainingTests).
+/// </remarks>
+internal static unsafe class BatchNormCpu
+{
+    /// <summary>
+    /// y = (x − mean)·invstd·w + b per channel with the batch's mean and biased variance; writes the per-channel mean,
+    /// invstd = 1/√(var + eps) and biased variance (for the running statistics).
+    /// </summary>
+    /// <param name="x">Input (N, C, H·W), contiguous.</param>
+    /// <param name="y">Output, same shape; may not alias <paramref name="x"/>.</param>
+    /// <param name="weight">Scale (C) or null (1).</param>
+    /// <param name="bias">Shift (C) or null (0).</param>
+    /// <param name="mean">Out: batch mean (C).</param>
+    /// <param name="invstd">Out: 1/√(biased var + eps) (C).</param>
+    /// <param name="variance">Out: biased variance (C), in float64.</param>
+    /// <param name="n">Batch size N.</param>
+    /// <param name="c">Channels C.</param>
+    /// <param name="hw">Pixels per map, H·W.</param>
+    /// <param name="eps">Added to the variance.</param>
+    /// <param name="threads">Worker threads at most.</param>
+    public static void Forward(float* x, float* y, float* weight, float* bias, float* mean, float* invstd, double* variance, int n, int c, long hw,
+        double eps, int threads)
+    {
+        long count = n * hw;
+        long rowStride = c * hw;
+        int workers = Workers(n, c, hw, threads);
+        long maxRange = ((c + workers - 1) / workers) * hw;
+        DepthwiseConvCpu.ParallelPlanes(c, workers, 2 * maxRange, (scratch, first, last) =>
+        {
+            long offset = first * hw, length = (last - first) * hw;
+            float* acc = scratch;
+            float* row = scratch + length;
+            // Σ over the batch, position by position (one contiguous run per image), then over each channel's positions.
+            Clear(acc, length);
+            for (int i = 0; i < n; i++)
+            {
+                AddTo(acc, x + (i * rowStride) + offset, length);
+            }
+
+            for (int ch = first; ch < last; ch++)
+            {
+                mean[ch] = (float)(SumDouble(acc + ((ch - first) * hw), hw) / count);
+                Fill(row + ((ch - first) * hw), hw, mean[ch]);
+            }
+
+            Clear(acc, length);
+            for (int i = 0; i < n; i++)
+            {
+                AddSquaredDifferences(acc, x + (i * rowStride) + offset, row, length);
+            }
+
+            for (int ch = first; ch < last; ch++)
+            {
+                double var = SumDouble(acc + ((ch - first) * hw), hw) / count;
+                double inv = 1.0 / Math.Sqrt(var + eps);
+                double alpha = inv * (weight is null ? 1.0 : weight[ch]);
+                double beta = (bias is null ? 0.0 : bias[ch]) - (mean[ch] * alpha);
+                invstd[ch] = (float)inv;
+                variance[ch] = var;
+                Fill(acc + ((ch - first) * hw), hw, (float)alpha);
+                Fill(row + ((ch - first) * hw), hw, (float)beta);
+            }
+
+            for (int i = 0; i < n; i++)
+            {
+                Affine(x + (i * rowStride) + offset, y + (i * rowStride) + offset, acc, row, length);
+            }
+        }, workers);
+    }
+
+    /// <summary>
+    /// The gradients of <see cref="Forward"/>: dweight = invstd·Σdy·(x − mean), dbias = Σdy per channel, and, when
+    /// <paramref name="dx"/> is not null, dx = w·invstd·(dy − Σdy/M − (x − mean)·invstd²·Σdy·(x − mean)/M).
+    /// </summary>
+    /// <param name="dy">Gradient of the output (N, C, H·W), contiguous.</param>
+    /// <param name="x">The forward's input.</param>
+    /// <param name="weight">Scale (C) or null (1).</param>
+    /// <param name="mean">The forward's mean (C).</param>
+    /// <param name="invstd">The forward's invstd (C).</param>
+    /// <param name="dx">Out: input gradient, or null (not needed).</param>
+    /// <param name="dweight">Out: weight gradient (C), or null.</param>
+    /// <param name="dbias">Out: bias gradient (C), or null.</param>
+    /// <param name="n">Batch size N.</param>
+    /// <param name="c">Channels C.</param>
+    /// <param name="hw">Pixels per map, H·W.</param>
+    /// <param name="threads">Worker threads at most.</param>
+    public static void Backward(float* dy, float* x, float* weight, float* mean, float* invstd, float* dx, float* dweight, float* dbias, int n, int c, long hw,
+        int threads)
+    {
+        long count = n * hw;
+        long rowStride = c * hw;
+        int workers = Workers(n, c, hw, threads);
+        long maxRange = ((c + workers - 1) / workers) * hw;
+        DepthwiseConvCpu.ParallelPlanes(c, workers, 4 * maxRange, (scratch, first, last) =>
+        {
+            long offset = first * hw, length = (last - first) * hw;
+            float* sumDy = scratch;
+            float* dot = scratch + length;
+            float* meanRow = scratch + (2 * length);
+            float* kRow = scratch + (3 * length);
+            for (int ch = first; ch < last; ch++)
+            {
+                Fill(meanRow + ((ch - first) * hw), hw, mean[ch]);
+            }
+
+            Clear(sumDy, length);
+            Clear(dot, length);
+            for (int i = 0; i < n; i++)
+            {
+                AddSumAndDot(sumDy, dot, dy + (i * rowStride) + offset, x + (i * rowStride) + offset, meanRow, length);
+            }
+
+            for (int ch = first; ch < last; ch++)
+            {
+                long at = (ch - first) * hw;
+                double s = SumDouble(sumDy + at, hw), d = SumDouble(dot + at, hw);
+                double inv = invstd[ch];
+                if (dweight is not null)
+                {
+                    dweight[ch] = (float)(d * inv);
+                }
+
+                if (dbias is not null)
+                {
+                    dbias[ch] = (float)s;
+                }
+
+                // Rows of the per-channel constants: dx = (dy − Σdy/M − (x − mean)·k)·scale.
+                Fill(sumDy + at, hw, (float)(s / count));
+                Fill(kRow + at, hw, (float)(d * inv * inv / count));
+                Fill(dot + at, hw, (float)(inv * (weight is null ? 1.0 : weight[ch])));
+            }
+
+            if (dx is null)
+            {
+                return;
+            }
+
+            for (int i = 0; i < n; i++)
+            {
+                InputGrad(dy + (i * rowStride) + offset, x + (i * rowStride) + offset, dx + (i * rowStride) + offset, meanRow, sumDy, kRow, dot, length);
+            }
+        }, workers);
+    }
+
+    /// <summary>One thread for layers too small to pay for a team hand-off (under ~32k elements).</summary>
+    private static int Workers(int n, int c, long hw, int threads) => (long)n * c * hw < 32768 ? 1 : threads;
+
+    private static void Clear(float* p, long length) => new Span<float>(p, checked((int)length)).Clear();
+
+    private static void Fill(float* p, long length, float value) => new Span<float>(p, checked((int)length)).Fill(value);
+
+    /// <summary>Σ p[i] in float64 (a channel's positions; H·W terms).</summary>
+    private static double SumDouble(float* p, long length)
+    {
+        double total = 0;
+        for (long i = 0; i < length; i++)
+        {
+            total += p[i];
+        }
+
+        return total;
+    }
+
+    private static void AddTo(float* acc, float* x, long length)
+    {
+        long i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; i + 8 <= length; i += 8)
+            {
+                (Vector256.Load(acc + i) + Vector256.Load(x + i)).Store(acc + i);
+            }
+        }
+
+        for (; i < length; i++)
+        {
+            acc[i] += x[i];
+        }
+    }
+
+    private static void AddSquaredDifferences(float* acc, float* x, float* mean, long length)
+    {
+        long i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; i + 8 <= length; i += 8)
+            {
+                var d = Vector256.Load(x + i) - Vector256.Load(mean + i);
+                (Vector256.Load(acc + i) + (d * d)).Store(acc + i);
+            }
+        }
+
+        for (; i < length; i++)
+        {
+            float d = x[i] - mean[i];
+            acc[i] += d * d;
+        }
+    }
+
+    private static void Affine(float* x, float* y, float* alpha, float* beta, long length)
+    {
+        long i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; i + 8 <= length; i += 8)
+            {
+                ((Vector256.Load(x + i) * Vector256.Load(alpha + i)) + Vector256.Load(beta + i)).Store(y + i);
+            }
+        }
+
+        for (; i < length; i++)
+        {
+            y[i] = (x[i] * alpha[i]) + beta[i];
+        }
+    }
+
+    private static void AddSumAndDot(float* sum, float* dot, float* dy, float* x, float* mean, long length)
+    {
+        long i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; i + 8 <= length; i += 8)
+            {
+                var g = Vector256.Load(dy + i);
+                (Vector256.Load(sum + i) + g).Store(sum + i);
+                (Vector256.Load(dot + i) + (g * (Vector256.Load(x + i) - Vector256.Load(mean + i)))).Store(dot + i);
+            }
+        }
+
+        for (; i < length; i++)
+        {
+            sum[i] += dy[i];
+            dot[i] += dy[i] * (x[i] - mean[i]);
+        }
+    }
+
+    private static void InputGrad(float* dy, float* x, float* dx, float* mean, float* meanDy, float* k, float* scale, long length)
+    {
+        long i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; i + 8 <= length; i += 8)
+            {
+                var xm = Vector256.Load(x + i) - Vector256.Load(mean + i);
+                ((Vector256.Load(dy + i) - Vector256.Load(meanDy + i) - (xm * Vector256.Load(k + i))) * Vector256.Load(scale + i)).Store(dx + i);
+            }
+        }
+
+        for (; i < length; i++)
+        {
+            dx[i] = (dy[i] - meanDy[i] - ((x[i] - mean[i]) * k[i])) * scale[i];
+        }
+    }
+}
