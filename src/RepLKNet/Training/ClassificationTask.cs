@@ -1,6 +1,8 @@
 using RepLKNet.Checkpoints;
 using RepLKNet.Data;
 using RepLKNet.Data.Transforms;
+using RepLKNet.Models;
+using TorchSharp;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
 
@@ -109,8 +111,12 @@ public sealed class ClassificationTask : ITrainingTask
     /// <inheritdoc />
     /// <exception cref="InvalidOperationException"><paramref name="model"/> is a backbone (no classifier).</exception>
     /// <exception cref="DatasetException">Its classifier's size differs from the test set's classes.</exception>
-    public double Evaluate(Module<Tensor, Tensor> model, Action<string>? onNotice, CancellationToken cancel) =>
-        Notify(Evaluation.Run(model, Evaluation.OutputClasses(model, _test.ClassNames.Count), _test, Pipeline, EvalBatchSize, Device, Workers, cancel), onNotice).Top1;
+    public double Evaluate(Module<Tensor, Tensor> model, Action<string>? onNotice, CancellationToken cancel)
+    {
+        int classes = Evaluation.OutputClasses(model, _test.ClassNames.Count);
+        using var frozen = Frozen(model);
+        return Notify(Evaluation.Run(frozen ?? model, classes, _test, Pipeline, EvalBatchSize, Device, Workers, cancel), onNotice).Top1;
+    }
 
     /// <summary>
     /// Test top-1 in a data-parallel job: each process of <paramref name="group"/> scores its block of whole evaluation
@@ -122,8 +128,37 @@ public sealed class ClassificationTask : ITrainingTask
     /// <exception cref="DatasetException">Its classifier's size differs from the test set's classes, or no test image could be read.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancel"/> was cancelled (on this or another process).</exception>
     /// <exception cref="Distributed.CollectiveException">Another process failed, or a collective failed.</exception>
-    public TaskScore Score(Module<Tensor, Tensor> model, Distributed.ProcessGroup group, Action<string>? onNotice, CancellationToken cancel) =>
-        new(Notify(Evaluation.Run(model, Evaluation.OutputClasses(model, _test.ClassNames.Count), _test, Pipeline, EvalBatchSize, Device, Workers, group, cancel), onNotice).Top1);
+    public TaskScore Score(Module<Tensor, Tensor> model, Distributed.ProcessGroup group, Action<string>? onNotice, CancellationToken cancel)
+    {
+        int classes = Evaluation.OutputClasses(model, _test.ClassNames.Count);
+        using var frozen = Frozen(model);
+        return new(Notify(Evaluation.Run(frozen ?? model, classes, _test, Pipeline, EvalBatchSize, Device, Workers, group, cancel), onNotice).Top1);
+    }
+
+    /// <summary>
+    /// Whether evaluation runs a frozen copy of the model (<see cref="FrozenRepLKNet"/>: every BatchNorm folded, the large
+    /// kernels merged, 1×1 convs on the fused product) rather than the model in eval mode; true unless
+    /// <c>REPLKNET_EVAL_FROZEN=0</c>. The copy computes the eval-mode function to float rounding (its logits within ~1e-6
+    /// of the model's; a top-1 can differ only where two logits tie to that precision), about twice as fast on the
+    /// default model (docs/perf-notes.md, "Evaluation on the frozen copy").
+    /// </summary>
+    internal static bool UseFrozen { get; set; } = Environment.GetEnvironmentVariable("REPLKNET_EVAL_FROZEN") != "0";
+
+    /// <summary>
+    /// A frozen copy of <paramref name="model"/> in eval mode when it is a float32 CPU RepLKNet with running statistics
+    /// (built afresh for each evaluation: ~2 ms on the default model), else null (the model itself is evaluated).
+    /// </summary>
+    private FrozenRepLKNet? Frozen(Module<Tensor, Tensor> model)
+    {
+        if (!UseFrozen || model is not RepLKNetModel rep || Device.type != DeviceType.CPU || rep.StemLayers[0].Conv.weight!.dtype != ScalarType.Float32 ||
+            rep.modules().OfType<Layers.BatchNorm2d>().Any(bn => !bn.track_running_stats))
+        {
+            return null;
+        }
+
+        rep.eval();
+        return FrozenRepLKNet.Freeze(rep, inputSize: Pipeline.Size);
+    }
 
     private static EvaluationResult Notify(EvaluationResult result, Action<string>? onNotice)
     {

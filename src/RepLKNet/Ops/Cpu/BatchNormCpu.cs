@@ -40,51 +40,64 @@ internal static unsafe class BatchNormCpu
     public static void Forward(float* x, float* y, float* weight, float* bias, float* mean, float* invstd, double* variance, int n, int c, long hw,
         double eps, int threads)
     {
-        long count = n * hw;
-        long rowStride = c * hw;
         int workers = Workers(n, c, hw, threads);
-        long maxRange = ((c + workers - 1) / workers) * hw;
-        DepthwiseConvCpu.ParallelPlanes(c, workers, 2 * maxRange, (scratch, first, last) =>
+        int block = BlockChannels(c, hw, workers);
+        DepthwiseConvCpu.ParallelPlanes(c, workers, 2 * block * hw, (scratch, first, last) =>
         {
-            long offset = first * hw, length = (last - first) * hw;
-            float* acc = scratch;
-            float* row = scratch + length;
-            // Σ over the batch, position by position (one contiguous run per image), then over each channel's positions.
-            Clear(acc, length);
-            for (int i = 0; i < n; i++)
+            for (int b0 = first; b0 < last; b0 += block)
             {
-                AddTo(acc, x + (i * rowStride) + offset, length);
-            }
-
-            for (int ch = first; ch < last; ch++)
-            {
-                mean[ch] = (float)(SumDouble(acc + ((ch - first) * hw), hw) / count);
-                Fill(row + ((ch - first) * hw), hw, mean[ch]);
-            }
-
-            Clear(acc, length);
-            for (int i = 0; i < n; i++)
-            {
-                AddSquaredDifferences(acc, x + (i * rowStride) + offset, row, length);
-            }
-
-            for (int ch = first; ch < last; ch++)
-            {
-                double var = SumDouble(acc + ((ch - first) * hw), hw) / count;
-                double inv = 1.0 / Math.Sqrt(var + eps);
-                double alpha = inv * (weight is null ? 1.0 : weight[ch]);
-                double beta = (bias is null ? 0.0 : bias[ch]) - (mean[ch] * alpha);
-                invstd[ch] = (float)inv;
-                variance[ch] = var;
-                Fill(acc + ((ch - first) * hw), hw, (float)alpha);
-                Fill(row + ((ch - first) * hw), hw, (float)beta);
-            }
-
-            for (int i = 0; i < n; i++)
-            {
-                Affine(x + (i * rowStride) + offset, y + (i * rowStride) + offset, acc, row, length);
+                ForwardChannels(x, y, weight, bias, mean, invstd, variance, n, c, hw, eps, scratch, b0, Math.Min(last, b0 + block));
             }
         }, workers);
+    }
+
+    /// <summary>
+    /// <see cref="Forward"/> for channels [<paramref name="first"/>, <paramref name="last"/>), with a scratch of two rows of
+    /// their (last − first)·H·W floats.
+    /// </summary>
+    private static void ForwardChannels(float* x, float* y, float* weight, float* bias, float* mean, float* invstd, double* variance, int n, int c, long hw,
+        double eps, float* scratch, int first, int last)
+    {
+        long count = n * hw;
+        long rowStride = c * hw;
+        long offset = first * hw, length = (last - first) * hw;
+        float* acc = scratch;
+        float* row = scratch + length;
+        // Σ over the batch, position by position (one contiguous run per image), then over each channel's positions.
+        Clear(acc, length);
+        for (int i = 0; i < n; i++)
+        {
+            AddTo(acc, x + (i * rowStride) + offset, length);
+        }
+
+        for (int ch = first; ch < last; ch++)
+        {
+            mean[ch] = (float)(SumDouble(acc + ((ch - first) * hw), hw) / count);
+            Fill(row + ((ch - first) * hw), hw, mean[ch]);
+        }
+
+        Clear(acc, length);
+        for (int i = 0; i < n; i++)
+        {
+            AddSquaredDifferences(acc, x + (i * rowStride) + offset, row, length);
+        }
+
+        for (int ch = first; ch < last; ch++)
+        {
+            double var = SumDouble(acc + ((ch - first) * hw), hw) / count;
+            double inv = 1.0 / Math.Sqrt(var + eps);
+            double alpha = inv * (weight is null ? 1.0 : weight[ch]);
+            double beta = (bias is null ? 0.0 : bias[ch]) - (mean[ch] * alpha);
+            invstd[ch] = (float)inv;
+            variance[ch] = var;
+            Fill(acc + ((ch - first) * hw), hw, (float)alpha);
+            Fill(row + ((ch - first) * hw), hw, (float)beta);
+        }
+
+        for (int i = 0; i < n; i++)
+        {
+            Affine(x + (i * rowStride) + offset, y + (i * rowStride) + offset, acc, row, length);
+        }
     }
 
     /// <summary>
@@ -106,61 +119,84 @@ internal static unsafe class BatchNormCpu
     public static void Backward(float* dy, float* x, float* weight, float* mean, float* invstd, float* dx, float* dweight, float* dbias, int n, int c, long hw,
         int threads)
     {
-        long count = n * hw;
-        long rowStride = c * hw;
         int workers = Workers(n, c, hw, threads);
-        long maxRange = ((c + workers - 1) / workers) * hw;
-        DepthwiseConvCpu.ParallelPlanes(c, workers, 4 * maxRange, (scratch, first, last) =>
+        int block = BlockChannels(c, hw, workers);
+        DepthwiseConvCpu.ParallelPlanes(c, workers, 4 * block * hw, (scratch, first, last) =>
         {
-            long offset = first * hw, length = (last - first) * hw;
-            float* sumDy = scratch;
-            float* dot = scratch + length;
-            float* meanRow = scratch + (2 * length);
-            float* kRow = scratch + (3 * length);
-            for (int ch = first; ch < last; ch++)
+            for (int b0 = first; b0 < last; b0 += block)
             {
-                Fill(meanRow + ((ch - first) * hw), hw, mean[ch]);
-            }
-
-            Clear(sumDy, length);
-            Clear(dot, length);
-            for (int i = 0; i < n; i++)
-            {
-                AddSumAndDot(sumDy, dot, dy + (i * rowStride) + offset, x + (i * rowStride) + offset, meanRow, length);
-            }
-
-            for (int ch = first; ch < last; ch++)
-            {
-                long at = (ch - first) * hw;
-                double s = SumDouble(sumDy + at, hw), d = SumDouble(dot + at, hw);
-                double inv = invstd[ch];
-                if (dweight is not null)
-                {
-                    dweight[ch] = (float)(d * inv);
-                }
-
-                if (dbias is not null)
-                {
-                    dbias[ch] = (float)s;
-                }
-
-                // Rows of the per-channel constants: dx = (dy − Σdy/M − (x − mean)·k)·scale.
-                Fill(sumDy + at, hw, (float)(s / count));
-                Fill(kRow + at, hw, (float)(d * inv * inv / count));
-                Fill(dot + at, hw, (float)(inv * (weight is null ? 1.0 : weight[ch])));
-            }
-
-            if (dx is null)
-            {
-                return;
-            }
-
-            for (int i = 0; i < n; i++)
-            {
-                InputGrad(dy + (i * rowStride) + offset, x + (i * rowStride) + offset, dx + (i * rowStride) + offset, meanRow, sumDy, kRow, dot, length);
+                BackwardChannels(dy, x, weight, mean, invstd, dx, dweight, dbias, n, c, hw, scratch, b0, Math.Min(last, b0 + block));
             }
         }, workers);
     }
+
+    /// <summary>
+    /// <see cref="Backward"/> for channels [<paramref name="first"/>, <paramref name="last"/>), with a scratch of four rows
+    /// of their (last − first)·H·W floats.
+    /// </summary>
+    private static void BackwardChannels(float* dy, float* x, float* weight, float* mean, float* invstd, float* dx, float* dweight, float* dbias, int n, int c,
+        long hw, float* scratch, int first, int last)
+    {
+        long count = n * hw;
+        long rowStride = c * hw;
+        long offset = first * hw, length = (last - first) * hw;
+        float* sumDy = scratch;
+        float* dot = scratch + length;
+        float* meanRow = scratch + (2 * length);
+        float* kRow = scratch + (3 * length);
+        for (int ch = first; ch < last; ch++)
+        {
+            Fill(meanRow + ((ch - first) * hw), hw, mean[ch]);
+        }
+
+        Clear(sumDy, length);
+        Clear(dot, length);
+        for (int i = 0; i < n; i++)
+        {
+            AddSumAndDot(sumDy, dot, dy + (i * rowStride) + offset, x + (i * rowStride) + offset, meanRow, length);
+        }
+
+        for (int ch = first; ch < last; ch++)
+        {
+            long at = (ch - first) * hw;
+            double s = SumDouble(sumDy + at, hw), d = SumDouble(dot + at, hw);
+            double inv = invstd[ch];
+            if (dweight is not null)
+            {
+                dweight[ch] = (float)(d * inv);
+            }
+
+            if (dbias is not null)
+            {
+                dbias[ch] = (float)s;
+            }
+
+            // Rows of the per-channel constants: dx = (dy − Σdy/M − (x − mean)·k)·scale.
+            Fill(sumDy + at, hw, (float)(s / count));
+            Fill(kRow + at, hw, (float)(d * inv * inv / count));
+            Fill(dot + at, hw, (float)(inv * (weight is null ? 1.0 : weight[ch])));
+        }
+
+        if (dx is null)
+        {
+            return;
+        }
+
+        for (int i = 0; i < n; i++)
+        {
+            InputGrad(dy + (i * rowStride) + offset, x + (i * rowStride) + offset, dx + (i * rowStride) + offset, meanRow, sumDy, kRow, dot, length);
+        }
+    }
+
+    /// <summary>Floats per scratch row that keep a block's rows in the core's L1/L2 cache while the batch streams past.</summary>
+    private const long BlockFloats = 4096;
+
+    /// <summary>
+    /// Channels handled together: as many as fit <see cref="BlockFloats"/> (at least one), and no more than a thread's
+    /// share. Each block is finished (all passes) before the next, so its part of the tensor is reread from cache.
+    /// </summary>
+    private static int BlockChannels(int c, long hw, int workers) =>
+        (int)Math.Clamp(BlockFloats / hw, 1, (c + workers - 1) / workers);
 
     /// <summary>One thread for layers too small to pay for a team hand-off (under ~32k elements).</summary>
     private static int Workers(int n, int c, long hw, int threads) => (long)n * c * hw < 32768 ? 1 : threads;
