@@ -28,8 +28,25 @@ public sealed class BatchNorm2d : TorchSharp.Modules.BatchNorm, ISyncBatchNorm
     public ProcessGroup? SyncGroup { get; set; }
 
     /// <inheritdoc />
-    public override Tensor forward(Tensor input)
+    public override Tensor forward(Tensor input) => Normalize(input, false, out _);
+
+    /// <summary>
+    /// relu(forward(<paramref name="input"/>)): in training on our CPU kernels, one pass with the ReLU fused (no separate
+    /// ReLU op, forward or backward); elsewhere the layer's forward followed by <c>relu</c> (in place when no gradient is
+    /// tracked). The same values and gradients as the two ops, to float32 rounding.
+    /// </summary>
+    /// <param name="input">(N, C, H, W).</param>
+    /// <returns>(N, C, H, W).</returns>
+    /// <exception cref="ArgumentException"><paramref name="input"/> is not 4-D.</exception>
+    public Tensor ForwardRelu(Tensor input)
     {
+        var y = Normalize(input, true, out bool fused);
+        return fused ? y : !is_grad_enabled() ? y.relu_() : y.relu();
+    }
+
+    private Tensor Normalize(Tensor input, bool relu, out bool reluFused)
+    {
+        reluFused = false;
         ValidateInputDimensions(input);
         double factor = momentum ?? 0.0;
         if (training && track_running_stats && num_batches_tracked is not null)
@@ -52,8 +69,9 @@ public sealed class BatchNorm2d : TorchSharp.Modules.BatchNorm, ISyncBatchNorm
         var runningVar = passRunning ? running_var : null;
         if (useBatchStatistics && Ops.BatchNormTraining.Takes(input, runningMean, runningVar, weight, bias))
         {
-            // Our one-pass-per-channel kernels (docs/perf-notes.md, "BatchNorm as one pass per channel").
-            return Ops.BatchNormTraining.Forward(input, runningMean, runningVar, weight, bias, factor, eps);
+            // Our kernels (docs/perf-notes.md, "BatchNorm by rows of the batch"), with the caller's ReLU when it asks.
+            reluFused = relu;
+            return Ops.BatchNormTraining.Forward(input, runningMean, runningVar, weight, bias, factor, eps, relu);
         }
 
         if (useBatchStatistics && UsesRowsLayout(input))

@@ -63,6 +63,12 @@ public sealed class ConvBn : Module<Tensor, Tensor>, IBatchNormFoldable
     public override Tensor forward(Tensor input)
     {
         var x = _depthwiseSame ? DepthwiseConv2d.Forward(input, conv.weight!, conv.bias) : conv.call(input);
+        if (bn is not null && nonlinear is not null && bn.SyncGroup is not { IsDistributed: true })
+        {
+            // BN + ReLU: fused into one pass where our training kernels run (BatchNorm2d.ForwardRelu).
+            return bn.ForwardRelu(x);
+        }
+
         if (bn is not null)
         {
             x = bn.call(x);

@@ -50,9 +50,18 @@ internal static class BatchNormTraining
     /// (1 − momentum)·running_var + momentum·var·M/(M − 1), M = N·H·W (PyTorch's). Call only where <see cref="Takes"/>.
     /// </summary>
     /// <returns>(N, C, H, W), contiguous, with a gradient function when an input requires one.</returns>
-    public static Tensor Forward(Tensor input, Tensor? runningMean, Tensor? runningVar, Tensor? weight, Tensor? bias, double momentum, double eps)
+    /// <param name="input">(N, C, H, W).</param>
+    /// <param name="runningMean">Running mean (C), updated in place, or null.</param>
+    /// <param name="runningVar">Running variance (C), updated in place, or null.</param>
+    /// <param name="weight">Scale (C) or null.</param>
+    /// <param name="bias">Shift (C) or null.</param>
+    /// <param name="momentum">Weight of the batch's statistics in the running ones.</param>
+    /// <param name="eps">Added to the variance.</param>
+    /// <param name="relu">Return relu(batch_norm(x)) in one pass (a conv_bn_relu's ReLU, fused; the gradient as
+    /// <c>threshold_backward</c> gives it: dy where the output is positive).</param>
+    public static Tensor Forward(Tensor input, Tensor? runningMean, Tensor? runningVar, Tensor? weight, Tensor? bias, double momentum, double eps, bool relu = false)
     {
-        var options = new BatchNormFunction.Options(runningMean, runningVar, momentum, eps, weight is not null, bias is not null);
+        var options = new BatchNormFunction.Options(runningMean, runningVar, momentum, eps, weight is not null, bias is not null, relu);
         var args = new List<object> { options, input };
         if (weight is not null)
         {
@@ -76,9 +85,9 @@ internal sealed class BatchNormFunction : autograd.SingleTensorFunction<BatchNor
     public override string Name => "ReplknetBatchNorm";
 
     /// <summary>What forward needs besides the tensors (TorchSharp passes it through).</summary>
-    internal sealed record Options(Tensor? RunningMean, Tensor? RunningVar, double Momentum, double Eps, bool HasWeight, bool HasBias);
+    internal sealed record Options(Tensor? RunningMean, Tensor? RunningVar, double Momentum, double Eps, bool HasWeight, bool HasBias, bool Relu);
 
-    private sealed record BackwardState(bool HasWeight, bool HasBias);
+    private sealed record BackwardState(bool HasWeight, bool HasBias, bool Relu);
 
     public override unsafe Tensor forward(autograd.AutogradContext ctx, params object[] vars)
     {
@@ -95,11 +104,14 @@ internal sealed class BatchNormFunction : autograd.SingleTensorFunction<BatchNor
         var mean = empty([c], dtype: ScalarType.Float32);
         var invstd = empty([c], dtype: ScalarType.Float32);
         var variance = new double[c];
+        // With the ReLU fused: the per-channel α and β the output was computed with, for backward's mask.
+        var alpha = options.Relu ? empty([c], dtype: ScalarType.Float32) : null;
+        var beta = options.Relu ? empty([c], dtype: ScalarType.Float32) : null;
         fixed (double* pv = variance)
         {
             BatchNormCpu.Forward(OptimizerCpu.FloatData(x), OptimizerCpu.FloatData(y), w is null ? null : OptimizerCpu.FloatData(w),
                 b is null ? null : OptimizerCpu.FloatData(b), OptimizerCpu.FloatData(mean), OptimizerCpu.FloatData(invstd), pv, n, c, hw, options.Eps,
-                DepthwiseConv2d.ThreadCount);
+                DepthwiseConv2d.ThreadCount, options.Relu, alpha is null ? null : OptimizerCpu.FloatData(alpha), beta is null ? null : OptimizerCpu.FloatData(beta));
         }
 
         // The running statistics, in float64 as F.batch_norm computes them (unbiased variance).
@@ -133,8 +145,14 @@ internal sealed class BatchNormFunction : autograd.SingleTensorFunction<BatchNor
 
         saved.Add(mean);
         saved.Add(invstd);
+        if (alpha is not null)
+        {
+            saved.Add(alpha);
+            saved.Add(beta!);
+        }
+
         ctx.save_for_backward(saved);
-        ctx.save_data(StateKey, new BackwardState(w is not null, b is not null));
+        ctx.save_data(StateKey, new BackwardState(w is not null, b is not null, options.Relu));
         GC.KeepAlive(x);
         GC.KeepAlive(w);
         GC.KeepAlive(b);
@@ -152,7 +170,9 @@ internal sealed class BatchNormFunction : autograd.SingleTensorFunction<BatchNor
         var x = saved[next++];
         var w = state.HasWeight ? saved[next++] : null;
         var mean = saved[next++];
-        var invstd = saved[next];
+        var invstd = saved[next++];
+        var alpha = state.Relu ? saved[next++] : null;
+        var beta = state.Relu ? saved[next] : null;
         using var noGrad = no_grad();
         var dy = grad.dtype == ScalarType.Float32 ? grad.contiguous() : grad.to(ScalarType.Float32).contiguous();
         long[] shape = x.shape;
@@ -163,7 +183,8 @@ internal sealed class BatchNormFunction : autograd.SingleTensorFunction<BatchNor
         var db = state.HasBias ? empty([c], dtype: ScalarType.Float32) : null;
         BatchNormCpu.Backward(OptimizerCpu.FloatData(dy), OptimizerCpu.FloatData(x), w is null ? null : OptimizerCpu.FloatData(w),
             OptimizerCpu.FloatData(mean), OptimizerCpu.FloatData(invstd), dx is null ? null : OptimizerCpu.FloatData(dx),
-            dw is null ? null : OptimizerCpu.FloatData(dw), db is null ? null : OptimizerCpu.FloatData(db), n, c, hw, DepthwiseConv2d.ThreadCount);
+            dw is null ? null : OptimizerCpu.FloatData(dw), db is null ? null : OptimizerCpu.FloatData(db), n, c, hw, DepthwiseConv2d.ThreadCount,
+            alpha is null ? null : OptimizerCpu.FloatData(alpha), beta is null ? null : OptimizerCpu.FloatData(beta));
 
         // One entry per forward argument: none for the options, then x, (weight), (bias).
         var result = new List<Tensor> { null!, dx! };

@@ -71,6 +71,92 @@ public sealed class BatchNormTrainingTests
         Assert.Equal(1, layer.num_batches_tracked!.item<long>());
     }
 
+    [Theory]
+    [InlineData(128, 32, 7, 7)]
+    [InlineData(128, 128, 2, 2)]
+    [InlineData(5, 6, 9, 11)]
+    [InlineData(64, 8, 8, 8)]
+    public void The_fused_relu_matches_batch_norm_then_relu_in_float64(int n, int c, int h, int w)
+    {
+        using var scope = NewDisposeScope();
+        using var layer = new BatchNorm2d(c, momentum: 0.1);
+        layer.train();
+        var gamma = rand(c) + 0.5;
+        var beta = randn(c) * 0.5;
+        using (no_grad())
+        {
+            layer.weight!.copy_(gamma);
+            layer.bias!.copy_(beta);
+        }
+
+        var x = (randn(n, c, h, w) * 2 - 1).requires_grad_(true);
+        var upstream = randn(n, c, h, w);
+        var y = layer.ForwardRelu(x);
+        y.backward([upstream]);
+
+        var x64 = x.detach().to(float64).requires_grad_(true);
+        var g64 = gamma.to(float64).requires_grad_(true);
+        var b64 = beta.to(float64).requires_grad_(true);
+        var y64 = nn.functional.batch_norm(x64, zeros(c, dtype: float64), ones(c, dtype: float64), g64, b64, true, 0.1, 1e-5).relu();
+        y64.backward([upstream.to(float64)]);
+
+        string what = $"({n}, {c}, {h}, {w}) fused ReLU";
+        Assert.True(y.min().item<float>() >= 0, what);
+        Assert.True(y.eq(0).sum().item<long>() > 0, what + ": no element was clipped"); // the mask is exercised
+        Close(y64, y, what + " output");
+        var sigma = (x64.detach().var([0, 2, 3], unbiased: false) + 1e-5).sqrt();
+        double natural = (gamma.to(float64).abs() / sigma).max().item<double>() * upstream.abs().max().item<float>();
+        // Elements within float32 rounding of the ReLU's kink may fall on either side in the two computations.
+        var nearKink = y64.detach().abs().lt(1e-5 * (y64.detach().abs().max().item<double>() + 1));
+        var dx = x.grad!.to(float64).masked_fill(nearKink, 0);
+        Close(x64.grad!.masked_fill(nearKink, 0), dx, what + " input grad", natural);
+        Close(g64.grad!, layer.weight!.grad!, what + " weight grad");
+        Close(b64.grad!, layer.bias!.grad!, what + " bias grad");
+    }
+
+    [Fact]
+    public void A_conv_bn_relu_trains_the_same_with_the_fused_relu_and_without()
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(8);
+        using var fused = new RepLKNet.Layers.ConvBn(8, 16, 1, 1, 0, 1, relu: true);
+        using var plain = new RepLKNet.Layers.ConvBn(8, 16, 1, 1, 0, 1, relu: true);
+        plain.load_state_dict(fused.state_dict());
+        fused.train();
+        plain.train();
+        var x = randn(32, 8, 6, 6);
+        var upstream = randn(32, 16, 6, 6);
+        var xa = x.clone().requires_grad_(true);
+        var xb = x.clone().requires_grad_(true);
+        var ya = fused.forward(xa);
+        ya.backward([upstream]);
+        BatchNormTraining.Enabled = false;
+        Tensor yb;
+        try
+        {
+            yb = plain.forward(xb);
+            yb.backward([upstream]);
+        }
+        finally
+        {
+            BatchNormTraining.Enabled = true;
+        }
+
+        Assert.True(ya.allclose(yb, rtol: 1e-5, atol: 1e-5));
+        Assert.True(xa.grad!.allclose(xb.grad!, rtol: 1e-4, atol: 1e-5));
+        Assert.True(fused.Conv.weight!.grad!.allclose(plain.Conv.weight!.grad!, rtol: 1e-4, atol: 1e-4));
+        Assert.True(fused.Bn!.running_var!.allclose(plain.Bn!.running_var!, rtol: 1e-5, atol: 1e-6));
+        Assert.Equal(1, fused.Bn!.num_batches_tracked!.item<long>());
+
+        // Eval mode and no-grad keep the layer's function.
+        fused.eval();
+        plain.eval();
+        using (no_grad())
+        {
+            Assert.True(fused.forward(x).allclose(plain.forward(x), rtol: 1e-6, atol: 1e-6));
+        }
+    }
+
     [Fact]
     public void One_thread_and_two_give_the_same_bits()
     {

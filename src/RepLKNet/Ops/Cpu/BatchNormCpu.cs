@@ -37,8 +37,11 @@ internal static unsafe class BatchNormCpu
     /// <param name="hw">Pixels per map, H·W.</param>
     /// <param name="eps">Added to the variance.</param>
     /// <param name="threads">Worker threads at most.</param>
+    /// <param name="relu">Write max(y, 0) instead of y (the ReLU of a conv_bn_relu, fused).</param>
+    /// <param name="alpha">Out, or null: the per-channel scale α = w·invstd, as the float32 the output used (C).</param>
+    /// <param name="beta">Out, or null: the per-channel shift β = b − mean·α, as the float32 the output used (C).</param>
     public static void Forward(float* x, float* y, float* weight, float* bias, float* mean, float* invstd, double* variance, int n, int c, long hw,
-        double eps, int threads)
+        double eps, int threads, bool relu = false, float* alpha = null, float* beta = null)
     {
         int workers = Workers(n, c, hw, threads);
         int block = BlockChannels(c, hw, workers);
@@ -46,7 +49,7 @@ internal static unsafe class BatchNormCpu
         {
             for (int b0 = first; b0 < last; b0 += block)
             {
-                ForwardChannels(x, y, weight, bias, mean, invstd, variance, n, c, hw, eps, scratch, b0, Math.Min(last, b0 + block));
+                ForwardChannels(x, y, weight, bias, mean, invstd, variance, n, c, hw, eps, scratch, b0, Math.Min(last, b0 + block), relu, alpha, beta);
             }
         }, workers);
     }
@@ -56,7 +59,7 @@ internal static unsafe class BatchNormCpu
     /// their (last − first)·H·W floats.
     /// </summary>
     private static void ForwardChannels(float* x, float* y, float* weight, float* bias, float* mean, float* invstd, double* variance, int n, int c, long hw,
-        double eps, float* scratch, int first, int last)
+        double eps, float* scratch, int first, int last, bool relu, float* alphaOut, float* betaOut)
     {
         long count = n * hw;
         long rowStride = c * hw;
@@ -88,6 +91,12 @@ internal static unsafe class BatchNormCpu
             double inv = 1.0 / Math.Sqrt(var + eps);
             double alpha = inv * (weight is null ? 1.0 : weight[ch]);
             double beta = (bias is null ? 0.0 : bias[ch]) - (mean[ch] * alpha);
+            if (alphaOut is not null)
+            {
+                alphaOut[ch] = (float)alpha;
+                betaOut[ch] = (float)beta;
+            }
+
             invstd[ch] = (float)inv;
             variance[ch] = var;
             Fill(acc + ((ch - first) * hw), hw, (float)alpha);
@@ -96,7 +105,14 @@ internal static unsafe class BatchNormCpu
 
         for (int i = 0; i < n; i++)
         {
-            Affine(x + (i * rowStride) + offset, y + (i * rowStride) + offset, acc, row, length);
+            if (relu)
+            {
+                AffineRelu(x + (i * rowStride) + offset, y + (i * rowStride) + offset, acc, row, length);
+            }
+            else
+            {
+                Affine(x + (i * rowStride) + offset, y + (i * rowStride) + offset, acc, row, length);
+            }
         }
     }
 
@@ -116,16 +132,19 @@ internal static unsafe class BatchNormCpu
     /// <param name="c">Channels C.</param>
     /// <param name="hw">Pixels per map, H·W.</param>
     /// <param name="threads">Worker threads at most.</param>
+    /// <param name="reluAlpha">For a forward with a fused ReLU: its α (C), else null; dy then counts only where x·α + β &gt; 0.</param>
+    /// <param name="reluBeta">For a forward with a fused ReLU: its β (C), else null.</param>
     public static void Backward(float* dy, float* x, float* weight, float* mean, float* invstd, float* dx, float* dweight, float* dbias, int n, int c, long hw,
-        int threads)
+        int threads, float* reluAlpha = null, float* reluBeta = null)
     {
         int workers = Workers(n, c, hw, threads);
         int block = BlockChannels(c, hw, workers);
-        DepthwiseConvCpu.ParallelPlanes(c, workers, 4 * block * hw, (scratch, first, last) =>
+        int rows = reluAlpha is null ? 4 : 6;
+        DepthwiseConvCpu.ParallelPlanes(c, workers, rows * block * hw, (scratch, first, last) =>
         {
             for (int b0 = first; b0 < last; b0 += block)
             {
-                BackwardChannels(dy, x, weight, mean, invstd, dx, dweight, dbias, n, c, hw, scratch, b0, Math.Min(last, b0 + block));
+                BackwardChannels(dy, x, weight, mean, invstd, dx, dweight, dbias, n, c, hw, scratch, b0, Math.Min(last, b0 + block), reluAlpha, reluBeta);
             }
         }, workers);
     }
@@ -135,7 +154,7 @@ internal static unsafe class BatchNormCpu
     /// of their (last − first)·H·W floats.
     /// </summary>
     private static void BackwardChannels(float* dy, float* x, float* weight, float* mean, float* invstd, float* dx, float* dweight, float* dbias, int n, int c,
-        long hw, float* scratch, int first, int last)
+        long hw, float* scratch, int first, int last, float* reluAlpha, float* reluBeta)
     {
         long count = n * hw;
         long rowStride = c * hw;
@@ -144,16 +163,33 @@ internal static unsafe class BatchNormCpu
         float* dot = scratch + length;
         float* meanRow = scratch + (2 * length);
         float* kRow = scratch + (3 * length);
+        // With a fused ReLU: the forward's y = x·α + β, recomputed with the same float operations, masks the gradient.
+        float* alphaRow = reluAlpha is null ? null : scratch + (4 * length);
+        float* betaRow = reluAlpha is null ? null : scratch + (5 * length);
         for (int ch = first; ch < last; ch++)
         {
             Fill(meanRow + ((ch - first) * hw), hw, mean[ch]);
+            if (alphaRow is not null)
+            {
+                Fill(alphaRow + ((ch - first) * hw), hw, reluAlpha[ch]);
+                Fill(betaRow + ((ch - first) * hw), hw, reluBeta[ch]);
+            }
         }
 
         Clear(sumDy, length);
         Clear(dot, length);
         for (int i = 0; i < n; i++)
         {
-            AddSumAndDot(sumDy, dot, dy + (i * rowStride) + offset, x + (i * rowStride) + offset, meanRow, length);
+            float* xi = x + (i * rowStride) + offset;
+            float* gi = dy + (i * rowStride) + offset;
+            if (alphaRow is null)
+            {
+                AddSumAndDot(sumDy, dot, gi, xi, meanRow, length);
+            }
+            else
+            {
+                AddSumAndDotMasked(sumDy, dot, gi, xi, meanRow, alphaRow, betaRow, length);
+            }
         }
 
         for (int ch = first; ch < last; ch++)
@@ -184,7 +220,15 @@ internal static unsafe class BatchNormCpu
 
         for (int i = 0; i < n; i++)
         {
-            InputGrad(dy + (i * rowStride) + offset, x + (i * rowStride) + offset, dx + (i * rowStride) + offset, meanRow, sumDy, kRow, dot, length);
+            if (alphaRow is null)
+            {
+                InputGrad(dy + (i * rowStride) + offset, x + (i * rowStride) + offset, dx + (i * rowStride) + offset, meanRow, sumDy, kRow, dot, length);
+            }
+            else
+            {
+                InputGradMasked(dy + (i * rowStride) + offset, x + (i * rowStride) + offset, dx + (i * rowStride) + offset, meanRow, sumDy, kRow, dot, alphaRow,
+                    betaRow, length);
+            }
         }
     }
 
@@ -267,6 +311,72 @@ internal static unsafe class BatchNormCpu
         for (; i < length; i++)
         {
             y[i] = (x[i] * alpha[i]) + beta[i];
+        }
+    }
+
+    private static void AffineRelu(float* x, float* y, float* alpha, float* beta, long length)
+    {
+        long i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; i + 8 <= length; i += 8)
+            {
+                var v = (Vector256.Load(x + i) * Vector256.Load(alpha + i)) + Vector256.Load(beta + i);
+                Vector256.ConditionalSelect(Vector256.GreaterThan(v, Vector256<float>.Zero), v, Vector256<float>.Zero).Store(y + i);
+            }
+        }
+
+        for (; i < length; i++)
+        {
+            float v = (x[i] * alpha[i]) + beta[i];
+            y[i] = v > 0 ? v : 0;
+        }
+    }
+
+    /// <summary><see cref="AddSumAndDot"/> of dy where the forward's x·α + β was positive (the ReLU's gradient), 0 elsewhere.</summary>
+    private static void AddSumAndDotMasked(float* sum, float* dot, float* dy, float* x, float* mean, float* alpha, float* beta, long length)
+    {
+        long i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; i + 8 <= length; i += 8)
+            {
+                var xv = Vector256.Load(x + i);
+                var on = Vector256.GreaterThan((xv * Vector256.Load(alpha + i)) + Vector256.Load(beta + i), Vector256<float>.Zero);
+                var g = Vector256.ConditionalSelect(on, Vector256.Load(dy + i), Vector256<float>.Zero);
+                (Vector256.Load(sum + i) + g).Store(sum + i);
+                (Vector256.Load(dot + i) + (g * (xv - Vector256.Load(mean + i)))).Store(dot + i);
+            }
+        }
+
+        for (; i < length; i++)
+        {
+            float g = (x[i] * alpha[i]) + beta[i] > 0 ? dy[i] : 0;
+            sum[i] += g;
+            dot[i] += g * (x[i] - mean[i]);
+        }
+    }
+
+    /// <summary><see cref="InputGrad"/> with dy masked as in <see cref="AddSumAndDotMasked"/>.</summary>
+    private static void InputGradMasked(float* dy, float* x, float* dx, float* mean, float* meanDy, float* k, float* scale, float* alpha, float* beta, long length)
+    {
+        long i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; i + 8 <= length; i += 8)
+            {
+                var xv = Vector256.Load(x + i);
+                var on = Vector256.GreaterThan((xv * Vector256.Load(alpha + i)) + Vector256.Load(beta + i), Vector256<float>.Zero);
+                var g = Vector256.ConditionalSelect(on, Vector256.Load(dy + i), Vector256<float>.Zero);
+                var xm = xv - Vector256.Load(mean + i);
+                ((g - Vector256.Load(meanDy + i) - (xm * Vector256.Load(k + i))) * Vector256.Load(scale + i)).Store(dx + i);
+            }
+        }
+
+        for (; i < length; i++)
+        {
+            float g = (x[i] * alpha[i]) + beta[i] > 0 ? dy[i] : 0;
+            dx[i] = (g - meanDy[i] - ((x[i] - mean[i]) * k[i])) * scale[i];
         }
     }
 
