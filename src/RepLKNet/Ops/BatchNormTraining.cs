@@ -33,7 +33,8 @@ internal static class BatchNormTraining
 
         long[] shape = input.shape;
         long c = shape[1];
-        if (c < 1 || shape[0] * shape[2] * shape[3] <= 1 || input.numel() > int.MaxValue)
+        // The pointers come from Tensor.bytes, a span of at most int.MaxValue bytes (OptimizerCpu.FloatData).
+        if (c < 1 || shape[0] * shape[2] * shape[3] <= 1 || input.numel() > int.MaxValue / sizeof(float))
         {
             return false;
         }
@@ -57,8 +58,8 @@ internal static class BatchNormTraining
     /// <param name="bias">Shift (C) or null.</param>
     /// <param name="momentum">Weight of the batch's statistics in the running ones.</param>
     /// <param name="eps">Added to the variance.</param>
-    /// <param name="relu">Return relu(batch_norm(x)) in one pass (a conv_bn_relu's ReLU, fused; the gradient as
-    /// <c>threshold_backward</c> gives it: dy where the output is positive).</param>
+    /// <param name="relu">Return relu(batch_norm(x)) in one pass (a conv_bn_relu's ReLU, fused; NaN stays NaN as in
+    /// <c>torch.relu</c>, and the gradient is <c>threshold_backward</c>'s: 0 where the output is ≤ 0, dy elsewhere).</param>
     public static Tensor Forward(Tensor input, Tensor? runningMean, Tensor? runningVar, Tensor? weight, Tensor? bias, double momentum, double eps, bool relu = false)
     {
         var options = new BatchNormFunction.Options(runningMean, runningVar, momentum, eps, weight is not null, bias is not null, relu);
@@ -80,6 +81,15 @@ internal static class BatchNormTraining
 /// <summary>The autograd function behind <see cref="BatchNormTraining.Forward"/>.</summary>
 internal sealed class BatchNormFunction : autograd.SingleTensorFunction<BatchNormFunction>
 {
+    /// <summary>The element pointer of a tensor <see cref="BatchNormTraining.Takes"/> admitted (or one made here); never null.</summary>
+    private static unsafe float* Data(Tensor t)
+    {
+        float* p = OptimizerCpu.FloatData(t);
+        return p is not null ? p : throw new InvalidOperationException($"batch norm: a {t.dtype} tensor of shape [{string.Join(", ", t.shape)}] is not contiguous float32 on the CPU");
+    }
+
+    private static unsafe float* DataOrNull(Tensor? t) => t is null ? null : Data(t);
+
     private const string StateKey = "state";
 
     public override string Name => "ReplknetBatchNorm";
@@ -109,9 +119,8 @@ internal sealed class BatchNormFunction : autograd.SingleTensorFunction<BatchNor
         var beta = options.Relu ? empty([c], dtype: ScalarType.Float32) : null;
         fixed (double* pv = variance)
         {
-            BatchNormCpu.Forward(OptimizerCpu.FloatData(x), OptimizerCpu.FloatData(y), w is null ? null : OptimizerCpu.FloatData(w),
-                b is null ? null : OptimizerCpu.FloatData(b), OptimizerCpu.FloatData(mean), OptimizerCpu.FloatData(invstd), pv, n, c, hw, options.Eps,
-                DepthwiseConv2d.ThreadCount, options.Relu, alpha is null ? null : OptimizerCpu.FloatData(alpha), beta is null ? null : OptimizerCpu.FloatData(beta));
+            BatchNormCpu.Forward(Data(x), Data(y), DataOrNull(w), DataOrNull(b), Data(mean), Data(invstd), pv, n, c, hw, options.Eps,
+                DepthwiseConv2d.ThreadCount, options.Relu, DataOrNull(alpha), DataOrNull(beta));
         }
 
         // The running statistics, in float64 as F.batch_norm computes them (unbiased variance).
@@ -119,8 +128,8 @@ internal sealed class BatchNormFunction : autograd.SingleTensorFunction<BatchNor
         double m = options.Momentum;
         if (options.RunningMean is { } runningMean)
         {
-            float* rm = OptimizerCpu.FloatData(runningMean);
-            float* mu = OptimizerCpu.FloatData(mean);
+            float* rm = Data(runningMean);
+            float* mu = Data(mean);
             for (int ch = 0; ch < c; ch++)
             {
                 rm[ch] = (float)(((1 - m) * rm[ch]) + (m * mu[ch]));
@@ -129,7 +138,7 @@ internal sealed class BatchNormFunction : autograd.SingleTensorFunction<BatchNor
 
         if (options.RunningVar is { } runningVar)
         {
-            float* rv = OptimizerCpu.FloatData(runningVar);
+            float* rv = Data(runningVar);
             double unbias = count / (count - 1.0);
             for (int ch = 0; ch < c; ch++)
             {
@@ -181,10 +190,8 @@ internal sealed class BatchNormFunction : autograd.SingleTensorFunction<BatchNor
         var dx = x.requires_grad ? empty(shape, dtype: ScalarType.Float32) : null;
         var dw = w is not null && w.requires_grad ? empty([c], dtype: ScalarType.Float32) : null;
         var db = state.HasBias ? empty([c], dtype: ScalarType.Float32) : null;
-        BatchNormCpu.Backward(OptimizerCpu.FloatData(dy), OptimizerCpu.FloatData(x), w is null ? null : OptimizerCpu.FloatData(w),
-            OptimizerCpu.FloatData(mean), OptimizerCpu.FloatData(invstd), dx is null ? null : OptimizerCpu.FloatData(dx),
-            dw is null ? null : OptimizerCpu.FloatData(dw), db is null ? null : OptimizerCpu.FloatData(db), n, c, hw, DepthwiseConv2d.ThreadCount,
-            alpha is null ? null : OptimizerCpu.FloatData(alpha), beta is null ? null : OptimizerCpu.FloatData(beta));
+        BatchNormCpu.Backward(Data(dy), Data(x), DataOrNull(w), Data(mean), Data(invstd), DataOrNull(dx), DataOrNull(dw), DataOrNull(db), n, c, hw,
+            DepthwiseConv2d.ThreadCount, DataOrNull(alpha), DataOrNull(beta));
 
         // One entry per forward argument: none for the options, then x, (weight), (bias).
         var result = new List<Tensor> { null!, dx! };

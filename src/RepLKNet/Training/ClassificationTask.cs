@@ -140,9 +140,14 @@ public sealed class ClassificationTask : ITrainingTask
     /// kernels merged, 1×1 convs on the fused product) rather than the model in eval mode; true unless
     /// <c>REPLKNET_EVAL_FROZEN=0</c>. The copy computes the eval-mode function to float rounding (its logits within ~1e-6
     /// of the model's; a top-1 can differ only where two logits tie to that precision), about twice as fast on the
-    /// default model (docs/perf-notes.md, "Evaluation on the frozen copy").
+    /// default model (docs/perf-notes.md, 2026-12-01 (later), "Evaluation on the frozen copy").
     /// </summary>
     internal static bool UseFrozen { get; set; } = Environment.GetEnvironmentVariable("REPLKNET_EVAL_FROZEN") != "0";
+
+    private static long _frozenCopies;
+
+    /// <summary>Frozen copies built for evaluation in this process so far (a diagnostic; the tests read it).</summary>
+    internal static long FrozenCopies => Interlocked.Read(ref _frozenCopies);
 
     /// <summary>
     /// A frozen copy of <paramref name="model"/> in eval mode when it is a float32 CPU RepLKNet with running statistics
@@ -157,6 +162,7 @@ public sealed class ClassificationTask : ITrainingTask
         }
 
         rep.eval();
+        Interlocked.Increment(ref _frozenCopies);
         return FrozenRepLKNet.Freeze(rep, inputSize: Pipeline.Size);
     }
 

@@ -11,9 +11,17 @@ namespace RepLKNet.Tests.Ops;
 /// leave the call to libtorch.
 /// </summary>
 [Collection(SerialTests.Name)]
-public sealed class BatchNormTrainingTests
+public sealed class BatchNormTrainingTests : IDisposable
 {
-    public BatchNormTrainingTests() => Torch.EnsureLoaded();
+    private readonly bool _enabled = BatchNormTraining.Enabled;
+
+    public BatchNormTrainingTests()
+    {
+        Torch.EnsureLoaded();
+        BatchNormTraining.Enabled = true; // also under REPLKNET_BATCHNORM=libtorch: these tests are about our kernels
+    }
+
+    public void Dispose() => BatchNormTraining.Enabled = _enabled;
 
     [Theory]
     [InlineData(128, 32, 14, 14, true)] // the default model's shapes (batch 128)
@@ -112,6 +120,38 @@ public sealed class BatchNormTrainingTests
         Close(x64.grad!.masked_fill(nearKink, 0), dx, what + " input grad", natural);
         Close(g64.grad!, layer.weight!.grad!, what + " weight grad");
         Close(b64.grad!, layer.bias!.grad!, what + " bias grad");
+    }
+
+    [Fact]
+    public void The_fused_relu_keeps_a_nan_as_torch_relu_does()
+    {
+        using var scope = NewDisposeScope();
+        var x = randn(16, 3, 4, 4);
+        x[3, 1, 2, 2] = tensor(float.NaN);
+        Tensor Run(bool ours)
+        {
+            BatchNormTraining.Enabled = ours;
+            try
+            {
+                using var layer = new BatchNorm2d(3);
+                layer.train();
+                var input = x.clone().requires_grad_(true);
+                var y = layer.ForwardRelu(input);
+                y.backward([ones_like(y)]);
+                Assert.True(layer.running_mean![1].isnan().item<bool>()); // the statistics see the NaN, as libtorch's do
+                return y.detach();
+            }
+            finally
+            {
+                BatchNormTraining.Enabled = true;
+            }
+        }
+
+        var fused = Run(true);
+        var reference = Run(false);
+        Assert.True(fused.isnan().equal(reference.isnan()).all().item<bool>());
+        Assert.True(fused.select(1, 1).isnan().all().item<bool>()); // the whole channel, not zeros
+        Assert.True(fused.select(1, 0).allclose(reference.select(1, 0), rtol: 1e-5, atol: 1e-5));
     }
 
     [Fact]

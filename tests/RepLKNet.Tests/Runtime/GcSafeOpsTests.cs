@@ -19,6 +19,7 @@ public sealed class GcSafeOpsTests
     public void AdamWStep_is_bit_identical_to_TorchSharps_AdamW_step_over_several_steps_and_groups()
     {
         // The libtorch-op path (CUDA and other tensors; the fused CPU pass is tested in FusedOptimizerTests).
+        bool fused = AdamWStep.UseFused;
         AdamWStep.UseFused = false;
         try
         {
@@ -26,7 +27,7 @@ public sealed class GcSafeOpsTests
         }
         finally
         {
-            AdamWStep.UseFused = true;
+            AdamWStep.UseFused = fused;
         }
     }
 
@@ -89,6 +90,7 @@ public sealed class GcSafeOpsTests
     public void Our_BatchNorm2d_matches_TorchSharps_in_training_and_eval_with_the_same_state_dict()
     {
         // libtorch's path, bit for bit (our training kernels are judged against float64 in BatchNormTrainingTests).
+        bool ours = RepLKNet.Ops.BatchNormTraining.Enabled;
         RepLKNet.Ops.BatchNormTraining.Enabled = false;
         try
         {
@@ -96,7 +98,7 @@ public sealed class GcSafeOpsTests
         }
         finally
         {
-            RepLKNet.Ops.BatchNormTraining.Enabled = true;
+            RepLKNet.Ops.BatchNormTraining.Enabled = ours;
         }
     }
 

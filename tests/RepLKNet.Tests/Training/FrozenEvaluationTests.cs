@@ -11,9 +11,17 @@ namespace RepLKNet.Tests.Training;
 
 /// <summary>The classification task scores a RepLKNet through its frozen copy: the same top-1 as the model in eval mode.</summary>
 [Collection(SerialTests.Name)]
-public sealed class FrozenEvaluationTests
+public sealed class FrozenEvaluationTests : IDisposable
 {
-    public FrozenEvaluationTests() => Torch.EnsureLoaded();
+    private readonly bool _frozen = ClassificationTask.UseFrozen;
+
+    public FrozenEvaluationTests()
+    {
+        Torch.EnsureLoaded();
+        ClassificationTask.UseFrozen = true;
+    }
+
+    public void Dispose() => ClassificationTask.UseFrozen = _frozen;
 
     [Fact]
     public void The_frozen_copy_scores_what_the_eval_mode_model_scores_and_leaves_the_model_unchanged()
@@ -35,7 +43,9 @@ public sealed class FrozenEvaluationTests
         var before = RepLKNet.Checkpoints.StateDicts.Ordered(model).ToDictionary(kv => kv.Key, kv => kv.Value.clone());
 
         var reference = Evaluation.Run(model, 4, test, pipeline, 32, CPU, 1, CancellationToken.None);
+        long copies = ClassificationTask.FrozenCopies;
         double frozen = task.Score(model, RepLKNet.Distributed.ProcessGroup.Single, null, CancellationToken.None).Value;
+        Assert.Equal(copies + 1, ClassificationTask.FrozenCopies); // the frozen copy was scored
         ClassificationTask.UseFrozen = false;
         double plain;
         try
@@ -50,6 +60,7 @@ public sealed class FrozenEvaluationTests
         Assert.InRange(reference.Top1, 0.05, 0.95); // not a constant prediction
         Assert.Equal(reference.Top1, plain);
         Assert.Equal(reference.Top1, frozen);
+        Assert.Equal(copies + 1, ClassificationTask.FrozenCopies); // and the switch turned it off
         Assert.Equal(reference.Top1, task.Evaluate(model, null, CancellationToken.None));
         // Scoring reads the model only (its BatchNorms were in eval mode, so running statistics did not move).
         foreach (var (key, value) in RepLKNet.Checkpoints.StateDicts.Ordered(model))

@@ -14,9 +14,17 @@ namespace RepLKNet.Tests.Training;
 /// against TorchSharp's own AdamW step, and against itself on another thread count.
 /// </summary>
 [Collection(SerialTests.Name)]
-public sealed class FusedOptimizerTests
+public sealed class FusedOptimizerTests : IDisposable
 {
-    public FusedOptimizerTests() => Torch.EnsureLoaded();
+    private readonly bool _fused = AdamWStep.UseFused;
+
+    public FusedOptimizerTests()
+    {
+        Torch.EnsureLoaded();
+        AdamWStep.UseFused = true; // also under REPLKNET_FUSED_OPTIMIZER=0: these tests are about the fused pass
+    }
+
+    public void Dispose() => AdamWStep.UseFused = _fused;
 
     // Sizes on both sides of the vector width (8), the piece (16384) and the parallel threshold (65536 in all).
     private static readonly long[][] Shapes = [[8, 4, 3, 3], [8], [5, 7], [3], [70001], [129, 131]];
@@ -54,7 +62,6 @@ public sealed class FusedOptimizerTests
         (double Lr, double B1, double B2, double Eps, double Wd)[] hyper =
             [(3e-3, 0.9, 0.999, 1e-8, 0.05), (3e-3, 0.9, 0.999, 1e-8, 0.05), (1e-3, 0.8, 0.999, 1e-6, 0), (1e-3, 0.8, 0.999, 1e-6, 0),
                 (2e-2, 0.9, 0.99, 1e-8, 0.1), (2e-2, 0.9, 0.99, 1e-8, 0.1)];
-        Assert.True(AdamWStep.UseFused);
         for (int step = 0; step < 8; step++)
         {
             var grads = Gradients(step);

@@ -16,7 +16,7 @@ namespace RepLKNet.Ops.Cpu;
 /// <remarks>
 /// Why our own: libtorch's NCHW kernels reduce each (n, c) plane of H·W floats separately, and on the default model's
 /// maps (2×2 … 14×14, 32–256 channels, batch 128) its training forward + backward took 1.6–11× ours
-/// (docs/perf-notes.md, "BatchNorm by rows of the batch"). Precision: each position's sum over the N images is float32
+/// (docs/perf-notes.md, 2026-12-01 (later), "BatchNorm by rows of the batch"). Precision: each position's sum over the N images is float32
 /// (N terms), the rest float64; outputs and gradients are within 1e-5 of float64 (BatchNormTrainingTests).
 /// </remarks>
 internal static unsafe class BatchNormCpu
@@ -132,7 +132,7 @@ internal static unsafe class BatchNormCpu
     /// <param name="c">Channels C.</param>
     /// <param name="hw">Pixels per map, H·W.</param>
     /// <param name="threads">Worker threads at most.</param>
-    /// <param name="reluAlpha">For a forward with a fused ReLU: its α (C), else null; dy then counts only where x·α + β &gt; 0.</param>
+    /// <param name="reluAlpha">For a forward with a fused ReLU: its α (C), else null; dy then counts except where x·α + β ≤ 0.</param>
     /// <param name="reluBeta">For a forward with a fused ReLU: its β (C), else null.</param>
     public static void Backward(float* dy, float* x, float* weight, float* mean, float* invstd, float* dx, float* dweight, float* dbias, int n, int c, long hw,
         int threads, float* reluAlpha = null, float* reluBeta = null)
@@ -328,18 +328,22 @@ internal static unsafe class BatchNormCpu
             for (; i + 8 <= length; i += 8)
             {
                 var v = (Vector256.Load(x + i) * Vector256.Load(alpha + i)) + Vector256.Load(beta + i);
-                Vector256.ConditionalSelect(Vector256.GreaterThan(v, Vector256<float>.Zero), v, Vector256<float>.Zero).Store(y + i);
+                // v ≤ 0 → 0, else v: a NaN stays NaN, as torch.relu leaves it.
+                Vector256.ConditionalSelect(Vector256.LessThanOrEqual(v, Vector256<float>.Zero), Vector256<float>.Zero, v).Store(y + i);
             }
         }
 
         for (; i < length; i++)
         {
             float v = (x[i] * alpha[i]) + beta[i];
-            y[i] = v > 0 ? v : 0;
+            y[i] = v <= 0 ? 0 : v;
         }
     }
 
-    /// <summary><see cref="AddSumAndDot"/> of dy where the forward's x·α + β was positive (the ReLU's gradient), 0 elsewhere.</summary>
+    /// <summary>
+    /// <see cref="AddSumAndDot"/> of dy, 0 where the forward's x·α + β was ≤ 0 (<c>threshold_backward</c>'s rule: a NaN
+    /// output passes its gradient).
+    /// </summary>
     private static void AddSumAndDotMasked(float* sum, float* dot, float* dy, float* x, float* mean, float* alpha, float* beta, long length)
     {
         long i = 0;
@@ -348,8 +352,8 @@ internal static unsafe class BatchNormCpu
             for (; i + 8 <= length; i += 8)
             {
                 var xv = Vector256.Load(x + i);
-                var on = Vector256.GreaterThan((xv * Vector256.Load(alpha + i)) + Vector256.Load(beta + i), Vector256<float>.Zero);
-                var g = Vector256.ConditionalSelect(on, Vector256.Load(dy + i), Vector256<float>.Zero);
+                var off = Vector256.LessThanOrEqual((xv * Vector256.Load(alpha + i)) + Vector256.Load(beta + i), Vector256<float>.Zero);
+                var g = Vector256.ConditionalSelect(off, Vector256<float>.Zero, Vector256.Load(dy + i));
                 (Vector256.Load(sum + i) + g).Store(sum + i);
                 (Vector256.Load(dot + i) + (g * (xv - Vector256.Load(mean + i)))).Store(dot + i);
             }
@@ -357,7 +361,7 @@ internal static unsafe class BatchNormCpu
 
         for (; i < length; i++)
         {
-            float g = (x[i] * alpha[i]) + beta[i] > 0 ? dy[i] : 0;
+            float g = (x[i] * alpha[i]) + beta[i] <= 0 ? 0 : dy[i];
             sum[i] += g;
             dot[i] += g * (x[i] - mean[i]);
         }
@@ -372,8 +376,8 @@ internal static unsafe class BatchNormCpu
             for (; i + 8 <= length; i += 8)
             {
                 var xv = Vector256.Load(x + i);
-                var on = Vector256.GreaterThan((xv * Vector256.Load(alpha + i)) + Vector256.Load(beta + i), Vector256<float>.Zero);
-                var g = Vector256.ConditionalSelect(on, Vector256.Load(dy + i), Vector256<float>.Zero);
+                var off = Vector256.LessThanOrEqual((xv * Vector256.Load(alpha + i)) + Vector256.Load(beta + i), Vector256<float>.Zero);
+                var g = Vector256.ConditionalSelect(off, Vector256<float>.Zero, Vector256.Load(dy + i));
                 var xm = xv - Vector256.Load(mean + i);
                 ((g - Vector256.Load(meanDy + i) - (xm * Vector256.Load(k + i))) * Vector256.Load(scale + i)).Store(dx + i);
             }
@@ -381,7 +385,7 @@ internal static unsafe class BatchNormCpu
 
         for (; i < length; i++)
         {
-            float g = (x[i] * alpha[i]) + beta[i] > 0 ? dy[i] : 0;
+            float g = (x[i] * alpha[i]) + beta[i] <= 0 ? 0 : dy[i];
             dx[i] = (g - meanDy[i] - ((x[i] - mean[i]) * k[i])) * scale[i];
         }
     }

@@ -10,13 +10,14 @@ namespace RepLKNet.Ops.Cpu;
 /// The optimizer's per-element updates on float32 CPU tensors, fused into one pass over all tensors of a step: the AdamW
 /// update (<c>Training.AdamWStep</c>) and the weight EMA (<c>Training.ModelEma</c>). libtorch runs each as 5–7 separate
 /// ops per tensor, one interop call and one dispatch each, ~1,100 calls per step on the default model's 94 parameters
-/// (docs/perf-notes.md, "the optimizer and the EMA as one pass"); here each tensor is read and written once.
+/// (docs/perf-notes.md, 2026-12-01 (later), "The optimizer and the EMA as one pass"); here each tensor is read and written once.
 /// </summary>
 /// <remarks>
 /// Arithmetic: float32, each operation rounded on its own (no fused multiply-add), in the same order in the vector body and
 /// the scalar tail, so a result does not depend on the vector width, the machine or how the elements are split between
-/// threads. The formulas are those of <c>torch.optim.AdamW(fused=True)</c>'s CPU kernel; like it, the results may differ
-/// from the one-op-at-a-time path in the last bit.
+/// threads. The update is the one of <c>torch.optim.AdamW</c> written as one expression per element, as its
+/// <c>fused=True</c> CPU kernel does (which writes the first moment as a lerp, equal up to rounding); like it, the results
+/// may differ from the one-op-at-a-time path in the last bits.
 /// </remarks>
 internal static unsafe class OptimizerCpu
 {
