@@ -82,18 +82,7 @@ public static class SyncBatchNorm
         }
 
         var options = new SyncBatchNormFunction.Options(group, runningMean, runningVar, momentum, eps, weight is not null, bias is not null);
-        var args = new List<object> { options, input };
-        if (weight is not null)
-        {
-            args.Add(weight);
-        }
-
-        if (bias is not null)
-        {
-            args.Add(bias);
-        }
-
-        return SyncBatchNormFunction.apply([.. args]);
+        return SyncBatchNormFunction.apply(Runtime.AutogradArguments.Of(options, input, weight, bias));
     }
 
     /// <summary>

@@ -63,19 +63,9 @@ internal static class BatchNormTraining
     public static Tensor Forward(Tensor input, Tensor? runningMean, Tensor? runningVar, Tensor? weight, Tensor? bias, double momentum, double eps, bool relu = false)
     {
         var options = new BatchNormFunction.Options(runningMean, runningVar, momentum, eps, weight is not null, bias is not null, relu);
-        var args = new List<object> { options, input };
-        if (weight is not null)
-        {
-            args.Add(weight);
-        }
-
-        if (bias is not null)
-        {
-            args.Add(bias);
-        }
-
-        return BatchNormFunction.apply([.. args]);
+        return BatchNormFunction.apply(Runtime.AutogradArguments.Of(options, input, weight, bias));
     }
+
 }
 
 /// <summary>The autograd function behind <see cref="BatchNormTraining.Forward"/>.</summary>

@@ -340,6 +340,13 @@ internal static unsafe class BatchNormCpu
         }
     }
 
+    /// <summary>dy, or 0 where the forward's x·α + β (the same float operations) was ≤ 0: <c>threshold_backward</c>.</summary>
+    private static Vector256<float> ReluGradient(Vector256<float> dy, Vector256<float> x, Vector256<float> alpha, Vector256<float> beta) =>
+        Vector256.ConditionalSelect(Vector256.LessThanOrEqual((x * alpha) + beta, Vector256<float>.Zero), Vector256<float>.Zero, dy);
+
+    /// <summary>The scalar <see cref="ReluGradient(Vector256{float}, Vector256{float}, Vector256{float}, Vector256{float})"/>.</summary>
+    private static float ReluGradient(float dy, float x, float alpha, float beta) => (x * alpha) + beta <= 0 ? 0 : dy;
+
     /// <summary>
     /// <see cref="AddSumAndDot"/> of dy, 0 where the forward's x·α + β was ≤ 0 (<c>threshold_backward</c>'s rule: a NaN
     /// output passes its gradient).
@@ -352,8 +359,7 @@ internal static unsafe class BatchNormCpu
             for (; i + 8 <= length; i += 8)
             {
                 var xv = Vector256.Load(x + i);
-                var off = Vector256.LessThanOrEqual((xv * Vector256.Load(alpha + i)) + Vector256.Load(beta + i), Vector256<float>.Zero);
-                var g = Vector256.ConditionalSelect(off, Vector256<float>.Zero, Vector256.Load(dy + i));
+                var g = ReluGradient(Vector256.Load(dy + i), xv, Vector256.Load(alpha + i), Vector256.Load(beta + i));
                 (Vector256.Load(sum + i) + g).Store(sum + i);
                 (Vector256.Load(dot + i) + (g * (xv - Vector256.Load(mean + i)))).Store(dot + i);
             }
@@ -361,7 +367,7 @@ internal static unsafe class BatchNormCpu
 
         for (; i < length; i++)
         {
-            float g = (x[i] * alpha[i]) + beta[i] <= 0 ? 0 : dy[i];
+            float g = ReluGradient(dy[i], x[i], alpha[i], beta[i]);
             sum[i] += g;
             dot[i] += g * (x[i] - mean[i]);
         }
@@ -376,8 +382,7 @@ internal static unsafe class BatchNormCpu
             for (; i + 8 <= length; i += 8)
             {
                 var xv = Vector256.Load(x + i);
-                var off = Vector256.LessThanOrEqual((xv * Vector256.Load(alpha + i)) + Vector256.Load(beta + i), Vector256<float>.Zero);
-                var g = Vector256.ConditionalSelect(off, Vector256<float>.Zero, Vector256.Load(dy + i));
+                var g = ReluGradient(Vector256.Load(dy + i), xv, Vector256.Load(alpha + i), Vector256.Load(beta + i));
                 var xm = xv - Vector256.Load(mean + i);
                 ((g - Vector256.Load(meanDy + i) - (xm * Vector256.Load(k + i))) * Vector256.Load(scale + i)).Store(dx + i);
             }
@@ -385,7 +390,7 @@ internal static unsafe class BatchNormCpu
 
         for (; i < length; i++)
         {
-            float g = (x[i] * alpha[i]) + beta[i] <= 0 ? 0 : dy[i];
+            float g = ReluGradient(dy[i], x[i], alpha[i], beta[i]);
             dx[i] = (g - meanDy[i] - ((x[i] - mean[i]) * k[i])) * scale[i];
         }
     }
