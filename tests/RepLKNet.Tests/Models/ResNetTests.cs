@@ -70,13 +70,34 @@ public sealed class ResNetTests
         }
 
         var x = randn(2, 3, 64, 64);
+        // The float64 reference: TorchVision's model in double precision, same weights.
+        using Module<Tensor, Tensor> reference = depth switch
+        {
+            18 => torchvision.models.resnet18(10),
+            50 => torchvision.models.resnet50(10),
+            _ => torchvision.models.resnet101(10),
+        };
+        reference.load_state_dict(theirs.state_dict());
+        reference.to(float64);
         foreach (bool training in new[] { true, false })
         {
             ours.train(training);
             theirs.train(training);
+            reference.train(training);
             using var noGrad = no_grad();
-            var diff = (ours.call(x) - theirs.call(x)).abs().max().item<float>();
-            Assert.True(diff < 1e-4, $"training={training}: max |Δ| {diff}");
+            var expected = reference.call(x.to(float64));
+            var mine = ours.call(x);
+            var theirsOut = theirs.call(x);
+            double ourError = (mine.to(float64) - expected).abs().max().item<double>();
+            double theirError = (theirsOut.to(float64) - expected).abs().max().item<double>();
+            double diff = (mine - theirsOut).abs().max().item<float>();
+            // Training BatchNorm runs our kernels (Ops.BatchNormTraining), whose rounding differs from libtorch's, and eval
+            // mode then uses the running statistics that pass left. At batch 2 the last stages normalize 8 values per
+            // channel, and both float32 models drift from float64 by up to ~1e-3 at depth 101 (measured in training: ours
+            // 7.2e-4, TorchVision's 4.9e-4; depth 50: 7.9e-5 and 7.8e-5). So ours must be as close to float64 as
+            // libtorch's own float32 path, within a factor for the random input (before our kernels the two were equal).
+            Assert.True(ourError <= (3 * theirError) + 1e-5,
+                $"training={training}: ours {ourError:E3} from float64, TorchVision's {theirError:E3} (ours − theirs {diff:E3})");
         }
     }
 
