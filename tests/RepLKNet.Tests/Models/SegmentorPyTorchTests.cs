@@ -17,9 +17,9 @@ namespace RepLKNet.Tests.Models;
 /// </summary>
 public sealed class SegmentorPyTorchTests
 {
-    private const string Python = "/usr/bin/python3";
+    internal const string Python = "/usr/bin/python3";
 
-    [Theory]
+    [PyTorchReferenceTheory]
     [InlineData(false)]
     [InlineData(true)]
     public void Checkpoints_cross_between_pytorch_and_us_with_the_same_logits(bool alignCorners)
@@ -106,5 +106,44 @@ public sealed class SegmentorPyTorchTests
         Assert.True(process.WaitForExit(120_000), "the PyTorch reference did not finish within 120 s");
         Assert.True(process.ExitCode == 0, $"the PyTorch reference failed ({process.ExitCode}): {stderr.Result}");
         return JsonDocument.Parse(stdout.Trim().Split('\n')[^1]).RootElement.Clone();
+    }
+}
+
+/// <summary>
+/// A theory that needs Debian's PyTorch as its reference (<c>python3-torch</c> and <c>python3-numpy</c> for
+/// /usr/bin/python3, which <c>.ci/run</c> installs): skipped, with the reason, where they cannot be imported.
+/// </summary>
+public sealed class PyTorchReferenceTheoryAttribute : TheoryAttribute
+{
+    private static readonly Lazy<string?> Missing = new(() =>
+    {
+        if (!File.Exists(SegmentorPyTorchTests.Python))
+        {
+            return $"{SegmentorPyTorchTests.Python} is missing";
+        }
+
+        try
+        {
+            var start = new System.Diagnostics.ProcessStartInfo(SegmentorPyTorchTests.Python, ["-c", "import torch, numpy"])
+            {
+                RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+            };
+            using var process = System.Diagnostics.Process.Start(start)!;
+            string error = process.StandardError.ReadToEnd();
+            process.WaitForExit();
+            return process.ExitCode == 0 ? null : error.Trim().Split('\n')[^1];
+        }
+        catch (System.ComponentModel.Win32Exception e)
+        {
+            return e.Message;
+        }
+    });
+
+    public PyTorchReferenceTheoryAttribute()
+    {
+        if (Missing.Value is { } reason)
+        {
+            Skip = $"Debian's PyTorch reference is not available ({reason}): apt install python3-torch python3-numpy, as .ci/run does";
+        }
     }
 }
