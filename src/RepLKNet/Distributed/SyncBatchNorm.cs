@@ -238,11 +238,6 @@ internal sealed class SyncBatchNormFunction : autograd.SingleTensorFunction<Sync
             result.Add(sumDy.to(biasType));
         }
 
-        foreach (var t in result)
-        {
-            t?.MoveToOuterDisposeScope();
-        }
-
         Runtime.BackwardOutputs.HandBack(result);
         GC.KeepAlive(grad);
         return result;

@@ -195,11 +195,6 @@ internal sealed class BatchNormFunction : autograd.SingleTensorFunction<BatchNor
             result.Add(db!);
         }
 
-        foreach (var t in result)
-        {
-            t?.MoveToOuterDisposeScope();
-        }
-
         Runtime.BackwardOutputs.HandBack(result);
         GC.KeepAlive(grad);
         GC.KeepAlive(dy);

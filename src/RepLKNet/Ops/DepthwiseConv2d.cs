@@ -233,11 +233,6 @@ internal sealed class DepthwiseConvFunction : torch.autograd.SingleTensorFunctio
             result.Add(grad.sum([0, 2, 3]));
         }
 
-        foreach (var t in result)
-        {
-            t?.MoveToOuterDisposeScope();
-        }
-
         Runtime.BackwardOutputs.HandBack(result);
         GC.KeepAlive(grad);
         return result;

@@ -14,9 +14,17 @@ internal static class BackwardOutputs
     private static readonly Lock Gate = new();
     private static readonly Dictionary<int, List<Tensor>> Held = [];
 
-    /// <summary>Holds <paramref name="gradients"/> for the calling thread, releasing what it held before.</summary>
+    /// <summary>
+    /// Moves <paramref name="gradients"/> out of the backward's own dispose scope (null entries: inputs without a gradient)
+    /// and holds them for the calling thread, releasing what it held before.
+    /// </summary>
     public static void HandBack(List<Tensor> gradients)
     {
+        foreach (var t in gradients)
+        {
+            t?.MoveToOuterDisposeScope();
+        }
+
         List<Tensor>? previous;
         lock (Gate)
         {
