@@ -178,7 +178,7 @@ public static class ModelBenchmark
 }
 
 /// <summary>The same batch again and again, as the training step's data (<see cref="ModelBenchmark"/>, <see cref="ScaleBenchmark"/>).</summary>
-internal sealed class SyntheticBatch(Tensor x, Tensor labels) : ITrainingEpoch
+internal sealed class SyntheticBatch(Tensor x, Tensor labels) : ISplittableEpoch
 {
     public int Count => (int)x.shape[0];
 
@@ -189,6 +189,10 @@ internal sealed class SyntheticBatch(Tensor x, Tensor labels) : ITrainingEpoch
     public bool MoveNext() => true;
 
     public Tensor Loss(nn.Module<Tensor, Tensor> model, Device device) => ClassificationTask.Loss(model.call(x), labels, null, 0);
+
+    public Tensor Input(nn.Module<Tensor, Tensor> model, Device device) => x.alias();
+
+    public Tensor PartLoss(Tensor output, long start, long count) => ClassificationTask.PartLoss(output, labels, null, 0, start, count, x.shape[0]);
 
     public void Dispose()
     {

@@ -51,6 +51,11 @@ public sealed class BatchNorm2d : TorchSharp.Modules.BatchNorm, ISyncBatchNorm
     {
         reluFused = false;
         ValidateInputDimensions(input);
+        if (training && BatchSplit.Current is { } part)
+        {
+            return NormalizePart(input, relu, part, out reluFused);
+        }
+
         double factor = momentum ?? 0.0;
         if (training && track_running_stats && num_batches_tracked is not null)
         {
@@ -93,6 +98,34 @@ public sealed class BatchNorm2d : TorchSharp.Modules.BatchNorm, ISyncBatchNorm
         }
 
         return nn.functional.batch_norm(input, runningMean, runningVar, weight, bias, useBatchStatistics, factor, eps);
+    }
+
+    /// <summary>
+    /// A training batch that is one part of a batch split over threads (<see cref="BatchSplit"/>): normalized with the
+    /// whole batch's statistics (the parts add their sums, as SyncBatchNorm's processes do), on our kernels; part 0 alone
+    /// counts the batch and updates the running statistics, once, with the whole batch's.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">Our kernels do not take the input (the split's caller checks the model first), or a SyncBatchNorm group is set.</exception>
+    private Tensor NormalizePart(Tensor input, bool relu, BatchSplit.Part part, out bool reluFused)
+    {
+        bool first = part.Index == 0;
+        var runningMean = track_running_stats && first ? running_mean : null;
+        var runningVar = track_running_stats && first ? running_var : null;
+        if (SyncGroup is { IsDistributed: true } || !Ops.BatchNormTraining.Takes(input, running_mean, running_var, weight, bias))
+        {
+            throw new InvalidOperationException(
+                $"BatchNorm2d({num_features}): a part of a split batch needs our CPU kernels (a contiguous float32 CPU input, no SyncBatchNorm group), got {input.dtype} on {input.device_type}");
+        }
+
+        double factor = momentum ?? 0.0;
+        if (track_running_stats && num_batches_tracked is not null && first)
+        {
+            num_batches_tracked.add_(Scalars.One, Scalars.One);
+            factor = momentum ?? 1.0 / num_batches_tracked.item<long>();
+        }
+
+        reluFused = relu;
+        return Ops.BatchNormTraining.Forward(input, runningMean, runningVar, weight, bias, factor, eps, relu, part, this);
     }
 
     /// <summary>

@@ -60,9 +60,17 @@ internal static class BatchNormTraining
     /// <param name="eps">Added to the variance.</param>
     /// <param name="relu">Return relu(batch_norm(x)) in one pass (a conv_bn_relu's ReLU, fused; NaN stays NaN as in
     /// <c>torch.relu</c>, and the gradient is <c>threshold_backward</c>'s: 0 where the output is ≤ 0, dy elsewhere).</param>
-    public static Tensor Forward(Tensor input, Tensor? runningMean, Tensor? runningVar, Tensor? weight, Tensor? bias, double momentum, double eps, bool relu = false)
+    /// <param name="part">
+    /// This thread's part of a batch split over threads (<see cref="Runtime.BatchSplit"/>), or null: the statistics are then
+    /// the whole batch's (every part's sums added, forward and backward), <paramref name="input"/> is the part's images, and
+    /// the running statistics should be passed by one part only.
+    /// </param>
+    /// <param name="tag">With <paramref name="part"/>: the layer, the same object on every part.</param>
+    /// <exception cref="Runtime.BatchSplitBrokenException">With <paramref name="part"/>: another part failed, or the parts disagreed on the layer.</exception>
+    public static Tensor Forward(Tensor input, Tensor? runningMean, Tensor? runningVar, Tensor? weight, Tensor? bias, double momentum, double eps, bool relu = false,
+        Runtime.BatchSplit.Part? part = null, object? tag = null)
     {
-        var options = new BatchNormFunction.Options(runningMean, runningVar, momentum, eps, weight is not null, bias is not null, relu);
+        var options = new BatchNormFunction.Options(runningMean, runningVar, momentum, eps, weight is not null, bias is not null, relu, part, tag ?? part);
         return BatchNormFunction.apply(Runtime.AutogradArguments.Of(options, input, weight, bias));
     }
 
@@ -85,9 +93,10 @@ internal sealed class BatchNormFunction : autograd.SingleTensorFunction<BatchNor
     public override string Name => "ReplknetBatchNorm";
 
     /// <summary>What forward needs besides the tensors (TorchSharp passes it through).</summary>
-    internal sealed record Options(Tensor? RunningMean, Tensor? RunningVar, double Momentum, double Eps, bool HasWeight, bool HasBias, bool Relu);
+    internal sealed record Options(Tensor? RunningMean, Tensor? RunningVar, double Momentum, double Eps, bool HasWeight, bool HasBias, bool Relu,
+        Runtime.BatchSplit.Part? Part, object? Tag);
 
-    private sealed record BackwardState(bool HasWeight, bool HasBias, bool Relu);
+    private sealed record BackwardState(bool HasWeight, bool HasBias, bool Relu, long Count, Runtime.BatchSplit.Part? Part, object? Tag);
 
     public override unsafe Tensor forward(autograd.AutogradContext ctx, params object[] vars)
     {
@@ -107,14 +116,22 @@ internal sealed class BatchNormFunction : autograd.SingleTensorFunction<BatchNor
         // With the ReLU fused: the per-channel α and β the output was computed with, for backward's mask.
         var alpha = options.Relu ? empty([c], dtype: ScalarType.Float32) : null;
         var beta = options.Relu ? empty([c], dtype: ScalarType.Float32) : null;
+        long count = n * hw;
         fixed (double* pv = variance)
         {
-            BatchNormCpu.Forward(Data(x), Data(y), DataOrNull(w), DataOrNull(b), Data(mean), Data(invstd), pv, n, c, hw, options.Eps,
-                DepthwiseConv2d.ThreadCount, options.Relu, DataOrNull(alpha), DataOrNull(beta));
+            if (options.Part is { } part)
+            {
+                count = BatchNormCpu.ForwardPart(Data(x), Data(y), DataOrNull(w), DataOrNull(b), Data(mean), Data(invstd), pv, n, c, hw, options.Eps,
+                    options.Relu, DataOrNull(alpha), DataOrNull(beta), part, options.Tag!);
+            }
+            else
+            {
+                BatchNormCpu.Forward(Data(x), Data(y), DataOrNull(w), DataOrNull(b), Data(mean), Data(invstd), pv, n, c, hw, options.Eps,
+                    DepthwiseConv2d.ThreadCount, options.Relu, DataOrNull(alpha), DataOrNull(beta));
+            }
         }
 
         // The running statistics, in float64 as F.batch_norm computes them (unbiased variance).
-        long count = n * hw;
         double m = options.Momentum;
         if (options.RunningMean is { } runningMean)
         {
@@ -151,7 +168,7 @@ internal sealed class BatchNormFunction : autograd.SingleTensorFunction<BatchNor
         }
 
         ctx.save_for_backward(saved);
-        ctx.save_data(StateKey, new BackwardState(w is not null, b is not null, options.Relu));
+        ctx.save_data(StateKey, new BackwardState(w is not null, b is not null, options.Relu, count, options.Part, options.Tag));
         GC.KeepAlive(x);
         GC.KeepAlive(w);
         GC.KeepAlive(b);
@@ -180,8 +197,17 @@ internal sealed class BatchNormFunction : autograd.SingleTensorFunction<BatchNor
         var dx = x.requires_grad ? empty(shape, dtype: ScalarType.Float32) : null;
         var dw = w is not null && w.requires_grad ? empty([c], dtype: ScalarType.Float32) : null;
         var db = state.HasBias ? empty([c], dtype: ScalarType.Float32) : null;
-        BatchNormCpu.Backward(Data(dy), Data(x), DataOrNull(w), Data(mean), Data(invstd), DataOrNull(dx), DataOrNull(dw), DataOrNull(db), n, c, hw,
-            DepthwiseConv2d.ThreadCount, DataOrNull(alpha), DataOrNull(beta));
+        if (state.Part is { } part)
+        {
+            // Does not throw (an autograd callback): a broken split leaves this part's own sums, and the step fails after.
+            BatchNormCpu.BackwardPart(Data(dy), Data(x), DataOrNull(w), Data(mean), Data(invstd), DataOrNull(dx), DataOrNull(dw), DataOrNull(db), n, c, hw,
+                DataOrNull(alpha), DataOrNull(beta), state.Count, part, state.Tag!);
+        }
+        else
+        {
+            BatchNormCpu.Backward(Data(dy), Data(x), DataOrNull(w), Data(mean), Data(invstd), DataOrNull(dx), DataOrNull(dw), DataOrNull(db), n, c, hw,
+                DepthwiseConv2d.ThreadCount, DataOrNull(alpha), DataOrNull(beta));
+        }
 
         // One entry per forward argument: none for the options, then x, (weight), (bias).
         var result = new List<Tensor> { null!, dx! };

@@ -168,7 +168,8 @@ public static class DepthwiseConv2d
     }
 
     /// <summary>Worker threads our CPU kernels run on: <see cref="Threads"/>, or libtorch's <c>get_num_threads()</c> when 0.</summary>
-    internal static int ThreadCount => Threads > 0 ? Threads : Math.Max(1, torch.get_num_threads());
+    /// <remarks>1 inside a part of a batch split (<see cref="Runtime.BatchSplit"/>): each part's ops run on its own thread.</remarks>
+    internal static int ThreadCount => Runtime.BatchSplit.Current is not null ? 1 : Threads > 0 ? Threads : Math.Max(1, torch.get_num_threads());
 
     /// <summary>
     /// Frees the gradient wrappers our autograd function keeps reachable for libtorch until it has copied them (see

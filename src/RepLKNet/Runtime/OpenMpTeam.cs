@@ -102,6 +102,40 @@ public static unsafe class OpenMpTeam
         state.Error?.Throw();
     }
 
+    /// <summary>
+    /// Sets OpenMP's thread count for parallel regions started from the current task (<c>omp_set_num_threads</c> of the
+    /// runtime <see cref="Run"/> uses): called inside a <see cref="Run"/> worker, it holds for that thread until the worker
+    /// returns (the region's implicit task owns the setting). libtorch (<c>get_num_threads</c>) and oneDNN size their work
+    /// and their in-kernel barriers from <c>omp_get_max_threads()</c>, which inside a region still answers the outer
+    /// count although a nested region runs on one thread: a oneDNN kernel decomposed for 2 threads and run on 1 then
+    /// waits forever at its own barrier (seen in the 1×1 convolution's weight gradient). A worker that runs libtorch ops
+    /// must call this with 1 first. No-op where <see cref="IsActive"/> is false.
+    /// </summary>
+    /// <param name="threads">Threads, ≥ 1.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="threads"/> is not positive.</exception>
+    public static void SetThreadsHere(int threads)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(threads);
+        nint entry = SetNumThreads();
+        if (entry != 0)
+        {
+            ((delegate* unmanaged[Cdecl]<int, void>)entry)(threads);
+        }
+    }
+
+    private static nint _setNumThreads;
+
+    private static nint SetNumThreads()
+    {
+        if (_setNumThreads == 0 && Library is { } path && NativeLibrary.TryLoad(path, out var library) &&
+            NativeLibrary.TryGetExport(library, "omp_set_num_threads", out var export))
+        {
+            _setNumThreads = export;
+        }
+
+        return _setNumThreads;
+    }
+
     [UnmanagedCallersOnly(CallConvs = [typeof(CallConvCdecl)])]
     private static void TeamEntry(nint data)
     {

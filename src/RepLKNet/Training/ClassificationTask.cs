@@ -211,9 +211,28 @@ public sealed class ClassificationTask : ITrainingTask
             : nn.functional.cross_entropy(logits, labels ?? throw new ArgumentNullException(nameof(labels)), label_smoothing: smoothing);
     }
 
-    private sealed class Epoch(BatchLoader loader, double smoothing) : ITrainingEpoch
+    /// <summary>
+    /// The part of <see cref="Loss"/> that samples [<paramref name="start"/>, <paramref name="start"/> + <paramref name="count"/>)
+    /// of a batch of <paramref name="batchSize"/> contribute, given their <paramref name="logits"/> [count, classes]: the sum of
+    /// their per-sample losses / <paramref name="batchSize"/> (the parts of a batch add up to its mean). <paramref name="labels"/>
+    /// [N] or <paramref name="softTargets"/> [N, classes] are the whole batch's.
+    /// </summary>
+    /// <exception cref="ArgumentNullException">Neither <paramref name="labels"/> nor <paramref name="softTargets"/> is given.</exception>
+    public static Tensor PartLoss(Tensor logits, Tensor? labels, Tensor? softTargets, double smoothing, long start, long count, long batchSize)
+    {
+        ArgumentNullException.ThrowIfNull(logits);
+        using var scope = NewDisposeScope();
+        var sum = softTargets is not null
+            ? (-softTargets.narrow(0, start, count) * nn.functional.log_softmax(logits, 1)).sum()
+            : nn.functional.cross_entropy(logits, (labels ?? throw new ArgumentNullException(nameof(labels))).narrow(0, start, count),
+                reduction: Reduction.Sum, label_smoothing: smoothing);
+        return Runtime.Scalars.Div(sum, batchSize).MoveToOuterDisposeScope();
+    }
+
+    private sealed class Epoch(BatchLoader loader, double smoothing) : ISplittableEpoch
     {
         private readonly IEnumerator<LoadedBatch> _batches = loader.Batches().GetEnumerator();
+        private (Tensor? Labels, Tensor? Soft, long Count) _targets;
 
         public int Count => _batches.Current.Count;
 
@@ -232,6 +251,18 @@ public sealed class ClassificationTask : ITrainingTask
                 ? ClassificationTask.Loss(logits, null, tensor(soft, [b.Count, soft.Length / b.Count]).to(device), smoothing)
                 : ClassificationTask.Loss(logits, tensor(b.Labels).to(device), null, smoothing);
         }
+
+        public Tensor Input(Module<Tensor, Tensor> model, Device device)
+        {
+            var b = _batches.Current;
+            _targets = b.Targets is { } soft
+                ? (null, tensor(soft, [b.Count, soft.Length / b.Count]).to(device), b.Count)
+                : (tensor(b.Labels).to(device), null, b.Count);
+            return tensor(b.Images, [b.Count, b.Channels, b.Size, b.Size]).to(ModelInputs.FloatType(model), device);
+        }
+
+        public Tensor PartLoss(Tensor output, long start, long count) =>
+            ClassificationTask.PartLoss(output, _targets.Labels, _targets.Soft, smoothing, start, count, _targets.Count);
 
         public void Dispose()
         {

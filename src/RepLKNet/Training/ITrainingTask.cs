@@ -107,3 +107,25 @@ public interface ITrainingEpoch : IDisposable
     /// <summary>Time spent waiting for micro-batches so far.</summary>
     TimeSpan WaitTime { get; }
 }
+
+/// <summary>
+/// An <see cref="ITrainingEpoch"/> whose micro-batch can be cut along the batch dimension, for the batch split over threads
+/// of <see cref="TrainStep"/> (<see cref="Runtime.BatchSplit"/>): the model input once, then the loss of any run of its
+/// samples from their outputs. The task's loss must be a mean over samples (each sample's term independent of the others).
+/// </summary>
+public interface ISplittableEpoch : ITrainingEpoch
+{
+    /// <summary>
+    /// The current micro-batch's model input [N, …] on <paramref name="device"/> in the model's float type, made in the
+    /// caller's dispose scope, as are the targets <see cref="PartLoss"/> reads (kept until the next call).
+    /// </summary>
+    Tensor Input(Module<Tensor, Tensor> model, Device device);
+
+    /// <summary>
+    /// The loss of samples [<paramref name="start"/>, <paramref name="start"/> + <paramref name="count"/>) of the last
+    /// <see cref="Input"/>, given the model's <paramref name="output"/> for them: the sum of their per-sample losses divided
+    /// by the micro-batch's N, so that the parts' losses add up to <see cref="ITrainingEpoch.Loss"/>. A scalar with a
+    /// gradient function, made in the caller's dispose scope; may be called from several threads at once.
+    /// </summary>
+    Tensor PartLoss(Tensor output, long start, long count);
+}

@@ -1,6 +1,7 @@
 using System.Globalization;
 using RepLKNet.Data;
 using RepLKNet.Runtime;
+using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
@@ -138,16 +139,18 @@ public sealed class TrainStep
 
             using var scope = NewDisposeScope();
             Phase = TrainingPhase.Forward;
-            var loss = data.Loss(_model, _device);
-            double microValue = loss.dtype == ScalarType.Float32 ? loss.item<float>() : loss.to(ScalarType.Float64).item<double>();
-            if (!double.IsFinite(microValue))
+            int parts = group is null ? SplitParts(data) : 1;
+            double microValue = parts >= 2 && data is ISplittableEpoch splittable ? RunSplit(splittable, parts, stepNumber) : double.NaN;
+            if (double.IsNaN(microValue))
             {
-                throw new NonFiniteLossException(string.Create(CultureInfo.InvariantCulture, $"the training loss became {microValue} at step {stepNumber}"));
+                var loss = data.Loss(_model, _device);
+                microValue = loss.dtype == ScalarType.Float32 ? loss.item<float>() : loss.to(ScalarType.Float64).item<double>();
+                CheckFinite(microValue, stepNumber);
+                Phase = TrainingPhase.Backward;
+                (AccumulationSteps == 1 ? loss : Scalars.Div(loss, AccumulationSteps)).backward();
             }
 
-            Phase = TrainingPhase.Backward;
-            (AccumulationSteps == 1 ? loss : Scalars.Div(loss, AccumulationSteps)).backward();
-            Ops.DepthwiseConv2d.ReleaseBackwardOutputs(); // every custom function's (depthwise conv, SyncBN): one holder
+            Ops.DepthwiseConv2d.ReleaseBackwardOutputs(); // every custom function's (depthwise conv, SyncBN, BatchNorm), every thread's: one holder
             value += microValue / AccumulationSteps;
             samples += data.Count;
             trained = true;
@@ -170,6 +173,98 @@ public sealed class TrainStep
         Phase = TrainingPhase.Ema;
         Ema?.Update(_model);
         return new StepOutcome(value, samples, skipped ?? (IReadOnlyList<SkippedImage>)[]);
+    }
+
+    private static void CheckFinite(double value, long stepNumber)
+    {
+        if (!double.IsFinite(value))
+        {
+            throw new NonFiniteLossException(string.Create(CultureInfo.InvariantCulture, $"the training loss became {value} at step {stepNumber}"));
+        }
+    }
+
+    /// <summary>
+    /// Whether steps may cut a micro-batch into one part per libtorch thread, each part's forward and backward run whole on
+    /// its own thread (<see cref="BatchSplit"/>), where <see cref="SplitParts"/> allows; true unless
+    /// <c>REPLKNET_SPLIT_BATCH=0</c>. The gradients are those of the whole batch (BatchNorm statistics shared, the parts'
+    /// losses and gradients added) to float32 rounding; on the default model a step takes 0.6–0.7 of the time
+    /// (docs/perf-notes.md, "The batch split").
+    /// </summary>
+    internal static bool SplitBatches { get; set; } = Environment.GetEnvironmentVariable("REPLKNET_SPLIT_BATCH") != "0";
+
+    private bool? _splittableModel;
+
+    /// <summary>
+    /// Parts the current micro-batch is cut into: 1 (not cut) unless <see cref="SplitBatches"/>, one process, a CPU float32
+    /// RepLKNet whose batch-dependent layers are all our BatchNorm2d and that draws no random numbers in its forward (no
+    /// stochastic depth, no dropout: the parts would draw in a timing-dependent order), an epoch that can be cut
+    /// (<see cref="ISplittableEpoch"/>), libtorch's OpenMP runtime found and at least 2 threads; then min(threads, samples).
+    /// </summary>
+    private int SplitParts(ITrainingEpoch data)
+    {
+        if (!SplitBatches || data is not ISplittableEpoch || _device.type != DeviceType.CPU || !OpenMpTeam.IsActive)
+        {
+            return 1;
+        }
+
+        _splittableModel ??= _model is Models.RepLKNetModel && ModelInputs.FloatType(_model) == ScalarType.Float32 &&
+            _model.parameters().All(p => p.device_type == DeviceType.CPU) &&
+            _model.modules().All(m => m switch
+            {
+                Layers.BatchNorm2d bn => bn.SyncGroup is not { IsDistributed: true },
+                TorchSharp.Modules.BatchNorm or TorchSharp.Modules.GroupNorm or TorchSharp.Modules.Dropout or TorchSharp.Modules.Dropout2d => false,
+                Layers.DropPath drop => drop.Probability == 0,
+                _ => true,
+            });
+        return _splittableModel == true ? Math.Min(torch.get_num_threads(), data.Count) : 1;
+    }
+
+    /// <summary>
+    /// Forward and backward of the current micro-batch in <paramref name="parts"/> parts on libtorch's OpenMP team: each
+    /// part runs its samples start to end on one thread (every op single-threaded inside it), with the whole batch's
+    /// BatchNorm statistics (the parts add their sums, <see cref="Layers.BatchNorm2d"/>); autograd adds the parts'
+    /// gradients. Returns the micro-batch's loss (the parts' added in part order), or NaN when the split was abandoned before
+    /// it ran (the caller then runs the batch whole).
+    /// </summary>
+    /// <exception cref="NonFiniteLossException">The loss is not finite (no backward ran).</exception>
+    private double RunSplit(ISplittableEpoch data, int parts, long stepNumber)
+    {
+        var input = data.Input(_model, _device);
+        long n = input.shape[0];
+        var backend = Ops.DepthwiseConv2d.CurrentBackend;
+        var isa = Ops.DepthwiseConv2d.Isa;
+        double total = double.NaN;
+        bool ran = BatchSplit.Run(parts, part =>
+        {
+            // Team threads do not carry the caller's AsyncLocal settings or libtorch's thread-local grad mode.
+            using var useBackend = Ops.DepthwiseConv2d.Use(backend);
+            using var useIsa = Ops.DepthwiseConv2d.UseIsa(isa);
+            using var grad = enable_grad();
+            using var scope = NewDisposeScope();
+            long first = n * part.Index / parts;
+            long count = (n * (part.Index + 1) / parts) - first;
+            var loss = data.PartLoss(_model.call(input.narrow(0, first, count)), first, count);
+            Span<double> sum = [loss.dtype == ScalarType.Float32 ? loss.item<float>() : loss.to(ScalarType.Float64).item<double>()];
+            // Every part learns the batch's loss, so all skip the backward alike when it is not finite.
+            part.Sum(sum, "loss");
+            if (part.Index == 0)
+            {
+                total = sum[0];
+            }
+
+            if (double.IsFinite(sum[0]))
+            {
+                (AccumulationSteps == 1 ? loss : Scalars.Div(loss, AccumulationSteps)).backward();
+            }
+        });
+
+        if (!ran)
+        {
+            return double.NaN;
+        }
+
+        CheckFinite(total, stepNumber);
+        return total;
     }
 
     /// <summary>AdamW's default (β₁, β₂) = (0.9, 0.999), the official recipes' (classification and MMSeg alike).</summary>

@@ -1,4 +1,6 @@
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Ops.Cpu;
 
@@ -49,7 +51,7 @@ internal static unsafe class BatchNormCpu
         {
             for (int b0 = first; b0 < last; b0 += block)
             {
-                ForwardChannels(x, y, weight, bias, mean, invstd, variance, n, c, hw, eps, scratch, b0, Math.Min(last, b0 + block), relu, alpha, beta);
+                ForwardChannels(x, y, weight, bias, mean, invstd, variance, n, c, hw, eps, scratch, b0, Math.Min(last, b0 + block), relu, alpha, beta, null, null);
             }
         }, workers);
     }
@@ -58,14 +60,19 @@ internal static unsafe class BatchNormCpu
     /// <see cref="Forward"/> for channels [<paramref name="first"/>, <paramref name="last"/>), with a scratch of two rows of
     /// their (last − first)·H·W floats.
     /// </summary>
-    private static void ForwardChannels(float* x, float* y, float* weight, float* bias, float* mean, float* invstd, double* variance, int n, int c, long hw,
-        double eps, float* scratch, int first, int last, bool relu, float* alphaOut, float* betaOut)
+    private static long ForwardChannels(float* x, float* y, float* weight, float* bias, float* mean, float* invstd, double* variance, int n, int c, long hw,
+        double eps, float* scratch, int first, int last, bool relu, float* alphaOut, float* betaOut, BatchSplit.Part? part, object? tag)
     {
         long count = n * hw;
         long rowStride = c * hw;
         long offset = first * hw, length = (last - first) * hw;
         float* acc = scratch;
         float* row = scratch + length;
+        // A part of a split batch adds its per-channel sums (and its count) to the other parts' before each use.
+        // A part of a split batch centres its squares on its own mean, then adds its sums to the other parts' once, for both
+        // statistics (Chan et al.'s pairwise combination: M2 = Σ M2ₚ + Σ nₚ(μₚ − μ)², with Σ nₚ(μₚ − μ)² = Σ Sₚ²/nₚ − S²/M).
+        int channels = last - first;
+        double[]? sums = part is null ? null : new double[(3 * channels) + 1];
         // Σ over the batch, position by position (one contiguous run per image), then over each channel's positions.
         Clear(acc, length);
         for (int i = 0; i < n; i++)
@@ -75,8 +82,13 @@ internal static unsafe class BatchNormCpu
 
         for (int ch = first; ch < last; ch++)
         {
-            mean[ch] = (float)(SumDouble(acc + ((ch - first) * hw), hw) / count);
+            double sum = SumDouble(acc + ((ch - first) * hw), hw);
+            mean[ch] = (float)(sum / count);
             Fill(row + ((ch - first) * hw), hw, mean[ch]);
+            if (sums is not null)
+            {
+                sums[ch - first] = sum;
+            }
         }
 
         Clear(acc, length);
@@ -85,9 +97,35 @@ internal static unsafe class BatchNormCpu
             AddSquaredDifferences(acc, x + (i * rowStride) + offset, row, length);
         }
 
+        var m2 = new double[channels];
         for (int ch = first; ch < last; ch++)
         {
-            double var = SumDouble(acc + ((ch - first) * hw), hw) / count;
+            m2[ch - first] = SumDouble(acc + ((ch - first) * hw), hw);
+        }
+
+        if (sums is not null)
+        {
+            for (int k = 0; k < channels; k++)
+            {
+                // Squares about the part's exact mean (they were taken about its float32 rounding).
+                double exact = sums[k] / count, shift = exact - mean[first + k];
+                sums[channels + k] = m2[k] - (count * shift * shift);
+                sums[(2 * channels) + k] = sums[k] * exact;
+            }
+
+            sums[^1] = count;
+            part!.Sum(sums, (tag!, "statistics"));
+            count = (long)sums[^1];
+            for (int k = 0; k < channels; k++)
+            {
+                mean[first + k] = (float)(sums[k] / count);
+                m2[k] = Math.Max(0, sums[channels + k] + sums[(2 * channels) + k] - (sums[k] * sums[k] / count));
+            }
+        }
+
+        for (int ch = first; ch < last; ch++)
+        {
+            double var = m2[ch - first] / count;
             double inv = 1.0 / Math.Sqrt(var + eps);
             double alpha = inv * (weight is null ? 1.0 : weight[ch]);
             double beta = (bias is null ? 0.0 : bias[ch]) - (mean[ch] * alpha);
@@ -114,6 +152,8 @@ internal static unsafe class BatchNormCpu
                 Affine(x + (i * rowStride) + offset, y + (i * rowStride) + offset, acc, row, length);
             }
         }
+
+        return count;
     }
 
     /// <summary>
@@ -144,9 +184,64 @@ internal static unsafe class BatchNormCpu
         {
             for (int b0 = first; b0 < last; b0 += block)
             {
-                BackwardChannels(dy, x, weight, mean, invstd, dx, dweight, dbias, n, c, hw, scratch, b0, Math.Min(last, b0 + block), reluAlpha, reluBeta);
+                BackwardChannels(dy, x, weight, mean, invstd, dx, dweight, dbias, n, c, hw, scratch, b0, Math.Min(last, b0 + block), reluAlpha, reluBeta,
+                    n * hw, null, null);
             }
         }, workers);
+    }
+
+    /// <summary>
+    /// <see cref="Forward"/> of one part of a batch split over threads (<see cref="BatchSplit"/>), on this thread alone:
+    /// the statistics are those of the whole batch (every part's per-channel sums added before the mean and before the
+    /// variance are taken, as <c>torch.nn.SyncBatchNorm</c> does across processes); the part's own images are normalized.
+    /// Every part must call it for the same layer (<c>tag</c>, compared across parts), with the same C and H·W; the other
+    /// arguments are <see cref="Forward"/>'s for the part's n images.
+    /// </summary>
+    /// <returns>M: the whole batch's N·H·W (for the running variance's M/(M − 1) and the backward).</returns>
+    /// <exception cref="BatchSplitBrokenException">Another part failed, or the parts disagreed on the layer.</exception>
+    public static long ForwardPart(float* x, float* y, float* weight, float* bias, float* mean, float* invstd, double* variance, int n, int c, long hw,
+        double eps, bool relu, float* alpha, float* beta, BatchSplit.Part part, object tag)
+    {
+        return ForwardChannels(x, y, weight, bias, mean, invstd, variance, n, c, hw, eps, PartScratch(2 * c * hw), 0, c, relu, alpha, beta, part, tag);
+    }
+
+    [ThreadStatic]
+    private static float* _partScratch;
+
+    [ThreadStatic]
+    private static long _partScratchFloats;
+
+    /// <summary>
+    /// This thread's scratch for <see cref="ForwardPart"/>/<see cref="BackwardPart"/>, grown to the largest layer seen and
+    /// kept for the thread's life (the parts run on libtorch's OpenMP team, whose threads live as long as the process): a
+    /// fresh allocation per call, hundreds of KiB, went to mmap and cost a page fault per 4 KiB every time.
+    /// </summary>
+    private static float* PartScratch(long floats)
+    {
+        if (_partScratchFloats < floats)
+        {
+            NativeMemory.AlignedFree(_partScratch);
+            _partScratch = null;
+            _partScratchFloats = 0;
+            _partScratch = (float*)NativeMemory.AlignedAlloc((nuint)((floats + 64) * sizeof(float)), 64);
+            _partScratchFloats = floats;
+        }
+
+        return _partScratch;
+    }
+
+    /// <summary>
+    /// <see cref="Backward"/> of one part of a split batch (<see cref="ForwardPart"/>), on this thread alone: dx with the
+    /// whole batch's Σdy and Σdy·(x − mean) (added over the parts), dweight and dbias of this part's images only (autograd
+    /// adds the parts'). Does not throw when the split is broken (see <see cref="BatchSplit.Part.TrySum"/>). <c>count</c> is the
+    /// whole batch's N·H·W (<see cref="ForwardPart"/>'s result), <c>tag</c> the layer; the other arguments are
+    /// <see cref="Backward"/>'s for the part's n images.
+    /// </summary>
+    public static void BackwardPart(float* dy, float* x, float* weight, float* mean, float* invstd, float* dx, float* dweight, float* dbias, int n, int c, long hw,
+        float* reluAlpha, float* reluBeta, long count, BatchSplit.Part part, object tag)
+    {
+        int rows = reluAlpha is null ? 4 : 6;
+        BackwardChannels(dy, x, weight, mean, invstd, dx, dweight, dbias, n, c, hw, PartScratch(rows * c * hw), 0, c, reluAlpha, reluBeta, count, part, tag);
     }
 
     /// <summary>
@@ -154,9 +249,8 @@ internal static unsafe class BatchNormCpu
     /// of their (last − first)·H·W floats.
     /// </summary>
     private static void BackwardChannels(float* dy, float* x, float* weight, float* mean, float* invstd, float* dx, float* dweight, float* dbias, int n, int c,
-        long hw, float* scratch, int first, int last, float* reluAlpha, float* reluBeta)
+        long hw, float* scratch, int first, int last, float* reluAlpha, float* reluBeta, long count, BatchSplit.Part? part, object? tag)
     {
-        long count = n * hw;
         long rowStride = c * hw;
         long offset = first * hw, length = (last - first) * hw;
         float* sumDy = scratch;
@@ -192,20 +286,35 @@ internal static unsafe class BatchNormCpu
             }
         }
 
+        // A part of a split batch: its own Σdy and Σdy·(x − mean) give its share of the weight and bias gradients (autograd
+        // adds the parts' shares); dx needs the whole batch's. Backward is an autograd callback and must not throw: if the
+        // split broke, the part goes on with its own sums and the step fails afterwards (BatchSplit.Run rethrows the cause).
+        int channels = last - first;
+        var sums = new double[2 * channels];
         for (int ch = first; ch < last; ch++)
         {
             long at = (ch - first) * hw;
             double s = SumDouble(sumDy + at, hw), d = SumDouble(dot + at, hw);
-            double inv = invstd[ch];
+            sums[ch - first] = s;
+            sums[channels + ch - first] = d;
+
             if (dweight is not null)
             {
-                dweight[ch] = (float)(d * inv);
+                dweight[ch] = (float)(d * invstd[ch]);
             }
 
             if (dbias is not null)
             {
                 dbias[ch] = (float)s;
             }
+        }
+
+        _ = part?.TrySum(sums, (tag!, "backward"));
+        for (int ch = first; ch < last; ch++)
+        {
+            long at = (ch - first) * hw;
+            double s = sums[ch - first], d = sums[channels + ch - first];
+            double inv = invstd[ch];
 
             // Rows of the per-channel constants: dx = (dy − Σdy/M − (x − mean)·k)·scale.
             Fill(sumDy + at, hw, (float)(s / count));
