@@ -67,10 +67,16 @@ internal static class BatchNormTraining
     /// </param>
     /// <param name="tag">With <paramref name="part"/>: the layer, the same object on every part.</param>
     /// <exception cref="Runtime.BatchSplitBrokenException">With <paramref name="part"/>: another part failed, or the parts disagreed on the layer.</exception>
+    /// <exception cref="ArgumentNullException"><paramref name="part"/> is given without <paramref name="tag"/>.</exception>
     public static Tensor Forward(Tensor input, Tensor? runningMean, Tensor? runningVar, Tensor? weight, Tensor? bias, double momentum, double eps, bool relu = false,
         Runtime.BatchSplit.Part? part = null, object? tag = null)
     {
-        var options = new BatchNormFunction.Options(runningMean, runningVar, momentum, eps, weight is not null, bias is not null, relu, part, tag ?? part);
+        if (part is not null && tag is null)
+        {
+            throw new ArgumentNullException(nameof(tag), "a part of a split batch needs the layer's tag (the same object on every part)");
+        }
+
+        var options = new BatchNormFunction.Options(runningMean, runningVar, momentum, eps, weight is not null, bias is not null, relu, part, tag);
         return BatchNormFunction.apply(Runtime.AutogradArguments.Of(options, input, weight, bias));
     }
 

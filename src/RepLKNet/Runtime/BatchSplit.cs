@@ -1,4 +1,5 @@
 using System.Runtime.ExceptionServices;
+using TorchSharp;
 
 namespace RepLKNet.Runtime;
 
@@ -16,11 +17,12 @@ namespace RepLKNet.Runtime;
 /// the others only in <see cref="Part.Sum"/>/<see cref="Part.TrySum"/>, so every part must reach the same sums in the same
 /// order (the same layers of the same model on equal-shaped parts); each sum carries a tag (the layer and the pass) and a
 /// mismatch breaks the split with an error instead of adding unrelated numbers. A part is never left waiting for a part that
-/// will not come: the parts meet once before any work (a team smaller than asked, or a thread that does not arrive within
-/// <see cref="StartTimeout"/>, abandons the split before anything ran, and <see cref="Run"/> returns false), and a part that
-/// throws breaks the split, which wakes the others: <see cref="Part.Sum"/> then throws <see cref="BatchSplitBrokenException"/>,
-/// <see cref="Part.TrySum"/> returns false (for autograd callbacks, which must not throw). <see cref="Run"/> rethrows the
-/// first part's own exception after every part has ended.
+/// will not come: each team thread reads the team's size first, and a team smaller than the parts abandons the split before
+/// anything ran (every member of an OpenMP team runs the region, so with enough members every part starts); a part that
+/// throws breaks the split, and so does a part that ends while another waits (unequal numbers of sums) and any sum after
+/// <see cref="Run"/> returned; a broken split wakes the waiting parts: <see cref="Part.Sum"/> then throws
+/// <see cref="BatchSplitBrokenException"/>, <see cref="Part.TrySum"/> returns false (for autograd callbacks, which must not
+/// throw). <see cref="Run"/> rethrows the first part's own exception after every part has ended.
 /// </para>
 /// <para>
 /// Determinism: a sum is added part by part in part order (0, 1, …) on every part, so all parts see the same bits, and the
@@ -29,18 +31,13 @@ namespace RepLKNet.Runtime;
 /// </remarks>
 public sealed class BatchSplit
 {
-    /// <summary>How long the parts wait for each other before any work; past it the split is abandoned.</summary>
-    public static readonly TimeSpan StartTimeout = TimeSpan.FromMilliseconds(250);
-
     [ThreadStatic]
     private static Part? _current;
 
-    private readonly Lock _gate = new();
     private readonly double[][][] _slots;
     private readonly object?[][] _tags;
-    private int _started;
-    private volatile bool _allStarted;
     private volatile bool _abandoned;
+    private volatile int _ended;
     private volatile bool _broken;
     private int _arrived;
     private int _generation;
@@ -82,8 +79,9 @@ public sealed class BatchSplit
     /// <param name="parts">Number of parts, ≥ 2.</param>
     /// <param name="body">One part's work; it may call <see cref="Part.Sum"/>.</param>
     /// <returns>
-    /// True when every part ran; false when the split was abandoned before any part's body started (fewer threads came than
-    /// parts, e.g. a team smaller than asked or a thread descheduled past <see cref="StartTimeout"/>): run the work unsplit.
+    /// True when every part ran; false when the split was abandoned before any part's body started: libtorch's OpenMP
+    /// runtime (with <c>omp_get_num_threads</c> and <c>omp_set_num_threads</c>) was not found, or its team has fewer
+    /// threads than <paramref name="parts"/>. Run the work unsplit then.
     /// </returns>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="parts"/> &lt; 2.</exception>
     /// <exception cref="ArgumentNullException"><paramref name="body"/> is null.</exception>
@@ -98,18 +96,32 @@ public sealed class BatchSplit
             throw new InvalidOperationException("a batch split cannot start inside another one");
         }
 
+        if (!OpenMpTeam.CanSizeTeams)
+        {
+            return false;
+        }
+
         var split = new BatchSplit(parts);
         int claimed = -1;
         OpenMpTeam.Run(parts, () =>
         {
+            // Every team member runs this; all see the same team size, so they abandon together or all parts start.
+            if (OpenMpTeam.TeamSize() < parts)
+            {
+                split._abandoned = true;
+                return;
+            }
+
             int index = Interlocked.Increment(ref claimed);
-            if (index >= parts || !split.Meet())
+            if (index >= parts)
             {
                 return;
             }
 
             var part = new Part(split, index);
-            // Ops inside a part run on its thread alone, and must size themselves so (OpenMpTeam.SetThreadsHere).
+            // Ops inside a part run on its thread alone, and must size themselves so (OpenMpTeam.SetThreadsHere). libtorch
+            // sets a thread's OpenMP count once, lazily, on its first query: make that happen before ours.
+            _ = torch.get_num_threads();
             OpenMpTeam.SetThreadsHere(1);
             _current = part;
             try
@@ -123,9 +135,12 @@ public sealed class BatchSplit
             finally
             {
                 _current = null;
+                Interlocked.Increment(ref split._ended);
             }
         });
 
+        // Later sums (a graph of the split kept past it and run backward) break instead of waiting for parts long gone.
+        split._broken = true;
         if (split._abandoned)
         {
             return false;
@@ -134,42 +149,6 @@ public sealed class BatchSplit
         Volatile.Read(ref split._error)?.Throw();
         Interlocked.Increment(ref _completed);
         return true;
-    }
-
-    // The start: every part arrives before any starts work, or the split is abandoned (each waiting part returns false).
-    private bool Meet()
-    {
-        lock (_gate)
-        {
-            if (_abandoned)
-            {
-                return false;
-            }
-
-            if (++_started == Parts)
-            {
-                _allStarted = true;
-                return true;
-            }
-        }
-
-        long deadline = Environment.TickCount64 + (long)StartTimeout.TotalMilliseconds;
-        var spin = default(SpinWait);
-        while (!_allStarted && !_abandoned && Environment.TickCount64 < deadline)
-        {
-            spin.SpinOnce(-1);
-        }
-
-        lock (_gate)
-        {
-            if (_allStarted)
-            {
-                return true;
-            }
-
-            _abandoned = true;
-            return false;
-        }
     }
 
     private void Fail(Exception e)
@@ -204,6 +183,14 @@ public sealed class BatchSplit
                 return false;
             }
 
+            if (_ended > 0 && Volatile.Read(ref _generation) == generation)
+            {
+                // A part finished its body while this one waits for it (it did not pass this barrier: it would have
+                // started the next generation before ending): the parts made different numbers of sums.
+                Break("batch split: a part ended while another waited at a sum: the parts ran different layers");
+                return false;
+            }
+
             spin.SpinOnce(-1);
         }
 
@@ -235,6 +222,7 @@ public sealed class BatchSplit
         /// <param name="values">This part's values in, the sums out.</param>
         /// <param name="tag">What is being summed (e.g. a layer and a pass), compared by reference and value across parts.</param>
         /// <exception cref="BatchSplitBrokenException">Another part failed, or the parts disagreed on the tag or the length.</exception>
+        /// <exception cref="ArgumentNullException"><paramref name="tag"/> is null.</exception>
         public void Sum(Span<double> values, object tag)
         {
             if (!TrySum(values, tag))
@@ -244,9 +232,13 @@ public sealed class BatchSplit
         }
 
         /// <summary>
-        /// <see cref="Sum"/> that does not throw: false when the split is broken, and <paramref name="values"/> then holds
-        /// this part's own values or an unfinished sum (the step fails anyway; for callbacks from native code, which must not throw).
+        /// <see cref="Sum"/> that does not throw on a broken split: false then, and <paramref name="values"/> holds this
+        /// part's own values or an unfinished sum (the step fails anyway; for callbacks from native code, which must not throw).
         /// </summary>
+        /// <param name="values">This part's values in, the sums out.</param>
+        /// <param name="tag">What is being summed, compared across parts.</param>
+        /// <returns>Whether <paramref name="values"/> holds the sums.</returns>
+        /// <exception cref="ArgumentNullException"><paramref name="tag"/> is null (a programming error, checked first).</exception>
         public bool TrySum(Span<double> values, object tag)
         {
             ArgumentNullException.ThrowIfNull(tag);

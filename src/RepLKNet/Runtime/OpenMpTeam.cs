@@ -63,7 +63,10 @@ public static unsafe class OpenMpTeam
     /// culture): read such state on the caller, before the call.
     /// </summary>
     /// <param name="threads">Threads wanted, ≥ 1; 1 runs <paramref name="worker"/> on the caller only.</param>
-    /// <param name="worker">The per-thread body. It must not block waiting for another team thread.</param>
+    /// <param name="worker">
+    /// The per-thread body. It must not block waiting for another team thread, unless, like <see cref="BatchSplit"/>, it
+    /// first checks with <see cref="TeamSize"/> that the threads it waits for are members of the team.
+    /// </param>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="threads"/> is not positive.</exception>
     /// <exception cref="ArgumentNullException"><paramref name="worker"/> is null.</exception>
     /// <exception cref="InvalidOperationException"><c>REPLKNET_CPU_POOL</c> is set to something other than <c>openmp</c> or <c>dotnet</c>.</exception>
@@ -123,17 +126,33 @@ public static unsafe class OpenMpTeam
         }
     }
 
-    private static nint _setNumThreads;
-
-    private static nint SetNumThreads()
+    /// <summary>
+    /// The number of threads in the current team (<c>omp_get_num_threads</c>): inside a <see cref="Run"/> worker, how many
+    /// threads run it (every member of an OpenMP team runs the region); 1 outside a parallel region or where
+    /// <see cref="CanSizeTeams"/> is false.
+    /// </summary>
+    public static int TeamSize()
     {
-        if (_setNumThreads == 0 && Library is { } path && NativeLibrary.TryLoad(path, out var library) &&
-            NativeLibrary.TryGetExport(library, "omp_set_num_threads", out var export))
+        nint entry = Export("omp_get_num_threads", ref _getNumThreads);
+        return entry == 0 ? 1 : ((delegate* unmanaged[Cdecl]<int>)entry)();
+    }
+
+    /// <summary>Whether <see cref="IsActive"/> and the runtime exports <c>omp_get_num_threads</c> and <c>omp_set_num_threads</c>.</summary>
+    public static bool CanSizeTeams => Export("omp_get_num_threads", ref _getNumThreads) != 0 && SetNumThreads() != 0;
+
+    private static nint _setNumThreads;
+    private static nint _getNumThreads;
+
+    private static nint SetNumThreads() => Export("omp_set_num_threads", ref _setNumThreads);
+
+    private static nint Export(string name, ref nint cache)
+    {
+        if (cache == 0 && Library is { } path && NativeLibrary.TryLoad(path, out var library) && NativeLibrary.TryGetExport(library, name, out var export))
         {
-            _setNumThreads = export;
+            cache = export;
         }
 
-        return _setNumThreads;
+        return cache;
     }
 
     [UnmanagedCallersOnly(CallConvs = [typeof(CallConvCdecl)])]

@@ -193,16 +193,21 @@ public sealed class TrainStep
     internal static bool SplitBatches { get; set; } = Environment.GetEnvironmentVariable("REPLKNET_SPLIT_BATCH") != "0";
 
     private bool? _splittableModel;
+    private bool _splitAbandoned;
+    private Parameter[]? _trainable;
 
     /// <summary>
-    /// Parts the current micro-batch is cut into: 1 (not cut) unless <see cref="SplitBatches"/>, one process, a CPU float32
-    /// RepLKNet whose batch-dependent layers are all our BatchNorm2d and that draws no random numbers in its forward (no
-    /// stochastic depth, no dropout: the parts would draw in a timing-dependent order), an epoch that can be cut
-    /// (<see cref="ISplittableEpoch"/>), libtorch's OpenMP runtime found and at least 2 threads; then min(threads, samples).
+    /// Parts the current micro-batch is cut into: 1 (not cut) unless <see cref="SplitBatches"/>, one process, our training
+    /// BatchNorm kernels enabled (<c>REPLKNET_BATCHNORM</c> not <c>libtorch</c>), a CPU float32 RepLKNet whose
+    /// batch-dependent layers are all our BatchNorm2d and that draws no random numbers in its forward (no stochastic depth,
+    /// no dropout: the parts would draw in a timing-dependent order), an epoch that can be cut (<see cref="ISplittableEpoch"/>),
+    /// libtorch's OpenMP runtime found, and no earlier split of this step abandoned (a team smaller than asked); then
+    /// min(threads, samples / 2), so that every part holds at least 2 samples.
     /// </summary>
     private int SplitParts(ITrainingEpoch data)
     {
-        if (!SplitBatches || data is not ISplittableEpoch || _device.type != DeviceType.CPU || !OpenMpTeam.IsActive)
+        if (!SplitBatches || _splitAbandoned || !Ops.BatchNormTraining.Enabled || data is not ISplittableEpoch || _device.type != DeviceType.CPU ||
+            !OpenMpTeam.CanSizeTeams)
         {
             return 1;
         }
@@ -216,55 +221,102 @@ public sealed class TrainStep
                 Layers.DropPath drop => drop.Probability == 0,
                 _ => true,
             });
-        return _splittableModel == true ? Math.Min(torch.get_num_threads(), data.Count) : 1;
+        return _splittableModel == true ? Math.Min(torch.get_num_threads(), data.Count / 2) : 1;
     }
 
     /// <summary>
     /// Forward and backward of the current micro-batch in <paramref name="parts"/> parts on libtorch's OpenMP team: each
     /// part runs its samples start to end on one thread (every op single-threaded inside it), with the whole batch's
-    /// BatchNorm statistics (the parts add their sums, <see cref="Layers.BatchNorm2d"/>); autograd adds the parts'
-    /// gradients. Returns the micro-batch's loss (the parts' added in part order), or NaN when the split was abandoned before
-    /// it ran (the caller then runs the batch whole).
+    /// BatchNorm statistics (the parts add their sums, <see cref="Layers.BatchNorm2d"/>). Each part takes its gradients
+    /// with <c>autograd.grad</c> (nothing is written to <c>.grad</c> from two threads); they are then added to the
+    /// parameters' <c>.grad</c> in part order on this thread, so the bits do not depend on the threads' timing, for any
+    /// number of parts and micro-batches. Returns the micro-batch's loss (the parts' added in part order), or NaN when the
+    /// split was abandoned before it ran (the caller then runs the batch whole).
     /// </summary>
-    /// <exception cref="NonFiniteLossException">The loss is not finite (no backward ran).</exception>
+    /// <exception cref="NonFiniteLossException">The loss is not finite (no gradient was taken).</exception>
     private double RunSplit(ISplittableEpoch data, int parts, long stepNumber)
     {
         var input = data.Input(_model, _device);
         long n = input.shape[0];
+        var trainable = _trainable ??= [.. _model.parameters().Where(p => p.requires_grad)];
         var backend = Ops.DepthwiseConv2d.CurrentBackend;
         var isa = Ops.DepthwiseConv2d.Isa;
+        var gradients = new Tensor?[parts][];
         double total = double.NaN;
-        bool ran = BatchSplit.Run(parts, part =>
+        try
         {
-            // Team threads do not carry the caller's AsyncLocal settings or libtorch's thread-local grad mode.
-            using var useBackend = Ops.DepthwiseConv2d.Use(backend);
-            using var useIsa = Ops.DepthwiseConv2d.UseIsa(isa);
-            using var grad = enable_grad();
-            using var scope = NewDisposeScope();
-            long first = n * part.Index / parts;
-            long count = (n * (part.Index + 1) / parts) - first;
-            var loss = data.PartLoss(_model.call(input.narrow(0, first, count)), first, count);
-            Span<double> sum = [loss.dtype == ScalarType.Float32 ? loss.item<float>() : loss.to(ScalarType.Float64).item<double>()];
-            // Every part learns the batch's loss, so all skip the backward alike when it is not finite.
-            part.Sum(sum, "loss");
-            if (part.Index == 0)
+            bool ran = BatchSplit.Run(parts, part =>
             {
-                total = sum[0];
+                // Team threads do not carry the caller's AsyncLocal settings or libtorch's thread-local grad mode.
+                using var useBackend = Ops.DepthwiseConv2d.Use(backend);
+                using var useIsa = Ops.DepthwiseConv2d.UseIsa(isa);
+                using var grad = enable_grad();
+                using var scope = NewDisposeScope();
+                long first = n * part.Index / parts;
+                long count = (n * (part.Index + 1) / parts) - first;
+                var loss = data.PartLoss(_model.call(input.narrow(0, first, count)), first, count);
+                Span<double> sum = [loss.dtype == ScalarType.Float32 ? loss.item<float>() : loss.to(ScalarType.Float64).item<double>()];
+                // Every part learns the batch's loss, so all skip the backward alike when it is not finite.
+                part.Sum(sum, "loss");
+                if (part.Index == 0)
+                {
+                    total = sum[0];
+                }
+
+                if (double.IsFinite(sum[0]))
+                {
+                    var scaled = AccumulationSteps == 1 ? loss : Scalars.Div(loss, AccumulationSteps);
+                    gradients[part.Index] = [.. autograd.grad([scaled], trainable, allow_unused: true).Select(g => g is null || g.IsInvalid ? null : g.DetachFromDisposeScope())];
+                }
+            });
+
+            if (!ran)
+            {
+                _splitAbandoned = true;
+                return double.NaN;
             }
 
-            if (double.IsFinite(sum[0]))
+            CheckFinite(total, stepNumber);
+            using var noGrad = no_grad();
+            for (int i = 0; i < trainable.Length; i++)
             {
-                (AccumulationSteps == 1 ? loss : Scalars.Div(loss, AccumulationSteps)).backward();
-            }
-        });
+                Tensor? sum = null;
+                foreach (var part in gradients)
+                {
+                    if (part![i] is { } g)
+                    {
+                        sum = sum is null ? g : Scalars.AddInPlace(sum, g);
+                    }
+                }
 
-        if (!ran)
-        {
-            return double.NaN;
+                if (sum is null)
+                {
+                    continue;
+                }
+
+                using var existing = trainable[i].grad;
+                if (existing is null || existing.IsInvalid)
+                {
+                    trainable[i].grad = sum;
+                }
+                else
+                {
+                    Scalars.AddInPlace(existing, sum);
+                }
+            }
+
+            return total;
         }
-
-        CheckFinite(total, stepNumber);
-        return total;
+        finally
+        {
+            foreach (var part in gradients)
+            {
+                foreach (var g in part ?? [])
+                {
+                    g?.Dispose();
+                }
+            }
+        }
     }
 
     /// <summary>AdamW's default (β₁, β₂) = (0.9, 0.999), the official recipes' (classification and MMSeg alike).</summary>

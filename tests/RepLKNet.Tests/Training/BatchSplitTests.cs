@@ -46,7 +46,7 @@ public sealed class BatchSplitTests : IDisposable
     }
 
     [TwoThreadFact]
-    public void Sums_add_every_parts_values_in_part_order_and_every_part_sees_the_same()
+    public void Sums_add_every_parts_values_and_every_part_sees_the_same()
     {
         var seen = new double[2][];
         var threads = new int[2];
@@ -196,58 +196,147 @@ public sealed class BatchSplitTests : IDisposable
     [TwoThreadFact]
     public void Split_training_steps_give_the_unsplit_gradients_and_the_same_bits_every_time()
     {
-        var (lossA, gradsA, stateA, splitA) = Train(split: true);
-        var (lossB, gradsB, stateB, splitB) = Train(split: true);
-        var (lossC, gradsC, stateC, splitC) = Train(split: false);
-        Assert.Equal(3, splitA);
-        Assert.Equal(3, splitB);
-        Assert.Equal(0, splitC);
-
-        // Deterministic: the parts' sums are added in part order, whatever the threads' timing.
-        Assert.Equal(lossA, lossB);
-        foreach (var key in stateA.Keys)
+        foreach (int accumulation in new[] { 1, 2 })
         {
-            Assert.True(stateA[key].equal(stateB[key]).all().item<bool>(), key);
-        }
+            var a = Train(split: true, accumulation);
+            var b = Train(split: true, accumulation);
+            var c = Train(split: false, accumulation);
+            Assert.Equal(3 * accumulation, a.Splits);
+            Assert.Equal(3 * accumulation, b.Splits);
+            Assert.Equal(0, c.Splits);
 
-        // The same step as the whole batch's, to float32 rounding: the last step's gradients, the losses, and the running
-        // statistics after three steps (the weights have moved three AdamW steps apart from rounding-level differences).
-        for (int i = 0; i < lossA.Length; i++)
-        {
-            Assert.True(Math.Abs(lossA[i] - lossC[i]) <= 1e-5 * Math.Abs(lossC[i]), $"step {i}: loss {lossA[i]} vs {lossC[i]}");
-        }
+            // Deterministic: the parts' sums and gradients are added in part order, whatever the threads' timing.
+            Assert.Equal(a.Losses, b.Losses);
+            foreach (var key in a.State.Keys)
+            {
+                Assert.True(a.State[key].equal(b.State[key]).all().item<bool>(), key);
+            }
 
-        foreach (var key in gradsC.Keys)
-        {
-            Close(gradsC[key], gradsA[key], key + " gradient", 1e-3, 1e-4);
-        }
+            // The same step as the whole batch's, to float32 rounding: the losses, the last step's gradients, and the
+            // running statistics after three steps (the weights have moved three AdamW steps apart from rounding-level
+            // differences in the gradients).
+            for (int i = 0; i < a.Losses.Length; i++)
+            {
+                Assert.True(Math.Abs(a.Losses[i] - c.Losses[i]) <= 1e-5 * Math.Abs(c.Losses[i]), $"A {accumulation} step {i}: loss {a.Losses[i]} vs {c.Losses[i]}");
+            }
 
-        foreach (var key in stateC.Keys.Where(k => k.EndsWith("running_mean", StringComparison.Ordinal) || k.EndsWith("running_var", StringComparison.Ordinal)))
-        {
-            Assert.True((stateC[key] - stateA[key]).abs().max().item<float>() <= 1e-3 * (1 + stateC[key].abs().max().item<float>()), key);
-        }
+            foreach (var key in c.Grads.Keys)
+            {
+                Close(c.Grads[key], a.Grads[key], $"A {accumulation} {key} gradient", 1e-3, 1e-4 * ((2 * accumulation) - 1));
+            }
 
-        foreach (var key in stateC.Keys.Where(k => k.EndsWith("num_batches_tracked", StringComparison.Ordinal)))
-        {
-            Assert.Equal(3, stateA[key].item<long>()); // counted once per step, not once per part
-            Assert.Equal(3, stateC[key].item<long>());
+            foreach (var key in c.State.Keys.Where(k => k.EndsWith("running_mean", StringComparison.Ordinal) || k.EndsWith("running_var", StringComparison.Ordinal)))
+            {
+                Assert.True((c.State[key] - a.State[key]).abs().max().item<float>() <= 1e-3 * (1 + c.State[key].abs().max().item<float>()), key);
+            }
+
+            foreach (var key in c.State.Keys.Where(k => k.EndsWith("num_batches_tracked", StringComparison.Ordinal)))
+            {
+                Assert.Equal(3 * accumulation, a.State[key].item<long>()); // counted once per micro-batch, not once per part
+                Assert.Equal(3 * accumulation, c.State[key].item<long>());
+            }
         }
     }
 
-    // Three steps of a small RepLKNet on fixed batches of 13 images (parts of 6 and 7).
-    private static (double[] Losses, Dictionary<string, Tensor> Grads, Dictionary<string, Tensor> State, long Splits) Train(bool split)
+    [TwoThreadFact]
+    public void Split_training_under_forced_garbage_collections_gives_the_same_bits()
     {
-        TrainStep.SplitBatches = split;
+        var plain = Train(split: true, 1);
+        var stressed = Train(split: true, 1, gcStress: true);
+        Assert.Equal(3, stressed.Splits);
+        Assert.Equal(plain.Losses, stressed.Losses);
+        foreach (var key in plain.State.Keys)
+        {
+            Assert.True(plain.State[key].equal(stressed.State[key]).all().item<bool>(), key);
+        }
+    }
+
+    [TwoThreadFact]
+    public void A_non_finite_loss_in_a_split_step_throws_before_any_update()
+    {
+        using var scope = NewDisposeScope();
+        var (model, step) = Model(accumulation: 1, dropPath: 0);
+        using var data = new FixedBatches(12, 16, 4, seed: 4, nanImage: true);
+        var before = RepLKNet.Checkpoints.StateDicts.Ordered(model).ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone());
+        long splits = BatchSplit.Completed;
+        Assert.Throws<NonFiniteLossException>(() => step.Run(data, 2e-3, 1));
+        Assert.Equal(splits + 1, BatchSplit.Completed);
+        foreach (var (key, value) in RepLKNet.Checkpoints.StateDicts.Ordered(model).Where(kv => !kv.Key.Contains("running", StringComparison.Ordinal) && !kv.Key.Contains("num_batches", StringComparison.Ordinal)))
+        {
+            Assert.True(value.equal(before[key]).all().item<bool>(), key); // no parameter moved
+        }
+
+        model.Dispose();
+    }
+
+    [TwoThreadFact]
+    public void Steps_stay_unsplit_where_the_split_would_change_results()
+    {
+        long splits = BatchSplit.Completed;
+        // Stochastic depth draws random numbers in the forward.
+        using (var scope = NewDisposeScope())
+        {
+            var (model, step) = Model(accumulation: 1, dropPath: 0.2);
+            using var data = new FixedBatches(12, 16, 4, seed: 5);
+            step.Run(data, 2e-3, 1);
+            model.Dispose();
+        }
+
+        // libtorch's BatchNorm kernels do not take a part's sums.
+        BatchNormTraining.Enabled = false;
         try
         {
-            var config = new RepLKNetConfig { LargeKernelSizes = [7, 5], Layers = [1, 1], Channels = [8, 16], SmallKernel = 3, InChannels = 1, NumClasses = 4 };
-            manual_seed(21);
-            using var model = new RepLKNetModel(config);
-            model.train();
-            var (optimizer, scales) = TrainStep.CreateOptimizer(model, 2e-3, 0.05);
-            var step = new TrainStep(model, optimizer, scales, CPU);
+            using var scope = NewDisposeScope();
+            var (model, step) = Model(accumulation: 1, dropPath: 0);
+            using var data = new FixedBatches(12, 16, 4, seed: 5);
+            step.Run(data, 2e-3, 1);
+            model.Dispose();
+        }
+        finally
+        {
+            BatchNormTraining.Enabled = true;
+        }
+
+        Assert.Equal(splits, BatchSplit.Completed);
+    }
+
+    private static (RepLKNetModel Model, TrainStep Step) Model(int accumulation, double dropPath)
+    {
+        var config = new RepLKNetConfig
+        {
+            LargeKernelSizes = [7, 5], Layers = [1, 1], Channels = [8, 16], SmallKernel = 3, InChannels = 1, NumClasses = 4, DropPathRate = dropPath,
+        };
+        manual_seed(21);
+        var model = new RepLKNetModel(config);
+        model.train();
+        var (optimizer, scales) = TrainStep.CreateOptimizer(model, 2e-3, 0.05);
+        return (model, new TrainStep(model, optimizer, scales, CPU, accumulation));
+    }
+
+    // Three steps of a small RepLKNet on fixed batches of 13 images (parts of 6 and 7 on two threads).
+    private static (double[] Losses, Dictionary<string, Tensor> Grads, Dictionary<string, Tensor> State, long Splits) Train(bool split, int accumulation,
+        bool gcStress = false)
+    {
+        TrainStep.SplitBatches = split;
+        bool stop = false;
+        var collector = new Thread(() =>
+        {
+            while (!Volatile.Read(ref stop))
+            {
+                GC.Collect();
+                GC.WaitForPendingFinalizers();
+            }
+        }) { IsBackground = true };
+        try
+        {
+            var (model, step) = Model(accumulation, 0);
             using var data = new FixedBatches(13, 16, 4, seed: 3);
             long before = BatchSplit.Completed;
+            if (gcStress)
+            {
+                collector.Start();
+            }
+
             var losses = new double[3];
             for (int i = 0; i < losses.Length; i++)
             {
@@ -257,10 +346,17 @@ public sealed class BatchSplitTests : IDisposable
 
             var grads = model.named_parameters().ToDictionary(p => p.name, p => p.parameter.grad!.detach().clone());
             var state = RepLKNet.Checkpoints.StateDicts.Ordered(model).ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone());
+            model.Dispose();
             return (losses, grads, state, BatchSplit.Completed - before);
         }
         finally
         {
+            Volatile.Write(ref stop, true);
+            if (gcStress)
+            {
+                collector.Join();
+            }
+
             TrainStep.SplitBatches = true;
         }
     }
@@ -274,7 +370,7 @@ public sealed class BatchSplitTests : IDisposable
     }
 
     /// <summary>Batches of random images with label-smoothed hard labels, the same sequence for every instance of a seed.</summary>
-    private sealed class FixedBatches(int batch, int size, int classes, int seed) : ISplittableEpoch
+    private sealed class FixedBatches(int batch, int size, int classes, int seed, bool nanImage = false) : ISplittableEpoch
     {
         private readonly Generator _g = new((ulong)seed);
         private Tensor? _x;
@@ -291,6 +387,11 @@ public sealed class BatchSplitTests : IDisposable
             _x?.Dispose();
             _labels?.Dispose();
             _x = randn([batch, 1, size, size], generator: _g).DetachFromDisposeScope();
+            if (nanImage)
+            {
+                _x[batch - 1].fill_(float.NaN); // the last part's last image
+            }
+
             _labels = randint(0, classes, [batch], generator: _g, dtype: int64).DetachFromDisposeScope();
             return true;
         }

@@ -68,7 +68,6 @@ internal static unsafe class BatchNormCpu
         long offset = first * hw, length = (last - first) * hw;
         float* acc = scratch;
         float* row = scratch + length;
-        // A part of a split batch adds its per-channel sums (and its count) to the other parts' before each use.
         // A part of a split batch centres its squares on its own mean, then adds its sums to the other parts' once, for both
         // statistics (Chan et al.'s pairwise combination: M2 = Σ M2ₚ + Σ nₚ(μₚ − μ)², with Σ nₚ(μₚ − μ)² = Σ Sₚ²/nₚ − S²/M).
         int channels = last - first;
@@ -97,14 +96,15 @@ internal static unsafe class BatchNormCpu
             AddSquaredDifferences(acc, x + (i * rowStride) + offset, row, length);
         }
 
-        var m2 = new double[channels];
-        for (int ch = first; ch < last; ch++)
-        {
-            m2[ch - first] = SumDouble(acc + ((ch - first) * hw), hw);
-        }
-
+        double[]? m2 = null;
         if (sums is not null)
         {
+            m2 = new double[channels];
+            for (int k = 0; k < channels; k++)
+            {
+                m2[k] = SumDouble(acc + (k * hw), hw);
+            }
+
             for (int k = 0; k < channels; k++)
             {
                 // Squares about the part's exact mean (they were taken about its float32 rounding).
@@ -119,13 +119,13 @@ internal static unsafe class BatchNormCpu
             for (int k = 0; k < channels; k++)
             {
                 mean[first + k] = (float)(sums[k] / count);
-                m2[k] = Math.Max(0, sums[channels + k] + sums[(2 * channels) + k] - (sums[k] * sums[k] / count));
+                m2[k] = Math.Max(0, sums[channels + k] + (sums[(2 * channels) + k] - (sums[k] * sums[k] / count)));
             }
         }
 
         for (int ch = first; ch < last; ch++)
         {
-            double var = m2[ch - first] / count;
+            double var = (m2 is null ? SumDouble(acc + ((ch - first) * hw), hw) : m2[ch - first]) / count;
             double inv = 1.0 / Math.Sqrt(var + eps);
             double alpha = inv * (weight is null ? 1.0 : weight[ch]);
             double beta = (bias is null ? 0.0 : bias[ch]) - (mean[ch] * alpha);
@@ -290,8 +290,8 @@ internal static unsafe class BatchNormCpu
         // adds the parts' shares); dx needs the whole batch's. Backward is an autograd callback and must not throw: if the
         // split broke, the part goes on with its own sums and the step fails afterwards (BatchSplit.Run rethrows the cause).
         int channels = last - first;
-        var sums = new double[2 * channels];
-        for (int ch = first; ch < last; ch++)
+        double[]? sums = part is null ? null : new double[2 * channels];
+        for (int ch = first; ch < last && sums is not null; ch++)
         {
             long at = (ch - first) * hw;
             double s = SumDouble(sumDy + at, hw), d = SumDouble(dot + at, hw);
@@ -309,12 +309,26 @@ internal static unsafe class BatchNormCpu
             }
         }
 
-        _ = part?.TrySum(sums, (tag!, "backward"));
+        _ = sums is not null && part!.TrySum(sums, (tag!, "backward"));
         for (int ch = first; ch < last; ch++)
         {
             long at = (ch - first) * hw;
-            double s = sums[ch - first], d = sums[channels + ch - first];
+            double s = sums is null ? SumDouble(sumDy + at, hw) : sums[ch - first];
+            double d = sums is null ? SumDouble(dot + at, hw) : sums[channels + ch - first];
             double inv = invstd[ch];
+            if (sums is null)
+            {
+                // Unsplit: this block's sums are the batch's (a split part wrote its own shares above).
+                if (dweight is not null)
+                {
+                    dweight[ch] = (float)(d * inv);
+                }
+
+                if (dbias is not null)
+                {
+                    dbias[ch] = (float)s;
+                }
+            }
 
             // Rows of the per-channel constants: dx = (dy − Σdy/M − (x − mean)·k)·scale.
             Fill(sumDy + at, hw, (float)(s / count));
