@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Runtime.ExceptionServices;
 using TorchSharp;
 
@@ -8,8 +9,8 @@ namespace RepLKNet.Runtime;
 /// whole (forward, loss, backward) on its own thread with every op single-threaded inside it (libtorch, oneDNN and our
 /// kernels run serially inside a parallel region), the parts meeting only where samples interact: they add up per-channel
 /// sums through shared memory at each BatchNorm (<see cref="Part.Sum"/>), as <c>torch.nn.SyncBatchNorm</c>'s processes do
-/// through an all-reduce. On small maps an op spread over threads costs a fork and a join for microseconds of work, so this
-/// is what makes 2 threads pay in training (docs/perf-notes.md, "The batch split").
+/// through an all-reduce. On small maps an op spread over threads costs a fork and a join for microseconds of work; a part
+/// pays neither (docs/perf-notes.md, "The batch split").
 /// </summary>
 /// <remarks>
 /// <para>
@@ -156,15 +157,29 @@ public sealed class BatchSplit
         // The first failure is the cause; a part woken by it throws BatchSplitBrokenException later, which is not kept.
         Interlocked.CompareExchange(ref _error, ExceptionDispatchInfo.Capture(e), null);
         _broken = true;
+        Wake();
     }
 
     private void Break(string reason)
     {
         Interlocked.CompareExchange(ref _error, ExceptionDispatchInfo.Capture(new InvalidOperationException(reason)), null);
         _broken = true;
+        Wake();
     }
 
-    // A sense-counting barrier: the last part to arrive resets the count and starts the next generation. False when broken.
+    /// <summary>
+    /// Microseconds a part spins at a sum before it sleeps until the last part arrives (<c>REPLKNET_SPLIT_SPIN_US</c>; a
+    /// negative value spins without end). A sleeping part leaves its core to other threads (the batch loader's), which a
+    /// spinning one would share it with; waking costs a futex call.
+    /// </summary>
+    internal static long SpinMicroseconds { get; set; } =
+        long.TryParse(Environment.GetEnvironmentVariable("REPLKNET_SPLIT_SPIN_US"), out var us) ? us : 50;
+
+    private readonly object _sleep = new();
+    private int _sleepers;
+
+    // A sense-counting barrier: the last part to arrive resets the count, starts the next generation and wakes the parts
+    // that went to sleep. False when broken.
     private bool Arrive()
     {
         int generation = Volatile.Read(ref _generation);
@@ -172,9 +187,11 @@ public sealed class BatchSplit
         {
             Volatile.Write(ref _arrived, 0);
             Interlocked.Increment(ref _generation);
+            Wake();
             return !_broken;
         }
 
+        long spinUntil = SpinMicroseconds < 0 ? long.MaxValue : Stopwatch.GetTimestamp() + (SpinMicroseconds * Stopwatch.Frequency / 1_000_000);
         var spin = default(SpinWait);
         while (Volatile.Read(ref _generation) == generation)
         {
@@ -191,10 +208,39 @@ public sealed class BatchSplit
                 return false;
             }
 
-            spin.SpinOnce(-1);
+            if (Stopwatch.GetTimestamp() < spinUntil)
+            {
+                spin.SpinOnce(-1);
+                continue;
+            }
+
+            lock (_sleep)
+            {
+                // Counted before the generation is read again: the last part reads the count after it moved the
+                // generation on, so it either sees this sleeper or this sleeper sees the new generation. The timeout
+                // re-checks the broken and ended conditions.
+                Interlocked.Increment(ref _sleepers); // a full fence: the store is seen before the generation is read
+                if (Volatile.Read(ref _generation) == generation && !_broken)
+                {
+                    Monitor.Wait(_sleep, 1);
+                }
+
+                Interlocked.Decrement(ref _sleepers);
+            }
         }
 
         return !_broken;
+    }
+
+    private void Wake()
+    {
+        if (Volatile.Read(ref _sleepers) > 0)
+        {
+            lock (_sleep)
+            {
+                Monitor.PulseAll(_sleep);
+            }
+        }
     }
 
     /// <summary>One part of a <see cref="BatchSplit"/>: its index and the sums it shares with the other parts.</summary>

@@ -48,6 +48,24 @@ public sealed class BatchSplitTests : IDisposable
     [TwoThreadFact]
     public void Sums_add_every_parts_values_and_every_part_sees_the_same()
     {
+        long spin = BatchSplit.SpinMicroseconds;
+        try
+        {
+            // Parts that sleep at once, spin first (the default), or only spin.
+            foreach (long us in new long[] { 0, 50, -1 })
+            {
+                BatchSplit.SpinMicroseconds = us;
+                SumsOnce();
+            }
+        }
+        finally
+        {
+            BatchSplit.SpinMicroseconds = spin;
+        }
+    }
+
+    private static void SumsOnce()
+    {
         var seen = new double[2][];
         var threads = new int[2];
         Assert.Null(BatchSplit.Current);
@@ -79,6 +97,23 @@ public sealed class BatchSplitTests : IDisposable
 
     [TwoThreadFact]
     public void A_failing_part_ends_the_split_with_its_own_exception_instead_of_a_hang()
+    {
+        long spin = BatchSplit.SpinMicroseconds;
+        try
+        {
+            foreach (long us in new long[] { 0, 50, -1 })
+            {
+                BatchSplit.SpinMicroseconds = us;
+                FailOnce();
+            }
+        }
+        finally
+        {
+            BatchSplit.SpinMicroseconds = spin;
+        }
+    }
+
+    private static void FailOnce()
     {
         bool peerWoke = false;
         var e = Assert.Throws<ArgumentException>(() => BatchSplit.Run(2, part =>
