@@ -119,14 +119,14 @@ public sealed class BatchSplit
                 return;
             }
 
-            var part = new Part(split, index);
-            // Ops inside a part run on its thread alone, and must size themselves so (OpenMpTeam.SetThreadsHere). libtorch
-            // sets a thread's OpenMP count once, lazily, on its first query: make that happen before ours.
-            _ = torch.get_num_threads();
-            OpenMpTeam.SetThreadsHere(1);
-            _current = part;
             try
             {
+                var part = new Part(split, index);
+                // Ops inside a part run on its thread alone, and must size themselves so (OpenMpTeam.SetThreadsHere).
+                // libtorch sets a thread's OpenMP count once, lazily, on its first query: make that happen before ours.
+                _ = torch.get_num_threads();
+                OpenMpTeam.SetThreadsHere(1);
+                _current = part;
                 body(part);
             }
             catch (Exception e)
@@ -137,6 +137,7 @@ public sealed class BatchSplit
             {
                 _current = null;
                 Interlocked.Increment(ref split._ended);
+                split.Wake();
             }
         });
 
@@ -157,6 +158,7 @@ public sealed class BatchSplit
         // The first failure is the cause; a part woken by it throws BatchSplitBrokenException later, which is not kept.
         Interlocked.CompareExchange(ref _error, ExceptionDispatchInfo.Capture(e), null);
         _broken = true;
+        Interlocked.MemoryBarrier(); // the store is seen before Wake reads the sleepers
         Wake();
     }
 
@@ -164,6 +166,7 @@ public sealed class BatchSplit
     {
         Interlocked.CompareExchange(ref _error, ExceptionDispatchInfo.Capture(new InvalidOperationException(reason)), null);
         _broken = true;
+        Interlocked.MemoryBarrier();
         Wake();
     }
 
@@ -191,7 +194,8 @@ public sealed class BatchSplit
             return !_broken;
         }
 
-        long spinUntil = SpinMicroseconds < 0 ? long.MaxValue : Stopwatch.GetTimestamp() + (SpinMicroseconds * Stopwatch.Frequency / 1_000_000);
+        long spinUntil = SpinMicroseconds < 0 ? long.MaxValue
+            : Stopwatch.GetTimestamp() + (long)Math.Min(Math.Min(SpinMicroseconds, 1e9) * Stopwatch.Frequency / 1e6, long.MaxValue / 2.0);
         var spin = default(SpinWait);
         while (Volatile.Read(ref _generation) == generation)
         {

@@ -140,7 +140,7 @@ public sealed class TrainStep
             using var scope = NewDisposeScope();
             Phase = TrainingPhase.Forward;
             int parts = group is null ? SplitParts(data) : 1;
-            double microValue = parts >= 2 && data is ISplittableEpoch splittable ? RunSplit(splittable, parts, stepNumber) : double.NaN;
+            double microValue = parts >= 2 && data is ISplittableEpoch splittable ? RunSplit(splittable, parts, stepNumber, trained) : double.NaN;
             if (double.IsNaN(microValue))
             {
                 var loss = data.Loss(_model, _device);
@@ -198,17 +198,17 @@ public sealed class TrainStep
     private Parameter[]? _trainable;
 
     /// <summary>
-    /// Parts the current micro-batch is cut into: 1 (not cut) unless <see cref="SplitBatches"/>, one process, our training
-    /// BatchNorm kernels enabled (<c>REPLKNET_BATCHNORM</c> not <c>libtorch</c>), a CPU float32 RepLKNet whose
-    /// batch-dependent layers are all our BatchNorm2d and that draws no random numbers in its forward (no stochastic depth,
-    /// no dropout: the parts would draw in a timing-dependent order), an epoch that can be cut (<see cref="ISplittableEpoch"/>),
-    /// libtorch's OpenMP runtime found, and no earlier split of this step abandoned (a team smaller than asked); then
-    /// min(threads, samples / 2), so that every part holds at least 2 samples.
+    /// Parts the current micro-batch is cut into: 1 (not cut) unless <see cref="SplitBatches"/>, one process, exactly 2
+    /// libtorch threads (see <see cref="RunSplit"/> for why not more), our training BatchNorm kernels enabled
+    /// (<c>REPLKNET_BATCHNORM</c> not <c>libtorch</c>), a CPU float32 RepLKNet whose batch-dependent layers are all our
+    /// BatchNorm2d and that draws no random numbers in its forward (no stochastic depth, no dropout: the parts would draw
+    /// in a timing-dependent order), an epoch that can be cut (<see cref="ISplittableEpoch"/>) into parts of at least 2
+    /// samples, libtorch's OpenMP runtime found, and no earlier split of this step abandoned; then 2.
     /// </summary>
     private int SplitParts(ITrainingEpoch data)
     {
         if (!SplitBatches || _splitAbandoned || !Ops.BatchNormTraining.Enabled || data is not ISplittableEpoch || _device.type != DeviceType.CPU ||
-            !OpenMpTeam.CanSizeTeams)
+            torch.get_num_threads() != 2 || data.Count < 4 || !OpenMpTeam.CanSizeTeams)
         {
             return 1;
         }
@@ -222,102 +222,94 @@ public sealed class TrainStep
                 Layers.DropPath drop => drop.Probability == 0,
                 _ => true,
             });
-        return _splittableModel == true ? Math.Min(torch.get_num_threads(), data.Count / 2) : 1;
+        return _splittableModel == true ? 2 : 1;
     }
 
     /// <summary>
-    /// Forward and backward of the current micro-batch in <paramref name="parts"/> parts on libtorch's OpenMP team: each
+    /// Forward and backward of the current micro-batch in <paramref name="parts"/> (2) parts on libtorch's OpenMP team: each
     /// part runs its samples start to end on one thread (every op single-threaded inside it), with the whole batch's
-    /// BatchNorm statistics (the parts add their sums, <see cref="Layers.BatchNorm2d"/>). Each part takes its gradients
-    /// with <c>autograd.grad</c> (nothing is written to <c>.grad</c> from two threads); they are then added to the
-    /// parameters' <c>.grad</c> in part order on this thread, so the bits do not depend on the threads' timing, for any
-    /// number of parts and micro-batches. Returns the micro-batch's loss (the parts' added in part order), or NaN when the
-    /// split was abandoned before it ran (the caller then runs the batch whole).
+    /// BatchNorm statistics (the parts add their sums, <see cref="Layers.BatchNorm2d"/>), and calls <c>backward()</c> on
+    /// its share of the loss. libtorch adds both parts' gradients into each parameter's <c>.grad</c> under a per-parameter
+    /// lock in whichever order they come; a sum of two floats does not depend on the order, so the bits do not either, as
+    /// long as <c>.grad</c> holds no third term: for the second and later micro-batches of an accumulated step the earlier
+    /// gradients are set aside (<c>.grad</c> zeroed) and added back after. With three or more parts the order would change
+    /// the bits, hence 2 parts. (<c>autograd.grad</c> per part would not need this, but TorchSharp 0.107's native
+    /// <c>THSAutograd_grad</c> lets a libtorch error escape as a C++ exception through managed frames, aborting the
+    /// process, where <c>backward()</c> turns it into a .NET exception.) Returns the micro-batch's loss (the parts' added in
+    /// part order), or NaN when the split was abandoned before it ran (the caller then runs the batch whole).
     /// </summary>
-    /// <exception cref="NonFiniteLossException">The loss is not finite (no gradient was taken).</exception>
-    private double RunSplit(ISplittableEpoch data, int parts, long stepNumber)
+    /// <exception cref="NonFiniteLossException">The loss is not finite (no backward ran).</exception>
+    private double RunSplit(ISplittableEpoch data, int parts, long stepNumber, bool gradientsHeld)
     {
         var input = data.Input(_model, _device);
         long n = input.shape[0];
         var trainable = _trainable ??= [.. _model.parameters().Where(p => p.requires_grad)];
         var backend = Ops.DepthwiseConv2d.CurrentBackend;
         var isa = Ops.DepthwiseConv2d.Isa;
-        var gradients = new Tensor?[parts][];
         double total = double.NaN;
-        try
+        // An accumulated step's earlier gradients, set aside so that .grad holds only this micro-batch's two terms.
+        Tensor?[]? earlier = null;
+        if (gradientsHeld)
         {
-            bool ran = BatchSplit.Run(parts, part =>
+            using var noGrad = no_grad();
+            earlier = new Tensor?[trainable.Length];
+            for (int i = 0; i < trainable.Length; i++)
             {
-                // Team threads do not carry the caller's AsyncLocal settings or libtorch's thread-local grad mode.
-                using var useBackend = Ops.DepthwiseConv2d.Use(backend);
-                using var useIsa = Ops.DepthwiseConv2d.UseIsa(isa);
-                using var grad = enable_grad();
-                using var scope = NewDisposeScope();
-                long first = n * part.Index / parts;
-                long count = (n * (part.Index + 1) / parts) - first;
-                var loss = data.PartLoss(_model.call(input.narrow(0, first, count)), first, count);
-                Span<double> sum = [loss.dtype == ScalarType.Float32 ? loss.item<float>() : loss.to(ScalarType.Float64).item<double>()];
-                // Every part learns the batch's loss, so all skip the backward alike when it is not finite.
-                part.Sum(sum, "loss");
-                if (part.Index == 0)
+                var g = trainable[i].grad;
+                if (g is not null && !g.IsInvalid)
                 {
-                    total = sum[0];
+                    earlier[i] = g.clone();
+                    g.zero_();
                 }
+            }
+        }
 
-                if (double.IsFinite(sum[0]))
-                {
-                    var scaled = AccumulationSteps == 1 ? loss : Scalars.Div(loss, AccumulationSteps);
-                    gradients[part.Index] = [.. autograd.grad([scaled], trainable, allow_unused: true).Select(g => g is null || g.IsInvalid ? null : g.DetachFromDisposeScope())];
-                }
-            });
-
-            if (!ran)
+        bool ran = BatchSplit.Run(parts, part =>
+        {
+            // Team threads do not carry the caller's AsyncLocal settings or libtorch's thread-local grad mode.
+            using var useBackend = Ops.DepthwiseConv2d.Use(backend);
+            using var useIsa = Ops.DepthwiseConv2d.UseIsa(isa);
+            using var grad = enable_grad();
+            using var scope = NewDisposeScope();
+            long first = n * part.Index / parts;
+            long count = (n * (part.Index + 1) / parts) - first;
+            var loss = data.PartLoss(_model.call(input.narrow(0, first, count)), first, count);
+            Span<double> sum = [loss.dtype == ScalarType.Float32 ? loss.item<float>() : loss.to(ScalarType.Float64).item<double>()];
+            // Every part learns the batch's loss, so all skip the backward alike when it is not finite.
+            part.Sum(sum, "loss");
+            if (part.Index == 0)
             {
-                _splitAbandoned = true;
-                return double.NaN;
+                total = sum[0];
             }
 
-            CheckFinite(total, stepNumber);
+            if (double.IsFinite(sum[0]))
+            {
+                (AccumulationSteps == 1 ? loss : Scalars.Div(loss, AccumulationSteps)).backward();
+            }
+        });
+
+        if (earlier is not null)
+        {
+            // Added back whether or not the split ran: an abandoned split's unsplit backward then adds on top as usual.
             using var noGrad = no_grad();
             for (int i = 0; i < trainable.Length; i++)
             {
-                Tensor? sum = null;
-                foreach (var part in gradients)
+                if (earlier[i] is { } e)
                 {
-                    if (part![i] is { } g)
-                    {
-                        sum = sum is null ? g : Scalars.AddInPlace(sum, g);
-                    }
-                }
-
-                if (sum is null)
-                {
-                    continue;
-                }
-
-                using var existing = trainable[i].grad;
-                if (existing is null || existing.IsInvalid)
-                {
-                    trainable[i].grad = sum;
-                }
-                else
-                {
-                    Scalars.AddInPlace(existing, sum);
+                    using var g = trainable[i].grad;
+                    Scalars.AddInPlace(g!, e);
                 }
             }
-
-            return total;
         }
-        finally
+
+        if (!ran)
         {
-            foreach (var part in gradients)
-            {
-                foreach (var g in part ?? [])
-                {
-                    g?.Dispose();
-                }
-            }
+            _splitAbandoned = true;
+            return double.NaN;
         }
+
+        CheckFinite(total, stepNumber);
+        return total;
     }
 
     /// <summary>AdamW's default (β₁, β₂) = (0.9, 0.999), the official recipes' (classification and MMSeg alike).</summary>

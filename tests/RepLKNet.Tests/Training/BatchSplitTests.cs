@@ -9,15 +9,15 @@ using static TorchSharp.torch;
 
 namespace RepLKNet.Tests.Training;
 
-/// <summary>A fact that needs a batch split to run: libtorch's OpenMP runtime and at least 2 libtorch threads.</summary>
+/// <summary>A fact that needs a batch split to run: libtorch's OpenMP runtime and exactly 2 libtorch threads (the training step's condition).</summary>
 public sealed class TwoThreadFactAttribute : FactAttribute
 {
     public TwoThreadFactAttribute()
     {
         Torch.EnsureLoaded();
-        if (torch.get_num_threads() < 2 || !OpenMpTeam.IsActive)
+        if (torch.get_num_threads() != 2 || !OpenMpTeam.CanSizeTeams)
         {
-            Skip = $"a batch split needs libtorch's OpenMP runtime and 2 threads (threads: {torch.get_num_threads()}, OpenMP: {OpenMpTeam.IsActive})";
+            Skip = $"training steps split their batch with libtorch's OpenMP runtime on exactly 2 threads (threads: {torch.get_num_threads()}, OpenMP: {OpenMpTeam.CanSizeTeams})";
         }
     }
 }
