@@ -46,16 +46,18 @@ public sealed class BatchSplitTests : IDisposable
     }
 
     [TwoThreadFact]
-    public void Sums_add_every_parts_values_and_every_part_sees_the_same()
+    public void Sums_add_every_parts_values_and_every_part_sees_the_same() => WithEachWait(SumsOnce);
+
+    /// <summary>Runs <paramref name="test"/> with parts that sleep at once at a sum, spin first (the default), or only spin.</summary>
+    private static void WithEachWait(Action test)
     {
         long spin = BatchSplit.SpinMicroseconds;
         try
         {
-            // Parts that sleep at once, spin first (the default), or only spin.
             foreach (long us in new long[] { 0, 50, -1 })
             {
                 BatchSplit.SpinMicroseconds = us;
-                SumsOnce();
+                test();
             }
         }
         finally
@@ -96,22 +98,7 @@ public sealed class BatchSplitTests : IDisposable
     }
 
     [TwoThreadFact]
-    public void A_failing_part_ends_the_split_with_its_own_exception_instead_of_a_hang()
-    {
-        long spin = BatchSplit.SpinMicroseconds;
-        try
-        {
-            foreach (long us in new long[] { 0, 50, -1 })
-            {
-                BatchSplit.SpinMicroseconds = us;
-                FailOnce();
-            }
-        }
-        finally
-        {
-            BatchSplit.SpinMicroseconds = spin;
-        }
-    }
+    public void A_failing_part_ends_the_split_with_its_own_exception_instead_of_a_hang() => WithEachWait(FailOnce);
 
     private static void FailOnce()
     {
