@@ -2,6 +2,7 @@ using RepLKNet.Checkpoints;
 using RepLKNet.Layers;
 using RepLKNet.Models;
 using RepLKNet.Models.Segmentation;
+using RepLKNet.Runtime;
 using RepLKNet.Tests.Support;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -47,16 +48,18 @@ public sealed class SegmentorTests
         using var noGrad = no_grad();
         foreach (var (name, p) in model.named_parameters())
         {
-            p.copy_(randn(p.shape, generator: g) * (p.dim() > 1 ? 0.5 / Math.Sqrt(p[0].numel()) : 0.1));
+            // Scalars holds each number until libtorch has read it (a temporary Scalar can be finalized mid-call: docs/runtime.md).
+            using var first = p[0];
+            p.copy_(Scalars.MulInPlace(randn(p.shape, generator: g), p.dim() > 1 ? 0.5 / Math.Sqrt(first.numel()) : 0.1));
         }
 
         foreach (var bn in model.modules().OfType<RepLKNet.Layers.BatchNorm2d>())
         {
             long n = bn.weight!.shape[0];
-            bn.weight!.copy_(rand(n, generator: g) + 0.5);
-            bn.bias!.copy_(randn(n, generator: g) * 0.2);
-            bn.running_mean!.copy_(randn(n, generator: g) * 0.3);
-            bn.running_var!.copy_(rand(n, generator: g) + 0.5);
+            bn.weight!.copy_(Scalars.AddInPlace(rand(n, generator: g), 0.5));
+            bn.bias!.copy_(Scalars.MulInPlace(randn(n, generator: g), 0.2));
+            bn.running_mean!.copy_(Scalars.MulInPlace(randn(n, generator: g), 0.3));
+            bn.running_var!.copy_(Scalars.AddInPlace(rand(n, generator: g), 0.5));
         }
     }
 

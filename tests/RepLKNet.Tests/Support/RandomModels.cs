@@ -1,4 +1,5 @@
 using RepLKNet.Checkpoints;
+using RepLKNet.Runtime;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
@@ -17,10 +18,11 @@ internal static class RandomModels
         foreach (var bn in norms)
         {
             long n = bn.weight!.shape[0];
-            bn.weight!.copy_(rand(n, generator: generator) + 0.5);
-            bn.bias!.copy_(randn(n, generator: generator) * 0.2);
-            bn.running_mean!.copy_(randn(n, generator: generator) * 0.5);
-            bn.running_var!.copy_(rand(n, generator: generator) * 1.5 + 0.5);
+            // Scalars holds each number until libtorch has read it (a temporary Scalar can be finalized mid-call: docs/runtime.md).
+            bn.weight!.copy_(Scalars.AddInPlace(rand(n, generator: generator), 0.5));
+            bn.bias!.copy_(Scalars.MulInPlace(randn(n, generator: generator), 0.2));
+            bn.running_mean!.copy_(Scalars.MulInPlace(randn(n, generator: generator), 0.5));
+            bn.running_var!.copy_(Scalars.AddInPlace(Scalars.MulInPlace(rand(n, generator: generator), 1.5), 0.5));
         }
     }
 
