@@ -144,10 +144,10 @@ public sealed class TrainStep
             if (double.IsNaN(microValue))
             {
                 var loss = data.Loss(_model, _device);
-                microValue = loss.dtype == ScalarType.Float32 ? loss.item<float>() : loss.to(ScalarType.Float64).item<double>();
+                microValue = Value(loss);
                 CheckFinite(microValue, stepNumber);
                 Phase = TrainingPhase.Backward;
-                (AccumulationSteps == 1 ? loss : Scalars.Div(loss, AccumulationSteps)).backward();
+                BackwardOfShare(loss);
             }
 
             Ops.DepthwiseConv2d.ReleaseBackwardOutputs(); // every custom function's (depthwise conv, SyncBN, BatchNorm), every thread's: one holder
@@ -174,6 +174,12 @@ public sealed class TrainStep
         Ema?.Update(_model);
         return new StepOutcome(value, samples, skipped ?? (IReadOnlyList<SkippedImage>)[]);
     }
+
+    /// <summary>A loss scalar's value as a double (float32 read as such, anything else through float64).</summary>
+    private static double Value(Tensor loss) => loss.dtype == ScalarType.Float32 ? loss.item<float>() : loss.to(ScalarType.Float64).item<double>();
+
+    /// <summary>backward() of a micro-batch's loss (or a part's share of it) divided by the accumulation steps.</summary>
+    private void BackwardOfShare(Tensor loss) => (AccumulationSteps == 1 ? loss : Scalars.Div(loss, AccumulationSteps)).backward();
 
     private static void CheckFinite(double value, long stepNumber)
     {
@@ -274,7 +280,7 @@ public sealed class TrainStep
             long first = n * part.Index / parts;
             long count = (n * (part.Index + 1) / parts) - first;
             var loss = data.PartLoss(_model.call(input.narrow(0, first, count)), first, count);
-            Span<double> sum = [loss.dtype == ScalarType.Float32 ? loss.item<float>() : loss.to(ScalarType.Float64).item<double>()];
+            Span<double> sum = [Value(loss)];
             // Every part learns the batch's loss, so all skip the backward alike when it is not finite.
             part.Sum(sum, "loss");
             if (part.Index == 0)
@@ -284,7 +290,7 @@ public sealed class TrainStep
 
             if (double.IsFinite(sum[0]))
             {
-                (AccumulationSteps == 1 ? loss : Scalars.Div(loss, AccumulationSteps)).backward();
+                BackwardOfShare(loss);
             }
         });
 
