@@ -43,6 +43,13 @@ public sealed class InfoCommand(IAnsiConsole console) : Command<InfoCommand.Sett
             ("libtorch log", LibTorchLog.Current() is { } level
                 ? $"{level} and above ({LibTorchLog.LevelEnvironmentVariable} to change)"
                 : "level not found in libc10"),
+            ("CPU tensor fill", CpuAllocatorFill.Current() switch
+            {
+                CpuFill.None => $"none (libtorch's default; {CpuAllocatorFill.EnvironmentVariable}=junk fills new CPU tensors with NaN to expose reads of unwritten memory)",
+                CpuFill.Zero => $"zero ({CpuAllocatorFill.EnvironmentVariable}=zero)",
+                CpuFill.Junk => $"junk: NaN in every new CPU tensor ({CpuAllocatorFill.EnvironmentVariable}=junk)",
+                _ => "flags not found in libc10",
+            }),
         };
 
         var devices = new List<CudaDeviceProperties>();

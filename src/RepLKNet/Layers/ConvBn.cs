@@ -62,7 +62,9 @@ public sealed class ConvBn : Module<Tensor, Tensor>, IBatchNormFoldable
     /// <returns>[N, outChannels, ⌊(H + 2·padding − k)/stride⌋ + 1, ⌊(W + 2·padding − k)/stride⌋ + 1].</returns>
     public override Tensor forward(Tensor input)
     {
-        var x = _depthwiseSame ? DepthwiseConv2d.Forward(input, conv.weight!, conv.bias) : conv.call(input);
+        // Dense convs go through DenseConv2d: libtorch 2.10's oneDNN kernels are wrong for odd channel counts (docs/runtime.md).
+        var x = _depthwiseSame ? DepthwiseConv2d.Forward(input, conv.weight!, conv.bias)
+            : DenseConv2d.Forward(input, conv.weight!, conv.bias, conv.stride, conv.padding!, conv.dilation, conv.groups);
         if (bn is not null && nonlinear is not null && bn.SyncGroup is not { IsDistributed: true })
         {
             // BN + ReLU: fused into one pass where our training kernels run (BatchNorm2d.ForwardRelu).

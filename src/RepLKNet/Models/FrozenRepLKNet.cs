@@ -440,7 +440,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
 
             var y = _depthwiseSame
                 ? DepthwiseConv2d.Forward(x, _weight, _bias)
-                : nn.functional.conv2d(x, _weight, _bias, strides: _stride, padding: _padding, groups: _groups);
+                : DenseConv2d.Forward(x, _weight, _bias, _stride, _padding, [1, 1], _groups);
             y = _relu ? y.relu_() : y;
             return residual is null ? y : Scalars.AddInPlace(y, residual);
         }

@@ -331,6 +331,8 @@ public static class TorchRuntime
 
         // libtorch's C++ warnings (e.g. NNPACK's, once per convolution on CPUs it does not support) go straight to fd 2.
         LibTorchLog.Apply();
+        // REPLKNET_CPU_FILL=junk|zero: c10's fill of new CPU tensors (a diagnostic for reads of unwritten memory).
+        CpuAllocatorFill.Apply();
         string libtorchDirectory = NativeLibraries.MappedLibraries("libtorch_cpu.so").Select(Path.GetDirectoryName)
             .FirstOrDefault() ?? Path.GetDirectoryName(native)!;
         return new LoadedState(native, fix, libstdcxx, libtorchDirectory, LibTorchVersion(libtorchDirectory), external);

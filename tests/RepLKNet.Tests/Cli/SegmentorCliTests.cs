@@ -72,6 +72,37 @@ public sealed class SegmentorCliTests
         Assert.Contains("--input-shape", bad.StdErr, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public void Forward_under_junk_fill_reads_no_unwritten_memory_and_matches_float64()
+    {
+        // REPLKNET_CPU_FILL=junk: every new CPU tensor starts as NaN, so any op that reads memory it never wrote (as
+        // libtorch 2.10's oneDNN convs do at 24 channels without DenseConv2d's padding) turns the logits NaN.
+        using var dir = new TempDirectory();
+        using var scope = NewDisposeScope();
+        var config = SegmentorTests.Small(alignCorners: false, classes: 7);
+        string configPath = dir.File("seg.json");
+        File.WriteAllText(configPath, config.ToJson());
+        using var model = new EncoderDecoder(config);
+        SegmentorTests.Randomize(model, Random.Shared.Next());
+        model.eval();
+        SegmentorCheckpoint.Save(dir.File("seg.pth"), model, "seg");
+        var input = randn([2, 3, 45, 38], generator: new Generator((ulong)Random.Shared.NextInt64(1, long.MaxValue)));
+        RawTensorFile.Write(dir.File("x.bin"), input);
+
+        var result = CliRunner.Run(new Dictionary<string, string?> { ["REPLKNET_CPU_FILL"] = "junk" }, "forward", "--arch", configPath,
+            "--weights", dir.File("seg.pth"), "--input", dir.File("x.bin"), "--input-shape", "2,3,45,38", "--output", dir.File("y.bin"));
+        Assert.True(result.ExitCode == 0, result.StdErr);
+        var written = RawTensorFile.Read(dir.File("y.bin"), [2, 7, 45, 38]);
+        Assert.Equal(0, written.isnan().sum().item<long>());
+        model.to(float64);
+        using (no_grad())
+        {
+            var reference = model.call(input.to(float64));
+            double error = (written.to(float64) - reference).abs().max().item<double>() / reference.abs().max().item<double>();
+            Assert.True(error < 1e-4, $"relative error {error:E2} against the float64 model");
+        }
+    }
+
     [Theory]
     [InlineData(false, "deploy.pth")]
     [InlineData(true, "fused.safetensors")]

@@ -1,0 +1,104 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace RepLKNet.Ops;
+
+/// <summary>
+/// libtorch's dense (groups = 1) 2-D convolution, with channel counts padded with zeros to a multiple of 16 where
+/// libtorch 2.10's oneDNN kernels compute wrong results on the project's machines.
+/// <para>
+/// The defect (docs/runtime.md, "Dense convolutions with odd channel counts"): on the project's AMD Zen 5 machines,
+/// libtorch 2.10's CPU float32 convolution (oneDNN 3.7.1, <c>jit:avx512_core</c> or <c>jit:avx2</c>, blocked layout
+/// <c>aBcd16b</c>/<c>aBcd8b</c>) returns outputs 10–50 % off (relative to the largest output) for every k×k kernel (k &gt; 1)
+/// whose input channels exceed the ISA's channel block B (16 with AVX-512, 8 with AVX2) without being a multiple of it,
+/// and input gradients as far off whenever the output channels are not a multiple of B. Weight gradients, 1×1,
+/// grouped and depthwise convolutions, and channel counts that are multiples of B, are exact. When the heap holds NaN
+/// leftovers the padded lanes make whole runs of outputs NaN. Debian's PyTorch 1.13 (oneDNN 2.6.3, the same kernel family)
+/// is exact on the same machine, so the fault is in the libtorch build, not the CPU; float64 and libtorch's other
+/// backends are exact.
+/// </para>
+/// <para>
+/// The workaround: zero input channels (and the matching zero weight columns) are appended up to a multiple of 16 when
+/// the input has more than 8 channels and is not a multiple of 16; zero output channels (zero weights, zero bias) are
+/// appended when the output channels are not a multiple of 16 and the input gradient will be needed, and cut off the
+/// result. Zero channels add exactly zero, so the values are those of the unpadded convolution; autograd flows through
+/// the pad and the cut (<c>F.pad</c>, <c>narrow</c>), so every gradient is the unpadded one. A multiple of 16 is a multiple
+/// of both blocks, so one rule serves AVX-512 and AVX2 machines. Cost: only odd channel counts pay, at most
+/// (16/9)² ≈ 3.2× the convolution's work at 9 channels, 1.33–1.78× at 24.
+/// </para>
+/// <para><c>REPLKNET_CONV_CHANNEL_PAD=off</c> calls libtorch unchanged (to reproduce the defect).</para>
+/// </summary>
+public static class DenseConv2d
+{
+    /// <summary>Environment variable: <c>off</c> disables the padding (default: on).</summary>
+    public const string EnvironmentVariable = "REPLKNET_CONV_CHANNEL_PAD";
+
+    /// <summary>The channel multiple padded to.</summary>
+    public const long Block = 16;
+
+    /// <summary>Whether the padding is applied (<see cref="EnvironmentVariable"/> is not <c>off</c>); settable for tests and comparisons.</summary>
+    public static bool Enabled { get; set; } = !string.Equals(Environment.GetEnvironmentVariable(EnvironmentVariable), "off", StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>
+    /// <c>F.conv2d(input, weight, bias, stride, padding, dilation, groups)</c>, padded as the class describes where the
+    /// defect applies (CPU float32, groups = 1, kernel larger than 1×1).
+    /// </summary>
+    /// <param name="input">[N, C_in, H, W].</param>
+    /// <param name="weight">[C_out, C_in / groups, kh, kw].</param>
+    /// <param name="bias">[C_out] or null.</param>
+    /// <param name="stride">(sh, sw), pixels.</param>
+    /// <param name="padding">(ph, pw), pixels of zero padding on each side.</param>
+    /// <param name="dilation">(dh, dw).</param>
+    /// <param name="groups">Convolution groups.</param>
+    /// <returns>[N, C_out, H_out, W_out] as <c>F.conv2d</c> defines them (contiguous).</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="input"/> or <paramref name="weight"/> is null.</exception>
+    /// <remarks>Shape errors are libtorch's own (the unpadded shapes are checked first by libtorch's conv when no padding applies, else by <c>F.pad</c>/conv on the padded ones).</remarks>
+    public static Tensor Forward(Tensor input, Tensor weight, Tensor? bias, long[] stride, long[] padding, long[] dilation, long groups)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        ArgumentNullException.ThrowIfNull(weight);
+        var (inPad, outPad) = ChannelPadding(input, weight, groups, input.requires_grad && is_grad_enabled());
+        if (inPad == 0 && outPad == 0)
+        {
+            return nn.functional.conv2d(input, weight, bias, strides: stride, padding: padding, dilation: dilation, groups: groups);
+        }
+
+        using var scope = NewDisposeScope();
+        long outChannels = weight.shape[0];
+        var x = inPad > 0 ? nn.functional.pad(input, [0, 0, 0, 0, 0, inPad]) : input;
+        // Weight [C_out, C_in, kh, kw]: pad list from the last dim: kw, kh, C_in, C_out.
+        var w = nn.functional.pad(weight, [0, 0, 0, 0, 0, inPad, 0, outPad]);
+        var b = bias is null || outPad == 0 ? bias : nn.functional.pad(bias, [0, outPad]);
+        var y = nn.functional.conv2d(x, w, b, strides: stride, padding: padding, dilation: dilation, groups: 1);
+        if (outPad > 0)
+        {
+            y = y.narrow(1, 0, outChannels).contiguous();
+        }
+
+        return y.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The zero channels <see cref="Forward"/> appends: (input, output); (0, 0) where the defect does not apply or
+    /// <see cref="Enabled"/> is false.
+    /// </summary>
+    /// <param name="input">[N, C_in, H, W].</param>
+    /// <param name="weight">[C_out, C_in / groups, kh, kw].</param>
+    /// <param name="groups">Convolution groups.</param>
+    /// <param name="inputGradient">Whether the input gradient will be computed (output channels matter only then).</param>
+    public static (long Input, long Output) ChannelPadding(Tensor input, Tensor weight, long groups, bool inputGradient)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        ArgumentNullException.ThrowIfNull(weight);
+        if (!Enabled || groups != 1 || input.device_type != DeviceType.CPU || input.dtype != ScalarType.Float32 || input.dim() != 4 ||
+            weight.dim() != 4 || weight.shape[2] * weight.shape[3] == 1)
+        {
+            return (0, 0);
+        }
+
+        long inChannels = weight.shape[1], outChannels = weight.shape[0];
+        long inPad = inChannels > 8 && inChannels % Block != 0 ? Block - inChannels % Block : 0;
+        long outPad = inputGradient && outChannels % Block != 0 ? Block - outChannels % Block : 0;
+        return (inPad, outPad);
+    }
+}
