@@ -1,5 +1,7 @@
 using System.ComponentModel;
+using System.Globalization;
 using System.Runtime.InteropServices;
+using RepLKNet.Ops;
 using RepLKNet.Ops.Cuda;
 using RepLKNet.Runtime;
 using Spectre.Console;
@@ -68,16 +70,24 @@ public sealed class InfoCommand(IAnsiConsole console) : Command<InfoCommand.Sett
         }
 
         DeviceCheckResult? check = null;
+        bool denseOk = true;
         if (settings.Check)
         {
             check = DeviceSelfCheck.Run(runtime.Device, seed: Environment.TickCount64);
             rows.Add(("self-check", $"conv2d on {check.Device} vs float64 CPU: forward {check.ForwardError:E2}, input-grad {check.InputGradError:E2}, weight-grad {check.WeightGradError:E2} (relative max error)"));
+            var dense = DenseConv2d.Check(Environment.TickCount64);
+            bool defect = Math.Max(dense.LibTorchOutput, dense.LibTorchInputGrad) >= DeviceCheckResult.Tolerance;
+            rows.Add(("odd-channel conv", string.Create(CultureInfo.InvariantCulture,
+                $"CPU 3x3, 24 channels vs float64: libtorch forward {Error(dense.LibTorchOutput)}, input-grad {Error(dense.LibTorchInputGrad)}" +
+                $"{(defect ? " (libtorch's oneDNN defect present)" : string.Empty)}; with channel padding {Error(dense.OursOutput)}, {Error(dense.OursInputGrad)}" +
+                $"{(DenseConv2d.Enabled ? string.Empty : $" ({DenseConv2d.EnvironmentVariable}=off: not padded)")}")));
+            denseOk = Math.Max(dense.OursOutput, dense.OursInputGrad) < DeviceCheckResult.Tolerance;
         }
 
         if (settings.Json)
         {
             JsonOutput.Print(console, rows.ToDictionary(r => r.Key, r => r.Value));
-            return check is null || check.Passed ? ExitCodes.Success : ExitCodes.Failure;
+            return (check is null || check.Passed) && denseOk ? ExitCodes.Success : ExitCodes.Failure;
         }
 
         var grid = new Grid().AddColumn(new GridColumn().NoWrap()).AddColumn();
@@ -87,8 +97,11 @@ public sealed class InfoCommand(IAnsiConsole console) : Command<InfoCommand.Sett
         }
 
         console.Write(grid);
-        return check is null || check.Passed ? ExitCodes.Success : ExitCodes.Failure;
+        return (check is null || check.Passed) && denseOk ? ExitCodes.Success : ExitCodes.Failure;
     }
+
+    // A relative error as E2, or "NaN" (DenseConv2d.Check reports NaN as +∞).
+    private static string Error(double e) => double.IsPositiveInfinity(e) ? "NaN" : e.ToString("E2", CultureInfo.InvariantCulture);
 
     private static string DescribeFix(TorchRuntimeInfo runtime) => runtime.GlibcxxFix switch
     {
