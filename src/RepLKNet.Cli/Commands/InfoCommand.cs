@@ -49,7 +49,7 @@ public sealed class InfoCommand(IAnsiConsole console) : Command<InfoCommand.Sett
             {
                 CpuFill.None => $"none (libtorch's default; {CpuAllocatorFill.EnvironmentVariable}=junk fills new CPU tensors with NaN to expose reads of unwritten memory)",
                 CpuFill.Zero => $"zero ({CpuAllocatorFill.EnvironmentVariable}=zero)",
-                CpuFill.Junk => $"junk: NaN in every new CPU tensor ({CpuAllocatorFill.EnvironmentVariable}=junk)",
+                CpuFill.Junk => $"junk: NaN in every new CPU tensor ({CpuAllocatorFill.EnvironmentVariable}=junk; {JunkProbe()})",
                 _ => "flags not found in libc10",
             }),
         };
@@ -98,6 +98,13 @@ public sealed class InfoCommand(IAnsiConsole console) : Command<InfoCommand.Sett
 
         console.Write(grid);
         return (check is null || check.Passed) && denseOk ? ExitCodes.Success : ExitCodes.Failure;
+    }
+
+    // Whether a freshly allocated CPU tensor really reads as NaN (c10 honours the flag this process wrote).
+    private static string JunkProbe()
+    {
+        using var fresh = torch.empty(1024);
+        return fresh.isnan().all().item<bool>() ? "checked: a new tensor reads NaN" : "NOT in effect: a new tensor holds numbers";
     }
 
     // A relative error as E2, or "NaN" (DenseConv2d.Check reports NaN as +∞).

@@ -18,7 +18,8 @@ public sealed class ConvBn : Module<Tensor, Tensor>, IBatchNormFoldable
     private BatchNorm2d? bn;
     private readonly ReLU? nonlinear;
 
-    // Depthwise stride-1 "same" convs run on the project's depthwise op (ours on CPU); the rest on libtorch's conv.
+    // Depthwise stride-1 "same" convs run on the project's depthwise op (ours on CPU); the rest on libtorch's conv through
+    // DenseConv2d (odd channel counts padded).
     private readonly bool _depthwiseSame;
 
     /// <summary>Creates conv(k×k, stride, padding, groups, no bias) → BN(out) [→ ReLU].</summary>
@@ -52,7 +53,11 @@ public sealed class ConvBn : Module<Tensor, Tensor>, IBatchNormFoldable
     /// <summary>Whether a ReLU follows (conv_bn_relu).</summary>
     public bool HasRelu => nonlinear is not null;
 
-    /// <summary>Runs conv → BN (unless fused) → ReLU (if any); a depthwise stride-1 "same" conv runs on <see cref="DepthwiseConv2d.Forward"/>.</summary>
+    /// <summary>
+    /// Runs conv → BN (unless fused) → ReLU (if any); a depthwise stride-1 "same" conv runs on
+    /// <see cref="DepthwiseConv2d.Forward"/>, every other conv on <see cref="DenseConv2d.Forward"/> with the <c>conv</c>
+    /// child's weights (so hooks on the <c>conv</c> child itself do not fire; hooks on this module do).
+    /// </summary>
     /// <remarks>
     /// Without autograd (<c>no_grad</c>, inference mode) the ReLU runs in place on the conv/BN output (bit-identical): the
     /// <c>nonlinear</c> child is then not called, so a forward hook on it does not fire, and a hook that kept the

@@ -371,6 +371,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
     {
         private readonly Tensor _weight;
         private readonly Tensor _bias;
+        private static readonly long[] UnitDilation = [1, 1];
         private readonly long[] _stride;
         private readonly long[] _padding;
         private readonly long _groups;
@@ -440,7 +441,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
 
             var y = _depthwiseSame
                 ? DepthwiseConv2d.Forward(x, _weight, _bias)
-                : DenseConv2d.Forward(x, _weight, _bias, _stride, _padding, [1, 1], _groups);
+                : DenseConv2d.Forward(x, _weight, _bias, _stride, _padding, UnitDilation, _groups);
             y = _relu ? y.relu_() : y;
             return residual is null ? y : Scalars.AddInPlace(y, residual);
         }

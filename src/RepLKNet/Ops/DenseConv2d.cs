@@ -23,21 +23,22 @@ namespace RepLKNet.Ops;
 /// appended when the output channels are not a multiple of 16 and the input gradient will be needed, and cut off the
 /// result. Zero channels add exactly zero, so the values are those of the unpadded convolution; autograd flows through
 /// the pad and the cut (<c>F.pad</c>, <c>narrow</c>), so every gradient is the unpadded one. A multiple of 16 is a multiple
-/// of both blocks, so one rule serves AVX-512 and AVX2 machines. Cost: only odd channel counts pay, at most
-/// (16/9)² ≈ 3.2× the convolution's work at 9 channels, 1.33–1.78× at 24.
+/// of both blocks, so one rule serves AVX-512 and AVX2 machines. Cost: only odd channel counts pay, the convolution's
+/// work times ⌈C_in⌉₁₆·⌈C_out⌉₁₆ / (C_in·C_out) (each count rounded up to 16 only where it is padded): 1.33× for 24 → 24
+/// in inference, 1.78× in training; the worst cases are tiny output counts in training (40 → 3: 6.4×).
 /// </para>
-/// <para><c>REPLKNET_CONV_CHANNEL_PAD=off</c> calls libtorch unchanged (to reproduce the defect).</para>
+/// <para><c>REPLKNET_CONV_CHANNEL_PAD=off</c> (or <c>0</c>, <c>false</c>) calls libtorch unchanged (to reproduce the defect).</para>
 /// </summary>
 public static class DenseConv2d
 {
-    /// <summary>Environment variable: <c>off</c> disables the padding (default: on).</summary>
+    /// <summary>Environment variable: <c>off</c>, <c>0</c> or <c>false</c> disables the padding (default: on).</summary>
     public const string EnvironmentVariable = "REPLKNET_CONV_CHANNEL_PAD";
 
     /// <summary>The channel multiple padded to.</summary>
     public const long Block = 16;
 
     /// <summary>Whether the padding is applied (<see cref="EnvironmentVariable"/> is not <c>off</c>); settable for tests and comparisons.</summary>
-    public static bool Enabled { get; set; } = !string.Equals(Environment.GetEnvironmentVariable(EnvironmentVariable), "off", StringComparison.OrdinalIgnoreCase);
+    public static bool Enabled { get; set; } = Environment.GetEnvironmentVariable(EnvironmentVariable)?.Trim().ToUpperInvariant() is not ("OFF" or "0" or "FALSE");
 
     /// <summary>
     /// <c>F.conv2d(input, weight, bias, stride, padding, dilation, groups)</c>, padded as the class describes where the
@@ -50,9 +51,10 @@ public static class DenseConv2d
     /// <param name="padding">(ph, pw), pixels of zero padding on each side.</param>
     /// <param name="dilation">(dh, dw).</param>
     /// <param name="groups">Convolution groups.</param>
-    /// <returns>[N, C_out, H_out, W_out] as <c>F.conv2d</c> defines them (contiguous).</returns>
+    /// <returns>[N, C_out, H_out, W_out] as <c>F.conv2d</c> defines them, in the memory format libtorch gives (a padded,
+    /// cut result is made contiguous in the input's format: channels_last or NCHW).</returns>
     /// <exception cref="ArgumentNullException"><paramref name="input"/> or <paramref name="weight"/> is null.</exception>
-    /// <remarks>Shape errors are libtorch's own (the unpadded shapes are checked first by libtorch's conv when no padding applies, else by <c>F.pad</c>/conv on the padded ones).</remarks>
+    /// <exception cref="ArgumentException">The input's channels differ from the weight's (where padding applies; elsewhere libtorch's own error).</exception>
     public static Tensor Forward(Tensor input, Tensor weight, Tensor? bias, long[] stride, long[] padding, long[] dilation, long groups)
     {
         ArgumentNullException.ThrowIfNull(input);
@@ -61,6 +63,13 @@ public static class DenseConv2d
         if (inPad == 0 && outPad == 0)
         {
             return nn.functional.conv2d(input, weight, bias, strides: stride, padding: padding, dilation: dilation, groups: groups);
+        }
+
+        if (input.shape[1] != weight.shape[1])
+        {
+            // libtorch's own check would quote the padded counts.
+            throw new ArgumentException($"conv2d: weight [{string.Join(", ", weight.shape)}] expects {weight.shape[1]} input channels, " +
+                $"but the input [{string.Join(", ", input.shape)}] has {input.shape[1]}", nameof(input));
         }
 
         using var scope = NewDisposeScope();
@@ -72,7 +81,9 @@ public static class DenseConv2d
         var y = nn.functional.conv2d(x, w, b, strides: stride, padding: padding, dilation: dilation, groups: 1);
         if (outPad > 0)
         {
-            y = y.narrow(1, 0, outChannels).contiguous();
+            y = y.narrow(1, 0, outChannels);
+            // Made dense in the input's layout: NHWC strides (channels_last) when the input has them, else NCHW.
+            y = input.permute(0, 2, 3, 1).is_contiguous() && !input.is_contiguous() ? y.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2) : y.contiguous();
         }
 
         return y.MoveToOuterDisposeScope();

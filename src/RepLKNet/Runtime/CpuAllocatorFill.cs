@@ -28,10 +28,11 @@ public enum CpuFill
 /// with <c>REPLKNET_CPU_FILL=junk</c> to look for such reads; <c>zero</c> costs one <c>memset</c> per allocation.
 /// </para>
 /// <para>
-/// <c>REPLKNET_CPU_FILL</c>: <c>none</c> (the default), <c>zero</c> or <c>junk</c>. Thread safety: <see cref="Apply"/>
-/// runs inside <see cref="TorchRuntime"/>'s one-time load, before the process creates tensors; c10 reads the flag bytes
-/// without synchronisation at each allocation, so the value must not change while other threads allocate (c10 aborts the
-/// process if an allocation sees both flags set, which is why <see cref="Apply"/> clears one before setting the other).
+/// <c>REPLKNET_CPU_FILL</c>: <c>none</c> (the default), <c>zero</c> or <c>junk</c>; a bad value, or zero/junk with a
+/// libc10 that does not export the flags, fails the runtime's load with one line. Thread safety: the flags are written
+/// once, inside <see cref="TorchRuntime"/>'s one-time load (under its lock), before the process creates tensors; c10 reads
+/// the flag bytes without synchronisation at each allocation, so the value must not change while other threads allocate
+/// (c10 aborts the process if an allocation sees both flags set, which is why both are cleared, fenced, then one set).
 /// </para>
 /// </summary>
 public static class CpuAllocatorFill
@@ -43,29 +44,23 @@ public static class CpuAllocatorFill
     private const string JunkSymbol = "FLAGS_caffe2_cpu_allocator_do_junk_fill";
 
     /// <summary>
-    /// Sets the fill <see cref="EnvironmentVariable"/> asks for (none when unset) in the libc10 this process has loaded;
-    /// returns it, or null when libc10 or its flags are not found (nothing is changed then).
+    /// Sets <paramref name="fill"/> in the libc10 this process has loaded. Call it only before the process creates CPU
+    /// tensors on other threads (<see cref="TorchRuntime"/> calls it once, while loading).
     /// </summary>
-    /// <exception cref="TorchLoadException"><see cref="EnvironmentVariable"/> is not none, zero or junk.</exception>
-    public static CpuFill? Apply()
+    /// <param name="fill">The fill (see <see cref="Parse"/>).</param>
+    /// <returns>Whether libc10's flags were found; when not, nothing is changed.</returns>
+    internal static bool Apply(CpuFill fill)
     {
-        var fill = Parse(Environment.GetEnvironmentVariable(EnvironmentVariable));
         if (Flags() is not var (zero, junk))
         {
-            return null;
+            return false;
         }
 
-        // Clear before set: c10 CHECK-fails (aborts) on an allocation that sees both flags on.
-        if (fill != CpuFill.Zero)
-        {
-            Marshal.WriteByte(zero, 0);
-        }
-
-        if (fill != CpuFill.Junk)
-        {
-            Marshal.WriteByte(junk, 0);
-        }
-
+        // Clear before set: c10 CHECK-fails (aborts) on an allocation that sees both flags on; the fence keeps the
+        // clearing store ahead of the setting one on weakly ordered CPUs too.
+        Marshal.WriteByte(zero, 0);
+        Marshal.WriteByte(junk, 0);
+        Thread.MemoryBarrier();
         if (fill == CpuFill.Zero)
         {
             Marshal.WriteByte(zero, 1);
@@ -75,7 +70,7 @@ public static class CpuAllocatorFill
             Marshal.WriteByte(junk, 1);
         }
 
-        return fill;
+        return true;
     }
 
     /// <summary>The fill libc10's flags select now, or null when libc10 or its flags are not found.</summary>
@@ -97,7 +92,7 @@ public static class CpuAllocatorFill
             "ZERO" => CpuFill.Zero,
             "NONE" => CpuFill.None,
             "JUNK" => CpuFill.Junk,
-            _ => throw new TorchLoadException($"{EnvironmentVariable}='{value}': expected none (the default), zero or junk"),
+            _ => throw new TorchLoadException($"{EnvironmentVariable}='{value}' is not a CPU tensor fill (none, the default; zero; junk)"),
         };
     }
 

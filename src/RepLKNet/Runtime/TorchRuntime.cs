@@ -267,6 +267,8 @@ public static class TorchRuntime
 
     private static LoadedState Load()
     {
+        // Settings read before anything is loaded, so that a bad value fails fast.
+        var fill = CpuAllocatorFill.Parse(Environment.GetEnvironmentVariable(CpuAllocatorFill.EnvironmentVariable));
         HeapTuning.Apply();
         if (!OperatingSystem.IsLinux() || System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture !=
             System.Runtime.InteropServices.Architecture.X64)
@@ -332,7 +334,11 @@ public static class TorchRuntime
         // libtorch's C++ warnings (e.g. NNPACK's, once per convolution on CPUs it does not support) go straight to fd 2.
         LibTorchLog.Apply();
         // REPLKNET_CPU_FILL=junk|zero: c10's fill of new CPU tensors (a diagnostic for reads of unwritten memory).
-        CpuAllocatorFill.Apply();
+        if (!CpuAllocatorFill.Apply(fill) && fill != CpuFill.None)
+        {
+            throw new TorchLoadException($"{CpuAllocatorFill.EnvironmentVariable}={(fill == CpuFill.Zero ? "zero" : "junk")} was asked for, but the libc10 loaded " +
+                $"exports no FLAGS_caffe2_cpu_allocator_* flags.{libtorchNote}");
+        }
         string libtorchDirectory = NativeLibraries.MappedLibraries("libtorch_cpu.so").Select(Path.GetDirectoryName)
             .FirstOrDefault() ?? Path.GetDirectoryName(native)!;
         return new LoadedState(native, fix, libstdcxx, libtorchDirectory, LibTorchVersion(libtorchDirectory), external);

@@ -24,23 +24,52 @@ public sealed class DenseConv2dTests
     [InlineData(32, 48, 3, 1, 1, true)] // multiples of 16: unpadded
     public void Output_and_gradients_match_float64(int inChannels, int outChannels, int kernel, int stride, int dilation, bool withBias)
     {
-        var generator = new Generator((ulong)Random.Shared.NextInt64(1, long.MaxValue));
+        long seed = Random.Shared.NextInt64(1, long.MaxValue);
+        var generator = new Generator((ulong)seed);
         using var scope = NewDisposeScope();
         long pad = dilation * (kernel / 2);
         var x = randn([2, inChannels, 11, 14], generator: generator);
         var w = randn([outChannels, inChannels, kernel, kernel], generator: generator);
         var b = withBias ? randn([outChannels], generator: generator) : null;
+        long[] size = [2, outChannels, (11 + 2 * pad - dilation * (kernel - 1) - 1) / stride + 1, (14 + 2 * pad - dilation * (kernel - 1) - 1) / stride + 1];
+        var upstream = randn(size, generator: generator);
 
-        var (y, grads) = Run(x, w, b, stride, pad, dilation, ours: true);
-        var (y64, grads64) = Run(x.to(float64), w.to(float64), b?.to(float64), stride, pad, dilation, ours: false);
-
-        Assert.Equal(y64.shape, y.shape);
-        Assert.True(y.is_contiguous());
-        Assert.True(RelativeError(y, y64) < 1e-5, $"output error {RelativeError(y, y64):E2}");
-        for (int i = 0; i < grads.Length; i++)
+        // Training with the input gradient (input and output channels padded), training without it (input channels
+        // only: a first layer), and inference.
+        foreach (var mode in new[] { Mode.InputGradient, Mode.WeightGradientOnly, Mode.NoGrad })
         {
-            Assert.True(RelativeError(grads[i], grads64[i]) < 1e-5, $"gradient {i} (x, w, b) error {RelativeError(grads[i], grads64[i]):E2}");
+            var (y, grads) = Run(x, w, b, upstream, stride, pad, dilation, mode, ours: true);
+            var (y64, grads64) = Run(x.to(float64), w.to(float64), b?.to(float64), upstream.to(float64), stride, pad, dilation, mode, ours: false);
+            Assert.Equal(y64.shape, y.shape);
+            Assert.True(y.is_contiguous(), $"{mode}: not contiguous");
+            Assert.True(RelativeError(y, y64) < 1e-5, $"{mode}, seed {seed}: output error {RelativeError(y, y64):E2}");
+            Assert.Equal(grads64.Length, grads.Length);
+            for (int i = 0; i < grads.Length; i++)
+            {
+                Assert.True(RelativeError(grads[i], grads64[i]) < 1e-5, $"{mode}, seed {seed}: gradient {i} error {RelativeError(grads[i], grads64[i]):E2}");
+            }
         }
+    }
+
+    [Fact]
+    public void A_channel_mismatch_names_the_unpadded_counts()
+    {
+        using var scope = NewDisposeScope();
+        var e = Assert.Throws<ArgumentException>(() => DenseConv2d.Forward(zeros(1, 20, 5, 5), zeros(24, 24, 3, 3), null, [1, 1], [1, 1], [1, 1], 1));
+        Assert.Contains("expects 24 input channels, but the input [1, 20, 5, 5] has 20", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void A_padded_cut_result_keeps_channels_last()
+    {
+        using var scope = NewDisposeScope();
+        var x = randn(2, 9, 9, 24).permute(0, 3, 1, 2).requires_grad_(); // [2, 24, 9, 9] with NHWC strides
+        var w = randn(20, 24, 3, 3);
+        var y = DenseConv2d.Forward(x, w, null, [1, 1], [1, 1], [1, 1], 1);
+        Assert.False(y.is_contiguous());
+        Assert.True(y.permute(0, 2, 3, 1).is_contiguous());
+        var y64 = nn.functional.conv2d(x.detach().to(float64), w.to(float64), null, padding: [1, 1]);
+        Assert.True(RelativeError(y, y64) < 1e-5, $"output error {RelativeError(y, y64):E2}");
     }
 
     [Fact]
@@ -58,19 +87,41 @@ public sealed class DenseConv2dTests
         Assert.Equal((0L, 0L), DenseConv2d.ChannelPadding(zeros(1, 24, 4, 4, float64), zeros(24, 24, 3, 3, float64), 1, inputGradient: true));
     }
 
-    private static (Tensor Y, Tensor[] Grads) Run(Tensor x, Tensor w, Tensor? b, long stride, long pad, long dilation, bool ours)
+    private enum Mode
     {
-        var xg = x.detach().requires_grad_();
-        var wg = w.detach().requires_grad_();
-        var bg = b?.detach().requires_grad_();
+        InputGradient,
+        WeightGradientOnly,
+        NoGrad,
+    }
+
+    private static (Tensor Y, Tensor[] Grads) Run(Tensor x, Tensor w, Tensor? b, Tensor upstream, long stride, long pad, long dilation, Mode mode, bool ours)
+    {
+        var xg = mode == Mode.InputGradient ? x.detach().requires_grad_() : x.detach();
+        var wg = w.detach().requires_grad_(mode != Mode.NoGrad);
+        var bg = b?.detach().requires_grad_(mode != Mode.NoGrad);
+        using var grad = mode == Mode.NoGrad ? no_grad() : null;
         var y = ours
             ? DenseConv2d.Forward(xg, wg, bg, [stride, stride], [pad, pad], [dilation, dilation], 1)
             : nn.functional.conv2d(xg, wg, bg, strides: [stride, stride], padding: [pad, pad], dilation: [dilation, dilation]);
-        // A fixed upstream gradient drawn from the output's own values (the same in both runs up to rounding).
-        var upstream = cos(y.detach().to(float64) * 0.37).to(y.dtype);
+        if (mode == Mode.NoGrad)
+        {
+            return (y, []);
+        }
+
         y.backward([upstream]);
-        Tensor[] grads = bg is null ? [xg.grad!, wg.grad!] : [xg.grad!, wg.grad!, bg.grad!];
-        return (y.detach(), grads);
+        var grads = new List<Tensor>();
+        if (mode == Mode.InputGradient)
+        {
+            grads.Add(xg.grad!);
+        }
+
+        grads.Add(wg.grad!);
+        if (bg is not null)
+        {
+            grads.Add(bg.grad!);
+        }
+
+        return (y.detach(), [.. grads]);
     }
 
     private static double RelativeError(Tensor actual, Tensor reference) =>
