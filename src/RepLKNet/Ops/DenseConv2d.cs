@@ -115,13 +115,8 @@ public static class DenseConv2d
         var (y64, dx64) = Run(x, w, upstream, ours: false);
         var (yTorch, dxTorch) = Run(x.to(ScalarType.Float32), w.to(ScalarType.Float32), upstream.to(ScalarType.Float32), ours: false);
         var (yOurs, dxOurs) = Run(x.to(ScalarType.Float32), w.to(ScalarType.Float32), upstream.to(ScalarType.Float32), ours: true);
-        return (Relative(yTorch, y64), Relative(dxTorch, dx64), Relative(yOurs, y64), Relative(dxOurs, dx64));
-    }
-
-    private static double Relative(Tensor actual, Tensor reference)
-    {
-        double error = (actual.to(ScalarType.Float64) - reference).abs().max().item<double>();
-        return double.IsNaN(error) ? double.PositiveInfinity : error / Math.Max(reference.abs().max().item<double>(), 1e-30);
+        return (Runtime.TensorErrors.Relative(yTorch, y64), Runtime.TensorErrors.Relative(dxTorch, dx64),
+            Runtime.TensorErrors.Relative(yOurs, y64), Runtime.TensorErrors.Relative(dxOurs, dx64));
     }
 
     /// <summary>
@@ -136,13 +131,19 @@ public static class DenseConv2d
     {
         ArgumentNullException.ThrowIfNull(input);
         ArgumentNullException.ThrowIfNull(weight);
-        if (!Enabled || groups != 1 || input.device_type != DeviceType.CPU || input.dtype != ScalarType.Float32 || input.dim() != 4 ||
-            weight.dim() != 4 || weight.shape[2] * weight.shape[3] == 1)
+        if (!Enabled || groups != 1 || input.device_type != DeviceType.CPU || input.dtype != ScalarType.Float32 || input.dim() != 4)
         {
             return (0, 0);
         }
 
-        long inChannels = weight.shape[1], outChannels = weight.shape[0];
+        // One native shape read per call (this runs on every ConvBn forward).
+        var shape = weight.shape;
+        if (shape.Length != 4 || shape[2] * shape[3] == 1)
+        {
+            return (0, 0);
+        }
+
+        long inChannels = shape[1], outChannels = shape[0];
         long inPad = inChannels > 8 && inChannels % Block != 0 ? Block - inChannels % Block : 0;
         long outPad = inputGradient && outChannels % Block != 0 ? Block - outChannels % Block : 0;
         return (inPad, outPad);
