@@ -45,6 +45,7 @@ public sealed class InfoCommand(IAnsiConsole console) : Command<InfoCommand.Sett
             ("libtorch log", LibTorchLog.Current() is { } level
                 ? $"{level} and above ({LibTorchLog.LevelEnvironmentVariable} to change)"
                 : "level not found in libc10"),
+            ("memory allocator", HeapTuning.Describe()),
             ("CPU tensor fill", CpuAllocatorFill.Current() switch
             {
                 CpuFill.None => $"none (libtorch's default; {CpuAllocatorFill.EnvironmentVariable}=junk fills new CPU tensors with NaN to expose reads of unwritten memory)",
