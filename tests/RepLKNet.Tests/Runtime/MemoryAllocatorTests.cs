@@ -81,7 +81,7 @@ public sealed class MemoryAllocatorTests
         File.WriteAllText(arch, """{"large_kernel_sizes": [7, 5], "layers": [1, 1], "channels": [8, 16], "small_kernel": 3, "ffn_ratio": 2, "drop_path_rate": 0}""");
         string[] train = ["train", "--data", data, "--arch", arch, "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--threads", "2", "--workers", "2", "--seed", "5"];
         var tc = new Dictionary<string, string?> { ["LD_PRELOAD"] = Tcmalloc };
-        var glibc = new Dictionary<string, string?> { ["REPLKNET_MALLOC"] = "glibc" };
+        var glibc = new Dictionary<string, string?> { ["REPLKNET_MALLOC"] = "glibc", ["LD_PRELOAD"] = null };
 
         var info = CliRunner.Run(tc, "info", "--device", "cpu", "--json");
         Assert.True(info.ExitCode == 0, info.StdErr);
