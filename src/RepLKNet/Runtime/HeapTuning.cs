@@ -22,8 +22,9 @@ public enum NativeAllocator
 /// The native memory allocator. <c>./replknet</c> preloads gperftools' tcmalloc (Debian <c>libtcmalloc-minimal4</c>)
 /// when the machine has it, as PyTorch's CPU launcher (<c>torch.backends.xeon.run_cpu --enable-tcmalloc</c>) does: on the
 /// project machine glibc's malloc spent ~10 % of the main job's training step in its bins (<c>_int_malloc</c>,
-/// <c>_int_free</c>, <c>malloc_consolidate</c>), and the main job ran ~10 % faster on tcmalloc with the same results to the
-/// bit (docs/perf-notes.md; docs/runtime.md, "The memory allocator"). A preload can only happen before the process starts,
+/// <c>_int_free</c>, <c>malloc_consolidate</c>); on tcmalloc a one-thread training step ran ~11 % faster, while the main
+/// job's two-thread (split) epochs were the same within the noise, and the results are the same to the bit
+/// (docs/perf-notes.md; docs/runtime.md, "The memory allocator"). A preload can only happen before the process starts,
 /// so this class does not choose the allocator; it reports it (<see cref="Current"/>) and, on glibc, keeps glibc from
 /// handing large tensors' memory back to the kernel after every free: by default each allocation above 128 KiB–32 MiB is
 /// its own mmap, so every activation of every step is fresh memory and each of its 4 KiB pages faults on first touch; on the
@@ -55,14 +56,15 @@ public static partial class HeapTuning
     public static bool Applied { get; private set; }
 
     /// <summary>
-    /// Checks <c>REPLKNET_MALLOC</c> (null or empty means <c>tcmalloc</c>).
+    /// Checks <c>REPLKNET_MALLOC</c> (null or empty means <c>tcmalloc</c>; otherwise exactly one of the three, as the
+    /// launcher accepts them).
     /// </summary>
     /// <param name="value">The variable's value.</param>
-    /// <returns>The value, lower-cased: <c>tcmalloc</c>, <c>glibc</c> or <c>default</c>.</returns>
+    /// <returns><c>tcmalloc</c>, <c>glibc</c> or <c>default</c>.</returns>
     /// <exception cref="TorchLoadException">Any other value (the message names the variable and the accepted values).</exception>
     public static string Parse(string? value)
     {
-        string v = string.IsNullOrWhiteSpace(value) ? "tcmalloc" : value.Trim().ToLowerInvariant();
+        string v = string.IsNullOrEmpty(value) ? "tcmalloc" : value;
         return v is "tcmalloc" or "glibc" or "default"
             ? v
             : throw new TorchLoadException($"{EnvironmentVariable}='{value}' is not an allocator: use tcmalloc (the default of ./replknet), glibc or default");
@@ -99,8 +101,9 @@ public static partial class HeapTuning
     };
 
     /// <summary>
-    /// The file of a malloc replacement (tcmalloc, jemalloc, mimalloc) mapped into this process, or null: read from
-    /// <c>/proc/self/maps</c> (Linux; null elsewhere).
+    /// The file of the malloc replacement (tcmalloc, jemalloc, mimalloc, TBB's proxy) in use, or null: the first one named
+    /// in <c>LD_PRELOAD</c> that is mapped into this process (the loader binds malloc to the first preload defining it), else
+    /// the first mapped at all (read from <c>/proc/self/maps</c>; Linux, null elsewhere).
     /// </summary>
     public static string? Preloaded()
     {
@@ -109,22 +112,18 @@ public static partial class HeapTuning
             return null;
         }
 
+        static bool IsAllocator(string name) => name.StartsWith("libtcmalloc", StringComparison.Ordinal) ||
+            name.StartsWith("libjemalloc", StringComparison.Ordinal) || name.StartsWith("libmimalloc", StringComparison.Ordinal) ||
+            name.StartsWith("libtbbmalloc_proxy", StringComparison.Ordinal);
+        var mapped = new List<string>();
         try
         {
             foreach (var line in File.ReadLines("/proc/self/maps"))
             {
                 int slash = line.IndexOf('/', StringComparison.Ordinal);
-                if (slash < 0)
+                if (slash >= 0 && IsAllocator(Path.GetFileName(line[slash..])) && !mapped.Contains(line[slash..]))
                 {
-                    continue;
-                }
-
-                string path = line[slash..];
-                string name = Path.GetFileName(path);
-                if (name.StartsWith("libtcmalloc", StringComparison.Ordinal) || name.StartsWith("libjemalloc", StringComparison.Ordinal) ||
-                    name.StartsWith("libmimalloc", StringComparison.Ordinal))
-                {
-                    return path;
+                    mapped.Add(line[slash..]);
                 }
             }
         }
@@ -133,7 +132,31 @@ public static partial class HeapTuning
             // No /proc: report none.
         }
 
-        return null;
+        if (mapped.Count == 0)
+        {
+            return null;
+        }
+
+        // LD_PRELOAD names files as given (symlinks, relative paths); the maps show the resolved file.
+        foreach (var entry in (Environment.GetEnvironmentVariable("LD_PRELOAD") ?? "").Split([':', ' '], StringSplitOptions.RemoveEmptyEntries))
+        {
+            string resolved;
+            try
+            {
+                resolved = new FileInfo(entry).ResolveLinkTarget(returnFinalTarget: true)?.FullName ?? Path.GetFullPath(entry);
+            }
+            catch (IOException)
+            {
+                continue;
+            }
+
+            if (mapped.Contains(resolved))
+            {
+                return resolved;
+            }
+        }
+
+        return mapped[0];
     }
 
     /// <summary>One line for <c>replknet info</c>: the allocator, where it comes from and how to change it.</summary>

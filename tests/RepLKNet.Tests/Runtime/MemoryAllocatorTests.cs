@@ -33,11 +33,16 @@ public sealed class MemoryAllocatorTests
     public void The_setting_accepts_the_three_allocators_and_refuses_anything_else_naming_the_variable()
     {
         Assert.Equal("tcmalloc", HeapTuning.Parse(null));
-        Assert.Equal("tcmalloc", HeapTuning.Parse(" "));
-        Assert.Equal("glibc", HeapTuning.Parse("GLIBC"));
-        Assert.Equal("default", HeapTuning.Parse(" default "));
+        Assert.Equal("tcmalloc", HeapTuning.Parse(""));
+        Assert.Equal("glibc", HeapTuning.Parse("glibc"));
+        Assert.Equal("default", HeapTuning.Parse("default"));
         var e = Assert.Throws<TorchLoadException>(() => HeapTuning.Parse("jemalloc"));
         Assert.Equal("REPLKNET_MALLOC='jemalloc' is not an allocator: use tcmalloc (the default of ./replknet), glibc or default", e.Message);
+        // Exactly as the launcher accepts them: no case folding, no trimming.
+        foreach (var other in new[] { "GLIBC", " glibc", "default ", " " })
+        {
+            Assert.Throws<TorchLoadException>(() => HeapTuning.Parse(other));
+        }
     }
 
     [Fact]
