@@ -165,6 +165,8 @@ public static partial class HeapTuning
         string asked = Environment.GetEnvironmentVariable(EnvironmentVariable) is { Length: > 0 } v ? $"{EnvironmentVariable}={v}" : $"{EnvironmentVariable} unset";
         return Current() switch
         {
+            NativeAllocator.Tcmalloc when Parse(Environment.GetEnvironmentVariable(EnvironmentVariable)) != "tcmalloc" =>
+                $"tcmalloc (gperftools, preloaded: {Preloaded()}) by this process's LD_PRELOAD, not by ./replknet ({asked} acts only through ./replknet)",
             NativeAllocator.Tcmalloc => $"tcmalloc (gperftools, preloaded: {Preloaded()}; {asked}; {EnvironmentVariable}=glibc for glibc's malloc)",
             NativeAllocator.OtherPreloaded => $"preloaded {Preloaded()} (left alone; ./replknet preloads tcmalloc)",
             NativeAllocator.GlibcTuned => $"glibc malloc, mmap off and trimming at 1 GiB ({asked}; ./replknet preloads tcmalloc when libtcmalloc-minimal4 is installed)",

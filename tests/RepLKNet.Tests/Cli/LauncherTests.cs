@@ -154,15 +154,18 @@ public sealed class LauncherTests
         File.WriteAllText(spaced, "");
         string text = dir.File("not-a-library.so");
         File.WriteAllText(text, "not ELF");
+        string broken = dir.File("libtcmalloc_minimal.so.4");
+        File.WriteAllText(broken, "not ELF");
         (string Variable, string Value, string Message)[] cases =
         [
             ("REPLKNET_MALLOC", "jemalloc", "REPLKNET_MALLOC=jemalloc is not an allocator: use tcmalloc (the default), glibc or default"),
             ("REPLKNET_MALLOC", "GLIBC", "REPLKNET_MALLOC=GLIBC is not an allocator"),
             ("REPLKNET_MALLOC", " glibc", "is not an allocator"),
             ("REPLKNET_TCMALLOC", "/no/such/libtcmalloc.so", "REPLKNET_TCMALLOC=/no/such/libtcmalloc.so: no such file"),
-            ("REPLKNET_TCMALLOC", dir.Path, ": no such file"),
+            ("REPLKNET_TCMALLOC", dir.Path, ": not a regular file"),
             ("REPLKNET_TCMALLOC", spaced, ": contains a space or a colon"),
-            ("REPLKNET_TCMALLOC", text, ": the dynamic loader cannot preload it"),
+            ("REPLKNET_TCMALLOC", text, ": not a tcmalloc library (its name must start with libtcmalloc)"),
+            ("REPLKNET_TCMALLOC", broken, ": the dynamic loader cannot preload it"),
         ];
         foreach (var (variable, value, message) in cases)
         {
