@@ -93,7 +93,10 @@ public static partial class HeapTuning
     }
 
     /// <summary>The allocator this process runs on.</summary>
-    public static NativeAllocator Current() => Preloaded() switch
+    public static NativeAllocator Current() => Classify(Preloaded());
+
+    // The allocator, given what Preloaded() found (read once per caller: it scans /proc/self/maps).
+    private static NativeAllocator Classify(string? preloaded) => preloaded switch
     {
         { } path when Path.GetFileName(path).StartsWith("libtcmalloc", StringComparison.Ordinal) => NativeAllocator.Tcmalloc,
         not null => NativeAllocator.OtherPreloaded,
@@ -121,9 +124,10 @@ public static partial class HeapTuning
             foreach (var line in File.ReadLines("/proc/self/maps"))
             {
                 int slash = line.IndexOf('/', StringComparison.Ordinal);
-                if (slash >= 0 && IsAllocator(Path.GetFileName(line[slash..])) && !mapped.Contains(line[slash..]))
+                string path = slash >= 0 ? line[slash..] : string.Empty;
+                if (slash >= 0 && IsAllocator(Path.GetFileName(path)) && !mapped.Contains(path))
                 {
-                    mapped.Add(line[slash..]);
+                    mapped.Add(path);
                 }
             }
         }
@@ -162,13 +166,15 @@ public static partial class HeapTuning
     /// <summary>One line for <c>replknet info</c>: the allocator, where it comes from and how to change it.</summary>
     public static string Describe()
     {
-        string asked = Environment.GetEnvironmentVariable(EnvironmentVariable) is { Length: > 0 } v ? $"{EnvironmentVariable}={v}" : $"{EnvironmentVariable} unset";
-        return Current() switch
+        string? value = Environment.GetEnvironmentVariable(EnvironmentVariable);
+        string asked = value is { Length: > 0 } ? $"{EnvironmentVariable}={value}" : $"{EnvironmentVariable} unset";
+        string? preloaded = Preloaded();
+        return Classify(preloaded) switch
         {
-            NativeAllocator.Tcmalloc when Parse(Environment.GetEnvironmentVariable(EnvironmentVariable)) != "tcmalloc" =>
-                $"tcmalloc (gperftools, preloaded: {Preloaded()}) by this process's LD_PRELOAD, not by ./replknet ({asked} acts only through ./replknet)",
-            NativeAllocator.Tcmalloc => $"tcmalloc (gperftools, preloaded: {Preloaded()}; {asked}; {EnvironmentVariable}=glibc for glibc's malloc)",
-            NativeAllocator.OtherPreloaded => $"preloaded {Preloaded()} (left alone; ./replknet preloads tcmalloc)",
+            NativeAllocator.Tcmalloc when Parse(value) != "tcmalloc" =>
+                $"tcmalloc (gperftools, preloaded: {preloaded}) by this process's LD_PRELOAD, not by ./replknet ({asked} acts only through ./replknet)",
+            NativeAllocator.Tcmalloc => $"tcmalloc (gperftools, preloaded: {preloaded}; {asked}; {EnvironmentVariable}=glibc for glibc's malloc)",
+            NativeAllocator.OtherPreloaded => $"preloaded {preloaded} (left alone; ./replknet preloads tcmalloc)",
             NativeAllocator.GlibcTuned => $"glibc malloc, mmap off and trimming at 1 GiB ({asked}; ./replknet preloads tcmalloc when libtcmalloc-minimal4 is installed)",
             _ => $"glibc malloc as glibc sets it up ({asked})",
         };

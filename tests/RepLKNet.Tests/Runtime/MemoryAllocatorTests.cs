@@ -1,4 +1,3 @@
-using RepLKNet.Checkpoints;
 using RepLKNet.Runtime;
 using RepLKNet.Tests.Support;
 
@@ -107,13 +106,7 @@ public sealed class MemoryAllocatorTests
         Assert.True(b.ExitCode == 0, b.StdErr + b.StdOut);
         foreach (var file in new[] { "last.safetensors", "last-ema.safetensors" })
         {
-            using var x = CheckpointFile.Read(Path.Combine(dir.File("tc"), file));
-            using var y = CheckpointFile.Read(Path.Combine(dir.File("glibc"), file));
-            Assert.Equal(x.State.Keys.Order(), y.State.Keys.Order());
-            foreach (var (key, tensor) in x.State)
-            {
-                Assert.True(tensor.equal(y.State[key]).all().item<bool>(), $"{file}: {key} differs between tcmalloc and glibc");
-            }
+            CheckpointAssert.SameTensors(Path.Combine(dir.File("tc"), file), Path.Combine(dir.File("glibc"), file), " between tcmalloc and glibc");
         }
     }
 }

@@ -37,17 +37,6 @@ public sealed class DependableTrainingTests
         Normalization = new Normalization([0.5], [0.3]), EmaDecay = 0.9, Workers = 2,
     };
 
-    private static void AssertSameWeights(string a, string b)
-    {
-        using var x = CheckpointFile.Read(a);
-        using var y = CheckpointFile.Read(b);
-        Assert.Equal(x.State.Keys, y.State.Keys);
-        foreach (var (key, t) in x.State)
-        {
-            Assert.True(t.equal(y.State[key]).all().item<bool>(), $"{key} differs");
-        }
-    }
-
     [Theory]
     [InlineData(DepthwiseBackend.Ours)]
     [InlineData(DepthwiseBackend.Torch)]
@@ -67,8 +56,8 @@ public sealed class DependableTrainingTests
         Assert.Equal(0, plain.UnscopedTensors);
         Assert.Equal(0, stressed.UnscopedTensors);
         Assert.Equal(20, stressed.StepsDone);
-        AssertSameWeights(Path.Combine(dir.File("plain"), "last.safetensors"), Path.Combine(dir.File("stressed"), "last.safetensors"));
-        AssertSameWeights(Path.Combine(dir.File("plain"), "last-ema.safetensors"), Path.Combine(dir.File("stressed"), "last-ema.safetensors"));
+        CheckpointAssert.SameTensors(Path.Combine(dir.File("plain"), "last.safetensors"), Path.Combine(dir.File("stressed"), "last.safetensors"));
+        CheckpointAssert.SameTensors(Path.Combine(dir.File("plain"), "last-ema.safetensors"), Path.Combine(dir.File("stressed"), "last-ema.safetensors"));
     }
 
     /// <summary>A dataset whose image <see cref="FailAt"/> throws an unexpected error (not a <see cref="DatasetException"/>, which is skipped).</summary>
@@ -172,8 +161,8 @@ public sealed class DependableTrainingTests
         var resumed = new Trainer(Options(run) with { Resume = true }, train, test);
         var history = resumed.Run();
         Assert.Equal(reference.Select(m => (m.Epoch, m.Step, m.TrainLoss, m.Top1, m.EmaTop1)), history.Select(m => (m.Epoch, m.Step, m.TrainLoss, m.Top1, m.EmaTop1)));
-        AssertSameWeights(Path.Combine(dir.File("straight"), "last.safetensors"), Path.Combine(run, "last.safetensors"));
-        AssertSameWeights(Path.Combine(dir.File("straight"), "best.safetensors"), Path.Combine(run, "best.safetensors"));
+        CheckpointAssert.SameTensors(Path.Combine(dir.File("straight"), "last.safetensors"), Path.Combine(run, "last.safetensors"));
+        CheckpointAssert.SameTensors(Path.Combine(dir.File("straight"), "best.safetensors"), Path.Combine(run, "best.safetensors"));
     }
 
     [Fact]
