@@ -126,11 +126,30 @@ public sealed class SegmentationTrainingTests
     }
 
     [Fact]
+    public void The_shapes_set_is_the_same_in_every_process()
+    {
+        // Pinned: the learning test below relies on it. (Seeded with HashCode.Combine, the set differed from run to run and
+        // that test's mIoU with it, 0.5-0.87.)
+        var shapes = new SegShapes(3, 40, 40, seed: 5);
+        ulong hash = 14695981039346656037UL;
+        for (long i = 0; i < shapes.Count; i++)
+        {
+            var sample = shapes.Read(i);
+            foreach (byte b in sample.Image.Pixels.Concat(sample.Label.Pixels))
+            {
+                hash = unchecked((hash ^ b) * 1099511628211UL);
+            }
+        }
+
+        Assert.Equal(13219834409521577154UL, hash);
+    }
+
+    [Fact]
     public void A_short_cpu_run_on_shapes_learns_far_above_chance()
     {
         using var dir = new TempDirectory();
         var train = new SegShapes(48, 40, 40, seed: 5);
-        var val = new SegShapes(8, 40, 40, seed: 6);
+        var val = new SegShapes(32, 40, 40, seed: 6);
         var options = Options(dir.Path, maxSteps: 400) with
         {
             BatchSize = 8, EvaluateEvery = 200, LearningRate = 4e-3, WarmupIterations = 10, EmaDecay = 0, EvalLimit = null, Workers = 1,
@@ -147,7 +166,9 @@ public sealed class SegmentationTrainingTests
             var clock = Stopwatch.StartNew();
             var history = new SegmentationTrainer(options, train, val).Run();
             double miou = history[^1].Top1;
-            // Chance (uniform guesses over the 3 classes) scores an mIoU near 0.17, all-background about 0.3.
+            // Chance (uniform guesses over the 3 classes) scores an mIoU near 0.17, all-background about 0.3. The run is the
+            // same in every process; what it reaches depends on oneDNN's kernels (measured: 0.808 with AVX-512, 0.714 with
+            // DNNL_MAX_CPU_ISA=AVX2; other train/val sets gave 0.64-0.85 over 12 draws, so 0.6 leaves room without being lax).
             Assert.True(miou > 0.6, string.Create(System.Globalization.CultureInfo.InvariantCulture,
                 $"mIoU {miou:F3} after {history[^1].Step} steps ({clock.Elapsed.TotalSeconds:F0} s); evaluations {string.Join(", ", history.Select(h => h.Top1.ToString("F3", System.Globalization.CultureInfo.InvariantCulture)))}"));
         }
