@@ -57,7 +57,8 @@ public static class ModelBenchmark
     /// <param name="maxSeconds">Stop repeating after this many seconds of timed runs.</param>
     /// <param name="onResult">Called with each implementation's result as it is ready.</param>
     /// <param name="deploy">Re-parameterize first (inference only).</param>
-    /// <param name="warmup">Untimed runs per implementation; null: <see cref="DefaultWarmup"/> of <paramref name="mode"/>.</param>
+    /// <param name="warmup">Untimed runs per implementation, exactly; null: <see cref="DefaultWarmup"/> of <paramref name="mode"/>, then
+    /// more until the JIT has settled (<see cref="JitWarmup.UntilSettled"/>).</param>
     /// <exception cref="ArgumentException"><paramref name="mode"/> is neither, <paramref name="deploy"/> is asked for training, or <paramref name="warmup"/> is negative.</exception>
     public static List<ModelBenchResult> Run(RepLKNetConfig config, int batch, int resolution, string mode, IReadOnlyList<DepthwiseBackend> impls,
         Device device, int reps, double maxSeconds, Action<ModelBenchResult>? onResult = null, bool deploy = false, int? warmup = null)
@@ -132,6 +133,12 @@ public static class ModelBenchmark
             for (int i = 0; i < untimed; i++)
             {
                 Once();
+            }
+
+            if (warmup is null)
+            {
+                // Then until the JIT has settled (the optimized code is what a long run spends its time in).
+                untimed += JitWarmup.UntilSettled(() => Once());
             }
 
             var memory = PeakMemory.Start();
