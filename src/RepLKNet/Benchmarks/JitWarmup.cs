@@ -6,33 +6,51 @@ namespace RepLKNet.Benchmarks;
 /// <summary>
 /// Warm-up until .NET's JIT has settled: tiered compilation first runs every method as quickly compiled, unoptimized
 /// code (tier 0; methods with loops through on-stack replacement), and recompiles the hot ones fully optimized only after
-/// 30 calls, a 100 ms delay and a background compile (with dynamic PGO: an instrumented tier in between). Until then our
-/// C# kernels without <c>AggressiveOptimization</c> (the BatchNorm and optimizer kernels, the training step's own code)
-/// run several times slower: <c>bench model --mode train</c> on RepLKNet-FMNIST at batch 64 on one thread measured
-/// 57–66 ms per step after 3 warm-up steps against 24–27 ms fully optimized (<c>DOTNET_TieredCompilation=0</c>), while
-/// the training loop itself reaches the optimized code within its first second (docs/perf-notes.md, 2026-12-01).
+/// 30 calls, a 100 ms delay and a background compile (with dynamic PGO: an instrumented tier in between, another 30 calls).
+/// Until then our C# kernels without <c>AggressiveOptimization</c> (the BatchNorm and optimizer kernels, the training
+/// step's own code) run several times slower: <c>bench model --mode train</c> on RepLKNet-FMNIST at batch 64 on one
+/// thread measured 57–66 ms per step after 3 warm-up steps against 23–27 ms with <c>DOTNET_TieredCompilation=0</c>, while
+/// the training loop itself reaches the optimized code within its first second (docs/perf-notes.md, "2026-12-01 (tenth
+/// session): `bench model` timed unoptimized code; our own NCHW 1×1 training kernels do not pay").
 /// </summary>
 public static class JitWarmup
 {
+    /// <summary>Quiet runs that count as settled whatever their duration: enough calls for a method called once per run to climb both tiers (30 each).</summary>
+    public const int QuietRuns = 64;
+
     /// <summary>
     /// Calls <paramref name="once"/> until the number of methods the JIT has compiled in this process
-    /// (<see cref="JitInfo.GetCompiledMethodCount"/>, tier-ups included) has not changed for <paramref name="quietSeconds"/>
-    /// of runs (at least 2 runs), or <paramref name="maxSeconds"/> have passed.
+    /// (<see cref="JitInfo.GetCompiledMethodCount"/>: every thread, tier-ups and background compilations included) has not
+    /// changed for at least 2 runs and <paramref name="quietSeconds"/>, and then for <see cref="QuietRuns"/> runs or
+    /// 10 × <paramref name="quietSeconds"/>, whichever comes first; no run starts after <paramref name="maxSeconds"/> (the
+    /// last one may end later). With runs much longer than <paramref name="quietSeconds"/> / 30, a method called once per
+    /// run may still be unoptimized when this returns; its share of such a run is small.
     /// </summary>
     /// <param name="once">One untimed run of the workload.</param>
-    /// <param name="quietSeconds">Seconds of runs without a new compilation that count as settled (longer than the tiering delay of 100 ms).</param>
-    /// <param name="maxSeconds">Upper bound on the whole warm-up, in seconds.</param>
-    /// <returns>The runs made.</returns>
+    /// <param name="quietSeconds">Seconds without a new compilation that start to count as settled (longer than the tiering delay of 100 ms).</param>
+    /// <param name="maxSeconds">No run starts after this many seconds from the call.</param>
+    /// <returns>The runs made (at least 1).</returns>
     /// <exception cref="ArgumentNullException"><paramref name="once"/> is null.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="quietSeconds"/> is negative or not finite, or <paramref name="maxSeconds"/> is not positive or not finite.</exception>
     public static int UntilSettled(Action once, double quietSeconds = 0.5, double maxSeconds = 30)
     {
         ArgumentNullException.ThrowIfNull(once);
+        if (!double.IsFinite(quietSeconds) || quietSeconds < 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(quietSeconds), quietSeconds, "must be finite and 0 or more");
+        }
+
+        if (!double.IsFinite(maxSeconds) || maxSeconds <= 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(maxSeconds), maxSeconds, "must be finite and positive");
+        }
+
         int runs = 0;
         var total = Stopwatch.StartNew();
         var quiet = Stopwatch.StartNew();
         int quietRuns = 0;
         long compiled = JitInfo.GetCompiledMethodCount();
-        while (total.Elapsed.TotalSeconds < maxSeconds)
+        do
         {
             once();
             runs++;
@@ -42,12 +60,16 @@ public static class JitWarmup
                 compiled = now;
                 quiet.Restart();
                 quietRuns = 0;
+                continue;
             }
-            else if (++quietRuns >= 2 && quiet.Elapsed.TotalSeconds >= quietSeconds)
+
+            double seconds = quiet.Elapsed.TotalSeconds;
+            if (++quietRuns >= 2 && seconds >= quietSeconds && (quietRuns >= QuietRuns || seconds >= 10 * quietSeconds))
             {
                 break;
             }
         }
+        while (total.Elapsed.TotalSeconds < maxSeconds);
 
         return runs;
     }

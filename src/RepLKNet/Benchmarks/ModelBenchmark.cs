@@ -36,8 +36,8 @@ public static class ModelBenchmark
     /// <summary>
     /// Times <paramref name="config"/> for each implementation on a random batch [<paramref name="batch"/>, C,
     /// <paramref name="resolution"/>, <paramref name="resolution"/>]: the median of up to <paramref name="reps"/> runs
-    /// (stopping after <paramref name="maxSeconds"/>) after <paramref name="warmup"/> untimed ones, in milliseconds per
-    /// batch.
+    /// (stopping after <paramref name="maxSeconds"/>) after <paramref name="warmup"/> untimed ones (by default the mode's
+    /// <see cref="DefaultWarmup"/>, then more until the JIT has settled), in milliseconds per batch.
     /// </summary>
     /// <remarks>
     /// Training needs more than one warm-up step (<see cref="DefaultWarmup"/>): the first steps also create the gradients
@@ -172,7 +172,7 @@ public static class ModelBenchmark
         return results;
     }
 
-    /// <summary>Untimed runs before timing when none are asked for (see the remarks of <see cref="Run"/>).</summary>
+    /// <summary>The fixed part of the untimed runs when none are asked for, before the JIT's settling (see the remarks of <see cref="Run"/>).</summary>
     /// <param name="mode"><c>train</c> or <c>infer</c>.</param>
     /// <returns>3 for <c>train</c>, 1 for <c>infer</c>.</returns>
     /// <exception cref="ArgumentException"><paramref name="mode"/> is neither.</exception>

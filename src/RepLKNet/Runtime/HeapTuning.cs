@@ -22,8 +22,9 @@ public enum NativeAllocator
 /// The native memory allocator. <c>./replknet</c> preloads gperftools' tcmalloc (Debian <c>libtcmalloc-minimal4</c>)
 /// when the machine has it, as PyTorch's CPU launcher (<c>torch.backends.xeon.run_cpu --enable-tcmalloc</c>) does: on the
 /// project machine glibc's malloc spent ~10 % of the main job's training step in its bins (<c>_int_malloc</c>,
-/// <c>_int_free</c>, <c>malloc_consolidate</c>); on tcmalloc a one-thread training step ran ~11 % faster, while the main
-/// job's two-thread (split) epochs were the same within the noise, and the results are the same to the bit
+/// <c>_int_free</c>, <c>malloc_consolidate</c>); on tcmalloc the step's peak memory was 27–57 MiB lower in most runs and
+/// glibc's page-fault outliers went away, while its speed was the same within the noise once the JIT had settled (a ~11 %
+/// one-thread gain measured earlier did not hold up), and the results are the same to the bit
 /// (docs/perf-notes.md; docs/runtime.md, "The memory allocator"). A preload can only happen before the process starts,
 /// so this class does not choose the allocator; it reports it (<see cref="Current"/>) and, on glibc, keeps glibc from
 /// handing large tensors' memory back to the kernel after every free: by default each allocation above 128 KiB–32 MiB is

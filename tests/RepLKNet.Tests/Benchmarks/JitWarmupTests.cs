@@ -1,10 +1,15 @@
 using System.Diagnostics;
 using System.Reflection.Emit;
 using RepLKNet.Benchmarks;
+using RepLKNet.Tests.Support;
 
 namespace RepLKNet.Tests.Benchmarks;
 
-/// <summary>The benchmarks' warm-up runs until the JIT has stopped compiling, and no longer than its cap.</summary>
+/// <summary>
+/// The benchmarks' warm-up runs until the JIT has stopped compiling, and no longer than its cap. Runs alone: the
+/// compiled-method count is the whole process's, and tests compiling in parallel would keep it from settling.
+/// </summary>
+[Collection(SerialTests.Name)]
 public sealed class JitWarmupTests
 {
     // A method the JIT has never seen: compiled on its first call.
@@ -34,21 +39,47 @@ public sealed class JitWarmupTests
 
             calls++;
             Thread.Sleep(10);
-        }, quietSeconds: 0.2, maxSeconds: 20);
+        }, quietSeconds: 0.05, maxSeconds: 20);
         Assert.Equal(calls, runs);
-        // 40 compiling runs (~0.4 s), then at least 0.2 s (and 2 runs) of quiet; other threads' JIT work can only lengthen
-        // it. Blind to the compilations, it would have stopped after ~20 runs (0.2 s).
-        Assert.True(runs >= 42, $"stopped after {runs} runs");
+        // 40 compiling runs, then QuietRuns (64) quiet ones or 0.5 s of them, whichever first (~45 runs of ≥ 10 ms):
+        // blind to the compilations it would have stopped after ~45 runs in all.
+        Assert.True(runs >= 40 + 40, $"stopped after {runs} runs");
         Assert.True(clock.Elapsed.TotalSeconds < 15, $"took {clock.Elapsed.TotalSeconds:F1} s");
     }
 
     [Fact]
-    public void Warm_up_that_never_settles_stops_at_its_cap()
+    public void Quiet_runs_need_at_least_two_of_them_and_the_quiet_time()
+    {
+        static void Idle() => Thread.Sleep(1);
+        Idle();
+        // Nothing of ours compiles and no time is asked: 2 runs, more only when the runtime compiles something meanwhile
+        // (tier-ups of code run earlier happen in the background). One run alone never counts as settled.
+        Assert.InRange(JitWarmup.UntilSettled(Idle, quietSeconds: 0, maxSeconds: 20), 2, 40);
+
+        // Slow runs, each past the quiet time and 10 × it: still 2 of them at least (more while anything compiles; within
+        // the cap, no run starts after 5 s).
+        static void Slow() => Thread.Sleep(300);
+        Slow();
+        Assert.InRange(JitWarmup.UntilSettled(Slow, quietSeconds: 0.02, maxSeconds: 5), 2, 18);
+    }
+
+    [Fact]
+    public async Task Warm_up_that_never_settles_stops_at_its_cap()
     {
         int calls = 0;
         var clock = Stopwatch.StartNew();
-        int runs = JitWarmup.UntilSettled(() => CompileSomethingNew(1000 + calls++), quietSeconds: 0.2, maxSeconds: 0.5);
-        Assert.Equal(calls, runs);
+        var warmup = Task.Run(() => JitWarmup.UntilSettled(() => CompileSomethingNew(1000 + calls++), quietSeconds: 0.2, maxSeconds: 0.5));
+        var first = await Task.WhenAny(warmup, Task.Delay(TimeSpan.FromSeconds(30)));
+        Assert.True(first == warmup, "the warm-up did not stop at its cap");
+        Assert.Equal(calls, await warmup);
         Assert.InRange(clock.Elapsed.TotalSeconds, 0.5, 10);
     }
+
+    [Theory]
+    [InlineData(-1, 30, "quietSeconds")]
+    [InlineData(double.NaN, 30, "quietSeconds")]
+    [InlineData(0.5, 0, "maxSeconds")]
+    [InlineData(0.5, double.PositiveInfinity, "maxSeconds")]
+    public void Bad_limits_are_refused(double quietSeconds, double maxSeconds, string parameter) =>
+        Assert.Equal(parameter, Assert.Throws<ArgumentOutOfRangeException>(() => JitWarmup.UntilSettled(() => { }, quietSeconds, maxSeconds)).ParamName);
 }

@@ -163,10 +163,13 @@ public sealed class ShardingTests
     }
 
     // A classifier whose predictions spread over the classes: a random linear map of the flattened image.
-    private static TorchSharp.Modules.Sequential Classifier(int classes) => Randomized(Sequential(Flatten(), Linear(256, classes)), 0.05);
+    // (Its weights replaced, not perturbed: the default initialisation draws from the global generator, which tests running
+    // in parallel share, and the score's range is asserted.)
+    private static TorchSharp.Modules.Sequential Classifier(int classes) => Randomized(Sequential(Flatten(), Linear(256, classes)), 0.05, replace: true);
 
-    // Weights drawn from a local generator (the global one is shared with tests running in parallel).
-    private static T Randomized<T>(T model, double scale)
+    // Weights drawn from a local generator (the global one is shared with tests running in parallel): replacing the
+    // parameters, or added to their initialisation.
+    private static T Randomized<T>(T model, double scale, bool replace = false)
         where T : Module
     {
         var g = new Generator(12);
@@ -174,7 +177,15 @@ public sealed class ShardingTests
         foreach (var p in model.parameters())
         {
             using var draw = randn(p.shape, generator: g);
-            Scalars.AddInPlace(p, Scalars.MulInPlace(draw, scale));
+            Scalars.MulInPlace(draw, scale);
+            if (replace)
+            {
+                p.copy_(draw);
+            }
+            else
+            {
+                Scalars.AddInPlace(p, draw);
+            }
         }
 
         return model;

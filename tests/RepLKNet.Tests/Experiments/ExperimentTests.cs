@@ -9,6 +9,7 @@ using static TorchSharp.torch;
 
 namespace RepLKNet.Tests.Experiments;
 
+[Collection(SerialTests.Name)]
 public sealed class ExperimentTests
 {
     public ExperimentTests() => Torch.EnsureLoaded();

@@ -54,7 +54,7 @@ public sealed class BenchModelCommand(IAnsiConsole console) : Command<BenchModel
 
         /// <summary>Warm-up runs.</summary>
         [CommandOption("--warmup <N>")]
-        [Description("Untimed runs per implementation before timing, exactly. Default: 3 in train mode (the heap still grows over the first steps and their page faults would be timed), 1 in infer mode, then more until .NET's JIT has settled (no method compiled for 0.5 s; unoptimized tier-0 code would be timed).")]
+        [Description("Untimed runs per implementation before timing, exactly. Default: 3 in train mode (the heap still grows over the first steps and their page faults would be timed), 1 in infer mode, then more until .NET's JIT has settled (no method compiled for 0.5 s, then for 64 runs or 5 s; no warm-up run starts after 30 s; unoptimized tier-0 code would be timed).")]
         public int? Warmup { get; init; }
 
         /// <summary>Deploy form.</summary>
