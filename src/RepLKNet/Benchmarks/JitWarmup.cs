@@ -35,42 +35,70 @@ public static class JitWarmup
     public static int UntilSettled(Action once, double quietSeconds = 0.5, double maxSeconds = 30)
     {
         ArgumentNullException.ThrowIfNull(once);
-        if (!double.IsFinite(quietSeconds) || quietSeconds < 0)
-        {
-            throw new ArgumentOutOfRangeException(nameof(quietSeconds), quietSeconds, "must be finite and 0 or more");
-        }
-
-        if (!double.IsFinite(maxSeconds) || maxSeconds <= 0)
-        {
-            throw new ArgumentOutOfRangeException(nameof(maxSeconds), maxSeconds, "must be finite and positive");
-        }
-
+        var watch = new Watch(quietSeconds, maxSeconds);
         int runs = 0;
-        var total = Stopwatch.StartNew();
-        var quiet = Stopwatch.StartNew();
-        int quietRuns = 0;
-        long compiled = JitInfo.GetCompiledMethodCount();
         do
         {
             once();
             runs++;
-            long now = JitInfo.GetCompiledMethodCount();
-            if (now != compiled)
-            {
-                compiled = now;
-                quiet.Restart();
-                quietRuns = 0;
-                continue;
-            }
-
-            double seconds = quiet.Elapsed.TotalSeconds;
-            if (++quietRuns >= 2 && seconds >= quietSeconds && (quietRuns >= QuietRuns || seconds >= 10 * quietSeconds))
-            {
-                break;
-            }
         }
-        while (total.Elapsed.TotalSeconds < maxSeconds);
+        while (!watch.Observe());
 
         return runs;
+    }
+
+    /// <summary>
+    /// The rule of <see cref="UntilSettled"/> as a state, for callers that run the warm-up themselves (several processes
+    /// that must agree on one count: <see cref="ScaleBenchmark"/>). Created when the warm-up starts; <see cref="Observe"/>
+    /// after every run.
+    /// </summary>
+    public sealed class Watch
+    {
+        private readonly double _quietSeconds;
+        private readonly double _maxSeconds;
+        private readonly Stopwatch _total = Stopwatch.StartNew();
+        private readonly Stopwatch _quiet = Stopwatch.StartNew();
+        private long _compiled = JitInfo.GetCompiledMethodCount();
+        private int _quietRuns;
+
+        /// <summary>Starts watching (see <see cref="UntilSettled"/> for the rule and the parameters).</summary>
+        /// <exception cref="ArgumentOutOfRangeException"><paramref name="quietSeconds"/> is negative or not finite, or <paramref name="maxSeconds"/> is not positive or not finite.</exception>
+        public Watch(double quietSeconds = 0.5, double maxSeconds = 30)
+        {
+            if (!double.IsFinite(quietSeconds) || quietSeconds < 0)
+            {
+                throw new ArgumentOutOfRangeException(nameof(quietSeconds), quietSeconds, "must be finite and 0 or more");
+            }
+
+            if (!double.IsFinite(maxSeconds) || maxSeconds <= 0)
+            {
+                throw new ArgumentOutOfRangeException(nameof(maxSeconds), maxSeconds, "must be finite and positive");
+            }
+
+            _quietSeconds = quietSeconds;
+            _maxSeconds = maxSeconds;
+        }
+
+        /// <summary>Records one finished run; true when the JIT has settled or no further run may start (the cap).</summary>
+        public bool Observe()
+        {
+            long now = JitInfo.GetCompiledMethodCount();
+            if (now != _compiled)
+            {
+                _compiled = now;
+                _quiet.Restart();
+                _quietRuns = 0;
+            }
+            else
+            {
+                double seconds = _quiet.Elapsed.TotalSeconds;
+                if (++_quietRuns >= 2 && seconds >= _quietSeconds && (_quietRuns >= QuietRuns || seconds >= 10 * _quietSeconds))
+                {
+                    return true;
+                }
+            }
+
+            return _total.Elapsed.TotalSeconds >= _maxSeconds;
+        }
     }
 }

@@ -17,7 +17,7 @@ namespace RepLKNet.Benchmarks;
 /// <param name="AllReduceMs">Median over the timed steps of the slowest rank's gradient averaging (<see cref="GradientReducer.LastReduceTime"/>), in milliseconds; 0 for one process.</param>
 /// <param name="AllReduceBytes">Bytes each process sent through allreduce per step (<see cref="GradientReducer.LastReduceBytes"/>); 0 for one process.</param>
 /// <param name="Steps">Timed steps per repeat.</param>
-/// <param name="Warmup">Untimed steps before the first repeat.</param>
+/// <param name="Warmup">Untimed steps before the first repeat (the same on every process).</param>
 /// <param name="Threads">libtorch threads of each process.</param>
 /// <param name="Backend">The process group's engine (<see cref="ProcessGroup.Backend"/>).</param>
 /// <param name="PeakMemory">
@@ -129,19 +129,20 @@ public static class ScaleBenchmark
     /// Times data-parallel training steps of <paramref name="config"/> on <paramref name="group"/>: every process builds the
     /// model, takes rank 0's weights (<see cref="GradientReducer.BroadcastState"/>), and trains on its own random batch
     /// [<paramref name="batch"/>, C, <paramref name="resolution"/>, <paramref name="resolution"/>] (seeded by its rank) with
-    /// the training loop's step and gradient averaging: <paramref name="warmup"/> untimed steps, then
-    /// <paramref name="repeats"/> × <paramref name="steps"/> timed ones. The time of a step is the slowest process's
+    /// the training loop's step and gradient averaging: <paramref name="warmup"/> untimed steps (null: <see cref="DefaultWarmup"/>,
+    /// then more until every process's JIT has settled, <see cref="JitWarmup.Watch"/>, agreed with one max-allreduce per
+    /// step so that all run the same count), then <paramref name="repeats"/> × <paramref name="steps"/> timed ones. The time of a step is the slowest process's
     /// (agreed with one max-allreduce after each repeat, outside the timed steps). Every process returns the same result.
     /// </summary>
     /// <exception cref="ArgumentException">A count that is not positive (warm-up: negative).</exception>
     /// <exception cref="CollectiveException">A collective failed or timed out.</exception>
-    public static ScaleBenchResult Run(RepLKNetConfig config, int batch, int resolution, ProcessGroup group, Device device, int warmup, int steps, int repeats)
+    public static ScaleBenchResult Run(RepLKNetConfig config, int batch, int resolution, ProcessGroup group, Device device, int? warmup, int steps, int repeats)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(group);
         OptionCheck.That(batch > 0, nameof(batch), $"must be positive, got {batch}");
         OptionCheck.That(resolution > 0, nameof(resolution), $"must be positive, got {resolution}");
-        OptionCheck.That(warmup >= 0, nameof(warmup), $"must be ≥ 0, got {warmup}");
+        OptionCheck.That(warmup is null or >= 0, nameof(warmup), $"must be ≥ 0, got {warmup}");
         OptionCheck.That(steps > 0, nameof(steps), $"must be positive, got {steps}");
         OptionCheck.That(repeats > 0, nameof(repeats), $"must be positive, got {repeats}");
 
@@ -170,10 +171,28 @@ public static class ScaleBenchmark
         }
 
         long n = 0;
-        for (int i = 0; i < warmup; i++)
+        for (int i = 0; i < (warmup ?? DefaultWarmup); i++)
         {
             Once(++n);
         }
+
+        if (warmup is null)
+        {
+            // Until the JIT has settled on every process: each says whether it has, the max decides for all.
+            var watch = new JitWarmup.Watch();
+            double[] unsettled = [1];
+            while (unsettled[0] > 0)
+            {
+                Once(++n);
+                unsettled[0] = watch.Observe() ? 0 : 1;
+                if (group.IsDistributed)
+                {
+                    group.AllReduce(unsettled, ReduceOp.Max);
+                }
+            }
+        }
+
+        int warmedUp = (int)n;
 
         var memory = PeakMemory.Start();
         var imagesPerSecond = new List<double>();
@@ -205,8 +224,11 @@ public static class ScaleBenchmark
         }
 
         return new ScaleBenchResult(group.WorldSize, batch, resolution, imagesPerSecond, Median(stepTimes), Median(reduceTimes),
-            reducer?.LastReduceBytes ?? 0, steps, warmup, get_num_threads(), group.Backend, peak);
+            reducer?.LastReduceBytes ?? 0, steps, warmedUp, get_num_threads(), group.Backend, peak);
     }
+
+    /// <summary>The fixed untimed steps when none are asked for, before the JIT's settling.</summary>
+    public const int DefaultWarmup = 3;
 
     /// <summary>The median of <paramref name="values"/> (the mean of the middle two for an even count).</summary>
     /// <exception cref="ArgumentException">No values.</exception>

@@ -72,6 +72,7 @@ public sealed class BenchScaleTests
         Assert.Equal([1, 2], rows.Select(r => r.GetProperty("ranks").GetInt32()));
         Assert.All(rows, r =>
         {
+            Assert.Equal(1, r.GetProperty("warmup").GetInt32()); // exactly as asked
             Assert.Equal(batch, r.GetProperty("batch_per_process").GetInt32());
             Assert.Equal(batch * r.GetProperty("ranks").GetInt32(), r.GetProperty("global_batch").GetInt32());
             Assert.True(r.GetProperty("images_per_s").GetDouble() > 0);
@@ -93,5 +94,23 @@ public sealed class BenchScaleTests
         Assert.InRange(parameters, 78_500_000, 80_500_000);
         Assert.Equal(4 * parameters, estimate.GetProperty("gradient_bytes").GetInt64());
         Assert.Equal(2, estimate.GetProperty("settings").GetArrayLength());
+    }
+
+    [MpiFact]
+    public void By_default_the_ranks_warm_up_until_the_jit_has_settled_on_all_of_them_and_agree_on_the_count()
+    {
+        using var dir = new TempDirectory();
+        string json = dir.File("scale.json");
+        var result = CliRunner.Run("bench", "scale", "--ranks", "2", "--steps", "1", "--repeat", "1", "--batch", "8", "--json", json,
+            "--mpiexec", MpiRunner.Mpiexec!);
+
+        // Both ranks ran the same warm-up steps (else their gradient allreduces would not pair up and the job would hang
+        // until the collective timeout): 3, then at least 2 settled ones.
+        Assert.True(result.ExitCode == 0, result.StdErr + result.StdOut);
+        using var doc = JsonDocument.Parse(File.ReadAllText(json));
+        var row = Assert.Single(doc.RootElement.GetProperty("rows").EnumerateArray());
+        int warmup = row.GetProperty("warmup").GetInt32();
+        Assert.True(warmup >= 3 + 2, $"{warmup} warm-up steps");
+        Assert.Contains($"after {warmup} warm-up", result.StdOut, StringComparison.Ordinal);
     }
 }

@@ -64,9 +64,8 @@ public sealed class BenchScaleCommand(IAnsiConsole console) : Command<BenchScale
 
         /// <summary>Untimed steps first.</summary>
         [CommandOption("--warmup <N>")]
-        [Description("Untimed training steps before the first repeat.")]
-        [DefaultValue(3)]
-        public int Warmup { get; init; } = 3;
+        [Description("Untimed training steps before the first repeat, exactly. Default: 3, then more until .NET's JIT has settled on every rank (as bench model; unoptimized tier-0 code would be timed).")]
+        public int? Warmup { get; init; }
 
         /// <summary>Repeats.</summary>
         [CommandOption("--repeat <N>")]
@@ -198,7 +197,8 @@ public sealed class BenchScaleCommand(IAnsiConsole console) : Command<BenchScale
         [
             "-n", ranks.ToString(CultureInfo.InvariantCulture), .. self, "bench", "scale", "--worker", result,
             "--arch", settings.Arch, "--batch", Invariant(settings.Batch), "--steps", Invariant(settings.Steps),
-            "--warmup", Invariant(settings.Warmup), "--repeat", Invariant(settings.Repeat), "--device", settings.Device,
+            "--repeat", Invariant(settings.Repeat), "--device", settings.Device,
+            .. settings.Warmup is int w ? ["--warmup", Invariant(w)] : Array.Empty<string>(),
             .. settings.Resolution is int r ? ["--resolution", Invariant(r)] : Array.Empty<string>(),
             .. settings.Threads is int t ? ["--threads", Invariant(t)] : Array.Empty<string>(),
             .. settings.CollectiveTimeout is double c ? ["--collective-timeout", c.ToString("R", CultureInfo.InvariantCulture)] : Array.Empty<string>(),
@@ -281,7 +281,7 @@ public sealed class BenchScaleCommand(IAnsiConsole console) : Command<BenchScale
         var output = console.Profile.Out.Writer;
         var baseline = rows.FirstOrDefault(r => r.Ranks == 1);
         output.WriteLine();
-        output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{name}, {rows[0].Resolution}×{rows[0].Resolution}, {rows[0].Steps} timed steps × {rows[0].ImagesPerSecond.Count} repeats after {rows[0].Warmup} warm-up (time of a step: the slowest rank's)"));
+        output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{name}, {rows[0].Resolution}×{rows[0].Resolution}, {rows[0].Steps} timed steps × {rows[0].ImagesPerSecond.Count} repeats after {string.Join("/", rows.Select(r => r.Warmup.ToString(CultureInfo.InvariantCulture)))} warm-up (per row; time of a step: the slowest rank's)"));
         output.WriteLine("| ranks | batch/process | global batch | threads/rank | images/s (median) | images/s (min–max) | step ms | allreduce ms/step | allreduce MB/step | images/s vs 1 rank | efficiency vs 1 rank | peak RSS/rank |");
         output.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         foreach (var r in rows)
