@@ -1,5 +1,7 @@
 using System.Diagnostics;
 using System.Runtime;
+using System.Runtime.CompilerServices;
+using RepLKNet.Distributed;
 
 namespace RepLKNet.Benchmarks;
 
@@ -32,6 +34,7 @@ public static class JitWarmup
     /// <returns>The runs made (at least 1).</returns>
     /// <exception cref="ArgumentNullException"><paramref name="once"/> is null.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="quietSeconds"/> is negative or not finite, or <paramref name="maxSeconds"/> is not positive or not finite.</exception>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static int UntilSettled(Action once, double quietSeconds = 0.5, double maxSeconds = 30)
     {
         ArgumentNullException.ThrowIfNull(once);
@@ -43,6 +46,40 @@ public static class JitWarmup
             runs++;
         }
         while (!watch.Observe());
+
+        return runs;
+    }
+
+    /// <summary>
+    /// The warm-up of several processes that must run the same number of steps (each step's collectives pair up across
+    /// them): every process calls this with the same <paramref name="group"/>; after each run of <paramref name="once"/>,
+    /// each asks its own <paramref name="settled"/> (normally a <see cref="Watch"/>'s <see cref="Watch.Observe"/>) and one
+    /// max-allreduce of the "not yet" flags decides for all: the runs go on while any process is not settled. Every
+    /// process returns the same count.
+    /// </summary>
+    /// <param name="group">The processes (a single process: no collective).</param>
+    /// <param name="once">One untimed run (with the same collectives on every process).</param>
+    /// <param name="settled">This process's verdict after a run; it must become true for good within a bounded time (a <see cref="Watch"/> does, at its cap).</param>
+    /// <returns>The runs made, the same on every process.</returns>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    /// <exception cref="CollectiveException">The allreduce failed or timed out.</exception>
+    public static int UntilAllSettled(ProcessGroup group, Action once, Func<bool> settled)
+    {
+        ArgumentNullException.ThrowIfNull(group);
+        ArgumentNullException.ThrowIfNull(once);
+        ArgumentNullException.ThrowIfNull(settled);
+        int runs = 0;
+        double[] unsettled = [1];
+        while (unsettled[0] > 0)
+        {
+            once();
+            runs++;
+            unsettled[0] = settled() ? 0 : 1;
+            if (group.IsDistributed)
+            {
+                group.AllReduce(unsettled, ReduceOp.Max);
+            }
+        }
 
         return runs;
     }
@@ -61,8 +98,11 @@ public static class JitWarmup
         private long _compiled = JitInfo.GetCompiledMethodCount();
         private int _quietRuns;
 
+        // Compiled once, fully optimized (AggressiveOptimization): the watch's own tier-ups would count as JIT activity.
+
         /// <summary>Starts watching (see <see cref="UntilSettled"/> for the rule and the parameters).</summary>
         /// <exception cref="ArgumentOutOfRangeException"><paramref name="quietSeconds"/> is negative or not finite, or <paramref name="maxSeconds"/> is not positive or not finite.</exception>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public Watch(double quietSeconds = 0.5, double maxSeconds = 30)
         {
             if (!double.IsFinite(quietSeconds) || quietSeconds < 0)
@@ -80,6 +120,7 @@ public static class JitWarmup
         }
 
         /// <summary>Records one finished run; true when the JIT has settled or no further run may start (the cap).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public bool Observe()
         {
             long now = JitInfo.GetCompiledMethodCount();

@@ -130,8 +130,8 @@ public static class ScaleBenchmark
     /// model, takes rank 0's weights (<see cref="GradientReducer.BroadcastState"/>), and trains on its own random batch
     /// [<paramref name="batch"/>, C, <paramref name="resolution"/>, <paramref name="resolution"/>] (seeded by its rank) with
     /// the training loop's step and gradient averaging: <paramref name="warmup"/> untimed steps (null: <see cref="DefaultWarmup"/>,
-    /// then more until every process's JIT has settled, <see cref="JitWarmup.Watch"/>, agreed with one max-allreduce per
-    /// step so that all run the same count), then <paramref name="repeats"/> × <paramref name="steps"/> timed ones. The time of a step is the slowest process's
+    /// then at least one more and more until every process's JIT has settled or 30 s have passed,
+    /// <see cref="JitWarmup.UntilAllSettled"/>, so that all run the same count), then <paramref name="repeats"/> × <paramref name="steps"/> timed ones. The time of a step is the slowest process's
     /// (agreed with one max-allreduce after each repeat, outside the timed steps). Every process returns the same result.
     /// </summary>
     /// <exception cref="ArgumentException">A count that is not positive (warm-up: negative).</exception>
@@ -178,18 +178,9 @@ public static class ScaleBenchmark
 
         if (warmup is null)
         {
-            // Until the JIT has settled on every process: each says whether it has, the max decides for all.
+            // Until the JIT has settled on every process (each runs the same count).
             var watch = new JitWarmup.Watch();
-            double[] unsettled = [1];
-            while (unsettled[0] > 0)
-            {
-                Once(++n);
-                unsettled[0] = watch.Observe() ? 0 : 1;
-                if (group.IsDistributed)
-                {
-                    group.AllReduce(unsettled, ReduceOp.Max);
-                }
-            }
+            JitWarmup.UntilAllSettled(group, () => Once(++n), watch.Observe);
         }
 
         int warmedUp = (int)n;

@@ -82,4 +82,40 @@ public sealed class JitWarmupTests
     [InlineData(0.5, double.PositiveInfinity, "maxSeconds")]
     public void Bad_limits_are_refused(double quietSeconds, double maxSeconds, string parameter) =>
         Assert.Equal(parameter, Assert.Throws<ArgumentOutOfRangeException>(() => JitWarmup.UntilSettled(() => { }, quietSeconds, maxSeconds)).ParamName);
+
+    [Fact]
+    public void A_watch_past_its_cap_says_settled_on_every_later_run()
+    {
+        var watch = new JitWarmup.Watch(quietSeconds: 100, maxSeconds: 0.2);
+        Assert.False(watch.Observe()); // neither settled (100 s of quiet asked) nor past the cap
+        Thread.Sleep(250);
+        for (int i = 0; i < 5; i++)
+        {
+            CompileSomethingNew(2000 + i);
+            Assert.True(watch.Observe(), $"run {i} after the cap");
+        }
+
+        Assert.Equal("maxSeconds", Assert.Throws<ArgumentOutOfRangeException>(() => new JitWarmup.Watch(0.5, -1)).ParamName);
+        Assert.Equal("quietSeconds", Assert.Throws<ArgumentOutOfRangeException>(() => new JitWarmup.Watch(double.PositiveInfinity, 30)).ParamName);
+    }
+
+    [Fact]
+    public void Processes_warm_up_until_all_have_settled_and_agree_on_the_count()
+    {
+        // Scripted verdicts per run (1-based): rank 0 settles from run 7 on; rank 1 looks settled at runs 3-6, compiles
+        // again at 7-8 and settles from 9 on. The runs go on while any rank is unsettled: 9 on both. (Stopping at the
+        // first settled rank would give 3; without the agreement, 7 and 3.)
+        var settledFrom = new Func<int, bool>[] { run => run >= 7, run => run is >= 3 and <= 6 or >= 9 };
+        var counts = new int[2];
+        ThreadProcessGroup.Run(2, g =>
+        {
+            int run = 0;
+            counts[g.Rank] = JitWarmup.UntilAllSettled(g, () => run++, () => settledFrom[g.Rank](run));
+        });
+        Assert.Equal([9, 9], counts);
+
+        // One process: no collective, its own verdict.
+        int single = 0;
+        Assert.Equal(4, JitWarmup.UntilAllSettled(RepLKNet.Distributed.ProcessGroup.Single, () => single++, () => single >= 4));
+    }
 }

@@ -125,6 +125,7 @@ public sealed class BenchCommandsTests
     [InlineData("dwconv", "--impl", "cudnn")]
     [InlineData("dwconv", "--sizes", "0")]
     [InlineData("model", "--warmup", "-1")]
+    [InlineData("scale", "--warmup", "-1")]
     [InlineData("model", "--reps", "0")]
     [InlineData("model", "--mode", "sideways")]
     public void Bench_rejects_bad_options_with_exit_2(string bench, string option, string value)

@@ -64,7 +64,7 @@ public sealed class BenchScaleCommand(IAnsiConsole console) : Command<BenchScale
 
         /// <summary>Untimed steps first.</summary>
         [CommandOption("--warmup <N>")]
-        [Description("Untimed training steps before the first repeat, exactly. Default: 3, then more until .NET's JIT has settled on every rank (as bench model; unoptimized tier-0 code would be timed).")]
+        [Description("Untimed training steps before the first repeat, exactly. Default: 3, then at least one more and more until .NET's JIT has settled on every rank or 30 s have passed (as bench model; unoptimized tier-0 code would be timed).")]
         public int? Warmup { get; init; }
 
         /// <summary>Repeats.</summary>
