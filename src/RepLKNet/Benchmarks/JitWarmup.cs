@@ -34,20 +34,11 @@ public static class JitWarmup
     /// <returns>The runs made (at least 1).</returns>
     /// <exception cref="ArgumentNullException"><paramref name="once"/> is null.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="quietSeconds"/> is negative or not finite, or <paramref name="maxSeconds"/> is not positive or not finite.</exception>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static int UntilSettled(Action once, double quietSeconds = 0.5, double maxSeconds = 30)
     {
         ArgumentNullException.ThrowIfNull(once);
-        var watch = new Watch(quietSeconds, maxSeconds);
-        int runs = 0;
-        do
-        {
-            once();
-            runs++;
-        }
-        while (!watch.Observe());
-
-        return runs;
+        // The one-process case of UntilAllSettled (the limits are checked before the first run).
+        return UntilAllSettled(ProcessGroup.Single, once, new Watch(quietSeconds, maxSeconds).Observe);
     }
 
     /// <summary>
@@ -63,6 +54,7 @@ public static class JitWarmup
     /// <returns>The runs made, the same on every process.</returns>
     /// <exception cref="ArgumentNullException">An argument is null.</exception>
     /// <exception cref="CollectiveException">The allreduce failed or timed out.</exception>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static int UntilAllSettled(ProcessGroup group, Action once, Func<bool> settled)
     {
         ArgumentNullException.ThrowIfNull(group);

@@ -12,7 +12,6 @@ public sealed class AnalysisCommandsTests
     {
         using var dir = new TempDirectory();
         string data = dir.File("data");
-        Directory.CreateDirectory(data);
         FakeFashionMnist.Write(data, train: 10, test: 10);
         var one = CliRunner.Run("erf", "--arch", "RepLKNet-FMNIST", "--dataset", "fashion-mnist", "--data", data, "--num-images", "3", "--size", "56",
             "--out", dir.File("a.png"), "--json", dir.File("a.json"), "--npy", dir.File("a.npy"), "--device", "cpu");
@@ -73,7 +72,6 @@ public sealed class AnalysisCommandsTests
     {
         using var dir = new TempDirectory();
         string data = dir.File("data");
-        Directory.CreateDirectory(data);
         FakeFashionMnist.Write(data, train: 40, test: 20);
         var result = CliRunner.Run("experiment", "kernel-size", "--table", "last-stage", "--data", data, "--max-steps", "1", "--batch-size", "8",
             "--width", "0.25", "--workers", "1", "--out", dir.File("out"), "--device", "cpu");

@@ -19,7 +19,6 @@ public sealed partial class StopSignalTests
     private static (string Data, string Arch) Setup(TempDirectory dir)
     {
         string data = dir.File("data");
-        Directory.CreateDirectory(data);
         FakeFashionMnist.Write(data, train: 1600, test: 100);
         string arch = dir.File("tiny.json");
         File.WriteAllText(arch, """{"large_kernel_sizes": [7, 5], "layers": [1, 1], "channels": [8, 16], "small_kernel": 3, "ffn_ratio": 2, "drop_path_rate": 0.1}""");

@@ -12,7 +12,6 @@ public sealed class TrainCommandTests
     {
         using var dir = new TempDirectory();
         string data = dir.File("data");
-        Directory.CreateDirectory(data);
         FakeFashionMnist.Write(data, train: 320, test: 80);
         string run = dir.File("run");
 
@@ -94,7 +93,6 @@ public sealed class TrainCommandTests
     {
         using var dir = new TempDirectory();
         string data = dir.File("data");
-        Directory.CreateDirectory(data);
         FakeFashionMnist.Write(data, train: 1600, test: 100);
         string arch = dir.File("tiny.json");
         File.WriteAllText(arch, """{"large_kernel_sizes": [7, 5], "layers": [1, 1], "channels": [8, 16], "small_kernel": 3, "ffn_ratio": 2, "drop_path_rate": 0.1}""");
@@ -224,7 +222,6 @@ public sealed class TrainCommandTests
         Assert.Contains(missing, r.StdErr, StringComparison.Ordinal);
 
         string data = dir.File("data");
-        Directory.CreateDirectory(data);
         FakeFashionMnist.Write(data, train: 64, test: 16);
         string empty = dir.File("empty-run");
         r = CliRunner.Run("train", "--data", data, "--out", empty, "--resume", "--max-steps", "1");

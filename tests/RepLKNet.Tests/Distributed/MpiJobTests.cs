@@ -30,7 +30,6 @@ public sealed class MpiJobTests(ITestOutputHelper output)
     {
         using var dir = new TempDirectory();
         string data = dir.File("data");
-        Directory.CreateDirectory(data);
         FakeFashionMnist.Write(data, train: 1280, test: 200);
         string[] common = ["train", "--data", data, "--epochs", "1", "--aug", "none", "--drop-path", "0", "--seed", "3", "--sync-bn", "--device", "cpu", "--dtype", "float64"];
 
@@ -138,7 +137,6 @@ public sealed class MpiJobTests(ITestOutputHelper output)
     {
         using var dir = new TempDirectory();
         string data = dir.File("data");
-        Directory.CreateDirectory(data);
         FakeFashionMnist.Write(data, train: 640, test: 40);
         string[] common = ["train", "--data", data, "--epochs", "1", "--aug", "none", "--drop-path", "0", "--seed", "3", "--device", "cpu", "--dtype", "float64"];
         var one = CliRunner.Run([.. common, "--threads", "1", "--batch-size", "64", "--out", dir.File("one")]);
@@ -155,7 +153,6 @@ public sealed class MpiJobTests(ITestOutputHelper output)
     {
         using var dir = new TempDirectory();
         string data = dir.File("data");
-        Directory.CreateDirectory(data);
         FakeFashionMnist.Write(data, train: 2048, test: 40);
         string run = dir.File("killed-run");
         string[] args = ["train", "--data", data, "--epochs", "2", "--batch-size", "16", "--save-every", "4", "--collective-timeout", "60", "--out", run, "--device", "cpu"];
@@ -198,7 +195,6 @@ public sealed class MpiJobTests(ITestOutputHelper output)
     {
         using var dir = new TempDirectory();
         string data = dir.File("data");
-        Directory.CreateDirectory(data);
         FakeFashionMnist.Write(data, train: 4096, test: 40);
         string run = dir.File("sigint-run");
         string[] args = ["train", "--data", data, "--epochs", "1", "--batch-size", "16", "--save-every", "8", "--out", run, "--device", "cpu"];
@@ -240,7 +236,6 @@ public sealed class MpiJobTests(ITestOutputHelper output)
     {
         using var dir = new TempDirectory();
         string data = dir.File("data");
-        Directory.CreateDirectory(data);
         FakeFashionMnist.Write(data, train: 2048, test: 40);
         string run = dir.File("hung-run");
         var stdout = new StringBuilder();
@@ -281,7 +276,6 @@ public sealed class MpiJobTests(ITestOutputHelper output)
     {
         using var dir = new TempDirectory();
         string data = dir.File("data");
-        Directory.CreateDirectory(data);
         FakeFashionMnist.Write(data, train: 512, test: 40);
         string run = dir.File("run");
         string[] common = ["train", "--data", data, "--epochs", "2", "--aug", "none", "--out", run, "--device", "cpu"];

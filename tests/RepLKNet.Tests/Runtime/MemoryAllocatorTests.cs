@@ -78,7 +78,6 @@ public sealed class MemoryAllocatorTests
     {
         using var dir = new TempDirectory();
         string data = dir.File("data");
-        Directory.CreateDirectory(data);
         FakeFashionMnist.Write(data, train: 320, test: 64);
         string arch = dir.File("tiny.json");
         // No stochastic depth: on 2 threads the steps then run as a batch split (every op of a part on its own thread).

@@ -5,9 +5,10 @@ namespace RepLKNet.Tests.Support;
 /// <summary>Writes Fashion-MNIST-shaped IDX files for CLI tests.</summary>
 internal static class FakeFashionMnist
 {
-    /// <summary>A tiny Fashion-MNIST-shaped dataset: class k is a bright horizontal bar at row 2k+3, plus noise.</summary>
+    /// <summary>A tiny Fashion-MNIST-shaped dataset: class k is a bright horizontal bar at row 2k+3, plus noise; <paramref name="dir"/> is created when missing.</summary>
     public static void Write(string dir, int train, int test)
     {
+        Directory.CreateDirectory(dir);
         var rng = new Random(11);
         foreach (var (prefix, count) in new[] { ("train", train), ("t10k", test) })
         {
