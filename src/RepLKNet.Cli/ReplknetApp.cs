@@ -247,7 +247,9 @@ public static class ReplknetApp
 
     /// <summary>
     /// Spectre's "Failed to convert 'abc' to Double." names no option: put the flag the value was given to in front
-    /// ("--lr 'abc' is not a number").
+    /// ("--lr 'abc' is not a number"), saying what the flag takes by its declared type (<see cref="FlagTypes"/>: Spectre
+    /// words a nullable as "Nullable`1"). A flag given without its value (last, or followed by another flag) reaches Spectre's
+    /// converter as '__default_command': that becomes "--epochs needs a value (an integer)".
     /// </summary>
     internal static string NameTheFlag(string message, string[]? args)
     {
@@ -259,14 +261,28 @@ public static class ReplknetApp
 
         string value = m.Groups[1].Value;
         int at = Array.FindIndex(args, 1, a => a == value);
-        string kind = m.Groups[2].Value switch
+        if (at > 0 && args[at - 1].StartsWith("--", StringComparison.Ordinal))
         {
-            "Int32" or "Int64" => "an integer",
-            "Double" or "Single" or "Decimal" or "Nullable`1" => "a number",
-            var other => $"a valid {other}",
-        };
-        return at > 0 && args[at - 1].StartsWith("--", StringComparison.Ordinal) ? $"{args[at - 1]} '{value}' is not {kind}" : message;
+            string flag = args[at - 1];
+            string kind = m.Groups[2].Value switch
+            {
+                "Int32" or "Int64" => "an integer",
+                "Double" or "Single" or "Decimal" => "a number",
+                "Nullable`1" => FlagTypes.Kind(flag) is "a value" ? "a valid value" : FlagTypes.Kind(flag),
+                var other => $"a valid {other}",
+            };
+            return $"{flag} '{value}' is not {kind}";
+        }
+
+        // A value-taking flag with nothing after it but another flag or the end of the line.
+        int bare = Enumerable.Range(0, args.Length).FirstOrDefault(i =>
+            args[i].StartsWith("--", StringComparison.Ordinal) && FlagTypes.TakesValue(args[i]) && (i + 1 == args.Length || LooksLikeFlag(args[i + 1])), -1);
+        return bare >= 0 ? $"{args[bare]} needs a value ({FlagTypes.Kind(args[bare])})" : message;
     }
+
+    // A token Spectre reads as an option rather than a value: "-x" or "--x", but not a negative number ("-1", "-0.5").
+    private static bool LooksLikeFlag(string token) =>
+        token.StartsWith('-') && token.Length > 1 && !double.TryParse(token, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out _);
 
     private static bool IsUsageError(Exception e) =>
         e is CommandAppException or UsageException or RepLKNet.Models.ConfigException

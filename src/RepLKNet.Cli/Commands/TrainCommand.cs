@@ -272,10 +272,10 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         var output = console.Profile.Out.Writer;
         using var signals = new StopSignals(group.IsMain ? Console.Error : TextWriter.Null, cancellationToken);
         string resumeCommand = DataParallel.LaunchPrefix(group) + ResumeCommand(context.Arguments);
-        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]train[/] {0} on {1}: {2:N0} training / {3:N0} test images, {4} epochs × {5} steps, batch {6}{7}, {8}, {9} threads, {10} loader workers{11} → {12}",
-            Markup.Escape(name), Markup.Escape(data.Name), Math.Min(train.Count, settings.TrainSubset ?? long.MaxValue), data.Test.Count, settings.Epochs, trainer.StepsPerEpoch, settings.BatchSize,
+        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]train[/] {0} on {1}: {2:N0} training / {3:N0} test images, {4} × {5} steps{13}, batch {6}{7}, {8}, {9} threads, {10} loader workers{11} → {12}",
+            Markup.Escape(name), Markup.Escape(data.Name), Math.Min(train.Count, settings.TrainSubset ?? long.MaxValue), data.Test.Count, settings.Epochs == 1 ? "1 epoch" : $"{settings.Epochs} epochs", trainer.StepsPerEpoch, settings.BatchSize,
             settings.AccumSteps > 1 ? $" × {settings.AccumSteps} accumulated" : "", device, torch.get_num_threads(), options.Workers, Markup.Escape(DescribeJob(group, settings.BatchSize * settings.AccumSteps, settings.SyncBn)),
-            Markup.Escape(settings.Out));
+            Markup.Escape(settings.Out), settings.MaxSteps is long max && max < (long)settings.Epochs * trainer.StepsPerEpoch ? $" (stopping at step {max:N0} of {(long)settings.Epochs * trainer.StepsPerEpoch:N0}, --max-steps)" : "");
         console.MarkupLine($"  data: {Markup.Escape(augment.Describe(trainer.Pipeline.Size))}; {Markup.Escape(data.Normalization.ToString())}");
         var history = new List<EpochMetrics>();
         var started = DateTime.UtcNow;
@@ -349,7 +349,11 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         }
         else
         {
-            console.Profile.Out.Writer.WriteLine($"stopped inside the first epoch (no evaluation, no best checkpoint yet; the weights so far are {Path.Combine(settings.Out, "last.safetensors")}). Continue with: {resumeCommand}");
+            // Stopped by --max-steps: resuming with the same limit would stop again at once, so the command drops it.
+            bool byMaxSteps = settings.MaxSteps is not null && trainer.StepsDone >= trainer.TotalSteps;
+            string why = byMaxSteps ? $"stopped by --max-steps {settings.MaxSteps} inside the first epoch" : "stopped inside the first epoch";
+            string resume = byMaxSteps ? DataParallel.LaunchPrefix(group) + ResumeCommand(context.Arguments, withoutMaxSteps: true) : resumeCommand;
+            console.Profile.Out.Writer.WriteLine($"{why} (no evaluation, no best checkpoint yet; the weights so far are {Path.Combine(settings.Out, "last.safetensors")}). Continue with: {resume}");
         }
 
         return ExitCodes.Success;
@@ -361,10 +365,25 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
             ? $"; {group.WorldSize} processes ({group.Backend}), global batch {(long)perProcessBatch * group.WorldSize} = {perProcessBatch} per process × {group.WorldSize}{(syncBn ? ", SyncBN" : "")}"
             : "";
 
-    /// <summary>The command that continues this run: the same arguments with --resume (shell-quoted where needed).</summary>
-    internal static string ResumeCommand(IEnumerable<string> arguments)
+    /// <summary>
+    /// The command that continues this run: the same arguments with --resume (shell-quoted where needed); with
+    /// <paramref name="withoutMaxSteps"/> also without <c>--max-steps N</c> (a run that stopped at its limit would stop again).
+    /// </summary>
+    internal static string ResumeCommand(IEnumerable<string> arguments, bool withoutMaxSteps = false)
     {
         var args = arguments.ToList();
+        for (int i = args.Count - 1; withoutMaxSteps && i >= 0; i--)
+        {
+            if (args[i] == "--max-steps")
+            {
+                args.RemoveRange(i, Math.Min(2, args.Count - i));
+            }
+            else if (args[i].StartsWith("--max-steps=", StringComparison.Ordinal))
+            {
+                args.RemoveAt(i);
+            }
+        }
+
         if (args.Count == 0 || args[0] != "train")
         {
             args.Insert(0, "train");

@@ -81,6 +81,24 @@ public sealed class CliTests
         Assert.Contains("'tpu'", result.StdErr, StringComparison.Ordinal);
     }
 
+
+    // Spectre words these by .NET type ("Failed to convert '__default_command' to Int32.", "… to Nullable`1."): the line must
+    // name the flag the user typed and what it takes.
+    [Theory]
+    [InlineData("--epochs needs a value (an integer)", "train", "--epochs")]
+    [InlineData("--epochs needs a value (an integer)", "train", "--epochs", "--lr", "1")]
+    [InlineData("--lr needs a value (a number)", "train", "--resume", "--lr")]
+    [InlineData("--seed needs a value (an integer)", "train", "--seed", "--device", "cpu")]
+    [InlineData("--warmup '1.5' is not an integer", "bench", "model", "--warmup", "1.5")]
+    [InlineData("--warmup needs a value (an integer)", "bench", "model", "--warmup")]
+    public void A_flag_without_its_value_or_with_a_wrong_kind_is_named(string expected, params string[] args)
+    {
+        var result = CliRunner.Run(args);
+
+        Assert.Equal(2, result.ExitCode);
+        Assert.Equal($"replknet: usage: {expected}", result.StdErr.Split('\n')[0]);
+        Assert.DoesNotContain("__default_command", result.StdErr, StringComparison.Ordinal);
+    }
     [Fact]
     public void Cuda_without_a_CUDA_libtorch_fails_with_exit_1_and_says_what_to_do()
     {

@@ -79,6 +79,30 @@ public sealed class TrainCommandTests
     }
 
     [Fact]
+    public void A_run_stopped_by_max_steps_says_so_and_its_resume_command_goes_on_past_the_limit()
+    {
+        using var dir = new TempDirectory();
+        string data = dir.File("data");
+        FakeFashionMnist.Write(data, train: 96, test: 16);
+        string run = dir.File("run");
+
+        var first = CliRunner.Run("train", "--data", data, "--epochs", "1", "--batch-size", "32", "--max-steps", "2", "--out", run, "--device", "cpu");
+
+        Assert.True(first.ExitCode == 0, first.StdErr + first.StdOut);
+        string text = System.Text.RegularExpressions.Regex.Replace(first.StdOut, @"\s+", " "); // the console wraps long lines
+        Assert.Contains("1 epoch × 3 steps (stopping at step 2 of 3, --max-steps)", text, StringComparison.Ordinal);
+        Assert.Contains("stopped by --max-steps 2 inside the first epoch", text, StringComparison.Ordinal);
+        var resume = System.Text.RegularExpressions.Regex.Match(text, @"Continue with: \./replknet (.*)$").Groups[1].Value.Trim().Split(' ');
+        Assert.Equal(["train", "--data", data, "--epochs", "1", "--batch-size", "32", "--out", run, "--device", "cpu", "--resume"], resume);
+
+        // The printed command finishes the run instead of stopping at the same limit again.
+        var second = CliRunner.Run(resume);
+        Assert.True(second.ExitCode == 0, second.StdErr + second.StdOut);
+        Assert.Matches(@"epoch\s+1/1: loss", second.StdOut);
+        Assert.DoesNotContain("stopped", second.StdOut, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Train_without_data_says_where_it_looked()
     {
         using var dir = new TempDirectory();

@@ -40,9 +40,9 @@ public sealed class MpiJobTests(ITestOutputHelper output)
         string header = System.Text.RegularExpressions.Regex.Replace(two.StdOut, @"\s+", " "); // the console wraps long lines
         Assert.Contains("2 processes (mpi, MPICH", header, StringComparison.Ordinal);
         Assert.Contains("global batch 64 = 32 per process × 2, SyncBN", header, StringComparison.Ordinal);
-        Assert.Contains("1 epochs × 20 steps", header, StringComparison.Ordinal);
+        Assert.Contains("1 epoch × 20 steps", header, StringComparison.Ordinal);
         Assert.Contains("SyncBN: ", two.StdOut, StringComparison.Ordinal);
-        Assert.Contains("1 epochs × 20 steps", one.StdOut, StringComparison.Ordinal);
+        Assert.Contains("1 epoch × 20 steps", one.StdOut, StringComparison.Ordinal);
 
         var (relative, zero) = Difference(Path.Combine(dir.File("one"), "last.safetensors"), Path.Combine(dir.File("two"), "last.safetensors"), output);
         Assert.True(relative <= 1e-3, $"weights differ by {relative:E2} (relative to each tensor's largest value)");
