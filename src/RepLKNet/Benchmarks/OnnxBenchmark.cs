@@ -26,9 +26,10 @@ namespace RepLKNet.Benchmarks;
 /// <param name="TorchSharpPeakMemory">Peak resident memory during the timed runs with our depthwise convolution; null likewise.</param>
 /// <param name="LibTorchDepthwisePeakMemory">Peak resident memory during the timed runs with libtorch's depthwise convolution; null likewise.</param>
 /// <param name="Frozen">The frozen model's settings and figures (<see cref="FrozenRepLKNet"/>, our depthwise convolution); null where not measured.</param>
+/// <param name="WarmupRuns">Untimed runs before each engine's timed ones, in row order: ONNX Runtime, ours, libtorch's depthwise conv, then the frozen model where measured; null where not recorded.</param>
 public sealed record OnnxBenchResult(OnnxModelInfo Model, int Batch, int Threads, string OrtVersion, double OrtMs, double TorchSharpMs, double LibTorchDepthwiseMs,
     PeakResidentMemory? OrtPeakMemory = null, PeakResidentMemory? TorchSharpPeakMemory = null, PeakResidentMemory? LibTorchDepthwisePeakMemory = null,
-    FrozenBenchFigures? Frozen = null)
+    FrozenBenchFigures? Frozen = null, IReadOnlyList<int>? WarmupRuns = null)
 {
     /// <summary>ONNX Runtime's images per second.</summary>
     public double OrtImagesPerSecond => Batch / (OrtMs / 1e3);
@@ -112,13 +113,41 @@ public sealed class OnnxBenchmark : IDisposable
     }
 
     /// <summary>
-    /// Times each engine: two warm-up runs, then the median of <paramref name="reps"/> timed runs, with the process's
-    /// peak resident memory over the timed runs (the counter reset after each engine's warm-up where the system allows it).
+    /// Times each engine: <paramref name="warmup"/> untimed runs (null: two, then more until .NET's JIT has settled,
+    /// <see cref="JitWarmup.UntilSettled"/>: the frozen model's managed 1×1 products and the deploy model's glue would
+    /// otherwise be timed as unoptimized tier-0 code for their first 30 calls), then the median of <paramref name="reps"/>
+    /// timed runs, with the process's peak resident memory over the timed runs (the counter reset after each engine's
+    /// warm-up where the system allows it).
     /// </summary>
-    /// <exception cref="ArgumentOutOfRangeException"><paramref name="reps"/> is not positive.</exception>
-    public OnnxBenchResult Run(int reps)
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="reps"/> is not positive, or <paramref name="warmup"/> is negative.</exception>
+    public OnnxBenchResult Run(int reps, int? warmup = null)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(reps);
+        if (warmup is int w)
+        {
+            ArgumentOutOfRangeException.ThrowIfNegative(w, nameof(warmup));
+        }
+
+        var warmups = new List<int>();
+        (double Ms, PeakResidentMemory? Peak) Median(Func<double> once)
+        {
+            int untimed = warmup ?? DefaultWarmup;
+            for (int i = 0; i < untimed; i++)
+            {
+                once();
+            }
+
+            if (warmup is null)
+            {
+                untimed += JitWarmup.UntilSettled(() => once());
+            }
+
+            warmups.Add(untimed);
+            var memory = PeakMemory.Start();
+            var times = Enumerable.Range(0, reps).Select(_ => once()).Order().ToList();
+            return (times[times.Count / 2], memory.Read());
+        }
+
         long[] shape = [Batch, Model.Channels, Model.InputHeight, Model.InputWidth];
         var input = new float[shape.Aggregate(1L, (a, b) => a * b)];
         var random = new Random(0);
@@ -182,16 +211,16 @@ public sealed class OnnxBenchmark : IDisposable
 
         double TorchOnce() => TimeForward(t => model.forward_intermediates(t), t => model.call(t));
 
-        var ort = Median(OrtOnce, reps);
+        var ort = Median(OrtOnce);
         (double Ms, PeakResidentMemory? Peak) ours, theirs;
         using (DepthwiseConv2d.Use(DepthwiseBackend.Ours))
         {
-            ours = Median(TorchOnce, reps);
+            ours = Median(TorchOnce);
         }
 
         using (DepthwiseConv2d.Use(DepthwiseBackend.Torch))
         {
-            theirs = Median(TorchOnce, reps);
+            theirs = Median(TorchOnce);
         }
 
         // Then the frozen model of the same (random) weights, made only now so that the rows above do not carry its copy,
@@ -217,22 +246,16 @@ public sealed class OnnxBenchmark : IDisposable
         (double Ms, PeakResidentMemory? Peak) frozenTime;
         using (DepthwiseConv2d.Use(DepthwiseBackend.Ours))
         {
-            frozenTime = Median(FrozenOnce, reps);
+            frozenTime = Median(FrozenOnce);
         }
 
         var frozenFigures = new FrozenBenchFigures(frozen.ChannelsLast, frozen.SlicesBatch(Batch), frozenTime.Ms, frozenTime.Peak, frozenDiff);
-        return new OnnxBenchResult(Model, Batch, Threads, OrtEnv.Instance().GetVersionString(), ort.Ms, ours.Ms, theirs.Ms, ort.Peak, ours.Peak, theirs.Peak, frozenFigures);
+        return new OnnxBenchResult(Model, Batch, Threads, OrtEnv.Instance().GetVersionString(), ort.Ms, ours.Ms, theirs.Ms, ort.Peak, ours.Peak, theirs.Peak, frozenFigures, warmups);
     }
 
     /// <inheritdoc />
     public void Dispose() => _session.Dispose();
 
-    private static (double Ms, PeakResidentMemory? Peak) Median(Func<double> once, int reps)
-    {
-        once();
-        once();
-        var memory = PeakMemory.Start();
-        var times = Enumerable.Range(0, reps).Select(_ => once()).Order().ToList();
-        return (times[times.Count / 2], memory.Read());
-    }
+    /// <summary>Untimed runs per engine before the JIT watch (<see cref="Run"/> without an exact warm-up).</summary>
+    public const int DefaultWarmup = 2;
 }

@@ -227,7 +227,22 @@ public sealed class OnnxExportTests
             Assert.True(doc.RootElement.GetProperty("frozen_channels_last").GetBoolean());
             Assert.Equal(get_num_threads() >= 2, doc.RootElement.GetProperty("frozen_batch_parallel").GetBoolean());
             Assert.InRange(doc.RootElement.GetProperty("frozen_max_abs_diff").GetDouble(), 0, 1e-3);
+            // Each of the 4 rows warmed up twice, then until the JIT had settled (at least 2 more runs).
+            var warm = doc.RootElement.GetProperty("warmup_runs").EnumerateArray().Select(e => e.GetInt32()).ToArray();
+            Assert.Equal(4, warm.Length);
+            Assert.All(warm, n => Assert.True(n >= RepLKNet.Benchmarks.OnnxBenchmark.DefaultWarmup + 2, $"{n} warm-up runs"));
         }
+
+        var exact = CliRunner.Run("bench", "onnx", "--onnx", dir.File("m.onnx"), "--batch", "2", "--reps", "1", "--warmup", "1", "--json", dir.File("w.json"));
+        Assert.True(exact.ExitCode == 0, exact.StdOut + exact.StdErr);
+        using (var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllText(dir.File("w.json"))))
+        {
+            Assert.Equal([1, 1, 1, 1], doc.RootElement.GetProperty("warmup_runs").EnumerateArray().Select(e => e.GetInt32()));
+        }
+
+        var negative = CliRunner.Run("bench", "onnx", "--onnx", dir.File("m.onnx"), "--warmup", "-1");
+        Assert.Equal(2, negative.ExitCode);
+        Assert.Contains("--warmup -1: must be 0 or more", negative.StdErr, StringComparison.Ordinal);
 
         // Bad options are refused before anything runs, naming the option.
         var parentIsFile = CliRunner.Run("bench", "onnx", "--onnx", dir.File("m.onnx"), "--json", Path.Combine(dir.File("a.png"), "b.json"));
@@ -247,6 +262,6 @@ public sealed class OnnxExportTests
         var notOnnx = CliRunner.Run("predict", "--onnx", dir.File("a.png"), dir.File("a.png"));
         Assert.Equal(1, notOnnx.ExitCode);
         Assert.Contains("a.png", notOnnx.StdErr, StringComparison.Ordinal);
-        Assert.Equal(["a.png", "arch.json", "b.json", "m.onnx"], Directory.GetFileSystemEntries(dir.Path).Select(Path.GetFileName).Order());
+        Assert.Equal(["a.png", "arch.json", "b.json", "m.onnx", "w.json"], Directory.GetFileSystemEntries(dir.Path).Select(Path.GetFileName).Order());
     }
 }

@@ -27,15 +27,21 @@ public sealed class BenchOnnxCommand(IAnsiConsole console) : Command<BenchOnnxCo
 
         /// <summary>Reps.</summary>
         [CommandOption("--reps <N>")]
-        [Description("Timed runs per engine (median), after two warm-up runs.")]
+        [Description("Timed runs per engine (median), after the warm-up (--warmup).")]
         [DefaultValue(5)]
         public int Reps { get; init; } = 5;
+
+        /// <summary>Warm-up runs.</summary>
+        [CommandOption("--warmup <N>")]
+        [Description("Untimed runs per engine before timing, exactly. Default: 2, then more until .NET's JIT has settled (no method compiled for 0.5 s, then for 64 runs or 5 s; no warm-up run starts after 30 s; unoptimized tier-0 code would be timed).")]
+        public int? Warmup { get; init; }
 
         /// <inheritdoc />
         public override ValidationResult Validate() =>
             string.IsNullOrWhiteSpace(Onnx) ? ValidationResult.Error("--onnx is required")
             : Batch <= 0 ? ValidationResult.Error($"--batch {Batch} must be positive")
             : Reps <= 0 ? ValidationResult.Error($"--reps {Reps} must be positive")
+            : Warmup < 0 ? ValidationResult.Error($"--warmup {Warmup}: must be 0 or more")
             : base.Validate() is { Successful: false } failed ? failed
             : DeviceRequest.Kind == DeviceRequestKind.Cuda ? ValidationResult.Error($"--device {Device}: bench onnx runs both engines on the CPU (ONNX Runtime's CPU provider)")
             : ValidationResult.Success();
@@ -50,7 +56,7 @@ public sealed class BenchOnnxCommand(IAnsiConsole console) : Command<BenchOnnxCo
         var info = bench.Model;
         console.MarkupLine(CultureInfo.InvariantCulture, "[bold]{0}[/] ({1}, {2}), batch {3} at {4}×{5}, {6} threads, CPU",
             Markup.Escape(Path.GetFileName(settings.Onnx!)), Markup.Escape(info.Arch), info.Form, settings.Batch, info.InputHeight, info.InputWidth, bench.Threads);
-        var r = bench.Run(settings.Reps);
+        var r = bench.Run(settings.Reps, settings.Warmup);
         var table = new Table().AddColumns("engine", "ms/batch", "images/s", "peak RSS");
         table.AddRow($"ONNX Runtime {Markup.Escape(r.OrtVersion)}", F(r.OrtMs, "F1"), F(r.OrtImagesPerSecond, "F2"), Peak(r.OrtPeakMemory));
         table.AddRow("TorchSharp deploy, our depthwise conv", F(r.TorchSharpMs, "F1"), F(r.TorchSharpImagesPerSecond, "F2"), Peak(r.TorchSharpPeakMemory));
@@ -65,6 +71,12 @@ public sealed class BenchOnnxCommand(IAnsiConsole console) : Command<BenchOnnxCo
         if ((r.OrtPeakMemory ?? r.TorchSharpPeakMemory) is { } memory)
         {
             console.MarkupLine(CultureInfo.InvariantCulture, "peak RSS: the whole process's during each engine's timed runs, both engines' weights loaded ({0})", Markup.Escape(memory.Source));
+        }
+
+        if (r.WarmupRuns is { } warm)
+        {
+            console.MarkupLine(CultureInfo.InvariantCulture, "warm-up runs before timing, by row: {0}{1}", string.Join(", ", warm),
+                settings.Warmup is null ? " (until the JIT had settled)" : "");
         }
 
         console.MarkupLine(CultureInfo.InvariantCulture, "[bold]ONNX Runtime / TorchSharp: {0:F2}× (ours), {1:F2}× (libtorch's)[/] (images/s)",
@@ -86,6 +98,7 @@ public sealed class BenchOnnxCommand(IAnsiConsole console) : Command<BenchOnnxCo
             ["frozen_ms"] = r.Frozen is { } fj ? Math.Round(fj.Ms, 2) : null, ["frozen_images_per_s"] = r.Frozen is { } fi ? Math.Round(r.Batch / (fi.Ms / 1e3), 3) : null,
             ["frozen_channels_last"] = r.Frozen?.ChannelsLast, ["frozen_batch_parallel"] = r.Frozen?.BatchParallel,
             ["frozen_peak_rss_bytes"] = r.Frozen?.PeakMemory?.Bytes, ["frozen_max_abs_diff"] = r.Frozen?.MaxLogitDifference,
+            ["warmup_runs"] = r.WarmupRuns is { } wj ? new JsonArray([.. wj.Select(n => (JsonNode)n)]) : null,
         });
         return ExitCodes.Success;
     }
