@@ -246,39 +246,78 @@ public static class ReplknetApp
     }
 
     /// <summary>
-    /// Spectre's "Failed to convert 'abc' to Double." names no option: put the flag the value was given to in front
-    /// ("--lr 'abc' is not a number"), saying what the flag takes by its declared type (<see cref="FlagTypes"/>: Spectre
-    /// words a nullable as "Nullable`1"). A flag given without its value (last, or followed by another flag) reaches Spectre's
-    /// converter as '__default_command': that becomes "--epochs needs a value (an integer)".
+    /// Spectre words a refused value by .NET type and names no option ("Failed to convert 'abc' to Double.", "… to
+    /// Nullable`1."): put the flag the value was given to in front, found as "--flag value", "--flag=value" or
+    /// "--flag:value" among the flags whose declared type can refuse it (<see cref="FlagTypes"/>), and say what it takes
+    /// ("--lr 'abc' is not a number"). A flag given without its value reaches the converter as '__default_command', or
+    /// comes as "Option 'x' is defined but no value has been provided." or "Expected an option value.": that becomes
+    /// "--epochs needs a value (an integer)". Other messages pass unchanged.
     /// </summary>
     internal static string NameTheFlag(string message, string[]? args)
     {
-        var m = System.Text.RegularExpressions.Regex.Match(message, @"^Failed to convert '(.*)' to (.+?)\.?$");
-        if (!m.Success || args is null)
+        if (args is null)
         {
             return message;
         }
 
-        string value = m.Groups[1].Value;
-        int at = Array.FindIndex(args, 1, a => a == value);
-        if (at > 0 && args[at - 1].StartsWith("--", StringComparison.Ordinal))
+        var noValue = System.Text.RegularExpressions.Regex.Match(message, @"^Option '([^']+)' is defined but no value has been provided\.?$");
+        if (noValue.Success)
         {
-            string flag = args[at - 1];
-            string kind = m.Groups[2].Value switch
-            {
-                "Int32" or "Int64" => "an integer",
-                "Double" or "Single" or "Decimal" => "a number",
-                "Nullable`1" => FlagTypes.Kind(flag) is "a value" ? "a valid value" : FlagTypes.Kind(flag),
-                var other => $"a valid {other}",
-            };
-            return $"{flag} '{value}' is not {kind}";
+            return NeedsValue("--" + noValue.Groups[1].Value);
         }
 
-        // A value-taking flag with nothing after it but another flag or the end of the line.
-        int bare = Enumerable.Range(0, args.Length).FirstOrDefault(i =>
-            args[i].StartsWith("--", StringComparison.Ordinal) && FlagTypes.TakesValue(args[i]) && (i + 1 == args.Length || LooksLikeFlag(args[i + 1])), -1);
-        return bare >= 0 ? $"{args[bare]} needs a value ({FlagTypes.Kind(args[bare])})" : message;
+        if (message.StartsWith("Expected an option value", StringComparison.Ordinal)
+            && args.FirstOrDefault(a => a.StartsWith("--", StringComparison.Ordinal) && (a.EndsWith('=') || a.EndsWith(':'))) is { } empty)
+        {
+            return NeedsValue(empty[..^1]);
+        }
+
+        var m = System.Text.RegularExpressions.Regex.Match(message, @"^Failed to convert '(.*)' to (.+?)\.?$");
+        if (!m.Success)
+        {
+            return message;
+        }
+
+        string value = m.Groups[1].Value, type = m.Groups[2].Value;
+        if (value == FlagTypes.DefaultCommandPlaceholder)
+        {
+            // A converted flag with nothing after it but another flag or the end of the line.
+            int bare = Enumerable.Range(0, args.Length).FirstOrDefault(i =>
+                args[i].StartsWith("--", StringComparison.Ordinal) && FlagTypes.CanFail(args[i], type) && (i + 1 == args.Length || LooksLikeFlag(args[i + 1])), -1);
+            return bare >= 0 ? NeedsValue(args[bare]) : message;
+        }
+
+        for (int i = 0; i < args.Length; i++)
+        {
+            string? flag = null;
+            int joined = args[i].StartsWith("--", StringComparison.Ordinal) ? args[i].IndexOfAny(['=', ':']) : -1;
+            if (joined > 2 && args[i][(joined + 1)..] == value)
+            {
+                flag = args[i][..joined];
+            }
+            else if (i > 0 && args[i] == value && args[i - 1].StartsWith("--", StringComparison.Ordinal))
+            {
+                flag = args[i - 1];
+            }
+
+            if (flag is not null && FlagTypes.CanFail(flag, type))
+            {
+                string kind = type switch
+                {
+                    "Int32" or "Int64" => "an integer",
+                    "Double" or "Single" or "Decimal" => "a number",
+                    "Nullable`1" => FlagTypes.Kind(flag) ?? "a valid value",
+                    var other => $"a valid {other}",
+                };
+                return $"{flag} '{value}' is not {kind}";
+            }
+        }
+
+        return message;
     }
+
+    // "--epochs needs a value (an integer)"; without the kind where the flag's values are not only numbers.
+    private static string NeedsValue(string flag) => FlagTypes.Kind(flag) is { } kind ? $"{flag} needs a value ({kind})" : $"{flag} needs a value";
 
     // A token Spectre reads as an option rather than a value: "-x" or "--x", but not a negative number ("-1", "-0.5").
     private static bool LooksLikeFlag(string token) =>

@@ -346,6 +346,11 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         {
             TrainPlots.Curves(history, Path.Combine(settings.Out, "curves.png"), name);
             Finish(trainer, history, settings, started);
+            if (settings.MaxSteps is long limit && trainer.StepsDone < (long)settings.Epochs * trainer.StepsPerEpoch)
+            {
+                // The best and deploy checkpoints above are of the run so far; the schedule goes on where it stopped.
+                console.Profile.Out.Writer.WriteLine($"stopped by --max-steps {limit} at step {trainer.StepsDone} of {(long)settings.Epochs * trainer.StepsPerEpoch}. Continue with: {DataParallel.LaunchPrefix(group) + ResumeCommand(context.Arguments, withoutMaxSteps: true)}");
+            }
         }
         else
         {
@@ -378,7 +383,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
             {
                 args.RemoveRange(i, Math.Min(2, args.Count - i));
             }
-            else if (args[i].StartsWith("--max-steps=", StringComparison.Ordinal))
+            else if (args[i].StartsWith("--max-steps=", StringComparison.Ordinal) || args[i].StartsWith("--max-steps:", StringComparison.Ordinal))
             {
                 args.RemoveAt(i);
             }

@@ -91,13 +91,27 @@ public sealed class CliTests
     [InlineData("--seed needs a value (an integer)", "train", "--seed", "--device", "cpu")]
     [InlineData("--warmup '1.5' is not an integer", "bench", "model", "--warmup", "1.5")]
     [InlineData("--warmup needs a value (an integer)", "bench", "model", "--warmup")]
+    [InlineData("--num-classes needs a value (an integer)", "describe", "--json", "--num-classes")] // --json is a switch here, a file elsewhere
+    [InlineData("--epochs 'x' is not an integer", "train", "--out", "x", "--epochs", "x")] // the flag whose type refused the value
+    [InlineData("--input-size '1.5' is not an integer", "train", "--input-size", "1.5")] // an integer here, text in predict
+    [InlineData("--max-steps '1.5' is not an integer", "train", "--max-steps=1.5")]
+    [InlineData("--epochs 'abc' is not an integer", "train", "--epochs:abc")]
+    [InlineData("--epochs needs a value (an integer)", "train", "--epochs=")]
+    [InlineData("--epochs needs a value (an integer)", "train", "--epochs", "--bogus")]
+    // Text flags: Spectre takes its placeholder as the value; nothing may run with it as a folder, file or device.
+    [InlineData("--out needs a value", "train", "--out", "--epochs", "1")]
+    [InlineData("--out needs a value", "train", "--out=")]
+    [InlineData("--device needs a value", "train", "--device", "--epochs", "1")]
+    [InlineData("--onnx needs a value", "bench", "onnx", "--onnx", "--warmup", "1")]
+    [InlineData("--weights needs a value", "export", "onnx", "--weights", "--out", "x.onnx")]
+    [InlineData("--compare needs a value", "erf", "--compare", "--out", "x.png")]
     public void A_flag_without_its_value_or_with_a_wrong_kind_is_named(string expected, params string[] args)
     {
         var result = CliRunner.Run(args);
 
         Assert.Equal(2, result.ExitCode);
         Assert.Equal($"replknet: usage: {expected}", result.StdErr.Split('\n')[0]);
-        Assert.DoesNotContain("__default_command", result.StdErr, StringComparison.Ordinal);
+        Assert.DoesNotContain("__default_command", result.StdErr + result.StdOut, StringComparison.Ordinal);
     }
     [Fact]
     public void Cuda_without_a_CUDA_libtorch_fails_with_exit_1_and_says_what_to_do()

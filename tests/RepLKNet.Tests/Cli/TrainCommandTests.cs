@@ -100,7 +100,24 @@ public sealed class TrainCommandTests
         Assert.True(second.ExitCode == 0, second.StdErr + second.StdOut);
         Assert.Matches(@"epoch\s+1/1: loss", second.StdOut);
         Assert.DoesNotContain("stopped", second.StdOut, StringComparison.Ordinal);
+
+        // Stopped after an evaluation: the run finishes its checkpoints and still says how to go on (the ':' form too).
+        string later = dir.File("later");
+        var cut = CliRunner.Run("train", "--data", data, "--epochs", "2", "--batch-size", "32", "--max-steps:4", "--out", later, "--device", "cpu");
+        Assert.True(cut.ExitCode == 0, cut.StdErr + cut.StdOut);
+        string cutText = System.Text.RegularExpressions.Regex.Replace(cut.StdOut, @"\s+", " ");
+        Assert.Contains("deploy form verified", cutText, StringComparison.Ordinal);
+        Assert.Contains("stopped by --max-steps 4 at step 4 of 6. Continue with: ./replknet train --data", cutText, StringComparison.Ordinal);
+        Assert.EndsWith($"--out {later} --device cpu --resume", cutText.Trim(), StringComparison.Ordinal);
     }
+
+    [Theory]
+    [InlineData("--max-steps", "3")]
+    [InlineData("--max-steps=3")]
+    [InlineData("--max-steps:3")]
+    public void The_resume_command_without_the_step_limit_drops_every_form_of_it(params string[] limit) =>
+        Assert.Equal("./replknet train --epochs 2 --out 'a b' --resume",
+            RepLKNet.Cli.Commands.TrainCommand.ResumeCommand(["train", "--epochs", "2", .. limit, "--out", "a b"], withoutMaxSteps: true));
 
     [Fact]
     public void Train_without_data_says_where_it_looked()

@@ -213,6 +213,7 @@ public sealed class OnnxExportTests
         Assert.True(bench.ExitCode == 0, bench.StdOut + bench.StdErr);
         Assert.Contains("ONNX Runtime / TorchSharp", bench.StdOut, StringComparison.Ordinal);
         Assert.Contains("peak RSS", bench.StdOut, StringComparison.Ordinal);
+        Assert.Matches(@"warm-up runs before timing, by row: \d+, \d+, \d+, \d+ \(until the JIT had settled\)", bench.StdOut);
         using (var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllText(dir.File("b.json"))))
         {
             foreach (string engine in new[] { "ort", "torchsharp", "torchsharp_libtorch_dw" })
