@@ -21,9 +21,6 @@ internal static class FlagTypes
     /// <summary>The value types <paramref name="flag"/> ("--epochs") has in some command (nullables unwrapped); empty when unknown.</summary>
     public static IReadOnlyList<Type> Of(string flag) => Map.Value.TryGetValue(flag, out var types) ? types : [];
 
-    /// <summary>Whether <paramref name="flag"/> takes a value that Spectre converts, and so can refuse, in at least one command (not text, not a switch).</summary>
-    public static bool Converts(string flag) => Converted(flag).Any();
-
     /// <summary>
     /// Whether <paramref name="flag"/> can be the flag of a failed conversion to <paramref name="spectreType"/> (Spectre's
     /// words: "Int32", "Double", "Nullable`1", …): a converted type of the flag has that name, or any converted type for

@@ -30,8 +30,8 @@ public class GlobalSettings : CommandSettings
     /// <inheritdoc />
     public override ValidationResult Validate()
     {
-        // A text option without its value holds Spectre's placeholder; say so before anything reads it as a device or path
-        // (commands that check their own options first come here through base.Validate(); the interceptor catches the rest).
+        // A text option without its value holds Spectre's placeholder; say so before anything reads it as a device or path.
+        // Every command's settings derive from this class, and every Validate override ends in base.Validate().
         if (FlagTypes.MissingValue(this) is { } missing)
         {
             return ValidationResult.Error($"{missing} needs a value");
@@ -60,21 +60,12 @@ public class GlobalSettings : CommandSettings
     }
 }
 
-/// <summary>
-/// Runs before every command: refuses a text option given without its value (<see cref="FlagTypes.MissingValue"/>), then
-/// applies the options every command shares: <c>--threads</c>.
-/// </summary>
+/// <summary>Applies the options every command shares before the command runs: <c>--threads</c>.</summary>
 internal sealed class ThreadsInterceptor : ICommandInterceptor
 {
     /// <inheritdoc />
-    /// <exception cref="UsageException">A text option was given without its value ("--out needs a value").</exception>
     public void Intercept(CommandContext context, CommandSettings settings)
     {
-        if (FlagTypes.MissingValue(settings) is { } flag)
-        {
-            throw new UsageException($"{flag} needs a value");
-        }
-
         // Before libtorch is loaded the count is kept and applied when the command initializes the runtime.
         if (settings is GlobalSettings { Threads: int threads })
         {

@@ -272,10 +272,11 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         var output = console.Profile.Out.Writer;
         using var signals = new StopSignals(group.IsMain ? Console.Error : TextWriter.Null, cancellationToken);
         string resumeCommand = DataParallel.LaunchPrefix(group) + ResumeCommand(context.Arguments);
+        long scheduledSteps = (long)settings.Epochs * trainer.StepsPerEpoch;
         console.MarkupLine(CultureInfo.InvariantCulture, "[bold]train[/] {0} on {1}: {2:N0} training / {3:N0} test images, {4} × {5} steps{13}, batch {6}{7}, {8}, {9} threads, {10} loader workers{11} → {12}",
             Markup.Escape(name), Markup.Escape(data.Name), Math.Min(train.Count, settings.TrainSubset ?? long.MaxValue), data.Test.Count, settings.Epochs == 1 ? "1 epoch" : $"{settings.Epochs} epochs", trainer.StepsPerEpoch, settings.BatchSize,
             settings.AccumSteps > 1 ? $" × {settings.AccumSteps} accumulated" : "", device, torch.get_num_threads(), options.Workers, Markup.Escape(DescribeJob(group, settings.BatchSize * settings.AccumSteps, settings.SyncBn)),
-            Markup.Escape(settings.Out), settings.MaxSteps is long max && max < (long)settings.Epochs * trainer.StepsPerEpoch ? $" (stopping at step {max:N0} of {(long)settings.Epochs * trainer.StepsPerEpoch:N0}, --max-steps)" : "");
+            Markup.Escape(settings.Out), settings.MaxSteps is long max && max < scheduledSteps ? $" (stopping at step {max:N0} of {scheduledSteps:N0}, --max-steps)" : "");
         console.MarkupLine($"  data: {Markup.Escape(augment.Describe(trainer.Pipeline.Size))}; {Markup.Escape(data.Normalization.ToString())}");
         var history = new List<EpochMetrics>();
         var started = DateTime.UtcNow;
@@ -342,22 +343,24 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
             return ExitCodes.Success; // rank 0 writes the plots and the deploy checkpoint
         }
 
+        // Ended by --max-steps before the schedule's end: resuming with the same limit would stop again at once, so the
+        // command printed below drops it.
+        bool byMaxSteps = settings.MaxSteps is not null && trainer.StepsDone < scheduledSteps;
+        string resume = byMaxSteps ? DataParallel.LaunchPrefix(group) + ResumeCommand(context.Arguments, withoutMaxSteps: true) : resumeCommand;
+
         if (history.Count > 0)
         {
             TrainPlots.Curves(history, Path.Combine(settings.Out, "curves.png"), name);
             Finish(trainer, history, settings, started);
-            if (settings.MaxSteps is long limit && trainer.StepsDone < (long)settings.Epochs * trainer.StepsPerEpoch)
+            if (byMaxSteps)
             {
                 // The best and deploy checkpoints above are of the run so far; the schedule goes on where it stopped.
-                console.Profile.Out.Writer.WriteLine($"stopped by --max-steps {limit} at step {trainer.StepsDone} of {(long)settings.Epochs * trainer.StepsPerEpoch}. Continue with: {DataParallel.LaunchPrefix(group) + ResumeCommand(context.Arguments, withoutMaxSteps: true)}");
+                console.Profile.Out.Writer.WriteLine($"stopped by --max-steps {settings.MaxSteps} at step {trainer.StepsDone} of {scheduledSteps}. Continue with: {resume}");
             }
         }
         else
         {
-            // Stopped by --max-steps: resuming with the same limit would stop again at once, so the command drops it.
-            bool byMaxSteps = settings.MaxSteps is not null && trainer.StepsDone >= trainer.TotalSteps;
             string why = byMaxSteps ? $"stopped by --max-steps {settings.MaxSteps} inside the first epoch" : "stopped inside the first epoch";
-            string resume = byMaxSteps ? DataParallel.LaunchPrefix(group) + ResumeCommand(context.Arguments, withoutMaxSteps: true) : resumeCommand;
             console.Profile.Out.Writer.WriteLine($"{why} (no evaluation, no best checkpoint yet; the weights so far are {Path.Combine(settings.Out, "last.safetensors")}). Continue with: {resume}");
         }
 

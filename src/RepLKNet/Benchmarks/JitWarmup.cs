@@ -42,6 +42,34 @@ public static class JitWarmup
     }
 
     /// <summary>
+    /// The benchmarks' warm-up: exactly <paramref name="exact"/> runs of <paramref name="once"/> when given; otherwise
+    /// <paramref name="defaultRuns"/>, then more until the JIT has settled on every process of <paramref name="group"/>
+    /// (<see cref="UntilAllSettled"/> with a default <see cref="Watch"/>).
+    /// </summary>
+    /// <param name="group">The processes (<see cref="ProcessGroup.Single"/> for one).</param>
+    /// <param name="once">One untimed run.</param>
+    /// <param name="exact">Runs asked for (≥ 0), or null for the default rule.</param>
+    /// <param name="defaultRuns">Runs before the JIT watch under the default rule (≥ 0).</param>
+    /// <returns>The runs made, the same on every process.</returns>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="exact"/> or <paramref name="defaultRuns"/> is negative.</exception>
+    /// <exception cref="CollectiveException">The allreduce failed or timed out.</exception>
+    public static int Run(ProcessGroup group, Action once, int? exact, int defaultRuns)
+    {
+        ArgumentNullException.ThrowIfNull(group);
+        ArgumentNullException.ThrowIfNull(once);
+        ArgumentOutOfRangeException.ThrowIfNegative(exact ?? 0, nameof(exact));
+        ArgumentOutOfRangeException.ThrowIfNegative(defaultRuns);
+        int runs = exact ?? defaultRuns;
+        for (int i = 0; i < runs; i++)
+        {
+            once();
+        }
+
+        return exact is null ? runs + UntilAllSettled(group, once, new Watch().Observe) : runs;
+    }
+
+    /// <summary>
     /// The warm-up of several processes that must run the same number of steps (each step's collectives pair up across
     /// them): every process calls this with the same <paramref name="group"/>; after each run of <paramref name="once"/>,
     /// each asks its own <paramref name="settled"/> (normally a <see cref="Watch"/>'s <see cref="Watch.Observe"/>) and one

@@ -129,17 +129,8 @@ public static class ModelBenchmark
                 return sw.Elapsed.TotalMilliseconds;
             }
 
-            int untimed = warmup ?? DefaultWarmup(mode);
-            for (int i = 0; i < untimed; i++)
-            {
-                Once();
-            }
-
-            if (warmup is null)
-            {
-                // Then until the JIT has settled (the optimized code is what a long run spends its time in).
-                untimed += JitWarmup.UntilSettled(() => Once());
-            }
+            // By default until the JIT has settled too (the optimized code is what a long run spends its time in).
+            int untimed = JitWarmup.Run(Distributed.ProcessGroup.Single, () => Once(), warmup, DefaultWarmup(mode));
 
             var memory = PeakMemory.Start();
             var times = new List<double>();

@@ -131,18 +131,7 @@ public sealed class OnnxBenchmark : IDisposable
         var warmups = new List<int>();
         (double Ms, PeakResidentMemory? Peak) Median(Func<double> once)
         {
-            int untimed = warmup ?? DefaultWarmup;
-            for (int i = 0; i < untimed; i++)
-            {
-                once();
-            }
-
-            if (warmup is null)
-            {
-                untimed += JitWarmup.UntilSettled(() => once());
-            }
-
-            warmups.Add(untimed);
+            warmups.Add(JitWarmup.Run(Distributed.ProcessGroup.Single, () => once(), warmup, DefaultWarmup));
             var memory = PeakMemory.Start();
             var times = Enumerable.Range(0, reps).Select(_ => once()).Order().ToList();
             return (times[times.Count / 2], memory.Read());

@@ -171,19 +171,8 @@ public static class ScaleBenchmark
         }
 
         long n = 0;
-        for (int i = 0; i < (warmup ?? DefaultWarmup); i++)
-        {
-            Once(++n);
-        }
-
-        if (warmup is null)
-        {
-            // Until the JIT has settled on every process (each runs the same count).
-            var watch = new JitWarmup.Watch();
-            JitWarmup.UntilAllSettled(group, () => Once(++n), watch.Observe);
-        }
-
-        int warmedUp = (int)n;
+        // By default until the JIT has settled on every process (each runs the same count).
+        int warmedUp = JitWarmup.Run(group, () => Once(++n), warmup, DefaultWarmup);
 
         var memory = PeakMemory.Start();
         var imagesPerSecond = new List<double>();
