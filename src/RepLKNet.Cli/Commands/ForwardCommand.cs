@@ -93,7 +93,7 @@ public sealed class ForwardCommand(IAnsiConsole console) : Command<ForwardComman
             {
                 string path = $"{prefix}{indices[i]}.bin";
                 RawTensorFile.Write(path, features[i]);
-                Console.Error.WriteLine($"wrote stage {indices[i]} features [{string.Join(", ", features[i].shape)}] to '{path}'");
+                Console.Error.WriteLine($"wrote stage {indices[i]} features [{string.Join(", ", TensorSizes.Of(features[i]))}] to '{path}'");
             }
         }
 
@@ -106,11 +106,11 @@ public sealed class ForwardCommand(IAnsiConsole console) : Command<ForwardComman
         if (settings.Output is { } output)
         {
             RawTensorFile.Write(output, logits);
-            Console.Error.WriteLine($"wrote logits [{string.Join(", ", logits.shape)}] to '{output}'");
+            Console.Error.WriteLine($"wrote logits [{string.Join(", ", TensorSizes.Of(logits))}] to '{output}'");
         }
 
         var (values, classes) = logits.max(1);
-        for (int i = 0; i < logits.shape[0]; i++)
+        for (int i = 0; i < logits.size(0); i++)
         {
             console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"sample {i}: top-1 class {classes[i].item<long>()} (logit {values[i].item<float>():F6})"));
@@ -153,7 +153,7 @@ public sealed class ForwardCommand(IAnsiConsole console) : Command<ForwardComman
             {
                 string path = $"{prefix}{indices[i]}.bin";
                 RawTensorFile.Write(path, features[i]);
-                Console.Error.WriteLine($"wrote stage {indices[i]} features [{string.Join(", ", features[i].shape)}] to '{path}'");
+                Console.Error.WriteLine($"wrote stage {indices[i]} features [{string.Join(", ", TensorSizes.Of(features[i]))}] to '{path}'");
             }
         }
 
@@ -161,16 +161,16 @@ public sealed class ForwardCommand(IAnsiConsole console) : Command<ForwardComman
         if (settings.Output is { } output)
         {
             RawTensorFile.Write(output, logits);
-            Console.Error.WriteLine($"wrote logits [{string.Join(", ", logits.shape)}] to '{output}'");
+            Console.Error.WriteLine($"wrote logits [{string.Join(", ", TensorSizes.Of(logits))}] to '{output}'");
         }
 
         var predicted = logits.argmax(1);
-        for (int i = 0; i < logits.shape[0]; i++)
+        for (int i = 0; i < logits.size(0); i++)
         {
             var counts = predicted[i].flatten().bincount(null, model.NumClasses);
             long top = counts.argmax().item<long>();
             console.Profile.Out.Writer.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"sample {i}: logits [{model.NumClasses}, {logits.shape[2]}, {logits.shape[3]}], most frequent class {top} ({counts[top].item<long>()} pixels)"));
+                $"sample {i}: logits [{model.NumClasses}, {logits.size(2)}, {logits.size(3)}], most frequent class {top} ({counts[top].item<long>()} pixels)"));
         }
 
         return ExitCodes.Success;

@@ -188,7 +188,7 @@ public sealed class ShapeBiasCommand(IAnsiConsole console) : Command<ShapeBiasCo
                 using var noGrad = no_grad();
                 var x = tensor(samples, [n, 3, pre.InputSize, pre.InputSize]).to(runtime.Device);
                 var y = module.call(x);
-                CheckClasses(source, y.shape[^1]);
+                CheckClasses(source, y.size(-1));
                 y.to(ScalarType.Float32).cpu().contiguous().data<float>().CopyTo(logits);
             });
         }

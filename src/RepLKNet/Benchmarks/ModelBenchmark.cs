@@ -178,7 +178,7 @@ public static class ModelBenchmark
 /// <summary>The same batch again and again, as the training step's data (<see cref="ModelBenchmark"/>, <see cref="ScaleBenchmark"/>).</summary>
 internal sealed class SyntheticBatch(Tensor x, Tensor labels) : ISplittableEpoch
 {
-    public int Count => (int)x.shape[0];
+    public int Count => (int)x.size(0);
 
     public IReadOnlyList<SkippedImage> Skipped => [];
 
@@ -190,7 +190,7 @@ internal sealed class SyntheticBatch(Tensor x, Tensor labels) : ISplittableEpoch
 
     public Tensor Input(nn.Module<Tensor, Tensor> model, Device device) => x.alias();
 
-    public Tensor PartLoss(Tensor output, long start, long count) => ClassificationTask.PartLoss(output, labels, null, 0, start, count, x.shape[0]);
+    public Tensor PartLoss(Tensor output, long start, long count) => ClassificationTask.PartLoss(output, labels, null, 0, start, count, x.size(0));
 
     public void Dispose()
     {

@@ -165,7 +165,7 @@ public sealed class OnnxBenchmark : IDisposable
             var generator = new Generator(0);
             foreach (var bn in model.modules().OfType<TorchSharp.Modules.BatchNorm>())
             {
-                long c = bn.running_mean!.shape[0];
+                long c = bn.running_mean!.size(0);
                 bn.weight?.copy_(Scalars.Add(rand(c, generator: generator), 0.5));
                 bn.bias?.copy_(Scalars.Mul(randn(c, generator: generator), 0.2));
                 bn.running_mean.copy_(Scalars.Mul(randn(c, generator: generator), 0.5));

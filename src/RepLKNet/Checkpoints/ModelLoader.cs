@@ -1,5 +1,6 @@
 using RepLKNet.Models;
 using static TorchSharp.torch;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Checkpoints;
 
@@ -56,10 +57,10 @@ public static class ModelLoader
             config = config.WithNumClasses(requested);
         }
         else if (!options.SkipMismatchedHead && config.NumClasses is not null && checkpoint.State.TryGetValue("head.weight", out var head) &&
-                 head.dim() == 2 && head.shape[0] != config.NumClasses)
+                 head.dim() == 2 && head.size(0) != config.NumClasses)
         {
             // A fine-tuned classifier: follow the checkpoint's head size.
-            config = config.WithNumClasses((int)head.shape[0]);
+            config = config.WithNumClasses((int)head.size(0));
         }
 
         var form = checkpoint.Form;

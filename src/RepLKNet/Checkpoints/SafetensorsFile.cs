@@ -5,6 +5,7 @@ using System.Text.Json.Nodes;
 using RepLKNet.IO;
 using TorchSharp;
 using static TorchSharp.torch;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Checkpoints;
 
@@ -69,7 +70,7 @@ public static class SafetensorsFile
             header[key] = new JsonObject
             {
                 ["dtype"] = dtype.Name,
-                ["shape"] = new JsonArray([.. tensor.shape.Select(s => (JsonNode)s)]),
+                ["shape"] = new JsonArray([.. TensorSizes.Of(tensor).Select(s => (JsonNode)s)]),
                 ["data_offsets"] = new JsonArray(offset, offset + bytes),
             };
             offset += bytes;

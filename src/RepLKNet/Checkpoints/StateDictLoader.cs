@@ -1,5 +1,6 @@
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Checkpoints;
 
@@ -84,7 +85,7 @@ public static class StateDictLoader
                 continue;
             }
 
-            if (!source.shape.SequenceEqual(tensor.shape))
+            if (!TensorSizes.Of(source).SequenceEqual(TensorSizes.Of(tensor)))
             {
                 if (skipHead && key.StartsWith("head.", StringComparison.Ordinal))
                 {
@@ -92,7 +93,7 @@ public static class StateDictLoader
                 }
                 else
                 {
-                    mismatched.Add((key, source.shape, tensor.shape));
+                    mismatched.Add((key, TensorSizes.Of(source), TensorSizes.Of(tensor)));
                 }
 
                 continue;

@@ -1,4 +1,5 @@
 using static TorchSharp.torch;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Data;
 
@@ -17,16 +18,16 @@ public sealed class ImageTensorDataset : IImageDataset, IDisposable
         ArgumentNullException.ThrowIfNull(images);
         ArgumentNullException.ThrowIfNull(labels);
         ArgumentNullException.ThrowIfNull(classNames);
-        if (images.dim() != 4 || images.dtype != ScalarType.Byte || labels.dim() != 1 || labels.shape[0] != images.shape[0])
+        if (images.dim() != 4 || images.dtype != ScalarType.Byte || labels.dim() != 1 || labels.size(0) != images.size(0))
         {
-            throw new ArgumentException($"expected uint8 (N, C, H, W) images and N labels, got {images.dtype} [{string.Join(", ", images.shape)}] and [{string.Join(", ", labels.shape)}]");
+            throw new ArgumentException($"expected uint8 (N, C, H, W) images and N labels, got {images.dtype} [{string.Join(", ", TensorSizes.Of(images))}] and [{string.Join(", ", TensorSizes.Of(labels))}]");
         }
 
         Images = images;
         Labels = labels;
         ClassNames = classNames;
         Name = name;
-        (_channels, _height, _width) = ((int)images.shape[1], (int)images.shape[2], (int)images.shape[3]);
+        (_channels, _height, _width) = ((int)images.size(1), (int)images.size(2), (int)images.size(3));
         _mirror = new Lazy<(byte[], long[])>(() =>
         {
             // Held in locals until copied: the loader may run this on a worker thread, outside any dispose scope.
@@ -49,7 +50,7 @@ public sealed class ImageTensorDataset : IImageDataset, IDisposable
     public IReadOnlyList<string> ClassNames { get; }
 
     /// <inheritdoc />
-    public long Count => Labels.shape[0];
+    public long Count => Labels.size(0);
 
     /// <inheritdoc />
     public int Channels => _channels;

@@ -117,7 +117,7 @@ internal sealed class SyncBatchNormFunction : autograd.SingleTensorFunction<Sync
 
         // Every process's (mean, biased var, count) per channel in its own row of a (W, 2C+1) float64 table, summed over the
         // processes (the other rows are zeros, so the sum is exact): PyTorch's all_gather of (mean, invstd, count).
-        long c = x.shape[1];
+        long c = x.size(1);
         long localCount = c == 0 ? 0 : x.numel() / c;
         var table = zeros([group.WorldSize, 2 * c + 1], ScalarType.Float64, x.device);
         var row = table.select(0, group.Rank);
@@ -202,7 +202,7 @@ internal sealed class SyncBatchNormFunction : autograd.SingleTensorFunction<Sync
         var invstd = saved[next];
         using var noGrad = no_grad();
 
-        long c = x.shape[1];
+        long c = x.size(1);
         var shape = new long[] { 1, c, 1, 1 };
         var xhat = (x - mean.view(shape)) * invstd.view(shape);
         var dy = grad.to(x.dtype);

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text;
 using RepLKNet.IO;
 using static TorchSharp.torch;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Erf;
 
@@ -40,9 +41,9 @@ public static class EffectiveReceptiveField
     {
         ArgumentNullException.ThrowIfNull(features);
         ArgumentNullException.ThrowIfNull(image);
-        if (image.dim() != 4 || image.shape[0] != 1)
+        if (image.dim() != 4 || image.size(0) != 1)
         {
-            throw new ArgumentException($"the ERF takes one image at a time, shaped (1, C, H, W); got [{string.Join(", ", image.shape)}]");
+            throw new ArgumentException($"the ERF takes one image at a time, shaped (1, C, H, W); got [{string.Join(", ", TensorSizes.Of(image))}]");
         }
 
         using var scope = NewDisposeScope();
@@ -51,10 +52,10 @@ public static class EffectiveReceptiveField
         var output = features(x);
         if (output.dim() != 4)
         {
-            throw new ArgumentException($"the feature map must be (N, C, h, w), got [{string.Join(", ", output.shape)}]");
+            throw new ArgumentException($"the feature map must be (N, C, h, w), got [{string.Join(", ", TensorSizes.Of(output))}]");
         }
 
-        long h = output.shape[2], w = output.shape[3];
+        long h = output.size(2), w = output.size(3);
         var central = output[0, .., h / 2, w / 2];
         var score = nn.functional.relu(central).sum();
         var grad = autograd.grad([score], [x])[0];
@@ -80,8 +81,8 @@ public static class EffectiveReceptiveField
             double[]? map;
             using (image)
             {
-                height = (int)image.shape[2];
-                width = (int)image.shape[3];
+                height = (int)image.size(2);
+                width = (int)image.size(3);
                 map = ImageMap(features, image);
             }
 

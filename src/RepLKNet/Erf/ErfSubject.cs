@@ -5,6 +5,7 @@ using RepLKNet.Data.Transforms;
 using RepLKNet.Models;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Erf;
 
@@ -105,7 +106,7 @@ public sealed class ErfSubject : IDisposable
     private static IImageModel ResNet(string model, string? weights)
     {
         using var checkpoint = weights is null ? null : CheckpointFile.Read(weights);
-        int? classes = checkpoint is not null && checkpoint.State.TryGetValue("fc.weight", out var fc) && fc.dim() == 2 ? (int)fc.shape[0] : null;
+        int? classes = checkpoint is not null && checkpoint.State.TryGetValue("fc.weight", out var fc) && fc.dim() == 2 ? (int)fc.size(0) : null;
         var resnet = ModelFactory.Create(model, new ModelFit(NumClasses: classes));
         if (checkpoint is not null)
         {

@@ -5,6 +5,7 @@ using RepLKNet.Models.Segmentation;
 using RepLKNet.Reparam;
 using TorchSharp;
 using static TorchSharp.torch;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Export;
 
@@ -190,9 +191,9 @@ public static class OnnxExport
                 var reference = expected[i].contiguous().data<float>().ToArray();
                 var actual = outputs[i].GetTensorDataAsSpan<float>();
                 var outShape = outputs[i].GetTensorTypeAndShape().Shape;
-                if (actual.Length != reference.Length || !outShape.SequenceEqual(expected[i].shape))
+                if (actual.Length != reference.Length || !outShape.SequenceEqual(TensorSizes.Of(expected[i])))
                 {
-                    throw new OnnxExportException($"{onnxPath}: at input {check}, output {session.OutputNames[i]} has shape [{string.Join(',', outShape)}], the model [{string.Join(',', expected[i].shape)}]");
+                    throw new OnnxExportException($"{onnxPath}: at input {check}, output {session.OutputNames[i]} has shape [{string.Join(',', outShape)}], the model [{string.Join(',', TensorSizes.Of(expected[i]))}]");
                 }
 
                 for (int j = 0; j < actual.Length; j++)

@@ -10,6 +10,7 @@ using TorchSharp.Modules;
 using static TorchSharp.torch;
 using BatchNorm2d = RepLKNet.Layers.BatchNorm2d;
 using static TorchSharp.torch.nn;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Export;
 
@@ -413,7 +414,7 @@ public static partial class OnnxExporter
         using var noGrad = no_grad();
         var x = zeros([1, channels, height, width]);
         var outputs = features ? model.forward_intermediates(x).ToList() : [model.call(x)];
-        return [.. outputs.Select(o => o.shape[1..])];
+        return [.. outputs.Select(o => TensorSizes.Of(o)[1..])];
     }
 
     /// <summary>Bytes of all initializers.</summary>
@@ -532,7 +533,7 @@ public static partial class OnnxExporter
         {
             using var contiguous = value.detach().to(float32).cpu().contiguous();
             var t = new TensorProto { Name = name, DataType = (int)TensorProto.Types.DataType.Float, RawData = ByteString.CopyFrom(contiguous.bytes) };
-            t.Dims.AddRange(contiguous.shape);
+            t.Dims.AddRange(TensorSizes.Of(contiguous));
             Graph.Initializer.Add(t);
             return name;
         }

@@ -181,7 +181,7 @@ public sealed class ImageClassifier : IDisposable
         using var noGrad = no_grad();
         var x = tensor(sample, [1, channels, size, size]).to(Device);
         var probabilities = nn.functional.softmax(model.call(x), 1).squeeze(0).cpu();
-        int k = (int)Math.Min(topK, probabilities.shape[0]);
+        int k = (int)Math.Min(topK, probabilities.size(0));
         var (values, indexes) = probabilities.topk(k);
         var top = new ClassScore[k];
         for (int i = 0; i < k; i++)

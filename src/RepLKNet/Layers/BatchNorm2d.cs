@@ -87,7 +87,7 @@ public sealed class BatchNorm2d : TorchSharp.Modules.BatchNorm, ISyncBatchNorm
             // The same statistics over the same N·H·W values per channel, as (N·H·W, C) rows: libtorch's NCHW kernels
             // walk each channel's maps H·W floats at a time, which on maps of 2…15 pixels costs 2–6× the whole copy
             // and the row-layout call (docs/perf-notes.md, "BatchNorm on tiny maps").
-            long[] shape = input.shape;
+            long[] shape = TensorSizes.Of(input);
             long n = shape[0], c = shape[1], h = shape[2], w = shape[3];
             using var nhwcIn = input.permute(0, 2, 3, 1);
             using var rows = nhwcIn.reshape(-1, c);
@@ -146,7 +146,7 @@ public sealed class BatchNorm2d : TorchSharp.Modules.BatchNorm, ISyncBatchNorm
             return false;
         }
 
-        long[] shape = input.shape;
+        long[] shape = TensorSizes.Of(input);
         long pixels = shape[2] * shape[3];
         return shape[1] >= 2 && pixels is >= 2 and <= 15;
     }

@@ -46,7 +46,7 @@ public sealed class DropPath : Module<Tensor, Tensor>
         }
 
         double keep = 1 - Probability;
-        long[] shape = [input.shape[0], .. Enumerable.Repeat(1L, (int)input.dim() - 1)];
+        long[] shape = [input.size(0), .. Enumerable.Repeat(1L, (int)input.dim() - 1)];
         using var mask = Scalars.DivInPlace(empty(shape, dtype: input.dtype, device: input.device).bernoulli_(keep), keep);
         return input * mask;
     }

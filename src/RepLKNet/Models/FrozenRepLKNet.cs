@@ -148,7 +148,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
             var (s, t, _) = Affine(norm);
             var dtype = linear.weight!.dtype;
             var w = linear.weight!.to(float64);
-            var b = linear.bias is { } lb ? lb.to(float64) : zeros(w.shape[0], float64, w.device);
+            var b = linear.bias is { } lb ? lb.to(float64) : zeros(w.size(0), float64, w.device);
             head = ((w * s.unsqueeze(0)).to(dtype), Scalars.Add(b, w.matmul(t)).to(dtype));
         }
 
@@ -240,7 +240,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
     private Tensor[] Sliced(Tensor input, Func<Tensor, Tensor[]> body)
     {
         using var noGrad = no_grad();
-        long n = input.shape[0];
+        long n = input.size(0);
         int slices = (int)Math.Min(n, torch.get_num_threads());
         if (!SlicesBatch(n) || input.device_type != DeviceType.CPU)
         {
@@ -385,7 +385,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
         {
             _weight = weight;
             _bias = bias;
-            if (channelsLast && weight.shape[2] == 1 && weight.shape[3] == 1 && groups == 1 && stride == 1 && padding == 0 &&
+            if (channelsLast && weight.size(2) == 1 && weight.size(3) == 1 && groups == 1 && stride == 1 && padding == 0 &&
                 weight.dtype == ScalarType.Float32 && weight.device_type == DeviceType.CPU)
             {
                 _packed = PointwiseConvCpu.PackWeight(weight);
@@ -395,9 +395,9 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
             _padding = [padding, padding];
             _groups = groups;
             _relu = relu;
-            long k = weight.shape[2];
-            _depthwiseSame = k > 1 && DepthwiseConv2d.IsDepthwiseSame(weight.shape[0], weight.shape[0], groups, k, weight.shape[3], stride, padding, 1)
-                && weight.shape[1] == 1;
+            long k = weight.size(2);
+            _depthwiseSame = k > 1 && DepthwiseConv2d.IsDepthwiseSame(weight.size(0), weight.size(0), groups, k, weight.size(3), stride, padding, 1)
+                && weight.size(1) == 1;
         }
 
         public static FrozenConv Of(ConvBn layer, BatchNorm2d? preBn, bool channelsLast) =>
@@ -410,7 +410,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
             if (preBn is not null)
             {
                 // conv1×1(s⊙x + t) = (W·diag(s))·x + (b + W·t); exact only without padding or groups.
-                if (kernel.shape[2] != 1 || kernel.shape[3] != 1 || groups != 1 || padding != 0)
+                if (kernel.size(2) != 1 || kernel.size(3) != 1 || groups != 1 || padding != 0)
                 {
                     throw new InvalidOperationException("a pre-BN folds only into a 1×1 conv without groups or padding");
                 }
@@ -433,7 +433,7 @@ public sealed class FrozenRepLKNet : nn.Module<Tensor, Tensor>
         /// <summary>conv(x) [→ ReLU] [+ residual, written into <paramref name="residual"/> when the fused product runs].</summary>
         public Tensor Run(Tensor x, Tensor? residual = null)
         {
-            if (_packed is not null && PointwiseConvCpu.Fits(x, _packed.shape[1]))
+            if (_packed is not null && PointwiseConvCpu.Fits(x, _packed.size(1)))
             {
                 // Our product reads the channels_last input and adds the residual in its epilogue.
                 return PointwiseConvCpu.Forward(x, _packed, _bias, _relu, residual, CpuDepthwise.RuleIsa, InSlice ? 1 : DepthwiseConv2d.ThreadCount);

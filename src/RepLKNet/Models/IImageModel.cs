@@ -1,5 +1,6 @@
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Models;
 
@@ -64,7 +65,7 @@ public sealed record ModelDescription(
     internal static ModelDescription Of(IImageModel model)
     {
         var module = model.AsModule();
-        var entries = StateDictOrder.Ordered(module).Select(kv => new StateDictEntry(kv.Key, kv.Value.shape, kv.Value.dtype)).ToList();
+        var entries = StateDictOrder.Ordered(module).Select(kv => new StateDictEntry(kv.Key, TensorSizes.Of(kv.Value), kv.Value.dtype)).ToList();
         return new ModelDescription(model.Name, model.Family, model.InChannels, model.NumClasses, model.NumFeatures,
             module.parameters().Sum(p => p.numel()), model.FeatureInfo, entries);
     }

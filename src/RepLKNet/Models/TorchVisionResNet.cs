@@ -148,7 +148,7 @@ public sealed class TorchVisionResNet : Module<Tensor, Tensor>, IImageModel
     {
         ArgumentNullException.ThrowIfNull(input);
         using var scope = NewDisposeScope();
-        var x = input.shape[1] == 1 ? input.expand(-1, 3, -1, -1) : input;
+        var x = input.size(1) == 1 ? input.expand(-1, 3, -1, -1) : input;
         foreach (var name in FeatureChildren)
         {
             x = _children[name].call(x);

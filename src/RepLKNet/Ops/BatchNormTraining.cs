@@ -1,6 +1,7 @@
 using RepLKNet.Ops.Cpu;
 using TorchSharp;
 using static TorchSharp.torch;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Ops;
 
@@ -31,7 +32,7 @@ internal static class BatchNormTraining
             return false;
         }
 
-        long[] shape = input.shape;
+        long[] shape = TensorSizes.Of(input);
         long c = shape[1];
         // The pointers come from Tensor.bytes, a span of at most int.MaxValue bytes (OptimizerCpu.FloatData).
         if (c < 1 || shape[0] * shape[2] * shape[3] <= 1 || input.numel() > int.MaxValue / sizeof(float))
@@ -43,7 +44,7 @@ internal static class BatchNormTraining
     }
 
     private static bool Fits(Tensor? t, long c) =>
-        t is null || (t.device_type == DeviceType.CPU && t.dtype == ScalarType.Float32 && t.is_contiguous() && t.ndim == 1 && t.shape[0] == c);
+        t is null || (t.device_type == DeviceType.CPU && t.dtype == ScalarType.Float32 && t.is_contiguous() && t.ndim == 1 && t.size(0) == c);
 
     /// <summary>
     /// Normalizes <paramref name="input"/> (N, C, H, W) with its own per-channel mean and biased variance and updates the
@@ -89,7 +90,7 @@ internal sealed class BatchNormFunction : autograd.SingleTensorFunction<BatchNor
     private static unsafe float* Data(Tensor t)
     {
         float* p = OptimizerCpu.FloatData(t);
-        return p is not null ? p : throw new InvalidOperationException($"batch norm: a {t.dtype} tensor of shape [{string.Join(", ", t.shape)}] is not contiguous float32 on the CPU");
+        return p is not null ? p : throw new InvalidOperationException($"batch norm: a {t.dtype} tensor of shape [{string.Join(", ", TensorSizes.Of(t))}] is not contiguous float32 on the CPU");
     }
 
     private static unsafe float* DataOrNull(Tensor? t) => t is null ? null : Data(t);
@@ -112,7 +113,7 @@ internal sealed class BatchNormFunction : autograd.SingleTensorFunction<BatchNor
         var w = options.HasWeight ? (Tensor)vars[next++] : null;
         var b = options.HasBias ? (Tensor)vars[next] : null;
         using var noGrad = no_grad();
-        long[] shape = x.shape;
+        long[] shape = TensorSizes.Of(x);
         int n = (int)shape[0], c = (int)shape[1];
         long hw = shape[2] * shape[3];
         var y = empty(shape, dtype: ScalarType.Float32);
@@ -197,7 +198,7 @@ internal sealed class BatchNormFunction : autograd.SingleTensorFunction<BatchNor
         var beta = state.Relu ? saved[next] : null;
         using var noGrad = no_grad();
         var dy = grad.dtype == ScalarType.Float32 ? grad.contiguous() : grad.to(ScalarType.Float32).contiguous();
-        long[] shape = x.shape;
+        long[] shape = TensorSizes.Of(x);
         int n = (int)shape[0], c = (int)shape[1];
         long hw = shape[2] * shape[3];
         var dx = x.requires_grad ? empty(shape, dtype: ScalarType.Float32) : null;

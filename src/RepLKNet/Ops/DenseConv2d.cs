@@ -1,5 +1,6 @@
 using TorchSharp;
 using static TorchSharp.torch;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Ops;
 
@@ -65,15 +66,15 @@ public static class DenseConv2d
             return nn.functional.conv2d(input, weight, bias, strides: stride, padding: padding, dilation: dilation, groups: groups);
         }
 
-        if (input.shape[1] != weight.shape[1])
+        if (input.size(1) != weight.size(1))
         {
             // libtorch's own check would quote the padded counts.
-            throw new ArgumentException($"conv2d: weight [{string.Join(", ", weight.shape)}] expects {weight.shape[1]} input channels, " +
-                $"but the input [{string.Join(", ", input.shape)}] has {input.shape[1]}", nameof(input));
+            throw new ArgumentException($"conv2d: weight [{string.Join(", ", TensorSizes.Of(weight))}] expects {weight.size(1)} input channels, " +
+                $"but the input [{string.Join(", ", TensorSizes.Of(input))}] has {input.size(1)}", nameof(input));
         }
 
         using var scope = NewDisposeScope();
-        long outChannels = weight.shape[0];
+        long outChannels = weight.size(0);
         var x = inPad > 0 ? nn.functional.pad(input, [0, 0, 0, 0, 0, inPad]) : input;
         // Weight [C_out, C_in, kh, kw]: pad list from the last dim: kw, kh, C_in, C_out.
         var w = nn.functional.pad(weight, [0, 0, 0, 0, 0, inPad, 0, outPad]);
@@ -137,7 +138,7 @@ public static class DenseConv2d
         }
 
         // One native shape read per call (this runs on every ConvBn forward).
-        var shape = weight.shape;
+        var shape = TensorSizes.Of(weight);
         if (shape.Length != 4 || shape[2] * shape[3] == 1)
         {
             return (0, 0);

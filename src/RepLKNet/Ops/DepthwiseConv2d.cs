@@ -113,7 +113,7 @@ public static class DepthwiseConv2d
         }
 
         // Each .shape is a native call and an array: read once (this runs on every call, tiny maps included).
-        long[] xs = input.shape, ws = weight.shape;
+        long[] xs = TensorSizes.Of(input), ws = TensorSizes.Of(weight);
         long c = xs[1], k = ws[2];
         return ws[0] == c && ws[1] == 1 && ws[3] == k && k % 2 == 1 && k is >= MinKernel and <= MaxKernel &&
                xs[0] > 0 && xs[2] > 0 && xs[3] > 0 && c > 0 && xs[0] * c * xs[2] * xs[3] < int.MaxValue &&
@@ -163,7 +163,7 @@ public static class DepthwiseConv2d
     /// <summary>libtorch's depthwise "same" convolution.</summary>
     internal static Tensor Libtorch(Tensor x, Tensor w, Tensor? b)
     {
-        long[] ws = w.shape;
+        long[] ws = TensorSizes.Of(w);
         return nn.functional.conv2d(x, w, b, padding: [ws[2] / 2, ws[2] / 2], groups: ws[0]);
     }
 
@@ -226,7 +226,7 @@ internal sealed class DepthwiseConvFunction : torch.autograd.SingleTensorFunctio
         bool hasBias = (bool)ctx.get_data(HasBiasKey);
         using var noGrad = no_grad();
         var dx = x.requires_grad ? kernels.InputGrad(grad, w) : null;
-        var dw = w.requires_grad ? kernels.WeightGrad(x, grad, (int)w.shape[2]) : null;
+        var dw = w.requires_grad ? kernels.WeightGrad(x, grad, (int)w.size(2)) : null;
         // One entry per forward argument: none for the kernels (not a tensor), then x, w and b.
         var result = new List<Tensor> { null!, dx!, dw! };
         if (hasBias)

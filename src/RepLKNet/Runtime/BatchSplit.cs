@@ -36,6 +36,7 @@ public sealed class BatchSplit
     private static Part? _current;
 
     private readonly double[][][] _slots;
+    private readonly int[][] _lengths;
     private readonly object?[][] _tags;
     private volatile bool _abandoned;
     private volatile int _ended;
@@ -48,6 +49,7 @@ public sealed class BatchSplit
     {
         Parts = parts;
         _slots = [new double[parts][], new double[parts][]];
+        _lengths = [new int[parts], new int[parts]];
         _tags = [new object?[parts], new object?[parts]];
         for (int b = 0; b < 2; b++)
         {
@@ -301,13 +303,15 @@ public sealed class BatchSplit
             // Two sets of slots, used in turn: a part can be at most one round ahead of another (it cannot pass the next
             // barrier before the others arrive there), so the set it writes is one nobody still reads.
             int set = _round++ & 1;
+            // A slot only grows (layers of different widths take turns), so the steady state allocates nothing.
             var own = split._slots[set][Index];
-            if (own.Length != values.Length)
+            if (own.Length < values.Length)
             {
                 own = split._slots[set][Index] = new double[values.Length];
             }
 
             values.CopyTo(own);
+            split._lengths[set][Index] = values.Length;
             split._tags[set][Index] = tag;
             if (!split.Arrive())
             {
@@ -316,9 +320,9 @@ public sealed class BatchSplit
 
             for (int p = 0; p < split.Parts; p++)
             {
-                if (!Equals(split._tags[set][p], tag) || split._slots[set][p].Length != values.Length)
+                if (!Equals(split._tags[set][p], tag) || split._lengths[set][p] != values.Length)
                 {
-                    split.Break($"batch split: part {p} summed '{split._tags[set][p]}' ({split._slots[set][p].Length} values) where part {Index} summed '{tag}' ({values.Length}): the parts ran different layers");
+                    split.Break($"batch split: part {p} summed '{split._tags[set][p]}' ({split._lengths[set][p]} values) where part {Index} summed '{tag}' ({values.Length}): the parts ran different layers");
                     return false;
                 }
             }

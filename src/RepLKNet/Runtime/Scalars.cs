@@ -18,8 +18,17 @@ public static class Scalars
     /// <summary>The integer 1 (alpha of additions, counter increments), held for the life of the process.</summary>
     public static Scalar One { get; } = 1.ToScalar();
 
+    /// <summary>The integer 0 (zeroing in place with <c>fill_</c>), held for the life of the process.</summary>
+    public static Scalar Zero { get; } = 0.ToScalar();
+
     /// <summary>Float NaN (poisoning outputs in checks), held for the life of the process.</summary>
     public static Scalar NaN { get; } = float.NaN.ToScalar();
+
+    /// <summary>
+    /// Sets every element of <paramref name="t"/> to zero in place (<c>fill_(0)</c>); returns <paramref name="t"/>. TorchSharp's
+    /// <c>zero_()</c> reads the whole shape first (<see cref="TensorSizes"/>) and returns a new wrapper.
+    /// </summary>
+    public static Tensor ZeroInPlace(Tensor t) => t.fill_(Zero);
 
     /// <summary>a + b (broadcasting), without a temporary Scalar.</summary>
     public static Tensor Add(Tensor a, Tensor b) => a.add(b, One);

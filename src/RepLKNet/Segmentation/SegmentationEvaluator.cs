@@ -48,15 +48,15 @@ public static class SegmentationInference
 
         if (image.dim() != 4)
         {
-            throw new ArgumentException($"image must be [N, 3, H, W], got [{string.Join(", ", image.shape)}]", nameof(image));
+            throw new ArgumentException($"image must be [N, 3, H, W], got [{string.Join(", ", TensorSizes.Of(image))}]", nameof(image));
         }
 
-        int height = (int)image.shape[2], width = (int)image.shape[3];
+        int height = (int)image.size(2), width = (int)image.size(3);
         int rows = Math.Max(height - crop.H + stride.H - 1, 0) / stride.H + 1;
         int columns = Math.Max(width - crop.W + stride.W - 1, 0) / stride.W + 1;
         using var scope = NewDisposeScope();
-        var sum = zeros([image.shape[0], numClasses, height, width], image.dtype, image.device);
-        var count = zeros([image.shape[0], 1, height, width], image.dtype, image.device);
+        var sum = zeros([image.size(0), numClasses, height, width], image.dtype, image.device);
+        var count = zeros([image.size(0), 1, height, width], image.dtype, image.device);
         for (int i = 0; i < rows; i++)
         {
             for (int j = 0; j < columns; j++)

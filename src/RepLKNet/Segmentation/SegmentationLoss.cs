@@ -33,17 +33,17 @@ public static class SegmentationLoss
     {
         ArgumentNullException.ThrowIfNull(logits);
         ArgumentNullException.ThrowIfNull(labels);
-        if (logits.dim() != 4 || labels.dim() != 3 || labels.shape[0] != logits.shape[0])
+        if (logits.dim() != 4 || labels.dim() != 3 || labels.size(0) != logits.size(0))
         {
             throw new ArgumentException(
-                $"labels [{string.Join(", ", labels.shape)}] do not fit logits [{string.Join(", ", logits.shape)}]: expected logits [N, classes, h, w] and labels [N, H, W]",
+                $"labels [{string.Join(", ", TensorSizes.Of(labels))}] do not fit logits [{string.Join(", ", TensorSizes.Of(logits))}]: expected logits [N, classes, h, w] and labels [N, H, W]",
                 nameof(labels));
         }
 
         using var scope = NewDisposeScope();
-        var resized = logits.shape[2] == labels.shape[1] && logits.shape[3] == labels.shape[2]
+        var resized = logits.size(2) == labels.size(1) && logits.size(3) == labels.size(2)
             ? logits
-            : SegResize.Bilinear(logits, labels.shape[1], labels.shape[2], alignCorners);
+            : SegResize.Bilinear(logits, labels.size(1), labels.size(2), alignCorners);
         var perPixel = nn.functional.cross_entropy(resized, labels, reduction: nn.Reduction.None, ignore_index: IgnoreIndex);
         return perPixel.mean().MoveToOuterDisposeScope();
     }

@@ -1,5 +1,6 @@
 using System.Globalization;
 using static TorchSharp.torch;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Segmentation;
 
@@ -92,9 +93,9 @@ public sealed class SegmentationMetrics
     {
         ArgumentNullException.ThrowIfNull(prediction);
         ArgumentNullException.ThrowIfNull(label);
-        if (!prediction.shape.SequenceEqual(label.shape))
+        if (!TensorSizes.Of(prediction).SequenceEqual(TensorSizes.Of(label)))
         {
-            throw new ArgumentException($"label has shape [{string.Join(", ", label.shape)}] but prediction [{string.Join(", ", prediction.shape)}]", nameof(label));
+            throw new ArgumentException($"label has shape [{string.Join(", ", TensorSizes.Of(label))}] but prediction [{string.Join(", ", TensorSizes.Of(prediction))}]", nameof(label));
         }
 
         if (prediction.is_floating_point() || label.is_floating_point())
@@ -106,7 +107,7 @@ public sealed class SegmentationMetrics
         var p = prediction.detach().cpu().to(ScalarType.Int64).contiguous().data<long>().ToArray();
         var l = label.detach().cpu().to(ScalarType.Int64).contiguous().data<long>().ToArray();
         Add(p, l);
-        Images += prediction.dim() >= 3 ? prediction.shape[0] : 1;
+        Images += prediction.dim() >= 3 ? prediction.size(0) : 1;
     }
 
     /// <summary>Adds one image given as arrays: predicted classes and labels, pixel for pixel.</summary>

@@ -245,7 +245,7 @@ public sealed class ClassificationTask : ITrainingTask
         public Tensor Loss(Module<Tensor, Tensor> model, Device device)
         {
             var b = _batches.Current;
-            var x = tensor(b.Images, [b.Count, b.Channels, b.Size, b.Size]).to(ModelInputs.FloatType(model), device);
+            var x = ModelInputs.Batch(b.Images, b.Count, b.Channels, b.Size, ModelInputs.FloatType(model), device);
             var logits = model.call(x);
             return b.Targets is { } soft
                 ? ClassificationTask.Loss(logits, null, tensor(soft, [b.Count, soft.Length / b.Count]).to(device), smoothing)
@@ -258,7 +258,7 @@ public sealed class ClassificationTask : ITrainingTask
             _targets = b.Targets is { } soft
                 ? (null, tensor(soft, [b.Count, soft.Length / b.Count]).to(device), b.Count)
                 : (tensor(b.Labels).to(device), null, b.Count);
-            return tensor(b.Images, [b.Count, b.Channels, b.Size, b.Size]).to(ModelInputs.FloatType(model), device);
+            return ModelInputs.Batch(b.Images, b.Count, b.Channels, b.Size, ModelInputs.FloatType(model), device);
         }
 
         public Tensor PartLoss(Tensor output, long start, long count) =>

@@ -199,7 +199,7 @@ public static class ClassifierTraining
                 }
 
                 using var scope = NewDisposeScope();
-                model.call(tensor(b.Images, [b.Count, b.Channels, b.Size, b.Size]).to(device));
+                model.call(ModelInputs.Batch(b.Images, b.Count, b.Channels, b.Size, ScalarType.Float32, device));
                 k++;
             }
         }

@@ -177,7 +177,7 @@ public static class Evaluation
                 }
 
                 using var scope = NewDisposeScope();
-                var x = tensor(batch.Images, [batch.Count, batch.Channels, batch.Size, batch.Size]).to(inputType, device);
+                var x = ModelInputs.Batch(batch.Images, batch.Count, batch.Channels, batch.Size, inputType, device);
                 var y = tensor(batch.Labels).to(device);
                 var logits = model.call(x);
                 tally.LossSum += nn.functional.cross_entropy(logits, y, reduction: nn.Reduction.Sum).to(ScalarType.Float64).item<double>();

@@ -1,3 +1,5 @@
+using System.Runtime.InteropServices;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace RepLKNet.Training;
@@ -21,5 +23,45 @@ public static class ModelInputs
         }
 
         return ScalarType.Float32;
+    }
+
+    /// <summary>
+    /// A batch of <paramref name="count"/> loader images (N·C·S·S floats, as <c>LoadedBatch.Images</c>) as an (N, C, S, S)
+    /// tensor of <paramref name="dtype"/> on <paramref name="device"/>. The floats are copied once into memory libtorch
+    /// allocates: TorchSharp's <c>tensor(float[], dims)</c> clones the array on the managed heap (a large-object allocation
+    /// per batch) and pins the clone for the tensor's life.
+    /// </summary>
+    /// <param name="images">At least N·C·S·S floats, image after image.</param>
+    /// <param name="count">N.</param>
+    /// <param name="channels">C.</param>
+    /// <param name="size">S.</param>
+    /// <param name="dtype">The model's input type (<see cref="FloatType"/>).</param>
+    /// <param name="device">Where the model runs.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="images"/> or <paramref name="device"/> is null.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">A size is negative, or <paramref name="images"/> is shorter than N·C·S·S.</exception>
+    public static Tensor Batch(float[] images, int count, int channels, int size, ScalarType dtype, Device device)
+    {
+        ArgumentNullException.ThrowIfNull(images);
+        ArgumentNullException.ThrowIfNull(device);
+        ArgumentOutOfRangeException.ThrowIfNegative(count);
+        ArgumentOutOfRangeException.ThrowIfNegative(channels);
+        ArgumentOutOfRangeException.ThrowIfNegative(size);
+        long length = (long)count * channels * size * size;
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, images.LongLength, nameof(images));
+        var x = empty([count, channels, size, size], ScalarType.Float32);
+        if (length > 0)
+        {
+            images.AsSpan(0, (int)length).CopyTo(MemoryMarshal.Cast<byte, float>(x.bytes));
+        }
+
+        if (dtype == ScalarType.Float32 && device.type == DeviceType.CPU)
+        {
+            return x;
+        }
+
+        using (x)
+        {
+            return x.to(dtype, device);
+        }
     }
 }

@@ -80,6 +80,22 @@ public sealed class TrainStep
     /// <summary>What the step is doing now (for failure reports).</summary>
     public TrainingPhase Phase { get; private set; } = TrainingPhase.Data;
 
+    /// <summary>
+    /// The optimizer's <c>zero_grad</c> as TorchSharp's AdamW does it (each parameter's existing gradient zeroed in place),
+    /// without its per-parameter whole-shape read and undisposed wrapper (<c>zero_()</c>: <see cref="TensorSizes"/>).
+    /// </summary>
+    private static void ZeroGradients(AdamW optimizer)
+    {
+        foreach (var parameter in optimizer.parameters())
+        {
+            using var grad = parameter.grad;
+            if (grad is not null)
+            {
+                Scalars.ZeroInPlace(grad);
+            }
+        }
+    }
+
     /// <summary>Runs one optimizer step at learning rate <paramref name="lr"/> on the next micro-batches of <paramref name="data"/>.</summary>
     /// <param name="data">The epoch's micro-batches.</param>
     /// <param name="lr">Base learning rate of this step.</param>
@@ -96,7 +112,7 @@ public sealed class TrainStep
             groups[g].LearningRate = lr * _scales[g];
         }
 
-        _optimizer.zero_grad();
+        ZeroGradients(_optimizer);
         var group = Group is { IsDistributed: true } job ? job : null;
         if (group is not null)
         {
@@ -248,7 +264,7 @@ public sealed class TrainStep
     private double RunSplit(ISplittableEpoch data, int parts, long stepNumber, bool gradientsHeld)
     {
         var input = data.Input(_model, _device);
-        long n = input.shape[0];
+        long n = input.size(0);
         var trainable = _trainable ??= [.. _model.parameters().Where(p => p.requires_grad)];
         var backend = Ops.DepthwiseConv2d.CurrentBackend;
         var isa = Ops.DepthwiseConv2d.Isa;
@@ -265,7 +281,7 @@ public sealed class TrainStep
                 if (g is not null && !g.IsInvalid)
                 {
                     earlier[i] = g.clone();
-                    g.zero_();
+                    Scalars.ZeroInPlace(g);
                 }
             }
         }

@@ -81,9 +81,9 @@ public abstract class DecodeHead : Module<IReadOnlyList<Tensor>, Tensor>
             }
 
             selected[i] = inputs[index];
-            if (selected[i].dim() != 4 || selected[i].shape[1] != Config.InChannels[i])
+            if (selected[i].dim() != 4 || selected[i].size(1) != Config.InChannels[i])
             {
-                throw new ArgumentException($"inputs[{index}] has shape [{string.Join(", ", selected[i].shape)}]; the head expects [N, {Config.InChannels[i]}, h, w]", nameof(inputs));
+                throw new ArgumentException($"inputs[{index}] has shape [{string.Join(", ", TensorSizes.Of(selected[i]))}]; the head expects [N, {Config.InChannels[i]}, h, w]", nameof(inputs));
             }
         }
 
@@ -156,7 +156,7 @@ public sealed class UPerHead : DecodeHead
         bool align = Config.AlignCorners;
         using var scope = NewDisposeScope();
         var top = x[^1];
-        long h = top.shape[2], w = top.shape[3];
+        long h = top.size(2), w = top.size(3);
         var pyramid = new List<Tensor> { top };
         foreach (var branch in psp_modules)
         {
@@ -173,7 +173,7 @@ public sealed class UPerHead : DecodeHead
         for (int i = laterals.Count - 1; i > 0; i--)
         {
             var previous = laterals[i - 1];
-            laterals[i - 1] = Scalars.Add(previous, SegResize.Bilinear(laterals[i], previous.shape[2], previous.shape[3], align));
+            laterals[i - 1] = Scalars.Add(previous, SegResize.Bilinear(laterals[i], previous.size(2), previous.size(3), align));
         }
 
         var outs = new List<Tensor>();
@@ -183,7 +183,7 @@ public sealed class UPerHead : DecodeHead
         }
 
         outs.Add(laterals[^1]);
-        long h0 = outs[0].shape[2], w0 = outs[0].shape[3];
+        long h0 = outs[0].size(2), w0 = outs[0].size(3);
         for (int i = outs.Count - 1; i > 0; i--)
         {
             outs[i] = SegResize.Bilinear(outs[i], h0, w0, align);

@@ -1,6 +1,7 @@
 using RepLKNet.Reparam;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Models.Segmentation;
 
@@ -73,9 +74,9 @@ public sealed class EncoderDecoder : Module<Tensor, Tensor>
     public IReadOnlyList<Tensor> ExtractFeatures(Tensor input)
     {
         ArgumentNullException.ThrowIfNull(input);
-        if (input.dim() != 4 || input.shape[1] != InChannels)
+        if (input.dim() != 4 || input.size(1) != InChannels)
         {
-            throw new ArgumentException($"input has shape [{string.Join(", ", input.shape)}]; the segmenter takes [N, {InChannels}, H, W]", nameof(input));
+            throw new ArgumentException($"input has shape [{string.Join(", ", TensorSizes.Of(input))}]; the segmenter takes [N, {InChannels}, H, W]", nameof(input));
         }
 
         return backbone.forward_intermediates(input);
@@ -88,7 +89,7 @@ public sealed class EncoderDecoder : Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         var logits = decode_head.call(ExtractFeatures(input));
-        return SegResize.Bilinear(logits, input.shape[2], input.shape[3], AlignCorners).MoveToOuterDisposeScope();
+        return SegResize.Bilinear(logits, input.size(2), input.size(3), AlignCorners).MoveToOuterDisposeScope();
     }
 
     /// <summary>Whole-image inference (<see cref="EncodeDecode"/>).</summary>
@@ -115,7 +116,7 @@ public sealed class EncoderDecoder : Module<Tensor, Tensor>
     /// <summary>The state dict in MMSeg's order with shapes and the parameter count (works on the meta device).</summary>
     public ModelDescription Describe()
     {
-        var entries = StateDictOrder.Ordered(this).Select(kv => new StateDictEntry(kv.Key, kv.Value.shape, kv.Value.dtype)).ToList();
+        var entries = StateDictOrder.Ordered(this).Select(kv => new StateDictEntry(kv.Key, TensorSizes.Of(kv.Value), kv.Value.dtype)).ToList();
         return new ModelDescription(Name, ModelFamily.RepLKNet, InChannels, NumClasses, Config.DecodeHead.Channels,
             parameters().Sum(p => p.numel()), backbone.FeatureInfo, entries);
     }

@@ -71,7 +71,8 @@ internal static unsafe class BatchNormCpu
         // A part of a split batch centres its squares on its own mean, then adds its sums to the other parts' once, for both
         // statistics (Chan et al.'s pairwise combination: M2 = Σ M2ₚ + Σ nₚ(μₚ − μ)², with Σ nₚ(μₚ − μ)² = Σ Sₚ²/nₚ − S²/M).
         int channels = last - first;
-        double[]? sums = part is null ? null : new double[(3 * channels) + 1];
+        bool split = part is not null;
+        Span<double> sums = split ? SplitScratch((4 * channels) + 1).AsSpan(0, (3 * channels) + 1) : default;
         // Σ over the batch, position by position (one contiguous run per image), then over each channel's positions.
         Clear(acc, length);
         for (int i = 0; i < n; i++)
@@ -84,7 +85,7 @@ internal static unsafe class BatchNormCpu
             double sum = SumDouble(acc + ((ch - first) * hw), hw);
             mean[ch] = (float)(sum / count);
             Fill(row + ((ch - first) * hw), hw, mean[ch]);
-            if (sums is not null)
+            if (split)
             {
                 sums[ch - first] = sum;
             }
@@ -96,10 +97,10 @@ internal static unsafe class BatchNormCpu
             AddSquaredDifferences(acc, x + (i * rowStride) + offset, row, length);
         }
 
-        double[]? m2 = null;
-        if (sums is not null)
+        Span<double> m2 = default;
+        if (split)
         {
-            m2 = new double[channels];
+            m2 = SplitScratch((4 * channels) + 1).AsSpan((3 * channels) + 1, channels);
             for (int k = 0; k < channels; k++)
             {
                 m2[k] = SumDouble(acc + (k * hw), hw);
@@ -125,7 +126,7 @@ internal static unsafe class BatchNormCpu
 
         for (int ch = first; ch < last; ch++)
         {
-            double var = (m2 is null ? SumDouble(acc + ((ch - first) * hw), hw) : m2[ch - first]) / count;
+            double var = (!split ? SumDouble(acc + ((ch - first) * hw), hw) : m2[ch - first]) / count;
             double inv = 1.0 / Math.Sqrt(var + eps);
             double alpha = inv * (weight is null ? 1.0 : weight[ch]);
             double beta = (bias is null ? 0.0 : bias[ch]) - (mean[ch] * alpha);
@@ -230,6 +231,24 @@ internal static unsafe class BatchNormCpu
         return _partScratch;
     }
 
+    [ThreadStatic]
+    private static double[]? _splitSums;
+
+    /// <summary>
+    /// This thread's array for a split part's per-channel sums (at least <paramref name="length"/> doubles), grown to the
+    /// widest layer seen: the parts' sums were a new array per layer and pass, hundreds of KiB a step of garbage. A call
+    /// holds it only while it runs on this thread (the exchange in <see cref="BatchSplit.Part.Sum"/> copies it out).
+    /// </summary>
+    private static double[] SplitScratch(int length)
+    {
+        if (_splitSums is null || _splitSums.Length < length)
+        {
+            _splitSums = new double[Math.Max(length, 64)];
+        }
+
+        return _splitSums;
+    }
+
     /// <summary>
     /// <see cref="Backward"/> of one part of a split batch (<see cref="ForwardPart"/>), on this thread alone: dx with the
     /// whole batch's Σdy and Σdy·(x − mean) (added over the parts), dweight and dbias of this part's images only (autograd
@@ -290,8 +309,9 @@ internal static unsafe class BatchNormCpu
         // adds the parts' shares); dx needs the whole batch's. Backward is an autograd callback and must not throw: if the
         // split broke, the part goes on with its own sums and the step fails afterwards (BatchSplit.Run rethrows the cause).
         int channels = last - first;
-        double[]? sums = part is null ? null : new double[2 * channels];
-        for (int ch = first; ch < last && sums is not null; ch++)
+        bool split = part is not null;
+        Span<double> sums = split ? SplitScratch(2 * channels).AsSpan(0, 2 * channels) : default;
+        for (int ch = first; ch < last && split; ch++)
         {
             long at = (ch - first) * hw;
             double s = SumDouble(sumDy + at, hw), d = SumDouble(dot + at, hw);
@@ -309,14 +329,14 @@ internal static unsafe class BatchNormCpu
             }
         }
 
-        _ = sums is not null && part!.TrySum(sums, (tag!, "backward"));
+        _ = split && part!.TrySum(sums, (tag!, "backward"));
         for (int ch = first; ch < last; ch++)
         {
             long at = (ch - first) * hw;
-            double s = sums is null ? SumDouble(sumDy + at, hw) : sums[ch - first];
-            double d = sums is null ? SumDouble(dot + at, hw) : sums[channels + ch - first];
+            double s = !split ? SumDouble(sumDy + at, hw) : sums[ch - first];
+            double d = !split ? SumDouble(dot + at, hw) : sums[channels + ch - first];
             double inv = invstd[ch];
-            if (sums is null)
+            if (!split)
             {
                 // Unsplit: this block's sums are the batch's (a split part wrote its own shares above).
                 if (dweight is not null)

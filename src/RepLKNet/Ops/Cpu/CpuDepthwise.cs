@@ -1,5 +1,6 @@
 using TorchSharp;
 using static TorchSharp.torch;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Ops.Cpu;
 
@@ -111,7 +112,7 @@ public static class CpuDepthwise
     {
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(w);
-        long[] xs = x.shape;
+        long[] xs = TensorSizes.Of(x);
         var isa = RuleIsa;
         bool libtorch = ForwardOnLibtorch(isa, xs[2], xs[3], w.size(2)) && !BlockedBeatsLibtorch(isa, xs[1], xs[2], xs[3], w.size(2));
         return libtorch ? DepthwiseConv2d.Libtorch(x, w, b) : ForwardRaw(x, w, b);
@@ -129,7 +130,7 @@ public static class CpuDepthwise
         ArgumentNullException.ThrowIfNull(gradOutput);
         ArgumentNullException.ThrowIfNull(w);
         var isa = RuleIsa;
-        long[] gs = gradOutput.shape;
+        long[] gs = TensorSizes.Of(gradOutput);
         long h = gs[2], wd = gs[3], k = w.size(2);
         return !InputGradOnLibtorch(isa, h, wd, k) ? InputGradRaw(gradOutput, w) : LibtorchInputGrad(gradOutput, w, LibtorchForwardIsDirect(isa, h, wd, k));
     }
@@ -149,7 +150,7 @@ public static class CpuDepthwise
             return DepthwiseConv2d.Libtorch(gradOutput, flipped, null);
         }
 
-        long[] ws = w.shape;
+        long[] ws = TensorSizes.Of(w);
         return nn.functional.conv_transpose2d(gradOutput, w, padding: [ws[2] / 2, ws[2] / 2], groups: ws[0]);
     }
 
@@ -184,11 +185,11 @@ public static class CpuDepthwise
         using var wc = w.contiguous();
         using var bc = b?.contiguous();
         var (n, c, h, wd) = Dims(xc);
-        var y = empty(xc.shape, dtype: float32);
+        var y = empty(TensorSizes.Of(xc), dtype: float32);
         // An empty span pins as a null pointer: no bias.
         fixed (byte* px = xc.bytes, pw = wc.bytes, py = y.bytes, pb = bc is null ? Span<byte>.Empty : bc.bytes)
         {
-            DepthwiseConvCpu.Forward((float*)px, (float*)pw, (float*)pb, (float*)py, n, c, h, wd, (int)w.shape[2], DepthwiseConv2d.Isa, DepthwiseConv2d.ThreadCount);
+            DepthwiseConvCpu.Forward((float*)px, (float*)pw, (float*)pb, (float*)py, n, c, h, wd, (int)w.size(2), DepthwiseConv2d.Isa, DepthwiseConv2d.ThreadCount);
         }
 
         return y;
@@ -200,16 +201,16 @@ public static class CpuDepthwise
         using var gc = gradOutput.contiguous();
         using var wc = w.contiguous();
         var (n, c, h, wd) = Dims(gc);
-        var dx = empty(gc.shape, dtype: float32);
+        var dx = empty(TensorSizes.Of(gc), dtype: float32);
         fixed (byte* pg = gc.bytes, pw = wc.bytes, pdx = dx.bytes)
         {
-            DepthwiseConvCpu.InputGrad((float*)pg, (float*)pw, (float*)pdx, n, c, h, wd, (int)w.shape[2], DepthwiseConv2d.Isa, DepthwiseConv2d.ThreadCount);
+            DepthwiseConvCpu.InputGrad((float*)pg, (float*)pw, (float*)pdx, n, c, h, wd, (int)w.size(2), DepthwiseConv2d.Isa, DepthwiseConv2d.ThreadCount);
         }
 
         return dx;
     }
 
-    private static (int N, int C, int H, int W) Dims(Tensor t) => ((int)t.shape[0], (int)t.shape[1], (int)t.shape[2], (int)t.shape[3]);
+    private static (int N, int C, int H, int W) Dims(Tensor t) => ((int)t.size(0), (int)t.size(1), (int)t.size(2), (int)t.size(3));
 
     private sealed class Adapter : IDepthwiseKernels
     {

@@ -31,7 +31,7 @@ internal static unsafe class PointwiseConvCpu
     {
         ArgumentNullException.ThrowIfNull(weight);
         using var scope = NewDisposeScope();
-        return weight.reshape(weight.shape[0], weight.shape[1]).t().contiguous().MoveToOuterDisposeScope();
+        return weight.reshape(weight.size(0), weight.size(1)).t().contiguous().MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -54,14 +54,14 @@ internal static unsafe class PointwiseConvCpu
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(packedWeight);
         ArgumentNullException.ThrowIfNull(bias);
-        long[] xs = x.shape;
-        long[] ws = packedWeight.shape;
-        if (xs.Length != 4 || ws.Length != 2 || xs[1] != ws[0] || bias.shape.Length != 1 || bias.shape[0] != ws[1] ||
+        long[] xs = TensorSizes.Of(x);
+        long[] ws = TensorSizes.Of(packedWeight);
+        if (xs.Length != 4 || ws.Length != 2 || xs[1] != ws[0] || TensorSizes.Of(bias).Length != 1 || bias.size(0) != ws[1] ||
             x.dtype != ScalarType.Float32 || packedWeight.dtype != ScalarType.Float32 || bias.dtype != ScalarType.Float32 ||
             x.device_type != DeviceType.CPU || packedWeight.device_type != DeviceType.CPU || bias.device_type != DeviceType.CPU ||
             !packedWeight.is_contiguous() || !bias.is_contiguous())
         {
-            throw new ArgumentException($"a pointwise conv takes float32 CPU (N, C_in, H, W), (C_in, C_out) and (C_out); got {Shape(xs)}, {Shape(ws)}, {Shape(bias.shape)}", nameof(x));
+            throw new ArgumentException($"a pointwise conv takes float32 CPU (N, C_in, H, W), (C_in, C_out) and (C_out); got {Shape(xs)}, {Shape(ws)}, {Shape(TensorSizes.Of(bias))}", nameof(x));
         }
 
         long n = xs[0], k = xs[1], h = xs[2], w = xs[3], cOut = ws[1];
@@ -75,7 +75,7 @@ internal static unsafe class PointwiseConvCpu
         Tensor output;
         if (residual is not null)
         {
-            long[] rs = residual.shape;
+            long[] rs = TensorSizes.Of(residual);
             if (rs.Length != 4 || rs[0] != n || rs[1] != cOut || rs[2] != h || rs[3] != w || residual.dtype != ScalarType.Float32 || residual.device_type != DeviceType.CPU ||
                 !IsChannelsLast(residual))
             {
@@ -106,7 +106,7 @@ internal static unsafe class PointwiseConvCpu
     public static bool Fits(Tensor x, long outChannels)
     {
         ArgumentNullException.ThrowIfNull(x);
-        long[] xs = x.shape;
+        long[] xs = TensorSizes.Of(x);
         long pixels = xs.Length == 4 ? xs[0] * xs[2] * xs[3] : 0;
         return xs.Length == 4 && pixels * xs[1] * sizeof(float) <= int.MaxValue && pixels * outChannels * sizeof(float) <= int.MaxValue;
     }

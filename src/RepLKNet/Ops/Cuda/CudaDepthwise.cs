@@ -1,6 +1,7 @@
 using System.Globalization;
 using TorchSharp;
 using static TorchSharp.torch;
+using RepLKNet.Runtime;
 
 namespace RepLKNet.Ops.Cuda;
 
@@ -132,7 +133,7 @@ public static class CudaDepthwise
     public static Tensor Forward(Tensor x, Tensor w, Tensor? b, DepthwiseTile? tile = null)
     {
         ArgumentNullException.ThrowIfNull(x);
-        var y = empty(x.shape, dtype: float32, device: x.device);
+        var y = empty(TensorSizes.Of(x), dtype: float32, device: x.device);
         ForwardInto(x, w, b, y, tile);
         return y;
     }
@@ -143,7 +144,7 @@ public static class CudaDepthwise
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(w);
         ArgumentNullException.ThrowIfNull(y);
-        if (!y.is_contiguous() || y.device_type != DeviceType.CUDA || !y.shape.SequenceEqual(x.shape) || y.dtype != ScalarType.Float32)
+        if (!y.is_contiguous() || y.device_type != DeviceType.CUDA || !TensorSizes.Of(y).SequenceEqual(TensorSizes.Of(x)) || y.dtype != ScalarType.Float32)
         {
             throw new ArgumentException("the output must be a contiguous float32 CUDA tensor of the input's shape", nameof(y));
         }
@@ -153,7 +154,7 @@ public static class CudaDepthwise
         using var bc = b?.contiguous();
         int device = x.device_index < 0 ? 0 : x.device_index;
         Launch(device, DevicePtr(xc), DevicePtr(wc), bc is null ? IntPtr.Zero : DevicePtr(bc), DevicePtr(y),
-            (int)x.shape[0], (int)x.shape[1], (int)x.shape[2], (int)x.shape[3], (int)w.shape[2], tile);
+            (int)x.size(0), (int)x.size(1), (int)x.size(2), (int)x.size(3), (int)w.size(2), tile);
     }
 
     /// <summary>Launches the forward kernel on raw device pointers (NCHW, contiguous) on the legacy default stream.</summary>
@@ -246,7 +247,7 @@ public static class CudaDepthwise
     public static bool WeightGradFits(Tensor input, int k)
     {
         ArgumentNullException.ThrowIfNull(input);
-        return WeightGradRows((int)input.shape[2], (int)input.shape[3], k, SharedLimit(input.device_index < 0 ? 0 : input.device_index)) > 0;
+        return WeightGradRows((int)input.size(2), (int)input.size(3), k, SharedLimit(input.device_index < 0 ? 0 : input.device_index)) > 0;
     }
 
     /// <summary>The weight-gradient kernel's specification.</summary>
@@ -272,7 +273,7 @@ public static class CudaDepthwise
         ArgumentNullException.ThrowIfNull(gradOutput);
         int device = x.device_index < 0 ? 0 : x.device_index;
         CudaDriver.UsePrimaryContext(device);
-        int n = (int)x.shape[0], c = (int)x.shape[1], h = (int)x.shape[2], width = (int)x.shape[3];
+        int n = (int)x.size(0), c = (int)x.size(1), h = (int)x.size(2), width = (int)x.size(3);
         int maxShared = SharedLimit(device);
         int rows = WeightGradRows(h, width, k, maxShared);
         if (rows == 0)
@@ -321,7 +322,7 @@ public static class CudaDepthwise
     private sealed class Adapter : IDepthwiseKernels
     {
         public bool Takes(Tensor input, Tensor weight, Tensor? bias, bool tracked) =>
-            Fits(input, weight, bias) && (!tracked || BackwardEnabled && WeightGradFits(input, (int)weight.shape[2]));
+            Fits(input, weight, bias) && (!tracked || BackwardEnabled && WeightGradFits(input, (int)weight.size(2)));
 
         public Tensor Forward(Tensor input, Tensor weight, Tensor? bias) => CudaDepthwise.Forward(input, weight, bias);
 
@@ -329,7 +330,7 @@ public static class CudaDepthwise
 
         public Tensor WeightGrad(Tensor input, Tensor gradOutput, int k) =>
             CudaDepthwise.WeightGrad(input, gradOutput, k)
-            ?? throw new InvalidOperationException($"no weight-gradient tile fits a {input.shape[2]}×{input.shape[3]} map with K={k}");
+            ?? throw new InvalidOperationException($"no weight-gradient tile fits a {input.size(2)}×{input.size(3)} map with K={k}");
     }
 
     /// <summary>The device address of a contiguous tensor's first element.</summary>
