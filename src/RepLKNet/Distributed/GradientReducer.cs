@@ -153,7 +153,7 @@ public sealed class GradientReducer
             foreach (var b in list)
             {
                 long n = b.numel();
-                b.copy_(flat.narrow(0, offset, n).view_as(b));
+                b.copy_(flat.narrow(0, offset, n).view(TensorSizes.Of(b)));
                 offset += n;
             }
         }
@@ -212,7 +212,7 @@ public sealed class GradientReducer
             foreach (var g in bucket)
             {
                 long n = g.numel();
-                g.copy_(flat.narrow(0, offset, n).view_as(g));
+                g.copy_(flat.narrow(0, offset, n).view(TensorSizes.Of(g)));
                 offset += n;
             }
 

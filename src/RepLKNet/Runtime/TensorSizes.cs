@@ -10,7 +10,8 @@ namespace RepLKNet.Runtime;
 /// read shapes ~1,000 times a step that way (~1,500 finalized objects a step on the default model, every GC promoting
 /// them; docs/perf-notes.md, "Finalized shape reads"). <c>dim()</c> and <c>size(d)</c>/<c>stride(d)</c> are plain
 /// native calls (~20 ns, nothing allocated), so these helpers return the same values as one small managed array.
-/// <c>GcSafetyTests</c> fails on any whole-shape read in our assemblies.
+/// <c>TensorSizesTests</c> fails on any whole-shape read in our assemblies, direct or inside a TorchSharp member called
+/// (a short list of per-batch reads such as <c>item</c> excepted).
 /// </summary>
 public static class TensorSizes
 {

@@ -39,7 +39,14 @@ public static class ModelInputs
     /// <param name="device">Where the model runs.</param>
     /// <exception cref="ArgumentNullException"><paramref name="images"/> or <paramref name="device"/> is null.</exception>
     /// <exception cref="ArgumentOutOfRangeException">A size is negative, or <paramref name="images"/> is shorter than N·C·S·S.</exception>
-    public static Tensor Batch(float[] images, int count, int channels, int size, ScalarType dtype, Device device)
+    public static Tensor Batch(float[] images, int count, int channels, int size, ScalarType dtype, Device device) =>
+        Batch(images, count, channels, size, dtype, device, CopyChunk);
+
+    /// <summary>Floats copied per span: TorchSharp's <c>Tensor.bytes</c> is a span, so at most <see cref="int.MaxValue"/> bytes.</summary>
+    internal const long CopyChunk = 1L << 28;
+
+    /// <summary><see cref="Batch(float[], int, int, int, ScalarType, Device)"/> copying <paramref name="chunk"/> floats at a time (tests pass small ones).</summary>
+    internal static Tensor Batch(float[] images, int count, int channels, int size, ScalarType dtype, Device device, long chunk)
     {
         ArgumentNullException.ThrowIfNull(images);
         ArgumentNullException.ThrowIfNull(device);
@@ -48,10 +55,21 @@ public static class ModelInputs
         ArgumentOutOfRangeException.ThrowIfNegative(size);
         long length = (long)count * channels * size * size;
         ArgumentOutOfRangeException.ThrowIfGreaterThan(length, images.LongLength, nameof(images));
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(chunk);
         var x = empty([count, channels, size, size], ScalarType.Float32);
-        if (length > 0)
+        if (length <= chunk)
         {
             images.AsSpan(0, (int)length).CopyTo(MemoryMarshal.Cast<byte, float>(x.bytes));
+        }
+        else
+        {
+            using var flat = x.view(-1);
+            for (long start = 0; start < length; start += chunk)
+            {
+                long n = Math.Min(chunk, length - start);
+                using var piece = flat.narrow(0, start, n);
+                images.AsSpan((int)start, (int)n).CopyTo(MemoryMarshal.Cast<byte, float>(piece.bytes));
+            }
         }
 
         if (dtype == ScalarType.Float32 && device.type == DeviceType.CPU)
