@@ -20,8 +20,8 @@ public class ArchSettings : GlobalSettings
     public int? NumClasses { get; init; }
 
     /// <inheritdoc />
-    public override ValidationResult Validate() =>
-        NumClasses is <= 0 ? ValidationResult.Error($"--num-classes {NumClasses} must be positive") : base.Validate();
+    protected override ValidationResult ValidateOptions() =>
+        NumClasses is <= 0 ? ValidationResult.Error($"--num-classes {NumClasses} must be positive") : base.ValidateOptions();
 }
 
 /// <summary>Options shared by commands that load a model from a checkpoint.</summary>
@@ -50,8 +50,8 @@ public class WeightsSettings : ArchSettings
     protected virtual bool WeightsRequired => true;
 
     /// <inheritdoc />
-    public override ValidationResult Validate() =>
-        WeightsRequired && string.IsNullOrWhiteSpace(Weights) ? ValidationResult.Error("--weights is required") : base.Validate();
+    protected override ValidationResult ValidateOptions() =>
+        WeightsRequired && string.IsNullOrWhiteSpace(Weights) ? ValidationResult.Error("--weights is required") : base.ValidateOptions();
 }
 
 /// <summary>Parsing of the <c>--impl</c> list shared by the benchmarks.</summary>

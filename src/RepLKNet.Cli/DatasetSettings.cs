@@ -47,7 +47,7 @@ public class DatasetSettings : WeightsSettings
     public int? Workers { get; init; }
 
     /// <inheritdoc />
-    public override ValidationResult Validate()
+    protected override ValidationResult ValidateOptions()
     {
         if (Datasets.Canonical(Dataset) is null)
         {
@@ -64,7 +64,7 @@ public class DatasetSettings : WeightsSettings
             return ValidationResult.Error($"--channels {Channels} must be 1 or 3");
         }
 
-        return InputSize is <= 0 || Workers is <= 0 ? ValidationResult.Error("--input-size and --workers must be positive") : base.Validate();
+        return InputSize is <= 0 || Workers is <= 0 ? ValidationResult.Error("--input-size and --workers must be positive") : base.ValidateOptions();
     }
 
     /// <summary>

@@ -27,16 +27,19 @@ public class GlobalSettings : CommandSettings
     /// <summary>The parsed <see cref="Device"/>.</summary>
     public DeviceRequest DeviceRequest => DeviceRequest.Parse(Device);
 
-    /// <inheritdoc />
-    public override ValidationResult Validate()
-    {
-        // A text option without its value holds Spectre's placeholder; say so before anything reads it as a device or path.
-        // Every command's settings derive from this class, and every Validate override ends in base.Validate().
-        if (FlagTypes.MissingValue(this) is { } missing)
-        {
-            return ValidationResult.Error($"{missing} needs a value");
-        }
+    /// <summary>
+    /// Refuses a text option given without its value first (it holds Spectre's placeholder; said before any command's own
+    /// checks read it as a path or device, or complain about another option), then runs <see cref="ValidateOptions"/>.
+    /// </summary>
+    public sealed override ValidationResult Validate() =>
+        FlagTypes.MissingValue(this) is { } missing ? ValidationResult.Error($"{missing} needs a value") : ValidateOptions();
 
+    /// <summary>
+    /// The options' own checks, once every text option has its value: <c>--device</c> and <c>--threads</c> here; a command's
+    /// settings override this and end in <c>base.ValidateOptions()</c>.
+    /// </summary>
+    protected virtual ValidationResult ValidateOptions()
+    {
         try
         {
             _ = DeviceRequest;
@@ -46,7 +49,7 @@ public class GlobalSettings : CommandSettings
             return ValidationResult.Error($"--device: {e.Message}");
         }
 
-        return Threads is <= 0 ? ValidationResult.Error($"--threads {Threads} must be positive") : base.Validate();
+        return Threads is <= 0 ? ValidationResult.Error($"--threads {Threads} must be positive") : ValidationResult.Success();
     }
 
     /// <summary>

@@ -25,7 +25,7 @@ public class JsonFileSettings : GlobalSettings
 
     /// <inheritdoc />
     /// <remarks>Checks <c>--json</c> before the command runs (a benchmark can take minutes): not a folder, and no existing parent of it a file.</remarks>
-    public override ValidationResult Validate()
+    protected override ValidationResult ValidateOptions()
     {
         if (Json is { } path)
         {
@@ -53,7 +53,7 @@ public class JsonFileSettings : GlobalSettings
             }
         }
 
-        return base.Validate();
+        return base.ValidateOptions();
     }
 
     /// <summary>Writes <paramref name="document"/> to <see cref="Json"/> when it was given (see <see cref="JsonOutput.Write"/>); returns whether it did.</summary>

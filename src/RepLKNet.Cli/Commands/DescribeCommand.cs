@@ -34,9 +34,9 @@ public sealed class DescribeCommand(IAnsiConsole console) : Command<DescribeComm
         public bool Json { get; init; }
 
         /// <inheritdoc />
-        public override ValidationResult Validate()
+        protected override ValidationResult ValidateOptions()
         {
-            return string.IsNullOrWhiteSpace(Arch) ? ValidationResult.Error("--arch is required") : base.Validate();
+            return string.IsNullOrWhiteSpace(Arch) ? ValidationResult.Error("--arch is required") : base.ValidateOptions();
         }
     }
 

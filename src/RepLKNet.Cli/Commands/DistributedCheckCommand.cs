@@ -24,7 +24,7 @@ public sealed class DistributedCheckCommand(IAnsiConsole console) : Command<Dist
         public double? CollectiveTimeout { get; init; }
 
         /// <inheritdoc />
-        public override ValidationResult Validate() => DataParallel.CheckTimeout(CollectiveTimeout) ?? base.Validate();
+        protected override ValidationResult ValidateOptions() => DataParallel.CheckTimeout(CollectiveTimeout) ?? base.ValidateOptions();
     }
 
     /// <inheritdoc />

@@ -34,7 +34,7 @@ public sealed class EvalCommand(IAnsiConsole console) : Command<EvalCommand.Sett
         public string? Plot { get; init; }
 
         /// <inheritdoc />
-        public override ValidationResult Validate() => BatchSize <= 0 ? ValidationResult.Error("--batch-size must be positive") : base.Validate();
+        protected override ValidationResult ValidateOptions() => BatchSize <= 0 ? ValidationResult.Error("--batch-size must be positive") : base.ValidateOptions();
     }
 
     /// <inheritdoc />

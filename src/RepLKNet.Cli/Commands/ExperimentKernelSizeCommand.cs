@@ -49,7 +49,7 @@ public class ExperimentSettings : DatasetSettings
     protected override bool WeightsRequired => false;
 
     /// <inheritdoc />
-    public override ValidationResult Validate()
+    protected override ValidationResult ValidateOptions()
     {
         if (Inapplicable("the experiments build and train their own models (--model, --table)",
             (Arch is not null, "--arch"), (Weights is not null, "--weights"), (Ema, "--ema"), (!Strict, "--strict")) is { } error)
@@ -80,7 +80,7 @@ public class ExperimentSettings : DatasetSettings
             return ValidationResult.Error(OptionNames.Rewrite(e, e.Message));
         }
 
-        return base.Validate();
+        return base.ValidateOptions();
     }
 
     /// <summary>The recipe these options describe for <paramref name="data"/> (seed 0).</summary>
@@ -142,10 +142,10 @@ public sealed class ExperimentKernelSizeCommand(IAnsiConsole console) : Command<
         public string Out { get; init; } = "runs/kernel-size";
 
         /// <inheritdoc />
-        public override ValidationResult Validate() =>
+        protected override ValidationResult ValidateOptions() =>
             !(Width > 0) ? ValidationResult.Error("--width must be positive")
             : !MobileNetV2Config.Layouts.Contains(Layout.ToLowerInvariant()) ? ValidationResult.Error($"--layout '{Layout}': use {string.Join(" or ", MobileNetV2Config.Layouts)}")
-            : base.Validate();
+            : base.ValidateOptions();
     }
 
     /// <inheritdoc />

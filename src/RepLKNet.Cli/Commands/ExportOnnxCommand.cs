@@ -61,7 +61,7 @@ public sealed class ExportOnnxCommand(IAnsiConsole console) : Command<ExportOnnx
         public bool DynamicSize { get; init; }
 
         /// <inheritdoc />
-        public override ValidationResult Validate()
+        protected override ValidationResult ValidateOptions()
         {
             if (string.IsNullOrWhiteSpace(Out))
             {
@@ -73,7 +73,7 @@ public sealed class ExportOnnxCommand(IAnsiConsole console) : Command<ExportOnnx
                 return ValidationResult.Error("--batch must be positive");
             }
 
-            return base.Validate();
+            return base.ValidateOptions();
         }
     }
 

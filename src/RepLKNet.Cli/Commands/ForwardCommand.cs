@@ -45,14 +45,14 @@ public sealed class ForwardCommand(IAnsiConsole console) : Command<ForwardComman
         public bool Reparam { get; init; }
 
         /// <inheritdoc />
-        public override ValidationResult Validate()
+        protected override ValidationResult ValidateOptions()
         {
             if (string.IsNullOrWhiteSpace(Input))
             {
                 return ValidationResult.Error("--input is required");
             }
 
-            return string.IsNullOrWhiteSpace(InputShape) ? ValidationResult.Error("--input-shape is required") : base.Validate();
+            return string.IsNullOrWhiteSpace(InputShape) ? ValidationResult.Error("--input-shape is required") : base.ValidateOptions();
         }
     }
 

@@ -33,10 +33,10 @@ public sealed class PredictCommand(IAnsiConsole console) : Command<PredictComman
         protected override bool WeightsRequired => Onnx is null;
 
         /// <inheritdoc />
-        public override ValidationResult Validate() =>
+        protected override ValidationResult ValidateOptions() =>
             Onnx is not null && Weights is not null ? ValidationResult.Error("give --weights or --onnx, not both")
             : Onnx is not null && BatchSize <= 0 ? ValidationResult.Error("--batch-size must be positive")
-            : base.Validate();
+            : base.ValidateOptions();
 
         /// <summary>Input size.</summary>
         [CommandOption("--input-size <SIZE>")]

@@ -49,7 +49,7 @@ public sealed class ReparamCommand(IAnsiConsole console) : Command<ReparamComman
         public long Seed { get; init; }
 
         /// <inheritdoc />
-        public override ValidationResult Validate()
+        protected override ValidationResult ValidateOptions()
         {
             if (string.IsNullOrWhiteSpace(Out))
             {
@@ -61,7 +61,7 @@ public sealed class ReparamCommand(IAnsiConsole console) : Command<ReparamComman
                 return ValidationResult.Error("--input-size and --batch must be positive");
             }
 
-            return base.Validate();
+            return base.ValidateOptions();
         }
     }
 

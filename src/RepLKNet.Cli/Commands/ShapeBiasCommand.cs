@@ -72,7 +72,7 @@ public sealed class ShapeBiasCommand(IAnsiConsole console) : Command<ShapeBiasCo
         public string[] Compare { get; init; } = [];
 
         /// <inheritdoc />
-        public override ValidationResult Validate()
+        protected override ValidationResult ValidateOptions()
         {
             if (Data is null)
             {
@@ -94,7 +94,7 @@ public sealed class ShapeBiasCommand(IAnsiConsole console) : Command<ShapeBiasCo
                 return ValidationResult.Error($"--eval-transform '{EvalTransform}': use reference or recorded");
             }
 
-            return BatchSize < 1 ? ValidationResult.Error($"--batch-size {BatchSize} must be positive") : base.Validate();
+            return BatchSize < 1 ? ValidationResult.Error($"--batch-size {BatchSize} must be positive") : base.ValidateOptions();
         }
     }
 

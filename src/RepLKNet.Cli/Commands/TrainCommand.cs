@@ -192,7 +192,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         public bool GcStress { get; init; }
 
         /// <inheritdoc />
-        public override ValidationResult Validate()
+        protected override ValidationResult ValidateOptions()
         {
             // The recipe's ranges are the library's (TrainOptions.Validate, reported with these flags); the model's is here.
             if (DropPath is < 0 or >= 1)
@@ -221,7 +221,7 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
             }
 
             return Inapplicable("train fine-tunes from the train-form 'model' weights of --weights, skipping a classifier of another size", (Ema, "--ema"), (!Strict, "--strict"))
-                ?? base.Validate();
+                ?? base.ValidateOptions();
         }
     }
 
@@ -351,11 +351,12 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         if (history.Count > 0)
         {
             TrainPlots.Curves(history, Path.Combine(settings.Out, "curves.png"), name);
-            Finish(trainer, history, settings, started);
+            // Stopped by --max-steps, the summary says so instead of "done" (its best and deploy checkpoints are of the run so
+            // far), and the command that goes on comes last.
+            Finish(trainer, history, settings, started, byMaxSteps ? $"stopped by --max-steps {settings.MaxSteps} at step {trainer.StepsDone} of {scheduledSteps}" : null);
             if (byMaxSteps)
             {
-                // The best and deploy checkpoints above are of the run so far; the schedule goes on where it stopped.
-                console.Profile.Out.Writer.WriteLine($"stopped by --max-steps {settings.MaxSteps} at step {trainer.StepsDone} of {scheduledSteps}. Continue with: {resume}");
+                console.Profile.Out.Writer.WriteLine($"Continue with: {resume}");
             }
         }
         else
@@ -471,14 +472,15 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         throw new UsageException($"{option} '{text}': expected MIN,MAX (e.g. 0.08,1) or none");
     }
 
-    private void Finish(Trainer trainer, List<EpochMetrics> history, Settings settings, DateTime started)
+    private void Finish(Trainer trainer, List<EpochMetrics> history, Settings settings, DateTime started, string? stopped)
     {
         // Re-parameterize the best model, verify it, and save the deploy checkpoint beside the training one.
         var deploy = trainer.WriteDeploy();
         var last = history[^1];
         double bestTop1 = history.Max(h => Math.Max(h.Top1, double.IsNaN(h.EmaTop1) ? 0 : h.EmaTop1));
-        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]done[/] in {0:F1} min: best test top-1 [bold]{1:P2}[/] (last epoch: {2:P2}, EMA {3:P2}); deploy form verified (max rel. diff {4:E1}){5}",
-            (DateTime.UtcNow - started).TotalMinutes, bestTop1, last.Top1, last.EmaTop1, deploy.RelativeEndToEnd, Markup.Escape(PeakRss(PeakMemory.ProcessPeak()?.Bytes, "; ")));
+        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]{6}[/] in {0:F1} min: best test top-1 [bold]{1:P2}[/] (last epoch: {2:P2}, EMA {3:P2}); deploy form verified (max rel. diff {4:E1}){5}",
+            (DateTime.UtcNow - started).TotalMinutes, bestTop1, last.Top1, last.EmaTop1, deploy.RelativeEndToEnd, Markup.Escape(PeakRss(PeakMemory.ProcessPeak()?.Bytes, "; ")),
+            Markup.Escape(stopped ?? "done"));
         foreach (var (what, file) in new[]
         {
             ("best (train form)", trainer.BestCheckpoint), ("best (deploy form)", trainer.DeployCheckpoint), ("last", trainer.LastCheckpoint),

@@ -104,6 +104,7 @@ public sealed class CliTests
     [InlineData("--device needs a value", "train", "--device", "--epochs", "1")]
     [InlineData("--onnx needs a value", "bench", "onnx", "--onnx", "--warmup", "1")]
     [InlineData("--weights needs a value", "export", "onnx", "--weights", "--out", "x.onnx")]
+    [InlineData("--weights needs a value", "export", "onnx", "--weights")] // before the command's own "--out is required"
     [InlineData("--compare needs a value", "erf", "--compare", "--out", "x.png")]
     public void A_flag_without_its_value_or_with_a_wrong_kind_is_named(string expected, params string[] args)
     {

@@ -107,7 +107,10 @@ public sealed class TrainCommandTests
         Assert.True(cut.ExitCode == 0, cut.StdErr + cut.StdOut);
         string cutText = System.Text.RegularExpressions.Regex.Replace(cut.StdOut, @"\s+", " ");
         Assert.Contains("deploy form verified", cutText, StringComparison.Ordinal);
-        Assert.Contains("stopped by --max-steps 4 at step 4 of 6. Continue with: ./replknet train --data", cutText, StringComparison.Ordinal);
+        // The summary says how it ended (not "done"), its checkpoints follow, and the command that goes on comes last.
+        Assert.Matches(@"stopped by --max-steps 4 at step 4 of 6 in [0-9.]+ min: best test top-1", cutText);
+        Assert.DoesNotContain("done in", cutText, StringComparison.Ordinal);
+        Assert.True(cutText.IndexOf("deploy form verified", StringComparison.Ordinal) < cutText.IndexOf("Continue with: ./replknet train --data", StringComparison.Ordinal), cutText);
         Assert.EndsWith($"--out {later} --device cpu --resume", cutText.Trim(), StringComparison.Ordinal);
     }
 

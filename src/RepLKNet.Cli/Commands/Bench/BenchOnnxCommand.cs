@@ -37,12 +37,12 @@ public sealed class BenchOnnxCommand(IAnsiConsole console) : Command<BenchOnnxCo
         public int? Warmup { get; init; }
 
         /// <inheritdoc />
-        public override ValidationResult Validate() =>
+        protected override ValidationResult ValidateOptions() =>
             string.IsNullOrWhiteSpace(Onnx) ? ValidationResult.Error("--onnx is required")
             : Batch <= 0 ? ValidationResult.Error($"--batch {Batch} must be positive")
             : Reps <= 0 ? ValidationResult.Error($"--reps {Reps} must be positive")
             : Warmup < 0 ? ValidationResult.Error($"--warmup {Warmup}: must be 0 or more")
-            : base.Validate() is { Successful: false } failed ? failed
+            : base.ValidateOptions() is { Successful: false } failed ? failed
             : DeviceRequest.Kind == DeviceRequestKind.Cuda ? ValidationResult.Error($"--device {Device}: bench onnx runs both engines on the CPU (ONNX Runtime's CPU provider)")
             : ValidationResult.Success();
     }

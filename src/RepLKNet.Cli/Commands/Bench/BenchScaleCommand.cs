@@ -95,14 +95,14 @@ public sealed class BenchScaleCommand(IAnsiConsole console) : Command<BenchScale
         public string? Worker { get; init; }
 
         /// <inheritdoc />
-        public override ValidationResult Validate()
+        protected override ValidationResult ValidateOptions()
         {
             if (Batch <= 0 || Steps <= 0 || Repeat <= 0 || Warmup < 0 || Resolution is <= 0 || GpuBatch <= 0)
             {
                 return ValidationResult.Error("--batch, --steps, --repeat, --resolution and --gpu-batch must be positive, --warmup ≥ 0");
             }
 
-            return !(GpuStepMs > 0 && double.IsFinite(GpuStepMs)) ? ValidationResult.Error($"--gpu-step-ms {GpuStepMs} must be a positive number") : base.Validate();
+            return !(GpuStepMs > 0 && double.IsFinite(GpuStepMs)) ? ValidationResult.Error($"--gpu-step-ms {GpuStepMs} must be a positive number") : base.ValidateOptions();
         }
     }
 

@@ -51,10 +51,10 @@ public sealed class SegEvalCommand(IAnsiConsole console) : Command<SegEvalComman
         protected override bool WeightsRequired => true;
 
         /// <inheritdoc />
-        public override ValidationResult Validate() =>
+        protected override ValidationResult ValidateOptions() =>
             Limit is <= 0 ? ValidationResult.Error($"--limit {Limit} must be positive")
             : Mode is not (null or "whole" or "slide") ? ValidationResult.Error($"--mode '{Mode}': use whole or slide")
-            : base.Validate();
+            : base.ValidateOptions();
     }
 
     /// <inheritdoc />

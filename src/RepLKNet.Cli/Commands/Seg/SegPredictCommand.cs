@@ -54,7 +54,7 @@ public sealed class SegPredictCommand(IAnsiConsole console) : Command<SegPredict
         public double Opacity { get; init; } = 0.5;
 
         /// <inheritdoc />
-        public override ValidationResult Validate()
+        protected override ValidationResult ValidateOptions()
         {
             if (Images.Length == 0)
             {
@@ -67,7 +67,7 @@ public sealed class SegPredictCommand(IAnsiConsole console) : Command<SegPredict
             }
 
             return Opacity is < 0 or > 1 ? ValidationResult.Error($"--opacity {Opacity} must be in [0, 1]")
-                : Inapplicable("segmentation checkpoints hold one set of weights and load strictly", (Ema, "--ema"), (!Strict, "--strict")) ?? base.Validate();
+                : Inapplicable("segmentation checkpoints hold one set of weights and load strictly", (Ema, "--ema"), (!Strict, "--strict")) ?? base.ValidateOptions();
         }
     }
 

@@ -43,7 +43,7 @@ public class SegDatasetSettings : WeightsSettings
     protected override bool WeightsRequired => false;
 
     /// <inheritdoc />
-    public override ValidationResult Validate()
+    protected override ValidationResult ValidateOptions()
     {
         if (SegmentationDataset.Canonical(Dataset) is null)
         {
@@ -60,7 +60,7 @@ public class SegDatasetSettings : WeightsSettings
             return ValidationResult.Error($"--workers {Workers} must be positive");
         }
 
-        return Inapplicable("segmentation checkpoints hold one set of weights and load strictly", (Ema, "--ema"), (!Strict, "--strict")) ?? base.Validate();
+        return Inapplicable("segmentation checkpoints hold one set of weights and load strictly", (Ema, "--ema"), (!Strict, "--strict")) ?? base.ValidateOptions();
     }
 
     /// <summary>Opens the train and val splits (the layout's names), one line on errors.</summary>

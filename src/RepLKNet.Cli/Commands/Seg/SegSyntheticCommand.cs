@@ -52,8 +52,8 @@ public sealed class SegSyntheticCommand(IAnsiConsole console) : Command<SegSynth
         public long Seed { get; init; }
 
         /// <inheritdoc />
-        public override ValidationResult Validate() =>
-            string.IsNullOrWhiteSpace(Out) ? ValidationResult.Error("--out is required (the dataset folder to write)") : base.Validate();
+        protected override ValidationResult ValidateOptions() =>
+            string.IsNullOrWhiteSpace(Out) ? ValidationResult.Error("--out is required (the dataset folder to write)") : base.ValidateOptions();
     }
 
     /// <inheritdoc />

@@ -122,12 +122,12 @@ public sealed class SegTrainCommand(IAnsiConsole console) : Command<SegTrainComm
         public long? EvalLimit { get; init; }
 
         /// <inheritdoc />
-        public override ValidationResult Validate() =>
+        protected override ValidationResult ValidateOptions() =>
             NumClasses is not null ? ValidationResult.Error("--num-classes does not apply: seg train takes the dataset's classes")
             : Dtype is not ("float32" or "float64") ? ValidationResult.Error($"--dtype '{Dtype}': use float32 or float64")
             : DataParallel.CheckTimeout(CollectiveTimeout) is { } timeout ? timeout
             : AllowWorldSizeChange && !Resume ? ValidationResult.Error("--allow-world-size-change does not apply without --resume: it lets a resumed run have another number of processes")
-            : base.Validate();
+            : base.ValidateOptions();
     }
 
     /// <inheritdoc />
