@@ -273,10 +273,10 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         using var signals = new StopSignals(group.IsMain ? Console.Error : TextWriter.Null, cancellationToken);
         string resumeCommand = DataParallel.LaunchPrefix(group) + ResumeCommand(context.Arguments);
         long scheduledSteps = (long)settings.Epochs * trainer.StepsPerEpoch;
-        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]train[/] {0} on {1}: {2:N0} training / {3:N0} test images, {4} × {5} steps{13}, batch {6}{7}, {8}, {9} threads, {10} loader workers{11} → {12}",
-            Markup.Escape(name), Markup.Escape(data.Name), Math.Min(train.Count, settings.TrainSubset ?? long.MaxValue), data.Test.Count, settings.Epochs == 1 ? "1 epoch" : $"{settings.Epochs} epochs", trainer.StepsPerEpoch, settings.BatchSize,
-            settings.AccumSteps > 1 ? $" × {settings.AccumSteps} accumulated" : "", device, torch.get_num_threads(), options.Workers, Markup.Escape(DescribeJob(group, settings.BatchSize * settings.AccumSteps, settings.SyncBn)),
-            Markup.Escape(settings.Out), settings.MaxSteps is long max && max < scheduledSteps ? $" (stopping at step {max:N0} of {scheduledSteps:N0}, --max-steps)" : "");
+        BoldLead("train", string.Format(CultureInfo.InvariantCulture, " {0} on {1}: {2:N0} training / {3:N0} test images, {4} × {5} steps{13}, batch {6}{7}, {8}, {9} threads, {10} loader workers{11} → {12}",
+            name, data.Name, Math.Min(train.Count, settings.TrainSubset ?? long.MaxValue), data.Test.Count, settings.Epochs == 1 ? "1 epoch" : $"{settings.Epochs} epochs", trainer.StepsPerEpoch, settings.BatchSize,
+            settings.AccumSteps > 1 ? $" × {settings.AccumSteps} accumulated" : "", device, torch.get_num_threads(), options.Workers, DescribeJob(group, settings.BatchSize * settings.AccumSteps, settings.SyncBn),
+            settings.Out, settings.MaxSteps is long max && max < scheduledSteps ? $" (stopping at step {max:N0} of {scheduledSteps:N0}, --max-steps)" : ""));
         console.MarkupLine($"  data: {Markup.Escape(augment.Describe(trainer.Pipeline.Size))}; {Markup.Escape(data.Normalization.ToString())}");
         var history = new List<EpochMetrics>();
         var started = DateTime.UtcNow;
@@ -472,15 +472,30 @@ public sealed class TrainCommand(IAnsiConsole console) : Command<TrainCommand.Se
         throw new UsageException($"{option} '{text}': expected MIN,MAX (e.g. 0.08,1) or none");
     }
 
+    /// <summary>
+    /// One line whose first words are bold on a terminal. Written as plain text when the output goes to a file or pipe:
+    /// Spectre wraps markup at its assumed width there, and the run's header (paths, --max-steps) is longer than that.
+    /// </summary>
+    private void BoldLead(string lead, string rest)
+    {
+        if (Console.IsOutputRedirected || !console.Profile.Capabilities.Ansi)
+        {
+            console.Profile.Out.Writer.WriteLine(lead + rest);
+        }
+        else
+        {
+            console.MarkupLine($"[bold]{Markup.Escape(lead)}[/]{Markup.Escape(rest)}");
+        }
+    }
+
     private void Finish(Trainer trainer, List<EpochMetrics> history, Settings settings, DateTime started, string? stopped)
     {
         // Re-parameterize the best model, verify it, and save the deploy checkpoint beside the training one.
         var deploy = trainer.WriteDeploy();
         var last = history[^1];
         double bestTop1 = history.Max(h => Math.Max(h.Top1, double.IsNaN(h.EmaTop1) ? 0 : h.EmaTop1));
-        console.MarkupLine(CultureInfo.InvariantCulture, "[bold]{6}[/] in {0:F1} min: best test top-1 [bold]{1:P2}[/] (last epoch: {2:P2}, EMA {3:P2}); deploy form verified (max rel. diff {4:E1}){5}",
-            (DateTime.UtcNow - started).TotalMinutes, bestTop1, last.Top1, last.EmaTop1, deploy.RelativeEndToEnd, Markup.Escape(PeakRss(PeakMemory.ProcessPeak()?.Bytes, "; ")),
-            Markup.Escape(stopped ?? "done"));
+        BoldLead(stopped ?? "done", string.Format(CultureInfo.InvariantCulture, " in {0:F1} min: best test top-1 {1:P2} (last epoch: {2:P2}, EMA {3:P2}); deploy form verified (max rel. diff {4:E1}){5}",
+            (DateTime.UtcNow - started).TotalMinutes, bestTop1, last.Top1, last.EmaTop1, deploy.RelativeEndToEnd, PeakRss(PeakMemory.ProcessPeak()?.Bytes, "; ")));
         foreach (var (what, file) in new[]
         {
             ("best (train form)", trainer.BestCheckpoint), ("best (deploy form)", trainer.DeployCheckpoint), ("last", trainer.LastCheckpoint),
