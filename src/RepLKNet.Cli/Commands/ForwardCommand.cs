@@ -93,7 +93,7 @@ public sealed class ForwardCommand(IAnsiConsole console) : Command<ForwardComman
             {
                 string path = $"{prefix}{indices[i]}.bin";
                 RawTensorFile.Write(path, features[i]);
-                Console.Error.WriteLine($"wrote stage {indices[i]} features [{string.Join(", ", TensorSizes.Of(features[i]))}] to '{path}'");
+                Console.Error.WriteLine($"wrote stage {indices[i]} features {TensorSizes.Text(features[i])} to '{path}'");
             }
         }
 
@@ -106,7 +106,7 @@ public sealed class ForwardCommand(IAnsiConsole console) : Command<ForwardComman
         if (settings.Output is { } output)
         {
             RawTensorFile.Write(output, logits);
-            Console.Error.WriteLine($"wrote logits [{string.Join(", ", TensorSizes.Of(logits))}] to '{output}'");
+            Console.Error.WriteLine($"wrote logits {TensorSizes.Text(logits)} to '{output}'");
         }
 
         var (values, classes) = logits.max(1);
@@ -153,7 +153,7 @@ public sealed class ForwardCommand(IAnsiConsole console) : Command<ForwardComman
             {
                 string path = $"{prefix}{indices[i]}.bin";
                 RawTensorFile.Write(path, features[i]);
-                Console.Error.WriteLine($"wrote stage {indices[i]} features [{string.Join(", ", TensorSizes.Of(features[i]))}] to '{path}'");
+                Console.Error.WriteLine($"wrote stage {indices[i]} features {TensorSizes.Text(features[i])} to '{path}'");
             }
         }
 
@@ -161,7 +161,7 @@ public sealed class ForwardCommand(IAnsiConsole console) : Command<ForwardComman
         if (settings.Output is { } output)
         {
             RawTensorFile.Write(output, logits);
-            Console.Error.WriteLine($"wrote logits [{string.Join(", ", TensorSizes.Of(logits))}] to '{output}'");
+            Console.Error.WriteLine($"wrote logits {TensorSizes.Text(logits)} to '{output}'");
         }
 
         var predicted = logits.argmax(1);

@@ -20,7 +20,7 @@ public sealed class ImageTensorDataset : IImageDataset, IDisposable
         ArgumentNullException.ThrowIfNull(classNames);
         if (images.dim() != 4 || images.dtype != ScalarType.Byte || labels.dim() != 1 || labels.size(0) != images.size(0))
         {
-            throw new ArgumentException($"expected uint8 (N, C, H, W) images and N labels, got {images.dtype} [{string.Join(", ", TensorSizes.Of(images))}] and [{string.Join(", ", TensorSizes.Of(labels))}]");
+            throw new ArgumentException($"expected uint8 (N, C, H, W) images and N labels, got {images.dtype} {TensorSizes.Text(images)} and {TensorSizes.Text(labels)}");
         }
 
         Images = images;

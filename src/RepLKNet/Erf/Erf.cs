@@ -43,7 +43,7 @@ public static class EffectiveReceptiveField
         ArgumentNullException.ThrowIfNull(image);
         if (image.dim() != 4 || image.size(0) != 1)
         {
-            throw new ArgumentException($"the ERF takes one image at a time, shaped (1, C, H, W); got [{string.Join(", ", TensorSizes.Of(image))}]");
+            throw new ArgumentException($"the ERF takes one image at a time, shaped (1, C, H, W); got {TensorSizes.Text(image)}");
         }
 
         using var scope = NewDisposeScope();
@@ -52,7 +52,7 @@ public static class EffectiveReceptiveField
         var output = features(x);
         if (output.dim() != 4)
         {
-            throw new ArgumentException($"the feature map must be (N, C, h, w), got [{string.Join(", ", TensorSizes.Of(output))}]");
+            throw new ArgumentException($"the feature map must be (N, C, h, w), got {TensorSizes.Text(output)}");
         }
 
         long h = output.size(2), w = output.size(3);

@@ -90,7 +90,7 @@ internal sealed class BatchNormFunction : autograd.SingleTensorFunction<BatchNor
     private static unsafe float* Data(Tensor t)
     {
         float* p = OptimizerCpu.FloatData(t);
-        return p is not null ? p : throw new InvalidOperationException($"batch norm: a {t.dtype} tensor of shape [{string.Join(", ", TensorSizes.Of(t))}] is not contiguous float32 on the CPU");
+        return p is not null ? p : throw new InvalidOperationException($"batch norm: a {t.dtype} tensor of shape {TensorSizes.Text(t)} is not contiguous float32 on the CPU");
     }
 
     private static unsafe float* DataOrNull(Tensor? t) => t is null ? null : Data(t);

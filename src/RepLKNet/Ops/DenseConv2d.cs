@@ -69,8 +69,8 @@ public static class DenseConv2d
         if (input.size(1) != weight.size(1))
         {
             // libtorch's own check would quote the padded counts.
-            throw new ArgumentException($"conv2d: weight [{string.Join(", ", TensorSizes.Of(weight))}] expects {weight.size(1)} input channels, " +
-                $"but the input [{string.Join(", ", TensorSizes.Of(input))}] has {input.size(1)}", nameof(input));
+            throw new ArgumentException($"conv2d: weight {TensorSizes.Text(weight)} expects {weight.size(1)} input channels, " +
+                $"but the input {TensorSizes.Text(input)} has {input.size(1)}", nameof(input));
         }
 
         using var scope = NewDisposeScope();

@@ -48,7 +48,7 @@ public static class SegmentationInference
 
         if (image.dim() != 4)
         {
-            throw new ArgumentException($"image must be [N, 3, H, W], got [{string.Join(", ", TensorSizes.Of(image))}]", nameof(image));
+            throw new ArgumentException($"image must be [N, 3, H, W], got {TensorSizes.Text(image)}", nameof(image));
         }
 
         int height = (int)image.size(2), width = (int)image.size(3);

@@ -36,7 +36,7 @@ public static class SegmentationLoss
         if (logits.dim() != 4 || labels.dim() != 3 || labels.size(0) != logits.size(0))
         {
             throw new ArgumentException(
-                $"labels [{string.Join(", ", TensorSizes.Of(labels))}] do not fit logits [{string.Join(", ", TensorSizes.Of(logits))}]: expected logits [N, classes, h, w] and labels [N, H, W]",
+                $"labels {TensorSizes.Text(labels)} do not fit logits {TensorSizes.Text(logits)}: expected logits [N, classes, h, w] and labels [N, H, W]",
                 nameof(labels));
         }
 

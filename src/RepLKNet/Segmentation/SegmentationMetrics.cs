@@ -95,7 +95,7 @@ public sealed class SegmentationMetrics
         ArgumentNullException.ThrowIfNull(label);
         if (!TensorSizes.Of(prediction).SequenceEqual(TensorSizes.Of(label)))
         {
-            throw new ArgumentException($"label has shape [{string.Join(", ", TensorSizes.Of(label))}] but prediction [{string.Join(", ", TensorSizes.Of(prediction))}]", nameof(label));
+            throw new ArgumentException($"label has shape {TensorSizes.Text(label)} but prediction {TensorSizes.Text(prediction)}", nameof(label));
         }
 
         if (prediction.is_floating_point() || label.is_floating_point())

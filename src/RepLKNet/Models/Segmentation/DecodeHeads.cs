@@ -83,7 +83,7 @@ public abstract class DecodeHead : Module<IReadOnlyList<Tensor>, Tensor>
             selected[i] = inputs[index];
             if (selected[i].dim() != 4 || selected[i].size(1) != Config.InChannels[i])
             {
-                throw new ArgumentException($"inputs[{index}] has shape [{string.Join(", ", TensorSizes.Of(selected[i]))}]; the head expects [N, {Config.InChannels[i]}, h, w]", nameof(inputs));
+                throw new ArgumentException($"inputs[{index}] has shape {TensorSizes.Text(selected[i])}; the head expects [N, {Config.InChannels[i]}, h, w]", nameof(inputs));
             }
         }
 

@@ -76,7 +76,7 @@ public sealed class EncoderDecoder : Module<Tensor, Tensor>
         ArgumentNullException.ThrowIfNull(input);
         if (input.dim() != 4 || input.size(1) != InChannels)
         {
-            throw new ArgumentException($"input has shape [{string.Join(", ", TensorSizes.Of(input))}]; the segmenter takes [N, {InChannels}, H, W]", nameof(input));
+            throw new ArgumentException($"input has shape {TensorSizes.Text(input)}; the segmenter takes [N, {InChannels}, H, W]", nameof(input));
         }
 
         return backbone.forward_intermediates(input);

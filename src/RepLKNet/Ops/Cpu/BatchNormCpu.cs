@@ -72,7 +72,9 @@ internal static unsafe class BatchNormCpu
         // statistics (Chan et al.'s pairwise combination: M2 = Σ M2ₚ + Σ nₚ(μₚ − μ)², with Σ nₚ(μₚ − μ)² = Σ Sₚ²/nₚ − S²/M).
         int channels = last - first;
         bool split = part is not null;
-        Span<double> sums = split ? SplitScratch((4 * channels) + 1).AsSpan(0, (3 * channels) + 1) : default;
+        // The part's sums (Σx, M2, Σx·mean per channel, and its count), then the combined M2: one per-thread array.
+        double[]? splitSums = split ? SplitScratch((4 * channels) + 1) : null;
+        Span<double> sums = split ? splitSums.AsSpan(0, (3 * channels) + 1) : default;
         // Σ over the batch, position by position (one contiguous run per image), then over each channel's positions.
         Clear(acc, length);
         for (int i = 0; i < n; i++)
@@ -100,7 +102,7 @@ internal static unsafe class BatchNormCpu
         Span<double> m2 = default;
         if (split)
         {
-            m2 = SplitScratch((4 * channels) + 1).AsSpan((3 * channels) + 1, channels);
+            m2 = splitSums.AsSpan((3 * channels) + 1, channels);
             for (int k = 0; k < channels; k++)
             {
                 m2[k] = SumDouble(acc + (k * hw), hw);
