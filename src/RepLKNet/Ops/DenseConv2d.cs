@@ -42,6 +42,18 @@ public static class DenseConv2d
     public static bool Enabled { get; set; } = Environment.GetEnvironmentVariable(EnvironmentVariable)?.Trim().ToUpperInvariant() is not ("OFF" or "0" or "FALSE");
 
     /// <summary>
+    /// Environment variable: <c>off</c>, <c>0</c> or <c>false</c> leaves 1×1 convolutions to libtorch's own choice of
+    /// kernel (<see cref="PointwiseDilation"/>; default: on).
+    /// </summary>
+    public const string PointwiseEnvironmentVariable = "REPLKNET_CONV_1X1_ONEDNN";
+
+    /// <summary>
+    /// Whether small single-thread 1×1 convolutions are steered to oneDNN (<see cref="PointwiseDilation"/>;
+    /// <see cref="PointwiseEnvironmentVariable"/> is not <c>off</c>); settable for tests and comparisons.
+    /// </summary>
+    public static bool OneDnnPointwise { get; set; } = Environment.GetEnvironmentVariable(PointwiseEnvironmentVariable)?.Trim().ToUpperInvariant() is not ("OFF" or "0" or "FALSE");
+
+    /// <summary>
     /// <c>F.conv2d(input, weight, bias, stride, padding, dilation, groups)</c>, padded as the class describes where the
     /// defect applies (CPU float32, groups = 1, kernel larger than 1×1).
     /// </summary>
@@ -63,7 +75,7 @@ public static class DenseConv2d
         var (inPad, outPad) = ChannelPadding(input, weight, groups, input.requires_grad && is_grad_enabled());
         if (inPad == 0 && outPad == 0)
         {
-            return nn.functional.conv2d(input, weight, bias, strides: stride, padding: padding, dilation: dilation, groups: groups);
+            return nn.functional.conv2d(input, weight, bias, strides: stride, padding: padding, dilation: PointwiseDilation(input, weight, stride, dilation, groups), groups: groups);
         }
 
         if (input.size(1) != weight.size(1))
@@ -118,6 +130,54 @@ public static class DenseConv2d
         var (yOurs, dxOurs) = Run(x.to(ScalarType.Float32), w.to(ScalarType.Float32), upstream.to(ScalarType.Float32), ours: true);
         return (Runtime.TensorErrors.Relative(yTorch, y64), Runtime.TensorErrors.Relative(dxTorch, dx64),
             Runtime.TensorErrors.Relative(yOurs, y64), Runtime.TensorErrors.Relative(dxOurs, dx64));
+    }
+
+    /// <summary>
+    /// The dilation <see cref="Forward"/> passes to libtorch: (2, 2) in place of (1, 1) for a dense (groups = 1) 1×1 kernel
+    /// with stride 1 and input and output channels that are multiples of 16, on a CPU float32 input of fewer than 16
+    /// samples while libtorch counts one thread on the calling thread (inside a part of the batch split,
+    /// <see cref="Runtime.BatchSplit"/>, or in a one-thread process); otherwise <paramref name="dilation"/> itself. Without
+    /// the channel condition, those are exactly the convolutions that libtorch's <c>ConvParams::use_mkldnn</c>
+    /// (aten/src/ATen/native/Convolution.cpp, 2.10: "for 1x1 filters, MKLDNN is faster than THNN when multi-threaded, but
+    /// THNN is faster when single-threaded") keeps from oneDNN and runs as its native unfold + GEMM convolution, which on
+    /// the project machine took 1.4–2.0× as long as oneDNN's for forward and both gradients (RepLKNet-31B's 1×1 shapes and
+    /// RepLKNet-FMNIST's, batch 2–8, one thread; docs/perf-notes.md, thirteenth session). A 1×1 kernel has a single tap, so
+    /// the dilation does not change what is computed, and libtorch hands every dilated convolution to oneDNN, which runs
+    /// it with the same <c>jit_1x1</c> kernel it uses for undilated 1×1 convolutions of 16 samples or more. Batches of one
+    /// sample below 20,480 input values stay native either way (libtorch's other clause). Channel counts that are not
+    /// multiples of 16 (oneDNN's channel block with AVX-512, two of AVX2's) stay with libtorch's choice: there oneDNN was
+    /// 0.62–1.18× as fast (24 → 24, 17 → 33, 3 → 64, 40 → 100 channels). Off with <see cref="OneDnnPointwise"/> = false.
+    /// </summary>
+    /// <param name="input">[N, C_in, H, W].</param>
+    /// <param name="weight">[C_out, C_in / groups, kh, kw].</param>
+    /// <param name="stride">(sh, sw).</param>
+    /// <param name="dilation">(dh, dw) as requested.</param>
+    /// <param name="groups">Convolution groups.</param>
+    /// <returns>The dilation to pass: a new (2, 2) array, or <paramref name="dilation"/>.</returns>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    public static long[] PointwiseDilation(Tensor input, Tensor weight, long[] stride, long[] dilation, long groups)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        ArgumentNullException.ThrowIfNull(weight);
+        ArgumentNullException.ThrowIfNull(stride);
+        ArgumentNullException.ThrowIfNull(dilation);
+        bool steer = OneDnnPointwise && groups == 1 && input.device_type == DeviceType.CPU && input.dtype == ScalarType.Float32 && input.dim() == 4
+            && weight.dim() == 4 && input.size(0) < 16 && weight.size(2) == 1 && weight.size(3) == 1 && AllOnes(stride) && AllOnes(dilation)
+            && weight.size(0) % Block == 0 && weight.size(1) % Block == 0 && torch.get_num_threads() == 1;
+        return steer ? [2, 2] : dilation;
+    }
+
+    private static bool AllOnes(long[] values)
+    {
+        foreach (long v in values)
+        {
+            if (v != 1)
+            {
+                return false;
+            }
+        }
+
+        return true;
     }
 
     /// <summary>

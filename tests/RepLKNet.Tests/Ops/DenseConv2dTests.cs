@@ -87,6 +87,122 @@ public sealed class DenseConv2dTests
         Assert.Equal((0L, 0L), DenseConv2d.ChannelPadding(zeros(1, 24, 4, 4, float64), zeros(24, 24, 3, 3, float64), 1, inputGradient: true));
     }
 
+    [Fact]
+    public void Small_one_thread_1x1_convolutions_are_steered_to_oneDNN_and_nothing_else()
+    {
+        // The main test thread: libtorch counts 2 threads there, so libtorch itself already picks oneDNN.
+        long[] unit = [1, 1];
+        using (var scope = NewDisposeScope())
+        {
+            Assert.Same(unit, DenseConv2d.PointwiseDilation(zeros(8, 32, 7, 7), zeros(64, 32, 1, 1), unit, unit, 1));
+        }
+
+        OnOneThread(() =>
+        {
+            using var scope = NewDisposeScope();
+            long[] one = [1, 1];
+            long[] Decide(Tensor x, Tensor w, long[]? stride = null, long[]? dilation = null, long groups = 1) =>
+                DenseConv2d.PointwiseDilation(x, w, stride ?? one, dilation ?? one, groups);
+
+            Assert.Equal([2L, 2L], Decide(zeros(8, 32, 7, 7), zeros(64, 32, 1, 1)));
+            Assert.Equal([2L, 2L], Decide(zeros(15, 512, 2, 2), zeros(128, 512, 1, 1)));
+            Assert.Equal([2L, 2L], Decide(zeros(1, 128, 2, 2), zeros(512, 128, 1, 1)));
+            Assert.Same(one, Decide(zeros(16, 32, 7, 7), zeros(64, 32, 1, 1))); // 16 samples: libtorch's own oneDNN
+            Assert.Same(one, Decide(zeros(8, 32, 7, 7), zeros(64, 32, 3, 3))); // not 1×1
+            Assert.Same(one, Decide(zeros(8, 32, 7, 7), zeros(64, 32, 1, 1), stride: [2, 2]));
+            long[] two = [2, 2];
+            Assert.Same(two, Decide(zeros(8, 32, 7, 7), zeros(64, 32, 1, 1), dilation: two));
+            Assert.Same(one, Decide(zeros(8, 24, 7, 7), zeros(64, 24, 1, 1))); // channels not multiples of 16
+            Assert.Same(one, Decide(zeros(8, 32, 7, 7), zeros(40, 32, 1, 1)));
+            Assert.Same(one, Decide(zeros(8, 64, 7, 7), zeros(64, 32, 1, 1), groups: 2));
+            Assert.Same(one, Decide(zeros(8, 32, 7, 7, float64), zeros(64, 32, 1, 1, float64)));
+            DenseConv2d.OneDnnPointwise = false;
+            try
+            {
+                Assert.Same(one, Decide(zeros(8, 32, 7, 7), zeros(64, 32, 1, 1)));
+            }
+            finally
+            {
+                DenseConv2d.OneDnnPointwise = true;
+            }
+        });
+    }
+
+    [Theory]
+    [InlineData(8, 512, 128, 2)] // RepLKNet-31B's last stage at 64×64, a part of 8 samples
+    [InlineData(4, 256, 1024, 8)]
+    [InlineData(3, 32, 128, 7)] // RepLKNet-FMNIST's first stage
+    public void A_steered_1x1_convolution_is_oneDNNs_and_matches_float64(int batch, int inChannels, int outChannels, int size)
+    {
+        long seed = Random.Shared.NextInt64(1, long.MaxValue);
+        var generator = new Generator((ulong)seed);
+        using var scope = NewDisposeScope();
+        var x = randn([batch, inChannels, size, size], generator: generator);
+        var w = randn([outChannels, inChannels, 1, 1], generator: generator);
+        var b = randn([outChannels], generator: generator);
+        var upstream = randn([batch, outChannels, size, size], generator: generator);
+        // oneDNN's forward on the 2-thread main thread (libtorch's own choice here), and its float64 reference.
+        using var oneDnn = nn.functional.conv2d(x, w, b);
+        var (y64, grads64) = Run(x.to(float64), w.to(float64), b.to(float64), upstream.to(float64), 1, 0, 1, Mode.InputGradient, ours: false);
+        Tensor? y = null, native = null;
+        Tensor[] grads = [];
+        // Made on the other thread outside any dispose scope (scopes are per thread); disposed below.
+        OnOneThread(() =>
+        {
+            (y, grads) = Run(x, w, b, upstream, 1, 0, 1, Mode.InputGradient, ours: true);
+            using var noGrad = no_grad();
+            native = nn.functional.conv2d(x, w, b);
+        });
+        using var yHeld = y!;
+        using var nativeHeld = native!;
+
+        Assert.True(RelativeError(y!, y64) < 1e-5, $"seed {seed}: output error {RelativeError(y!, y64):E2}");
+        for (int i = 0; i < grads.Length; i++)
+        {
+            Assert.True(RelativeError(grads[i], grads64[i]) < 1e-5, $"seed {seed}: gradient {i} error {RelativeError(grads[i], grads64[i]):E2}");
+        }
+
+        // The same bits as oneDNN's forward; libtorch's own call on the one-thread thread (its native kernel) rounds
+        // differently where the sums are long enough to part.
+        Assert.True(SameBits(y!, oneDnn), $"seed {seed}: the steered forward is not oneDNN's");
+        if (inChannels >= 256)
+        {
+            Assert.False(SameBits(native!, oneDnn), $"seed {seed}: libtorch's one-thread call gave oneDNN's bits (did it pick oneDNN itself?)");
+        }
+
+        foreach (var g in grads)
+        {
+            g.Dispose();
+        }
+    }
+
+    /// <summary>Runs <paramref name="body"/> on a new thread on which libtorch counts one thread, as inside a batch-split part.</summary>
+    private static void OnOneThread(Action body)
+    {
+        Assert.True(RepLKNet.Runtime.OpenMpTeam.IsActive, "libtorch's OpenMP runtime was not found");
+        Exception? failure = null;
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                _ = get_num_threads(); // libtorch sizes a thread's OpenMP count on its first query (as BatchSplit does first)
+                RepLKNet.Runtime.OpenMpTeam.SetThreadsHere(1);
+                Assert.Equal(1, get_num_threads());
+                body();
+            }
+            catch (Exception e)
+            {
+                failure = e;
+            }
+        });
+        thread.Start();
+        thread.Join();
+        if (failure is not null)
+        {
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(failure).Throw();
+        }
+    }
+
     private enum Mode
     {
         InputGradient,
@@ -123,6 +239,8 @@ public sealed class DenseConv2dTests
 
         return (y.detach(), [.. grads]);
     }
+
+    private static bool SameBits(Tensor a, Tensor b) => a.eq(b).all().item<bool>();
 
     private static double RelativeError(Tensor actual, Tensor reference) =>
         (actual.to(float64) - reference.to(float64)).abs().max().item<double>() / Math.Max(reference.abs().max().item<double>(), 1e-30);
