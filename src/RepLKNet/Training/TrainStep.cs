@@ -215,8 +215,20 @@ public sealed class TrainStep
     /// </summary>
     internal static bool SplitBatches { get; set; } = Environment.GetEnvironmentVariable("REPLKNET_SPLIT_BATCH") != "0";
 
+    /// <summary>
+    /// The largest cost of one image, in the train form's convolution and linear multiply-accumulates at the micro-batch's
+    /// resolution (<see cref="Models.Complexity.Macs"/>), for which a step is split. The split pays where the model's ops
+    /// are small (libtorch's and our kernels' per-op costs and their thread hand-offs are a large share of them) and costs
+    /// where they are large. Measured on the project machine (2 vCPU, <c>bench model --mode train</c>, split against
+    /// <c>REPLKNET_SPLIT_BATCH=0</c>): RepLKNet-FMNIST at 28×28 (2.1 M) 1.24–1.57× faster at batch 32 and 1.08–1.56× at
+    /// 128, at 56×56 (7.6 M) 1.35×; at 112×112 (28.9 M) 0.80–0.96× at batch 32 and 128; RepLKNet-31B at 64×64 (1.26 G)
+    /// 0.61× at batch 8 and 0.88× at 32, at 224×224 0.66× (docs/perf-notes.md, thirteenth session). Settable for tests.
+    /// </summary>
+    internal static long SplitMaxMacsPerImage { get; set; } = 16_000_000;
+
     private bool? _splittableModel;
     private bool _splitAbandoned;
+    private bool _splitDeclined;
     private Parameter[]? _trainable;
 
     /// <summary>
@@ -225,11 +237,12 @@ public sealed class TrainStep
     /// (<c>REPLKNET_BATCHNORM</c> not <c>libtorch</c>), a CPU float32 RepLKNet whose batch-dependent layers are all our
     /// BatchNorm2d and that draws no random numbers in its forward (no stochastic depth, no dropout: the parts would draw
     /// in a timing-dependent order), an epoch that can be cut (<see cref="ISplittableEpoch"/>) into parts of at least 2
-    /// samples, libtorch's OpenMP runtime found, and no earlier split of this step abandoned; then 2.
+    /// samples, libtorch's OpenMP runtime found, and no earlier split of this step abandoned or declined (<see cref="RunSplit"/>
+    /// declines images that cost more than <see cref="SplitMaxMacsPerImage"/>); then 2.
     /// </summary>
     private int SplitParts(ITrainingEpoch data)
     {
-        if (!SplitBatches || _splitAbandoned || !Ops.BatchNormTraining.Enabled || data is not ISplittableEpoch || _device.type != DeviceType.CPU ||
+        if (!SplitBatches || _splitAbandoned || _splitDeclined || !Ops.BatchNormTraining.Enabled || data is not ISplittableEpoch || _device.type != DeviceType.CPU ||
             torch.get_num_threads() != 2 || data.Count < 4 || !OpenMpTeam.CanSizeTeams)
         {
             return 1;
@@ -258,12 +271,21 @@ public sealed class TrainStep
     /// the bits, hence 2 parts. (<c>autograd.grad</c> per part would not need this, but TorchSharp 0.107's native
     /// <c>THSAutograd_grad</c> lets a libtorch error escape as a C++ exception through managed frames, aborting the
     /// process, where <c>backward()</c> turns it into a .NET exception.) Returns the micro-batch's loss (the parts' added in
-    /// part order), or NaN when the split was abandoned before it ran (the caller then runs the batch whole).
+    /// part order), or NaN when the split was declined (images over <see cref="SplitMaxMacsPerImage"/>) or abandoned before
+    /// it ran (the caller then runs the batch whole).
     /// </summary>
     /// <exception cref="NonFiniteLossException">The loss is not finite (no backward ran).</exception>
     private double RunSplit(ISplittableEpoch data, int parts, long stepNumber, bool gradientsHeld)
     {
         var input = data.Input(_model, _device);
+        if (input.dim() == 4 && _model is Models.RepLKNetModel model
+            && Models.Complexity.Macs(model.Config, (int)input.size(2), (int)input.size(3), Models.ModelForm.Train) > SplitMaxMacsPerImage)
+        {
+            // Large images: the step runs whole, now and for the rest of this object's steps (a run keeps its resolution).
+            _splitDeclined = true;
+            return double.NaN;
+        }
+
         long n = input.size(0);
         var trainable = _trainable ??= [.. _model.parameters().Where(p => p.requires_grad)];
         var backend = Ops.DepthwiseConv2d.CurrentBackend;

@@ -322,6 +322,50 @@ public sealed class BatchSplitTests : IDisposable
         Assert.Equal(splits, BatchSplit.Completed);
     }
 
+    [TwoThreadFact]
+    public void Steps_of_images_that_cost_more_than_the_limit_run_whole_with_the_unsplit_results()
+    {
+        long limit = TrainStep.SplitMaxMacsPerImage;
+        try
+        {
+            double[] Losses(bool split, long maxMacs, out long splits)
+            {
+                TrainStep.SplitBatches = split;
+                TrainStep.SplitMaxMacsPerImage = maxMacs;
+                using var scope = NewDisposeScope();
+                var (model, step) = Model(accumulation: 1, dropPath: 0);
+                using var data = new FixedBatches(12, 16, 4, seed: 6);
+                long before = BatchSplit.Completed;
+                double[] losses = [step.Run(data, 2e-3, 1).Loss, step.Run(data, 2e-3, 2).Loss];
+                splits = BatchSplit.Completed - before;
+                model.Dispose();
+                return losses;
+            }
+
+            long macs;
+            using (var probe = NewDisposeScope())
+            {
+                var (model, _) = Model(accumulation: 1, dropPath: 0);
+                macs = Complexity.Macs(model.Config, 16, 16, ModelForm.Train);
+                model.Dispose();
+            }
+
+            var whole = Losses(split: false, limit, out long unsplitRuns);
+            var declined = Losses(split: true, macs - 1, out long declinedRuns);
+            var atLimit = Losses(split: true, macs, out long splitRuns);
+            Assert.Equal(0, unsplitRuns);
+            Assert.Equal(0, declinedRuns); // declined at the first step and at the next
+            Assert.Equal(whole, declined); // the same bits: the whole-batch path, data read once per step
+            Assert.Equal(2, splitRuns);
+            Assert.NotEqual(whole, atLimit); // the split rounds otherwise (its parts' sums), so the check above can fail
+        }
+        finally
+        {
+            TrainStep.SplitMaxMacsPerImage = limit;
+            TrainStep.SplitBatches = true;
+        }
+    }
+
     private static (RepLKNetModel Model, TrainStep Step) Model(int accumulation, double dropPath)
     {
         var config = new RepLKNetConfig
