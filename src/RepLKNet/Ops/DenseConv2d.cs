@@ -29,6 +29,11 @@ namespace RepLKNet.Ops;
 /// in inference, 1.78× in training; the worst cases are tiny output counts in training (40 → 3: 6.4×).
 /// </para>
 /// <para><c>REPLKNET_CONV_CHANNEL_PAD=off</c> (or <c>0</c>, <c>false</c>) calls libtorch unchanged (to reproduce the defect).</para>
+/// <para>
+/// One more choice is made for libtorch: a 1×1 convolution of a few samples on a thread where libtorch counts one thread
+/// is given dilation 2, which a 1×1 kernel ignores, so that libtorch runs it on oneDNN instead of its slower native kernel
+/// (<see cref="PointwiseDilation(Tensor, Tensor, long[], long[], long)"/>; <c>REPLKNET_CONV_1X1_ONEDNN=off</c> restores libtorch's choice).
+/// </para>
 /// </summary>
 public static class DenseConv2d
 {
@@ -43,19 +48,20 @@ public static class DenseConv2d
 
     /// <summary>
     /// Environment variable: <c>off</c>, <c>0</c> or <c>false</c> leaves 1×1 convolutions to libtorch's own choice of
-    /// kernel (<see cref="PointwiseDilation"/>; default: on).
+    /// kernel (<see cref="PointwiseDilation(Tensor, Tensor, long[], long[], long)"/>; default: on).
     /// </summary>
     public const string PointwiseEnvironmentVariable = "REPLKNET_CONV_1X1_ONEDNN";
 
     /// <summary>
-    /// Whether small single-thread 1×1 convolutions are steered to oneDNN (<see cref="PointwiseDilation"/>;
+    /// Whether small single-thread 1×1 convolutions are steered to oneDNN (<see cref="PointwiseDilation(Tensor, Tensor, long[], long[], long)"/>;
     /// <see cref="PointwiseEnvironmentVariable"/> is not <c>off</c>); settable for tests and comparisons.
     /// </summary>
     public static bool OneDnnPointwise { get; set; } = Environment.GetEnvironmentVariable(PointwiseEnvironmentVariable)?.Trim().ToUpperInvariant() is not ("OFF" or "0" or "FALSE");
 
     /// <summary>
     /// <c>F.conv2d(input, weight, bias, stride, padding, dilation, groups)</c>, padded as the class describes where the
-    /// defect applies (CPU float32, groups = 1, kernel larger than 1×1).
+    /// defect applies (CPU float32, groups = 1, kernel larger than 1×1), and a small one-thread 1×1 convolution passed to
+    /// oneDNN (<see cref="PointwiseDilation(Tensor, Tensor, long[], long[], long)"/>).
     /// </summary>
     /// <param name="input">[N, C_in, H, W].</param>
     /// <param name="weight">[C_out, C_in / groups, kh, kw].</param>
@@ -134,41 +140,55 @@ public static class DenseConv2d
 
     /// <summary>
     /// The dilation <see cref="Forward"/> passes to libtorch: (2, 2) in place of (1, 1) for a dense (groups = 1) 1×1 kernel
-    /// with stride 1 and input and output channels that are multiples of 16, on a CPU float32 input of fewer than 16
-    /// samples while libtorch counts one thread on the calling thread (inside a part of the batch split,
-    /// <see cref="Runtime.BatchSplit"/>, or in a one-thread process); otherwise <paramref name="dilation"/> itself. Without
-    /// the channel condition, those are exactly the convolutions that libtorch's <c>ConvParams::use_mkldnn</c>
-    /// (aten/src/ATen/native/Convolution.cpp, 2.10: "for 1x1 filters, MKLDNN is faster than THNN when multi-threaded, but
-    /// THNN is faster when single-threaded") keeps from oneDNN and runs as its native unfold + GEMM convolution, which on
-    /// the project machine took 1.4–2.0× as long as oneDNN's for forward and both gradients (RepLKNet-31B's 1×1 shapes and
-    /// RepLKNet-FMNIST's, batch 2–8, one thread; docs/perf-notes.md, thirteenth session). A 1×1 kernel has a single tap, so
-    /// the dilation does not change what is computed, and libtorch hands every dilated convolution to oneDNN, which runs
-    /// it with the same <c>jit_1x1</c> kernel it uses for undilated 1×1 convolutions of 16 samples or more. Batches of one
-    /// sample below 20,480 input values stay native either way (libtorch's other clause). Channel counts that are not
-    /// multiples of 16 (oneDNN's channel block with AVX-512, two of AVX2's) stay with libtorch's choice: there oneDNN was
-    /// 0.62–1.18× as fast (24 → 24, 17 → 33, 3 → 64, 40 → 100 channels). Off with <see cref="OneDnnPointwise"/> = false.
+    /// with stride 1 and input and output channels that are multiples of 16, on a CPU float32 input of 2–15 samples (or
+    /// one sample of more than 20,480 values) while libtorch counts one thread on the calling thread (inside a part of the
+    /// batch split, <see cref="Runtime.BatchSplit"/>, or in a one-thread process); otherwise <paramref name="dilation"/>
+    /// itself. Without the channel condition, those are exactly the convolutions that libtorch's
+    /// <c>ConvParams::use_mkldnn</c> (aten/src/ATen/native/Convolution.cpp, 2.10: "for 1x1 filters, MKLDNN is faster than
+    /// THNN when multi-threaded, but THNN is faster when single-threaded") keeps from oneDNN and runs as its native unfold +
+    /// GEMM convolution, which on the project machine took 1.3–7× as long as oneDNN's for forward and both gradients
+    /// (RepLKNet-31B's and RepLKNet-FMNIST's 1×1 shapes, 4–8 samples, one thread; docs/perf-notes.md, thirteenth session).
+    /// A 1×1 kernel has a single tap, so the dilation changes neither the output's size nor its values, and libtorch hands
+    /// such a dilated convolution to oneDNN, which runs it (unpadded) with the same <c>jit_1x1</c> kernel it uses for
+    /// undilated 1×1 convolutions of 16 samples or more. One sample of at most 20,480 values is left alone: libtorch keeps
+    /// it from oneDNN dilated or not (its other clause). Channel counts that are not multiples of 16 (oneDNN's channel
+    /// block with AVX-512, two of AVX2's) stay with libtorch's choice: oneDNN was 0.62–0.93× as fast on 24 → 24, 24 → 40,
+    /// 17 → 33 and 3 → 64 channels. Off with <see cref="OneDnnPointwise"/> = false.
     /// </summary>
     /// <param name="input">[N, C_in, H, W].</param>
     /// <param name="weight">[C_out, C_in / groups, kh, kw].</param>
-    /// <param name="stride">(sh, sw).</param>
-    /// <param name="dilation">(dh, dw) as requested.</param>
+    /// <param name="stride">(sh, sw); null: 1.</param>
+    /// <param name="dilation">(dh, dw) as requested; null: 1.</param>
     /// <param name="groups">Convolution groups.</param>
     /// <returns>The dilation to pass: a new (2, 2) array, or <paramref name="dilation"/>.</returns>
-    /// <exception cref="ArgumentNullException">An argument is null.</exception>
-    public static long[] PointwiseDilation(Tensor input, Tensor weight, long[] stride, long[] dilation, long groups)
+    /// <exception cref="ArgumentNullException"><paramref name="input"/> or <paramref name="weight"/> is null.</exception>
+    public static long[] PointwiseDilation(Tensor input, Tensor weight, long[]? stride, long[]? dilation, long groups) =>
+        PointwiseDilation(input, weight, stride, dilation, groups, OneDnnPointwise);
+
+    /// <summary><see cref="PointwiseDilation(Tensor, Tensor, long[], long[], long)"/> with the switch given (tests).</summary>
+    internal static long[] PointwiseDilation(Tensor input, Tensor weight, long[]? stride, long[]? dilation, long groups, bool enabled)
     {
         ArgumentNullException.ThrowIfNull(input);
         ArgumentNullException.ThrowIfNull(weight);
-        ArgumentNullException.ThrowIfNull(stride);
-        ArgumentNullException.ThrowIfNull(dilation);
-        bool steer = OneDnnPointwise && groups == 1 && input.device_type == DeviceType.CPU && input.dtype == ScalarType.Float32 && input.dim() == 4
-            && weight.dim() == 4 && input.size(0) < 16 && weight.size(2) == 1 && weight.size(3) == 1 && AllOnes(stride) && AllOnes(dilation)
-            && weight.size(0) % Block == 0 && weight.size(1) % Block == 0 && torch.get_num_threads() == 1;
-        return steer ? [2, 2] : dilation;
+        // Managed checks first; the native reads (a P/Invoke each) only when they pass.
+        if (!enabled || groups != 1 || !AllOnes(stride) || !AllOnes(dilation) || input.device_type != DeviceType.CPU || input.dtype != ScalarType.Float32
+            || input.dim() != 4 || weight.dim() != 4 || weight.size(2) != 1 || weight.size(3) != 1 || weight.size(0) % Block != 0 || weight.size(1) % Block != 0)
+        {
+            return dilation!;
+        }
+
+        long n = input.size(0);
+        bool steer = n < 16 && (n > 1 || input.size(1) * input.size(2) * input.size(3) > 20480) && torch.get_num_threads() == 1;
+        return steer ? [2, 2] : dilation!;
     }
 
-    private static bool AllOnes(long[] values)
+    private static bool AllOnes(long[]? values)
     {
+        if (values is null)
+        {
+            return true;
+        }
+
         foreach (long v in values)
         {
             if (v != 1)

@@ -5,6 +5,29 @@ using static TorchSharp.torch;
 
 namespace RepLKNet.Tests.Ops;
 
+/// <summary>A fact that needs a thread on which libtorch counts one thread while the test thread counts more (libtorch's OpenMP runtime found).</summary>
+public sealed class OneThreadPartFactAttribute : FactAttribute
+{
+    public OneThreadPartFactAttribute() => Skip = OneThreadPart.SkipReason();
+}
+
+/// <summary>The theory form of <see cref="OneThreadPartFactAttribute"/>.</summary>
+public sealed class OneThreadPartTheoryAttribute : TheoryAttribute
+{
+    public OneThreadPartTheoryAttribute() => Skip = OneThreadPart.SkipReason();
+}
+
+internal static class OneThreadPart
+{
+    public static string? SkipReason()
+    {
+        Torch.EnsureLoaded();
+        return get_num_threads() > 1 && RepLKNet.Runtime.OpenMpTeam.IsActive
+            ? null
+            : $"needs libtorch's OpenMP runtime and more than one libtorch thread on the test thread (threads: {get_num_threads()}, OpenMP: {RepLKNet.Runtime.OpenMpTeam.IsActive})";
+    }
+}
+
 /// <summary>
 /// <see cref="DenseConv2d"/>: dense convolutions with channel counts that are not multiples of 16 (where libtorch 2.10's
 /// oneDNN kernels are wrong on the project's machines) match a float64 convolution in the output and in every gradient.
@@ -87,10 +110,10 @@ public sealed class DenseConv2dTests
         Assert.Equal((0L, 0L), DenseConv2d.ChannelPadding(zeros(1, 24, 4, 4, float64), zeros(24, 24, 3, 3, float64), 1, inputGradient: true));
     }
 
-    [Fact]
+    [OneThreadPartFact]
     public void Small_one_thread_1x1_convolutions_are_steered_to_oneDNN_and_nothing_else()
     {
-        // The main test thread: libtorch counts 2 threads there, so libtorch itself already picks oneDNN.
+        // The main test thread: libtorch counts more than one thread there, so libtorch itself already picks oneDNN.
         long[] unit = [1, 1];
         using (var scope = NewDisposeScope())
         {
@@ -101,12 +124,15 @@ public sealed class DenseConv2dTests
         {
             using var scope = NewDisposeScope();
             long[] one = [1, 1];
-            long[] Decide(Tensor x, Tensor w, long[]? stride = null, long[]? dilation = null, long groups = 1) =>
-                DenseConv2d.PointwiseDilation(x, w, stride ?? one, dilation ?? one, groups);
+            long[] Decide(Tensor x, Tensor w, long[]? stride = null, long[]? dilation = null, long groups = 1, bool enabled = true) =>
+                DenseConv2d.PointwiseDilation(x, w, stride ?? one, dilation ?? one, groups, enabled);
 
             Assert.Equal([2L, 2L], Decide(zeros(8, 32, 7, 7), zeros(64, 32, 1, 1)));
             Assert.Equal([2L, 2L], Decide(zeros(15, 512, 2, 2), zeros(128, 512, 1, 1)));
-            Assert.Equal([2L, 2L], Decide(zeros(1, 128, 2, 2), zeros(512, 128, 1, 1)));
+            Assert.Equal([2L, 2L], Decide(zeros(2, 16, 1, 1), zeros(16, 16, 1, 1)));
+            Assert.Same(one, Decide(zeros(1, 512, 8, 5), zeros(128, 512, 1, 1))); // one sample of exactly 20,480 values: native either way
+            Assert.Equal([2L, 2L], Decide(zeros(1, 512, 8, 6), zeros(128, 512, 1, 1))); // one sample of 24,576 values: oneDNN when dilated
+            Assert.Equal([2L, 2L], DenseConv2d.PointwiseDilation(zeros(8, 32, 7, 7), zeros(64, 32, 1, 1), null, null, 1, enabled: true));
             Assert.Same(one, Decide(zeros(16, 32, 7, 7), zeros(64, 32, 1, 1))); // 16 samples: libtorch's own oneDNN
             Assert.Same(one, Decide(zeros(8, 32, 7, 7), zeros(64, 32, 3, 3))); // not 1×1
             Assert.Same(one, Decide(zeros(8, 32, 7, 7), zeros(64, 32, 1, 1), stride: [2, 2]));
@@ -116,23 +142,16 @@ public sealed class DenseConv2dTests
             Assert.Same(one, Decide(zeros(8, 32, 7, 7), zeros(40, 32, 1, 1)));
             Assert.Same(one, Decide(zeros(8, 64, 7, 7), zeros(64, 32, 1, 1), groups: 2));
             Assert.Same(one, Decide(zeros(8, 32, 7, 7, float64), zeros(64, 32, 1, 1, float64)));
-            DenseConv2d.OneDnnPointwise = false;
-            try
-            {
-                Assert.Same(one, Decide(zeros(8, 32, 7, 7), zeros(64, 32, 1, 1)));
-            }
-            finally
-            {
-                DenseConv2d.OneDnnPointwise = true;
-            }
+            Assert.Same(one, Decide(zeros(1, 128, 2, 2), zeros(512, 128, 1, 1))); // one sample of 512 values: native either way
+            Assert.Same(one, Decide(zeros(8, 32, 7, 7), zeros(64, 32, 1, 1), enabled: false));
         });
     }
 
-    [Theory]
+    [OneThreadPartTheory]
     [InlineData(8, 512, 128, 2)] // RepLKNet-31B's last stage at 64×64, a part of 8 samples
     [InlineData(4, 256, 1024, 8)]
     [InlineData(3, 32, 128, 7)] // RepLKNet-FMNIST's first stage
-    public void A_steered_1x1_convolution_is_oneDNNs_and_matches_float64(int batch, int inChannels, int outChannels, int size)
+    public void A_steered_1x1_convolution_is_the_dilated_one_and_matches_float64(int batch, int inChannels, int outChannels, int size)
     {
         long seed = Random.Shared.NextInt64(1, long.MaxValue);
         var generator = new Generator((ulong)seed);
@@ -141,51 +160,40 @@ public sealed class DenseConv2dTests
         var w = randn([outChannels, inChannels, 1, 1], generator: generator);
         var b = randn([outChannels], generator: generator);
         var upstream = randn([batch, outChannels, size, size], generator: generator);
-        // oneDNN's forward on the 2-thread main thread (libtorch's own choice here), and its float64 reference.
-        using var oneDnn = nn.functional.conv2d(x, w, b);
         var (y64, grads64) = Run(x.to(float64), w.to(float64), b.to(float64), upstream.to(float64), 1, 0, 1, Mode.InputGradient, ours: false);
-        Tensor? y = null, native = null;
-        Tensor[] grads = [];
-        // Made on the other thread outside any dispose scope (scopes are per thread); disposed below.
         OnOneThread(() =>
         {
-            (y, grads) = Run(x, w, b, upstream, 1, 0, 1, Mode.InputGradient, ours: true);
+            // On this thread libtorch counts one thread, as in a part of the batch split.
+            using var inner = NewDisposeScope();
+            var (y, grads) = Run(x, w, b, upstream, 1, 0, 1, Mode.InputGradient, ours: true);
+            Assert.True(RelativeError(y, y64) < 1e-5, $"seed {seed}: output error {RelativeError(y, y64):E2}");
+            for (int i = 0; i < grads.Length; i++)
+            {
+                Assert.True(RelativeError(grads[i], grads64[i]) < 1e-5, $"seed {seed}: gradient {i} error {RelativeError(grads[i], grads64[i]):E2}");
+            }
+
             using var noGrad = no_grad();
-            native = nn.functional.conv2d(x, w, b);
+            var dilated = nn.functional.conv2d(x, w, b, dilation: [2, 2]);
+            var native = nn.functional.conv2d(x, w, b);
+            // The bits of libtorch's dilated call (oneDNN), where libtorch's own call (its native kernel) rounds otherwise
+            // once the sums are long enough to part: the steering happened, and it changed the kernel.
+            Assert.True(SameBits(y, dilated), $"seed {seed}: the steered forward is not the dilated call's");
+            if (inChannels >= 256)
+            {
+                Assert.False(SameBits(native, dilated), $"seed {seed}: libtorch's own one-thread call gave the dilated call's bits");
+            }
         });
-        using var yHeld = y!;
-        using var nativeHeld = native!;
-
-        Assert.True(RelativeError(y!, y64) < 1e-5, $"seed {seed}: output error {RelativeError(y!, y64):E2}");
-        for (int i = 0; i < grads.Length; i++)
-        {
-            Assert.True(RelativeError(grads[i], grads64[i]) < 1e-5, $"seed {seed}: gradient {i} error {RelativeError(grads[i], grads64[i]):E2}");
-        }
-
-        // The same bits as oneDNN's forward; libtorch's own call on the one-thread thread (its native kernel) rounds
-        // differently where the sums are long enough to part.
-        Assert.True(SameBits(y!, oneDnn), $"seed {seed}: the steered forward is not oneDNN's");
-        if (inChannels >= 256)
-        {
-            Assert.False(SameBits(native!, oneDnn), $"seed {seed}: libtorch's one-thread call gave oneDNN's bits (did it pick oneDNN itself?)");
-        }
-
-        foreach (var g in grads)
-        {
-            g.Dispose();
-        }
     }
 
     /// <summary>Runs <paramref name="body"/> on a new thread on which libtorch counts one thread, as inside a batch-split part.</summary>
     private static void OnOneThread(Action body)
     {
-        Assert.True(RepLKNet.Runtime.OpenMpTeam.IsActive, "libtorch's OpenMP runtime was not found");
         Exception? failure = null;
         var thread = new Thread(() =>
         {
             try
             {
-                _ = get_num_threads(); // libtorch sizes a thread's OpenMP count on its first query (as BatchSplit does first)
+                _ = get_num_threads(); // libtorch sizes a thread's OpenMP count on its first query (BatchSplit does this first too)
                 RepLKNet.Runtime.OpenMpTeam.SetThreadsHere(1);
                 Assert.Equal(1, get_num_threads());
                 body();
