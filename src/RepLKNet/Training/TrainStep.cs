@@ -221,10 +221,11 @@ public sealed class TrainStep
     /// are small (libtorch's and our kernels' per-op costs and their thread hand-offs are a large share of them) and costs
     /// where they are large. Measured on the project machine (2 vCPU, <c>bench model --mode train</c>, split against
     /// <c>REPLKNET_SPLIT_BATCH=0</c>): RepLKNet-FMNIST at 28×28 (2.1 M) 1.24–1.57× faster at batch 32 and 1.08–1.56× at
-    /// 128, at 56×56 (7.6 M) 1.35×; at 112×112 (28.9 M) 0.80–0.96× at batch 32 and 128; RepLKNet-31B at 64×64 (1.26 G)
-    /// 0.61× at batch 8 and 0.88× at 32, at 224×224 0.66× (docs/perf-notes.md, thirteenth session). Settable for tests.
+    /// 128; at 56×56 (7.6 M) 1.35× at batch 128 and 0.99–1.03× at 64 (even); at 64×64 (10.7 M) 0.88–1.00×, 80×80 (14.7 M)
+    /// 0.90–0.97×, 112×112 (28.9 M) 0.80–0.96×; RepLKNet-31B at 64×64 (1.26 G) 0.61× at batch 8 and 0.88× at 32, at
+    /// 224×224 0.66× (docs/perf-notes.md, thirteenth session). The limit sits at the even point. Settable for tests.
     /// </summary>
-    internal static long SplitMaxMacsPerImage { get; set; } = 16_000_000;
+    internal static long SplitMaxMacsPerImage { get; set; } = 8_000_000;
 
     private bool? _splittableModel;
     private bool _splitAbandoned;
