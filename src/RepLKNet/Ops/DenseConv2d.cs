@@ -44,7 +44,7 @@ public static class DenseConv2d
     public const long Block = 16;
 
     /// <summary>Whether the padding is applied (<see cref="EnvironmentVariable"/> is not <c>off</c>); settable for tests and comparisons.</summary>
-    public static bool Enabled { get; set; } = Environment.GetEnvironmentVariable(EnvironmentVariable)?.Trim().ToUpperInvariant() is not ("OFF" or "0" or "FALSE");
+    public static bool Enabled { get; set; } = SwitchedOn(EnvironmentVariable);
 
     /// <summary>
     /// Environment variable: <c>off</c>, <c>0</c> or <c>false</c> leaves 1×1 convolutions to libtorch's own choice of
@@ -56,7 +56,7 @@ public static class DenseConv2d
     /// Whether small single-thread 1×1 convolutions are steered to oneDNN (<see cref="PointwiseDilation(Tensor, Tensor, long[], long[], long)"/>;
     /// <see cref="PointwiseEnvironmentVariable"/> is not <c>off</c>); settable for tests and comparisons.
     /// </summary>
-    public static bool OneDnnPointwise { get; set; } = Environment.GetEnvironmentVariable(PointwiseEnvironmentVariable)?.Trim().ToUpperInvariant() is not ("OFF" or "0" or "FALSE");
+    public static bool OneDnnPointwise { get; set; } = SwitchedOn(PointwiseEnvironmentVariable);
 
     /// <summary>
     /// <c>F.conv2d(input, weight, bias, stride, padding, dilation, groups)</c>, padded as the class describes where the
@@ -178,9 +178,13 @@ public static class DenseConv2d
         }
 
         long n = input.size(0);
-        bool steer = n < 16 && (n > 1 || input.size(1) * input.size(2) * input.size(3) > 20480) && torch.get_num_threads() == 1;
+        bool steer = n < 16 && (n > 1 || input.numel() > 20480) && torch.get_num_threads() == 1;
         return steer ? [2, 2] : dilation!;
     }
+
+    /// <summary>Whether the switch <paramref name="variable"/> is on: unset or anything but <c>off</c>, <c>0</c>, <c>false</c>.</summary>
+    private static bool SwitchedOn(string variable) =>
+        Environment.GetEnvironmentVariable(variable)?.Trim().ToUpperInvariant() is not ("OFF" or "0" or "FALSE");
 
     private static bool AllOnes(long[]? values)
     {

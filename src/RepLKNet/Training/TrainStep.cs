@@ -229,7 +229,6 @@ public sealed class TrainStep
 
     private bool? _splittableModel;
     private bool _splitAbandoned;
-    private bool _splitDeclined;
     private Parameter[]? _trainable;
 
     /// <summary>
@@ -243,7 +242,7 @@ public sealed class TrainStep
     /// </summary>
     private int SplitParts(ITrainingEpoch data)
     {
-        if (!SplitBatches || _splitAbandoned || _splitDeclined || !Ops.BatchNormTraining.Enabled || data is not ISplittableEpoch || _device.type != DeviceType.CPU ||
+        if (!SplitBatches || _splitAbandoned || !Ops.BatchNormTraining.Enabled || data is not ISplittableEpoch || _device.type != DeviceType.CPU ||
             torch.get_num_threads() != 2 || data.Count < 4 || !OpenMpTeam.CanSizeTeams)
         {
             return 1;
@@ -282,8 +281,9 @@ public sealed class TrainStep
         if (input.dim() == 4 && _model is Models.RepLKNetModel model
             && Models.Complexity.Macs(model.Config, (int)input.size(2), (int)input.size(3), Models.ModelForm.Train) > SplitMaxMacsPerImage)
         {
-            // Large images: the step runs whole, now and for the rest of this object's steps (a run keeps its resolution).
-            _splitDeclined = true;
+            // Large images: the step runs whole, now and for the rest of this object's steps (a run keeps its resolution),
+            // as after an abandoned split.
+            _splitAbandoned = true;
             return double.NaN;
         }
 
